@@ -1,0 +1,367 @@
+//! CoAP (RFC 7252) publish recognition, after draft-ietf-core-coap-pubsub:
+//! a NON POST or PUT whose Uri-Path starts with the pub/sub prefix
+//! (default `ps/data/`) publishes to the topic named by the rest of the path.
+//!
+//! Confirmable requests need an ACK and go to userspace; so does every other
+//! message. The parser walks the options once, in a bounded loop, hashing
+//! Uri-Path bytes as it goes: no copy, no allocation, the same code in the
+//! XDP program and on the host.
+
+use crate::{
+    maps::PREFIX_MAX,
+    payload::Payload,
+    reason::Reason,
+    topic::{TOPIC_MAX, TopicHasher, TopicKey},
+};
+
+pub const VERSION: u8 = 1;
+pub const TYPE_CON: u8 = 0;
+pub const TYPE_NON: u8 = 1;
+pub const CODE_POST: u8 = 0x02;
+pub const CODE_PUT: u8 = 0x03;
+pub const OPTION_URI_PATH: u16 = 11;
+pub const PAYLOAD_MARKER: u8 = 0xFF;
+/// Options examined before giving up (a publish carries a handful).
+pub const MAX_OPTIONS: usize = 16;
+/// Longest Uri-Path segment examined.
+pub const MAX_SEGMENT: usize = TOPIC_MAX + PREFIX_MAX;
+
+/// A CoAP publish the data plane may forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub key: TopicKey,
+    /// Length of the topic name (path after the prefix).
+    pub topic_len: usize,
+    /// Offset of the payload (after the marker), or the datagram length.
+    pub payload_offset: usize,
+}
+
+/// Decodes an option delta or length nibble with its extension bytes.
+#[inline(always)]
+fn extended<P: Payload + ?Sized>(p: &P, nibble: u8, off: &mut usize) -> Result<u16, Reason> {
+    match nibble {
+        0..=12 => Ok(nibble as u16),
+        13 => {
+            let v = p.byte(*off).ok_or(Reason::CoapMalformed)?;
+            *off += 1;
+            Ok(v as u16 + 13)
+        }
+        14 => {
+            let v = p.be16(*off).ok_or(Reason::CoapMalformed)?;
+            *off += 2;
+            v.checked_add(269).ok_or(Reason::CoapMalformed)
+        }
+        // 15 is reserved outside the payload marker (section 3.1).
+        _ => Err(Reason::CoapMalformed),
+    }
+}
+
+/// Matches the joined Uri-Path against the prefix and hashes the rest.
+struct PathMatcher<'a> {
+    prefix: &'a [u8; PREFIX_MAX],
+    prefix_len: usize,
+    pos: usize,
+    topic_len: usize,
+    hasher: TopicHasher,
+}
+
+impl PathMatcher<'_> {
+    #[inline(always)]
+    fn feed(&mut self, c: u8) -> Result<(), Reason> {
+        if self.pos < self.prefix_len {
+            let want = *self
+                .prefix
+                .get(self.pos & (PREFIX_MAX - 1))
+                .ok_or(Reason::CoapOtherPath)?;
+            if c != want {
+                return Err(Reason::CoapOtherPath);
+            }
+        } else {
+            if self.topic_len >= TOPIC_MAX {
+                return Err(Reason::TopicTooLong);
+            }
+            self.topic_len += 1;
+            self.hasher.push(c);
+        }
+        self.pos += 1;
+        Ok(())
+    }
+}
+
+/// Recognises a forwardable CoAP publish under `prefix[..prefix_len]`, or
+/// says why the datagram goes to the stack.
+#[inline(always)]
+pub fn parse_publish<P: Payload + ?Sized>(
+    p: &P,
+    prefix: &[u8; PREFIX_MAX],
+    prefix_len: usize,
+) -> Result<Publish, Reason> {
+    let len = p.len();
+    let b0 = p.byte(0).ok_or(Reason::CoapMalformed)?;
+    let code = p.byte(1).ok_or(Reason::CoapMalformed)?;
+    if len < 4 || b0 >> 6 != VERSION {
+        return Err(Reason::CoapMalformed);
+    }
+    let tkl = (b0 & 0x0f) as usize;
+    if tkl > 8 {
+        return Err(Reason::CoapMalformed);
+    }
+    let msg_type = (b0 >> 4) & 0b11;
+    if msg_type == TYPE_CON {
+        return Err(Reason::CoapConfirmable);
+    }
+    if msg_type != TYPE_NON || (code != CODE_POST && code != CODE_PUT) {
+        return Err(Reason::CoapNotPublish);
+    }
+    let mut off = 4 + tkl;
+    if off > len {
+        return Err(Reason::CoapMalformed);
+    }
+    let mut m = PathMatcher {
+        prefix,
+        prefix_len: if prefix_len > PREFIX_MAX {
+            PREFIX_MAX
+        } else {
+            prefix_len
+        },
+        pos: 0,
+        topic_len: 0,
+        hasher: TopicHasher::new(),
+    };
+    let mut number: u32 = 0;
+    let mut segments = 0u32;
+    let mut payload_offset = len;
+    let mut ended = false;
+    for _ in 0..MAX_OPTIONS {
+        if off >= len {
+            ended = true;
+            break;
+        }
+        let b = p.byte(off).ok_or(Reason::CoapMalformed)?;
+        if b == PAYLOAD_MARKER {
+            // A marker followed by nothing is a format error (section 3).
+            if off + 1 >= len {
+                return Err(Reason::CoapMalformed);
+            }
+            payload_offset = off + 1;
+            ended = true;
+            break;
+        }
+        off += 1;
+        let delta = extended(p, b >> 4, &mut off)?;
+        let olen = extended(p, b & 0x0f, &mut off)? as usize;
+        number += delta as u32;
+        if off + olen > len {
+            return Err(Reason::CoapMalformed);
+        }
+        if number == OPTION_URI_PATH as u32 {
+            if olen > MAX_SEGMENT {
+                return Err(Reason::TopicTooLong);
+            }
+            if segments > 0 {
+                m.feed(b'/')?;
+            }
+            segments += 1;
+            for i in 0..MAX_SEGMENT {
+                if i >= olen {
+                    break;
+                }
+                m.feed(p.byte(off + i).ok_or(Reason::CoapMalformed)?)?;
+            }
+        } else if number > OPTION_URI_PATH as u32 && segments == 0 {
+            // Uri-Path options come in order; none means no topic.
+            return Err(Reason::CoapOtherPath);
+        }
+        off += olen;
+    }
+    if !ended {
+        return Err(Reason::CoapMalformed);
+    }
+    if m.pos < m.prefix_len || m.topic_len == 0 {
+        return Err(Reason::CoapOtherPath);
+    }
+    Ok(Publish {
+        key: m.hasher.finish(),
+        topic_len: m.topic_len,
+        payload_offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::topic_key;
+    use proptest::prelude::*;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn prefix(s: &str) -> ([u8; PREFIX_MAX], usize) {
+        let mut p = [0u8; PREFIX_MAX];
+        p[..s.len()].copy_from_slice(s.as_bytes());
+        (p, s.len())
+    }
+
+    /// Encodes one option with the shortest delta/length form.
+    fn option(out: &mut Vec<u8>, delta: u16, value: &[u8]) {
+        fn nib(v: u16) -> (u8, Vec<u8>) {
+            match v {
+                0..=12 => (v as u8, Vec::new()),
+                13..=268 => (13, std::vec![(v - 13) as u8]),
+                _ => (14, (v - 269).to_be_bytes().to_vec()),
+            }
+        }
+        let (d, dx) = nib(delta);
+        let (l, lx) = nib(value.len() as u16);
+        out.push(d << 4 | l);
+        out.extend(dx);
+        out.extend(lx);
+        out.extend_from_slice(value);
+    }
+
+    /// A request with the given type/code, token, Uri-Path segments, a
+    /// Content-Format option, and a payload.
+    fn request(t: u8, code: u8, token: &[u8], path: &[&str], payload: &[u8]) -> Vec<u8> {
+        let mut v = std::vec![VERSION << 6 | t << 4 | token.len() as u8, code, 0x12, 0x34];
+        v.extend_from_slice(token);
+        let mut last = 0;
+        for seg in path {
+            option(&mut v, OPTION_URI_PATH - last, seg.as_bytes());
+            last = OPTION_URI_PATH;
+        }
+        option(&mut v, 12 - last, &[0]); // Content-Format: text/plain
+        if !payload.is_empty() {
+            v.push(PAYLOAD_MARKER);
+            v.extend_from_slice(payload);
+        }
+        v
+    }
+
+    #[test]
+    fn non_put_and_post_under_prefix() {
+        let (p, n) = prefix("ps/data/");
+        for code in [CODE_POST, CODE_PUT] {
+            let pkt = request(TYPE_NON, code, &[1, 2, 3], &["ps", "data", "temp", "room1"], b"21.5");
+            let r = parse_publish(&pkt[..], &p, n).unwrap();
+            assert_eq!(r.key, topic_key(b"temp/room1"));
+            assert_eq!(r.topic_len, 10);
+            assert_eq!(&pkt[r.payload_offset..], b"21.5");
+        }
+    }
+
+    #[test]
+    fn con_and_other_messages_go_up() {
+        let (p, n) = prefix("ps/data/");
+        let con = request(TYPE_CON, CODE_PUT, &[], &["ps", "data", "t"], b"x");
+        assert_eq!(parse_publish(&con[..], &p, n), Err(Reason::CoapConfirmable));
+        let get = request(TYPE_NON, 0x01, &[], &["ps", "data", "t"], b"");
+        assert_eq!(parse_publish(&get[..], &p, n), Err(Reason::CoapNotPublish));
+        let ack = request(2, 0x44, &[], &[], b"");
+        assert_eq!(parse_publish(&ack[..], &p, n), Err(Reason::CoapNotPublish));
+        let other = request(TYPE_NON, CODE_PUT, &[], &["ps", "other", "t"], b"x");
+        assert_eq!(parse_publish(&other[..], &p, n), Err(Reason::CoapOtherPath));
+        // The prefix alone names no topic.
+        let bare = request(TYPE_NON, CODE_PUT, &[], &["ps", "data"], b"x");
+        assert_eq!(parse_publish(&bare[..], &p, n), Err(Reason::CoapOtherPath));
+        let nopath = request(TYPE_NON, CODE_PUT, &[], &[], b"x");
+        assert_eq!(parse_publish(&nopath[..], &p, n), Err(Reason::CoapOtherPath));
+        // "ps/database/x" must not match the prefix "ps/data/".
+        let near = request(TYPE_NON, CODE_PUT, &[], &["ps", "database", "x"], b"x");
+        assert_eq!(parse_publish(&near[..], &p, n), Err(Reason::CoapOtherPath));
+    }
+
+    #[test]
+    fn extended_delta_and_length_forms() {
+        let (p, n) = prefix("ps/data/");
+        // Uri-Host (3) with a 20-byte value (length nibble 13), then the path,
+        // then option 300 (delta 14 form) with a 300-byte value (length 14).
+        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1];
+        option(&mut v, 3, &[b'h'; 20]);
+        option(&mut v, 8, b"ps");
+        option(&mut v, 0, b"data");
+        option(&mut v, 0, &[b'k'; 40]);
+        option(&mut v, 300 - 11, &[9u8; 300]);
+        v.push(PAYLOAD_MARKER);
+        v.push(1);
+        let r = parse_publish(&v[..], &p, n).unwrap();
+        assert_eq!(r.key, topic_key(&[b'k'; 40]));
+    }
+
+    #[test]
+    fn empty_prefix_means_whole_path() {
+        let (p, _) = prefix("");
+        let pkt = request(TYPE_NON, CODE_POST, &[], &["a", "b"], b"x");
+        assert_eq!(parse_publish(&pkt[..], &p, 0).unwrap().key, topic_key(b"a/b"));
+    }
+
+    #[test]
+    fn malformed_framing() {
+        let (p, n) = prefix("ps/data/");
+        let good = request(TYPE_NON, CODE_PUT, &[7; 8], &["ps", "data", "t"], b"x");
+        assert!(parse_publish(&good[..], &p, n).is_ok());
+        // Zero-length and truncated headers.
+        assert_eq!(parse_publish(&[][..], &p, n), Err(Reason::CoapMalformed));
+        assert_eq!(parse_publish(&good[..3], &p, n), Err(Reason::CoapMalformed));
+        // Version 2.
+        let mut bad = good.clone();
+        bad[0] = 2 << 6 | bad[0] & 0x3f;
+        assert_eq!(parse_publish(&bad[..], &p, n), Err(Reason::CoapMalformed));
+        // Token length 9..15 is reserved.
+        let mut bad = good.clone();
+        bad[0] = bad[0] & 0xf0 | 9;
+        assert_eq!(parse_publish(&bad[..], &p, n), Err(Reason::CoapMalformed));
+        // Token runs past the end.
+        assert_eq!(parse_publish(&good[..8], &p, n), Err(Reason::CoapMalformed));
+        // Option value running past the end.
+        assert_eq!(parse_publish(&good[..14], &p, n), Err(Reason::CoapMalformed));
+        // Reserved nibble 15 in delta (not a marker) and in length.
+        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xF1, 0];
+        assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+        v[4] = 0xBF;
+        assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+        // Extension bytes missing.
+        let v = [VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xD0];
+        assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+        let v = [VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xE0, 1];
+        assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+        // Payload marker with no payload.
+        let mut v = request(TYPE_NON, CODE_PUT, &[], &["ps", "data", "t"], b"");
+        v.push(PAYLOAD_MARKER);
+        assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+    }
+
+    #[test]
+    fn too_long_topics_and_too_many_options() {
+        let (p, n) = prefix("ps/data/");
+        let long = std::string::String::from_utf8(std::vec![b'x'; TOPIC_MAX + 1]).unwrap();
+        let pkt = request(TYPE_NON, CODE_PUT, &[], &["ps", "data", &long], b"x");
+        assert_eq!(parse_publish(&pkt[..], &p, n), Err(Reason::TopicTooLong));
+        let exact = std::string::String::from_utf8(std::vec![b'x'; TOPIC_MAX]).unwrap();
+        let pkt = request(TYPE_NON, CODE_PUT, &[], &["ps", "data", &exact], b"x");
+        assert!(parse_publish(&pkt[..], &p, n).is_ok());
+        let segs: Vec<&str> = core::iter::repeat_n("a", MAX_OPTIONS + 1).collect();
+        let (p0, _) = prefix("");
+        let pkt = request(TYPE_NON, CODE_PUT, &[], &segs, b"x");
+        assert_eq!(parse_publish(&pkt[..], &p0, 0), Err(Reason::CoapMalformed));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let (p, n) = prefix("ps/data/");
+            let _ = parse_publish(&bytes[..], &p, n);
+        }
+
+        #[test]
+        fn topic_key_is_the_joined_path(segs in proptest::collection::vec("[a-z0-9]{1,8}", 1..5),
+                token in proptest::collection::vec(any::<u8>(), 0..9),
+                payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let (p, n) = prefix("ps/data/");
+            let mut path = std::vec!["ps", "data"];
+            path.extend(segs.iter().map(|s| s.as_str()));
+            let pkt = request(TYPE_NON, CODE_PUT, &token, &path, &payload);
+            let r = parse_publish(&pkt[..], &p, n).unwrap();
+            prop_assert_eq!(r.key, topic_key(segs.join("/").as_bytes()));
+        }
+    }
+}

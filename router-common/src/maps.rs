@@ -1,0 +1,181 @@
+//! Map names, capacities and `#[repr(C)]` map values shared with the XDP
+//! program.
+//!
+//! Routing state is one *plan generation*: a topic → route hash map and a
+//! shard table. Each lives in a two-slot outer array (`ArrayOfMaps`), one
+//! slot per generation parity, and `ACTIVE` says which parity packets use.
+//! Installing generation N+1 fills fresh inner maps into the idle parity,
+//! then flips `ACTIVE`; the program reads `ACTIVE` once per packet and uses
+//! that parity for both lookups, so a packet is routed wholly by N or by
+//! N+1. The control plane waits an RCU grace period after each flip before
+//! it touches the now idle parity again (see `router-ctl`'s `dataplane`).
+//!
+//! Changing any type or capacity here changes the pinned layout: bump
+//! [`LAYOUT_VERSION`], which names the pin directory.
+
+/// Version of the map layout; part of the pin path so that a pin of another
+/// layout is never silently misread.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Longest CoAP pub/sub prefix (bytes, including the trailing '/').
+pub const PREFIX_MAX: usize = 32;
+/// Shards per route the data plane can name.
+pub const MAX_ROUTE_SHARDS: usize = 8;
+/// Shards per plan (inner shard array size).
+pub const MAX_SHARDS: u32 = 4096;
+/// Route keys per plan (names plus MQTT-SN id aliases). The inner hash map
+/// is not preallocated, so an empty plan costs nothing.
+pub const MAX_ROUTES: u32 = 1 << 21;
+/// Per-topic counter slots.
+pub const MAX_TOPICS: u32 = 1 << 17;
+/// Egress device slots.
+pub const MAX_EGRESS: u32 = 64;
+/// Unrouted topic keys tracked (LRU).
+pub const MAX_UNROUTED: u32 = 4096;
+/// `BPF_F_NO_PREALLOC`, the route map's flags (inner maps created by the
+/// control plane must match the template's flags exactly).
+pub const ROUTES_MAP_FLAGS: u32 = 1;
+
+pub mod names {
+    //! Map and program names, as the loader and `bpftool` see them.
+    pub const CONFIG: &str = "SC_CONFIG";
+    pub const ACTIVE: &str = "SC_ACTIVE";
+    pub const META: &str = "SC_META";
+    pub const ROUTES: &str = "SC_ROUTES";
+    pub const SHARDS: &str = "SC_SHARDS";
+    pub const EGRESS: &str = "SC_EGRESS";
+    pub const REASONS: &str = "SC_REASONS";
+    pub const TOPIC_STATS: &str = "SC_TOPIC_STATS";
+    pub const UNROUTED: &str = "SC_UNROUTED";
+    pub const SLOTS: &str = "SC_SLOTS";
+    /// All maps, in pin order.
+    pub const ALL_MAPS: &[&str] = &[
+        CONFIG,
+        ACTIVE,
+        META,
+        ROUTES,
+        SHARDS,
+        EGRESS,
+        REASONS,
+        TOPIC_STATS,
+        UNROUTED,
+        SLOTS,
+    ];
+    /// The router program.
+    pub const PROG_ROUTER: &str = "shardcast_router";
+    /// A program that passes everything: attached to the peer of a veth
+    /// egress, because veth only delivers redirected frames to a peer that
+    /// runs XDP.
+    pub const PROG_PASS: &str = "shardcast_pass";
+}
+
+/// Router configuration (SC_CONFIG[0]). Ports in host order; 0 disables a
+/// protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mqttsn_port: u16,
+    pub coap_port: u16,
+    /// Bytes of `prefix` in use.
+    pub prefix_len: u32,
+    /// CoAP pub/sub Uri-Path prefix, joined with '/', ending in '/'.
+    pub prefix: [u8; PREFIX_MAX],
+}
+
+impl Config {
+    pub const DEFAULT_MQTTSN_PORT: u16 = 1884;
+    pub const DEFAULT_COAP_PORT: u16 = 5683;
+    pub const DEFAULT_PREFIX: &'static str = "ps/data/";
+
+    /// The configured prefix bytes.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..(self.prefix_len as usize).min(PREFIX_MAX)]
+    }
+}
+
+/// Installed plan metadata (SC_META[0]), for `status` and adoption.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub generation: u64,
+    pub routes: u32,
+    pub shards: u32,
+    pub installed_unix: u64,
+}
+
+/// A route: the shards (indices into the shard table) that subscribe to a
+/// topic, and the topic's counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub stats_slot: u32,
+    pub shard_count: u16,
+    pub _pad: u16,
+    pub shards: [u16; MAX_ROUTE_SHARDS],
+}
+
+pub const SHARD_HAS_V4: u16 = 1;
+pub const SHARD_HAS_V6: u16 = 2;
+
+/// A shard: where packets for it go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shard {
+    /// IPv4 group, network order.
+    pub group_v4: [u8; 4],
+    /// IPv6 group, network order.
+    pub group_v6: [u8; 16],
+    /// Slot in SC_EGRESS to redirect to.
+    pub egress_slot: u32,
+    /// UDP destination port (host order).
+    pub port: u16,
+    /// `SHARD_HAS_V4 | SHARD_HAS_V6`.
+    pub flags: u16,
+    /// Source MAC to write: the egress interface's address.
+    pub src_mac: [u8; 6],
+    pub _pad: u16,
+    /// The plan's shard id (for display and counters).
+    pub id: u32,
+}
+
+/// Packets and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    pub fn add(&mut self, other: &Counter) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers and
+    // byte arrays, and have no implicit padding (explicit `_pad` fields).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Meta {}
+    unsafe impl aya::Pod for super::Route {}
+    unsafe impl aya::Pod for super::Shard {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for crate::topic::TopicKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<Config>(), 2 + 2 + 4 + PREFIX_MAX);
+        assert_eq!(size_of::<Meta>(), 24);
+        assert_eq!(size_of::<Route>(), 4 + 2 + 2 + 2 * MAX_ROUTE_SHARDS);
+        assert_eq!(size_of::<Shard>(), 4 + 16 + 4 + 2 + 2 + 6 + 2 + 4);
+        assert_eq!(size_of::<Counter>(), 16);
+    }
+}

@@ -1,0 +1,43 @@
+//! Byte access to a UDP payload, the one abstraction the parsers are written
+//! against.
+//!
+//! On the host the payload is a slice; in the XDP program it is packet memory
+//! that must be bounds-checked against `data_end` on every access, in a shape
+//! the verifier accepts. Writing the parsers against this trait lets both
+//! sides run the same parser code.
+
+/// Read-only, bounds-checked access to a datagram payload.
+pub trait Payload {
+    /// Length of the payload in bytes (from the UDP header, not the frame:
+    /// Ethernet padding is not payload).
+    fn len(&self) -> usize;
+
+    /// The byte at `off`, or `None` past the end.
+    fn byte(&self, off: usize) -> Option<u8>;
+
+    /// True when the payload is empty.
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Big-endian `u16` at `off`, or `None` if it does not fit.
+    #[inline(always)]
+    fn be16(&self, off: usize) -> Option<u16> {
+        let hi = self.byte(off)?;
+        let lo = self.byte(off + 1)?;
+        Some(u16::from_be_bytes([hi, lo]))
+    }
+}
+
+impl Payload for [u8] {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        self.get(off).copied()
+    }
+}
