@@ -23,8 +23,6 @@ pub const OPTION_URI_PATH: u16 = 11;
 pub const PAYLOAD_MARKER: u8 = 0xFF;
 /// Options examined before giving up (a publish carries a handful).
 pub const MAX_OPTIONS: usize = 16;
-/// Longest Uri-Path segment examined.
-pub const MAX_SEGMENT: usize = TOPIC_MAX + PREFIX_MAX;
 
 /// A CoAP publish the data plane may forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,33 +55,68 @@ fn extended<P: Payload + ?Sized>(p: &P, nibble: u8, off: &mut usize) -> Result<u
 }
 
 /// Matches the joined Uri-Path against the prefix and hashes the rest.
+///
+/// The prefix always ends in '/' (the control plane normalises it), so each
+/// Uri-Path segment lies wholly in the prefix or wholly in the topic: a
+/// segment is either compared or hashed, one short loop each, with the
+/// length checks done once per segment rather than per byte.
 struct PathMatcher<'a> {
     prefix: &'a [u8; PREFIX_MAX],
     prefix_len: usize,
+    /// Prefix bytes matched so far.
     pos: usize,
     topic_len: usize,
+    segments: usize,
     hasher: TopicHasher,
 }
 
 impl PathMatcher<'_> {
     #[inline(always)]
-    fn feed(&mut self, c: u8) -> Result<(), Reason> {
+    fn segment<P: Payload + ?Sized>(&mut self, p: &P, off: usize, olen: usize) -> Result<(), Reason> {
+        let in_prefix = self.pos < self.prefix_len;
+        if self.segments > 0 {
+            if in_prefix {
+                // The virtual '/' between segments must match the prefix.
+                if self.prefix.get(self.pos & (PREFIX_MAX - 1)) != Some(&b'/') {
+                    return Err(Reason::CoapOtherPath);
+                }
+                self.pos += 1;
+            } else if self.topic_len > 0 {
+                if self.topic_len >= TOPIC_MAX {
+                    return Err(Reason::TopicTooLong);
+                }
+                self.hasher.push(b'/');
+                self.topic_len += 1;
+            }
+        }
+        self.segments += 1;
         if self.pos < self.prefix_len {
-            let want = *self
-                .prefix
-                .get(self.pos & (PREFIX_MAX - 1))
-                .ok_or(Reason::CoapOtherPath)?;
-            if c != want {
+            // A prefix segment ends before the prefix's final '/'.
+            if self.pos + olen >= self.prefix_len {
                 return Err(Reason::CoapOtherPath);
             }
+            for i in 0..PREFIX_MAX {
+                if i >= olen {
+                    break;
+                }
+                let c = p.byte(off + i).ok_or(Reason::CoapMalformed)?;
+                if Some(&c) != self.prefix.get((self.pos + i) & (PREFIX_MAX - 1)) {
+                    return Err(Reason::CoapOtherPath);
+                }
+            }
+            self.pos += olen;
         } else {
-            if self.topic_len >= TOPIC_MAX {
+            if self.topic_len + olen > TOPIC_MAX {
                 return Err(Reason::TopicTooLong);
             }
-            self.topic_len += 1;
-            self.hasher.push(c);
+            for i in 0..TOPIC_MAX {
+                if i >= olen {
+                    break;
+                }
+                self.hasher.push(p.byte(off + i).ok_or(Reason::CoapMalformed)?);
+            }
+            self.topic_len += olen;
         }
-        self.pos += 1;
         Ok(())
     }
 }
@@ -126,13 +159,19 @@ pub fn parse_publish<P: Payload + ?Sized>(
         },
         pos: 0,
         topic_len: 0,
+        segments: 0,
         hasher: TopicHasher::new(),
     };
     let mut number: u32 = 0;
-    let mut segments = 0u32;
     let mut payload_offset = len;
     let mut ended = false;
     for _ in 0..MAX_OPTIONS {
+        // Loop-carried state converges here (see `Payload::opaque`).
+        off = p.opaque(off);
+        number = p.opaque(number as usize) as u32;
+        m.segments = p.opaque(m.segments);
+        m.pos = p.opaque(m.pos);
+        m.topic_len = p.opaque(m.topic_len);
         if off >= len {
             ended = true;
             break;
@@ -150,25 +189,17 @@ pub fn parse_publish<P: Payload + ?Sized>(
         off += 1;
         let delta = extended(p, b >> 4, &mut off)?;
         let olen = extended(p, b & 0x0f, &mut off)? as usize;
-        number += delta as u32;
-        if off + olen > len {
+        // Let the nine header encodings converge (see `Payload::opaque`).
+        let (off_, delta, olen) = (p.opaque(off), p.opaque(delta as usize), p.opaque(olen));
+        off = off_;
+        // Also re-bounds the laundered values for the verifier.
+        if off > len || olen > len || off + olen > len {
             return Err(Reason::CoapMalformed);
         }
+        number += delta as u32;
         if number == OPTION_URI_PATH as u32 {
-            if olen > MAX_SEGMENT {
-                return Err(Reason::TopicTooLong);
-            }
-            if segments > 0 {
-                m.feed(b'/')?;
-            }
-            segments += 1;
-            for i in 0..MAX_SEGMENT {
-                if i >= olen {
-                    break;
-                }
-                m.feed(p.byte(off + i).ok_or(Reason::CoapMalformed)?)?;
-            }
-        } else if number > OPTION_URI_PATH as u32 && segments == 0 {
+            m.segment(p, off, olen)?;
+        } else if number > OPTION_URI_PATH as u32 && m.segments == 0 {
             // Uri-Path options come in order; none means no topic.
             return Err(Reason::CoapOtherPath);
         }
@@ -202,39 +233,10 @@ mod tests {
         (p, s.len())
     }
 
-    /// Encodes one option with the shortest delta/length form.
-    fn option(out: &mut Vec<u8>, delta: u16, value: &[u8]) {
-        fn nib(v: u16) -> (u8, Vec<u8>) {
-            match v {
-                0..=12 => (v as u8, Vec::new()),
-                13..=268 => (13, std::vec![(v - 13) as u8]),
-                _ => (14, (v - 269).to_be_bytes().to_vec()),
-            }
-        }
-        let (d, dx) = nib(delta);
-        let (l, lx) = nib(value.len() as u16);
-        out.push(d << 4 | l);
-        out.extend(dx);
-        out.extend(lx);
-        out.extend_from_slice(value);
-    }
+    use crate::build::coap_option as option;
 
-    /// A request with the given type/code, token, Uri-Path segments, a
-    /// Content-Format option, and a payload.
     fn request(t: u8, code: u8, token: &[u8], path: &[&str], payload: &[u8]) -> Vec<u8> {
-        let mut v = std::vec![VERSION << 6 | t << 4 | token.len() as u8, code, 0x12, 0x34];
-        v.extend_from_slice(token);
-        let mut last = 0;
-        for seg in path {
-            option(&mut v, OPTION_URI_PATH - last, seg.as_bytes());
-            last = OPTION_URI_PATH;
-        }
-        option(&mut v, 12 - last, &[0]); // Content-Format: text/plain
-        if !payload.is_empty() {
-            v.push(PAYLOAD_MARKER);
-            v.extend_from_slice(payload);
-        }
-        v
+        crate::build::coap_request(t, code, 0x1234, token, path, payload)
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! ```
 #![no_std]
 
+#[cfg(any(test, feature = "builders"))]
+pub mod build;
 pub mod checksum;
 pub mod coap;
 pub mod maps;

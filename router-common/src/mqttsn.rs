@@ -130,21 +130,7 @@ mod tests {
     use std::vec::Vec;
 
     fn publish(long: bool, flags: u8, topic: [u8; 2], data: &[u8]) -> Vec<u8> {
-        let body_len = 1 + 1 + 2 + 2 + data.len();
-        let mut v = Vec::new();
-        if long {
-            let total = 3 + body_len;
-            v.push(LONG_LENGTH_MARK);
-            v.extend_from_slice(&(total as u16).to_be_bytes());
-        } else {
-            v.push((1 + body_len) as u8);
-        }
-        v.push(MSG_PUBLISH);
-        v.push(flags);
-        v.extend_from_slice(&topic);
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(data);
-        v
+        crate::build::mqttsn_publish(long, flags, topic, 0, data)
     }
 
     #[test]

@@ -21,6 +21,17 @@ pub trait Payload {
         self.len() == 0
     }
 
+    /// Returns `v` unchanged, but lets an implementation hide the value from
+    /// static analysis. The XDP implementation passes loop-carried parser
+    /// state through memory the BPF verifier does not track, so that paths
+    /// which differ only in those values converge at each loop head instead
+    /// of multiplying (bounded loops are verified path by path). Host
+    /// implementations keep the identity.
+    #[inline(always)]
+    fn opaque(&self, v: usize) -> usize {
+        v
+    }
+
     /// Big-endian `u16` at `off`, or `None` if it does not fit.
     #[inline(always)]
     fn be16(&self, off: usize) -> Option<u16> {

@@ -1,1 +1,200 @@
+//! Test support for shardcast's kernel tests: network namespaces with Drop
+//! guards (nothing outlives a test, even a failing one), running code inside
+//! a namespace, and Ethernet frames around MQTT-SN / CoAP payloads.
 
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+use etherparse::PacketBuilder;
+
+pub use router_common::build;
+
+pub mod fixtures;
+
+/// The router's eBPF object, as built by `cargo xtask build-ebpf`.
+pub fn object() -> PathBuf {
+    std::env::var_os("SHARDCAST_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/router-ebpf.o")
+        })
+}
+
+/// The router-ctl binary of this build.
+pub fn router_ctl() -> PathBuf {
+    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/router-ctl");
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        p = PathBuf::from(dir).join("debug/router-ctl");
+    }
+    p
+}
+
+/// A short name unique to this process and call: `<prefix><pid><n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command; fails with its stderr.
+pub fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted (with its interfaces and processes) on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Result<NetNs> {
+        let name = unique(prefix);
+        sh("ip", &["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// Runs a program inside the namespace (`ip netns exec`).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut a = vec!["netns", "exec", self.name.as_str(), cmd];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// A `Command` that runs inside the namespace.
+    pub fn command(&self, cmd: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, cmd]);
+        c
+    }
+
+    /// Runs `f` on a thread that has joined this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let name = self.name.clone();
+        std::thread::spawn(move || -> Result<T> {
+            router_ctl::netns::enter(&name)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Ok(pids) = sh("ip", &["netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace() {
+                let _ = sh("kill", &["-9", pid]);
+            }
+        }
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A directory under bpffs for one test's pins, removed on drop.
+pub struct PinRoot {
+    pub path: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new() -> PinRoot {
+        PinRoot {
+            path: PathBuf::from("/sys/fs/bpf").join(unique("sctest")),
+        }
+    }
+}
+
+impl Default for PinRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = router_ctl::dataplane::Dataplane::detach(&self.path);
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub const SRC_V4: [u8; 4] = [198, 18, 0, 1];
+pub const DST_V4: [u8; 4] = [198, 18, 0, 254];
+pub const SRC_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const DST_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+
+/// IP family and encapsulation of a test frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    V4,
+    V6,
+}
+
+/// Ethernet(+VLAN)/IP/UDP around `payload`, checksums correct.
+pub fn frame(l3: L3, vlan: Option<u16>, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
+    let mut out = Vec::new();
+    match (l3, vlan) {
+        (L3::V4, None) => eth.ipv4(SRC_V4, DST_V4, 64).udp(sport, dport).write(&mut out, payload),
+        (L3::V6, None) => eth.ipv6(SRC_V6, DST_V6, 64).udp(sport, dport).write(&mut out, payload),
+        (L3::V4, Some(id)) => eth
+            .single_vlan(id.try_into().expect("vlan id"))
+            .ipv4(SRC_V4, DST_V4, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        (L3::V6, Some(id)) => eth
+            .single_vlan(id.try_into().expect("vlan id"))
+            .ipv6(SRC_V6, DST_V6, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+    }
+    .expect("writing to a Vec");
+    out
+}
+
+/// IPv4/UDP frame whose IP header carries `options` (a multiple of 4 bytes).
+pub fn frame_v4_options(options: &[u8], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(
+        (8 + payload.len()) as u16,
+        64,
+        etherparse::IpNumber::UDP,
+        SRC_V4,
+        DST_V4,
+    )
+    .expect("valid header");
+    ip.options = options.try_into().expect("valid options");
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .udp(40000, dport)
+        .write(&mut out, payload)
+        .expect("writing to a Vec");
+    out
+}

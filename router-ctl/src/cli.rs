@@ -1,0 +1,376 @@
+//! Command-line interface: parses arguments, calls the library, prints.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use router_common::{maps::SHARD_HAS_V4, maps::SHARD_HAS_V6, topic::TopicKey};
+use serde_json::json;
+
+use crate::{
+    dataplane::{AttachOptions, DEFAULT_PIN_ROOT, Dataplane, Mode, RouterConfig},
+    plan::{Plan, normalize_prefix},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "router-ctl", version, about = "shardcast: XDP pub/sub router control")]
+pub struct Cli {
+    /// Directory under bpffs holding the pins (a layout version is appended).
+    #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
+    /// Where the installed plan document is kept (names for dumps).
+    #[arg(long, global = true, default_value = "/run/shardcast")]
+    pub state_dir: PathBuf,
+    /// Run inside this network namespace (`ip netns` name). Unlike
+    /// `ip netns exec`, keeps /sys/fs/bpf visible.
+    #[arg(long, global = true)]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load, pin and attach the XDP router.
+    Attach(AttachArgs),
+    /// Attach the pass-all XDP program (peer of a veth egress).
+    AttachPass {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value = "driver")]
+        mode: Mode,
+    },
+    /// Detach everything and remove the pins.
+    Detach,
+    /// Validate a plan and install it as the next generation, atomically.
+    Apply {
+        plan: PathBuf,
+        /// Install even if the generation is not newer than the installed one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a plan without installing it.
+    Check { plan: PathBuf },
+    /// Inspect the installed maps.
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+    /// Counters: per verdict/reason, per topic, unrouted topics.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MapsCommand {
+    /// Print config, generation, shards, routes and egress table.
+    Dump {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Interface(s) that receive device traffic.
+    #[arg(long, required = true)]
+    pub ingress: Vec<String>,
+    /// Interface(s) shard traffic leaves by.
+    #[arg(long)]
+    pub egress: Vec<String>,
+    #[arg(long, value_enum, default_value = "driver")]
+    pub mode: Mode,
+    /// The eBPF object (default: SHARDCAST_OBJECT, then next to the binary).
+    #[arg(long)]
+    pub object: Option<PathBuf>,
+    #[arg(long, default_value_t = 1884)]
+    pub mqttsn_port: u16,
+    #[arg(long, default_value_t = 5683)]
+    pub coap_port: u16,
+    #[arg(long, default_value = "ps/data/")]
+    pub coap_prefix: String,
+}
+
+/// Finds the eBPF object: flag, environment, then beside the binary
+/// (`target/<profile>/../bpf/`), then the system location.
+pub fn find_object(flag: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("SHARDCAST_OBJECT") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut tried = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        tried.push(dir.join("../bpf/router-ebpf.o"));
+        tried.push(dir.join("router-ebpf.o"));
+    }
+    tried.push(PathBuf::from("/usr/lib/shardcast/router-ebpf.o"));
+    for p in &tried {
+        if p.exists() {
+            return Ok(p.clone());
+        }
+    }
+    bail!(
+        "eBPF object not found (tried {}); run `cargo xtask build-ebpf` or pass --object",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("plan.json")
+}
+
+/// Writes the installed plan beside the pins' state, atomically (rename).
+fn save_plan(dir: &Path, plan: &Plan) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(".plan.json.tmp");
+    std::fs::write(&tmp, plan.to_json()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, state_file(dir))
+        .with_context(|| format!("renaming into {}", state_file(dir).display()))?;
+    Ok(())
+}
+
+/// Names for keys, from the saved plan if it is the installed generation.
+fn key_names(dir: &Path, generation: u64) -> BTreeMap<TopicKey, String> {
+    let mut out = BTreeMap::new();
+    let Ok(plan) = Plan::from_file(&state_file(dir)) else {
+        return out;
+    };
+    if plan.generation != generation {
+        return out;
+    }
+    if let Ok(c) = plan.compile() {
+        for r in &c.routes {
+            let name = &c.topics[r.topic];
+            let label = if r.key == c.name_keys[r.topic] {
+                name.clone()
+            } else {
+                format!("{name} (MQTT-SN id)")
+            };
+            out.insert(r.key, label);
+        }
+    }
+    out
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        crate::netns::enter(ns)?;
+    }
+    match cli.command {
+        Command::Attach(a) => {
+            let coap_prefix = normalize_prefix(&a.coap_prefix).map_err(anyhow::Error::msg)?;
+            let opts = AttachOptions {
+                object: find_object(a.object.as_deref())?,
+                ingress: a.ingress,
+                egress: a.egress,
+                mode: a.mode,
+                config: RouterConfig {
+                    mqttsn_port: a.mqttsn_port,
+                    coap_port: a.coap_port,
+                    coap_prefix,
+                },
+            };
+            Dataplane::attach(&cli.pin_root, &opts)?;
+            println!(
+                "attached to {} ({:?} mode); pins in {}",
+                opts.ingress.join(", "),
+                opts.mode,
+                crate::dataplane::PinPaths::new(&cli.pin_root).dir().display()
+            );
+        }
+        Command::AttachPass { iface, mode } => {
+            let mut dp = Dataplane::open(&cli.pin_root)?;
+            let pin = dp.attach_pass(&iface, mode)?;
+            println!("pass program attached to {iface} (pin {})", pin.display());
+        }
+        Command::Detach => {
+            if !crate::dataplane::is_root() {
+                bail!(crate::dataplane::DataplaneError::NotRoot);
+            }
+            let removed = Dataplane::detach(&cli.pin_root)?;
+            let _ = std::fs::remove_file(state_file(&cli.state_dir));
+            println!("detached; removed {} pins", removed.len());
+        }
+        Command::Check { plan } => {
+            let p = Plan::from_file(&plan)?;
+            let c = p
+                .compile()
+                .with_context(|| format!("plan {} is invalid", plan.display()))?;
+            println!(
+                "plan {} is valid: generation {}, {} shards, {} topics, {} route keys",
+                plan.display(),
+                c.generation,
+                c.shards.len(),
+                c.topics.len(),
+                c.routes.len()
+            );
+        }
+        Command::Apply { plan, force } => {
+            let p = Plan::from_file(&plan)?;
+            let c = p
+                .compile()
+                .with_context(|| format!("plan {} is invalid", plan.display()))?;
+            let mut dp = Dataplane::open(&cli.pin_root)?;
+            let r = dp
+                .install(&c, force)
+                .with_context(|| format!("installing {}", plan.display()))?;
+            save_plan(&cli.state_dir, &p)?;
+            println!(
+                "generation {} installed: {} shards, {} route keys (fill {:?}, swap {:?}, total {:?})",
+                r.generation, r.shards, r.routes, r.fill, r.swap, r.total
+            );
+        }
+        Command::Maps {
+            command: MapsCommand::Dump { json },
+        } => {
+            let dp = Dataplane::open(&cli.pin_root)?;
+            let s = dp.snapshot()?;
+            let names = key_names(&cli.state_dir, s.meta.generation);
+            let shards: Vec<_> = s
+                .shards
+                .iter()
+                .map(|sh| {
+                    json!({
+                        "id": sh.id,
+                        "group_v4": (sh.flags & SHARD_HAS_V4 != 0).then(|| Ipv4Addr::from(sh.group_v4).to_string()),
+                        "group_v6": (sh.flags & SHARD_HAS_V6 != 0).then(|| Ipv6Addr::from(sh.group_v6).to_string()),
+                        "egress_slot": sh.egress_slot,
+                        "port": sh.port,
+                        "src_mac": mac(&sh.src_mac),
+                    })
+                })
+                .collect();
+            let routes: Vec<_> = s
+                .routes
+                .iter()
+                .map(|(k, r)| {
+                    json!({
+                        "key": format!("{:016x}", k.hash),
+                        "topic": names.get(k),
+                        "stats_slot": r.stats_slot,
+                        "shards": r.shards[..r.shard_count as usize]
+                            .iter()
+                            .map(|&i| s.shards.get(i as usize).map(|sh| sh.id))
+                            .collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let doc = json!({
+                "config": {
+                    "mqttsn_port": s.config.mqttsn_port,
+                    "coap_port": s.config.coap_port,
+                    "coap_prefix": s.config.coap_prefix,
+                },
+                "generation": s.meta.generation,
+                "installed_unix": s.meta.installed_unix,
+                "active_slot": s.active_slot,
+                "egress": s.egress.iter().map(|(slot, ifx)| json!({"slot": slot, "ifindex": ifx})).collect::<Vec<_>>(),
+                "shards": shards,
+                "routes": routes,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!(
+                    "config: mqtt-sn port {}, coap port {}, coap prefix {:?}",
+                    s.config.mqttsn_port, s.config.coap_port, s.config.coap_prefix
+                );
+                println!(
+                    "generation {} (slot {}), {} shards, {} route keys",
+                    s.meta.generation,
+                    s.active_slot,
+                    s.shards.len(),
+                    s.routes.len()
+                );
+                println!("egress: {:?}", s.egress);
+                println!("{:>6}  {:<16} {:<24} {:>6} {:>6}", "shard", "group_v4", "group_v6", "egress", "port");
+                for sh in &shards {
+                    println!(
+                        "{:>6}  {:<16} {:<24} {:>6} {:>6}",
+                        sh["id"],
+                        sh["group_v4"].as_str().unwrap_or("-"),
+                        sh["group_v6"].as_str().unwrap_or("-"),
+                        sh["egress_slot"],
+                        sh["port"]
+                    );
+                }
+                println!("{:<16}  {:<32} {:>5}  shards", "key", "topic", "slot");
+                for r in &routes {
+                    println!(
+                        "{:<16}  {:<32} {:>5}  {}",
+                        r["key"].as_str().unwrap_or(""),
+                        r["topic"].as_str().unwrap_or("?"),
+                        r["stats_slot"],
+                        r["shards"]
+                    );
+                }
+            }
+        }
+        Command::Stats { json } => {
+            let dp = Dataplane::open(&cli.pin_root)?;
+            let c = dp.counters()?;
+            let meta = dp.meta()?;
+            let names = key_names(&cli.state_dir, meta.generation);
+            let reasons: BTreeMap<&str, _> = c
+                .reasons
+                .iter()
+                .map(|(r, v)| (r.label(), json!({"packets": v.packets, "bytes": v.bytes})))
+                .collect();
+            let topics: Vec<_> = c
+                .topics
+                .iter()
+                .map(|(k, (slot, v))| json!({"key": format!("{:016x}", k.hash), "topic": names.get(k), "slot": slot, "packets": v.packets, "bytes": v.bytes}))
+                .collect();
+            let unrouted: Vec<_> = c
+                .unrouted
+                .iter()
+                .map(|(k, v)| json!({"key": format!("{:016x}", k.hash), "packets": v.packets, "bytes": v.bytes}))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"generation": meta.generation, "reasons": reasons, "topics": topics, "unrouted": unrouted}))?
+                );
+            } else {
+                println!("generation {}", meta.generation);
+                println!("{:<22} {:>12} {:>14}", "verdict/reason", "packets", "bytes");
+                for (r, v) in &c.reasons {
+                    if v.packets > 0 {
+                        println!("{:<22} {:>12} {:>14}", r.label(), v.packets, v.bytes);
+                    }
+                }
+                println!("{:<32} {:>12} {:>14}", "topic", "packets", "bytes");
+                for t in &topics {
+                    println!(
+                        "{:<32} {:>12} {:>14}",
+                        t["topic"].as_str().unwrap_or(t["key"].as_str().unwrap_or("")),
+                        t["packets"],
+                        t["bytes"]
+                    );
+                }
+                if !unrouted.is_empty() {
+                    println!("unrouted topic keys: {}", unrouted.len());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

@@ -1,0 +1,983 @@
+//! The data plane as the control plane sees it: the only module that talks
+//! to aya and the kernel's BPF syscalls.
+//!
+//! It loads the XDP object, pins programs, maps and links under
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v1/`) so
+//! forwarding outlives the process, adopts those pins later, installs plan
+//! generations atomically, and reads counters.
+//!
+//! ## Generation swap
+//! Each routing table lives in a two-slot `ArrayOfMaps`; `SC_ACTIVE` names
+//! the slot packets use. [`Dataplane::install`]:
+//! 1. fills *fresh* inner maps (routes, shards) off to the side;
+//! 2. puts them into the idle slot of both outer maps;
+//! 3. flips `SC_ACTIVE` to that slot (one 4-byte write: a packet reads it
+//!    once and uses that slot for both lookups, so it sees all of one
+//!    generation);
+//! 4. rewrites the new slot once more: an update of a map-of-maps returns only
+//!    after an RCU grace period (`synchronize_rcu` in the kernel), so when it
+//!    returns no program still runs with the old slot;
+//! 5. replaces the old slot with empty maps to free its memory.
+//! A failure before step 3 leaves the installed generation untouched.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
+    ffi::CString,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, ArrayOfMaps, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
+    programs::{
+        Program, ProgramError, TestRun, TestRunOptions, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpMode,
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use router_common::{
+    maps::{
+        Config, Counter, LAYOUT_VERSION, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta,
+        PREFIX_MAX, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
+    },
+    reason::Reason,
+    topic::TopicKey,
+};
+
+use crate::plan::CompiledPlan;
+
+/// Default root of the pins; the layout version is appended.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shardcast";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("must run as root (needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    NotRoot,
+    #[error("interface {0:?} does not exist in this network namespace")]
+    NoInterface(String),
+    #[error("eBPF object {path} is missing: run `cargo xtask build-ebpf` or pass --object")]
+    ObjectMissing { path: PathBuf },
+    #[error("bpffs is not mounted at {0} (mount -t bpf bpf {0}, or `cargo xtask setup`)")]
+    NoBpffs(PathBuf),
+    #[error("no shardcast data plane is pinned at {0}: run `router-ctl attach` first")]
+    NotAttached(PathBuf),
+    #[error(
+        "pins of map layout {found} exist at {path}; this router-ctl uses layout v{LAYOUT_VERSION}. \
+         Detach them with the router-ctl that made them (or remove {path}) first"
+    )]
+    OtherLayout { found: String, path: PathBuf },
+    #[error("{iface} already has a shardcast program attached (pin {path})")]
+    AlreadyAttached { iface: String, path: PathBuf },
+    #[error("pinned map {name} does not match layout v{LAYOUT_VERSION}: {reason}")]
+    PinMismatch { name: &'static str, reason: String },
+    #[error("cannot load eBPF object {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pin {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("egress table is full ({MAX_EGRESS} interfaces)")]
+    EgressFull,
+    #[error("topic counter slots are exhausted ({MAX_TOPICS})")]
+    SlotsFull,
+    #[error("plan generation {new} is not newer than installed generation {installed}")]
+    StaleGeneration { new: u64, installed: u64 },
+    #[error("cannot read the MAC address of {iface}: {reason}")]
+    NoMac { iface: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program { name, source }
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Native (driver) XDP: the fast path on real NICs and veth.
+    Driver,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Skb,
+}
+
+impl Mode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            Mode::Driver => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Router settings written to `SC_CONFIG`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterConfig {
+    pub mqttsn_port: u16,
+    pub coap_port: u16,
+    /// Normalised CoAP prefix (see [`crate::plan::normalize_prefix`]).
+    pub coap_prefix: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            mqttsn_port: Config::DEFAULT_MQTTSN_PORT,
+            coap_port: Config::DEFAULT_COAP_PORT,
+            coap_prefix: Config::DEFAULT_PREFIX.to_string(),
+        }
+    }
+}
+
+impl RouterConfig {
+    fn to_map(&self) -> Config {
+        let mut prefix = [0u8; PREFIX_MAX];
+        let b = self.coap_prefix.as_bytes();
+        prefix[..b.len()].copy_from_slice(b);
+        Config {
+            mqttsn_port: self.mqttsn_port,
+            coap_port: self.coap_port,
+            prefix_len: b.len() as u32,
+            prefix,
+        }
+    }
+
+    fn from_map(c: &Config) -> Self {
+        Self {
+            mqttsn_port: c.mqttsn_port,
+            coap_port: c.coap_port,
+            coap_prefix: String::from_utf8_lossy(c.prefix()).into_owned(),
+        }
+    }
+}
+
+/// Where the pins of one layout version live.
+#[derive(Clone, Debug)]
+pub struct PinPaths {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl PinPaths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let dir = root.join(format!("v{LAYOUT_VERSION}"));
+        Self { root, dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn prog(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn link(&self, prog: &str, iface: &str) -> PathBuf {
+        self.dir.join(format!("link_{prog}_{iface}"))
+    }
+
+    /// Layout directories other than ours (e.g. `v0` left by an older build).
+    fn other_layouts(&self) -> Vec<String> {
+        let ours = format!("v{LAYOUT_VERSION}");
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with('v') && *n != ours)
+            .collect()
+    }
+}
+
+/// What `attach` needs.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub object: PathBuf,
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    pub mode: Mode,
+    pub config: RouterConfig,
+}
+
+type RoutesMap = HashMap<MapData, TopicKey, Route>;
+type ShardsMap = Array<MapData, Shard>;
+
+/// Handles to every map of the data plane.
+pub struct Dataplane {
+    /// Present when this process loaded the object (tests, benchmarks,
+    /// `attach`); absent when adopted from pins.
+    ebpf: Option<Ebpf>,
+    pins: Option<PinPaths>,
+    config: Array<MapData, Config>,
+    active: Array<MapData, u32>,
+    meta: Array<MapData, Meta>,
+    routes: ArrayOfMaps<MapData, RoutesMap>,
+    shards: ArrayOfMaps<MapData, ShardsMap>,
+    egress: DevMap<MapData>,
+    reasons: PerCpuArray<MapData, Counter>,
+    topic_stats: PerCpuArray<MapData, Counter>,
+    unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
+    slots: HashMap<MapData, TopicKey, u32>,
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Index of `iface` in the current network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let c = CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DataplaneError::NoInterface(iface.into())),
+        i => Ok(i),
+    }
+}
+
+/// MAC address of `iface` in the current network namespace (netlink via
+/// getifaddrs, so it works after `setns` too, unlike /sys/class/net).
+pub fn mac_address(iface: &str) -> Result<[u8; 6]> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::NoMac {
+        iface: iface.into(),
+        reason: e.to_string(),
+    })?;
+    for a in addrs {
+        if a.interface_name == iface
+            && let Some(mac) = a.address.as_ref().and_then(|s| s.as_link_addr()).and_then(|l| l.addr())
+        {
+            return Ok(mac);
+        }
+    }
+    Err(DataplaneError::NoMac {
+        iface: iface.into(),
+        reason: "no link-layer address".into(),
+    })
+}
+
+fn check_bpffs(root: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let on_bpffs = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, mnt, fs) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        fs == "bpf" && root.starts_with(mnt)
+    });
+    if on_bpffs {
+        Ok(())
+    } else {
+        Err(DataplaneError::NoBpffs(
+            root.parent().unwrap_or(root).to_path_buf(),
+        ))
+    }
+}
+
+/// Takes a map out of a freshly loaded object, pinning it first when asked.
+fn take<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::PinMismatch {
+        name,
+        reason: "missing from the eBPF object".into(),
+    })?;
+    if let Some((pins, created)) = pin {
+        let path = pins.map(name);
+        map.pin(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        created.push(path);
+    }
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn open_pinned<T: TryFrom<Map, Error = MapError>>(pins: &PinPaths, name: &'static str) -> Result<T> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    let map = Map::from_map_data(data).map_err(map_err(name))?;
+    T::try_from(map).map_err(|e| DataplaneError::PinMismatch {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+/// Removes the pins this attach created if it fails half-way.
+struct PinRollback {
+    created: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for PinRollback {
+    fn drop(&mut self) {
+        if self.armed {
+            for p in self.created.iter().rev() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+impl Dataplane {
+    /// Loads the object in this process without pinning or attaching
+    /// anything: for in-kernel tests (`TestRun`) and benchmarks.
+    pub fn load(object: &Path, config: &RouterConfig) -> Result<Dataplane> {
+        Self::load_and_pin(object, config, None)
+    }
+
+    fn load_and_pin(
+        object: &Path,
+        config: &RouterConfig,
+        mut pin: Option<(&PinPaths, &mut Vec<PathBuf>)>,
+    ) -> Result<Dataplane> {
+        if !object.exists() {
+            return Err(DataplaneError::ObjectMissing {
+                path: object.into(),
+            });
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load_file(object)
+            .map_err(|e| DataplaneError::Load {
+                path: object.into(),
+                reason: format!("{e:#}"),
+            })?;
+        for name in [names::PROG_ROUTER, names::PROG_PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Load {
+                    path: object.into(),
+                    reason: format!("no program {name}"),
+                })?
+                .try_into()
+                .map_err(prog_err(if name == names::PROG_ROUTER {
+                    names::PROG_ROUTER
+                } else {
+                    names::PROG_PASS
+                }))?;
+            prog.load().map_err(|e| DataplaneError::Load {
+                path: object.into(),
+                reason: verifier_message(&e),
+            })?;
+            if let Some((pins, created)) = &mut pin {
+                let path = pins.prog(name);
+                prog.pin(&path).map_err(|e| DataplaneError::Pin {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                created.push(path);
+            }
+        }
+        let p = &mut pin;
+        let mut dp = Dataplane {
+            config: take(&mut ebpf, names::CONFIG, p)?,
+            active: take(&mut ebpf, names::ACTIVE, p)?,
+            meta: take(&mut ebpf, names::META, p)?,
+            routes: take(&mut ebpf, names::ROUTES, p)?,
+            shards: take(&mut ebpf, names::SHARDS, p)?,
+            egress: take(&mut ebpf, names::EGRESS, p)?,
+            reasons: take(&mut ebpf, names::REASONS, p)?,
+            topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
+            unrouted: take(&mut ebpf, names::UNROUTED, p)?,
+            slots: take(&mut ebpf, names::SLOTS, p)?,
+            pins: pin.as_ref().map(|(p, _)| (*p).clone()),
+            ebpf: Some(ebpf),
+        };
+        dp.set_config(config)?;
+        Ok(dp)
+    }
+
+    /// Adopts a pinned data plane.
+    pub fn open(pin_root: &Path) -> Result<Dataplane> {
+        let pins = PinPaths::new(pin_root);
+        if !pins.dir().exists() {
+            if let Some(found) = pins.other_layouts().into_iter().next() {
+                return Err(DataplaneError::OtherLayout {
+                    found,
+                    path: pin_root.into(),
+                });
+            }
+            return Err(DataplaneError::NotAttached(pins.dir().into()));
+        }
+        let dp = Dataplane {
+            config: open_pinned(&pins, names::CONFIG)?,
+            active: open_pinned(&pins, names::ACTIVE)?,
+            meta: open_pinned(&pins, names::META)?,
+            routes: open_pinned(&pins, names::ROUTES)?,
+            shards: open_pinned(&pins, names::SHARDS)?,
+            egress: open_pinned(&pins, names::EGRESS)?,
+            reasons: open_pinned(&pins, names::REASONS)?,
+            topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
+            unrouted: open_pinned(&pins, names::UNROUTED)?,
+            slots: open_pinned(&pins, names::SLOTS)?,
+            ebpf: None,
+            pins: Some(pins),
+        };
+        Ok(dp)
+    }
+
+    /// Loads (or adopts), pins, configures and attaches the router. Nothing
+    /// is left behind if any step fails.
+    pub fn attach(pin_root: &Path, opts: &AttachOptions) -> Result<Dataplane> {
+        if !is_root() {
+            return Err(DataplaneError::NotRoot);
+        }
+        for iface in opts.ingress.iter().chain(&opts.egress) {
+            ifindex(iface)?;
+        }
+        check_bpffs(pin_root)?;
+        let pins = PinPaths::new(pin_root);
+        if let Some(found) = pins.other_layouts().into_iter().next() {
+            return Err(DataplaneError::OtherLayout {
+                found,
+                path: pin_root.into(),
+            });
+        }
+        for iface in &opts.ingress {
+            let path = pins.link(names::PROG_ROUTER, iface);
+            if path.exists() {
+                return Err(DataplaneError::AlreadyAttached {
+                    iface: iface.clone(),
+                    path,
+                });
+            }
+        }
+        let mut rollback = PinRollback {
+            created: Vec::new(),
+            armed: true,
+        };
+        let fresh = !pins.map(names::CONFIG).exists();
+        let mut dp = if fresh {
+            std::fs::create_dir_all(pins.dir())?;
+            Dataplane::load_and_pin(&opts.object, &opts.config, Some((&pins, &mut rollback.created)))?
+        } else {
+            let mut dp = Dataplane::open(pin_root)?;
+            dp.set_config(&opts.config)?;
+            dp
+        };
+        for iface in &opts.egress {
+            dp.egress_slot(iface)?;
+        }
+        for iface in &opts.ingress {
+            let link = dp.attach_program(names::PROG_ROUTER, iface, opts.mode)?;
+            rollback.created.push(link);
+        }
+        rollback.armed = false;
+        Ok(dp)
+    }
+
+    /// Attaches a pinned program to `iface` and pins the link; returns the
+    /// link's pin path.
+    fn attach_program(&mut self, prog_name: &'static str, iface: &str, mode: Mode) -> Result<PathBuf> {
+        let pins = self.pins.as_ref().ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
+        let path = pins.link(prog_name, iface);
+        if path.exists() {
+            return Err(DataplaneError::AlreadyAttached {
+                iface: iface.into(),
+                path,
+            });
+        }
+        let mut prog = Xdp::from_pin(pins.prog(prog_name), XdpAttachType::Interface)
+            .map_err(prog_err(prog_name))?;
+        let id = prog.attach(iface, mode.xdp()).map_err(prog_err(prog_name))?;
+        let link = prog.take_link(id).map_err(prog_err(prog_name))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: format!("XDP attach did not give a bpf_link ({e}); kernel too old"),
+        })?;
+        let _: PinnedLink = fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(path)
+    }
+
+    /// Attaches the pass-everything program to `iface` (the peer of a veth
+    /// egress must run XDP for redirected frames to arrive).
+    pub fn attach_pass(&mut self, iface: &str, mode: Mode) -> Result<PathBuf> {
+        ifindex(iface)?;
+        self.attach_program(names::PROG_PASS, iface, mode)
+    }
+
+    /// Detaches every link and removes every pin of our layout.
+    pub fn detach(pin_root: &Path) -> Result<Vec<PathBuf>> {
+        let pins = PinPaths::new(pin_root);
+        if !pins.dir().exists() {
+            return Err(DataplaneError::NotAttached(pins.dir().into()));
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(pins.dir())?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        // Links first, so traffic stops being steered before maps go away.
+        entries.sort_by_key(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("link_"))
+        });
+        for p in &entries {
+            std::fs::remove_file(p)?;
+        }
+        std::fs::remove_dir(pins.dir())?;
+        let _ = std::fs::remove_dir(&pins.root);
+        Ok(entries)
+    }
+
+    pub fn set_config(&mut self, config: &RouterConfig) -> Result<()> {
+        self.config
+            .set(0, config.to_map(), 0)
+            .map_err(map_err(names::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<RouterConfig> {
+        Ok(RouterConfig::from_map(
+            &self.config.get(&0, 0).map_err(map_err(names::CONFIG))?,
+        ))
+    }
+
+    pub fn meta(&self) -> Result<Meta> {
+        self.meta.get(&0, 0).map_err(map_err(names::META))
+    }
+
+    pub fn active_slot(&self) -> Result<u32> {
+        self.active.get(&0, 0).map_err(map_err(names::ACTIVE))
+    }
+
+    /// The egress slot of `iface`, adding it to the egress map if new.
+    pub fn egress_slot(&mut self, iface: &str) -> Result<u32> {
+        let idx = ifindex(iface)?;
+        let mut free = None;
+        for slot in 0..MAX_EGRESS {
+            match self.egress.get(slot, 0) {
+                Ok(v) if v.if_index == idx => return Ok(slot),
+                Ok(_) => {}
+                Err(_) => {
+                    free.get_or_insert(slot);
+                }
+            }
+        }
+        let slot = free.ok_or(DataplaneError::EgressFull)?;
+        self.egress
+            .set(slot, idx, None, 0)
+            .map_err(|e| DataplaneError::Pin {
+                path: PathBuf::from(names::EGRESS),
+                reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
+            })?;
+        Ok(slot)
+    }
+
+    /// Egress table: slot → ifindex.
+    pub fn egress_table(&self) -> Vec<(u32, u32)> {
+        (0..MAX_EGRESS)
+            .filter_map(|s| self.egress.get(s, 0).ok().map(|v| (s, v.if_index)))
+            .collect()
+    }
+
+    /// Counter slots for the plan's topics: existing assignments are kept;
+    /// new topics take free slots, reclaiming those of topics absent from
+    /// the plan when the table is full (their counters are zeroed first).
+    fn assign_slots(&mut self, plan: &CompiledPlan) -> Result<Vec<u32>> {
+        let mut current: StdHashMap<TopicKey, u32> = StdHashMap::new();
+        for kv in self.slots.iter() {
+            let (k, v) = kv.map_err(map_err(names::SLOTS))?;
+            current.insert(k, v);
+        }
+        let wanted: HashSet<TopicKey> = plan.name_keys.iter().copied().collect();
+        let used: HashSet<u32> = current.values().copied().collect();
+        let mut free = (0..MAX_TOPICS).filter(|s| !used.contains(s));
+        let mut reclaimable: Vec<(TopicKey, u32)> = current
+            .iter()
+            .filter(|(k, _)| !wanted.contains(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        reclaimable.sort_by_key(|(_, s)| *s);
+        let mut reclaimable = reclaimable.into_iter();
+        let zero = PerCpuValues::try_from(vec![
+            Counter::default();
+            aya::util::nr_cpus().map_err(|(_, e)| e)?
+        ])?;
+        let mut out = Vec::with_capacity(plan.name_keys.len());
+        for key in &plan.name_keys {
+            let slot = match current.get(key) {
+                Some(s) => *s,
+                None => {
+                    let s = match free.next() {
+                        Some(s) => s,
+                        None => {
+                            let (old, s) = reclaimable.next().ok_or(DataplaneError::SlotsFull)?;
+                            self.slots.remove(&old).map_err(map_err(names::SLOTS))?;
+                            s
+                        }
+                    };
+                    self.topic_stats
+                        .set(s, PerCpuValues::try_from(zero.to_vec())?, 0)
+                        .map_err(map_err(names::TOPIC_STATS))?;
+                    self.slots.insert(key, s, 0).map_err(map_err(names::SLOTS))?;
+                    current.insert(*key, s);
+                    s
+                }
+            };
+            out.push(slot);
+        }
+        Ok(out)
+    }
+
+    /// Installs a compiled plan as the next generation (see the module docs
+    /// for the protocol). `force` allows a generation that is not newer.
+    pub fn install(&mut self, plan: &CompiledPlan, force: bool) -> Result<InstallReport> {
+        let started = std::time::Instant::now();
+        let installed = self.meta()?;
+        if !force && installed.generation != 0 && plan.generation <= installed.generation {
+            return Err(DataplaneError::StaleGeneration {
+                new: plan.generation,
+                installed: installed.generation,
+            });
+        }
+        // Everything that can fail on bad input fails here, before any
+        // routing map changes: egress lookups and MACs.
+        let mut shard_values = Vec::with_capacity(plan.shards.len());
+        for s in &plan.shards {
+            let src_mac = mac_address(&s.egress)?;
+            let egress_slot = self.egress_slot(&s.egress)?;
+            let mut flags = 0;
+            if s.group_v4.is_some() {
+                flags |= SHARD_HAS_V4;
+            }
+            if s.group_v6.is_some() {
+                flags |= SHARD_HAS_V6;
+            }
+            shard_values.push(Shard {
+                group_v4: s.group_v4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+                group_v6: s.group_v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets(),
+                egress_slot,
+                port: s.port,
+                flags,
+                src_mac,
+                _pad: 0,
+                id: s.id,
+            });
+        }
+        let slots = self.assign_slots(plan)?;
+
+        let mut routes: HashMap<MapData, TopicKey, Route> =
+            HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
+        for r in &plan.routes {
+            let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
+            shards[..r.shards.len()].copy_from_slice(&r.shards);
+            let value = Route {
+                stats_slot: slots[r.topic],
+                shard_count: r.shards.len() as u16,
+                _pad: 0,
+                shards,
+            };
+            routes.insert(r.key, value, 0).map_err(map_err(names::ROUTES))?;
+        }
+        let mut shards: Array<MapData, Shard> =
+            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
+        for (i, v) in shard_values.iter().enumerate() {
+            shards.set(i as u32, v, 0).map_err(map_err(names::SHARDS))?;
+        }
+        let filled = started.elapsed();
+
+        let old = self.active_slot()? & 1;
+        let new = old ^ 1;
+        self.routes.set(new, &routes, 0).map_err(map_err(names::ROUTES))?;
+        self.shards.set(new, &shards, 0).map_err(map_err(names::SHARDS))?;
+        self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
+        let swapped = started.elapsed();
+        // Grace period: when this returns, no program runs with `old`.
+        self.routes.set(new, &routes, 0).map_err(map_err(names::ROUTES))?;
+        self.meta
+            .set(
+                0,
+                Meta {
+                    generation: plan.generation,
+                    routes: plan.routes.len() as u32,
+                    shards: plan.shards.len() as u32,
+                    installed_unix: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs(),
+                },
+                0,
+            )
+            .map_err(map_err(names::META))?;
+        // Free the old generation's memory.
+        let empty_routes: HashMap<MapData, TopicKey, Route> =
+            HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
+        let empty_shards: Array<MapData, Shard> =
+            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
+        self.routes.set(old, &empty_routes, 0).map_err(map_err(names::ROUTES))?;
+        self.shards.set(old, &empty_shards, 0).map_err(map_err(names::SHARDS))?;
+        Ok(InstallReport {
+            generation: plan.generation,
+            routes: plan.routes.len(),
+            shards: plan.shards.len(),
+            fill: filled,
+            swap: swapped - filled,
+            total: started.elapsed(),
+        })
+    }
+
+    /// The installed routing state, read back from the kernel.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let meta = self.meta()?;
+        let active = self.active_slot()? & 1;
+        let mut routes = Vec::new();
+        let mut shards = Vec::new();
+        if meta.generation != 0 {
+            let inner: RoutesMap = self.routes.get(&active, 0).map_err(map_err(names::ROUTES))?;
+            for kv in inner.iter() {
+                routes.push(kv.map_err(map_err(names::ROUTES))?);
+            }
+            routes.sort_by_key(|(k, _)| *k);
+            let inner: ShardsMap = self.shards.get(&active, 0).map_err(map_err(names::SHARDS))?;
+            for i in 0..meta.shards {
+                shards.push(inner.get(&i, 0).map_err(map_err(names::SHARDS))?);
+            }
+        }
+        Ok(Snapshot {
+            config: self.config()?,
+            meta,
+            active_slot: active,
+            routes,
+            shards,
+            egress: self.egress_table(),
+        })
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let sum = |v: PerCpuValues<Counter>| {
+            let mut c = Counter::default();
+            for x in v.iter() {
+                c.add(x);
+            }
+            c
+        };
+        let mut reasons = BTreeMap::new();
+        for r in Reason::ALL {
+            let v = self
+                .reasons
+                .get(&(*r as u32), 0)
+                .map_err(map_err(names::REASONS))?;
+            reasons.insert(*r, sum(v));
+        }
+        let mut topics = BTreeMap::new();
+        for kv in self.slots.iter() {
+            let (k, slot) = kv.map_err(map_err(names::SLOTS))?;
+            let v = self
+                .topic_stats
+                .get(&slot, 0)
+                .map_err(map_err(names::TOPIC_STATS))?;
+            topics.insert(k, (slot, sum(v)));
+        }
+        let mut unrouted = BTreeMap::new();
+        for kv in self.unrouted.iter() {
+            let (k, v) = kv.map_err(map_err(names::UNROUTED))?;
+            unrouted.insert(k, sum(v));
+        }
+        Ok(Counters {
+            reasons,
+            topics,
+            unrouted,
+        })
+    }
+
+    /// Runs the router program once (or `repeat` times) on `packet` in the
+    /// kernel (`BPF_PROG_TEST_RUN`). Only for a data plane this process
+    /// loaded.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        self.test_run_program(names::PROG_ROUTER, packet, repeat)
+    }
+
+    fn test_run_program(&self, name: &'static str, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        let ebpf = self.ebpf.as_ref().ok_or(DataplaneError::NotAttached(PathBuf::from(
+            "(test runs need a data plane loaded in this process)",
+        )))?;
+        let prog: &Xdp = ebpf
+            .program(name)
+            .ok_or(DataplaneError::Load {
+                path: PathBuf::new(),
+                reason: format!("no program {name}"),
+            })?
+            .try_into()
+            .map_err(prog_err(name))?;
+        // Room for the packet plus anything a program could prepend.
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err(name))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            output: out,
+            duration: r.duration,
+        })
+    }
+}
+
+/// Loads a standalone XDP object (benchmark reference programs) and test-runs
+/// one of its programs.
+pub struct ReferenceProgram {
+    ebpf: Ebpf,
+    name: String,
+}
+
+impl ReferenceProgram {
+    pub fn load(object: &Path, name: &str) -> Result<ReferenceProgram> {
+        let mut ebpf = Ebpf::load_file(object).map_err(|e| DataplaneError::Load {
+            path: object.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Load {
+                path: object.into(),
+                reason: format!("no program {name}"),
+            })?
+            .try_into()
+            .map_err(prog_err("reference"))?;
+        prog.load().map_err(|e| DataplaneError::Load {
+            path: object.into(),
+            reason: verifier_message(&e),
+        })?;
+        Ok(Self {
+            ebpf,
+            name: name.into(),
+        })
+    }
+
+    /// Puts `key → value` (8-byte key, 8-byte value) in the program's
+    /// `REF_TABLE` hash map.
+    pub fn insert(&mut self, key: u64, value: u64) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u64, u64> = HashMap::try_from(
+            self.ebpf.map_mut("REF_TABLE").ok_or(DataplaneError::PinMismatch {
+                name: "REF_TABLE",
+                reason: "missing".into(),
+            })?,
+        )
+        .map_err(map_err("REF_TABLE"))?;
+        m.insert(key, value, 0).map_err(map_err("REF_TABLE"))
+    }
+
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        let prog: &Xdp = match self.ebpf.program(&self.name) {
+            Some(Program::Xdp(p)) => p,
+            _ => unreachable!("checked at load"),
+        };
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err("reference"))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: r.return_value,
+            output: out,
+            duration: r.duration,
+        })
+    }
+}
+
+fn verifier_message(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            format!("{io_error}; verifier log (tail):\n{}", tail(&verifier_log.to_string(), 40))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    /// XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_REDIRECT` = 4, ...).
+    pub action: u32,
+    pub output: Vec<u8>,
+    /// Average time per run.
+    pub duration: Duration,
+}
+
+/// What an install did and how long it took.
+#[derive(Clone, Debug)]
+pub struct InstallReport {
+    pub generation: u64,
+    pub routes: usize,
+    pub shards: usize,
+    /// Building the new generation's maps.
+    pub fill: Duration,
+    /// Slot updates and the flip.
+    pub swap: Duration,
+    pub total: Duration,
+}
+
+/// The installed state as the kernel holds it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub config: RouterConfig,
+    pub meta: Meta,
+    pub active_slot: u32,
+    pub routes: Vec<(TopicKey, Route)>,
+    pub shards: Vec<Shard>,
+    pub egress: Vec<(u32, u32)>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub reasons: BTreeMap<Reason, Counter>,
+    /// Topic name key → (slot, counter).
+    pub topics: BTreeMap<TopicKey, (u32, Counter)>,
+    pub unrouted: BTreeMap<TopicKey, Counter>,
+}
+
+/// XDP action numbers.
+pub mod action {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+}

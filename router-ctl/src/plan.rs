@@ -1,0 +1,501 @@
+//! The plan: one JSON document describing the whole routing state.
+//!
+//! The planner emits it, `router-ctl apply` installs it, the daemon swaps it,
+//! `router-ctl maps dump` shows it. Format: `docs/plan-format.md`.
+//!
+//! [`Plan::compile`] validates a plan and turns it into the exact entries the
+//! data plane will hold (route keys, shard table), without touching the
+//! kernel. Everything that can be wrong with a plan is found here, before a
+//! single map is written, so a bad plan never leaves a partial state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use router_common::{
+    maps::{MAX_ROUTE_SHARDS, MAX_SHARDS, PREFIX_MAX},
+    topic::{AliasKind, TOPIC_MAX, TopicKey, alias_key, topic_key},
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything that can be wrong with a plan. Each names the offender.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("cannot read plan {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("plan is not valid JSON: {0}")]
+    Json(String),
+    #[error("plan has no shards")]
+    NoShards,
+    #[error("plan has {0} shards; the data plane holds at most {MAX_SHARDS}")]
+    TooManyShards(usize),
+    #[error("shard id {0} appears more than once")]
+    DuplicateShard(u32),
+    #[error("shard {shard}: {field} {value:?} is not an address: {reason}")]
+    BadAddress {
+        shard: u32,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("shard {shard}: {field} {value} is of the wrong family (expected {expected})")]
+    WrongFamily {
+        shard: u32,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("shard {shard}: {field} {value} is not a multicast group")]
+    NotMulticast {
+        shard: u32,
+        field: &'static str,
+        value: String,
+    },
+    #[error("shard {0} has neither group_v4 nor group_v6")]
+    NoGroup(u32),
+    #[error("shards {a} and {b} share the multicast group {group}")]
+    SharedGroup { a: u32, b: u32, group: String },
+    #[error("shard {0}: egress interface name is empty or longer than 15 bytes")]
+    BadEgress(u32),
+    #[error("shard {shard}: capacity {capacity} must be > 0")]
+    BadCapacity { shard: u32, capacity: String },
+    #[error("topic {0:?} appears more than once")]
+    DuplicateTopic(String),
+    #[error("topic {0:?}: name must be 1..={TOPIC_MAX} bytes")]
+    BadTopicName(String),
+    #[error("topic {topic:?} names unknown shard {shard}")]
+    UnknownShard { topic: String, shard: u32 },
+    #[error("topic {0:?} has no shards")]
+    TopicWithoutShards(String),
+    #[error("topic {topic:?} lists shard {shard} twice")]
+    RepeatedShard { topic: String, shard: u32 },
+    #[error("topic {topic:?} spans {count} shards; at most {MAX_ROUTE_SHARDS}")]
+    TooManyTopicShards { topic: String, count: usize },
+    #[error("MQTT-SN {kind} topic id {id} is reserved (0 and 65535 are)")]
+    ReservedTopicId { kind: &'static str, id: u16 },
+    #[error("MQTT-SN {kind} topic id {id} is given to both {a:?} and {b:?}")]
+    DuplicateTopicId {
+        kind: &'static str,
+        id: u16,
+        a: String,
+        b: String,
+    },
+    #[error("topics {a:?} and {b:?} hash to the same key {key:#018x}; rename one")]
+    KeyCollision { a: String, b: String, key: u64 },
+    #[error("device id {0:?} appears more than once")]
+    DuplicateDevice(String),
+    #[error("device {device:?} names unknown shard {shard}")]
+    DeviceUnknownShard { device: String, shard: u32 },
+    #[error("device {device:?}: address {value:?} is not an IP address")]
+    BadDeviceAddress { device: String, value: String },
+}
+
+/// A shard: one multicast group (per family) its members join.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSpec {
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_v4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_v6: Option<String>,
+    /// Interface the shard's traffic leaves by.
+    pub egress: String,
+    /// UDP destination port on the group; absent or 0 keeps the publish's
+    /// port (so MQTT-SN and CoAP stay apart on a shared group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Deliveries per second the shard can take (for the planner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<f64>,
+}
+
+/// A device and the shard it is a member of.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub shard: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A topic and the shards holding its subscribers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    pub shards: Vec<u32>,
+    /// MQTT-SN predefined topic id standing for this topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqttsn_predefined_id: Option<u16>,
+    /// MQTT-SN topic ids the gateway assigned on REGISTER.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mqttsn_registered_ids: Vec<u16>,
+}
+
+/// The whole routing state of one generation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub generation: u64,
+    pub shards: Vec<ShardSpec>,
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    pub topics: Vec<TopicSpec>,
+}
+
+/// A validated shard, addresses parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledShard {
+    pub id: u32,
+    pub group_v4: Option<Ipv4Addr>,
+    pub group_v6: Option<Ipv6Addr>,
+    pub egress: String,
+    pub port: u16,
+}
+
+/// One key the data plane looks up, and what it resolves to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledRoute {
+    pub key: TopicKey,
+    /// Index into [`CompiledPlan::topics`].
+    pub topic: usize,
+    /// Indices into [`CompiledPlan::shards`].
+    pub shards: Vec<u16>,
+}
+
+/// What the data plane will hold for a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledPlan {
+    pub generation: u64,
+    pub shards: Vec<CompiledShard>,
+    /// Topic names, in plan order; `name_keys[i]` is `topics[i]`'s key.
+    pub topics: Vec<String>,
+    pub name_keys: Vec<TopicKey>,
+    /// Every key (names and MQTT-SN id aliases), sorted by key.
+    pub routes: Vec<CompiledRoute>,
+}
+
+impl Plan {
+    /// Reads and parses a plan file (not yet validated: see [`Plan::compile`]).
+    pub fn from_file(path: &Path) -> Result<Plan, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PlanError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Plan::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        serde_json::from_str(text).map_err(|e| PlanError::Json(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serialises")
+    }
+
+    /// Validates the plan and computes the data-plane entries.
+    pub fn compile(&self) -> Result<CompiledPlan, PlanError> {
+        if self.shards.is_empty() {
+            return Err(PlanError::NoShards);
+        }
+        if self.shards.len() > MAX_SHARDS as usize {
+            return Err(PlanError::TooManyShards(self.shards.len()));
+        }
+        let mut index_of: HashMap<u32, u16> = HashMap::new();
+        let mut groups: HashMap<IpAddr, u32> = HashMap::new();
+        let mut shards = Vec::with_capacity(self.shards.len());
+        for (i, s) in self.shards.iter().enumerate() {
+            if index_of.insert(s.id, i as u16).is_some() {
+                return Err(PlanError::DuplicateShard(s.id));
+            }
+            if s.egress.is_empty() || s.egress.len() > 15 {
+                return Err(PlanError::BadEgress(s.id));
+            }
+            if let Some(c) = s.capacity
+                && !(c > 0.0)
+            {
+                return Err(PlanError::BadCapacity {
+                    shard: s.id,
+                    capacity: c.to_string(),
+                });
+            }
+            let group_v4 = s
+                .group_v4
+                .as_deref()
+                .map(|g| parse_group(s.id, "group_v4", g, false))
+                .transpose()?;
+            let group_v6 = s
+                .group_v6
+                .as_deref()
+                .map(|g| parse_group(s.id, "group_v6", g, true))
+                .transpose()?;
+            if group_v4.is_none() && group_v6.is_none() {
+                return Err(PlanError::NoGroup(s.id));
+            }
+            for g in group_v4.into_iter().chain(group_v6) {
+                if let Some(other) = groups.insert(g, s.id) {
+                    return Err(PlanError::SharedGroup {
+                        a: other,
+                        b: s.id,
+                        group: g.to_string(),
+                    });
+                }
+            }
+            shards.push(CompiledShard {
+                id: s.id,
+                group_v4: group_v4.map(|g| match g {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => unreachable!(),
+                }),
+                group_v6: group_v6.map(|g| match g {
+                    IpAddr::V6(a) => a,
+                    IpAddr::V4(_) => unreachable!(),
+                }),
+                egress: s.egress.clone(),
+                port: s.port.unwrap_or(0),
+            });
+        }
+
+        let mut seen_devices = BTreeSet::new();
+        for d in &self.devices {
+            if !seen_devices.insert(d.id.as_str()) {
+                return Err(PlanError::DuplicateDevice(d.id.clone()));
+            }
+            if !index_of.contains_key(&d.shard) {
+                return Err(PlanError::DeviceUnknownShard {
+                    device: d.id.clone(),
+                    shard: d.shard,
+                });
+            }
+            if let Some(a) = &d.address
+                && a.parse::<IpAddr>().is_err()
+            {
+                return Err(PlanError::BadDeviceAddress {
+                    device: d.id.clone(),
+                    value: a.clone(),
+                });
+            }
+        }
+
+        let mut topics = Vec::with_capacity(self.topics.len());
+        let mut name_keys = Vec::with_capacity(self.topics.len());
+        let mut by_key: BTreeMap<TopicKey, (String, CompiledRoute)> = BTreeMap::new();
+        let mut ids: HashMap<(u8, u16), String> = HashMap::new();
+        for (ti, t) in self.topics.iter().enumerate() {
+            if t.name.is_empty() || t.name.len() > TOPIC_MAX {
+                return Err(PlanError::BadTopicName(t.name.clone()));
+            }
+            if t.shards.is_empty() {
+                return Err(PlanError::TopicWithoutShards(t.name.clone()));
+            }
+            if t.shards.len() > MAX_ROUTE_SHARDS {
+                return Err(PlanError::TooManyTopicShards {
+                    topic: t.name.clone(),
+                    count: t.shards.len(),
+                });
+            }
+            let mut idx = Vec::with_capacity(t.shards.len());
+            for &s in &t.shards {
+                let i = *index_of.get(&s).ok_or_else(|| PlanError::UnknownShard {
+                    topic: t.name.clone(),
+                    shard: s,
+                })?;
+                if idx.contains(&i) {
+                    return Err(PlanError::RepeatedShard {
+                        topic: t.name.clone(),
+                        shard: s,
+                    });
+                }
+                idx.push(i);
+            }
+            let name_key = topic_key(t.name.as_bytes());
+            let mut keys = vec![(name_key, t.name.clone())];
+            let aliases = t
+                .mqttsn_predefined_id
+                .map(|id| (AliasKind::MqttSnPredefined, "predefined", id))
+                .into_iter()
+                .chain(
+                    t.mqttsn_registered_ids
+                        .iter()
+                        .map(|&id| (AliasKind::MqttSnNormal, "registered", id)),
+                );
+            for (kind, label, id) in aliases {
+                if id == 0 || id == 0xffff {
+                    return Err(PlanError::ReservedTopicId { kind: label, id });
+                }
+                if let Some(other) = ids.insert((kind as u8, id), t.name.clone()) {
+                    return Err(PlanError::DuplicateTopicId {
+                        kind: label,
+                        id,
+                        a: other,
+                        b: t.name.clone(),
+                    });
+                }
+                keys.push((alias_key(kind, id), format!("{} (MQTT-SN {label} id {id})", t.name)));
+            }
+            for (key, label) in keys {
+                let route = CompiledRoute {
+                    key,
+                    topic: ti,
+                    shards: idx.clone(),
+                };
+                if let Some((other, prev)) = by_key.insert(key, (label.clone(), route)) {
+                    return Err(if prev.topic == ti {
+                        PlanError::DuplicateTopic(t.name.clone())
+                    } else if self.topics[prev.topic].name == t.name {
+                        PlanError::DuplicateTopic(t.name.clone())
+                    } else {
+                        PlanError::KeyCollision {
+                            a: other,
+                            b: label,
+                            key: key.hash,
+                        }
+                    });
+                }
+            }
+            topics.push(t.name.clone());
+            name_keys.push(name_key);
+        }
+        Ok(CompiledPlan {
+            generation: self.generation,
+            shards,
+            topics,
+            name_keys,
+            routes: by_key.into_values().map(|(_, r)| r).collect(),
+        })
+    }
+}
+
+fn parse_group(shard: u32, field: &'static str, value: &str, v6: bool) -> Result<IpAddr, PlanError> {
+    let addr: IpAddr = value.parse().map_err(|e: std::net::AddrParseError| PlanError::BadAddress {
+        shard,
+        field,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })?;
+    if addr.is_ipv6() != v6 {
+        return Err(PlanError::WrongFamily {
+            shard,
+            field,
+            value: value.to_string(),
+            expected: if v6 { "IPv6" } else { "IPv4" },
+        });
+    }
+    if !addr.is_multicast() {
+        return Err(PlanError::NotMulticast {
+            shard,
+            field,
+            value: value.to_string(),
+        });
+    }
+    Ok(addr)
+}
+
+/// Normalises a CoAP pub/sub prefix: no leading '/', a trailing '/' unless
+/// empty, at most [`PREFIX_MAX`] bytes.
+pub fn normalize_prefix(prefix: &str) -> Result<String, String> {
+    let p = prefix.trim_start_matches('/');
+    let p = if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    };
+    if p.len() > PREFIX_MAX {
+        return Err(format!(
+            "CoAP prefix {prefix:?} is {} bytes; at most {PREFIX_MAX}",
+            p.len()
+        ));
+    }
+    if p.contains("//") {
+        return Err(format!("CoAP prefix {prefix:?} has an empty path segment"));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan::from_json(
+            r#"{
+              "generation": 3,
+              "shards": [
+                {"id": 1, "group_v4": "239.1.1.1", "group_v6": "ff15::1", "egress": "eth1", "capacity": 1000},
+                {"id": 2, "group_v4": "239.1.1.2", "egress": "eth1", "port": 7000}
+              ],
+              "devices": [{"id": "d1", "address": "198.18.0.7", "shard": 1}],
+              "topics": [
+                {"name": "temp/room1", "shards": [1], "mqttsn_predefined_id": 5},
+                {"name": "hv", "shards": [2, 1], "mqttsn_registered_ids": [17, 18]}
+              ]
+            }"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn compiles_routes_for_names_and_aliases() {
+        let c = plan().compile().unwrap();
+        assert_eq!(c.generation, 3);
+        assert_eq!(c.routes.len(), 2 + 1 + 2);
+        let find = |k: TopicKey| c.routes.iter().find(|r| r.key == k).unwrap();
+        assert_eq!(find(topic_key(b"temp/room1")).shards, vec![0]);
+        assert_eq!(find(alias_key(AliasKind::MqttSnPredefined, 5)).topic, 0);
+        assert_eq!(find(alias_key(AliasKind::MqttSnNormal, 18)).shards, vec![1, 0]);
+        assert_eq!(c.shards[1].port, 7000);
+        assert_eq!(c.shards[0].port, 0);
+        assert!(c.routes.windows(2).all(|w| w[0].key < w[1].key));
+    }
+
+    fn err(edit: impl FnOnce(&mut Plan)) -> PlanError {
+        let mut p = plan();
+        edit(&mut p);
+        p.compile().unwrap_err()
+    }
+
+    #[test]
+    fn refuses_invalid_plans_naming_the_offender() {
+        assert_eq!(err(|p| p.topics[0].shards = vec![9]), PlanError::UnknownShard { topic: "temp/room1".into(), shard: 9 });
+        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("10.0.0.1".into())), PlanError::NotMulticast { shard: 1, .. }));
+        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("239.1.1".into())), PlanError::BadAddress { shard: 1, field: "group_v4", .. }));
+        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("ff15::9".into())), PlanError::WrongFamily { expected: "IPv4", .. }));
+        assert!(matches!(err(|p| p.shards[0].group_v6 = Some("239.9.9.9".into())), PlanError::WrongFamily { expected: "IPv6", .. }));
+        assert_eq!(err(|p| p.topics[1].name = "temp/room1".into()), PlanError::DuplicateTopic("temp/room1".into()));
+        assert_eq!(err(|p| p.shards[1].id = 1), PlanError::DuplicateShard(1));
+        assert!(matches!(err(|p| p.shards[1].group_v4 = Some("239.1.1.1".into())), PlanError::SharedGroup { .. }));
+        assert_eq!(err(|p| { p.shards[1].group_v4 = None; }), PlanError::NoGroup(2));
+        assert_eq!(err(|p| p.topics[0].name = String::new()), PlanError::BadTopicName(String::new()));
+        assert!(matches!(err(|p| p.topics[1].mqttsn_predefined_id = Some(5)), PlanError::DuplicateTopicId { id: 5, .. }));
+        assert!(matches!(err(|p| p.topics[1].mqttsn_registered_ids = vec![0]), PlanError::ReservedTopicId { id: 0, .. }));
+        assert_eq!(err(|p| p.topics[0].shards = vec![1, 1]), PlanError::RepeatedShard { topic: "temp/room1".into(), shard: 1 });
+        assert_eq!(err(|p| p.topics[0].shards.clear()), PlanError::TopicWithoutShards("temp/room1".into()));
+        assert!(matches!(err(|p| p.shards[0].capacity = Some(0.0)), PlanError::BadCapacity { shard: 1, .. }));
+        assert_eq!(err(|p| p.shards.clear()), PlanError::NoShards);
+        assert!(matches!(err(|p| p.devices[0].shard = 4), PlanError::DeviceUnknownShard { shard: 4, .. }));
+        assert!(matches!(err(|p| p.devices.push(p.devices[0].clone())), PlanError::DuplicateDevice(_)));
+        assert!(matches!(Plan::from_json("{\"generation\": 1}"), Err(PlanError::Json(_))));
+        assert!(matches!(Plan::from_json(r#"{"generation":1,"shards":[],"topics":[],"extra":1}"#), Err(PlanError::Json(_))));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let p = plan();
+        assert_eq!(Plan::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalize_prefix("ps/data").unwrap(), "ps/data/");
+        assert_eq!(normalize_prefix("/ps/data/").unwrap(), "ps/data/");
+        assert_eq!(normalize_prefix("").unwrap(), "");
+        assert!(normalize_prefix("a//b").is_err());
+        assert!(normalize_prefix(&"x".repeat(40)).is_err());
+    }
+}
