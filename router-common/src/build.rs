@@ -57,7 +57,14 @@ pub fn coap_option(out: &mut Vec<u8>, delta: u16, value: &[u8]) {
 /// A CoAP request: type `t`, `code`, token, one Uri-Path option per path
 /// segment, Content-Format text/plain, then the payload (marker omitted when
 /// empty).
-pub fn coap_request(t: u8, code: u8, msg_id: u16, token: &[u8], path: &[&str], payload: &[u8]) -> Vec<u8> {
+pub fn coap_request(
+    t: u8,
+    code: u8,
+    msg_id: u16,
+    token: &[u8],
+    path: &[&str],
+    payload: &[u8],
+) -> Vec<u8> {
     let [a, b] = msg_id.to_be_bytes();
     let mut v = alloc::vec![coap::VERSION << 6 | t << 4 | token.len() as u8, code, a, b];
     v.extend_from_slice(token);

@@ -72,7 +72,12 @@ struct PathMatcher<'a> {
 
 impl PathMatcher<'_> {
     #[inline(always)]
-    fn segment<P: Payload + ?Sized>(&mut self, p: &P, off: usize, olen: usize) -> Result<(), Reason> {
+    fn segment<P: Payload + ?Sized>(
+        &mut self,
+        p: &P,
+        off: usize,
+        olen: usize,
+    ) -> Result<(), Reason> {
         let in_prefix = self.pos < self.prefix_len;
         if self.segments > 0 {
             if in_prefix {
@@ -113,7 +118,8 @@ impl PathMatcher<'_> {
                 if i >= olen {
                     break;
                 }
-                self.hasher.push(p.byte(off + i).ok_or(Reason::CoapMalformed)?);
+                self.hasher
+                    .push(p.byte(off + i).ok_or(Reason::CoapMalformed)?);
             }
             self.topic_len += olen;
         }
@@ -243,7 +249,13 @@ mod tests {
     fn non_put_and_post_under_prefix() {
         let (p, n) = prefix("ps/data/");
         for code in [CODE_POST, CODE_PUT] {
-            let pkt = request(TYPE_NON, code, &[1, 2, 3], &["ps", "data", "temp", "room1"], b"21.5");
+            let pkt = request(
+                TYPE_NON,
+                code,
+                &[1, 2, 3],
+                &["ps", "data", "temp", "room1"],
+                b"21.5",
+            );
             let r = parse_publish(&pkt[..], &p, n).unwrap();
             assert_eq!(r.key, topic_key(b"temp/room1"));
             assert_eq!(r.topic_len, 10);
@@ -266,7 +278,10 @@ mod tests {
         let bare = request(TYPE_NON, CODE_PUT, &[], &["ps", "data"], b"x");
         assert_eq!(parse_publish(&bare[..], &p, n), Err(Reason::CoapOtherPath));
         let nopath = request(TYPE_NON, CODE_PUT, &[], &[], b"x");
-        assert_eq!(parse_publish(&nopath[..], &p, n), Err(Reason::CoapOtherPath));
+        assert_eq!(
+            parse_publish(&nopath[..], &p, n),
+            Err(Reason::CoapOtherPath)
+        );
         // "ps/database/x" must not match the prefix "ps/data/".
         let near = request(TYPE_NON, CODE_PUT, &[], &["ps", "database", "x"], b"x");
         assert_eq!(parse_publish(&near[..], &p, n), Err(Reason::CoapOtherPath));
@@ -293,7 +308,10 @@ mod tests {
     fn empty_prefix_means_whole_path() {
         let (p, _) = prefix("");
         let pkt = request(TYPE_NON, CODE_POST, &[], &["a", "b"], b"x");
-        assert_eq!(parse_publish(&pkt[..], &p, 0).unwrap().key, topic_key(b"a/b"));
+        assert_eq!(
+            parse_publish(&pkt[..], &p, 0).unwrap().key,
+            topic_key(b"a/b")
+        );
     }
 
     #[test]
@@ -315,7 +333,10 @@ mod tests {
         // Token runs past the end.
         assert_eq!(parse_publish(&good[..8], &p, n), Err(Reason::CoapMalformed));
         // Option value running past the end.
-        assert_eq!(parse_publish(&good[..14], &p, n), Err(Reason::CoapMalformed));
+        assert_eq!(
+            parse_publish(&good[..14], &p, n),
+            Err(Reason::CoapMalformed)
+        );
         // Reserved nibble 15 in delta (not a marker) and in length.
         let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xF1, 0];
         assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));

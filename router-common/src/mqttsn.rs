@@ -67,10 +67,7 @@ const fn publish_header_len(length_field: usize) -> usize {
 pub fn parse_publish<P: Payload + ?Sized>(p: &P) -> Result<Publish, Reason> {
     let first = p.byte(0).ok_or(Reason::MqttSnBadLength)?;
     let (length, length_field) = if first == LONG_LENGTH_MARK {
-        (
-            p.be16(1).ok_or(Reason::MqttSnBadLength)? as usize,
-            3usize,
-        )
+        (p.be16(1).ok_or(Reason::MqttSnBadLength)? as usize, 3usize)
     } else {
         (first as usize, 1usize)
     };

@@ -17,7 +17,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "router-ctl", version, about = "shardcast: XDP pub/sub router control")]
+#[command(
+    name = "router-ctl",
+    version,
+    about = "shardcast: XDP pub/sub router control"
+)]
 pub struct Cli {
     /// Directory under bpffs holding the pins (a layout version is appended).
     #[arg(long, global = true, default_value = DEFAULT_PIN_ROOT)]
@@ -189,7 +193,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 "attached to {} ({:?} mode); pins in {}",
                 opts.ingress.join(", "),
                 opts.mode,
-                crate::dataplane::PinPaths::new(&cli.pin_root).dir().display()
+                crate::dataplane::PinPaths::new(&cli.pin_root)
+                    .dir()
+                    .display()
             );
         }
         Command::AttachPass { iface, mode } => {
@@ -297,7 +303,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     s.routes.len()
                 );
                 println!("egress: {:?}", s.egress);
-                println!("{:>6}  {:<16} {:<24} {:>6} {:>6}", "shard", "group_v4", "group_v6", "egress", "port");
+                println!(
+                    "{:>6}  {:<16} {:<24} {:>6} {:>6}",
+                    "shard", "group_v4", "group_v6", "egress", "port"
+                );
                 for sh in &shards {
                     println!(
                         "{:>6}  {:<16} {:<24} {:>6} {:>6}",
@@ -343,7 +352,9 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"generation": meta.generation, "reasons": reasons, "topics": topics, "unrouted": unrouted}))?
+                    serde_json::to_string_pretty(
+                        &json!({"generation": meta.generation, "reasons": reasons, "topics": topics, "unrouted": unrouted})
+                    )?
                 );
             } else {
                 println!("generation {}", meta.generation);
@@ -357,7 +368,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 for t in &topics {
                     println!(
                         "{:<32} {:>12} {:>14}",
-                        t["topic"].as_str().unwrap_or(t["key"].as_str().unwrap_or("")),
+                        t["topic"]
+                            .as_str()
+                            .unwrap_or(t["key"].as_str().unwrap_or("")),
                         t["packets"],
                         t["bytes"]
                     );
@@ -372,5 +385,8 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -18,6 +18,7 @@
 //!    after an RCU grace period (`synchronize_rcu` in the kernel), so when it
 //!    returns no program still runs with the old slot;
 //! 5. replaces the old slot with empty maps to free its memory.
+//!
 //! A failure before step 3 leaves the installed generation untouched.
 
 use std::{
@@ -272,7 +273,11 @@ pub fn mac_address(iface: &str) -> Result<[u8; 6]> {
     })?;
     for a in addrs {
         if a.interface_name == iface
-            && let Some(mac) = a.address.as_ref().and_then(|s| s.as_link_addr()).and_then(|l| l.addr())
+            && let Some(mac) = a
+                .address
+                .as_ref()
+                .and_then(|s| s.as_link_addr())
+                .and_then(|l| l.addr())
         {
             return Ok(mac);
         }
@@ -320,7 +325,10 @@ fn take<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(map_err(name))
 }
 
-fn open_pinned<T: TryFrom<Map, Error = MapError>>(pins: &PinPaths, name: &'static str) -> Result<T> {
+fn open_pinned<T: TryFrom<Map, Error = MapError>>(
+    pins: &PinPaths,
+    name: &'static str,
+) -> Result<T> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path).map_err(map_err(name))?;
     let map = Map::from_map_data(data).map_err(map_err(name))?;
@@ -476,7 +484,11 @@ impl Dataplane {
         let fresh = !pins.map(names::CONFIG).exists();
         let mut dp = if fresh {
             std::fs::create_dir_all(pins.dir())?;
-            Dataplane::load_and_pin(&opts.object, &opts.config, Some((&pins, &mut rollback.created)))?
+            Dataplane::load_and_pin(
+                &opts.object,
+                &opts.config,
+                Some((&pins, &mut rollback.created)),
+            )?
         } else {
             let mut dp = Dataplane::open(pin_root)?;
             dp.set_config(&opts.config)?;
@@ -495,8 +507,16 @@ impl Dataplane {
 
     /// Attaches a pinned program to `iface` and pins the link; returns the
     /// link's pin path.
-    fn attach_program(&mut self, prog_name: &'static str, iface: &str, mode: Mode) -> Result<PathBuf> {
-        let pins = self.pins.as_ref().ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
+    fn attach_program(
+        &mut self,
+        prog_name: &'static str,
+        iface: &str,
+        mode: Mode,
+    ) -> Result<PathBuf> {
+        let pins = self
+            .pins
+            .as_ref()
+            .ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
         let path = pins.link(prog_name, iface);
         if path.exists() {
             return Err(DataplaneError::AlreadyAttached {
@@ -506,7 +526,9 @@ impl Dataplane {
         }
         let mut prog = Xdp::from_pin(pins.prog(prog_name), XdpAttachType::Interface)
             .map_err(prog_err(prog_name))?;
-        let id = prog.attach(iface, mode.xdp()).map_err(prog_err(prog_name))?;
+        let id = prog
+            .attach(iface, mode.xdp())
+            .map_err(prog_err(prog_name))?;
         let link = prog.take_link(id).map_err(prog_err(prog_name))?;
         let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
             path: path.clone(),
@@ -639,7 +661,9 @@ impl Dataplane {
                     self.topic_stats
                         .set(s, PerCpuValues::try_from(zero.to_vec())?, 0)
                         .map_err(map_err(names::TOPIC_STATS))?;
-                    self.slots.insert(key, s, 0).map_err(map_err(names::SLOTS))?;
+                    self.slots
+                        .insert(key, s, 0)
+                        .map_err(map_err(names::SLOTS))?;
                     current.insert(*key, s);
                     s
                 }
@@ -697,7 +721,9 @@ impl Dataplane {
                 _pad: 0,
                 shards,
             };
-            routes.insert(r.key, value, 0).map_err(map_err(names::ROUTES))?;
+            routes
+                .insert(r.key, value, 0)
+                .map_err(map_err(names::ROUTES))?;
         }
         let mut shards: Array<MapData, Shard> =
             Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
@@ -708,12 +734,18 @@ impl Dataplane {
 
         let old = self.active_slot()? & 1;
         let new = old ^ 1;
-        self.routes.set(new, &routes, 0).map_err(map_err(names::ROUTES))?;
-        self.shards.set(new, &shards, 0).map_err(map_err(names::SHARDS))?;
+        self.routes
+            .set(new, &routes, 0)
+            .map_err(map_err(names::ROUTES))?;
+        self.shards
+            .set(new, &shards, 0)
+            .map_err(map_err(names::SHARDS))?;
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
         // Grace period: when this returns, no program runs with `old`.
-        self.routes.set(new, &routes, 0).map_err(map_err(names::ROUTES))?;
+        self.routes
+            .set(new, &routes, 0)
+            .map_err(map_err(names::ROUTES))?;
         self.meta
             .set(
                 0,
@@ -734,8 +766,12 @@ impl Dataplane {
             HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
         let empty_shards: Array<MapData, Shard> =
             Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
-        self.routes.set(old, &empty_routes, 0).map_err(map_err(names::ROUTES))?;
-        self.shards.set(old, &empty_shards, 0).map_err(map_err(names::SHARDS))?;
+        self.routes
+            .set(old, &empty_routes, 0)
+            .map_err(map_err(names::ROUTES))?;
+        self.shards
+            .set(old, &empty_shards, 0)
+            .map_err(map_err(names::SHARDS))?;
         Ok(InstallReport {
             generation: plan.generation,
             routes: plan.routes.len(),
@@ -753,12 +789,18 @@ impl Dataplane {
         let mut routes = Vec::new();
         let mut shards = Vec::new();
         if meta.generation != 0 {
-            let inner: RoutesMap = self.routes.get(&active, 0).map_err(map_err(names::ROUTES))?;
+            let inner: RoutesMap = self
+                .routes
+                .get(&active, 0)
+                .map_err(map_err(names::ROUTES))?;
             for kv in inner.iter() {
                 routes.push(kv.map_err(map_err(names::ROUTES))?);
             }
             routes.sort_by_key(|(k, _)| *k);
-            let inner: ShardsMap = self.shards.get(&active, 0).map_err(map_err(names::SHARDS))?;
+            let inner: ShardsMap = self
+                .shards
+                .get(&active, 0)
+                .map_err(map_err(names::SHARDS))?;
             for i in 0..meta.shards {
                 shards.push(inner.get(&i, 0).map_err(map_err(names::SHARDS))?);
             }
@@ -818,10 +860,18 @@ impl Dataplane {
         self.test_run_program(names::PROG_ROUTER, packet, repeat)
     }
 
-    fn test_run_program(&self, name: &'static str, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
-        let ebpf = self.ebpf.as_ref().ok_or(DataplaneError::NotAttached(PathBuf::from(
-            "(test runs need a data plane loaded in this process)",
-        )))?;
+    fn test_run_program(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
+        let ebpf = self
+            .ebpf
+            .as_ref()
+            .ok_or(DataplaneError::NotAttached(PathBuf::from(
+                "(test runs need a data plane loaded in this process)",
+            )))?;
         let prog: &Xdp = ebpf
             .program(name)
             .ok_or(DataplaneError::Load {
@@ -883,13 +933,14 @@ impl ReferenceProgram {
     /// Puts `key → value` (8-byte key, 8-byte value) in the program's
     /// `REF_TABLE` hash map.
     pub fn insert(&mut self, key: u64, value: u64) -> Result<()> {
-        let mut m: HashMap<&mut MapData, u64, u64> = HashMap::try_from(
-            self.ebpf.map_mut("REF_TABLE").ok_or(DataplaneError::PinMismatch {
-                name: "REF_TABLE",
-                reason: "missing".into(),
-            })?,
-        )
-        .map_err(map_err("REF_TABLE"))?;
+        let mut m: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.ebpf.map_mut("REF_TABLE").ok_or(
+                DataplaneError::PinMismatch {
+                    name: "REF_TABLE",
+                    reason: "missing".into(),
+                },
+            )?)
+            .map_err(map_err("REF_TABLE"))?;
         m.insert(key, value, 0).map_err(map_err("REF_TABLE"))
     }
 
@@ -918,8 +969,14 @@ impl ReferenceProgram {
 
 fn verifier_message(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            format!("{io_error}; verifier log (tail):\n{}", tail(&verifier_log.to_string(), 40))
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!(
+                "{io_error}; verifier log (tail):\n{}",
+                tail(&verifier_log.to_string(), 40)
+            )
         }
         other => other.to_string(),
     }

@@ -218,7 +218,7 @@ impl Plan {
                 return Err(PlanError::BadEgress(s.id));
             }
             if let Some(c) = s.capacity
-                && !(c > 0.0)
+                && (c.is_nan() || c <= 0.0)
             {
                 return Err(PlanError::BadCapacity {
                     shard: s.id,
@@ -337,7 +337,10 @@ impl Plan {
                         b: t.name.clone(),
                     });
                 }
-                keys.push((alias_key(kind, id), format!("{} (MQTT-SN {label} id {id})", t.name)));
+                keys.push((
+                    alias_key(kind, id),
+                    format!("{} (MQTT-SN {label} id {id})", t.name),
+                ));
             }
             for (key, label) in keys {
                 let route = CompiledRoute {
@@ -346,17 +349,17 @@ impl Plan {
                     shards: idx.clone(),
                 };
                 if let Some((other, prev)) = by_key.insert(key, (label.clone(), route)) {
-                    return Err(if prev.topic == ti {
-                        PlanError::DuplicateTopic(t.name.clone())
-                    } else if self.topics[prev.topic].name == t.name {
-                        PlanError::DuplicateTopic(t.name.clone())
-                    } else {
-                        PlanError::KeyCollision {
-                            a: other,
-                            b: label,
-                            key: key.hash,
-                        }
-                    });
+                    return Err(
+                        if prev.topic == ti || self.topics[prev.topic].name == t.name {
+                            PlanError::DuplicateTopic(t.name.clone())
+                        } else {
+                            PlanError::KeyCollision {
+                                a: other,
+                                b: label,
+                                key: key.hash,
+                            }
+                        },
+                    );
                 }
             }
             topics.push(t.name.clone());
@@ -372,13 +375,21 @@ impl Plan {
     }
 }
 
-fn parse_group(shard: u32, field: &'static str, value: &str, v6: bool) -> Result<IpAddr, PlanError> {
-    let addr: IpAddr = value.parse().map_err(|e: std::net::AddrParseError| PlanError::BadAddress {
-        shard,
-        field,
-        value: value.to_string(),
-        reason: e.to_string(),
-    })?;
+fn parse_group(
+    shard: u32,
+    field: &'static str,
+    value: &str,
+    v6: bool,
+) -> Result<IpAddr, PlanError> {
+    let addr: IpAddr =
+        value
+            .parse()
+            .map_err(|e: std::net::AddrParseError| PlanError::BadAddress {
+                shard,
+                field,
+                value: value.to_string(),
+                reason: e.to_string(),
+            })?;
     if addr.is_ipv6() != v6 {
         return Err(PlanError::WrongFamily {
             shard,
@@ -448,7 +459,10 @@ mod tests {
         let find = |k: TopicKey| c.routes.iter().find(|r| r.key == k).unwrap();
         assert_eq!(find(topic_key(b"temp/room1")).shards, vec![0]);
         assert_eq!(find(alias_key(AliasKind::MqttSnPredefined, 5)).topic, 0);
-        assert_eq!(find(alias_key(AliasKind::MqttSnNormal, 18)).shards, vec![1, 0]);
+        assert_eq!(
+            find(alias_key(AliasKind::MqttSnNormal, 18)).shards,
+            vec![1, 0]
+        );
         assert_eq!(c.shards[1].port, 7000);
         assert_eq!(c.shards[0].port, 0);
         assert!(c.routes.windows(2).all(|w| w[0].key < w[1].key));
@@ -462,26 +476,98 @@ mod tests {
 
     #[test]
     fn refuses_invalid_plans_naming_the_offender() {
-        assert_eq!(err(|p| p.topics[0].shards = vec![9]), PlanError::UnknownShard { topic: "temp/room1".into(), shard: 9 });
-        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("10.0.0.1".into())), PlanError::NotMulticast { shard: 1, .. }));
-        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("239.1.1".into())), PlanError::BadAddress { shard: 1, field: "group_v4", .. }));
-        assert!(matches!(err(|p| p.shards[0].group_v4 = Some("ff15::9".into())), PlanError::WrongFamily { expected: "IPv4", .. }));
-        assert!(matches!(err(|p| p.shards[0].group_v6 = Some("239.9.9.9".into())), PlanError::WrongFamily { expected: "IPv6", .. }));
-        assert_eq!(err(|p| p.topics[1].name = "temp/room1".into()), PlanError::DuplicateTopic("temp/room1".into()));
+        assert_eq!(
+            err(|p| p.topics[0].shards = vec![9]),
+            PlanError::UnknownShard {
+                topic: "temp/room1".into(),
+                shard: 9
+            }
+        );
+        assert!(matches!(
+            err(|p| p.shards[0].group_v4 = Some("10.0.0.1".into())),
+            PlanError::NotMulticast { shard: 1, .. }
+        ));
+        assert!(matches!(
+            err(|p| p.shards[0].group_v4 = Some("239.1.1".into())),
+            PlanError::BadAddress {
+                shard: 1,
+                field: "group_v4",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(|p| p.shards[0].group_v4 = Some("ff15::9".into())),
+            PlanError::WrongFamily {
+                expected: "IPv4",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(|p| p.shards[0].group_v6 = Some("239.9.9.9".into())),
+            PlanError::WrongFamily {
+                expected: "IPv6",
+                ..
+            }
+        ));
+        assert_eq!(
+            err(|p| p.topics[1].name = "temp/room1".into()),
+            PlanError::DuplicateTopic("temp/room1".into())
+        );
         assert_eq!(err(|p| p.shards[1].id = 1), PlanError::DuplicateShard(1));
-        assert!(matches!(err(|p| p.shards[1].group_v4 = Some("239.1.1.1".into())), PlanError::SharedGroup { .. }));
-        assert_eq!(err(|p| { p.shards[1].group_v4 = None; }), PlanError::NoGroup(2));
-        assert_eq!(err(|p| p.topics[0].name = String::new()), PlanError::BadTopicName(String::new()));
-        assert!(matches!(err(|p| p.topics[1].mqttsn_predefined_id = Some(5)), PlanError::DuplicateTopicId { id: 5, .. }));
-        assert!(matches!(err(|p| p.topics[1].mqttsn_registered_ids = vec![0]), PlanError::ReservedTopicId { id: 0, .. }));
-        assert_eq!(err(|p| p.topics[0].shards = vec![1, 1]), PlanError::RepeatedShard { topic: "temp/room1".into(), shard: 1 });
-        assert_eq!(err(|p| p.topics[0].shards.clear()), PlanError::TopicWithoutShards("temp/room1".into()));
-        assert!(matches!(err(|p| p.shards[0].capacity = Some(0.0)), PlanError::BadCapacity { shard: 1, .. }));
+        assert!(matches!(
+            err(|p| p.shards[1].group_v4 = Some("239.1.1.1".into())),
+            PlanError::SharedGroup { .. }
+        ));
+        assert_eq!(
+            err(|p| {
+                p.shards[1].group_v4 = None;
+            }),
+            PlanError::NoGroup(2)
+        );
+        assert_eq!(
+            err(|p| p.topics[0].name = String::new()),
+            PlanError::BadTopicName(String::new())
+        );
+        assert!(matches!(
+            err(|p| p.topics[1].mqttsn_predefined_id = Some(5)),
+            PlanError::DuplicateTopicId { id: 5, .. }
+        ));
+        assert!(matches!(
+            err(|p| p.topics[1].mqttsn_registered_ids = vec![0]),
+            PlanError::ReservedTopicId { id: 0, .. }
+        ));
+        assert_eq!(
+            err(|p| p.topics[0].shards = vec![1, 1]),
+            PlanError::RepeatedShard {
+                topic: "temp/room1".into(),
+                shard: 1
+            }
+        );
+        assert_eq!(
+            err(|p| p.topics[0].shards.clear()),
+            PlanError::TopicWithoutShards("temp/room1".into())
+        );
+        assert!(matches!(
+            err(|p| p.shards[0].capacity = Some(0.0)),
+            PlanError::BadCapacity { shard: 1, .. }
+        ));
         assert_eq!(err(|p| p.shards.clear()), PlanError::NoShards);
-        assert!(matches!(err(|p| p.devices[0].shard = 4), PlanError::DeviceUnknownShard { shard: 4, .. }));
-        assert!(matches!(err(|p| p.devices.push(p.devices[0].clone())), PlanError::DuplicateDevice(_)));
-        assert!(matches!(Plan::from_json("{\"generation\": 1}"), Err(PlanError::Json(_))));
-        assert!(matches!(Plan::from_json(r#"{"generation":1,"shards":[],"topics":[],"extra":1}"#), Err(PlanError::Json(_))));
+        assert!(matches!(
+            err(|p| p.devices[0].shard = 4),
+            PlanError::DeviceUnknownShard { shard: 4, .. }
+        ));
+        assert!(matches!(
+            err(|p| p.devices.push(p.devices[0].clone())),
+            PlanError::DuplicateDevice(_)
+        ));
+        assert!(matches!(
+            Plan::from_json("{\"generation\": 1}"),
+            Err(PlanError::Json(_))
+        ));
+        assert!(matches!(
+            Plan::from_json(r#"{"generation":1,"shards":[],"topics":[],"extra":1}"#),
+            Err(PlanError::Json(_))
+        ));
     }
 
     #[test]

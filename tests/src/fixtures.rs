@@ -84,7 +84,9 @@ fn with_udp_checksum(mut f: Vec<u8>, l4_off: usize, check: u16) -> Vec<u8> {
 pub fn all() -> Vec<Fixture> {
     use L3::*;
     let short = |t: &[u8; 2], flags: u8, long: bool| mqttsn_publish(long, flags, *t, 0, b"21.5C");
-    let coap = |t: u8, code: u8, path: &[&str]| coap_request(t, code, 0x4242, &[1, 2, 3, 4], path, b"{\"v\":1}");
+    let coap = |t: u8, code: u8, path: &[&str]| {
+        coap_request(t, code, 0x4242, &[1, 2, 3, 4], path, b"{\"v\":1}")
+    };
     let room = ["ps", "data", "temp", "room1"];
 
     let mut ext = vec![1 << 6 | TYPE_NON << 4 | 8, CODE_PUT, 0, 9];
@@ -108,23 +110,59 @@ pub fn all() -> Vec<Fixture> {
     lie_short[0] -= 1;
 
     // IPv4 fragment: set More Fragments.
-    let mut frag = frame(V4, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false));
+    let mut frag = frame(
+        V4,
+        None,
+        40000,
+        MQTTSN,
+        &short(b"hv", qos0(TOPIC_SHORT), false),
+    );
     frag[20] |= 0x20;
     // IPv6 with a hop-by-hop header announced.
-    let mut hbh = frame(V6, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false));
+    let mut hbh = frame(
+        V6,
+        None,
+        40000,
+        MQTTSN,
+        &short(b"hv", qos0(TOPIC_SHORT), false),
+    );
     hbh[20] = 0;
     // UDP length larger than the frame.
-    let mut trunc = frame(V4, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false));
+    let mut trunc = frame(
+        V4,
+        None,
+        40000,
+        MQTTSN,
+        &short(b"hv", qos0(TOPIC_SHORT), false),
+    );
     trunc[38] = 0x05;
     // TTL 1.
-    let mut ttl1 = frame(V4, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false));
+    let mut ttl1 = frame(
+        V4,
+        None,
+        40000,
+        MQTTSN,
+        &short(b"hv", qos0(TOPIC_SHORT), false),
+    );
     ttl1[22] = 1;
     let ttl1 = fix_ipv4_checksum(ttl1, 14);
     // Ethernet padding after a short datagram.
-    let mut padded = frame(V4, None, 40000, MQTTSN, &mqttsn_publish(false, qos0(TOPIC_SHORT), *b"hv", 0, b""));
+    let mut padded = frame(
+        V4,
+        None,
+        40000,
+        MQTTSN,
+        &mqttsn_publish(false, qos0(TOPIC_SHORT), *b"hv", 0, b""),
+    );
     padded.resize(60, 0);
     // QinQ outer tag.
-    let mut qinq = frame(V4, Some(7), 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false));
+    let mut qinq = frame(
+        V4,
+        Some(7),
+        40000,
+        MQTTSN,
+        &short(b"hv", qos0(TOPIC_SHORT), false),
+    );
     qinq[12..14].copy_from_slice(&[0x88, 0xa8]);
     qinq[16..18].copy_from_slice(&[0x81, 0x00]);
     let arp = {
@@ -146,56 +184,350 @@ pub fn all() -> Vec<Fixture> {
 
     vec![
         // MQTT-SN publishes that route.
-        redirect("mqttsn v4 short QoS0 1-octet length", frame(V4, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false)), 2),
-        redirect("mqttsn v4 short QoS-1 3-octet length", frame(V4, None, 40000, MQTTSN, &short(b"hv", qos_minus1(TOPIC_SHORT), true)), 2),
-        redirect("mqttsn v6 predefined QoS-1", frame(V6, None, 40000, MQTTSN, &mqttsn_publish(false, qos_minus1(TOPIC_PREDEFINED), [0, 5], 0, b"x")), 1),
-        redirect("mqttsn v4 predefined QoS0 3-octet length", frame(V4, None, 40000, MQTTSN, &mqttsn_publish(true, qos0(TOPIC_PREDEFINED), [0, 5], 0, &[0x55; 300])), 1),
-        redirect("mqttsn v4 registered id QoS0", frame(V4, None, 40000, MQTTSN, &mqttsn_publish(false, qos0(TOPIC_NORMAL), [1, 44], 0, b"on")), 1),
-        redirect("mqttsn v4 vlan short", frame(V4, Some(100), 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false)), 2),
-        redirect("mqttsn v6 vlan predefined", frame(V6, Some(4000), 40000, MQTTSN, &mqttsn_publish(false, qos0(TOPIC_PREDEFINED), [0, 5], 0, b"x")), 1),
-        redirect("mqttsn v4 with ip options", frame_v4_options(&[1, 1, 1, 1, 0x94, 4, 0, 0], MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false)), 2),
-        redirect("mqttsn v4 udp checksum zero kept", with_udp_checksum(frame(V4, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false)), 34, 0), 2),
+        redirect(
+            "mqttsn v4 short QoS0 1-octet length",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"hv", qos0(TOPIC_SHORT), false),
+            ),
+            2,
+        ),
+        redirect(
+            "mqttsn v4 short QoS-1 3-octet length",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"hv", qos_minus1(TOPIC_SHORT), true),
+            ),
+            2,
+        ),
+        redirect(
+            "mqttsn v6 predefined QoS-1",
+            frame(
+                V6,
+                None,
+                40000,
+                MQTTSN,
+                &mqttsn_publish(false, qos_minus1(TOPIC_PREDEFINED), [0, 5], 0, b"x"),
+            ),
+            1,
+        ),
+        redirect(
+            "mqttsn v4 predefined QoS0 3-octet length",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &mqttsn_publish(true, qos0(TOPIC_PREDEFINED), [0, 5], 0, &[0x55; 300]),
+            ),
+            1,
+        ),
+        redirect(
+            "mqttsn v4 registered id QoS0",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &mqttsn_publish(false, qos0(TOPIC_NORMAL), [1, 44], 0, b"on"),
+            ),
+            1,
+        ),
+        redirect(
+            "mqttsn v4 vlan short",
+            frame(
+                V4,
+                Some(100),
+                40000,
+                MQTTSN,
+                &short(b"hv", qos0(TOPIC_SHORT), false),
+            ),
+            2,
+        ),
+        redirect(
+            "mqttsn v6 vlan predefined",
+            frame(
+                V6,
+                Some(4000),
+                40000,
+                MQTTSN,
+                &mqttsn_publish(false, qos0(TOPIC_PREDEFINED), [0, 5], 0, b"x"),
+            ),
+            1,
+        ),
+        redirect(
+            "mqttsn v4 with ip options",
+            frame_v4_options(
+                &[1, 1, 1, 1, 0x94, 4, 0, 0],
+                MQTTSN,
+                &short(b"hv", qos0(TOPIC_SHORT), false),
+            ),
+            2,
+        ),
+        redirect(
+            "mqttsn v4 udp checksum zero kept",
+            with_udp_checksum(
+                frame(
+                    V4,
+                    None,
+                    40000,
+                    MQTTSN,
+                    &short(b"hv", qos0(TOPIC_SHORT), false),
+                ),
+                34,
+                0,
+            ),
+            2,
+        ),
         redirect("mqttsn v4 ethernet padding", padded, 2),
         // MQTT-SN that goes to the gateway or is refused.
-        pass("mqttsn v6 short, shard without v6 group", frame(V6, None, 40000, MQTTSN, &short(b"hv", qos0(TOPIC_SHORT), false)), Reason::NoGroupForFamily),
-        pass("mqttsn QoS1", frame(V4, None, 40000, MQTTSN, &short(b"hv", 0b0010_0000 | TOPIC_SHORT, false)), Reason::MqttSnQos),
-        pass("mqttsn QoS2", frame(V4, None, 40000, MQTTSN, &short(b"hv", 0b0100_0000 | TOPIC_SHORT, false)), Reason::MqttSnQos),
-        pass("mqttsn CONNECT", frame(V4, None, 40000, MQTTSN, &[8, 0x04, 0x04, 0x01, 0, 30, b'c', b'1']), Reason::MqttSnControl),
-        pass("mqttsn REGISTER long form", frame(V4, None, 40000, MQTTSN, &[1, 0, 9, 0x0A, 0, 0, 0, 1, b't']), Reason::MqttSnControl),
-        pass("mqttsn PINGREQ", frame(V4, None, 40000, MQTTSN, &[2, 0x16]), Reason::MqttSnControl),
-        pass("mqttsn length says more", frame(V4, None, 40000, MQTTSN, &lie_long), Reason::MqttSnBadLength),
-        pass("mqttsn length says less", frame(V4, None, 40000, MQTTSN, &lie_short), Reason::MqttSnBadLength),
-        pass("mqttsn reserved topic id type", frame(V4, None, 40000, MQTTSN, &short(b"hv", 0b11, false)), Reason::MqttSnMalformed),
-        pass("mqttsn QoS-1 with registered id", frame(V4, None, 40000, MQTTSN, &mqttsn_publish(false, qos_minus1(TOPIC_NORMAL), [1, 44], 0, b"x")), Reason::MqttSnMalformed),
-        pass("mqttsn unrouted short topic", frame(V4, None, 40000, MQTTSN, &short(b"zz", qos0(TOPIC_SHORT), false)), Reason::NoRoute),
-        pass("mqttsn two-shard topic", frame(V4, None, 40000, MQTTSN, &short(b"mu", qos0(TOPIC_SHORT), false)), Reason::MultiShard),
-        pass("mqttsn empty datagram", frame(V4, None, 40000, MQTTSN, &[]), Reason::MqttSnBadLength),
+        pass(
+            "mqttsn v6 short, shard without v6 group",
+            frame(
+                V6,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"hv", qos0(TOPIC_SHORT), false),
+            ),
+            Reason::NoGroupForFamily,
+        ),
+        pass(
+            "mqttsn QoS1",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"hv", 0b0010_0000 | TOPIC_SHORT, false),
+            ),
+            Reason::MqttSnQos,
+        ),
+        pass(
+            "mqttsn QoS2",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"hv", 0b0100_0000 | TOPIC_SHORT, false),
+            ),
+            Reason::MqttSnQos,
+        ),
+        pass(
+            "mqttsn CONNECT",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &[8, 0x04, 0x04, 0x01, 0, 30, b'c', b'1'],
+            ),
+            Reason::MqttSnControl,
+        ),
+        pass(
+            "mqttsn REGISTER long form",
+            frame(V4, None, 40000, MQTTSN, &[1, 0, 9, 0x0A, 0, 0, 0, 1, b't']),
+            Reason::MqttSnControl,
+        ),
+        pass(
+            "mqttsn PINGREQ",
+            frame(V4, None, 40000, MQTTSN, &[2, 0x16]),
+            Reason::MqttSnControl,
+        ),
+        pass(
+            "mqttsn length says more",
+            frame(V4, None, 40000, MQTTSN, &lie_long),
+            Reason::MqttSnBadLength,
+        ),
+        pass(
+            "mqttsn length says less",
+            frame(V4, None, 40000, MQTTSN, &lie_short),
+            Reason::MqttSnBadLength,
+        ),
+        pass(
+            "mqttsn reserved topic id type",
+            frame(V4, None, 40000, MQTTSN, &short(b"hv", 0b11, false)),
+            Reason::MqttSnMalformed,
+        ),
+        pass(
+            "mqttsn QoS-1 with registered id",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &mqttsn_publish(false, qos_minus1(TOPIC_NORMAL), [1, 44], 0, b"x"),
+            ),
+            Reason::MqttSnMalformed,
+        ),
+        pass(
+            "mqttsn unrouted short topic",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"zz", qos0(TOPIC_SHORT), false),
+            ),
+            Reason::NoRoute,
+        ),
+        pass(
+            "mqttsn two-shard topic",
+            frame(
+                V4,
+                None,
+                40000,
+                MQTTSN,
+                &short(b"mu", qos0(TOPIC_SHORT), false),
+            ),
+            Reason::MultiShard,
+        ),
+        pass(
+            "mqttsn empty datagram",
+            frame(V4, None, 40000, MQTTSN, &[]),
+            Reason::MqttSnBadLength,
+        ),
         // CoAP publishes that route.
-        pass("coap v4 NON PUT", frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)), Reason::CoapToStack),
-        pass("coap v6 NON POST", frame(V6, None, 40001, COAP, &coap(TYPE_NON, CODE_POST, &room)), Reason::CoapToStack),
-        pass("coap v4 extended option forms, 8-byte token", frame(V4, None, 40001, COAP, &ext), Reason::CoapToStack),
-        pass("coap v4 vlan", frame(V4, Some(5), 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)), Reason::CoapToStack),
-        pass("coap v6 to v6-only shard", frame(V6, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"])), Reason::CoapToStack),
+        pass(
+            "coap v4 NON PUT",
+            frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap v6 NON POST",
+            frame(V6, None, 40001, COAP, &coap(TYPE_NON, CODE_POST, &room)),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap v4 extended option forms, 8-byte token",
+            frame(V4, None, 40001, COAP, &ext),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap v4 vlan",
+            frame(V4, Some(5), 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap v6 to v6-only shard",
+            frame(
+                V6,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"]),
+            ),
+            Reason::CoapToStack,
+        ),
         // CoAP that goes up.
-        pass("coap CON PUT", frame(V4, None, 40001, COAP, &coap(TYPE_CON, CODE_PUT, &room)), Reason::CoapToStack),
-        pass("coap NON GET", frame(V4, None, 40001, COAP, &coap(TYPE_NON, 0x01, &room)), Reason::CoapToStack),
-        pass("coap other path", frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &["ps", "other", "x"])), Reason::CoapToStack),
-        pass("coap option past the end", frame(V4, None, 40001, COAP, &past_end), Reason::CoapToStack),
-        pass("coap reserved nibble 15", frame(V4, None, 40001, COAP, &reserved15), Reason::CoapToStack),
-        pass("coap topic too long", frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &["ps", "data", &long_topic])), Reason::CoapToStack),
-        pass("coap v4 to v6-only shard", frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"])), Reason::CoapToStack),
-        pass("coap unrouted topic", frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &["ps", "data", "nobody"])), Reason::CoapToStack),
+        pass(
+            "coap CON PUT",
+            frame(V4, None, 40001, COAP, &coap(TYPE_CON, CODE_PUT, &room)),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap NON GET",
+            frame(V4, None, 40001, COAP, &coap(TYPE_NON, 0x01, &room)),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap other path",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "other", "x"]),
+            ),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap option past the end",
+            frame(V4, None, 40001, COAP, &past_end),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap reserved nibble 15",
+            frame(V4, None, 40001, COAP, &reserved15),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap topic too long",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", &long_topic]),
+            ),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap v4 to v6-only shard",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"]),
+            ),
+            Reason::CoapToStack,
+        ),
+        pass(
+            "coap unrouted topic",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", "nobody"]),
+            ),
+            Reason::CoapToStack,
+        ),
         // Lower layers.
         pass("arp", arp, Reason::NotIp),
         pass("tcp to the mqtt-sn port", tcp, Reason::NotUdp),
-        pass("udp to another port", frame(V4, None, 40000, 9999, b"hello"), Reason::OtherPort),
+        pass(
+            "udp to another port",
+            frame(V4, None, 40000, 9999, b"hello"),
+            Reason::OtherPort,
+        ),
         pass("ipv4 fragment", frag, Reason::Fragment),
         pass("ipv6 hop-by-hop header", hbh, Reason::Ipv6ExtHeader),
         pass("udp length beyond the frame", trunc, Reason::Truncated),
         pass("ttl 1", ttl1, Reason::TtlExpired),
-        pass("ipv6 udp checksum zero", with_udp_checksum(frame(V6, None, 40000, MQTTSN, &mqttsn_publish(false, qos0(TOPIC_PREDEFINED), [0, 5], 0, b"x")), 54, 0), Reason::ZeroChecksumV6),
+        pass(
+            "ipv6 udp checksum zero",
+            with_udp_checksum(
+                frame(
+                    V6,
+                    None,
+                    40000,
+                    MQTTSN,
+                    &mqttsn_publish(false, qos0(TOPIC_PREDEFINED), [0, 5], 0, b"x"),
+                ),
+                54,
+                0,
+            ),
+            Reason::ZeroChecksumV6,
+        ),
         pass("qinq double tag", qinq, Reason::NotIp),
-        pass("vlan tag cut off", { let mut f = vec![0u8; 14]; f[12] = 0x81; f }, Reason::Truncated),
+        pass(
+            "vlan tag cut off",
+            {
+                let mut f = vec![0u8; 14];
+                f[12] = 0x81;
+                f
+            },
+            Reason::Truncated,
+        ),
     ]
 }
 
@@ -241,19 +573,29 @@ pub fn expected_output(input: &[u8], shard: &ShardOut) -> Vec<u8> {
             if udp.checksum != 0 {
                 udp.checksum = udp.calc_checksum_ipv4(&ip, payload).unwrap();
             }
-            (ip.to_bytes().to_vec(), [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]])
+            (
+                ip.to_bytes().to_vec(),
+                [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]],
+            )
         }
         NetHeaders::Ipv6(mut ip, _) => {
             let g = shard.group_v6.expect("v6 group");
             ip.destination = g;
             ip.hop_limit -= 1;
             udp.checksum = udp.calc_checksum_ipv6(&ip, payload).unwrap();
-            (ip.to_bytes().to_vec(), [0x33, 0x33, g[12], g[13], g[14], g[15]])
+            (
+                ip.to_bytes().to_vec(),
+                [0x33, 0x33, g[12], g[13], g[14], g[15]],
+            )
         }
     };
     out.extend_from_slice(&dst_mac);
     out.extend_from_slice(&shard.src_mac);
-    let ether_type = if l3_bytes[0] >> 4 == 4 { [0x08, 0x00] } else { [0x86, 0xdd] };
+    let ether_type = if l3_bytes[0] >> 4 == 4 {
+        [0x08, 0x00]
+    } else {
+        [0x86, 0xdd]
+    };
     out.extend_from_slice(&ether_type);
     out.extend_from_slice(&l3_bytes);
     out.extend_from_slice(&udp.to_bytes());

@@ -148,7 +148,9 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const SRC_V4: [u8; 4] = [198, 18, 0, 1];
 pub const DST_V4: [u8; 4] = [198, 18, 0, 254];
 pub const SRC_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-pub const DST_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+pub const DST_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe,
+];
 
 /// IP family and encapsulation of a test frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +164,14 @@ pub fn frame(l3: L3, vlan: Option<u16>, sport: u16, dport: u16, payload: &[u8]) 
     let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
     let mut out = Vec::new();
     match (l3, vlan) {
-        (L3::V4, None) => eth.ipv4(SRC_V4, DST_V4, 64).udp(sport, dport).write(&mut out, payload),
-        (L3::V6, None) => eth.ipv6(SRC_V6, DST_V6, 64).udp(sport, dport).write(&mut out, payload),
+        (L3::V4, None) => eth
+            .ipv4(SRC_V4, DST_V4, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        (L3::V6, None) => eth
+            .ipv6(SRC_V6, DST_V6, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
         (L3::V4, Some(id)) => eth
             .single_vlan(id.try_into().expect("vlan id"))
             .ipv4(SRC_V4, DST_V4, 64)

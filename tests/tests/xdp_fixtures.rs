@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use integration_tests::{
-    NetNs, build,
+    L3, NetNs, build,
     fixtures::{self, Expect, ShardOut},
-    frame, L3,
+    frame,
 };
 use router_common::{reason::Reason, topic::topic_key};
 use router_ctl::dataplane::{Dataplane, RouterConfig, action, mac_address};
@@ -16,7 +16,8 @@ use router_ctl::dataplane::{Dataplane, RouterConfig, action, mac_address};
 /// and the fixture plan installed with `sc0` as every shard's egress.
 fn lab() -> NetNs {
     let ns = NetNs::new("scfx").unwrap();
-    ns.ip(&["link", "add", "sc0", "type", "veth", "peer", "name", "sc1"]).unwrap();
+    ns.ip(&["link", "add", "sc0", "type", "veth", "peer", "name", "sc1"])
+        .unwrap();
     ns.ip(&["link", "set", "sc0", "up"]).unwrap();
     ns.ip(&["link", "set", "sc1", "up"]).unwrap();
     ns
@@ -24,9 +25,33 @@ fn lab() -> NetNs {
 
 fn shard_outs(mac: [u8; 6]) -> BTreeMap<u32, ShardOut> {
     BTreeMap::from([
-        (1, ShardOut { group_v4: Some([239, 1, 1, 1]), group_v6: Some("ff15::1:1".parse::<std::net::Ipv6Addr>().unwrap().octets()), port: 0, src_mac: mac }),
-        (2, ShardOut { group_v4: Some([239, 1, 1, 2]), group_v6: None, port: 7000, src_mac: mac }),
-        (3, ShardOut { group_v4: None, group_v6: Some("ff15::1:3".parse::<std::net::Ipv6Addr>().unwrap().octets()), port: 0, src_mac: mac }),
+        (
+            1,
+            ShardOut {
+                group_v4: Some([239, 1, 1, 1]),
+                group_v6: Some("ff15::1:1".parse::<std::net::Ipv6Addr>().unwrap().octets()),
+                port: 0,
+                src_mac: mac,
+            },
+        ),
+        (
+            2,
+            ShardOut {
+                group_v4: Some([239, 1, 1, 2]),
+                group_v6: None,
+                port: 7000,
+                src_mac: mac,
+            },
+        ),
+        (
+            3,
+            ShardOut {
+                group_v4: None,
+                group_v6: Some("ff15::1:3".parse::<std::net::Ipv6Addr>().unwrap().octets()),
+                port: 0,
+                src_mac: mac,
+            },
+        ),
     ])
 }
 
@@ -35,7 +60,8 @@ fn every_fixture_gets_its_verdict_and_bytes() {
     let ns = lab();
     let failures = ns
         .run(|| {
-            let mut dp = Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+            let mut dp =
+                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
             let plan = fixtures::plan("sc0", 1).compile().unwrap();
             dp.install(&plan, false).unwrap();
             let outs = shard_outs(mac_address("sc0").unwrap());
@@ -49,7 +75,10 @@ fn every_fixture_gets_its_verdict_and_bytes() {
                     Expect::Pass(reason) => {
                         *want_reasons.entry(*reason).or_default() += 1;
                         if r.action != action::PASS {
-                            failures.push(format!("{}: action {} (want PASS/{:?})", f.name, r.action, reason));
+                            failures.push(format!(
+                                "{}: action {} (want PASS/{:?})",
+                                f.name, r.action, reason
+                            ));
                         } else if r.output != f.packet {
                             failures.push(format!("{}: passed packet was modified", f.name));
                         }
@@ -58,9 +87,15 @@ fn every_fixture_gets_its_verdict_and_bytes() {
                         *want_reasons.entry(Reason::Redirected).or_default() += 1;
                         let want = fixtures::expected_output(&f.packet, &outs[shard]);
                         if r.action != action::REDIRECT {
-                            failures.push(format!("{}: action {} (want REDIRECT to shard {shard})", f.name, r.action));
+                            failures.push(format!(
+                                "{}: action {} (want REDIRECT to shard {shard})",
+                                f.name, r.action
+                            ));
                         } else if r.output != want {
-                            failures.push(format!("{}: output differs\n got  {:02x?}\n want {:02x?}", f.name, r.output, want));
+                            failures.push(format!(
+                                "{}: output differs\n got  {:02x?}\n want {:02x?}",
+                                f.name, r.output, want
+                            ));
                         }
                     }
                 }
@@ -77,18 +112,43 @@ fn every_fixture_gets_its_verdict_and_bytes() {
             failures
         })
         .unwrap();
-    assert!(failures.is_empty(), "{} fixture failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn per_topic_counters_count_packets_and_bytes() {
     let ns = lab();
     ns.run(|| {
-        let mut dp = Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false).unwrap();
-        let hv = frame(L3::V4, None, 1, fixtures::MQTTSN, &build::mqttsn_publish(false, 2, *b"hv", 0, b"abc"));
-        let predefined = frame(L3::V4, None, 1, fixtures::MQTTSN, &build::mqttsn_publish(false, 1, [0, 5], 0, b"abc"));
-        let predefined_v6 = frame(L3::V6, None, 1, fixtures::MQTTSN, &build::mqttsn_publish(true, 1, [0, 5], 0, b"abcdef"));
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
+            .unwrap();
+        let hv = frame(
+            L3::V4,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(false, 2, *b"hv", 0, b"abc"),
+        );
+        let predefined = frame(
+            L3::V4,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(false, 1, [0, 5], 0, b"abc"),
+        );
+        let predefined_v6 = frame(
+            L3::V6,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(true, 1, [0, 5], 0, b"abcdef"),
+        );
         for _ in 0..3 {
             dp.test_run(&hv, 1).unwrap();
         }
@@ -99,7 +159,10 @@ fn per_topic_counters_count_packets_and_bytes() {
         assert_eq!((hv_c.packets, hv_c.bytes), (3, 3 * hv.len() as u64));
         // The predefined id is an alias of temp/room1: one counter for both.
         let room = c.topics[&topic_key(b"temp/room1")].1;
-        assert_eq!((room.packets, room.bytes), (2, (predefined.len() + predefined_v6.len()) as u64));
+        assert_eq!(
+            (room.packets, room.bytes),
+            (2, (predefined.len() + predefined_v6.len()) as u64)
+        );
     })
     .unwrap();
 }
@@ -109,22 +172,36 @@ fn kernel_and_userspace_derive_the_same_topic_keys() {
     // Unrouted topics are counted by the key the kernel computed; each must
     // equal router_common::topic_key of the name we sent. Short MQTT-SN
     // names are hashed in the kernel byte by byte like any name.
-    let names: Vec<[u8; 2]> = (0u16..200).map(|i| (i.wrapping_mul(7919) ^ 0x5a5a).to_be_bytes()).collect();
+    let names: Vec<[u8; 2]> = (0u16..200)
+        .map(|i| (i.wrapping_mul(7919) ^ 0x5a5a).to_be_bytes())
+        .collect();
     let names2 = names.clone();
     let ns = lab();
     let kernel_keys = ns
         .run(move || {
-            let mut dp = Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+            let mut dp =
+                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
             let mut plan = fixtures::plan("sc0", 1);
             // Keep only routes whose names cannot collide with the probes.
             plan.topics.retain(|t| t.name.len() > 2);
             dp.install(&plan.compile().unwrap(), false).unwrap();
             for n in &names2 {
-                let f = frame(L3::V4, None, 1, fixtures::MQTTSN, &build::mqttsn_publish(false, 2, *n, 0, b"1"));
+                let f = frame(
+                    L3::V4,
+                    None,
+                    1,
+                    fixtures::MQTTSN,
+                    &build::mqttsn_publish(false, 2, *n, 0, b"1"),
+                );
                 let r = dp.test_run(&f, 1).unwrap();
                 assert_eq!(r.action, action::PASS, "{n:?}");
             }
-            dp.counters().unwrap().unrouted.keys().copied().collect::<Vec<_>>()
+            dp.counters()
+                .unwrap()
+                .unrouted
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
         })
         .unwrap();
     let mut want: Vec<_> = names.iter().map(|n| topic_key(n)).collect();
@@ -139,10 +216,22 @@ fn kernel_and_userspace_derive_the_same_topic_keys() {
 fn a_new_generation_replaces_the_old_one_entirely() {
     let ns = lab();
     ns.run(|| {
-        let mut dp = Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-        let hv = frame(L3::V4, None, 1, fixtures::MQTTSN, &build::mqttsn_publish(false, 2, *b"hv", 0, b"x"));
-        assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::PASS, "no plan yet");
-        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false).unwrap();
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        let hv = frame(
+            L3::V4,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(false, 2, *b"hv", 0, b"x"),
+        );
+        assert_eq!(
+            dp.test_run(&hv, 1).unwrap().action,
+            action::PASS,
+            "no plan yet"
+        );
+        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
+            .unwrap();
         assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::REDIRECT);
         // Generation 2 drops "hv".
         let mut p2 = fixtures::plan("sc0", 2);
@@ -150,7 +239,9 @@ fn a_new_generation_replaces_the_old_one_entirely() {
         dp.install(&p2.compile().unwrap(), false).unwrap();
         assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::PASS);
         // A stale generation is refused and changes nothing.
-        let err = dp.install(&fixtures::plan("sc0", 2).compile().unwrap(), false).unwrap_err();
+        let err = dp
+            .install(&fixtures::plan("sc0", 2).compile().unwrap(), false)
+            .unwrap_err();
         assert!(err.to_string().contains("not newer"), "{err}");
         assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::PASS);
         assert_eq!(dp.meta().unwrap().generation, 2);

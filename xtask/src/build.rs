@@ -81,7 +81,9 @@ pub fn build_ebpf() -> Result<Objects> {
     .env_remove("CARGO")
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
-    let out = cmd.output().context("running cargo +nightly build for router-ebpf")?;
+    let out = cmd
+        .output()
+        .context("running cargo +nightly build for router-ebpf")?;
     if !out.status.success() {
         bail!("building router-ebpf failed ({})", out.status);
     }
@@ -93,7 +95,10 @@ pub fn build_ebpf() -> Result<Objects> {
         if msg["reason"] == "compiler-artifact"
             && let Some(exe) = msg["executable"].as_str()
         {
-            let name = msg["target"]["name"].as_str().unwrap_or("object").to_string();
+            let name = msg["target"]["name"]
+                .as_str()
+                .unwrap_or("object")
+                .to_string();
             built.push((name, PathBuf::from(exe)));
         }
     }

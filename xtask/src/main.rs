@@ -61,7 +61,15 @@ fn test(args: &[String]) -> Result<()> {
     let objects = build::build_ebpf()?;
     build::cargo(&["fmt", "--all", "--", "--check"], &[])?;
     build::cargo(
-        &["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     let mut cmd = vec!["test", "--workspace"];

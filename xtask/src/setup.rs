@@ -55,7 +55,6 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
-
 fn packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -74,10 +73,10 @@ fn packages() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    Ok(PathBuf::from(output(
-        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
-    )
-    .context("the nightly toolchain is required (rustup toolchain list)")?))
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+            .context("the nightly toolchain is required (rustup toolchain list)")?,
+    ))
 }
 
 fn rust_src() -> Result<()> {
@@ -95,9 +94,13 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     // Fallback from TOOLCHAIN.md: the vendored component beside the repo.
-    let tarball = super::build::root().join("../shared/vendor/rust-src-nightly-1.97.0-2026-05-19.tar.xz");
+    let tarball =
+        super::build::root().join("../shared/vendor/rust-src-nightly-1.97.0-2026-05-19.tar.xz");
     if !tarball.exists() {
-        bail!("rust-src is missing and neither rustup nor {} could provide it", tarball.display());
+        bail!(
+            "rust-src is missing and neither rustup nor {} could provide it",
+            tarball.display()
+        );
     }
     run(Command::new("tar")
         .arg("-xJf")
@@ -105,7 +108,11 @@ fn rust_src() -> Result<()> {
         .arg("-C")
         .arg(sysroot.join("lib/rustlib")))?;
     if !library.exists() {
-        bail!("extracted {} but {} is still missing", tarball.display(), library.display());
+        bail!(
+            "extracted {} but {} is still missing",
+            tarball.display(),
+            library.display()
+        );
     }
     Ok(())
 }
@@ -144,7 +151,13 @@ fn bpf_linker() -> Result<()> {
     }
     eprintln!("setup: building bpf-linker against rustc's LLVM {major}");
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .env_remove("RUSTUP_TOOLCHAIN")
