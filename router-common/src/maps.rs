@@ -48,19 +48,6 @@ pub mod names {
     pub const TOPIC_STATS: &str = "SC_TOPIC_STATS";
     pub const UNROUTED: &str = "SC_UNROUTED";
     pub const SLOTS: &str = "SC_SLOTS";
-    /// All maps, in pin order.
-    pub const ALL_MAPS: &[&str] = &[
-        CONFIG,
-        ACTIVE,
-        META,
-        ROUTES,
-        SHARDS,
-        EGRESS,
-        REASONS,
-        TOPIC_STATS,
-        UNROUTED,
-        SLOTS,
-    ];
     /// The router program.
     pub const PROG_ROUTER: &str = "shardcast_router";
     /// A program that passes everything: attached to the peer of a veth

@@ -385,11 +385,7 @@ impl Dataplane {
                     reason: format!("no program {name}"),
                 })?
                 .try_into()
-                .map_err(prog_err(if name == names::PROG_ROUTER {
-                    names::PROG_ROUTER
-                } else {
-                    names::PROG_PASS
-                }))?;
+                .map_err(prog_err(name))?;
             prog.load().map_err(|e| DataplaneError::Load {
                 path: object.into(),
                 reason: verifier_message(&e),
@@ -686,10 +682,18 @@ impl Dataplane {
         }
         // Everything that can fail on bad input fails here, before any
         // routing map changes: egress lookups and MACs.
+        // Each distinct egress is resolved once (MAC lookup, devmap scan),
+        // not once per shard: plans have thousands of shards and few egresses.
+        let mut egresses: StdHashMap<&str, (u32, [u8; 6])> = StdHashMap::new();
+        for s in &plan.shards {
+            if !egresses.contains_key(s.egress.as_str()) {
+                let resolved = (self.egress_slot(&s.egress)?, mac_address(&s.egress)?);
+                egresses.insert(&s.egress, resolved);
+            }
+        }
         let mut shard_values = Vec::with_capacity(plan.shards.len());
         for s in &plan.shards {
-            let src_mac = mac_address(&s.egress)?;
-            let egress_slot = self.egress_slot(&s.egress)?;
+            let (egress_slot, src_mac) = egresses[s.egress.as_str()];
             let mut flags = 0;
             if s.group_v4.is_some() {
                 flags |= SHARD_HAS_V4;
@@ -872,31 +876,34 @@ impl Dataplane {
             .ok_or(DataplaneError::NotAttached(PathBuf::from(
                 "(test runs need a data plane loaded in this process)",
             )))?;
-        let prog: &Xdp = ebpf
-            .program(name)
-            .ok_or(DataplaneError::Load {
-                path: PathBuf::new(),
-                reason: format!("no program {name}"),
-            })?
-            .try_into()
-            .map_err(prog_err(name))?;
-        // Room for the packet plus anything a program could prepend.
-        let mut out = vec![0u8; packet.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err(name))?;
-        out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: r.return_value,
-            output: out,
-            duration: r.duration,
-        })
+        run_xdp(ebpf, name, packet, repeat)
     }
+}
+
+/// One `BPF_PROG_TEST_RUN` of the XDP program `name` of a loaded object.
+fn run_xdp(ebpf: &Ebpf, name: &str, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+    let Some(Program::Xdp(prog)) = ebpf.program(name) else {
+        return Err(DataplaneError::Load {
+            path: PathBuf::new(),
+            reason: format!("no XDP program {name}"),
+        });
+    };
+    // Room for the packet plus anything a program could prepend.
+    let mut out = vec![0u8; packet.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(prog_err("test run"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutcome {
+        action: r.return_value,
+        output: out,
+        duration: r.duration,
+    })
 }
 
 /// Loads a standalone XDP object (benchmark reference programs) and test-runs
@@ -945,25 +952,7 @@ impl ReferenceProgram {
     }
 
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
-        let prog: &Xdp = match self.ebpf.program(&self.name) {
-            Some(Program::Xdp(p)) => p,
-            _ => unreachable!("checked at load"),
-        };
-        let mut out = vec![0u8; packet.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err("reference"))?;
-        out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: r.return_value,
-            output: out,
-            duration: r.duration,
-        })
+        run_xdp(&self.ebpf, &self.name, packet, repeat)
     }
 }
 

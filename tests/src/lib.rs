@@ -24,15 +24,6 @@ pub fn object() -> PathBuf {
         })
 }
 
-/// The router-ctl binary of this build.
-pub fn router_ctl() -> PathBuf {
-    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/router-ctl");
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        p = PathBuf::from(dir).join("debug/router-ctl");
-    }
-    p
-}
-
 /// A short name unique to this process and call: `<prefix><pid><n>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -80,20 +71,6 @@ impl NetNs {
         sh("ip", &a)
     }
 
-    /// Runs a program inside the namespace (`ip netns exec`).
-    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
-        let mut a = vec!["netns", "exec", self.name.as_str(), cmd];
-        a.extend_from_slice(args);
-        sh("ip", &a)
-    }
-
-    /// A `Command` that runs inside the namespace.
-    pub fn command(&self, cmd: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, cmd]);
-        c
-    }
-
     /// Runs `f` on a thread that has joined this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let name = self.name.clone();
@@ -117,32 +94,6 @@ impl Drop for NetNs {
     }
 }
 
-/// A directory under bpffs for one test's pins, removed on drop.
-pub struct PinRoot {
-    pub path: PathBuf,
-}
-
-impl PinRoot {
-    pub fn new() -> PinRoot {
-        PinRoot {
-            path: PathBuf::from("/sys/fs/bpf").join(unique("sctest")),
-        }
-    }
-}
-
-impl Default for PinRoot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = router_ctl::dataplane::Dataplane::detach(&self.path);
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const SRC_V4: [u8; 4] = [198, 18, 0, 1];
@@ -157,6 +108,15 @@ pub const DST_V6: [u8; 16] = [
 pub enum L3 {
     V4,
     V6,
+}
+
+/// The benchmark reference programs' object.
+pub fn reference_object() -> PathBuf {
+    std::env::var_os("SHARDCAST_REFERENCE_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bpf/bench-reference.o")
+        })
 }
 
 /// Ethernet(+VLAN)/IP/UDP around `payload`, checksums correct.
