@@ -4,8 +4,12 @@
 //!
 //! Confirmable requests need an ACK and go to userspace; so does every other
 //! message. The parser walks the options once, in a bounded loop, hashing
-//! Uri-Path bytes as it goes: no copy, no allocation, the same code in the
-//! XDP program and on the host.
+//! Uri-Path bytes as it goes, and stops at the payload marker or at the
+//! first option numbered after Uri-Path (11), whichever comes first: options
+//! are ordered, so the topic is complete there, and later options (a large
+//! Uri-Query, say) need not fit in the part of the message the data plane
+//! looks at. No allocation; the same code in the XDP program and on the
+//! host.
 
 use crate::{
     maps::PREFIX_MAX,
@@ -23,6 +27,10 @@ pub const OPTION_URI_PATH: u16 = 11;
 pub const PAYLOAD_MARKER: u8 = 0xFF;
 /// Options examined before giving up (a publish carries a handful).
 pub const MAX_OPTIONS: usize = 16;
+/// Bytes of a CoAP message the XDP program copies out and parses: header,
+/// token and options up to the topic must lie within them. A power of two,
+/// so that an index masked with `WINDOW - 1` is in bounds by construction.
+pub const WINDOW: usize = 256;
 
 /// A CoAP publish the data plane may forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +38,6 @@ pub struct Publish {
     pub key: TopicKey,
     /// Length of the topic name (path after the prefix).
     pub topic_len: usize,
-    /// Offset of the payload (after the marker), or the datagram length.
-    pub payload_offset: usize,
 }
 
 /// Decodes an option delta or length nibble with its extension bytes.
@@ -169,7 +175,6 @@ pub fn parse_publish<P: Payload + ?Sized>(
         hasher: TopicHasher::new(),
     };
     let mut number: u32 = 0;
-    let mut payload_offset = len;
     let mut ended = false;
     for _ in 0..MAX_OPTIONS {
         // Loop-carried state converges here (see `Payload::opaque`).
@@ -178,6 +183,7 @@ pub fn parse_publish<P: Payload + ?Sized>(
         m.segments = p.opaque(m.segments);
         m.pos = p.opaque(m.pos);
         m.topic_len = p.opaque(m.topic_len);
+        m.prefix_len = p.opaque(m.prefix_len);
         if off >= len {
             ended = true;
             break;
@@ -188,7 +194,6 @@ pub fn parse_publish<P: Payload + ?Sized>(
             if off + 1 >= len {
                 return Err(Reason::CoapMalformed);
             }
-            payload_offset = off + 1;
             ended = true;
             break;
         }
@@ -198,16 +203,23 @@ pub fn parse_publish<P: Payload + ?Sized>(
         // Let the nine header encodings converge (see `Payload::opaque`).
         let (off_, delta, olen) = (p.opaque(off), p.opaque(delta as usize), p.opaque(olen));
         off = off_;
+        number += delta as u32;
+        if number > OPTION_URI_PATH as u32 {
+            // Options come in order: the path is complete. What follows
+            // (Content-Format, Uri-Query, the payload) is the receivers'
+            // business, so the walk stops here.
+            if m.segments == 0 {
+                return Err(Reason::CoapOtherPath);
+            }
+            ended = true;
+            break;
+        }
         // Also re-bounds the laundered values for the verifier.
         if off > len || olen > len || off + olen > len {
             return Err(Reason::CoapMalformed);
         }
-        number += delta as u32;
         if number == OPTION_URI_PATH as u32 {
             m.segment(p, off, olen)?;
-        } else if number > OPTION_URI_PATH as u32 && m.segments == 0 {
-            // Uri-Path options come in order; none means no topic.
-            return Err(Reason::CoapOtherPath);
         }
         off += olen;
     }
@@ -220,7 +232,6 @@ pub fn parse_publish<P: Payload + ?Sized>(
     Ok(Publish {
         key: m.hasher.finish(),
         topic_len: m.topic_len,
-        payload_offset,
     })
 }
 
@@ -259,7 +270,6 @@ mod tests {
             let r = parse_publish(&pkt[..], &p, n).unwrap();
             assert_eq!(r.key, topic_key(b"temp/room1"));
             assert_eq!(r.topic_len, 10);
-            assert_eq!(&pkt[r.payload_offset..], b"21.5");
         }
     }
 
@@ -347,10 +357,25 @@ mod tests {
         assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
         let v = [VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xE0, 1];
         assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
-        // Payload marker with no payload.
-        let mut v = request(TYPE_NON, CODE_PUT, &[], &["ps", "data", "t"], b"");
+        // Payload marker with no payload, right after the path.
+        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1];
+        option(&mut v, 11, b"ps");
+        option(&mut v, 0, b"data");
+        option(&mut v, 0, b"t");
+        let mut with_payload = v.clone();
+        with_payload.extend_from_slice(&[PAYLOAD_MARKER, 1]);
+        assert!(parse_publish(&with_payload[..], &p, n).is_ok());
         v.push(PAYLOAD_MARKER);
         assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
+        // Options after the path are not the router's business: the walk
+        // stops at the first one, even if it runs past the end.
+        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1];
+        option(&mut v, 11, b"ps");
+        option(&mut v, 0, b"data");
+        option(&mut v, 0, b"t");
+        option(&mut v, 15 - 11, &[b'q'; 40]);
+        v.truncate(v.len() - 20);
+        assert!(parse_publish(&v[..], &p, n).is_ok());
     }
 
     #[test]

@@ -72,10 +72,9 @@ reasons! {
     EgressMissing = 22 => "egress_missing",
     /// The router is not configured (no CONFIG entry).
     NoConfig = 23 => "no_config",
-    /// A datagram to the CoAP port. The in-kernel CoAP option walk does not
-    /// yet pass the BPF verifier's complexity limit, so CoAP is handed to
-    /// the stack (and a userspace CoAP endpoint) for now; see README.
-    CoapToStack = 24 => "coap_to_stack",
+    /// CoAP message whose options run past the first `coap::WINDOW` bytes,
+    /// the part the XDP program copies out to parse: for userspace.
+    CoapBeyondWindow = 24 => "coap_beyond_window",
 }
 
 /// Number of reason counters.

@@ -864,6 +864,16 @@ impl Dataplane {
         self.test_run_program(names::PROG_ROUTER, packet, repeat)
     }
 
+    /// Instructions the verifier processed to accept the router program
+    /// (its complexity; the limit is 1,000,000). Only for a data plane this
+    /// process loaded.
+    pub fn verified_instructions(&self) -> Option<u32> {
+        let Some(Program::Xdp(prog)) = self.ebpf.as_ref()?.program(names::PROG_ROUTER) else {
+            return None;
+        };
+        prog.info().ok()?.verified_instruction_count()
+    }
+
     fn test_run_program(
         &self,
         name: &'static str,

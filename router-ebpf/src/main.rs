@@ -27,13 +27,14 @@ use router_common::{
         Config, Counter, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, Meta,
         ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
     },
-    mqttsn,
+    coap, mqttsn,
     reason::{REASON_COUNT, Reason},
     topic::TopicKey,
 };
 
 use packet::{
-    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, be16, ptr_at,
+    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, Window, WindowPayload, be16,
+    ptr_at,
 };
 
 #[btf_map]
@@ -64,6 +65,9 @@ static SC_UNROUTED: LruPerCpuHashMap<TopicKey, Counter, { MAX_UNROUTED as usize 
 /// Per-CPU scratch for the parsers (see `packet::Scratch`).
 #[btf_map]
 static SC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+/// Per-CPU copy of the CoAP message being parsed (see `packet::Window`).
+#[btf_map]
+static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
 #[btf_map]
 static SC_SLOTS: HashMap<TopicKey, u32, { MAX_TOPICS as usize }> = HashMap::new();
 
@@ -235,10 +239,22 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     let key = if dport != 0 && dport == cfg.mqttsn_port {
         mqttsn::parse_publish(&payload)?.key
     } else if dport != 0 && dport == cfg.coap_port {
-        // `router_common::coap::parse_publish` (host-tested) exceeds the
-        // verifier's 1M-instruction budget when inlined here; until it is
-        // restructured, CoAP goes to the stack, counted.
-        return Err(Reason::CoapToStack);
+        let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+        let (msg, cut) = WindowPayload::load(
+            ctx,
+            l4_off + UdpHdr::LEN,
+            udp_len - UdpHdr::LEN,
+            window,
+            scratch,
+        )
+        .ok_or(Reason::Truncated)?;
+        match coap::parse_publish(&msg, &cfg.prefix, cfg.prefix_len as usize) {
+            Ok(p) => p.key,
+            // Within the window, a message running out is a message cut
+            // short by the window, not a malformed one.
+            Err(Reason::CoapMalformed) if cut => return Err(Reason::CoapBeyondWindow),
+            Err(r) => return Err(r),
+        }
     } else {
         return Err(Reason::OtherPort);
     };

@@ -101,6 +101,25 @@ pub fn all() -> Vec<Fixture> {
     let mut past_end = coap(TYPE_NON, CODE_PUT, &room);
     let cut = past_end.len() - 12;
     past_end.truncate(cut);
+    // A 200-byte Uri-Host pushes the path's last segment past the first
+    // `coap::WINDOW` bytes; a 300-byte Uri-Query after a short path does not
+    // matter, the walk stops before it.
+    let mut beyond_window = vec![1 << 6 | TYPE_NON << 4, CODE_PUT, 0, 9];
+    coap_option(&mut beyond_window, 3, &[b'h'; 200]);
+    coap_option(&mut beyond_window, 8, b"ps");
+    coap_option(&mut beyond_window, 0, b"data");
+    coap_option(&mut beyond_window, 0, &[b't'; 60]);
+    beyond_window.extend_from_slice(&[0xff, 1]);
+    let mut big_tail = vec![1 << 6 | TYPE_NON << 4, CODE_PUT, 0, 9];
+    for seg in room {
+        coap_option(
+            &mut big_tail,
+            if seg == "ps" { 11 } else { 0 },
+            seg.as_bytes(),
+        );
+    }
+    coap_option(&mut big_tail, 4, &[b'q'; 300]);
+    big_tail.extend_from_slice(&[0xff, 1]);
     let reserved15 = vec![1 << 6 | TYPE_NON << 4, CODE_PUT, 0, 1, 0xF1, 0];
     let long_topic = "x".repeat(65);
 
@@ -395,27 +414,27 @@ pub fn all() -> Vec<Fixture> {
             Reason::MqttSnBadLength,
         ),
         // CoAP publishes that route.
-        pass(
+        redirect(
             "coap v4 NON PUT",
             frame(V4, None, 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)),
-            Reason::CoapToStack,
+            1,
         ),
-        pass(
+        redirect(
             "coap v6 NON POST",
             frame(V6, None, 40001, COAP, &coap(TYPE_NON, CODE_POST, &room)),
-            Reason::CoapToStack,
+            1,
         ),
-        pass(
+        redirect(
             "coap v4 extended option forms, 8-byte token",
             frame(V4, None, 40001, COAP, &ext),
-            Reason::CoapToStack,
+            1,
         ),
-        pass(
+        redirect(
             "coap v4 vlan",
             frame(V4, Some(5), 40001, COAP, &coap(TYPE_NON, CODE_PUT, &room)),
-            Reason::CoapToStack,
+            1,
         ),
-        pass(
+        redirect(
             "coap v6 to v6-only shard",
             frame(
                 V6,
@@ -424,18 +443,34 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"]),
             ),
-            Reason::CoapToStack,
+            3,
+        ),
+        redirect(
+            "coap v4 port rewritten by shard",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", "hv"]),
+            ),
+            2,
+        ),
+        redirect(
+            "coap v4 path ends within the window, message does not",
+            frame(V4, None, 40001, COAP, &big_tail),
+            1,
         ),
         // CoAP that goes up.
         pass(
             "coap CON PUT",
             frame(V4, None, 40001, COAP, &coap(TYPE_CON, CODE_PUT, &room)),
-            Reason::CoapToStack,
+            Reason::CoapConfirmable,
         ),
         pass(
             "coap NON GET",
             frame(V4, None, 40001, COAP, &coap(TYPE_NON, 0x01, &room)),
-            Reason::CoapToStack,
+            Reason::CoapNotPublish,
         ),
         pass(
             "coap other path",
@@ -446,17 +481,22 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "other", "x"]),
             ),
-            Reason::CoapToStack,
+            Reason::CoapOtherPath,
         ),
         pass(
             "coap option past the end",
             frame(V4, None, 40001, COAP, &past_end),
-            Reason::CoapToStack,
+            Reason::CoapMalformed,
         ),
         pass(
             "coap reserved nibble 15",
             frame(V4, None, 40001, COAP, &reserved15),
-            Reason::CoapToStack,
+            Reason::CoapMalformed,
+        ),
+        pass(
+            "coap empty datagram",
+            frame(V4, None, 40001, COAP, &[]),
+            Reason::Truncated,
         ),
         pass(
             "coap topic too long",
@@ -467,7 +507,7 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "data", &long_topic]),
             ),
-            Reason::CoapToStack,
+            Reason::TopicTooLong,
         ),
         pass(
             "coap v4 to v6-only shard",
@@ -478,7 +518,7 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "data", "ab"]),
             ),
-            Reason::CoapToStack,
+            Reason::NoGroupForFamily,
         ),
         pass(
             "coap unrouted topic",
@@ -489,7 +529,23 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "data", "nobody"]),
             ),
-            Reason::CoapToStack,
+            Reason::NoRoute,
+        ),
+        pass(
+            "coap two-shard topic",
+            frame(
+                V4,
+                None,
+                40001,
+                COAP,
+                &coap(TYPE_NON, CODE_PUT, &["ps", "data", "mu"]),
+            ),
+            Reason::MultiShard,
+        ),
+        pass(
+            "coap path beyond the window",
+            frame(V4, None, 40001, COAP, &beyond_window),
+            Reason::CoapBeyondWindow,
         ),
         // Lower layers.
         pass("arp", arp, Reason::NotIp),
