@@ -14,6 +14,7 @@ use etherparse::PacketBuilder;
 pub use router_common::build;
 
 pub mod fixtures;
+pub mod lab;
 
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.
 pub fn object() -> PathBuf {
@@ -69,6 +70,14 @@ impl NetNs {
         let mut a = vec!["-n", self.name.as_str()];
         a.extend_from_slice(args);
         sh("ip", &a)
+    }
+
+    /// `sysctl -w <setting>` inside this namespace.
+    pub fn sysctl(&self, setting: &str) -> Result<String> {
+        sh(
+            "ip",
+            &["netns", "exec", &self.name, "sysctl", "-q", "-w", setting],
+        )
     }
 
     /// Runs `f` on a thread that has joined this namespace.

@@ -1,0 +1,415 @@
+//! A small routed network of namespaces with the real router in the middle,
+//! shared by the netns integration tests and `cargo xtask demo`:
+//!
+//! ```text
+//!  publisher ns            router ns                    lan ns              subscriber ns (×N)
+//!  p0 198.18.1.2 ── veth ── r-in 198.18.1.1 [XDP router]
+//!                           r-out 198.18.2.1 ── veth ── up0 [XDP pass] ┐
+//!                                                       br0 (floods multicast) ── veth ── eth0 198.18.2.(10+k)
+//! ```
+//!
+//! Devices publish to the router's address; the XDP program on `r-in`
+//! rewrites each publish to its shard's group and redirects it out of
+//! `r-out`; the bridge floods it to every subscriber, whose kernel delivers
+//! it only to sockets that joined that group. The router namespace forwards
+//! ordinary IP, so ping and unrelated UDP cross it through the stack.
+//!
+//! The router is driven through `router-ctl`'s own command-line entry
+//! (`router_ctl::cli::run`), with its pins in a directory of this lab's own:
+//! labs in parallel do not meet. Everything is removed on drop.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use router_ctl::cli::Cli;
+
+use crate::{NetNs, unique};
+
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const PUBLISHER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const PUBLISHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const MQTTSN_PORT: u16 = 1884;
+pub const COAP_PORT: u16 = 5683;
+
+/// A shard of the lab: its id and groups (both families).
+#[derive(Clone, Debug)]
+pub struct LabShard {
+    pub id: u32,
+    pub group_v4: Ipv4Addr,
+    pub group_v6: Ipv6Addr,
+}
+
+impl LabShard {
+    /// Shard `id` on 239.1.1.`id` and ff15::1:`id`.
+    pub fn numbered(id: u32) -> LabShard {
+        LabShard {
+            id,
+            group_v4: Ipv4Addr::new(239, 1, 1, id as u8),
+            group_v6: Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 1, id as u16),
+        }
+    }
+}
+
+/// A subscriber namespace on the LAN.
+pub struct Subscriber {
+    pub ns: NetNs,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+/// The lab; see the module documentation.
+pub struct Lab {
+    pub publisher: NetNs,
+    pub router: NetNs,
+    pub lan: NetNs,
+    pub subscribers: Vec<Subscriber>,
+    pin_root: PathBuf,
+    state_dir: PathBuf,
+    attached: bool,
+}
+
+impl Lab {
+    /// Builds the namespaces and links for `subscribers` subscribers. The
+    /// router is not attached yet (see [`Lab::attach`]).
+    pub fn new(subscribers: usize) -> Result<Lab> {
+        let tag = unique("");
+        let mut lab = Lab {
+            publisher: NetNs::new("scpub")?,
+            router: NetNs::new("scrtr")?,
+            lan: NetNs::new("sclan")?,
+            subscribers: Vec::new(),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/shardcast-lab{tag}")),
+            state_dir: std::env::temp_dir().join(format!("shardcast-lab{tag}")),
+            attached: false,
+        };
+        let (p, r, l) = (&lab.publisher, &lab.router, &lab.lan);
+        // publisher <-> router
+        p.ip(&[
+            "link", "add", "p0", "type", "veth", "peer", "name", "r-in", "netns", &r.name,
+        ])?;
+        p.ip(&["addr", "add", "198.18.1.2/24", "dev", "p0"])?;
+        p.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "p0", "nodad"])?;
+        p.ip(&["link", "set", "p0", "up"])?;
+        // Datagrams from a local socket leave with the UDP checksum only
+        // started (CHECKSUM_PARTIAL), to be finished by the NIC; over a
+        // veth with XDP that metadata is lost at the redirect. A device's
+        // datagram arrives from the wire with its checksum complete: have
+        // the publisher's kernel finish it, as a real device's NIC would.
+        crate::sh(
+            "ip",
+            &["netns", "exec", &p.name, "ethtool", "-K", "p0", "tx", "off"],
+        )?;
+        p.ip(&["route", "add", "default", "via", "198.18.1.1"])?;
+        p.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
+        r.ip(&["addr", "add", "198.18.1.1/24", "dev", "r-in"])?;
+        r.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "r-in", "nodad"])?;
+        r.ip(&["link", "set", "r-in", "up"])?;
+        // router <-> lan
+        r.ip(&[
+            "link", "add", "r-out", "type", "veth", "peer", "name", "up0", "netns", &l.name,
+        ])?;
+        r.ip(&["addr", "add", "198.18.2.1/24", "dev", "r-out"])?;
+        r.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "r-out", "nodad"])?;
+        r.ip(&["link", "set", "r-out", "up"])?;
+        r.sysctl("net.ipv4.ip_forward=1")?;
+        r.sysctl("net.ipv6.conf.all.forwarding=1")?;
+        // The bridge floods multicast to every port, as a switch without
+        // snooping does: delivery is decided by the subscribers' joins.
+        l.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        l.ip(&["link", "set", "br0", "up"])?;
+        l.ip(&["link", "set", "up0", "master", "br0", "up"])?;
+        for k in 0..subscribers {
+            let ns = NetNs::new("scsub")?;
+            let port = format!("s{k}");
+            l.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ])?;
+            l.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            let v4 = Ipv4Addr::new(198, 18, 2, 10 + k as u8);
+            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10 + k as u16);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", "default", "via", "198.18.2.1"])?;
+            ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
+            lab.subscribers.push(Subscriber { ns, v4, v6 });
+        }
+        // Resolve the publisher's next hop in both families before anyone
+        // publishes: while a neighbour is unresolved the kernel queues only
+        // a few datagrams and drops the rest, as it would on any network
+        // coming up.
+        for dst in ["198.18.1.1", "2001:db8:1::1"] {
+            crate::sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &lab.publisher.name,
+                    "ping",
+                    "-c",
+                    "1",
+                    "-w",
+                    "10",
+                    dst,
+                ],
+            )
+            .with_context(|| format!("publisher cannot reach the router at {dst}"))?;
+        }
+        Ok(lab)
+    }
+
+    /// Runs `router-ctl <args>` in-process (the binary's own entry point),
+    /// with this lab's pin root and state directory.
+    pub fn ctl(&self, args: &[&str]) -> Result<()> {
+        let mut argv = vec![
+            "router-ctl".to_string(),
+            "--pin-root".into(),
+            self.pin_root.display().to_string(),
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let cli = Cli::try_parse_from(&argv).map_err(|e| anyhow!("{e}"))?;
+        // `--netns` moves the calling thread: give it a thread of its own.
+        std::thread::spawn(move || router_ctl::cli::run(cli))
+            .join()
+            .map_err(|_| anyhow!("router-ctl {} panicked", args.join(" ")))?
+            .with_context(|| format!("router-ctl {}", args.join(" ")))
+    }
+
+    /// Attaches the router to `r-in` (egress `r-out`) and the pass program
+    /// to `up0`, both in native (driver) mode.
+    pub fn attach(&mut self) -> Result<()> {
+        let object = crate::object();
+        self.attached = true;
+        self.ctl(&[
+            "--netns",
+            &self.router.name,
+            "attach",
+            "--ingress",
+            "r-in",
+            "--egress",
+            "r-out",
+            "--mode",
+            "driver",
+            "--object",
+            &object.display().to_string(),
+        ])?;
+        self.ctl(&["--netns", &self.lan.name, "attach-pass", "--iface", "up0"])
+    }
+
+    /// A plan for `shards` (egress `r-out`) and `topics` (name → shard ids).
+    pub fn plan_json(generation: u64, shards: &[LabShard], topics: &[(&str, &[u32])]) -> String {
+        let shards: Vec<_> = shards
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id,
+                    "group_v4": s.group_v4.to_string(),
+                    "group_v6": s.group_v6.to_string(),
+                    "egress": "r-out",
+                })
+            })
+            .collect();
+        let topics: Vec<_> = topics
+            .iter()
+            .map(|(name, shards)| serde_json::json!({"name": name, "shards": shards}))
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "generation": generation,
+            "shards": shards,
+            "topics": topics,
+        }))
+        .expect("serialising a plan")
+    }
+
+    /// Writes `plan` to this lab's state directory and applies it.
+    pub fn apply(&self, plan: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let path = self.state_dir.join("next-plan.json");
+        std::fs::write(&path, plan)?;
+        self.ctl(&[
+            "--netns",
+            &self.router.name,
+            "apply",
+            &path.display().to_string(),
+        ])
+    }
+
+    /// The router's counters, as `router-ctl stats --json` prints them.
+    pub fn counters(&self) -> Result<router_ctl::dataplane::Counters> {
+        let dp = router_ctl::dataplane::Dataplane::open(&self.pin_root)?;
+        Ok(dp.counters()?)
+    }
+
+    /// Sends `payload` from the publisher to the router's `port`.
+    pub fn publish(&self, v6: bool, port: u16, payloads: Vec<Vec<u8>>) -> Result<()> {
+        self.publisher.run(move || -> Result<()> {
+            let (bind, to): (SocketAddr, SocketAddr) = if v6 {
+                (
+                    (PUBLISHER_V6, 0).into(),
+                    (IpAddr::V6(ROUTER_V6), port).into(),
+                )
+            } else {
+                (
+                    (PUBLISHER_V4, 0).into(),
+                    (IpAddr::V4(ROUTER_V4), port).into(),
+                )
+            };
+            let s = UdpSocket::bind(bind)?;
+            for p in &payloads {
+                s.send_to(p, to)?;
+                // Pace the burst: veth queues are short and the test is
+                // about delivery, not throughput.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(())
+        })?
+    }
+
+    /// Starts a listener in subscriber `k` on `groups` (group, port); it
+    /// is ready when this returns.
+    pub fn listen(&self, k: usize, groups: Vec<(IpAddr, u16)>) -> Result<Listener> {
+        let sub = self.subscribers.get(k).context("no such subscriber")?;
+        let (v4, ns) = (sub.v4, sub.ns.name.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stop2 = stop.clone();
+        let handle = std::thread::spawn(move || -> Result<Vec<Received>> {
+            let setup = || -> Result<Vec<(UdpSocket, IpAddr, u16)>> {
+                router_ctl::netns::enter(&ns)?;
+                let ifindex = router_ctl::dataplane::ifindex("eth0")?;
+                let mut socks = Vec::new();
+                for (group, port) in groups {
+                    let s = UdpSocket::bind((group, port))
+                        .with_context(|| format!("binding {group}:{port}"))?;
+                    match group {
+                        IpAddr::V4(g) => s.join_multicast_v4(&g, &v4)?,
+                        IpAddr::V6(g) => s.join_multicast_v6(&g, ifindex)?,
+                    }
+                    s.set_nonblocking(true)?;
+                    socks.push((s, group, port));
+                }
+                Ok(socks)
+            };
+            let socks = match setup() {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                let mut any = false;
+                for (s, group, port) in &socks {
+                    while let Ok((n, from)) = s.recv_from(&mut buf) {
+                        any = true;
+                        got.push(Received {
+                            group: *group,
+                            port: *port,
+                            from: from.ip(),
+                            payload: buf[..n].to_vec(),
+                        });
+                    }
+                }
+                if !any {
+                    if stop2.load(Ordering::Relaxed) {
+                        return Ok(got);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("subscriber {k}: {e}"),
+            Err(_) => bail!("subscriber {k}: listener did not start"),
+        }
+        // MLD/IGMP joins are local; nothing to wait for on a flooding bridge.
+        Ok(Listener {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Detaches the router and removes its pins (also done on drop).
+    pub fn detach(&mut self) -> Result<()> {
+        if self.attached {
+            self.attached = false;
+            self.ctl(&["detach"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.detach();
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // The namespaces go with their fields.
+    }
+}
+
+/// A datagram a subscriber received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub group: IpAddr,
+    pub port: u16,
+    pub from: IpAddr,
+    pub payload: Vec<u8>,
+}
+
+/// A running subscriber socket set; [`Listener::finish`] collects.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Vec<Received>>>>,
+}
+
+impl Listener {
+    /// Gives datagrams in flight `grace` to arrive, then returns all that
+    /// arrived (the socket buffers are drained before the thread stops).
+    pub fn finish(mut self, grace: Duration) -> Result<Vec<Received>> {
+        std::thread::sleep(grace);
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("finish once")
+            .join()
+            .map_err(|_| anyhow!("listener panicked"))?
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

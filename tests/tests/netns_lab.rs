@@ -1,0 +1,416 @@
+//! Real packets through real namespaces: publisher → XDP router → bridge →
+//! subscribers (see `integration_tests::lab`). Each subscriber must get
+//! exactly its shard's publishes, byte for byte; nothing may leak; ordinary
+//! traffic must still cross the router; a third-party CoAP client must be
+//! routed; and what the router emits must decode cleanly in tshark.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{IpAddr, UdpSocket},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::{
+    build,
+    lab::{COAP_PORT, Lab, LabShard, MQTTSN_PORT, PUBLISHER_V4, PUBLISHER_V6, ROUTER_V4},
+};
+use router_common::{coap, reason::Reason};
+
+const GRACE: Duration = Duration::from_millis(500);
+
+/// MQTT-SN PUBLISH, QoS 0, short topic name (TopicIdType 0b10).
+fn mqttsn(topic: &str, data: &[u8]) -> Vec<u8> {
+    let t: [u8; 2] = topic.as_bytes().try_into().expect("2-byte short name");
+    build::mqttsn_publish(false, 0b10, t, 1, data)
+}
+
+/// CoAP NON PUT to `ps/data/<topic>`.
+fn coap_put(topic: &str, data: &[u8]) -> Vec<u8> {
+    build::coap_request(
+        coap::TYPE_NON,
+        coap::CODE_PUT,
+        7,
+        &[0xab],
+        &["ps", "data", topic],
+        data,
+    )
+}
+
+fn groups_of(shard: &LabShard) -> Vec<(IpAddr, u16)> {
+    let mut g = Vec::new();
+    for port in [MQTTSN_PORT, COAP_PORT] {
+        g.push((IpAddr::V4(shard.group_v4), port));
+        g.push((IpAddr::V6(shard.group_v6), port));
+    }
+    g
+}
+
+/// Three shards, one subscriber each, topics t1..t3 on shards 1..3.
+fn lab3() -> (Lab, Vec<LabShard>) {
+    let mut lab = Lab::new(3).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
+    let plan = Lab::plan_json(1, &shards, &[("t1", &[1]), ("t2", &[2]), ("t3", &[3])]);
+    lab.apply(&plan).unwrap();
+    (lab, shards)
+}
+
+/// A publish sent: over IPv6?, to which port, the datagram.
+type Sent = (bool, u16, Vec<u8>);
+
+#[test]
+fn each_subscriber_gets_exactly_its_shards_publishes() {
+    let (lab, shards) = lab3();
+    let listeners: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
+        .collect();
+
+    // Per topic, per family, per protocol: 10 publishes with unique bodies.
+    // "zz" has no route: it must reach nobody.
+    let mut sent: BTreeMap<&str, Vec<Sent>> = BTreeMap::new();
+    for topic in ["t1", "t2", "t3", "zz"] {
+        for v6 in [false, true] {
+            let mut m = Vec::new();
+            let mut c = Vec::new();
+            for n in 0..10 {
+                let body = format!("{topic}/{}/{n}", if v6 { "v6" } else { "v4" });
+                m.push(mqttsn(topic, body.as_bytes()));
+                c.push(coap_put(topic, body.as_bytes()));
+            }
+            lab.publish(v6, MQTTSN_PORT, m.clone()).unwrap();
+            lab.publish(v6, COAP_PORT, c.clone()).unwrap();
+            let e = sent.entry(topic).or_default();
+            e.extend(m.into_iter().map(|p| (v6, MQTTSN_PORT, p)));
+            e.extend(c.into_iter().map(|p| (v6, COAP_PORT, p)));
+        }
+    }
+
+    for (k, l) in listeners.into_iter().enumerate() {
+        let got = l.finish(GRACE).unwrap();
+        let topic = ["t1", "t2", "t3"][k];
+        let shard = &shards[k];
+        let mut want: Vec<_> = sent[topic]
+            .iter()
+            .map(|(v6, port, p)| {
+                let group = if *v6 {
+                    IpAddr::V6(shard.group_v6)
+                } else {
+                    IpAddr::V4(shard.group_v4)
+                };
+                let from = if *v6 {
+                    IpAddr::V6(PUBLISHER_V6)
+                } else {
+                    IpAddr::V4(PUBLISHER_V4)
+                };
+                (group, *port, from, p.clone())
+            })
+            .collect();
+        let mut have: Vec<_> = got
+            .into_iter()
+            .map(|r| (r.group, r.port, r.from, r.payload))
+            .collect();
+        want.sort();
+        have.sort();
+        let missing: Vec<_> = want.iter().filter(|w| !have.contains(w)).collect();
+        let extra: Vec<_> = have.iter().filter(|h| !want.contains(h)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "subscriber {k}: {} missing, {} extra; first missing {:?}, first extra {:?}",
+            missing.len(),
+            extra.len(),
+            missing.first(),
+            extra.first()
+        );
+        assert_eq!(
+            have, want,
+            "subscriber {k} got other datagrams than its shard's"
+        );
+    }
+
+    let c = lab.counters().unwrap();
+    let n = |r: Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
+    assert_eq!(n(Reason::Redirected), 3 * 40, "redirected");
+    assert_eq!(n(Reason::NoRoute), 40, "unrouted publishes counted");
+}
+
+#[test]
+fn ping_unrelated_udp_and_non_publishes_reach_the_stack() {
+    let (lab, _shards) = lab3();
+    // Ping the router and, through it, a subscriber (forwarded by the stack).
+    for dst in [
+        "198.18.1.1",
+        "198.18.2.10",
+        "2001:db8:1::1",
+        "2001:db8:2::10",
+    ] {
+        integration_tests::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.publisher.name,
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                dst,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("ping {dst}: {e}"));
+    }
+
+    // Unrelated UDP to a subscriber, and MQTT-SN / CoAP messages that are
+    // not forwardable publishes to the router's own sockets (the future
+    // gateway's): all must arrive intact.
+    let unicast = lab.subscribers[0]
+        .ns
+        .run(|| UdpSocket::bind(("0.0.0.0", 9999)).unwrap())
+        .unwrap();
+    let gateway = lab
+        .router
+        .run(|| {
+            (
+                UdpSocket::bind((ROUTER_V4, MQTTSN_PORT)).unwrap(),
+                UdpSocket::bind((ROUTER_V4, COAP_PORT)).unwrap(),
+            )
+        })
+        .unwrap();
+    let connect = vec![0x08, 0x04, 0x04, 0x01, 0x00, 0x3c, b'd', b'1'];
+    let qos1 = build::mqttsn_publish(false, 0b0010_0010, *b"t1", 9, b"q1");
+    let con = build::coap_request(
+        coap::TYPE_CON,
+        coap::CODE_PUT,
+        8,
+        &[],
+        &["ps", "data", "t1"],
+        b"con",
+    );
+    let (c2, q2, con2) = (connect.clone(), qos1.clone(), con.clone());
+    lab.publisher
+        .run(move || {
+            let s = UdpSocket::bind((PUBLISHER_V4, 0)).unwrap();
+            s.send_to(b"hello", ("198.18.2.10", 9999)).unwrap();
+            s.send_to(&c2, (ROUTER_V4, MQTTSN_PORT)).unwrap();
+            s.send_to(&q2, (ROUTER_V4, MQTTSN_PORT)).unwrap();
+            s.send_to(&con2, (ROUTER_V4, COAP_PORT)).unwrap();
+        })
+        .unwrap();
+    let recv = |s: &UdpSocket| {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).expect("datagram");
+        assert_eq!(from.ip(), IpAddr::V4(PUBLISHER_V4));
+        buf[..n].to_vec()
+    };
+    assert_eq!(recv(&unicast), b"hello");
+    assert_eq!(recv(&gateway.0), connect);
+    assert_eq!(recv(&gateway.0), qos1);
+    assert_eq!(recv(&gateway.1), con);
+
+    let c = lab.counters().unwrap();
+    let n = |r: Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
+    assert_eq!(n(Reason::MqttSnControl), 1);
+    assert_eq!(n(Reason::MqttSnQos), 1);
+    assert_eq!(n(Reason::CoapConfirmable), 1);
+    assert_eq!(n(Reason::Redirected), 0);
+}
+
+/// libcoap's client, as a device would run it, publishing NON PUTs over
+/// both families.
+#[test]
+fn coap_client_notls_publishes_reach_their_shard() {
+    let (lab, shards) = lab3();
+    let l1 = lab.listen(1, groups_of(&shards[1])).unwrap();
+    let l2 = lab.listen(2, groups_of(&shards[2])).unwrap();
+    let l0 = lab.listen(0, groups_of(&shards[0])).unwrap();
+    for (uri, body) in [
+        ("coap://198.18.1.1/ps/data/t2", "21.5"),
+        ("coap://[2001:db8:1::1]/ps/data/t3", "v6-body"),
+    ] {
+        // -N: non-confirmable; -B 1: do not wait long for a response that a
+        // router forwarding to a group never sends.
+        integration_tests::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &lab.publisher.name,
+                "coap-client-notls",
+                "-m",
+                "put",
+                "-N",
+                "-B",
+                "1",
+                "-e",
+                body,
+                uri,
+            ],
+        )
+        .unwrap();
+    }
+    let got1 = l1.finish(GRACE).unwrap();
+    let got2 = l2.finish(Duration::ZERO).unwrap();
+    let got0 = l0.finish(Duration::ZERO).unwrap();
+    assert!(got0.is_empty(), "shard 1 got {got0:?}");
+    for (got, group, body, topic) in [
+        (&got1, IpAddr::V4(shards[1].group_v4), "21.5", "t2"),
+        (&got2, IpAddr::V6(shards[2].group_v6), "v6-body", "t3"),
+    ] {
+        assert_eq!(got.len(), 1, "{topic}: {got:?}");
+        let r = &got[0];
+        assert_eq!((r.group, r.port), (group, COAP_PORT));
+        // The datagram is libcoap's own: it parses as a publish of `topic`
+        // and ends with the body after the payload marker.
+        let (prefix, n) = {
+            let mut p = [0u8; router_common::maps::PREFIX_MAX];
+            p[..8].copy_from_slice(b"ps/data/");
+            (p, 8)
+        };
+        let parsed = coap::parse_publish(&r.payload[..], &prefix, n).unwrap();
+        assert_eq!(
+            parsed.key,
+            router_common::topic::topic_key(topic.as_bytes())
+        );
+        assert!(
+            r.payload
+                .ends_with(&[&[coap::PAYLOAD_MARKER], body.as_bytes()].concat())
+        );
+    }
+}
+
+/// The rewritten frames, captured on a subscriber's link, decode in
+/// Wireshark's dissectors as well-formed MQTT-SN and CoAP to the group, with
+/// good IP and UDP checksums.
+#[test]
+fn tshark_decodes_what_the_router_emits() {
+    let (lab, shards) = lab3();
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", integration_tests::unique("sccap")));
+    let mut tshark = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.subscribers[0].ns.name,
+            "tshark",
+            "-i",
+            "eth0",
+            "-f",
+            "udp",
+            "-w",
+        ])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the capture is live (dumpcap has opened the interface).
+    let mut err = BufReader::new(tshark.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "tshark exited");
+        if line.contains("Capture started") {
+            break;
+        }
+    }
+    let l = lab.listen(0, groups_of(&shards[0])).unwrap();
+    for v6 in [false, true] {
+        lab.publish(v6, MQTTSN_PORT, vec![mqttsn("t1", b"m-body")])
+            .unwrap();
+        lab.publish(v6, COAP_PORT, vec![coap_put("t1", b"c-body")])
+            .unwrap();
+    }
+    assert_eq!(l.finish(GRACE).unwrap().len(), 4);
+    integration_tests::sh("kill", &["-INT", &tshark.id().to_string()]).unwrap();
+    tshark.wait().unwrap();
+
+    let out = integration_tests::sh(
+        "tshark",
+        &[
+            "-r",
+            &pcap.display().to_string(),
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-d",
+            "udp.port==1884,mqttsn",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "udp.checksum.status",
+            "-e",
+            "mqttsn.msg.type",
+            "-e",
+            "mqttsn.topic.id",
+            "-e",
+            "coap.type",
+            "-e",
+            "coap.opt.uri_path_recon",
+            "-e",
+            "_ws.malformed",
+            "-e",
+            "_ws.expert.severity",
+        ],
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 4, "four frames captured:\n{out}");
+    let g4 = shards[0].group_v4.to_string();
+    let g6 = shards[0].group_v6.to_string();
+    let mut kinds = Vec::new();
+    for r in &rows {
+        let [
+            ip,
+            ip6,
+            ipck,
+            udpck,
+            mtype,
+            mtopic,
+            ctype,
+            cpath,
+            malformed,
+            expert,
+        ] = r[..]
+        else {
+            panic!("unexpected row {r:?}");
+        };
+        assert!(ip == g4 || ip6 == g6, "to the group: {r:?}");
+        // Wireshark: checksum status 1 = good.
+        if !ip.is_empty() {
+            assert_eq!(ipck, "1", "IPv4 header checksum: {r:?}");
+        }
+        assert_eq!(udpck, "1", "UDP checksum: {r:?}");
+        assert!(
+            malformed.is_empty() && expert.is_empty(),
+            "clean decode: {r:?}"
+        );
+        if !mtype.is_empty() {
+            assert_eq!(mtype, "0x0c", "MQTT-SN PUBLISH: {r:?}");
+            let t1 = u16::from_be_bytes(*b"t1").to_string();
+            assert_eq!(mtopic, t1, "short topic name t1: {r:?}");
+            kinds.push(format!("mqttsn/{}", if ip.is_empty() { 6 } else { 4 }));
+        } else {
+            assert_eq!(ctype, "1", "CoAP NON: {r:?}");
+            assert_eq!(cpath, "/ps/data/t1", "{r:?}");
+            kinds.push(format!("coap/{}", if ip.is_empty() { 6 } else { 4 }));
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["coap/4", "coap/6", "mqttsn/4", "mqttsn/6"]);
+}
