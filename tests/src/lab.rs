@@ -262,24 +262,41 @@ impl Lab {
         Ok(dp.counters()?)
     }
 
-    /// Sends `payload` from the publisher to the router's `port`.
+    /// Gives the publisher namespace another address, `198.18.1.(10+n)` /
+    /// `2001:db8:1::(10+n)`: one simulated device each.
+    pub fn add_device(&self, n: u8) -> Result<(IpAddr, IpAddr)> {
+        let v4 = Ipv4Addr::new(198, 18, 1, 10 + n);
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + n as u16);
+        self.publisher
+            .ip(&["addr", "add", &format!("{v4}/24"), "dev", "p0"])?;
+        self.publisher
+            .ip(&["addr", "add", &format!("{v6}/64"), "dev", "p0", "nodad"])?;
+        Ok((IpAddr::V4(v4), IpAddr::V6(v6)))
+    }
+
+    /// Sends `payloads` from the publisher's main address to the router's
+    /// `port`.
     pub fn publish(&self, v6: bool, port: u16, payloads: Vec<Vec<u8>>) -> Result<()> {
+        let from = if v6 {
+            IpAddr::V6(PUBLISHER_V6)
+        } else {
+            IpAddr::V4(PUBLISHER_V4)
+        };
+        self.publish_from(from, port, payloads)
+    }
+
+    /// Sends `payloads` from publisher address `from` to the router's
+    /// `port` in the same family.
+    pub fn publish_from(&self, from: IpAddr, port: u16, payloads: Vec<Vec<u8>>) -> Result<()> {
         self.publisher.run(move || -> Result<()> {
-            let (bind, to): (SocketAddr, SocketAddr) = if v6 {
-                (
-                    (PUBLISHER_V6, 0).into(),
-                    (IpAddr::V6(ROUTER_V6), port).into(),
-                )
-            } else {
-                (
-                    (PUBLISHER_V4, 0).into(),
-                    (IpAddr::V4(ROUTER_V4), port).into(),
-                )
+            let to: SocketAddr = match from {
+                IpAddr::V4(_) => (IpAddr::V4(ROUTER_V4), port).into(),
+                IpAddr::V6(_) => (IpAddr::V6(ROUTER_V6), port).into(),
             };
-            let s = UdpSocket::bind(bind)?;
+            let s = UdpSocket::bind((from, 0)).with_context(|| format!("binding {from}"))?;
             for p in &payloads {
                 s.send_to(p, to)?;
-                // Pace the burst: veth queues are short and the test is
+                // Pace the burst: veth queues are short and the lab is
                 // about delivery, not throughput.
                 std::thread::sleep(Duration::from_micros(200));
             }

@@ -1,18 +1,23 @@
-//! `cargo xtask demo` and `cargo xtask bench`.
-//!
-//! Neither exists yet: the lab (namespaces, simulated devices, daemon) and
-//! the TestRun benchmark against the reference programs are the next steps
-//! of issue 2. Rather than pretend, both say so and fail.
+//! `cargo xtask demo`: builds what it needs, then runs the lab demo
+//! (`tests/src/bin/shardcast-demo.rs`) against the freshly built object.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+
+use crate::{build, setup};
 
 pub fn run() -> Result<()> {
-    bail!(
-        "the demo lab is not built yet (see README, Status); \
-         `cargo xtask test` exercises the XDP router in the kernel today"
+    setup::ensure()?;
+    let objects = build::build_ebpf()?;
+    build::cargo(
+        &[
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--bin",
+            "shardcast-demo",
+        ],
+        &objects.env(),
     )
-}
-
-pub fn bench() -> Result<()> {
-    bail!("the benchmark is not built yet (see README, Status)")
 }

@@ -4,6 +4,7 @@
 //! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a
 //! new machine with no manual step.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => build::build_ebpf().map(|o| println!("{}", o.router.display())),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
-        Cmd::Bench => demo::bench(),
+        Cmd::Bench => bench::run(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
