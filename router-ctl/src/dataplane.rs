@@ -724,6 +724,7 @@ impl Dataplane {
                 shard_count: r.shards.len() as u16,
                 _pad: 0,
                 shards,
+                first: shard_values[r.shards[0] as usize],
             };
             routes
                 .insert(r.key, value, 0)

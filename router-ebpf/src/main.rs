@@ -279,10 +279,10 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     // The plan: one parity for both lookups, read once.
     let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
     let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
-    // SAFETY: the value is copied out at once; only the control plane
-    // writes route maps, and never a map a program may be reading.
-    let route: Route = match unsafe { routes.get(&key) } {
-        Some(r) => *r,
+    // SAFETY: only the control plane writes route maps, and never a map a
+    // program may be reading (generation swap), so the value is stable.
+    let route: &Route = match unsafe { routes.get(&key) } {
+        Some(r) => r,
         None => {
             count_unrouted(&key, frame_len);
             return Err(Reason::NoRoute);
@@ -294,18 +294,22 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         0 => return Err(Reason::NoRoute),
         _ => return Err(Reason::MultiShard),
     }
-    let shard: Shard = *SC_SHARDS
-        .get_value(parity, &(route.shards[0] as u32))
-        .ok_or(Reason::NoRoute)?;
-    if SC_EGRESS.get_ifindex(shard.egress_slot).is_none() {
+    // The route's copy of its shard: no second lookup (see `Route`).
+    let shard: &Shard = &route.first;
+    // Aim the redirect first: the helper only records the target (the
+    // frame moves after the program returns) and says whether the egress
+    // slot is filled, which saves a separate devmap lookup. If a check
+    // below then sends the packet up instead, the recorded target is
+    // simply never used.
+    if SC_EGRESS.redirect(shard.egress_slot, xdp_action::XDP_PASS as u64) != Ok(xdp_action::XDP_REDIRECT) {
         return Err(Reason::EgressMissing);
     }
 
     // Validate everything, then write: a packet handed back to the stack
     // must leave this function untouched.
     let dst_mac = match l3 {
-        L3::V4 { off, .. } => rewrite_v4(ctx, off, udp, &shard)?,
-        L3::V6 { off } => rewrite_v6(ctx, off, udp, &shard)?,
+        L3::V4 { off, .. } => rewrite_v4(ctx, off, udp, shard)?,
+        L3::V6 { off } => rewrite_v6(ctx, off, udp, shard)?,
     };
     let mac_off = if tagged { VLAN_HLEN } else { 0 };
     let macs: *mut EthHdr = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
@@ -324,9 +328,7 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
             return Ok(xdp_action::XDP_ABORTED);
         }
     }
-    Ok(SC_EGRESS
-        .redirect(shard.egress_slot, xdp_action::XDP_ABORTED as u64)
-        .unwrap_or_else(|a| a))
+    Ok(xdp_action::XDP_REDIRECT)
 }
 
 /// IPv4: destination → group, TTL − 1, port, both checksums patched.

@@ -250,3 +250,32 @@ fn a_new_generation_replaces_the_old_one_entirely() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_vanished_egress_sends_publishes_up_untouched() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
+            .unwrap();
+        let f = frame(
+            L3::V4,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(false, 2, *b"hv", 0, b"abc"),
+        );
+        assert_eq!(dp.test_run(&f, 1).unwrap().action, action::REDIRECT);
+        // Unregistering the interface empties its devmap slot (the kernel
+        // does it): the route still names the slot.
+        integration_tests::sh("ip", &["link", "del", "sc0"]).unwrap();
+        let r = dp.test_run(&f, 1).unwrap();
+        assert_eq!(r.action, action::PASS);
+        assert_eq!(r.output, f, "passed packet was modified");
+        let c = dp.counters().unwrap();
+        assert_eq!(c.reasons[&Reason::EgressMissing].packets, 1);
+        assert_eq!(c.reasons[&Reason::Redirected].packets, 1);
+    })
+    .unwrap();
+}
