@@ -110,7 +110,8 @@ impl PathMatcher<'_> {
                 if i >= olen {
                     break;
                 }
-                let c = p.byte(off + i).ok_or(Reason::CoapMalformed)?;
+                // In bounds: the caller checked `off + olen <= len`.
+                let c = p.byte_within(off + i);
                 if Some(&c) != self.prefix.get((self.pos + i) & (PREFIX_MAX - 1)) {
                     return Err(Reason::CoapOtherPath);
                 }
@@ -124,8 +125,8 @@ impl PathMatcher<'_> {
                 if i >= olen {
                     break;
                 }
-                self.hasher
-                    .push(p.byte(off + i).ok_or(Reason::CoapMalformed)?);
+                // In bounds: the caller checked `off + olen <= len`.
+                self.hasher.push(p.byte_within(off + i));
             }
             self.topic_len += olen;
         }

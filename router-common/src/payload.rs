@@ -15,6 +15,15 @@ pub trait Payload {
     /// The byte at `off`, or `None` past the end.
     fn byte(&self, off: usize) -> Option<u8>;
 
+    /// The byte at `off`, for an `off` the caller has already checked is
+    /// below `len()`; past the end the result is unspecified (but never an
+    /// out-of-bounds read). Lets a parser that validated a whole field once
+    /// read it without a bounds check per byte.
+    #[inline(always)]
+    fn byte_within(&self, off: usize) -> u8 {
+        self.byte(off).unwrap_or(0)
+    }
+
     /// True when the payload is empty.
     #[inline(always)]
     fn is_empty(&self) -> bool {

@@ -11,6 +11,8 @@
 //! `router_common::maps`.
 #![no_std]
 #![no_main]
+// BPF inline assembly (`packet::copy16`); router-ebpf builds with nightly.
+#![feature(asm_experimental_arch)]
 
 mod packet;
 
@@ -23,18 +25,19 @@ use aya_ebpf::{
 };
 use router_common::{
     checksum::Patch,
+    coap,
     maps::{
         Config, Counter, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, Meta,
         ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
     },
-    coap, mqttsn,
+    mqttsn,
     reason::{REASON_COUNT, Reason},
     topic::TopicKey,
 };
 
 use packet::{
-    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, Window, WindowPayload, be16,
-    ptr_at,
+    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, Window, WindowPayload,
+    be16, ptr_at,
 };
 
 #[btf_map]
@@ -301,7 +304,9 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     // slot is filled, which saves a separate devmap lookup. If a check
     // below then sends the packet up instead, the recorded target is
     // simply never used.
-    if SC_EGRESS.redirect(shard.egress_slot, xdp_action::XDP_PASS as u64) != Ok(xdp_action::XDP_REDIRECT) {
+    if SC_EGRESS.redirect(shard.egress_slot, xdp_action::XDP_PASS as u64)
+        != Ok(xdp_action::XDP_REDIRECT)
+    {
         return Err(Reason::EgressMissing);
     }
 
@@ -363,7 +368,11 @@ fn rewrite_v4(
 
         let old_port = (*udp).dest;
         // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
-        let new_port = if shard.port == 0 { old_port } else { shard.port.to_be_bytes() };
+        let new_port = if shard.port == 0 {
+            old_port
+        } else {
+            shard.port.to_be_bytes()
+        };
         let check = be16((*udp).check);
         if check != 0 {
             let mut uc = Patch::new(check);
@@ -402,7 +411,11 @@ fn rewrite_v6(
         let old_daddr = (*ip).daddr;
         let old_port = (*udp).dest;
         // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
-        let new_port = if shard.port == 0 { old_port } else { shard.port.to_be_bytes() };
+        let new_port = if shard.port == 0 {
+            old_port
+        } else {
+            shard.port.to_be_bytes()
+        };
         let mut uc = Patch::new(check);
         uc.replace_bytes(&old_daddr, &group);
         uc.replace_bytes(&old_port, &new_port);

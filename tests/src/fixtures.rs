@@ -59,6 +59,29 @@ pub fn plan(egress: &str, generation: u64) -> Plan {
     Plan::from_json(&text).expect("fixture plan parses")
 }
 
+/// CoAP NON PUT to ps/data/hv, no other option: 15 bytes with no token
+/// and no payload.
+fn coap_sized(token: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![1 << 6 | TYPE_NON << 4 | token.len() as u8, CODE_PUT, 0, 1];
+    m.extend_from_slice(token);
+    coap_option(&mut m, 11, b"ps");
+    coap_option(&mut m, 0, b"data");
+    coap_option(&mut m, 0, b"hv");
+    if !payload.is_empty() {
+        m.push(0xff);
+        m.extend_from_slice(payload);
+    }
+    let want = 15
+        + token.len()
+        + if payload.is_empty() {
+            0
+        } else {
+            1 + payload.len()
+        };
+    assert_eq!(m.len(), want);
+    m
+}
+
 fn pass(name: &'static str, packet: Vec<u8>, r: Reason) -> Fixture {
     Fixture {
         name,
@@ -454,6 +477,34 @@ pub fn all() -> Vec<Fixture> {
                 COAP,
                 &coap(TYPE_NON, CODE_PUT, &["ps", "data", "hv"]),
             ),
+            2,
+        ),
+        // Message lengths around the copy's 16-byte chunks: below one
+        // chunk (copied by the helper), exactly one, one and a bit
+        // (overlapping last chunk), exactly two, two and a bit.
+        redirect(
+            "coap 15 bytes",
+            frame(V4, None, 40001, COAP, &coap_sized(&[], b"")),
+            2,
+        ),
+        redirect(
+            "coap 16 bytes",
+            frame(V4, None, 40001, COAP, &coap_sized(&[9], b"")),
+            2,
+        ),
+        redirect(
+            "coap 17 bytes",
+            frame(V4, None, 40001, COAP, &coap_sized(&[], b"1")),
+            2,
+        ),
+        redirect(
+            "coap 32 bytes",
+            frame(V4, None, 40001, COAP, &coap_sized(&[], &[b'x'; 16])),
+            2,
+        ),
+        redirect(
+            "coap 33 bytes",
+            frame(V4, None, 40001, COAP, &coap_sized(&[], &[b'x'; 17])),
             2,
         ),
         redirect(
