@@ -279,3 +279,54 @@ fn a_vanished_egress_sends_publishes_up_untouched() {
     })
     .unwrap();
 }
+
+#[test]
+fn kernel_and_userspace_derive_the_same_coap_topic_keys() {
+    // CoAP topics are hashed in the kernel segment by segment out of the
+    // Uri-Path options, '/' between; each must key like the joined name.
+    let mut names: Vec<String> = Vec::new();
+    for len in 1..=router_common::topic::TOPIC_MAX {
+        let name: String = (0..len)
+            .map(|i| (b'a' + ((i * 7 + len) % 26) as u8) as char)
+            .collect();
+        names.push(name);
+    }
+    // Multi-segment names, including segments of 13+ bytes (extended
+    // option length) and a 64-byte name split in eight.
+    names.push("a/b".into());
+    names.push("building-7/floor-12/room-1234/co2".into());
+    names.push((0..8).map(|_| "abcdefg").collect::<Vec<_>>().join("/") + "x");
+    let names2 = names.clone();
+    let ns = lab();
+    let kernel_keys = ns
+        .run(move || {
+            let mut dp =
+                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+            let mut plan = fixtures::plan("sc0", 1);
+            plan.topics.clear();
+            plan.topics
+                .push(serde_json::from_str(r#"{"name": "zz-none", "shards": [1]}"#).unwrap());
+            dp.install(&plan.compile().unwrap(), false).unwrap();
+            for n in &names2 {
+                let mut path = vec!["ps", "data"];
+                path.extend(n.split('/'));
+                let m = build::coap_request(1, 3, 1, &[], &path, b"v");
+                let f = frame(L3::V6, None, 1, fixtures::COAP, &m);
+                let r = dp.test_run(&f, 1).unwrap();
+                assert_eq!(r.action, action::PASS, "{n}");
+            }
+            dp.counters()
+                .unwrap()
+                .unrouted
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut want: Vec<_> = names.iter().map(|n| topic_key(n.as_bytes())).collect();
+    want.sort();
+    let mut got = kernel_keys;
+    got.sort();
+    assert_eq!(got.len(), names.len(), "one unrouted key per name");
+    assert_eq!(got, want);
+}
