@@ -15,7 +15,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/').
 pub const PREFIX_MAX: usize = 32;
@@ -32,6 +32,10 @@ pub const MAX_TOPICS: u32 = 1 << 17;
 pub const MAX_EGRESS: u32 = 64;
 /// Unrouted topic keys tracked (LRU).
 pub const MAX_UNROUTED: u32 = 4096;
+/// Device source addresses mapped to a device group (not preallocated).
+pub const MAX_DEVICES: u32 = 1 << 20;
+/// (topic slot, device group) counters tracked (LRU, per CPU).
+pub const MAX_GROUP_STATS: u32 = 1 << 18;
 /// `BPF_F_NO_PREALLOC`, the route map's flags (inner maps created by the
 /// control plane must match the template's flags exactly).
 pub const ROUTES_MAP_FLAGS: u32 = 1;
@@ -48,6 +52,8 @@ pub mod names {
     pub const TOPIC_STATS: &str = "SC_TOPIC_STATS";
     pub const UNROUTED: &str = "SC_UNROUTED";
     pub const SLOTS: &str = "SC_SLOTS";
+    pub const DEVICES: &str = "SC_DEVICES";
+    pub const GROUP_STATS: &str = "SC_GROUP_STATS";
     /// The router program.
     pub const PROG_ROUTER: &str = "shardcast_router";
     /// A program that passes everything: attached to the peer of a veth
@@ -67,7 +73,16 @@ pub struct Config {
     pub prefix_len: u32,
     /// CoAP pub/sub Uri-Path prefix, joined with '/', ending in '/'.
     pub prefix: [u8; PREFIX_MAX],
+    /// `CONFIG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// Count routed publishes per (topic, device group) too: one lookup of the
+/// source address in `SC_DEVICES` and one LRU counter update per packet,
+/// for the forecaster's topic × group load. Off by default (`attach`); the
+/// daemon turns it on.
+pub const CONFIG_GROUP_STATS: u32 = 1;
 
 impl Config {
     pub const DEFAULT_MQTTSN_PORT: u16 = 1884;
@@ -80,6 +95,35 @@ impl Config {
     }
 }
 
+/// A device's source address: IPv6, or IPv4 as `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceAddr {
+    pub addr: [u8; 16],
+}
+
+impl DeviceAddr {
+    /// IPv4 `a.b.c.d` as `::ffff:a.b.c.d`.
+    pub const fn v4(a: [u8; 4]) -> Self {
+        Self {
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+        }
+    }
+}
+
+/// Device group index of sources not in `SC_DEVICES`.
+pub const GROUP_UNKNOWN: u32 = 0;
+
+/// Key of a (topic counter slot, device group index) counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupStatKey {
+    pub slot: u32,
+    pub group: u32,
+}
+
 /// Installed plan metadata (SC_META[0]), for `status` and adoption.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +132,10 @@ pub struct Meta {
     pub routes: u32,
     pub shards: u32,
     pub installed_unix: u64,
+    /// Generation each routes slot holds (0: empty). Lets a control plane
+    /// that remembers what it wrote to a slot check that nobody else has
+    /// written since, before it updates the slot in place.
+    pub slot_generation: [u64; 2],
 }
 
 /// A route: the shards (indices into the shard table) that subscribe to a
@@ -156,6 +204,8 @@ mod pod {
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::Shard {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::DeviceAddr {}
+    unsafe impl aya::Pod for super::GroupStatKey {}
     unsafe impl aya::Pod for crate::topic::TopicKey {}
 }
 
@@ -166,8 +216,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<Config>(), 2 + 2 + 4 + PREFIX_MAX);
-        assert_eq!(size_of::<Meta>(), 24);
+        assert_eq!(size_of::<Config>(), 2 + 2 + 4 + PREFIX_MAX + 4 + 4);
+        assert_eq!(size_of::<DeviceAddr>(), 16);
+        assert_eq!(size_of::<GroupStatKey>(), 8);
+        assert_eq!(size_of::<Meta>(), 40);
         assert_eq!(
             size_of::<Route>(),
             4 + 2 + 2 + 2 * MAX_ROUTE_SHARDS + size_of::<Shard>()

@@ -25,7 +25,7 @@ const ALIAS_MARK: u8 = 0xFF;
 
 /// Key of a topic in the route map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicKey {
     pub hash: u64,
 }

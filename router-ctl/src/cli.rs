@@ -99,6 +99,10 @@ pub struct AttachArgs {
     pub coap_port: u16,
     #[arg(long, default_value = "ps/data/")]
     pub coap_prefix: String,
+    /// Also count routed publishes per (topic, device group); the daemon
+    /// turns this on itself when its config asks for group telemetry.
+    #[arg(long)]
+    pub group_stats: bool,
 }
 
 /// Finds the eBPF object: flag, environment, then beside the binary
@@ -186,6 +190,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     mqttsn_port: a.mqttsn_port,
                     coap_port: a.coap_port,
                     coap_prefix,
+                    group_stats: a.group_stats,
                 },
             };
             Dataplane::attach(&cli.pin_root, &opts)?;

@@ -25,6 +25,7 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     ffi::CString,
     net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -44,14 +45,17 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use router_common::{
     maps::{
-        Config, Counter, LAYOUT_VERSION, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta,
-        PREFIX_MAX, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
+        CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GroupStatKey, LAYOUT_VERSION, MAX_EGRESS,
+        MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta, PREFIX_MAX, ROUTES_MAP_FLAGS, Route,
+        SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
     },
     reason::Reason,
     topic::TopicKey,
 };
 
 use crate::plan::CompiledPlan;
+
+mod batch;
 
 /// Default root of the pins; the layout version is appended.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shardcast";
@@ -101,11 +105,29 @@ pub enum DataplaneError {
     StaleGeneration { new: u64, installed: u64 },
     #[error("cannot read the MAC address of {iface}: {reason}")]
     NoMac { iface: String, reason: String },
+    #[error("map {name}: batch operation failed: {source}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn batch_err(name: &'static str, e: std::io::Error) -> DataplaneError {
+    DataplaneError::Batch { name, source: e }
+}
+
+/// An IP address as `SC_DEVICES` keys it.
+fn device_addr(a: std::net::IpAddr) -> DeviceAddr {
+    match a {
+        std::net::IpAddr::V4(v4) => DeviceAddr::v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => DeviceAddr { addr: v6.octets() },
+    }
+}
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -140,6 +162,9 @@ pub struct RouterConfig {
     pub coap_port: u16,
     /// Normalised CoAP prefix (see [`crate::plan::normalize_prefix`]).
     pub coap_prefix: String,
+    /// Count routed publishes per (topic, device group) as well
+    /// (`CONFIG_GROUP_STATS`): costs the fast path a lookup or two.
+    pub group_stats: bool,
 }
 
 impl Default for RouterConfig {
@@ -148,6 +173,7 @@ impl Default for RouterConfig {
             mqttsn_port: Config::DEFAULT_MQTTSN_PORT,
             coap_port: Config::DEFAULT_COAP_PORT,
             coap_prefix: Config::DEFAULT_PREFIX.to_string(),
+            group_stats: false,
         }
     }
 }
@@ -162,6 +188,12 @@ impl RouterConfig {
             coap_port: self.coap_port,
             prefix_len: b.len() as u32,
             prefix,
+            flags: if self.group_stats {
+                CONFIG_GROUP_STATS
+            } else {
+                0
+            },
+            _pad: 0,
         }
     }
 
@@ -170,6 +202,7 @@ impl RouterConfig {
             mqttsn_port: c.mqttsn_port,
             coap_port: c.coap_port,
             coap_prefix: String::from_utf8_lossy(c.prefix()).into_owned(),
+            group_stats: c.flags & CONFIG_GROUP_STATS != 0,
         }
     }
 }
@@ -246,6 +279,44 @@ pub struct Dataplane {
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
     slots: HashMap<MapData, TopicKey, u32>,
+    devices: HashMap<MapData, DeviceAddr, u32>,
+    /// Second handles on maps read or written in batches (see `batch`),
+    /// which need the raw descriptor the typed maps keep to themselves.
+    raw_devices: MapData,
+    raw_group_stats: MapData,
+    raw_slots: MapData,
+    /// See [`Dataplane::set_incremental`].
+    incremental: bool,
+    /// Per outer slot: the generation this process wrote there, its routes,
+    /// and a handle on that inner map.
+    written: [Option<Written>; 2],
+}
+
+/// What this process last wrote to one routes slot.
+struct Written {
+    generation: u64,
+    entries: StdHashMap<TopicKey, Route>,
+    map: MapData,
+}
+
+/// A second handle on the map behind `map` (same kernel object).
+fn second_handle(map: &Map, name: &'static str) -> Result<MapData> {
+    let data = match map {
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::Array(d)
+        | Map::PerCpuArray(d) => d,
+        _ => {
+            return Err(DataplaneError::PinMismatch {
+                name,
+                reason: "not a hash or array map".into(),
+            });
+        }
+    };
+    let id = data.info().map_err(map_err(name))?.id();
+    MapData::from_id(id).map_err(map_err(name))
 }
 
 /// True when running as root.
@@ -302,6 +373,22 @@ fn check_bpffs(root: &Path) -> Result<()> {
             root.parent().unwrap_or(root).to_path_buf(),
         ))
     }
+}
+
+/// [`take`], plus a second handle on the same map for batch operations.
+fn take_raw<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<(T, MapData)> {
+    let raw = second_handle(
+        ebpf.map(name).ok_or(DataplaneError::PinMismatch {
+            name,
+            reason: "missing from the eBPF object".into(),
+        })?,
+        name,
+    )?;
+    Ok((take(ebpf, name, pin)?, raw))
 }
 
 /// Takes a map out of a freshly loaded object, pinning it first when asked.
@@ -400,6 +487,11 @@ impl Dataplane {
             }
         }
         let p = &mut pin;
+        let (devices, raw_devices) = take_raw(&mut ebpf, names::DEVICES, p)?;
+        let (_, raw_group_stats): (PerCpuHashMap<MapData, GroupStatKey, Counter>, _) =
+            take_raw(&mut ebpf, names::GROUP_STATS, p)?;
+        let (_, raw_slots): (HashMap<MapData, TopicKey, u32>, _) =
+            take_raw(&mut ebpf, names::SLOTS, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
@@ -410,7 +502,20 @@ impl Dataplane {
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
-            slots: take(&mut ebpf, names::SLOTS, p)?,
+            slots: HashMap::try_from(
+                Map::from_map_data(
+                    MapData::from_id(raw_slots.info().map_err(map_err(names::SLOTS))?.id())
+                        .map_err(map_err(names::SLOTS))?,
+                )
+                .map_err(map_err(names::SLOTS))?,
+            )
+            .map_err(map_err(names::SLOTS))?,
+            devices,
+            raw_devices,
+            raw_slots,
+            raw_group_stats,
+            incremental: false,
+            written: [None, None],
             pins: pin.as_ref().map(|(p, _)| (*p).clone()),
             ebpf: Some(ebpf),
         };
@@ -441,6 +546,14 @@ impl Dataplane {
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
             slots: open_pinned(&pins, names::SLOTS)?,
+            devices: open_pinned(&pins, names::DEVICES)?,
+            raw_slots: MapData::from_pin(pins.map(names::SLOTS)).map_err(map_err(names::SLOTS))?,
+            raw_devices: MapData::from_pin(pins.map(names::DEVICES))
+                .map_err(map_err(names::DEVICES))?,
+            raw_group_stats: MapData::from_pin(pins.map(names::GROUP_STATS))
+                .map_err(map_err(names::GROUP_STATS))?,
+            incremental: false,
+            written: [None, None],
             ebpf: None,
             pins: Some(pins),
         };
@@ -669,6 +782,19 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Keep both generations' route maps and remember what this process
+    /// wrote to each, so that the next [`install`](Self::install) writes
+    /// only the routes that differ from what the idle slot already holds.
+    /// Costs a second copy of the routes in the kernel and one in this
+    /// process; meant for the long-running daemon, whose plans change a
+    /// little at a time.
+    pub fn set_incremental(&mut self, on: bool) {
+        self.incremental = on;
+        if !on {
+            self.written = [None, None];
+        }
+    }
+
     /// Installs a compiled plan as the next generation (see the module docs
     /// for the protocol). `force` allows a generation that is not newer.
     pub fn install(&mut self, plan: &CompiledPlan, force: bool) -> Result<InstallReport> {
@@ -713,23 +839,69 @@ impl Dataplane {
             });
         }
         let slots = self.assign_slots(plan)?;
-
-        let mut routes: HashMap<MapData, TopicKey, Route> =
-            HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
+        let mut entries: StdHashMap<TopicKey, Route> = StdHashMap::with_capacity(plan.routes.len());
         for r in &plan.routes {
             let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
             shards[..r.shards.len()].copy_from_slice(&r.shards);
-            let value = Route {
-                stats_slot: slots[r.topic],
-                shard_count: r.shards.len() as u16,
-                _pad: 0,
-                shards,
-                first: shard_values[r.shards[0] as usize],
-            };
-            routes
-                .insert(r.key, value, 0)
-                .map_err(map_err(names::ROUTES))?;
+            entries.insert(
+                r.key,
+                Route {
+                    stats_slot: slots[r.topic],
+                    shard_count: r.shards.len() as u16,
+                    _pad: 0,
+                    shards,
+                    first: shard_values[r.shards[0] as usize],
+                },
+            );
         }
+
+        let old = self.active_slot()? & 1;
+        let new = old ^ 1;
+        // What the idle slot holds, if this process wrote it and nobody has
+        // written since (the kernel's record of the slot's generation
+        // agrees): then only the difference needs writing.
+        let reuse = self.incremental
+            && self.written[new as usize]
+                .as_ref()
+                .is_some_and(|w| installed.slot_generation[new as usize] == w.generation);
+        let (routes, changed) = if reuse {
+            let w = self.written[new as usize].take().expect("checked above");
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            for (k, v) in &entries {
+                if w.entries.get(k) != Some(v) {
+                    keys.push(*k);
+                    values.push(*v);
+                }
+            }
+            let gone: Vec<TopicKey> = w
+                .entries
+                .keys()
+                .filter(|k| !entries.contains_key(k))
+                .copied()
+                .collect();
+            batch::update(w.map.fd().as_fd(), &keys, &values)
+                .map_err(|e| batch_err(names::ROUTES, e))?;
+            batch::delete(w.map.fd().as_fd(), &gone).map_err(|e| batch_err(names::ROUTES, e))?;
+            (w.map, keys.len() + gone.len())
+        } else {
+            let data = MapData::create(
+                aya_obj::Map::new_from_params(
+                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+                    size_of::<TopicKey>() as u32,
+                    size_of::<Route>() as u32,
+                    MAX_ROUTES,
+                    ROUTES_MAP_FLAGS,
+                ),
+                "sc_routes",
+                None,
+            )
+            .map_err(map_err(names::ROUTES))?;
+            let (keys, values): (Vec<TopicKey>, Vec<Route>) =
+                entries.iter().map(|(k, v)| (*k, *v)).unzip();
+            batch::update(data.fd().as_fd(), &keys, &values)
+                .map_err(|e| batch_err(names::ROUTES, e))?;
+            (data, entries.len())
+        };
         let mut shards: Array<MapData, Shard> =
             Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
         for (i, v) in shard_values.iter().enumerate() {
@@ -737,20 +909,44 @@ impl Dataplane {
         }
         let filled = started.elapsed();
 
-        let old = self.active_slot()? & 1;
-        let new = old ^ 1;
+        // A typed view of the same map, which is what the outer map takes.
+        let view = RoutesMap::try_from(
+            Map::from_map_data(
+                MapData::from_id(routes.info().map_err(map_err(names::ROUTES))?.id())
+                    .map_err(map_err(names::ROUTES))?,
+            )
+            .map_err(map_err(names::ROUTES))?,
+        )
+        .map_err(map_err(names::ROUTES))?;
         self.routes
-            .set(new, &routes, 0)
+            .set(new, &view, 0)
             .map_err(map_err(names::ROUTES))?;
         self.shards
             .set(new, &shards, 0)
             .map_err(map_err(names::SHARDS))?;
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
-        // Grace period: when this returns, no program runs with `old`.
+        // Grace period: an update of a map-of-maps returns only after an RCU
+        // grace period, so when this returns no program runs with `old`.
         self.routes
-            .set(new, &routes, 0)
+            .set(new, &view, 0)
             .map_err(map_err(names::ROUTES))?;
+        let mut slot_generation = installed.slot_generation;
+        slot_generation[new as usize] = plan.generation;
+        if !self.incremental {
+            // Free the old generation's memory.
+            let empty_routes: HashMap<MapData, TopicKey, Route> =
+                HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
+            self.routes
+                .set(old, &empty_routes, 0)
+                .map_err(map_err(names::ROUTES))?;
+            slot_generation[old as usize] = 0;
+        }
+        let empty_shards: Array<MapData, Shard> =
+            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
+        self.shards
+            .set(old, &empty_shards, 0)
+            .map_err(map_err(names::SHARDS))?;
         self.meta
             .set(
                 0,
@@ -762,29 +958,53 @@ impl Dataplane {
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_secs(),
+                    slot_generation,
                 },
                 0,
             )
             .map_err(map_err(names::META))?;
-        // Free the old generation's memory.
-        let empty_routes: HashMap<MapData, TopicKey, Route> =
-            HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
-        let empty_shards: Array<MapData, Shard> =
-            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
-        self.routes
-            .set(old, &empty_routes, 0)
-            .map_err(map_err(names::ROUTES))?;
-        self.shards
-            .set(old, &empty_shards, 0)
-            .map_err(map_err(names::SHARDS))?;
+        if self.incremental {
+            self.written[new as usize] = Some(Written {
+                generation: plan.generation,
+                entries,
+                map: routes,
+            });
+        }
+        self.set_devices(plan)?;
         Ok(InstallReport {
             generation: plan.generation,
             routes: plan.routes.len(),
+            changed,
             shards: plan.shards.len(),
             fill: filled,
             swap: swapped - filled,
             total: started.elapsed(),
         })
+    }
+
+    /// Makes `SC_DEVICES` hold exactly the plan's devices (address → group).
+    /// Not generational: a device briefly counted under its old group while
+    /// a plan lands is harmless, and devices change rarely.
+    fn set_devices(&mut self, plan: &CompiledPlan) -> Result<()> {
+        let want: StdHashMap<DeviceAddr, u32> = plan
+            .devices
+            .iter()
+            .map(|d| (device_addr(d.address), d.group))
+            .collect();
+        let mut stale = Vec::new();
+        for kv in self.devices.iter() {
+            let (k, v) = kv.map_err(map_err(names::DEVICES))?;
+            if want.get(&k) != Some(&v) {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            self.devices.remove(k).map_err(map_err(names::DEVICES))?;
+        }
+        let (keys, values): (Vec<DeviceAddr>, Vec<u32>) =
+            want.iter().map(|(k, v)| (*k, *v)).unzip();
+        batch::update(self.raw_devices.fd().as_fd(), &keys, &values)
+            .map_err(|e| batch_err(names::DEVICES, e))
     }
 
     /// The installed routing state, read back from the kernel.
@@ -856,6 +1076,25 @@ impl Dataplane {
             topics,
             unrouted,
         })
+    }
+
+    /// Routed publishes per (topic counter slot, device group), summed over
+    /// CPUs, read in batches (a tick with 100k topics must stay cheap).
+    /// Counters only grow; the caller takes differences between reads.
+    pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        batch::lookup(
+            self.raw_group_stats.fd().as_fd(),
+            ncpus,
+            |a: &mut Counter, b| a.add(b),
+        )
+        .map_err(|e| batch_err(names::GROUP_STATS, e))
+    }
+
+    /// Topic name key → counter slot, read in batches.
+    pub fn slot_table(&self) -> Result<Vec<(TopicKey, u32)>> {
+        batch::lookup(self.raw_slots.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
+            .map_err(|e| batch_err(names::SLOTS, e))
     }
 
     /// Runs the router program once (or `repeat` times) on `packet` in the
@@ -1002,6 +1241,8 @@ pub struct TestRunOutcome {
 pub struct InstallReport {
     pub generation: u64,
     pub routes: usize,
+    /// Route entries written or deleted (all of them unless incremental).
+    pub changed: usize,
     pub shards: usize,
     /// Building the new generation's maps.
     pub fill: Duration,

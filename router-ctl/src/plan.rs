@@ -90,6 +90,12 @@ pub enum PlanError {
     DeviceUnknownShard { device: String, shard: u32 },
     #[error("device {device:?}: address {value:?} is not an IP address")]
     BadDeviceAddress { device: String, value: String },
+    #[error("devices {a:?} and {b:?} share the address {address}")]
+    SharedDeviceAddress {
+        a: String,
+        b: String,
+        address: IpAddr,
+    },
 }
 
 /// A shard: one multicast group (per family) its members join.
@@ -179,6 +185,33 @@ pub struct CompiledPlan {
     pub name_keys: Vec<TopicKey>,
     /// Every key (names and MQTT-SN id aliases), sorted by key.
     pub routes: Vec<CompiledRoute>,
+    /// Device group names, sorted; group index `i + 1` is `groups[i]`
+    /// (index 0 is "no group / unknown source").
+    pub groups: Vec<String>,
+    /// Devices with an address, for attributing traffic to groups.
+    pub devices: Vec<CompiledDevice>,
+}
+
+/// A device the data plane can recognise by source address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledDevice {
+    pub address: IpAddr,
+    /// Group index (see [`CompiledPlan::groups`]).
+    pub group: u32,
+    pub shard: u32,
+}
+
+impl CompiledPlan {
+    /// Name of device group index `i` (0 is `"unknown"`).
+    pub fn group_name(&self, i: u32) -> &str {
+        match i {
+            0 => "unknown",
+            i => self
+                .groups
+                .get(i as usize - 1)
+                .map_or("unknown", |s| s.as_str()),
+        }
+    }
 }
 
 impl Plan {
@@ -263,6 +296,15 @@ impl Plan {
         }
 
         let mut seen_devices = BTreeSet::new();
+        let groups: Vec<String> = self
+            .devices
+            .iter()
+            .filter_map(|d| d.group.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut devices = Vec::new();
+        let mut by_address: HashMap<IpAddr, &str> = HashMap::new();
         for d in &self.devices {
             if !seen_devices.insert(d.id.as_str()) {
                 return Err(PlanError::DuplicateDevice(d.id.clone()));
@@ -273,12 +315,26 @@ impl Plan {
                     shard: d.shard,
                 });
             }
-            if let Some(a) = &d.address
-                && a.parse::<IpAddr>().is_err()
-            {
-                return Err(PlanError::BadDeviceAddress {
+            if let Some(a) = &d.address {
+                let address: IpAddr = a.parse().map_err(|_| PlanError::BadDeviceAddress {
                     device: d.id.clone(),
                     value: a.clone(),
+                })?;
+                if let Some(other) = by_address.insert(address, &d.id) {
+                    return Err(PlanError::SharedDeviceAddress {
+                        a: other.to_string(),
+                        b: d.id.clone(),
+                        address,
+                    });
+                }
+                let group = match &d.group {
+                    Some(g) => groups.binary_search(g).map_or(0, |i| i as u32 + 1),
+                    None => 0,
+                };
+                devices.push(CompiledDevice {
+                    address,
+                    group,
+                    shard: d.shard,
                 });
             }
         }
@@ -371,6 +427,8 @@ impl Plan {
             topics,
             name_keys,
             routes: by_key.into_values().map(|(_, r)| r).collect(),
+            groups,
+            devices,
         })
     }
 }

@@ -27,7 +27,8 @@ use router_common::{
     checksum::Patch,
     coap,
     maps::{
-        Config, Counter, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, Meta,
+        CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GROUP_UNKNOWN, GroupStatKey, MAX_DEVICES,
+        MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, Meta,
         ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
     },
     mqttsn,
@@ -73,6 +74,18 @@ static SC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
 #[btf_map]
 static SC_SLOTS: HashMap<TopicKey, u32, { MAX_TOPICS as usize }> = HashMap::new();
+/// Device source address → device group index (from the plan's devices).
+#[btf_map]
+static SC_DEVICES: HashMap<
+    DeviceAddr,
+    u32,
+    { MAX_DEVICES as usize },
+    { ROUTES_MAP_FLAGS as usize },
+> = HashMap::new();
+/// Routed packets per (topic slot, device group), when `CONFIG_GROUP_STATS`.
+#[btf_map]
+static SC_GROUP_STATS: LruPerCpuHashMap<GroupStatKey, Counter, { MAX_GROUP_STATS as usize }> =
+    LruPerCpuHashMap::new();
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -132,6 +145,40 @@ fn count_unrouted(key: &TopicKey, bytes: u64) {
         },
         None => {
             let _ = SC_UNROUTED.insert(key, Counter { packets: 1, bytes }, 0);
+        }
+    }
+}
+
+/// Counts a routed publish under (topic slot, its source's device group).
+#[inline(never)]
+fn count_group(ctx: &XdpContext, l3: L3, slot: u32, bytes: u64) {
+    let src = match l3 {
+        L3::V4 { off, .. } => match ptr_at::<Ipv4Hdr>(ctx, off) {
+            // SAFETY: bounds checked by `ptr_at`.
+            Some(ip) => DeviceAddr::v4(unsafe { (*ip).saddr }),
+            None => return,
+        },
+        L3::V6 { off } => match ptr_at::<Ipv6Hdr>(ctx, off) {
+            // SAFETY: bounds checked by `ptr_at`.
+            Some(ip) => DeviceAddr {
+                addr: unsafe { (*ip).saddr },
+            },
+            None => return,
+        },
+    };
+    // SAFETY: the value is copied out at once.
+    let group = unsafe { SC_DEVICES.get(&src) }
+        .copied()
+        .unwrap_or(GROUP_UNKNOWN);
+    let key = GroupStatKey { slot, group };
+    match SC_GROUP_STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, written only by this CPU.
+        Some(c) => unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        },
+        None => {
+            let _ = SC_GROUP_STATS.insert(&key, Counter { packets: 1, bytes }, 0);
         }
     }
 }
@@ -292,6 +339,9 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         }
     };
     count_topic(route.stats_slot, frame_len);
+    if cfg.flags & CONFIG_GROUP_STATS != 0 {
+        count_group(ctx, l3, route.stats_slot, frame_len);
+    }
     match route.shard_count {
         1 => {}
         0 => return Err(Reason::NoRoute),
