@@ -69,6 +69,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Installed generation, shards, routes and counter totals.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the control daemon (docs/config.md).
+    Daemon {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Telemetry history (counts per bucket, topic and device group).
+    History {
+        /// The daemon's config names the database and its bucket sizes.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: HistoryCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HistoryCommand {
+    /// Write `timestamp,topic,group,count` CSV to stdout (or --out).
+    Export {
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Timestamps as RFC 3339 instead of unix seconds.
+        #[arg(long)]
+        rfc3339: bool,
+    },
+    /// Add the rows of a CSV file (unix seconds or RFC 3339), all or none.
+    Import { csv: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,6 +363,116 @@ pub fn run(cli: Cli) -> Result<()> {
                         r["stats_slot"],
                         r["shards"]
                     );
+                }
+            }
+        }
+        Command::Status { json } => {
+            let dp = Dataplane::open(&cli.pin_root)?;
+            let s = dp.snapshot()?;
+            let c = dp.counters()?;
+            let total = |r: router_common::reason::Reason| c.reasons.get(&r).map_or(0, |v| v.packets);
+            let passed: u64 = c
+                .reasons
+                .iter()
+                .filter(|(r, _)| **r != router_common::reason::Reason::Redirected)
+                .map(|(_, v)| v.packets)
+                .sum();
+            let cfg = &s.config;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "pins": crate::dataplane::PinPaths::new(&cli.pin_root).dir(),
+                        "generation": s.meta.generation,
+                        "installed_unix": s.meta.installed_unix,
+                        "slot_generations": s.meta.slot_generation,
+                        "active_slot": s.active_slot,
+                        "shards": s.meta.shards,
+                        "routes": s.meta.routes,
+                        "egress": s.egress.len(),
+                        "mqttsn_port": cfg.mqttsn_port,
+                        "coap_port": cfg.coap_port,
+                        "coap_prefix": cfg.coap_prefix,
+                        "group_stats": cfg.group_stats,
+                        "redirected": total(router_common::reason::Reason::Redirected),
+                        "passed": passed,
+                        "topics_counted": c.topics.len(),
+                        "unrouted_keys": c.unrouted.len(),
+                    }))?
+                );
+            } else {
+                println!(
+                    "data plane at {}",
+                    crate::dataplane::PinPaths::new(&cli.pin_root).dir().display()
+                );
+                println!(
+                    "generation {} (installed at unix {}), active slot {}, slots hold {:?}",
+                    s.meta.generation, s.meta.installed_unix, s.active_slot, s.meta.slot_generation
+                );
+                println!(
+                    "{} shards, {} route keys, {} egress interfaces",
+                    s.meta.shards,
+                    s.meta.routes,
+                    s.egress.len()
+                );
+                println!(
+                    "MQTT-SN port {}, CoAP port {} prefix {:?}, group telemetry {}",
+                    cfg.mqttsn_port,
+                    cfg.coap_port,
+                    cfg.coap_prefix,
+                    if cfg.group_stats { "on" } else { "off" }
+                );
+                println!(
+                    "packets: {} redirected, {} passed to the stack; {} topics counted, {} unrouted keys",
+                    total(router_common::reason::Reason::Redirected),
+                    passed,
+                    c.topics.len(),
+                    c.unrouted.len()
+                );
+            }
+        }
+        Command::Daemon { config } => {
+            let cfg = crate::config::DaemonConfig::from_file(&config)?;
+            crate::daemon::run(cfg)?;
+        }
+        Command::History { config, command } => {
+            let cfg = crate::config::DaemonConfig::from_file(&config)?;
+            let settings = crate::history::Settings {
+                bucket: cfg.history.bucket,
+                retention: cfg.history.retention,
+                downsample_to: cfg.history.downsample_to,
+            };
+            let mut h = crate::history::History::open(&cfg.history.path, settings)?;
+            match command {
+                HistoryCommand::Export { out, rfc3339 } => {
+                    let rows = h.rows()?;
+                    match out {
+                        Some(p) => {
+                            let tmp = p.with_extension("tmp");
+                            let f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                            crate::history::write_csv(&rows, rfc3339, f)?;
+                            std::fs::rename(&tmp, &p)?;
+                            eprintln!("{} rows written to {}", rows.len(), p.display());
+                        }
+                        None => crate::history::write_csv(&rows, rfc3339, std::io::stdout().lock())?,
+                    }
+                }
+                HistoryCommand::Import { csv } => {
+                    let text = std::fs::read_to_string(&csv)
+                        .with_context(|| format!("reading {}", csv.display()))?;
+                    let rows = crate::history::parse_csv(&text)
+                        .with_context(|| format!("{} is not valid history CSV", csv.display()))?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    let n = rows.len();
+                    h.add(
+                        rows.iter()
+                            .map(|r| (r.ts, r.topic.as_str(), r.group.as_str(), r.count)),
+                        now,
+                    )?;
+                    println!("{n} rows imported from {}", csv.display());
                 }
             }
         }

@@ -15,6 +15,9 @@
 //! ```
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod history;
 pub mod dataplane;
 pub mod netns;
 pub mod plan;

@@ -3,13 +3,19 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    let cli = router_ctl::cli::Cli::parse();
+    // The daemon reports what it does; one-shot commands only warn.
+    let default = match cli.command {
+        router_ctl::cli::Command::Daemon { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = router_ctl::cli::Cli::parse();
     match router_ctl::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

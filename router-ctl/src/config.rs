@@ -1,0 +1,290 @@
+//! The daemon's configuration file (`docs/config.md`).
+//!
+//! Parsed with serde (unknown keys refused) and then validated as a whole
+//! before the daemon touches anything: every error names the key
+//! (`history.bucket`) and says what is wrong with its value.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{dataplane::Mode, plan::normalize_prefix};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config {path}: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("config {path}: {key}: {reason}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    pub dataplane: DataplaneSection,
+    pub daemon: DaemonSection,
+    pub history: HistorySection,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataplaneSection {
+    pub pin_root: PathBuf,
+    /// Interfaces to attach to when nothing is pinned yet (else adopt).
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    pub mode: Mode,
+    pub object: Option<PathBuf>,
+    pub mqttsn_port: u16,
+    pub coap_port: u16,
+    pub coap_prefix: String,
+    pub group_stats: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonSection {
+    pub tick: Duration,
+    /// Plan file installed whenever it holds a newer generation.
+    pub plan: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub detach_on_exit: bool,
+    pub incremental: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistorySection {
+    pub path: PathBuf,
+    pub bucket: Duration,
+    pub retention: Duration,
+    pub downsample_to: Duration,
+}
+
+// What the file holds, before validation.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    dataplane: RawDataplane,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    history: RawHistory,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    pin_root: Option<PathBuf>,
+    #[serde(default)]
+    ingress: Vec<String>,
+    #[serde(default)]
+    egress: Vec<String>,
+    mode: Option<String>,
+    object: Option<PathBuf>,
+    mqttsn_port: Option<u16>,
+    coap_port: Option<u16>,
+    coap_prefix: Option<String>,
+    group_stats: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    tick: Option<String>,
+    plan: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    detach_on_exit: Option<bool>,
+    incremental: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    path: Option<PathBuf>,
+    bucket: Option<String>,
+    retention: Option<String>,
+    downsample_to: Option<String>,
+}
+
+impl DaemonConfig {
+    pub fn from_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn from_toml(text: &str, path: &str) -> Result<DaemonConfig, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        let bad = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason,
+        };
+        let duration = |key: &'static str, v: Option<String>, default: &str, min: Duration| {
+            let s = v.unwrap_or_else(|| default.to_string());
+            let d = humantime::parse_duration(&s)
+                .map_err(|e| bad(key, format!("{s:?} is not a duration ({e}); e.g. \"1s\", \"1m\", \"35d\"")))?;
+            if d < min {
+                return Err(bad(key, format!("{s:?} is shorter than the minimum {}", humantime::format_duration(min))));
+            }
+            Ok(d)
+        };
+
+        let d = raw.dataplane;
+        let mode = match d.mode.as_deref().unwrap_or("driver") {
+            "driver" => Mode::Driver,
+            "skb" => Mode::Skb,
+            other => return Err(bad("dataplane.mode", format!("{other:?} is not \"driver\" or \"skb\""))),
+        };
+        for (key, list) in [("dataplane.ingress", &d.ingress), ("dataplane.egress", &d.egress)] {
+            for name in list {
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                    return Err(bad(key, format!("{name:?} is not an interface name")));
+                }
+            }
+        }
+        if d.ingress.is_empty() && !d.egress.is_empty() {
+            return Err(bad("dataplane.ingress", "egress given without ingress: nothing to attach".into()));
+        }
+        let mqttsn_port = d.mqttsn_port.unwrap_or(1884);
+        let coap_port = d.coap_port.unwrap_or(5683);
+        if mqttsn_port != 0 && mqttsn_port == coap_port {
+            return Err(bad("dataplane.coap_port", format!("{coap_port} is also the MQTT-SN port")));
+        }
+        let coap_prefix = normalize_prefix(d.coap_prefix.as_deref().unwrap_or("ps/data/"))
+            .map_err(|e| bad("dataplane.coap_prefix", e))?;
+        let dataplane = DataplaneSection {
+            pin_root: d
+                .pin_root
+                .unwrap_or_else(|| PathBuf::from(crate::dataplane::DEFAULT_PIN_ROOT)),
+            ingress: d.ingress,
+            egress: d.egress,
+            mode,
+            object: d.object,
+            mqttsn_port,
+            coap_port,
+            coap_prefix,
+            group_stats: d.group_stats.unwrap_or(true),
+        };
+
+        let m = raw.daemon;
+        let daemon = DaemonSection {
+            tick: duration("daemon.tick", m.tick, "1s", Duration::from_millis(10))?,
+            plan: m.plan,
+            state_dir: m
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/shardcast")),
+            detach_on_exit: m.detach_on_exit.unwrap_or(false),
+            incremental: m.incremental.unwrap_or(true),
+        };
+
+        let h = raw.history;
+        let bucket = duration("history.bucket", h.bucket, "1m", Duration::from_secs(1))?;
+        if bucket.subsec_nanos() != 0 || 86_400 % bucket.as_secs() != 0 {
+            return Err(bad(
+                "history.bucket",
+                format!("{} does not divide a day into whole seconds", humantime::format_duration(bucket)),
+            ));
+        }
+        let retention = duration("history.retention", h.retention, "35d", bucket)?;
+        let downsample_to = duration("history.downsample_to", h.downsample_to, "1h", bucket)?;
+        if downsample_to.subsec_nanos() != 0 || downsample_to.as_secs() % bucket.as_secs() != 0 {
+            return Err(bad(
+                "history.downsample_to",
+                format!(
+                    "{} is not a whole number of buckets ({})",
+                    humantime::format_duration(downsample_to),
+                    humantime::format_duration(bucket)
+                ),
+            ));
+        }
+        if daemon.tick > bucket {
+            return Err(bad(
+                "daemon.tick",
+                format!(
+                    "{} is longer than history.bucket ({}): buckets would be skipped",
+                    humantime::format_duration(daemon.tick),
+                    humantime::format_duration(bucket)
+                ),
+            ));
+        }
+        let history = HistorySection {
+            path: h
+                .path
+                .unwrap_or_else(|| daemon.state_dir.join("history.redb")),
+            bucket,
+            retention,
+            downsample_to,
+        };
+        Ok(DaemonConfig {
+            dataplane,
+            daemon,
+            history,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        DaemonConfig::from_toml(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_the_documented_example() {
+        let c = DaemonConfig::from_toml("", "t.toml").unwrap();
+        assert_eq!(c.daemon.tick, Duration::from_secs(1));
+        assert_eq!(c.history.bucket, Duration::from_secs(60));
+        assert_eq!(c.history.retention, Duration::from_secs(35 * 86_400));
+        assert!(c.dataplane.group_stats);
+        let doc = include_str!("../../docs/config.md");
+        let example = doc
+            .split("```toml")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("docs/config.md has a toml example");
+        let c = DaemonConfig::from_toml(example, "docs/config.md").unwrap();
+        assert_eq!(c.dataplane.ingress, ["eth0"]);
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        for (text, key) in [
+            ("[daemon]\ntick = \"soon\"", "daemon.tick"),
+            ("[daemon]\ntick = \"1ms\"", "daemon.tick"),
+            ("[daemon]\ntick = \"2m\"", "daemon.tick"),
+            ("[history]\nbucket = \"7s\"", "history.bucket"),
+            ("[history]\nbucket = \"1m\"\ndownsample_to = \"90s\"", "history.downsample_to"),
+            ("[history]\nretention = \"1s\"", "history.retention"),
+            ("[dataplane]\nmode = \"fast\"", "dataplane.mode"),
+            ("[dataplane]\ningress = [\"a/b\"]", "dataplane.ingress"),
+            ("[dataplane]\negress = [\"eth1\"]", "dataplane.ingress"),
+            ("[dataplane]\ncoap_port = 1884", "dataplane.coap_port"),
+            ("[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"", "dataplane.coap_prefix"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        // Unknown keys and wrong types: the TOML parser names the key.
+        assert!(err("[daemon]\ntik = \"1s\"").contains("tik"));
+        assert!(err("[dataplane]\nmqttsn_port = \"x\"").contains("mqttsn_port"));
+        assert!(err("[dataplane]\nmqttsn_port = 70000").contains("mqttsn_port"));
+        assert!(err("[nonsense]").contains("nonsense"));
+    }
+}

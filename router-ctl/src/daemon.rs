@@ -1,0 +1,337 @@
+//! `router-ctl daemon`: the control loop.
+//!
+//! On start it adopts the pinned data plane (or attaches one, if the config
+//! names interfaces and nothing is pinned) and resumes at the installed
+//! generation. Every tick it installs the plan file if it holds a newer
+//! generation, reads the (topic, device group) counters and adds the
+//! differences to the current history bucket; a bucket is written to the
+//! history store when the next one begins, together with the counter
+//! readings it accounts for, so a daemon killed at any moment and started
+//! again neither loses nor double-counts a packet. SIGTERM and SIGINT end it
+//! after writing the open bucket; the data plane keeps forwarding unless
+//! `daemon.detach_on_exit` says otherwise.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use router_common::topic::TopicKey;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::DaemonConfig,
+    dataplane::{AttachOptions, Dataplane, PinPaths, RouterConfig},
+    history::{History, Settings},
+    plan::{CompiledPlan, Plan},
+};
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The daemon's state between ticks.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    dp: Dataplane,
+    history: History,
+    /// The installed plan, when known (names for telemetry).
+    plan: Option<CompiledPlan>,
+    /// Every topic name seen in a plan, by key (slots outlive plans).
+    names: HashMap<TopicKey, String>,
+    /// Plan file identity when last looked at (mtime, length).
+    plan_seen: Option<(SystemTime, u64)>,
+    /// Counter readings the history accounts for: (slot, group) → packets.
+    baseline: BTreeMap<(u32, u32), u64>,
+    /// The open bucket: its start and (topic, group) → packets.
+    open: Option<(u64, HashMap<(String, String), u64>)>,
+}
+
+/// What one tick did (for logs and the benchmark).
+#[derive(Clone, Debug, Default)]
+pub struct TickReport {
+    pub installed: Option<u64>,
+    pub counters: usize,
+    pub packets: u64,
+    pub flushed: bool,
+    pub read: Duration,
+    pub write: Duration,
+}
+
+impl Daemon {
+    /// Adopts or attaches the data plane and opens the history.
+    pub fn start(cfg: DaemonConfig) -> Result<Daemon> {
+        let started = Instant::now();
+        let d = &cfg.dataplane;
+        let router_config = RouterConfig {
+            mqttsn_port: d.mqttsn_port,
+            coap_port: d.coap_port,
+            coap_prefix: d.coap_prefix.clone(),
+            group_stats: d.group_stats,
+        };
+        let pinned = PinPaths::new(&d.pin_root).dir().exists();
+        let mut dp = if pinned {
+            let mut dp = Dataplane::open(&d.pin_root).context("adopting the pinned data plane")?;
+            // Ports and prefix stay as attached; telemetry follows the config.
+            let mut c = dp.config()?;
+            c.group_stats = d.group_stats;
+            dp.set_config(&c)?;
+            dp
+        } else if !d.ingress.is_empty() {
+            let object = crate::cli::find_object(d.object.as_deref())?;
+            Dataplane::attach(
+                &d.pin_root,
+                &AttachOptions {
+                    object,
+                    ingress: d.ingress.clone(),
+                    egress: d.egress.clone(),
+                    mode: d.mode,
+                    config: router_config,
+                },
+            )
+            .context("attaching the data plane")?
+        } else {
+            bail!(
+                "no data plane is pinned at {} and dataplane.ingress names no interface to attach to",
+                d.pin_root.display()
+            );
+        };
+        dp.set_incremental(cfg.daemon.incremental);
+        let meta = dp.meta()?;
+        std::fs::create_dir_all(&cfg.daemon.state_dir).with_context(|| {
+            format!(
+                "creating daemon.state_dir {}",
+                cfg.daemon.state_dir.display()
+            )
+        })?;
+        let history = History::open(
+            &cfg.history.path,
+            Settings {
+                bucket: cfg.history.bucket,
+                retention: cfg.history.retention,
+                downsample_to: cfg.history.downsample_to,
+            },
+        )?;
+        let baseline = history.baseline()?.unwrap_or_default();
+        let mut daemon = Daemon {
+            cfg,
+            dp,
+            history,
+            plan: None,
+            names: HashMap::new(),
+            plan_seen: None,
+            baseline,
+            open: None,
+        };
+        // The plan the data plane holds, if we kept it.
+        if meta.generation != 0
+            && let Ok(p) = Plan::from_file(&daemon.state_plan())
+            && p.generation == meta.generation
+            && let Ok(c) = p.compile()
+        {
+            daemon.learn(&c);
+            daemon.plan = Some(c);
+        }
+        info!(
+            generation = meta.generation,
+            adopted = pinned,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data plane ready"
+        );
+        Ok(daemon)
+    }
+
+    fn state_plan(&self) -> PathBuf {
+        self.cfg.daemon.state_dir.join("plan.json")
+    }
+
+    fn learn(&mut self, plan: &CompiledPlan) {
+        for (name, key) in plan.topics.iter().zip(&plan.name_keys) {
+            self.names.insert(*key, name.clone());
+        }
+    }
+
+    /// The installed generation.
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self.dp.meta()?.generation)
+    }
+
+    /// Installs the plan file if it changed and holds a newer generation.
+    fn check_plan(&mut self) -> Result<Option<u64>> {
+        let Some(path) = self.cfg.daemon.plan.clone() else {
+            return Ok(None);
+        };
+        let seen = match std::fs::metadata(&path) {
+            Ok(m) => (m.modified()?, m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("plan file {}", path.display())),
+        };
+        if self.plan_seen == Some(seen) {
+            return Ok(None);
+        }
+        self.plan_seen = Some(seen);
+        let plan = Plan::from_file(&path)?;
+        let installed = self.dp.meta()?.generation;
+        if plan.generation <= installed {
+            return Ok(None);
+        }
+        let compiled = plan
+            .compile()
+            .with_context(|| format!("plan {} is invalid", path.display()))?;
+        let r = self.dp.install(&compiled, false)?;
+        // Keep the document beside the pins' state (names for `maps dump`
+        // and for a restarted daemon), atomically.
+        let tmp = self.state_plan().with_extension("json.tmp");
+        std::fs::write(&tmp, plan.to_json())?;
+        std::fs::rename(&tmp, self.state_plan())?;
+        info!(
+            generation = r.generation,
+            routes = r.routes,
+            changed = r.changed,
+            total_ms = r.total.as_secs_f64() * 1e3,
+            "plan installed"
+        );
+        self.learn(&compiled);
+        self.plan = Some(compiled);
+        Ok(Some(r.generation))
+    }
+
+    /// Reads the counters into the open bucket; writes the bucket out when
+    /// `now` has moved past it.
+    fn collect(&mut self, now: u64, report: &mut TickReport) -> Result<()> {
+        let t = Instant::now();
+        let counters = self.dp.group_counters()?;
+        let slots: HashMap<u32, TopicKey> = self
+            .dp
+            .slot_table()?
+            .into_iter()
+            .map(|(k, s)| (s, k))
+            .collect();
+        report.counters = counters.len();
+        let bucket = self.history.bucket_of(now);
+        if let Some((start, _)) = &self.open
+            && *start != bucket
+        {
+            self.flush(now)?;
+            report.flushed = true;
+        }
+        let open = &mut self
+            .open
+            .get_or_insert_with(|| (bucket, HashMap::new()))
+            .1;
+        let mut reading = BTreeMap::new();
+        for (k, c) in counters {
+            let cell = (k.slot, k.group);
+            let prev = self.baseline.get(&cell).copied().unwrap_or(0);
+            // A counter below its last reading was reset (evicted from the
+            // LRU, or its slot given to another topic): count from zero.
+            let delta = if c.packets >= prev {
+                c.packets - prev
+            } else {
+                c.packets
+            };
+            reading.insert(cell, c.packets);
+            if delta == 0 {
+                continue;
+            }
+            report.packets += delta;
+            let topic = match slots.get(&k.slot).and_then(|key| self.names.get(key)) {
+                Some(n) => n.clone(),
+                None => match slots.get(&k.slot) {
+                    Some(key) => format!("key:{:016x}", key.hash),
+                    None => format!("slot:{}", k.slot),
+                },
+            };
+            let group = self
+                .plan
+                .as_ref()
+                .map_or("unknown", |p| p.group_name(k.group))
+                .to_string();
+            *open.entry((topic, group)).or_default() += delta;
+        }
+        self.baseline = reading;
+        report.read = t.elapsed();
+        Ok(())
+    }
+
+    /// Writes the open bucket (with the readings it accounts for).
+    fn flush(&mut self, now: u64) -> Result<()> {
+        let Some((start, cells)) = self.open.take() else {
+            return Ok(());
+        };
+        let rows: Vec<(u64, &str, &str, u64)> = cells
+            .iter()
+            .map(|((t, g), n)| (start, t.as_str(), g.as_str(), *n))
+            .collect();
+        self.history
+            .add_with_baseline(rows, now, Some(&self.baseline))?;
+        Ok(())
+    }
+
+    /// One pass of the control loop.
+    pub fn tick(&mut self) -> Result<TickReport> {
+        let mut report = TickReport::default();
+        match self.check_plan() {
+            Ok(g) => report.installed = g,
+            // A bad plan is logged and skipped; the installed one stays.
+            Err(e) => error!("plan not installed: {e:#}"),
+        }
+        let t = Instant::now();
+        self.collect(now_unix(), &mut report)?;
+        report.write = t.elapsed().saturating_sub(report.read);
+        Ok(report)
+    }
+
+    /// Writes the open bucket; detaches if configured to.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.flush(now_unix())?;
+        if self.cfg.daemon.detach_on_exit {
+            let removed = Dataplane::detach(&self.cfg.dataplane.pin_root)?;
+            info!(pins = removed.len(), "data plane detached");
+        } else {
+            info!("exiting; the data plane keeps forwarding");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: DaemonConfig) -> Result<()> {
+    if !crate::dataplane::is_root() {
+        bail!(crate::dataplane::DataplaneError::NotRoot);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let tick = cfg.daemon.tick;
+        let mut daemon = Daemon::start(cfg)?;
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    // The tick is short, synchronous kernel and disk work.
+                    match daemon.tick() {
+                        Ok(r) if r.installed.is_some() || r.flushed => {
+                            info!(counters = r.counters, packets = r.packets, flushed = r.flushed, "tick");
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!("tick failed: {e:#}"),
+                    }
+                }
+                _ = term.recv() => { info!("SIGTERM"); break; }
+                _ = int.recv() => { info!("SIGINT"); break; }
+            }
+        }
+        daemon.shutdown()
+    })
+}
