@@ -370,7 +370,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let dp = Dataplane::open(&cli.pin_root)?;
             let s = dp.snapshot()?;
             let c = dp.counters()?;
-            let total = |r: router_common::reason::Reason| c.reasons.get(&r).map_or(0, |v| v.packets);
+            let total =
+                |r: router_common::reason::Reason| c.reasons.get(&r).map_or(0, |v| v.packets);
             let passed: u64 = c
                 .reasons
                 .iter()
@@ -403,7 +404,9 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "data plane at {}",
-                    crate::dataplane::PinPaths::new(&cli.pin_root).dir().display()
+                    crate::dataplane::PinPaths::new(&cli.pin_root)
+                        .dir()
+                        .display()
                 );
                 println!(
                     "generation {} (installed at unix {}), active slot {}, slots hold {:?}",
@@ -454,7 +457,9 @@ pub fn run(cli: Cli) -> Result<()> {
                             std::fs::rename(&tmp, &p)?;
                             eprintln!("{} rows written to {}", rows.len(), p.display());
                         }
-                        None => crate::history::write_csv(&rows, rfc3339, std::io::stdout().lock())?,
+                        None => {
+                            crate::history::write_csv(&rows, rfc3339, std::io::stdout().lock())?
+                        }
                     }
                 }
                 HistoryCommand::Import { csv } => {

@@ -136,10 +136,20 @@ impl DaemonConfig {
         };
         let duration = |key: &'static str, v: Option<String>, default: &str, min: Duration| {
             let s = v.unwrap_or_else(|| default.to_string());
-            let d = humantime::parse_duration(&s)
-                .map_err(|e| bad(key, format!("{s:?} is not a duration ({e}); e.g. \"1s\", \"1m\", \"35d\"")))?;
+            let d = humantime::parse_duration(&s).map_err(|e| {
+                bad(
+                    key,
+                    format!("{s:?} is not a duration ({e}); e.g. \"1s\", \"1m\", \"35d\""),
+                )
+            })?;
             if d < min {
-                return Err(bad(key, format!("{s:?} is shorter than the minimum {}", humantime::format_duration(min))));
+                return Err(bad(
+                    key,
+                    format!(
+                        "{s:?} is shorter than the minimum {}",
+                        humantime::format_duration(min)
+                    ),
+                ));
             }
             Ok(d)
         };
@@ -148,9 +158,17 @@ impl DaemonConfig {
         let mode = match d.mode.as_deref().unwrap_or("driver") {
             "driver" => Mode::Driver,
             "skb" => Mode::Skb,
-            other => return Err(bad("dataplane.mode", format!("{other:?} is not \"driver\" or \"skb\""))),
+            other => {
+                return Err(bad(
+                    "dataplane.mode",
+                    format!("{other:?} is not \"driver\" or \"skb\""),
+                ));
+            }
         };
-        for (key, list) in [("dataplane.ingress", &d.ingress), ("dataplane.egress", &d.egress)] {
+        for (key, list) in [
+            ("dataplane.ingress", &d.ingress),
+            ("dataplane.egress", &d.egress),
+        ] {
             for name in list {
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                     return Err(bad(key, format!("{name:?} is not an interface name")));
@@ -158,12 +176,18 @@ impl DaemonConfig {
             }
         }
         if d.ingress.is_empty() && !d.egress.is_empty() {
-            return Err(bad("dataplane.ingress", "egress given without ingress: nothing to attach".into()));
+            return Err(bad(
+                "dataplane.ingress",
+                "egress given without ingress: nothing to attach".into(),
+            ));
         }
         let mqttsn_port = d.mqttsn_port.unwrap_or(1884);
         let coap_port = d.coap_port.unwrap_or(5683);
         if mqttsn_port != 0 && mqttsn_port == coap_port {
-            return Err(bad("dataplane.coap_port", format!("{coap_port} is also the MQTT-SN port")));
+            return Err(bad(
+                "dataplane.coap_port",
+                format!("{coap_port} is also the MQTT-SN port"),
+            ));
         }
         let coap_prefix = normalize_prefix(d.coap_prefix.as_deref().unwrap_or("ps/data/"))
             .map_err(|e| bad("dataplane.coap_prefix", e))?;
@@ -197,7 +221,10 @@ impl DaemonConfig {
         if bucket.subsec_nanos() != 0 || 86_400 % bucket.as_secs() != 0 {
             return Err(bad(
                 "history.bucket",
-                format!("{} does not divide a day into whole seconds", humantime::format_duration(bucket)),
+                format!(
+                    "{} does not divide a day into whole seconds",
+                    humantime::format_duration(bucket)
+                ),
             ));
         }
         let retention = duration("history.retention", h.retention, "35d", bucket)?;
@@ -243,7 +270,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        DaemonConfig::from_toml(text, "t.toml").unwrap_err().to_string()
+        DaemonConfig::from_toml(text, "t.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -270,13 +299,19 @@ mod tests {
             ("[daemon]\ntick = \"1ms\"", "daemon.tick"),
             ("[daemon]\ntick = \"2m\"", "daemon.tick"),
             ("[history]\nbucket = \"7s\"", "history.bucket"),
-            ("[history]\nbucket = \"1m\"\ndownsample_to = \"90s\"", "history.downsample_to"),
+            (
+                "[history]\nbucket = \"1m\"\ndownsample_to = \"90s\"",
+                "history.downsample_to",
+            ),
             ("[history]\nretention = \"1s\"", "history.retention"),
             ("[dataplane]\nmode = \"fast\"", "dataplane.mode"),
             ("[dataplane]\ningress = [\"a/b\"]", "dataplane.ingress"),
             ("[dataplane]\negress = [\"eth1\"]", "dataplane.ingress"),
             ("[dataplane]\ncoap_port = 1884", "dataplane.coap_port"),
-            ("[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"", "dataplane.coap_prefix"),
+            (
+                "[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"",
+                "dataplane.coap_prefix",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(key), "{text:?}: {e}");

@@ -49,8 +49,11 @@ pub struct Daemon {
     /// Counter readings the history accounts for: (slot, group) → packets.
     baseline: BTreeMap<(u32, u32), u64>,
     /// The open bucket: its start and (topic, group) → packets.
-    open: Option<(u64, HashMap<(String, String), u64>)>,
+    open: Option<(u64, Bucket)>,
 }
+
+/// Packets per (topic, device group) in one bucket.
+type Bucket = HashMap<(String, String), u64>;
 
 /// What one tick did (for logs and the benchmark).
 #[derive(Clone, Debug, Default)]
@@ -220,10 +223,7 @@ impl Daemon {
             self.flush(now)?;
             report.flushed = true;
         }
-        let open = &mut self
-            .open
-            .get_or_insert_with(|| (bucket, HashMap::new()))
-            .1;
+        let open = &mut self.open.get_or_insert_with(|| (bucket, HashMap::new())).1;
         let mut reading = BTreeMap::new();
         for (k, c) in counters {
             let cell = (k.slot, k.group);

@@ -363,19 +363,21 @@ impl History {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        Ok(t.get("group_counters")
-            .map_err(|e| self.err(e))?
-            .map(|v| {
-                let mut cells = Cells::new();
-                decode(v.value(), &mut cells);
-                cells
-            }))
+        Ok(t.get("group_counters").map_err(|e| self.err(e))?.map(|v| {
+            let mut cells = Cells::new();
+            decode(v.value(), &mut cells);
+            cells
+        }))
     }
 
     /// Number of fine and coarse buckets stored.
     pub fn bucket_counts(&self) -> Result<(u64, u64)> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let fine = txn.open_table(FINE).map_err(|e| self.err(e))?.len().map_err(|e| self.err(e))?;
+        let fine = txn
+            .open_table(FINE)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
         let coarse = txn
             .open_table(COARSE)
             .map_err(|e| self.err(e))?
@@ -492,36 +494,82 @@ mod tests {
         h.add([(now - 5, "t", "g", 1), (now - 5, "u", "g", 7)], now)
             .unwrap();
         // Old data lands in coarse buckets.
-        h.add([(now - 4_000, "t", "g", 5), (now - 3_900, "t", "g", 6)], now)
-            .unwrap();
+        h.add(
+            [(now - 4_000, "t", "g", 5), (now - 3_900, "t", "g", 6)],
+            now,
+        )
+        .unwrap();
         let rows = h.rows().unwrap();
         let bucket = now - now % 60;
-        assert!(rows.contains(&Row { ts: bucket, topic: "t".into(), group: "g".into(), count: 6 }));
-        assert!(rows.contains(&Row { ts: bucket, topic: "u".into(), group: "g".into(), count: 7 }));
+        assert!(rows.contains(&Row {
+            ts: bucket,
+            topic: "t".into(),
+            group: "g".into(),
+            count: 6
+        }));
+        assert!(rows.contains(&Row {
+            ts: bucket,
+            topic: "u".into(),
+            group: "g".into(),
+            count: 7
+        }));
         let coarse = (now - 4_000) - (now - 4_000) % 600;
-        assert!(rows.contains(&Row { ts: coarse, topic: "t".into(), group: "g".into(), count: 11 }), "{rows:?}");
+        assert!(
+            rows.contains(&Row {
+                ts: coarse,
+                topic: "t".into(),
+                group: "g".into(),
+                count: 11
+            }),
+            "{rows:?}"
+        );
         // Time passes: the fine bucket ages out and is merged, not dropped.
         let later = now + 4_000;
         h.add([(later, "t", "g", 1)], later).unwrap();
-        let total: u64 = h.rows().unwrap().iter().filter(|r| r.topic == "t").map(|r| r.count).sum();
+        let total: u64 = h
+            .rows()
+            .unwrap()
+            .iter()
+            .filter(|r| r.topic == "t")
+            .map(|r| r.count)
+            .sum();
         assert_eq!(total, 6 + 11 + 1);
         let (fine, _) = h.bucket_counts().unwrap();
         assert_eq!(fine, 1);
         drop(h);
         // Reopened, same data; other settings are refused.
         let h = History::open(&p, s).unwrap();
-        assert_eq!(h.rows().unwrap().iter().map(|r| r.count).sum::<u64>(), 6 + 7 + 11 + 1);
+        assert_eq!(
+            h.rows().unwrap().iter().map(|r| r.count).sum::<u64>(),
+            6 + 7 + 11 + 1
+        );
         drop(h);
-        let other = Settings { bucket: Duration::from_secs(30), ..s };
-        assert!(matches!(History::open(&p, other), Err(HistoryError::Settings { .. })));
+        let other = Settings {
+            bucket: Duration::from_secs(30),
+            ..s
+        };
+        assert!(matches!(
+            History::open(&p, other),
+            Err(HistoryError::Settings { .. })
+        ));
         let _ = std::fs::remove_file(&p);
     }
 
     #[test]
     fn csv_round_trip_and_line_numbered_errors() {
         let rows = vec![
-            Row { ts: 1_700_000_040, topic: "temp/a".into(), group: "hall".into(), count: 4 },
-            Row { ts: 1_700_000_100, topic: "b".into(), group: "unknown".into(), count: 0 },
+            Row {
+                ts: 1_700_000_040,
+                topic: "temp/a".into(),
+                group: "hall".into(),
+                count: 4,
+            },
+            Row {
+                ts: 1_700_000_100,
+                topic: "b".into(),
+                group: "unknown".into(),
+                count: 0,
+            },
         ];
         for rfc in [false, true] {
             let mut out = Vec::new();
@@ -529,7 +577,11 @@ mod tests {
             assert_eq!(parse_csv(std::str::from_utf8(&out).unwrap()).unwrap(), rows);
         }
         for (text, line, what) in [
-            ("timestamp,topic,group,count\n1,a,g,1\n2,a,g\n", 3, "4 fields"),
+            (
+                "timestamp,topic,group,count\n1,a,g,1\n2,a,g\n",
+                3,
+                "4 fields",
+            ),
             ("1,a,g,1\nyesterday,a,g,1\n", 2, "timestamp"),
             ("1,a,g,-4\n", 1, "count"),
             ("1,,g,4\n", 1, "topic"),

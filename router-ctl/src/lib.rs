@@ -17,7 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod history;
 pub mod dataplane;
+pub mod history;
 pub mod netns;
 pub mod plan;

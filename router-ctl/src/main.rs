@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match router_ctl::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

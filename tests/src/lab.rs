@@ -374,6 +374,28 @@ impl Lab {
         })
     }
 
+    /// This lab's pin root (pass to `router-ctl --pin-root`).
+    pub fn pin_root(&self) -> &std::path::Path {
+        &self.pin_root
+    }
+
+    /// This lab's state directory (plans, daemon config, history).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The installed plan generation, read from the pinned maps.
+    pub fn generation(&self) -> Result<u64> {
+        let dp = router_ctl::dataplane::Dataplane::open(&self.pin_root)?;
+        Ok(dp.meta()?.generation)
+    }
+
+    /// Marks the router attached by someone else (a daemon), so that drop
+    /// detaches it.
+    pub fn adopt_attached(&mut self) {
+        self.attached = true;
+    }
+
     /// Detaches the router and removes its pins (also done on drop).
     pub fn detach(&mut self) -> Result<()> {
         if self.attached {
@@ -386,6 +408,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Pins may exist even if this lab did not attach (a daemon did).
+        self.attached |= router_ctl::dataplane::PinPaths::new(&self.pin_root)
+            .dir()
+            .exists();
         let _ = self.detach();
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.state_dir);

@@ -25,6 +25,45 @@ pub fn object() -> PathBuf {
         })
 }
 
+/// The `router-ctl` binary: `SHARDCAST_CTL`, else the one cargo built
+/// beside this test binary (`cargo build -p router-ctl`; `cargo xtask test`
+/// does it).
+pub fn ctl_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHARDCAST_CTL") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let p = dir.join("router-ctl");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "router-ctl binary not found next to {}; run `cargo build -p router-ctl` (or set SHARDCAST_CTL)",
+        exe.display()
+    );
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Child {
+    pub child: std::process::Child,
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A short name unique to this process and call: `<prefix><pid><n>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

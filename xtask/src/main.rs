@@ -73,6 +73,12 @@ fn test(args: &[String]) -> Result<()> {
         ],
         &[],
     )?;
+    // The daemon tests run the real router-ctl binary, built beside them.
+    let mut build_ctl = vec!["build", "-p", "router-ctl"];
+    if args.iter().any(|a| a == "--release") {
+        build_ctl.push("--release");
+    }
+    build::cargo(&build_ctl, &[])?;
     let mut cmd = vec!["test", "--workspace"];
     cmd.extend(args.iter().map(String::as_str));
     build::cargo(&cmd, &objects.env())?;
