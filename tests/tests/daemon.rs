@@ -383,3 +383,111 @@ fn history_survives_kill_dash_9_mid_write() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn telemetry_reaches_the_history_per_topic_and_device_group() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.attach().unwrap();
+    let north = lab.add_device(0).unwrap().0;
+    let south = lab.add_device(1).unwrap().0;
+    let shards = vec![LabShard::numbered(1)];
+    let mut plan: serde_json::Value =
+        serde_json::from_str(&Lab::plan_json(1, &shards, &[("aa", &[1]), ("bb", &[1])])).unwrap();
+    plan["devices"] = serde_json::json!([
+        {"id": "n1", "address": north.to_string(), "shard": 1, "group": "north"},
+        {"id": "s1", "address": south.to_string(), "shard": 1, "group": "south"},
+    ]);
+    let (mut d, log) = daemon(&lab, "50ms");
+    offer_plan(&lab, &plan.to_string());
+    wait_generation(&lab, 1);
+
+    let msg = |t: &[u8; 2]| build::mqttsn_publish(false, 2, *t, 0, b"x");
+    lab.publish_from(north, MQTTSN_PORT, vec![msg(b"aa"); 30])
+        .unwrap();
+    lab.publish_from(south, MQTTSN_PORT, vec![msg(b"aa"); 20])
+        .unwrap();
+    lab.publish_from(south, MQTTSN_PORT, vec![msg(b"bb"); 5])
+        .unwrap();
+    lab.publish(false, MQTTSN_PORT, vec![msg(b"aa"); 10])
+        .unwrap();
+    // Let a tick read the counters, then stop the daemon the polite way:
+    // it writes the open bucket and leaves the data plane forwarding.
+    std::thread::sleep(Duration::from_millis(300));
+    integration_tests::sh("kill", &["-TERM", &d.pid().to_string()]).unwrap();
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "daemon exit: {status}");
+    assert!(log.try_iter().any(|l| l.contains("keeps forwarding")));
+    assert_eq!(lab.generation().unwrap(), 1, "data plane still installed");
+
+    let out = Command::new(ctl_binary())
+        .args(["history", "--config"])
+        .arg(lab.state_dir().join("shardcast.toml"))
+        .arg("export")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows = router_ctl::history::parse_csv(&csv).unwrap();
+    let mut sums: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for r in rows {
+        *sums.entry((r.topic, r.group)).or_default() += r.count;
+    }
+    let want: BTreeMap<(String, String), u64> = [
+        (("aa", "north"), 30),
+        (("aa", "south"), 20),
+        (("aa", "unknown"), 10),
+        (("bb", "south"), 5),
+    ]
+    .into_iter()
+    .map(|((t, g), n)| ((t.to_string(), g.to_string()), n))
+    .collect();
+    assert_eq!(sums, want, "history:\n{csv}");
+}
+
+#[test]
+fn history_import_refuses_bad_csv_whole_and_names_the_line() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("schcsv"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[history]\npath = {:?}\n", dir.join("h.redb")),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(ctl_binary())
+            .args(["history", "--config"])
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let good = dir.join("good.csv");
+    std::fs::write(
+        &good,
+        "timestamp,topic,group,count\n2026-11-25T10:00:00Z,t/a,g1,5\n1795600000,t/b,g2,7\n",
+    )
+    .unwrap();
+    let out = run(&["import", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "1795600000,t/c,g,1\n1795600060,t/c,g,lots\n").unwrap();
+    let out = run(&["import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("count"), "{err}");
+    // Nothing of the bad file went in.
+    let out = run(&["export", "--rfc3339"]);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.contains("2026-11-25T10:00:00Z,t/a,g1,5"), "{csv}");
+    assert!(!csv.contains("t/c"), "{csv}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

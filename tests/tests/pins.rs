@@ -31,11 +31,22 @@ fn a_pin_of_an_older_layout_is_refused_with_a_clear_error() {
     let e = ctl(
         &ns,
         &root,
-        &["attach", "--ingress", "a0", "--egress", "a1", "--object", &object],
+        &[
+            "attach",
+            "--ingress",
+            "a0",
+            "--egress",
+            "a1",
+            "--object",
+            &object,
+        ],
     )
     .unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("layout v1") || msg.contains("map layout v1"), "{msg}");
+    assert!(
+        msg.contains("layout v1") || msg.contains("map layout v1"),
+        "{msg}"
+    );
     assert!(msg.contains(&root), "names where: {msg}");
     // Nothing of ours was created, the old pin is untouched.
     let ours = format!("{root}/v{}", router_common::maps::LAYOUT_VERSION);
