@@ -26,8 +26,10 @@ pub const MAX_SHARDS: u32 = 4096;
 /// Route keys per plan (names plus MQTT-SN id aliases). The inner hash map
 /// is not preallocated, so an empty plan costs nothing.
 pub const MAX_ROUTES: u32 = 1 << 21;
-/// Per-topic counter slots.
-pub const MAX_TOPICS: u32 = 1 << 17;
+/// Per-topic counter slots: a plan holds at most this many topic names.
+/// The counters are a per-CPU array (16 B per slot per CPU: 16 MiB per CPU),
+/// the cheapest counter the fast path can update.
+pub const MAX_TOPICS: u32 = 1 << 20;
 /// Egress device slots.
 pub const MAX_EGRESS: u32 = 64;
 /// Unrouted topic keys tracked (LRU).

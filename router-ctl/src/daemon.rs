@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use router_common::topic::TopicKey;
+use rustc_hash::FxHashMap;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -47,13 +48,14 @@ pub struct Daemon {
     /// Plan file identity when last looked at (mtime, length).
     plan_seen: Option<(SystemTime, u64)>,
     /// Counter readings the history accounts for: (slot, group) → packets.
-    baseline: BTreeMap<(u32, u32), u64>,
+    baseline: FxHashMap<(u32, u32), u64>,
     /// The open bucket: its start and (topic, group) → packets.
     open: Option<(u64, Bucket)>,
 }
 
-/// Packets per (topic, device group) in one bucket.
-type Bucket = HashMap<(String, String), u64>;
+/// Packets per (topic counter slot, device group) in one bucket; named
+/// when written.
+type Bucket = FxHashMap<(u32, u32), u64>;
 
 /// What one tick did (for logs and the benchmark).
 #[derive(Clone, Debug, Default)]
@@ -120,7 +122,11 @@ impl Daemon {
                 downsample_to: cfg.history.downsample_to,
             },
         )?;
-        let baseline = history.baseline()?.unwrap_or_default();
+        let baseline = history
+            .baseline()?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut daemon = Daemon {
             cfg,
             dp,
@@ -209,25 +215,24 @@ impl Daemon {
     fn collect(&mut self, now: u64, report: &mut TickReport) -> Result<()> {
         let t = Instant::now();
         let counters = self.dp.group_counters()?;
-        let slots: HashMap<u32, TopicKey> = self
-            .dp
-            .slot_table()?
-            .into_iter()
-            .map(|(k, s)| (s, k))
-            .collect();
         report.counters = counters.len();
         let bucket = self.history.bucket_of(now);
+        let mut flushed_in = Duration::ZERO;
         if let Some((start, _)) = &self.open
             && *start != bucket
         {
+            let f = Instant::now();
             self.flush(now)?;
+            flushed_in = f.elapsed();
             report.flushed = true;
         }
-        let open = &mut self.open.get_or_insert_with(|| (bucket, HashMap::new())).1;
-        let mut reading = BTreeMap::new();
+        let open = &mut self
+            .open
+            .get_or_insert_with(|| (bucket, Bucket::default()))
+            .1;
         for (k, c) in counters {
             let cell = (k.slot, k.group);
-            let prev = self.baseline.get(&cell).copied().unwrap_or(0);
+            let prev = self.baseline.insert(cell, c.packets).unwrap_or(0);
             // A counter below its last reading was reset (evicted from the
             // LRU, or its slot given to another topic): count from zero.
             let delta = if c.packets >= prev {
@@ -235,46 +240,69 @@ impl Daemon {
             } else {
                 c.packets
             };
-            reading.insert(cell, c.packets);
-            if delta == 0 {
-                continue;
+            if delta != 0 {
+                report.packets += delta;
+                *open.entry(cell).or_default() += delta;
             }
-            report.packets += delta;
-            let topic = match slots.get(&k.slot).and_then(|key| self.names.get(key)) {
-                Some(n) => n.clone(),
-                None => match slots.get(&k.slot) {
-                    Some(key) => format!("key:{:016x}", key.hash),
-                    None => format!("slot:{}", k.slot),
-                },
-            };
-            let group = self
-                .plan
-                .as_ref()
-                .map_or("unknown", |p| p.group_name(k.group))
-                .to_string();
-            *open.entry((topic, group)).or_default() += delta;
         }
-        self.baseline = reading;
-        report.read = t.elapsed();
+        report.read = t.elapsed().saturating_sub(flushed_in);
         Ok(())
     }
 
-    /// Writes the open bucket (with the readings it accounts for).
+    /// Writes the open bucket (with the readings it accounts for), naming
+    /// topics and groups as the installed plan does.
     fn flush(&mut self, now: u64) -> Result<()> {
         let Some((start, cells)) = self.open.take() else {
             return Ok(());
         };
-        let rows: Vec<(u64, &str, &str, u64)> = cells
-            .iter()
-            .map(|((t, g), n)| (start, t.as_str(), g.as_str(), *n))
+        let slots: FxHashMap<u32, TopicKey> = self
+            .dp
+            .slot_table()?
+            .into_iter()
+            .map(|(k, s)| (s, k))
             .collect();
-        self.history
-            .add_with_baseline(rows, now, Some(&self.baseline))?;
+        // Topics the plans never named (slots of keys seen only in the
+        // kernel) are written under their key.
+        let mut unnamed: FxHashMap<u32, String> = FxHashMap::default();
+        for (slot, _) in cells.keys() {
+            let named = slots.get(slot).is_some_and(|k| self.names.contains_key(k));
+            if !named {
+                unnamed
+                    .entry(*slot)
+                    .or_insert_with(|| match slots.get(slot) {
+                        Some(key) => format!("key:{:016x}", key.hash),
+                        None => format!("slot:{slot}"),
+                    });
+            }
+        }
+        let Daemon {
+            history,
+            names,
+            plan,
+            baseline,
+            ..
+        } = self;
+        let rows = cells.iter().map(|((slot, group), n)| {
+            let topic = match slots.get(slot).and_then(|k| names.get(k)) {
+                Some(name) => name.as_str(),
+                None => unnamed[slot].as_str(),
+            };
+            let group = plan.as_ref().map_or("unknown", |p| p.group_name(*group));
+            (start, topic, group, *n)
+        });
+        let baseline: BTreeMap<(u32, u32), u64> = baseline.iter().map(|(k, v)| (*k, *v)).collect();
+        history.add_with_baseline(rows, now, Some(&baseline))?;
         Ok(())
     }
 
     /// One pass of the control loop.
     pub fn tick(&mut self) -> Result<TickReport> {
+        self.tick_at(now_unix())
+    }
+
+    /// [`tick`](Self::tick) with an explicit clock (unix seconds), for
+    /// tests and benchmarks that need a bucket boundary on demand.
+    pub fn tick_at(&mut self, now: u64) -> Result<TickReport> {
         let mut report = TickReport::default();
         match self.check_plan() {
             Ok(g) => report.installed = g,
@@ -282,7 +310,7 @@ impl Daemon {
             Err(e) => error!("plan not installed: {e:#}"),
         }
         let t = Instant::now();
-        self.collect(now_unix(), &mut report)?;
+        self.collect(now, &mut report)?;
         report.write = t.elapsed().saturating_sub(report.read);
         Ok(report)
     }

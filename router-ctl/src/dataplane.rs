@@ -22,10 +22,10 @@
 //! A failure before step 3 leaves the installed generation untouched.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
+    collections::BTreeMap,
     ffi::CString,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -54,6 +54,7 @@ use router_common::{
 };
 
 use crate::plan::CompiledPlan;
+use rustc_hash::{FxHashMap as StdHashMap, FxHashSet as HashSet};
 
 mod batch;
 
@@ -287,6 +288,13 @@ pub struct Dataplane {
     raw_slots: MapData,
     /// See [`Dataplane::set_incremental`].
     incremental: bool,
+    /// This process's copy of `SC_SLOTS`, valid at the `Meta` it was taken.
+    slot_cache: std::cell::RefCell<Option<(Meta, StdHashMap<TopicKey, u32>)>>,
+    /// The slot table an install in progress made, cached once its `Meta`
+    /// is written.
+    pending_slots: Option<StdHashMap<TopicKey, u32>>,
+    /// The shard table this process last wrote to each slot.
+    written_shards: [Option<Vec<Shard>>; 2],
     /// Per outer slot: the generation this process wrote there, its routes,
     /// and a handle on that inner map.
     written: [Option<Written>; 2],
@@ -515,6 +523,9 @@ impl Dataplane {
             raw_slots,
             raw_group_stats,
             incremental: false,
+            slot_cache: Default::default(),
+            pending_slots: None,
+            written_shards: [None, None],
             written: [None, None],
             pins: pin.as_ref().map(|(p, _)| (*p).clone()),
             ebpf: Some(ebpf),
@@ -553,6 +564,9 @@ impl Dataplane {
             raw_group_stats: MapData::from_pin(pins.map(names::GROUP_STATS))
                 .map_err(map_err(names::GROUP_STATS))?,
             incremental: false,
+            slot_cache: Default::default(),
+            pending_slots: None,
+            written_shards: [None, None],
             written: [None, None],
             ebpf: None,
             pins: Some(pins),
@@ -735,14 +749,20 @@ impl Dataplane {
     /// new topics take free slots, reclaiming those of topics absent from
     /// the plan when the table is full (their counters are zeroed first).
     fn assign_slots(&mut self, plan: &CompiledPlan) -> Result<Vec<u32>> {
-        let mut current: StdHashMap<TopicKey, u32> = StdHashMap::new();
-        for kv in self.slots.iter() {
-            let (k, v) = kv.map_err(map_err(names::SLOTS))?;
-            current.insert(k, v);
-        }
+        let mut current: StdHashMap<TopicKey, u32> = self.slots_cached()?.clone();
+        // Whatever happens below, the kernel's table may change: re-read
+        // it next time unless this install completes (see `install`).
+        *self.slot_cache.borrow_mut() = None;
         let wanted: HashSet<TopicKey> = plan.name_keys.iter().copied().collect();
-        let used: HashSet<u32> = current.values().copied().collect();
-        let mut free = (0..MAX_TOPICS).filter(|s| !used.contains(s));
+        let mut used = vec![false; MAX_TOPICS as usize];
+        for s in current.values() {
+            if let Some(u) = used.get_mut(*s as usize) {
+                *u = true;
+            }
+        }
+        // Slots never assigned hold zero counters; a slot is only freed by
+        // reclaiming it below, which zeroes it.
+        let mut free = (0..MAX_TOPICS).filter(|s| !used[*s as usize]);
         let mut reclaimable: Vec<(TopicKey, u32)> = current
             .iter()
             .filter(|(k, _)| !wanted.contains(k))
@@ -750,11 +770,9 @@ impl Dataplane {
             .collect();
         reclaimable.sort_by_key(|(_, s)| *s);
         let mut reclaimable = reclaimable.into_iter();
-        let zero = PerCpuValues::try_from(vec![
-            Counter::default();
-            aya::util::nr_cpus().map_err(|(_, e)| e)?
-        ])?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut out = Vec::with_capacity(plan.name_keys.len());
+        let (mut new_keys, mut new_slots) = (Vec::new(), Vec::new());
         for key in &plan.name_keys {
             let slot = match current.get(key) {
                 Some(s) => *s,
@@ -764,21 +782,27 @@ impl Dataplane {
                         None => {
                             let (old, s) = reclaimable.next().ok_or(DataplaneError::SlotsFull)?;
                             self.slots.remove(&old).map_err(map_err(names::SLOTS))?;
+                            self.topic_stats
+                                .set(
+                                    s,
+                                    PerCpuValues::try_from(vec![Counter::default(); ncpus])?,
+                                    0,
+                                )
+                                .map_err(map_err(names::TOPIC_STATS))?;
                             s
                         }
                     };
-                    self.topic_stats
-                        .set(s, PerCpuValues::try_from(zero.to_vec())?, 0)
-                        .map_err(map_err(names::TOPIC_STATS))?;
-                    self.slots
-                        .insert(key, s, 0)
-                        .map_err(map_err(names::SLOTS))?;
+                    new_keys.push(*key);
+                    new_slots.push(s);
                     current.insert(*key, s);
                     s
                 }
             };
             out.push(slot);
         }
+        batch::update(self.raw_slots.fd().as_fd(), &new_keys, &new_slots)
+            .map_err(|e| batch_err(names::SLOTS, e))?;
+        self.pending_slots = Some(current);
         Ok(out)
     }
 
@@ -792,6 +816,7 @@ impl Dataplane {
         self.incremental = on;
         if !on {
             self.written = [None, None];
+            self.written_shards = [None, None];
         }
     }
 
@@ -810,7 +835,7 @@ impl Dataplane {
         // routing map changes: egress lookups and MACs.
         // Each distinct egress is resolved once (MAC lookup, devmap scan),
         // not once per shard: plans have thousands of shards and few egresses.
-        let mut egresses: StdHashMap<&str, (u32, [u8; 6])> = StdHashMap::new();
+        let mut egresses: StdHashMap<&str, (u32, [u8; 6])> = StdHashMap::default();
         for s in &plan.shards {
             if !egresses.contains_key(s.egress.as_str()) {
                 let resolved = (self.egress_slot(&s.egress)?, mac_address(&s.egress)?);
@@ -838,8 +863,11 @@ impl Dataplane {
                 id: s.id,
             });
         }
+        let t_slots = std::time::Instant::now();
         let slots = self.assign_slots(plan)?;
-        let mut entries: StdHashMap<TopicKey, Route> = StdHashMap::with_capacity(plan.routes.len());
+        tracing::debug!(elapsed = ?t_slots.elapsed(), "slots assigned");
+        let mut entries: StdHashMap<TopicKey, Route> = StdHashMap::default();
+        entries.reserve(plan.routes.len());
         for r in &plan.routes {
             let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
             shards[..r.shards.len()].copy_from_slice(&r.shards);
@@ -898,15 +926,26 @@ impl Dataplane {
             .map_err(map_err(names::ROUTES))?;
             let (keys, values): (Vec<TopicKey>, Vec<Route>) =
                 entries.iter().map(|(k, v)| (*k, *v)).unzip();
+            let t_b = std::time::Instant::now();
             batch::update(data.fd().as_fd(), &keys, &values)
                 .map_err(|e| batch_err(names::ROUTES, e))?;
+            tracing::debug!(elapsed = ?t_b.elapsed(), n = keys.len(), "routes written");
             (data, entries.len())
         };
-        let mut shards: Array<MapData, Shard> =
-            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
-        for (i, v) in shard_values.iter().enumerate() {
-            shards.set(i as u32, v, 0).map_err(map_err(names::SHARDS))?;
-        }
+        // The shard table is small; it is rebuilt unless the idle slot
+        // already holds exactly these shards.
+        let shards_held =
+            reuse && self.written_shards[new as usize].as_deref() == Some(shard_values.as_slice());
+        let shards = if shards_held {
+            None
+        } else {
+            let mut shards: Array<MapData, Shard> =
+                Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
+            for (i, v) in shard_values.iter().enumerate() {
+                shards.set(i as u32, v, 0).map_err(map_err(names::SHARDS))?;
+            }
+            Some(shards)
+        };
         let filled = started.elapsed();
 
         // A typed view of the same map, which is what the outer map takes.
@@ -918,12 +957,19 @@ impl Dataplane {
             .map_err(map_err(names::ROUTES))?,
         )
         .map_err(map_err(names::ROUTES))?;
-        self.routes
-            .set(new, &view, 0)
-            .map_err(map_err(names::ROUTES))?;
-        self.shards
-            .set(new, &shards, 0)
-            .map_err(map_err(names::SHARDS))?;
+        // Each update of an outer map waits an RCU grace period (several
+        // ms), so only what changed is written: an updated-in-place routes
+        // map is already in its slot.
+        if !reuse {
+            self.routes
+                .set(new, &view, 0)
+                .map_err(map_err(names::ROUTES))?;
+        }
+        if let Some(shards) = &shards {
+            self.shards
+                .set(new, shards, 0)
+                .map_err(map_err(names::SHARDS))?;
+        }
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
         // Grace period: an update of a map-of-maps returns only after an RCU
@@ -934,7 +980,8 @@ impl Dataplane {
         let mut slot_generation = installed.slot_generation;
         slot_generation[new as usize] = plan.generation;
         if !self.incremental {
-            // Free the old generation's memory.
+            // Free the old generation's routes (the shard table is small
+            // and is replaced by the next install).
             let empty_routes: HashMap<MapData, TopicKey, Route> =
                 HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
             self.routes
@@ -942,11 +989,7 @@ impl Dataplane {
                 .map_err(map_err(names::ROUTES))?;
             slot_generation[old as usize] = 0;
         }
-        let empty_shards: Array<MapData, Shard> =
-            Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
-        self.shards
-            .set(old, &empty_shards, 0)
-            .map_err(map_err(names::SHARDS))?;
+        self.written_shards[new as usize] = Some(shard_values);
         self.meta
             .set(
                 0,
@@ -963,6 +1006,9 @@ impl Dataplane {
                 0,
             )
             .map_err(map_err(names::META))?;
+        if let Some(table) = self.pending_slots.take() {
+            *self.slot_cache.borrow_mut() = Some((self.meta()?, table));
+        }
         if self.incremental {
             self.written[new as usize] = Some(Written {
                 generation: plan.generation,
@@ -1078,6 +1124,23 @@ impl Dataplane {
         })
     }
 
+    /// Kernel memory of the route maps this process wrote (both slots in
+    /// incremental mode), as the kernel accounts it (`memlock` in the
+    /// maps' fdinfo).
+    pub fn route_memory(&self) -> u64 {
+        self.written
+            .iter()
+            .flatten()
+            .filter_map(|w| {
+                let fd = w.map.fd().as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// Routed publishes per (topic counter slot, device group), summed over
     /// CPUs, read in batches (a tick with 100k topics must stay cheap).
     /// Counters only grow; the caller takes differences between reads.
@@ -1093,8 +1156,27 @@ impl Dataplane {
 
     /// Topic name key → counter slot, read in batches.
     pub fn slot_table(&self) -> Result<Vec<(TopicKey, u32)>> {
-        batch::lookup(self.raw_slots.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
-            .map_err(|e| batch_err(names::SLOTS, e))
+        Ok(self.slots_cached()?.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// The slot table, from this process's copy when it is current: only
+    /// an install changes slots, and every install rewrites `SC_META`, so a
+    /// copy taken at the same `Meta` is exact. Reading the table from the
+    /// kernel walks every bucket of a million-entry map (tens of ms).
+    fn slots_cached(&self) -> Result<std::cell::Ref<'_, StdHashMap<TopicKey, u32>>> {
+        let meta = self.meta()?;
+        let fresh = matches!(&*self.slot_cache.borrow(), Some((m, _)) if *m == meta);
+        if !fresh {
+            let table: StdHashMap<TopicKey, u32> =
+                batch::lookup(self.raw_slots.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
+                    .map_err(|e| batch_err(names::SLOTS, e))?
+                    .into_iter()
+                    .collect();
+            *self.slot_cache.borrow_mut() = Some((meta, table));
+        }
+        Ok(std::cell::Ref::map(self.slot_cache.borrow(), |c| {
+            &c.as_ref().expect("filled above").1
+        }))
     }
 
     /// Runs the router program once (or `repeat` times) on `packet` in the

@@ -13,12 +13,8 @@
 //! Buckets older than the retention are merged into coarser buckets
 //! (`downsample_to`), never dropped.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    io::Write,
-    path::Path,
-    time::Duration,
-};
+use rustc_hash::FxHashMap as HashMap;
+use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -134,8 +130,8 @@ impl History {
             db,
             path: p.clone(),
             settings,
-            topic_ids: HashMap::new(),
-            group_ids: HashMap::new(),
+            topic_ids: HashMap::default(),
+            group_ids: HashMap::default(),
         };
         let txn = h.db.begin_write().map_err(|e| db_err(&e))?;
         {

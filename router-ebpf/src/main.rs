@@ -73,7 +73,8 @@ static SC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 #[btf_map]
 static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
 #[btf_map]
-static SC_SLOTS: HashMap<TopicKey, u32, { MAX_TOPICS as usize }> = HashMap::new();
+static SC_SLOTS: HashMap<TopicKey, u32, { MAX_TOPICS as usize }, { ROUTES_MAP_FLAGS as usize }> =
+    HashMap::new();
 /// Device source address → device group index (from the plan's devices).
 #[btf_map]
 static SC_DEVICES: HashMap<

@@ -11,17 +11,27 @@
 //! rounds of its time and of its ratio to the forwarder *in the same round*.
 //! Prints a Markdown table (the one in BENCHMARKS.md).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use integration_tests::{L3, NetNs, build, fixtures, frame, object, reference_object};
 use router_common::{coap, mqttsn};
-use router_ctl::dataplane::{Dataplane, ReferenceProgram, RouterConfig, action};
+use router_ctl::{
+    config::DaemonConfig,
+    daemon::Daemon,
+    dataplane::{AttachOptions, Dataplane, Mode, ReferenceProgram, RouterConfig, action},
+};
 
 /// Runs per `BPF_PROG_TEST_RUN` call (the kernel reports the mean).
 const REPEAT: u32 = 1_000_000;
 
 fn main() -> std::process::ExitCode {
+    if let Ok(f) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(f)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -69,9 +79,190 @@ fn run() -> Result<()> {
     ns.ip(&["link", "set", "sc0", "up"])?;
     ns.ip(&["link", "set", "sc1", "up"])?;
     // Everything that names interfaces runs in the namespace.
-    let table = ns.run(move || bench(rounds))??;
-    println!("{table}");
+    let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
+    if which != "all" && which != "xdp" && which != "control" {
+        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp or control");
+    }
+    if which != "control" {
+        let table = ns.run(move || bench(rounds))??;
+        println!("{table}");
+    }
+    if which != "xdp" {
+        let table = ns.run(control_plane)??;
+        println!("{table}");
+    }
     Ok(())
+}
+
+/// A plan of `n` topics `t/<i>` over 64 shards; `variant` moves every tenth
+/// topic to the next shard (10% of the routes change between variants).
+fn big_plan(n: usize, generation: u64, variant: u32) -> router_ctl::plan::Plan {
+    use router_ctl::plan::{Plan, ShardSpec, TopicSpec};
+    let shards: Vec<ShardSpec> = (1..=64u32)
+        .map(|id| ShardSpec {
+            id,
+            group_v4: Some(format!("239.2.{}.{}", id / 256, id % 256)),
+            group_v6: None,
+            egress: "sc0".into(),
+            port: None,
+            capacity: None,
+        })
+        .collect();
+    let topics = (0..n)
+        .map(|i| {
+            let moved = if i % 10 == 0 { variant } else { 0 };
+            TopicSpec {
+                name: format!("t/{i}"),
+                shards: vec![((i as u32 + moved) % 64) + 1],
+                mqttsn_predefined_id: None,
+                mqttsn_registered_ids: vec![],
+            }
+        })
+        .collect();
+    Plan {
+        generation,
+        shards,
+        devices: vec![],
+        topics,
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Plan installs (full and 10%-changed) and the daemon's tick.
+fn control_plane() -> Result<String> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::from(
+        "| routes | compile | full install (fresh maps) | 10% changed (incremental) | kernel route memory (both slots) | process RSS |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let mut dp = Dataplane::load(&object(), &RouterConfig::default())?;
+        let t = std::time::Instant::now();
+        let p1 = big_plan(n, 1, 0).compile()?;
+        let compile = t.elapsed();
+        // Full: what `router-ctl apply` does (fresh inner map, old freed).
+        let full = dp.install(&p1, false)?;
+        ensure!(
+            full.changed == n,
+            "full install wrote {} of {n}",
+            full.changed
+        );
+        // Incremental (the daemon): prime both slots, then a 10% change.
+        dp.set_incremental(true);
+        dp.install(&big_plan(n, 2, 0).compile()?, false)?;
+        dp.install(&big_plan(n, 3, 0).compile()?, false)?;
+        let p4 = big_plan(n, 4, 1).compile()?;
+        let inc = dp.install(&p4, false)?;
+        ensure!(
+            inc.changed == n / 10,
+            "incremental install wrote {} entries, want {}",
+            inc.changed,
+            n / 10
+        );
+        out.push_str(&format!(
+            "| {n} | {:.0} ms | {:.1} ms (fill {:.1}, swap {:.1}) | {:.1} ms (fill {:.1}, swap {:.1}) | {:.1} MiB | {:.0} MiB |\n",
+            ms(compile),
+            ms(full.total),
+            ms(full.fill),
+            ms(full.swap),
+            ms(inc.total),
+            ms(inc.fill),
+            ms(inc.swap),
+            dp.route_memory() as f64 / (1 << 20) as f64,
+            rss_kib() as f64 / 1024.0,
+        ));
+    }
+    out.push('\n');
+    out.push_str(&tick_bench()?);
+    Ok(out)
+}
+
+/// The daemon's tick with 100k topics active: counters read and folded
+/// into the bucket, then the bucket written to the history.
+fn tick_bench() -> Result<String> {
+    const TOPICS: usize = 100_000;
+    let dir = std::env::temp_dir().join(integration_tests::unique("scbench-daemon"));
+    let pin_root = PathBuf::from(format!(
+        "/sys/fs/bpf/{}",
+        integration_tests::unique("scbench")
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<String> {
+        let mut dp = Dataplane::attach(
+            &pin_root,
+            &AttachOptions {
+                object: object(),
+                ingress: vec!["sc1".into()],
+                egress: vec!["sc0".into()],
+                mode: Mode::Skb,
+                config: RouterConfig {
+                    group_stats: true,
+                    ..RouterConfig::default()
+                },
+            },
+        )?;
+        let plan = big_plan(TOPICS, 1, 0);
+        dp.install(&plan.compile()?, false)?;
+        std::fs::write(dir.join("plan.json"), plan.to_json())?;
+        let cfg = DaemonConfig::from_toml(
+            &format!(
+                "[dataplane]\npin_root = {pin_root:?}\n[daemon]\nstate_dir = {dir:?}\n[history]\nbucket = \"1m\"\n"
+            ),
+            "bench",
+        )?;
+        let mut daemon = Daemon::start(cfg)?;
+        let frames: Vec<Vec<u8>> = (0..TOPICS)
+            .map(|i| {
+                let name = format!("{i}");
+                let m = build::coap_request(
+                    coap::TYPE_NON,
+                    coap::CODE_PUT,
+                    1,
+                    &[],
+                    &["ps", "data", "t", &name],
+                    b"1",
+                );
+                frame(L3::V4, None, 40000, 5683, &m)
+            })
+            .collect();
+        let traffic = |dp: &Dataplane| -> Result<()> {
+            for f in &frames {
+                let r = dp.test_run(f, 1)?;
+                ensure!(r.action == action::REDIRECT, "traffic not routed");
+            }
+            Ok(())
+        };
+        let t0 = 1_800_000_000u64;
+        let mut reads = Vec::new();
+        let mut writes = Vec::new();
+        traffic(&dp)?;
+        let first = daemon.tick_at(t0)?;
+        ensure!(first.counters >= TOPICS, "{} counters", first.counters);
+        for round in 1..=5u64 {
+            traffic(&dp)?;
+            let r = daemon.tick_at(t0 + 60 * round)?;
+            ensure!(r.flushed && r.packets == TOPICS as u64, "tick {r:?}");
+            reads.push(r.read.as_secs_f64() * 1e3);
+            writes.push(r.write.as_secs_f64() * 1e3);
+        }
+        let (read, write) = (median(reads), median(writes));
+        Ok(format!(
+            "Daemon tick with {TOPICS} active topics (median of 5): counters read and folded into the bucket {read:.1} ms, bucket of {TOPICS} rows written to the history {write:.1} ms, total {:.1} ms\n",
+            read + write
+        ))
+    })();
+    let _ = Dataplane::detach(&pin_root);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn bench(rounds: usize) -> Result<String> {
