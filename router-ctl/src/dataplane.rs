@@ -2,22 +2,27 @@
 //! to aya and the kernel's BPF syscalls.
 //!
 //! It loads the XDP object, pins programs, maps and links under
-//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v1/`) so
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v2/`) so
 //! forwarding outlives the process, adopts those pins later, installs plan
 //! generations atomically, and reads counters.
 //!
 //! ## Generation swap
 //! Each routing table lives in a two-slot `ArrayOfMaps`; `SC_ACTIVE` names
 //! the slot packets use. [`Dataplane::install`]:
-//! 1. fills *fresh* inner maps (routes, shards) off to the side;
-//! 2. puts them into the idle slot of both outer maps;
+//! 1. prepares the idle slot's inner maps off to the side: *fresh* maps
+//!    filled with the whole plan, or, in incremental mode (the daemon), the
+//!    map already in the idle slot with only the differences written (that
+//!    slot is idle: no packet reads it);
+//! 2. puts fresh maps into the idle slot of the outer maps;
 //! 3. flips `SC_ACTIVE` to that slot (one 4-byte write: a packet reads it
-//!    once and uses that slot for both lookups, so it sees all of one
-//!    generation);
+//!    once and routes wholly by that slot; a route carries its first
+//!    shard's data, so the fast path makes a single lookup in it);
 //! 4. rewrites the new slot once more: an update of a map-of-maps returns only
 //!    after an RCU grace period (`synchronize_rcu` in the kernel), so when it
 //!    returns no program still runs with the old slot;
-//! 5. replaces the old slot with empty maps to free its memory.
+//! 5. in full mode, replaces the old slot's routes with an empty map to free
+//!    its memory; in incremental mode keeps it, to be brought up to date
+//!    by the next install.
 //!
 //! A failure before step 3 leaves the installed generation untouched.
 
@@ -946,6 +951,9 @@ impl Dataplane {
             }
             Some(shards)
         };
+        // Devices first, so that once the generation is visible its devices
+        // are counted under their groups.
+        self.set_devices(plan)?;
         let filled = started.elapsed();
 
         // A typed view of the same map, which is what the outer map takes.
@@ -1016,7 +1024,6 @@ impl Dataplane {
                 map: routes,
             });
         }
-        self.set_devices(plan)?;
         Ok(InstallReport {
             generation: plan.generation,
             routes: plan.routes.len(),
