@@ -53,6 +53,8 @@ enum Prog {
     Floor,
     Forwarder,
     Router,
+    /// The router with per (topic, device group) counting on.
+    RouterGroups,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -268,6 +270,14 @@ fn tick_bench() -> Result<String> {
 fn bench(rounds: usize) -> Result<String> {
     let mut dp = Dataplane::load(&object(), &RouterConfig::default())?;
     dp.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+    let mut dpg = Dataplane::load(
+        &object(),
+        &RouterConfig {
+            group_stats: true,
+            ..RouterConfig::default()
+        },
+    )?;
+    dpg.install(&fixtures::plan("sc0", 1).compile()?, false)?;
     let floor = ReferenceProgram::load(&reference_object(), "ref_floor")?;
     let mut fwd = ReferenceProgram::load(&reference_object(), "ref_forwarder")?;
 
@@ -344,12 +354,25 @@ fn bench(rounds: usize) -> Result<String> {
             packet: frame(L3::V4, None, 40000, 5683, &unrouted),
             want: action::PASS,
         },
+        Case {
+            name: "router + group telemetry: MQTT-SN v4 publish",
+            prog: Prog::RouterGroups,
+            packet: frame(L3::V4, None, 40000, 1884, &m),
+            want: action::REDIRECT,
+        },
+        Case {
+            name: "router + group telemetry: CoAP v4 publish",
+            prog: Prog::RouterGroups,
+            packet: frame(L3::V4, None, 40000, 5683, &c),
+            want: action::REDIRECT,
+        },
     ];
     let run = |case: &Case, repeat: u32| -> Result<(u32, Duration)> {
         let r = match case.prog {
             Prog::Floor => floor.test_run(&case.packet, repeat)?,
             Prog::Forwarder => fwd.test_run(&case.packet, repeat)?,
             Prog::Router => dp.test_run(&case.packet, repeat)?,
+            Prog::RouterGroups => dpg.test_run(&case.packet, repeat)?,
         };
         Ok((r.action, r.duration))
     };
