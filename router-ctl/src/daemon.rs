@@ -4,16 +4,18 @@
 //! names interfaces and nothing is pinned) and resumes at the installed
 //! generation. Every tick it installs the plan file if it holds a newer
 //! generation, reads the (topic, device group) counters and adds the
-//! differences to the current history bucket; a bucket is written to the
-//! history store when the next one begins, together with the counter
-//! readings it accounts for, so a daemon killed at any moment and started
-//! again neither loses nor double-counts a packet. SIGTERM and SIGINT end it
+//! differences to the current history bucket; when the next bucket begins
+//! the finished one is handed to a writer thread, which commits it to the
+//! history store together with the counter readings it accounts for, so a
+//! daemon killed at any moment and started again neither loses nor
+//! double-counts a packet. SIGTERM and SIGINT end it
 //! after writing the open bucket; the data plane keeps forwarding unless
 //! `daemon.detach_on_exit` says otherwise.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -40,11 +42,16 @@ fn now_unix() -> u64 {
 pub struct Daemon {
     cfg: DaemonConfig,
     dp: Dataplane,
-    history: History,
+    /// The history's writer thread (see [`Writer`]).
+    writer: Writer,
+    /// Bucket length, seconds.
+    bucket_secs: u64,
     /// The installed plan, when known (names for telemetry).
     plan: Option<CompiledPlan>,
     /// Every topic name seen in a plan, by key (slots outlive plans).
-    names: HashMap<TopicKey, String>,
+    /// Shared with the writer thread; copied on write when a plan adds
+    /// names while a bucket is being written.
+    names: Arc<HashMap<TopicKey, String>>,
     /// Plan file identity when last looked at (mtime, length).
     plan_seen: Option<(SystemTime, u64)>,
     /// Counter readings the history accounts for: (slot, group) → packets.
@@ -127,12 +134,14 @@ impl Daemon {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        let bucket_secs = history.settings().bucket.as_secs();
         let mut daemon = Daemon {
             cfg,
             dp,
-            history,
+            writer: Writer::start(history)?,
+            bucket_secs,
             plan: None,
-            names: HashMap::new(),
+            names: Arc::new(HashMap::new()),
             plan_seen: None,
             baseline,
             open: None,
@@ -160,8 +169,9 @@ impl Daemon {
     }
 
     fn learn(&mut self, plan: &CompiledPlan) {
+        let names = Arc::make_mut(&mut self.names);
         for (name, key) in plan.topics.iter().zip(&plan.name_keys) {
-            self.names.insert(*key, name.clone());
+            names.insert(*key, name.clone());
         }
     }
 
@@ -216,7 +226,7 @@ impl Daemon {
         let t = Instant::now();
         let counters = self.dp.group_counters()?;
         report.counters = counters.len();
-        let bucket = self.history.bucket_of(now);
+        let bucket = now - now % self.bucket_secs;
         let mut flushed_in = Duration::ZERO;
         if let Some((start, _)) = &self.open
             && *start != bucket
@@ -249,8 +259,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Writes the open bucket (with the readings it accounts for), naming
-    /// topics and groups as the installed plan does.
+    /// Hands the open bucket (with the readings it accounts for) to the
+    /// writer thread, which names topics and groups and commits it.
     fn flush(&mut self, now: u64) -> Result<()> {
         let Some((start, cells)) = self.open.take() else {
             return Ok(());
@@ -261,38 +271,26 @@ impl Daemon {
             .into_iter()
             .map(|(k, s)| (s, k))
             .collect();
-        // Topics the plans never named (slots of keys seen only in the
-        // kernel) are written under their key.
-        let mut unnamed: FxHashMap<u32, String> = FxHashMap::default();
-        for (slot, _) in cells.keys() {
-            let named = slots.get(slot).is_some_and(|k| self.names.contains_key(k));
-            if !named {
-                unnamed
-                    .entry(*slot)
-                    .or_insert_with(|| match slots.get(slot) {
-                        Some(key) => format!("key:{:016x}", key.hash),
-                        None => format!("slot:{slot}"),
-                    });
-            }
-        }
-        let Daemon {
-            history,
-            names,
-            plan,
-            baseline,
-            ..
-        } = self;
-        let rows = cells.iter().map(|((slot, group), n)| {
-            let topic = match slots.get(slot).and_then(|k| names.get(k)) {
-                Some(name) => name.as_str(),
-                None => unnamed[slot].as_str(),
-            };
-            let group = plan.as_ref().map_or("unknown", |p| p.group_name(*group));
-            (start, topic, group, *n)
-        });
-        let baseline: BTreeMap<(u32, u32), u64> = baseline.iter().map(|(k, v)| (*k, *v)).collect();
-        history.add_with_baseline(rows, now, Some(&baseline))?;
-        Ok(())
+        self.writer.send(Job::Bucket {
+            start,
+            now,
+            cells,
+            baseline: self.baseline.clone(),
+            slots,
+            names: self.names.clone(),
+            groups: Arc::new(
+                self.plan
+                    .as_ref()
+                    .map(|p| p.groups.clone())
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// Waits until every bucket handed over so far is committed; returns
+    /// how long the last commit took.
+    pub fn wait_written(&self) -> Result<Duration> {
+        self.writer.barrier()
     }
 
     /// One pass of the control loop.
@@ -318,6 +316,7 @@ impl Daemon {
     /// Writes the open bucket; detaches if configured to.
     pub fn shutdown(mut self) -> Result<()> {
         self.flush(now_unix())?;
+        self.writer.finish()?;
         if self.cfg.daemon.detach_on_exit {
             let removed = Dataplane::detach(&self.cfg.dataplane.pin_root)?;
             info!(pins = removed.len(), "data plane detached");
@@ -326,6 +325,169 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Work for the writer thread.
+enum Job {
+    Bucket {
+        start: u64,
+        now: u64,
+        cells: Bucket,
+        baseline: FxHashMap<(u32, u32), u64>,
+        slots: FxHashMap<u32, TopicKey>,
+        names: Arc<HashMap<TopicKey, String>>,
+        groups: Arc<Vec<String>>,
+    },
+    /// Reply once everything before it is committed.
+    Barrier(mpsc::Sender<Duration>),
+}
+
+/// The thread that owns the history store. Writing a bucket of 100k rows
+/// takes longer than a tick may; the tick hands the bucket over by value
+/// and goes on. Buckets are committed in order, each with the counter
+/// readings it accounts for, so a crash loses at most what was not yet
+/// committed and a restarted daemon counts it again from the kernel.
+struct Writer {
+    tx: Option<mpsc::SyncSender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// The first error the thread met (it stops writing after one).
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Writer {
+    fn start(mut history: History) -> Result<Writer> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(4);
+        let failed = Arc::new(Mutex::new(None));
+        let failed2 = failed.clone();
+        let handle = std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || {
+                let mut last = Duration::ZERO;
+                for job in rx {
+                    match job {
+                        Job::Barrier(reply) => {
+                            let _ = reply.send(last);
+                        }
+                        Job::Bucket { .. } if failed2.lock().is_ok_and(|f| f.is_some()) => {}
+                        Job::Bucket {
+                            start,
+                            now,
+                            cells,
+                            baseline,
+                            slots,
+                            names,
+                            groups,
+                        } => {
+                            let t = Instant::now();
+                            if let Err(e) = write_bucket(
+                                &mut history,
+                                start,
+                                now,
+                                &cells,
+                                &baseline,
+                                &slots,
+                                &names,
+                                &groups,
+                            ) {
+                                error!("history write failed: {e:#}");
+                                if let Ok(mut f) = failed2.lock() {
+                                    *f = Some(format!("{e:#}"));
+                                }
+                            }
+                            last = t.elapsed();
+                        }
+                    }
+                }
+            })?;
+        Ok(Writer {
+            tx: Some(tx),
+            handle: Some(handle),
+            failed,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failed.lock().ok().and_then(|f| f.clone()) {
+            Some(e) => bail!("history writer stopped: {e}"),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.check()?;
+        self.tx
+            .as_ref()
+            .context("history writer finished")?
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("history writer thread is gone"))
+    }
+
+    fn barrier(&self) -> Result<Duration> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Barrier(tx))?;
+        let d = rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("history writer thread is gone"))?;
+        self.check()?;
+        Ok(d)
+    }
+
+    /// Commits what is queued and stops the thread.
+    fn finish(&mut self) -> Result<()> {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("history writer panicked"))?;
+        }
+        self.check()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Names a bucket's cells and commits them with their baseline.
+#[allow(clippy::too_many_arguments)]
+fn write_bucket(
+    history: &mut History,
+    start: u64,
+    now: u64,
+    cells: &Bucket,
+    baseline: &FxHashMap<(u32, u32), u64>,
+    slots: &FxHashMap<u32, TopicKey>,
+    names: &HashMap<TopicKey, String>,
+    groups: &[String],
+) -> Result<()> {
+    // Topics no plan named (slots of keys seen only in the kernel) are
+    // written under their key.
+    let mut unnamed: FxHashMap<u32, String> = FxHashMap::default();
+    for (slot, _) in cells.keys() {
+        if !slots.get(slot).is_some_and(|k| names.contains_key(k)) {
+            unnamed
+                .entry(*slot)
+                .or_insert_with(|| match slots.get(slot) {
+                    Some(key) => format!("key:{:016x}", key.hash),
+                    None => format!("slot:{slot}"),
+                });
+        }
+    }
+    let rows = cells.iter().map(|((slot, group), n)| {
+        let topic = match slots.get(slot).and_then(|k| names.get(k)) {
+            Some(name) => name.as_str(),
+            None => unnamed[slot].as_str(),
+        };
+        let group = match *group {
+            0 => "unknown",
+            g => groups.get(g as usize - 1).map_or("unknown", |s| s.as_str()),
+        };
+        (start, topic, group, *n)
+    });
+    let baseline: BTreeMap<(u32, u32), u64> = baseline.iter().map(|(k, v)| (*k, *v)).collect();
+    history.add_with_baseline(rows, now, Some(&baseline))?;
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
