@@ -8,6 +8,8 @@ use crate::{build, setup};
 pub fn run() -> Result<()> {
     setup::ensure()?;
     let objects = build::build_ebpf()?;
+    // The demo runs the real daemon binary.
+    build::cargo(&["build", "--quiet", "--release", "-p", "router-ctl"], &[])?;
     build::cargo(
         &[
             "run",

@@ -36,6 +36,8 @@ enum Proto {
 /// A simulated device: what it publishes and how.
 struct Device {
     name: &'static str,
+    /// Device group the telemetry counts it under.
+    group: &'static str,
     topic: &'static str,
     proto: Proto,
     v6: bool,
@@ -44,36 +46,42 @@ struct Device {
 const DEVICES: &[Device] = &[
     Device {
         name: "thermo-a1",
+        group: "hall-a-thermo",
         topic: "temp/hall-a",
         proto: Proto::MqttSn,
         v6: false,
     },
     Device {
         name: "thermo-a2",
+        group: "hall-a-thermo",
         topic: "temp/hall-a",
         proto: Proto::Coap,
         v6: true,
     },
     Device {
         name: "thermo-b1",
+        group: "hall-b-thermo",
         topic: "temp/hall-b",
         proto: Proto::MqttSn,
         v6: true,
     },
     Device {
         name: "anemo-r1",
+        group: "roof-sensors",
         topic: "wind/roof",
         proto: Proto::Coap,
         v6: false,
     },
     Device {
         name: "alarm-r2",
+        group: "roof-sensors",
         topic: "al",
         proto: Proto::MqttSn,
         v6: false,
     },
     Device {
         name: "hygro-c1",
+        group: "cellar",
         topic: "hum/cellar",
         proto: Proto::Coap,
         v6: false,
@@ -85,9 +93,33 @@ const PREDEFINED: &[(&str, u16)] = &[("temp/hall-a", 11), ("temp/hall-b", 12)];
 
 const SUBSCRIBERS: &[&str] = &["hall-a", "hall-b", "roof"];
 
-fn plan(generation: u64, shards: &[LabShard], topics: &[(&str, &[u32])]) -> String {
+fn plan(
+    generation: u64,
+    shards: &[LabShard],
+    topics: &[(&str, &[u32])],
+    sources: &[(IpAddr, IpAddr)],
+) -> String {
     let mut doc: serde_json::Value =
         serde_json::from_str(&Lab::plan_json(generation, shards, topics)).expect("lab plan");
+    // Each device, by both its addresses, in its group (shard membership:
+    // the shard of the subscriber nearest it).
+    let mut devices = Vec::new();
+    for (d, (v4, v6)) in DEVICES.iter().zip(sources) {
+        let shard = match d.group {
+            "hall-a-thermo" => 1,
+            "hall-b-thermo" => 2,
+            _ => 3,
+        };
+        for (suffix, a) in [("v4", v4), ("v6", v6)] {
+            devices.push(serde_json::json!({
+                "id": format!("{}-{suffix}", d.name),
+                "address": a.to_string(),
+                "shard": shard,
+                "group": d.group,
+            }));
+        }
+    }
+    doc["devices"] = devices.into();
     for t in doc["topics"].as_array_mut().expect("topics") {
         let name = t["name"].as_str().expect("name").to_string();
         if let Some((_, id)) = PREDEFINED.iter().find(|(n, _)| *n == name) {
@@ -220,6 +252,91 @@ fn expected(k: usize, topics: &[(&str, &[u32])]) -> Tally {
     t
 }
 
+/// `router-ctl daemon` running in the router namespace, fed plans through
+/// its plan file.
+struct Daemon {
+    child: integration_tests::Child,
+    config: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(lab: &Lab) -> Result<Daemon> {
+        let dir = lab.state_dir().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("shardcast.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dataplane]\npin_root = {:?}\ngroup_stats = true\n\n[daemon]\ntick = \"100ms\"\nplan = {:?}\nstate_dir = {:?}\n\n[history]\nbucket = \"10s\"\n",
+                lab.pin_root(),
+                dir.join("plan.in.json"),
+                dir.join("daemon"),
+            ),
+        )?;
+        let child = std::process::Command::new(integration_tests::ctl_binary())
+            .args(["--netns", &lab.router.name, "daemon", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("starting router-ctl daemon")?;
+        println!(
+            "  daemon: router-ctl daemon (pid {}) adopts the data plane",
+            child.id()
+        );
+        Ok(Daemon {
+            child: integration_tests::Child { child },
+            config,
+        })
+    }
+
+    /// Writes the plan file and waits for the daemon to install it.
+    fn offer(&mut self, lab: &Lab, plan: &str, generation: u64) -> Result<()> {
+        let p = lab.state_dir().join("plan.in.json");
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, plan)?;
+        std::fs::rename(&tmp, &p)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lab.generation().unwrap_or(0) < generation {
+            if let Some(status) = self.child.child.try_wait()? {
+                anyhow::bail!("the daemon exited ({status})");
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not install generation {generation}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (the daemon writes its open bucket and exits, leaving the
+    /// data plane forwarding), then `router-ctl history export`, summed
+    /// per (topic, group).
+    fn stop_and_export(mut self, lab: &Lab) -> Result<BTreeMap<(String, String), u64>> {
+        // Let a tick read the last counters.
+        std::thread::sleep(Duration::from_millis(300));
+        integration_tests::sh("kill", &["-TERM", &self.child.pid().to_string()])?;
+        let status = self.child.child.wait()?;
+        anyhow::ensure!(status.success(), "daemon exit: {status}");
+        anyhow::ensure!(lab.generation()? == 2, "the data plane outlives the daemon");
+        let out = std::process::Command::new(integration_tests::ctl_binary())
+            .args(["history", "--config"])
+            .arg(&self.config)
+            .arg("export")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "history export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut sums = BTreeMap::new();
+        for r in router_ctl::history::parse_csv(&String::from_utf8(out.stdout)?)? {
+            *sums.entry((r.topic, r.group)).or_default() += r.count;
+        }
+        Ok(sums)
+    }
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(true) => ExitCode::SUCCESS,
@@ -242,6 +359,7 @@ fn run() -> Result<bool> {
         .collect::<Result<_>>()?;
     lab.attach()?;
     let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
+    let mut daemon = Daemon::start(&lab)?;
 
     let mut names: BTreeMap<TopicKey, &'static str> = BTreeMap::new();
     for d in DEVICES {
@@ -306,7 +424,11 @@ fn run() -> Result<bool> {
     let mut all_ok = true;
     for (i, (title, topics)) in plans.iter().enumerate() {
         let generation = i as u64 + 1;
-        lab.apply(&plan(generation, &shards, topics))?;
+        daemon.offer(
+            &lab,
+            &plan(generation, &shards, topics, &sources),
+            generation,
+        )?;
         let before = lab.counters()?;
         let got = round(&lab, &shards, &sources, &names, generation)?;
         let after = lab.counters()?;
@@ -356,6 +478,49 @@ fn run() -> Result<bool> {
             }
         }
     }
+    let history = daemon.stop_and_export(&lab)?;
+    println!();
+    println!("== telemetry: the daemon's history, publishes per topic × device group ==");
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (title, topics) in &plans {
+        let _ = title;
+        for d in DEVICES {
+            if topics.iter().any(|(t, _)| *t == d.topic) {
+                *want
+                    .entry((d.topic.to_string(), d.group.to_string()))
+                    .or_default() += PER_DEVICE as u64;
+            }
+        }
+    }
+    let keys: BTreeSet<_> = history.keys().chain(want.keys()).collect();
+    let mut history_ok = true;
+    for k in keys {
+        let (have, w) = (
+            history.get(k).copied().unwrap_or(0),
+            want.get(k).copied().unwrap_or(0),
+        );
+        history_ok &= have == w;
+        println!(
+            "    {:<12} {:<14} {:>4}{}",
+            k.0,
+            k.1,
+            have,
+            if have == w {
+                String::new()
+            } else {
+                format!("  (published and routed: {w})")
+            }
+        );
+    }
+    println!(
+        "  {}",
+        if history_ok {
+            "every routed publish is in the history under its device's group (unrouted ones are not counted)"
+        } else {
+            "MISMATCH between the history and what was published"
+        }
+    );
+    all_ok &= history_ok;
     lab.detach()?;
     println!();
     println!(
