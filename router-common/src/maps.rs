@@ -138,6 +138,10 @@ pub struct Meta {
     /// that remembers what it wrote to a slot check that nobody else has
     /// written since, before it updates the slot in place.
     pub slot_generation: [u64; 2],
+    /// Counter slots in use lie below this index (slots are handed out
+    /// from the bottom), so a control plane reads only that much of
+    /// `SC_SLOTS`.
+    pub slot_high_water: u64,
 }
 
 /// A route: the shards (indices into the shard table) that subscribe to a
@@ -221,7 +225,7 @@ mod tests {
         assert_eq!(size_of::<Config>(), 2 + 2 + 4 + PREFIX_MAX + 4 + 4);
         assert_eq!(size_of::<DeviceAddr>(), 16);
         assert_eq!(size_of::<GroupStatKey>(), 8);
-        assert_eq!(size_of::<Meta>(), 40);
+        assert_eq!(size_of::<Meta>(), 48);
         assert_eq!(
             size_of::<Route>(),
             4 + 2 + 2 + 2 * MAX_ROUTE_SHARDS + size_of::<Shard>()

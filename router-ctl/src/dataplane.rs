@@ -127,6 +127,41 @@ fn batch_err(name: &'static str, e: std::io::Error) -> DataplaneError {
     DataplaneError::Batch { name, source: e }
 }
 
+/// A fresh, empty inner routes map (same shape as the template).
+fn create_routes_map() -> Result<MapData> {
+    MapData::create(
+        aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
+            size_of::<TopicKey>() as u32,
+            size_of::<Route>() as u32,
+            MAX_ROUTES,
+            ROUTES_MAP_FLAGS,
+        ),
+        "sc_routes",
+        None,
+    )
+    .map_err(map_err(names::ROUTES))
+}
+
+/// Logs how long each phase of an install took (`RUST_LOG=router_ctl=debug`).
+struct Phases {
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(phase, elapsed = ?(now - self.last), "install");
+        self.last = now;
+    }
+}
+
 /// An IP address as `SC_DEVICES` keys it.
 fn device_addr(a: std::net::IpAddr) -> DeviceAddr {
     match a {
@@ -284,7 +319,6 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
-    slots: HashMap<MapData, TopicKey, u32>,
     devices: HashMap<MapData, DeviceAddr, u32>,
     /// Second handles on maps read or written in batches (see `batch`),
     /// which need the raw descriptor the typed maps keep to themselves.
@@ -503,8 +537,8 @@ impl Dataplane {
         let (devices, raw_devices) = take_raw(&mut ebpf, names::DEVICES, p)?;
         let (_, raw_group_stats): (PerCpuHashMap<MapData, GroupStatKey, Counter>, _) =
             take_raw(&mut ebpf, names::GROUP_STATS, p)?;
-        let (_, raw_slots): (HashMap<MapData, TopicKey, u32>, _) =
-            take_raw(&mut ebpf, names::SLOTS, p)?;
+        // SC_SLOTS: counter slot → topic name key (hash 0: free).
+        let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
@@ -515,14 +549,6 @@ impl Dataplane {
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
-            slots: HashMap::try_from(
-                Map::from_map_data(
-                    MapData::from_id(raw_slots.info().map_err(map_err(names::SLOTS))?.id())
-                        .map_err(map_err(names::SLOTS))?,
-                )
-                .map_err(map_err(names::SLOTS))?,
-            )
-            .map_err(map_err(names::SLOTS))?,
             devices,
             raw_devices,
             raw_slots,
@@ -561,9 +587,12 @@ impl Dataplane {
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
-            slots: open_pinned(&pins, names::SLOTS)?,
             devices: open_pinned(&pins, names::DEVICES)?,
-            raw_slots: MapData::from_pin(pins.map(names::SLOTS)).map_err(map_err(names::SLOTS))?,
+            raw_slots: {
+                // Checks the pin's type and sizes first.
+                let _: Array<MapData, TopicKey> = open_pinned(&pins, names::SLOTS)?;
+                MapData::from_pin(pins.map(names::SLOTS)).map_err(map_err(names::SLOTS))?
+            },
             raw_devices: MapData::from_pin(pins.map(names::DEVICES))
                 .map_err(map_err(names::DEVICES))?,
             raw_group_stats: MapData::from_pin(pins.map(names::GROUP_STATS))
@@ -786,7 +815,7 @@ impl Dataplane {
                         Some(s) => s,
                         None => {
                             let (old, s) = reclaimable.next().ok_or(DataplaneError::SlotsFull)?;
-                            self.slots.remove(&old).map_err(map_err(names::SLOTS))?;
+                            let _ = old;
                             self.topic_stats
                                 .set(
                                     s,
@@ -805,7 +834,10 @@ impl Dataplane {
             };
             out.push(slot);
         }
-        batch::update(self.raw_slots.fd().as_fd(), &new_keys, &new_slots)
+        // SC_SLOTS is an array slot → key (a reclaimed slot is simply
+        // overwritten): array writes need no allocation, ten times cheaper
+        // than hash inserts for a plan of new topics.
+        batch::update(self.raw_slots.fd().as_fd(), &new_slots, &new_keys)
             .map_err(|e| batch_err(names::SLOTS, e))?;
         self.pending_slots = Some(current);
         Ok(out)
@@ -829,6 +861,7 @@ impl Dataplane {
     /// for the protocol). `force` allows a generation that is not newer.
     pub fn install(&mut self, plan: &CompiledPlan, force: bool) -> Result<InstallReport> {
         let started = std::time::Instant::now();
+        let mut ph = Phases::new();
         let installed = self.meta()?;
         if !force && installed.generation != 0 && plan.generation <= installed.generation {
             return Err(DataplaneError::StaleGeneration {
@@ -868,26 +901,7 @@ impl Dataplane {
                 id: s.id,
             });
         }
-        let t_slots = std::time::Instant::now();
-        let slots = self.assign_slots(plan)?;
-        tracing::debug!(elapsed = ?t_slots.elapsed(), "slots assigned");
-        let mut entries: StdHashMap<TopicKey, Route> = StdHashMap::default();
-        entries.reserve(plan.routes.len());
-        for r in &plan.routes {
-            let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
-            shards[..r.shards.len()].copy_from_slice(&r.shards);
-            entries.insert(
-                r.key,
-                Route {
-                    stats_slot: slots[r.topic],
-                    shard_count: r.shards.len() as u16,
-                    _pad: 0,
-                    shards,
-                    first: shard_values[r.shards[0] as usize],
-                },
-            );
-        }
-
+        ph.mark("egress and shards resolved");
         let old = self.active_slot()? & 1;
         let new = old ^ 1;
         // What the idle slot holds, if this process wrote it and nobody has
@@ -897,46 +911,89 @@ impl Dataplane {
             && self.written[new as usize]
                 .as_ref()
                 .is_some_and(|w| installed.slot_generation[new as usize] == w.generation);
-        let (routes, changed) = if reuse {
-            let w = self.written[new as usize].take().expect("checked above");
-            let (mut keys, mut values) = (Vec::new(), Vec::new());
-            for (k, v) in &entries {
-                if w.entries.get(k) != Some(v) {
-                    keys.push(*k);
-                    values.push(*v);
-                }
+        let incremental = self.incremental;
+        let (routes, changed, empty, entries) = std::thread::scope(|scope| -> Result<_> {
+            // Creating a route map allocates and clears its bucket array
+            // (tens of ms at this capacity): done on the other core while
+            // this one assigns counter slots. The empty map replaces the
+            // old generation afterwards in full mode.
+            let fresh = (!reuse).then(|| scope.spawn(create_routes_map));
+            let empty = (!incremental).then(|| scope.spawn(create_routes_map));
+            let slots = self.assign_slots(plan)?;
+            ph.mark("counter slots assigned");
+            let mut keys = Vec::with_capacity(plan.routes.len());
+            let mut values = Vec::with_capacity(plan.routes.len());
+            for r in &plan.routes {
+                let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
+                shards[..r.shards.len()].copy_from_slice(&r.shards);
+                keys.push(r.key);
+                values.push(Route {
+                    stats_slot: slots[r.topic],
+                    shard_count: r.shards.len() as u16,
+                    _pad: 0,
+                    shards,
+                    first: shard_values[r.shards[0] as usize],
+                });
             }
-            let gone: Vec<TopicKey> = w
-                .entries
-                .keys()
-                .filter(|k| !entries.contains_key(k))
-                .copied()
-                .collect();
-            batch::update(w.map.fd().as_fd(), &keys, &values)
-                .map_err(|e| batch_err(names::ROUTES, e))?;
-            batch::delete(w.map.fd().as_fd(), &gone).map_err(|e| batch_err(names::ROUTES, e))?;
-            (w.map, keys.len() + gone.len())
-        } else {
-            let data = MapData::create(
-                aya_obj::Map::new_from_params(
-                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
-                    size_of::<TopicKey>() as u32,
-                    size_of::<Route>() as u32,
-                    MAX_ROUTES,
-                    ROUTES_MAP_FLAGS,
-                ),
-                "sc_routes",
-                None,
-            )
-            .map_err(map_err(names::ROUTES))?;
-            let (keys, values): (Vec<TopicKey>, Vec<Route>) =
-                entries.iter().map(|(k, v)| (*k, *v)).unzip();
-            let t_b = std::time::Instant::now();
-            batch::update(data.fd().as_fd(), &keys, &values)
-                .map_err(|e| batch_err(names::ROUTES, e))?;
-            tracing::debug!(elapsed = ?t_b.elapsed(), n = keys.len(), "routes written");
-            (data, entries.len())
-        };
+            // The daemon keeps what it wrote, to diff the next plan against.
+            let entries: Option<StdHashMap<TopicKey, Route>> =
+                incremental.then(|| keys.iter().copied().zip(values.iter().copied()).collect());
+            ph.mark("route values built");
+            let (routes, changed) = if reuse {
+                let w = self.written[new as usize].take().expect("checked above");
+                let now = entries.as_ref().expect("incremental");
+                let (mut ck, mut cv) = (Vec::new(), Vec::new());
+                for (k, v) in keys.iter().zip(&values) {
+                    if w.entries.get(k) != Some(v) {
+                        ck.push(*k);
+                        cv.push(*v);
+                    }
+                }
+                let gone: Vec<TopicKey> = w
+                    .entries
+                    .keys()
+                    .filter(|k| !now.contains_key(k))
+                    .copied()
+                    .collect();
+                batch::update(w.map.fd().as_fd(), &ck, &cv)
+                    .map_err(|e| batch_err(names::ROUTES, e))?;
+                batch::delete(w.map.fd().as_fd(), &gone)
+                    .map_err(|e| batch_err(names::ROUTES, e))?;
+                (w.map, ck.len() + gone.len())
+            } else {
+                let data = fresh
+                    .expect("spawned when not reusing")
+                    .join()
+                    .map_err(|_| {
+                        DataplaneError::Io(std::io::Error::other("map creation panicked"))
+                    })??;
+                ph.mark("fresh routes map ready");
+                // Two writers, one per core: the kernel locks per bucket.
+                let half = keys.len() / 2;
+                let fd = data.fd().as_fd();
+                let (k1, k2) = keys.split_at(half);
+                let (v1, v2) = values.split_at(half);
+                std::thread::scope(|inner| -> Result<()> {
+                    let other = inner.spawn(move || batch::update(fd, k2, v2));
+                    batch::update(fd, k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
+                    other
+                        .join()
+                        .map_err(|_| {
+                            DataplaneError::Io(std::io::Error::other("route writer panicked"))
+                        })?
+                        .map_err(|e| batch_err(names::ROUTES, e))
+                })?;
+                (data, keys.len())
+            };
+            let empty = match empty {
+                Some(h) => Some(h.join().map_err(|_| {
+                    DataplaneError::Io(std::io::Error::other("map creation panicked"))
+                })??),
+                None => None,
+            };
+            Ok((routes, changed, empty, entries))
+        })?;
+        ph.mark("routes written");
         // The shard table is small; it is rebuilt unless the idle slot
         // already holds exactly these shards.
         let shards_held =
@@ -951,9 +1008,11 @@ impl Dataplane {
             }
             Some(shards)
         };
+        ph.mark("shard table built");
         // Devices first, so that once the generation is visible its devices
         // are counted under their groups.
         self.set_devices(plan)?;
+        ph.mark("devices set");
         let filled = started.elapsed();
 
         // A typed view of the same map, which is what the outer map takes.
@@ -980,23 +1039,28 @@ impl Dataplane {
         }
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
+        ph.mark("slots set and flipped");
         // Grace period: an update of a map-of-maps returns only after an RCU
         // grace period, so when this returns no program runs with `old`.
         self.routes
             .set(new, &view, 0)
             .map_err(map_err(names::ROUTES))?;
+        ph.mark("grace period");
         let mut slot_generation = installed.slot_generation;
         slot_generation[new as usize] = plan.generation;
         if !self.incremental {
             // Free the old generation's routes (the shard table is small
             // and is replaced by the next install).
-            let empty_routes: HashMap<MapData, TopicKey, Route> =
-                HashMap::create(MAX_ROUTES, ROUTES_MAP_FLAGS).map_err(map_err(names::ROUTES))?;
+            let empty = empty.expect("created in full mode");
+            let empty_routes =
+                RoutesMap::try_from(Map::from_map_data(empty).map_err(map_err(names::ROUTES))?)
+                    .map_err(map_err(names::ROUTES))?;
             self.routes
                 .set(old, &empty_routes, 0)
                 .map_err(map_err(names::ROUTES))?;
             slot_generation[old as usize] = 0;
         }
+        ph.mark("old generation freed");
         self.written_shards[new as usize] = Some(shard_values);
         self.meta
             .set(
@@ -1010,6 +1074,13 @@ impl Dataplane {
                         .unwrap_or_default()
                         .as_secs(),
                     slot_generation,
+                    slot_high_water: self
+                        .pending_slots
+                        .as_ref()
+                        .and_then(|t| t.values().max())
+                        .map_or(installed.slot_high_water, |m| {
+                            installed.slot_high_water.max(*m as u64 + 1)
+                        }),
                 },
                 0,
             )
@@ -1017,7 +1088,7 @@ impl Dataplane {
         if let Some(table) = self.pending_slots.take() {
             *self.slot_cache.borrow_mut() = Some((self.meta()?, table));
         }
-        if self.incremental {
+        if let Some(entries) = entries {
             self.written[new as usize] = Some(Written {
                 generation: plan.generation,
                 entries,
@@ -1111,8 +1182,7 @@ impl Dataplane {
             reasons.insert(*r, sum(v));
         }
         let mut topics = BTreeMap::new();
-        for kv in self.slots.iter() {
-            let (k, slot) = kv.map_err(map_err(names::SLOTS))?;
+        for (k, slot) in self.slot_table()? {
             let v = self
                 .topic_stats
                 .get(&slot, 0)
@@ -1174,11 +1244,18 @@ impl Dataplane {
         let meta = self.meta()?;
         let fresh = matches!(&*self.slot_cache.borrow(), Some((m, _)) if *m == meta);
         if !fresh {
-            let table: StdHashMap<TopicKey, u32> =
-                batch::lookup(self.raw_slots.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
-                    .map_err(|e| batch_err(names::SLOTS, e))?
-                    .into_iter()
-                    .collect();
+            let high = (meta.slot_high_water as usize).min(MAX_TOPICS as usize);
+            let table: StdHashMap<TopicKey, u32> = batch::lookup_first(
+                self.raw_slots.fd().as_fd(),
+                1,
+                high,
+                |a: &mut TopicKey, b| *a = *b,
+            )
+            .map_err(|e| batch_err(names::SLOTS, e))?
+            .into_iter()
+            .filter(|(_, k): &(u32, TopicKey)| k.hash != 0)
+            .map(|(s, k)| (k, s))
+            .collect();
             *self.slot_cache.borrow_mut() = Some((meta, table));
         }
         Ok(std::cell::Ref::map(self.slot_cache.borrow(), |c| {

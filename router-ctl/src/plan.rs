@@ -84,6 +84,8 @@ pub enum PlanError {
     },
     #[error("topics {a:?} and {b:?} hash to the same key {key:#018x}; rename one")]
     KeyCollision { a: String, b: String, key: u64 },
+    #[error("topic {0:?} hashes to key 0, which marks a free counter slot; rename it")]
+    ReservedKey(String),
     #[error("device id {0:?} appears more than once")]
     DuplicateDevice(String),
     #[error("device {device:?} names unknown shard {shard}")]
@@ -371,6 +373,9 @@ impl Plan {
                 idx.push(i);
             }
             let name_key = topic_key(t.name.as_bytes());
+            if name_key.hash == 0 {
+                return Err(PlanError::ReservedKey(t.name.clone()));
+            }
             let mut keys = vec![(name_key, t.name.clone())];
             let aliases = t
                 .mqttsn_predefined_id

@@ -63,18 +63,17 @@ static SC_TOPIC_STATS: PerCpuArray<Counter, { MAX_TOPICS as usize }> = PerCpuArr
 #[btf_map]
 static SC_UNROUTED: LruPerCpuHashMap<TopicKey, Counter, { MAX_UNROUTED as usize }> =
     LruPerCpuHashMap::new();
-/// Topic name key → counter slot. Only the control plane reads and writes
-/// it; it lives here so the slot assignment is pinned with the counters it
-/// indexes and outlives any daemon.
 /// Per-CPU scratch for the parsers (see `packet::Scratch`).
 #[btf_map]
 static SC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Per-CPU copy of the CoAP message being parsed (see `packet::Window`).
 #[btf_map]
 static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
+/// Counter slot → topic name key (hash 0: free). Only the control plane
+/// reads and writes it; it lives here so the slot assignment is pinned with
+/// the counters it indexes and outlives any daemon.
 #[btf_map]
-static SC_SLOTS: HashMap<TopicKey, u32, { MAX_TOPICS as usize }, { ROUTES_MAP_FLAGS as usize }> =
-    HashMap::new();
+static SC_SLOTS: Array<TopicKey, { MAX_TOPICS as usize }> = Array::new();
 /// Device source address → device group index (from the plan's devices).
 #[btf_map]
 static SC_DEVICES: HashMap<

@@ -102,6 +102,17 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<()> {
 pub fn lookup<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
     ncpus: usize,
+    add: impl FnMut(&mut V, &V),
+) -> std::io::Result<Vec<(K, V)>> {
+    lookup_first(map, ncpus, usize::MAX, add)
+}
+
+/// [`lookup`], stopping after `limit` elements (for an array: the first
+/// `limit` indices).
+pub fn lookup_first<K: Pod + Default, V: Pod + Default>(
+    map: BorrowedFd<'_>,
+    ncpus: usize,
+    limit: usize,
     mut add: impl FnMut(&mut V, &V),
 ) -> std::io::Result<Vec<(K, V)>> {
     if ncpus > 1 {
@@ -115,12 +126,16 @@ pub fn lookup<K: Pod + Default, V: Pod + Default>(
     let mut cursor = [0u64; 1];
     let mut first = true;
     loop {
+        let want = LOOKUP_CHUNK.min(limit - out.len());
+        if want == 0 {
+            return Ok(out);
+        }
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
             out_batch: cursor.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: LOOKUP_CHUNK as u32,
+            count: want as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
