@@ -815,7 +815,8 @@ impl Dataplane {
                         Some(s) => s,
                         None => {
                             let (old, s) = reclaimable.next().ok_or(DataplaneError::SlotsFull)?;
-                            let _ = old;
+                            // The array write below gives the slot its new key.
+                            current.remove(&old);
                             self.topic_stats
                                 .set(
                                     s,

@@ -330,3 +330,94 @@ fn kernel_and_userspace_derive_the_same_coap_topic_keys() {
     assert_eq!(got.len(), names.len(), "one unrouted key per name");
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
+    use router_common::maps::MAX_TOPICS;
+    use router_ctl::plan::{Plan, ShardSpec, TopicSpec};
+    let plan = |generation: u64, names: &mut dyn Iterator<Item = String>| Plan {
+        generation,
+        shards: vec![ShardSpec {
+            id: 1,
+            group_v4: Some("239.9.9.9".into()),
+            group_v6: None,
+            egress: "sc0".into(),
+            port: None,
+            capacity: None,
+        }],
+        devices: vec![],
+        topics: names
+            .map(|name| TopicSpec {
+                name,
+                shards: vec![1],
+                mqttsn_predefined_id: None,
+                mqttsn_registered_ids: vec![],
+            })
+            .collect(),
+    };
+    let ns = lab();
+    ns.run(move || {
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        let n = MAX_TOPICS as usize;
+        let p1 = plan(1, &mut (0..n).map(|i| format!("t/{i}")));
+        dp.install(&p1.compile().unwrap(), false).unwrap();
+        let coap = |topic: &str| {
+            let mut path = vec!["ps", "data"];
+            path.extend(topic.split('/'));
+            frame(
+                L3::V4,
+                None,
+                1,
+                fixtures::COAP,
+                &build::coap_request(1, 3, 1, &[], &path, b"v"),
+            )
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                dp.test_run(&coap("t/0"), 1).unwrap().action,
+                action::REDIRECT
+            );
+        }
+        let before = dp.counters().unwrap();
+        let (slot0, c0) = before.topics[&topic_key(b"t/0")];
+        assert_eq!(c0.packets, 3);
+        // The table is full: "fresh" can only have t/0's slot, zeroed.
+        let p2 = plan(
+            2,
+            &mut (1..n)
+                .map(|i| format!("t/{i}"))
+                .chain(["fresh".to_string()]),
+        );
+        dp.install(&p2.compile().unwrap(), false).unwrap();
+        let after = dp.counters().unwrap();
+        assert!(!after.topics.contains_key(&topic_key(b"t/0")));
+        let (slot, c) = after.topics[&topic_key(b"fresh")];
+        assert_eq!(slot, slot0, "the departed topic's slot is reused");
+        assert_eq!(c.packets, 0, "and starts from zero");
+        assert_eq!(
+            dp.test_run(&coap("fresh"), 1).unwrap().action,
+            action::REDIRECT
+        );
+        assert_eq!(
+            dp.counters().unwrap().topics[&topic_key(b"fresh")]
+                .1
+                .packets,
+            1
+        );
+        // One more new topic than free slots: refused, nothing changed.
+        let p3 = plan(
+            3,
+            &mut (1..n)
+                .map(|i| format!("t/{i}"))
+                .chain(["fresh".into(), "x".into(), "y".into()]),
+        );
+        let e = dp.install(&p3.compile().unwrap_or_else(|e| panic!("{e}")), false);
+        assert!(
+            e.is_err(),
+            "a plan with more topics than slots must be refused"
+        );
+        assert_eq!(dp.meta().unwrap().generation, 2);
+    })
+    .unwrap();
+}
