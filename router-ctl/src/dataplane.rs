@@ -17,12 +17,13 @@
 //! 3. flips `SC_ACTIVE` to that slot (one 4-byte write: a packet reads it
 //!    once and routes wholly by that slot; a route carries its first
 //!    shard's data, so the fast path makes a single lookup in it);
-//! 4. rewrites the new slot once more: an update of a map-of-maps returns only
-//!    after an RCU grace period (`synchronize_rcu` in the kernel), so when it
-//!    returns no program still runs with the old slot;
-//! 5. in full mode, replaces the old slot's routes with an empty map to free
-//!    its memory; in incremental mode keeps it, to be brought up to date
-//!    by the next install.
+//! 4. waits an RCU grace period, so that when `install` returns no program
+//!    still runs with the old map: an update of a map-of-maps returns only
+//!    after one (`synchronize_rcu` in the kernel). In full mode that update
+//!    points the old slot at the new map as well (a packet holding the old
+//!    parity then finds one generation or the other, never a mix) and so
+//!    frees the old map; in incremental mode the new slot is rewritten and
+//!    the old map kept, to be brought up to date by the next install.
 //!
 //! A failure before step 3 leaves the installed generation untouched.
 
@@ -913,13 +914,11 @@ impl Dataplane {
                 .as_ref()
                 .is_some_and(|w| installed.slot_generation[new as usize] == w.generation);
         let incremental = self.incremental;
-        let (routes, changed, empty, entries) = std::thread::scope(|scope| -> Result<_> {
+        let (routes, changed, entries) = std::thread::scope(|scope| -> Result<_> {
             // Creating a route map allocates and clears its bucket array
             // (tens of ms at this capacity): done on the other core while
-            // this one assigns counter slots. The empty map replaces the
-            // old generation afterwards in full mode.
+            // this one assigns counter slots.
             let fresh = (!reuse).then(|| scope.spawn(create_routes_map));
-            let empty = (!incremental).then(|| scope.spawn(create_routes_map));
             let slots = self.assign_slots(plan)?;
             ph.mark("counter slots assigned");
             let mut keys = Vec::with_capacity(plan.routes.len());
@@ -986,13 +985,7 @@ impl Dataplane {
                 })?;
                 (data, keys.len())
             };
-            let empty = match empty {
-                Some(h) => Some(h.join().map_err(|_| {
-                    DataplaneError::Io(std::io::Error::other("map creation panicked"))
-                })??),
-                None => None,
-            };
-            Ok((routes, changed, empty, entries))
+            Ok((routes, changed, entries))
         })?;
         ph.mark("routes written");
         // The shard table is small; it is rebuilt unless the idle slot
@@ -1028,40 +1021,51 @@ impl Dataplane {
         // Each update of an outer map waits an RCU grace period (several
         // ms), so only what changed is written: an updated-in-place routes
         // map is already in its slot.
-        if !reuse {
-            self.routes
-                .set(new, &view, 0)
-                .map_err(map_err(names::ROUTES))?;
-        }
-        if let Some(shards) = &shards {
-            self.shards
-                .set(new, shards, 0)
-                .map_err(map_err(names::SHARDS))?;
-        }
+        // The two outer maps are updated from two threads: each update
+        // waits for a grace period, and waits that overlap share one.
+        let (routes_outer, shards_outer) = (&mut self.routes, &mut self.shards);
+        std::thread::scope(|scope| -> Result<()> {
+            let routes_set = (!reuse).then(|| {
+                let view = &view;
+                scope.spawn(move || routes_outer.set(new, view, 0))
+            });
+            if let Some(shards) = &shards {
+                shards_outer
+                    .set(new, shards, 0)
+                    .map_err(map_err(names::SHARDS))?;
+            }
+            if let Some(h) = routes_set {
+                h.join()
+                    .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
+                    .map_err(map_err(names::ROUTES))?;
+            }
+            Ok(())
+        })?;
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
         ph.mark("slots set and flipped");
-        // Grace period: an update of a map-of-maps returns only after an RCU
-        // grace period, so when this returns no program runs with `old`.
-        self.routes
-            .set(new, &view, 0)
-            .map_err(map_err(names::ROUTES))?;
-        ph.mark("grace period");
         let mut slot_generation = installed.slot_generation;
         slot_generation[new as usize] = plan.generation;
-        if !self.incremental {
-            // Free the old generation's routes (the shard table is small
-            // and is replaced by the next install).
-            let empty = empty.expect("created in full mode");
-            let empty_routes =
-                RoutesMap::try_from(Map::from_map_data(empty).map_err(map_err(names::ROUTES))?)
-                    .map_err(map_err(names::ROUTES))?;
+        if self.incremental {
+            // Grace period: an update of a map-of-maps returns only after an
+            // RCU grace period, so when this returns no program runs with
+            // the old slot, which the next install updates in place.
             self.routes
-                .set(old, &empty_routes, 0)
+                .set(new, &view, 0)
                 .map_err(map_err(names::ROUTES))?;
-            slot_generation[old as usize] = 0;
+        } else {
+            // Point the old slot at the new map too. A packet that read the
+            // parity before the flip then finds either the old map (if it got
+            // there first) or the new one: one generation either way. The
+            // update's own grace period means that when it returns no
+            // program uses the old map, which is freed: one grace period
+            // does both jobs.
+            self.routes
+                .set(old, &view, 0)
+                .map_err(map_err(names::ROUTES))?;
+            slot_generation[old as usize] = plan.generation;
         }
-        ph.mark("old generation freed");
+        ph.mark("grace period");
         self.written_shards[new as usize] = Some(shard_values);
         self.meta
             .set(
