@@ -416,7 +416,11 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
     integration_tests::sh("kill", &["-TERM", &d.pid().to_string()]).unwrap();
     let status = d.child.wait().unwrap();
     assert!(status.success(), "daemon exit: {status}");
-    assert!(log.try_iter().any(|l| l.contains("keeps forwarding")));
+    // The reader thread ends at the daemon's EOF: read to the end.
+    assert!(
+        log.iter().any(|l| l.contains("keeps forwarding")),
+        "the daemon said it leaves the data plane forwarding"
+    );
     assert_eq!(lab.generation().unwrap(), 1, "data plane still installed");
 
     let out = Command::new(ctl_binary())
