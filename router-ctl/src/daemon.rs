@@ -225,6 +225,7 @@ impl Daemon {
     fn collect(&mut self, now: u64, report: &mut TickReport) -> Result<()> {
         let t = Instant::now();
         let counters = self.dp.group_counters()?;
+        tracing::debug!(elapsed = ?t.elapsed(), n = counters.len(), "counters read");
         report.counters = counters.len();
         let bucket = now - now % self.bucket_secs;
         let mut flushed_in = Duration::ZERO;

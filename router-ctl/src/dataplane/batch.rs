@@ -32,7 +32,7 @@ struct BatchAttr {
 /// small enough that one call never holds the CPU for long.
 const UPDATE_CHUNK: usize = 65_536;
 /// Elements per lookup call.
-const LOOKUP_CHUNK: usize = 16_384;
+const LOOKUP_CHUNK: usize = 65_536;
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
     // SAFETY: `attr` is a valid, initialised `bpf_attr` batch member of the
