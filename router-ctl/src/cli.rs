@@ -79,6 +79,8 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Predict load per topic x device group (docs in `forecast`).
+    Forecast(ForecastArgs),
     /// Telemetry history (counts per bucket, topic and device group).
     History {
         /// The daemon's config names the database and its bucket sizes.
@@ -87,6 +89,25 @@ pub enum Command {
         #[command(subcommand)]
         command: HistoryCommand,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ForecastArgs {
+    /// History CSV (`timestamp,topic,group,count`; unix s or RFC 3339).
+    #[arg(long)]
+    pub history: PathBuf,
+    #[arg(long, default_value = "5m,1h,24h")]
+    pub horizons: String,
+    /// Bucket length of the history.
+    #[arg(long, default_value = "1m")]
+    pub bucket: String,
+    /// Write `topic,group,horizon,timestamp,predicted,lower,upper` here
+    /// (default: stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print per-horizon MASE and sMAPE of each model (rolling origin).
+    #[arg(long)]
+    pub backtest: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -432,6 +453,51 @@ pub fn run(cli: Cli) -> Result<()> {
                     c.topics.len(),
                     c.unrouted.len()
                 );
+            }
+        }
+        Command::Forecast(a) => {
+            use crate::forecast;
+            let bucket = humantime::parse_duration(&a.bucket)
+                .ok()
+                .filter(|d| d.as_secs() > 0 && d.subsec_nanos() == 0)
+                .with_context(|| {
+                    format!("--bucket {:?} is not a whole number of seconds", a.bucket)
+                })?
+                .as_secs();
+            let horizons =
+                forecast::parse_horizons(&a.horizons, bucket).with_context(|| "--horizons")?;
+            let text = std::fs::read_to_string(&a.history)
+                .with_context(|| format!("reading {}", a.history.display()))?;
+            let series = forecast::series_from_csv(&text, bucket)
+                .with_context(|| format!("{} is not usable history", a.history.display()))?;
+            let lm = forecast::forecast_all(&series, &horizons, forecast::daily_season(bucket));
+            match &a.out {
+                Some(p) => {
+                    let tmp = p.with_extension("tmp");
+                    forecast::write_csv(
+                        &lm,
+                        std::io::BufWriter::new(std::fs::File::create(&tmp)?),
+                    )?;
+                    std::fs::rename(&tmp, p)?;
+                }
+                None => forecast::write_csv(&lm, std::io::stdout().lock())?,
+            }
+            let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+            for m in &lm.models {
+                *chosen.entry(m).or_default() += 1;
+            }
+            eprintln!("{} series; models chosen: {chosen:?}", lm.series.len());
+            if a.backtest {
+                eprintln!(
+                    "{:<8} {:<16} {:>8} {:>8}",
+                    "horizon", "model", "MASE", "sMAPE%"
+                );
+                for (j, (h, _)) in lm.horizons.iter().enumerate() {
+                    for r in &lm.backtest[j] {
+                        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+                        eprintln!("{h:<8} {:<16} {:>8} {:>8}", r.model, f(r.mase), f(r.smape));
+                    }
+                }
             }
         }
         Command::Daemon { config } => {

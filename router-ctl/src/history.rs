@@ -387,6 +387,12 @@ impl History {
 /// Timestamps are unix seconds or RFC 3339. All of it or nothing: the first
 /// bad line is reported with its number.
 pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
+    Ok(parse_csv_lines(text)?.into_iter().map(|(_, r)| r).collect())
+}
+
+/// [`parse_csv`], each row with its line number (for later checks that
+/// must name the line, such as ordering).
+pub fn parse_csv_lines(text: &str) -> Result<Vec<(usize, Row)>> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -433,12 +439,15 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
             .trim()
             .parse::<u64>()
             .map_err(|_| bad(format!("count {:?} is not a non-negative integer", f[3])))?;
-        rows.push(Row {
-            ts,
-            topic: topic.to_string(),
-            group: group.to_string(),
-            count,
-        });
+        rows.push((
+            n,
+            Row {
+                ts,
+                topic: topic.to_string(),
+                group: group.to_string(),
+                count,
+            },
+        ));
     }
     Ok(rows)
 }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod forecast;
 pub mod history;
 pub mod netns;
 pub mod plan;

@@ -1,0 +1,87 @@
+//! `router-ctl forecast` as an operator runs it: output shape, and bad input
+//! refused with a non-zero exit and a message naming what is wrong.
+
+use std::process::Command;
+
+use integration_tests::ctl_binary;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ctl_binary())
+        .arg("forecast")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn forecasts_every_series_at_every_horizon_and_refuses_bad_input() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("scfc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Three days of hourly buckets, a daily cycle.
+    let mut csv = String::from("timestamp,topic,group,count\n");
+    for h in 0..72u64 {
+        let c = 20 + (h % 24) * 3;
+        csv.push_str(&format!("{},t/a,g1,{c}\n", 1_790_035_200 + h * 3600));
+        csv.push_str(&format!("{},t/b,g2,{}\n", 1_790_035_200 + h * 3600, c / 2));
+    }
+    let good = dir.join("h.csv");
+    std::fs::write(&good, &csv).unwrap();
+    let g = good.to_str().unwrap();
+    let (ok, out, err) = run(&[
+        "--history",
+        g,
+        "--bucket",
+        "1h",
+        "--horizons",
+        "1h,24h",
+        "--backtest",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "topic,group,horizon,timestamp,predicted,lower,upper"
+    );
+    assert_eq!(lines.len(), 1 + 2 * 2);
+    // The cycle repeats: an hour after the last bucket (hour 72 = hour 0
+    // of the day) the count is ~20 for t/a.
+    let a1h: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(&a1h[..3], ["t/a", "g1", "1h"]);
+    let p: f64 = a1h[4].parse().unwrap();
+    assert!((p - 20.0).abs() < 3.0, "{}", lines[1]);
+    assert!(err.contains("MASE"), "{err}");
+
+    for (args, what) in [
+        (
+            vec![
+                "--history",
+                g,
+                "--bucket",
+                "1h",
+                "--horizons",
+                "1 fortnight",
+            ],
+            "fortnight",
+        ),
+        (
+            vec!["--history", g, "--bucket", "1h", "--horizons", "90m"],
+            "multiple",
+        ),
+        (vec!["--history", "/nonexistent.csv"], "nonexistent"),
+    ] {
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{args:?} accepted");
+        assert!(err.contains(what), "{args:?}: {err}");
+    }
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "1790035200,t,g,1\n1790035230,t,g,1\n").unwrap();
+    let (ok, _, err) = run(&["--history", bad.to_str().unwrap(), "--bucket", "1m"]);
+    assert!(!ok);
+    assert!(err.contains("line 2") && err.contains("grid"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
