@@ -77,13 +77,16 @@ pub struct Config {
     pub prefix: [u8; PREFIX_MAX],
     /// `CONFIG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// With `CONFIG_GROUP_STATS`: count one routed publish in this many
+    /// (chosen at random), weighted by it; 0 or 1 counts every one.
+    pub group_sample: u32,
 }
 
 /// Count routed publishes per (topic, device group) too: one lookup of the
 /// source address in `SC_DEVICES` and one LRU counter update per packet
-/// (about 65 ns, BENCHMARKS.md), for the forecaster's topic × group load.
-/// Off by default (`attach`); the daemon's config turns it on.
+/// (about 65 ns, BENCHMARKS.md), for the forecaster's topic × group load;
+/// [`Config::group_sample`] trades exactness for that cost. Off by default
+/// (`attach`); the daemon's config turns it on.
 pub const CONFIG_GROUP_STATS: u32 = 1;
 
 impl Config {

@@ -156,6 +156,10 @@ pub struct AttachArgs {
     /// turns this on itself when its config asks for group telemetry.
     #[arg(long)]
     pub group_stats: bool,
+    /// With --group-stats: count one publish in N (at random, weighted by
+    /// N), trading exactness for fast-path time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub group_sample: u32,
 }
 
 /// Finds the eBPF object: flag, environment, then beside the binary
@@ -244,6 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     coap_port: a.coap_port,
                     coap_prefix,
                     group_stats: a.group_stats,
+                    group_sample: a.group_sample,
                 },
             };
             Dataplane::attach(&cli.pin_root, &opts)?;

@@ -47,6 +47,7 @@ pub struct DataplaneSection {
     pub coap_port: u16,
     pub coap_prefix: String,
     pub group_stats: bool,
+    pub group_sample: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +94,7 @@ struct RawDataplane {
     coap_port: Option<u16>,
     coap_prefix: Option<String>,
     group_stats: Option<bool>,
+    group_sample: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -203,6 +205,15 @@ impl DaemonConfig {
             coap_port,
             coap_prefix,
             group_stats: d.group_stats.unwrap_or(true),
+            group_sample: match d.group_sample.unwrap_or(1) {
+                n @ 1..=65_536 => n,
+                n => {
+                    return Err(bad(
+                        "dataplane.group_sample",
+                        format!("{n} is not between 1 (count every publish) and 65536"),
+                    ));
+                }
+            },
         };
 
         let m = raw.daemon;
@@ -308,6 +319,7 @@ mod tests {
             ("[dataplane]\ningress = [\"a/b\"]", "dataplane.ingress"),
             ("[dataplane]\negress = [\"eth1\"]", "dataplane.ingress"),
             ("[dataplane]\ncoap_port = 1884", "dataplane.coap_port"),
+            ("[dataplane]\ngroup_sample = 0", "dataplane.group_sample"),
             (
                 "[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"",
                 "dataplane.coap_prefix",

@@ -85,6 +85,7 @@ impl Daemon {
             coap_port: d.coap_port,
             coap_prefix: d.coap_prefix.clone(),
             group_stats: d.group_stats,
+            group_sample: d.group_sample,
         };
         let pinned = PinPaths::new(&d.pin_root).dir().exists();
         let mut dp = if pinned {
@@ -92,6 +93,7 @@ impl Daemon {
             // Ports and prefix stay as attached; telemetry follows the config.
             let mut c = dp.config()?;
             c.group_stats = d.group_stats;
+            c.group_sample = d.group_sample;
             dp.set_config(&c)?;
             dp
         } else if !d.ingress.is_empty() {

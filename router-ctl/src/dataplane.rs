@@ -207,6 +207,8 @@ pub struct RouterConfig {
     /// Count routed publishes per (topic, device group) as well
     /// (`CONFIG_GROUP_STATS`): costs the fast path a lookup or two.
     pub group_stats: bool,
+    /// Count one publish in this many for the group counters (1: all).
+    pub group_sample: u32,
 }
 
 impl Default for RouterConfig {
@@ -216,6 +218,7 @@ impl Default for RouterConfig {
             coap_port: Config::DEFAULT_COAP_PORT,
             coap_prefix: Config::DEFAULT_PREFIX.to_string(),
             group_stats: false,
+            group_sample: 1,
         }
     }
 }
@@ -235,7 +238,7 @@ impl RouterConfig {
             } else {
                 0
             },
-            _pad: 0,
+            group_sample: self.group_sample,
         }
     }
 
@@ -245,6 +248,7 @@ impl RouterConfig {
             coap_port: c.coap_port,
             coap_prefix: String::from_utf8_lossy(c.prefix()).into_owned(),
             group_stats: c.flags & CONFIG_GROUP_STATS != 0,
+            group_sample: c.group_sample.max(1),
         }
     }
 }

@@ -19,7 +19,7 @@ mod packet;
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruPerCpuHashMap, PerCpuArray},
-    helpers::bpf_xdp_adjust_head,
+    helpers::{bpf_get_prandom_u32, bpf_xdp_adjust_head},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -151,7 +151,7 @@ fn count_unrouted(key: &TopicKey, bytes: u64) {
 
 /// Counts a routed publish under (topic slot, its source's device group).
 #[inline(never)]
-fn count_group(ctx: &XdpContext, l3: L3, slot: u32, bytes: u64) {
+fn count_group(ctx: &XdpContext, l3: L3, slot: u32, bytes: u64, weight: u64) {
     let src = match l3 {
         L3::V4 { off, .. } => match ptr_at::<Ipv4Hdr>(ctx, off) {
             // SAFETY: bounds checked by `ptr_at`.
@@ -174,11 +174,15 @@ fn count_group(ctx: &XdpContext, l3: L3, slot: u32, bytes: u64) {
     match SC_GROUP_STATS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, written only by this CPU.
         Some(c) => unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
+            (*c).packets += weight;
+            (*c).bytes += bytes * weight;
         },
         None => {
-            let _ = SC_GROUP_STATS.insert(&key, Counter { packets: 1, bytes }, 0);
+            let c = Counter {
+                packets: weight,
+                bytes: bytes * weight,
+            };
+            let _ = SC_GROUP_STATS.insert(&key, c, 0);
         }
     }
 }
@@ -340,7 +344,13 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     };
     count_topic(route.stats_slot, frame_len);
     if cfg.flags & CONFIG_GROUP_STATS != 0 {
-        count_group(ctx, l3, route.stats_slot, frame_len);
+        let sample = cfg.group_sample;
+        // One packet in `sample`, at random (a fixed stride could alias
+        // with devices publishing in turn), counted `sample` times.
+        // SAFETY: plain helper call.
+        if sample <= 1 || unsafe { bpf_get_prandom_u32() } % sample == 0 {
+            count_group(ctx, l3, route.stats_slot, frame_len, sample.max(1) as u64);
+        }
     }
     match route.shard_count {
         1 => {}

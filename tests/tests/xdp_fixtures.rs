@@ -421,3 +421,42 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
     })
     .unwrap();
 }
+
+#[test]
+fn sampled_group_counters_estimate_the_publish_count() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = Dataplane::load(
+            &integration_tests::object(),
+            &RouterConfig {
+                group_stats: true,
+                group_sample: 4,
+                ..RouterConfig::default()
+            },
+        )
+        .unwrap();
+        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
+            .unwrap();
+        let f = frame(
+            L3::V4,
+            None,
+            1,
+            fixtures::MQTTSN,
+            &build::mqttsn_publish(false, 2, *b"hv", 0, b"x"),
+        );
+        const K: u64 = 4_000;
+        // One run of K repetitions: the program runs K times.
+        assert_eq!(dp.test_run(&f, K as u32).unwrap().action, action::REDIRECT);
+        let total: u64 = dp
+            .group_counters()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.packets)
+            .sum();
+        assert_eq!(total % 4, 0, "each counted publish weighs 4");
+        // Binomial(K, 1/4) x 4: standard deviation ~110; six of them.
+        assert!(total.abs_diff(K) < 660, "estimate {total} for {K}");
+        assert!(total != K || K % 4 == 0);
+    })
+    .unwrap();
+}
