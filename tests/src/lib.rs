@@ -195,6 +195,32 @@ pub fn frame(l3: L3, vlan: Option<u16>, sport: u16, dport: u16, payload: &[u8]) 
     out
 }
 
+/// The frame with TTL / hop limit 255 (IPv4 header checksum recomputed):
+/// `BPF_PROG_TEST_RUN` repeats a program on one buffer, and the router
+/// decrements the TTL of what it routes, so 254 repeats stay on the
+/// redirect path.
+pub fn max_ttl(mut f: Vec<u8>) -> Vec<u8> {
+    match (f[12], f[13]) {
+        (0x08, 0x00) => {
+            f[22] = 255;
+            f[24] = 0;
+            f[25] = 0;
+            let ihl = (f[14] & 0x0f) as usize * 4;
+            let mut sum: u32 = f[14..14 + ihl]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        (0x86, 0xdd) => f[21] = 255,
+        _ => {}
+    }
+    f
+}
+
 /// IPv4/UDP frame whose IP header carries `options` (a multiple of 4 bytes).
 pub fn frame_v4_options(options: &[u8], dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut ip = etherparse::Ipv4Header::new(

@@ -14,7 +14,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use integration_tests::{L3, NetNs, build, fixtures, frame, object, reference_object};
+use integration_tests::{L3, NetNs, build, fixtures, frame, max_ttl, object, reference_object};
 use router_common::{coap, mqttsn};
 use router_ctl::{
     config::DaemonConfig,
@@ -33,29 +33,6 @@ const REPEAT: u32 = 254;
 /// outside the timed loop, so a million runs per case (3,940 calls) would
 /// take minutes per case; 40 calls × 254 × 9 rounds ≈ 91k timed runs.
 const CALLS: u32 = 40;
-
-/// The frame with TTL / hop limit 255 (IPv4 header checksum recomputed).
-fn max_ttl(mut f: Vec<u8>) -> Vec<u8> {
-    match (f[12], f[13]) {
-        (0x08, 0x00) => {
-            f[22] = 255;
-            f[24] = 0;
-            f[25] = 0;
-            let ihl = (f[14] & 0x0f) as usize * 4;
-            let mut sum: u32 = f[14..14 + ihl]
-                .chunks(2)
-                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-                .sum();
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-        }
-        (0x86, 0xdd) => f[21] = 255,
-        _ => {}
-    }
-    f
-}
 
 fn main() -> std::process::ExitCode {
     if let Ok(f) = std::env::var("RUST_LOG") {
