@@ -87,6 +87,22 @@ pub struct Scratch {
     pub window_len: u64,
 }
 
+/// Passes `v` through this CPU's scratch slot: the verifier does not track
+/// map memory, so the value comes back with nothing known about it (see
+/// `Payload::opaque`).
+///
+/// # Safety
+/// `scratch` must point at this CPU's slot of a per-CPU array (XDP runs
+/// with preemption disabled, so nothing else touches it).
+#[inline(always)]
+unsafe fn launder(scratch: *mut Scratch, v: usize) -> usize {
+    // SAFETY: per the function's contract.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*scratch).opaque, v as u64);
+        core::ptr::read_volatile(&raw const (*scratch).opaque) as usize
+    }
+}
+
 /// Longest payload the router parses. An XDP frame's linear data is at most
 /// a page, so no real datagram comes near; the bound keeps every packet
 /// offset below the verifier's MAX_PACKET_OFF (0xffff) so that its bounds
@@ -137,12 +153,8 @@ impl Payload for PacketPayload {
 
     #[inline(always)]
     fn opaque(&self, v: usize) -> usize {
-        // SAFETY: `scratch` points at this CPU's slot of a per-CPU array
-        // (XDP runs with preemption disabled, so nothing else touches it).
-        unsafe {
-            core::ptr::write_volatile(&raw mut (*self.scratch).opaque, v as u64);
-            core::ptr::read_volatile(&raw const (*self.scratch).opaque) as usize
-        }
+        // SAFETY: `scratch` is this CPU's slot of a per-CPU array.
+        unsafe { launder(self.scratch, v) }
     }
 
     #[inline(always)]
@@ -245,12 +257,8 @@ impl WindowPayload {
         let cut = len > coap::WINDOW;
         // Laundered, then bounded: LLVM would otherwise test one copy of the
         // length and pass the helper another the verifier knows less about.
-        // SAFETY: this CPU's scratch slot (see `PacketPayload::opaque`).
-        let n = unsafe {
-            let n = if cut { coap::WINDOW } else { len };
-            core::ptr::write_volatile(&raw mut (*scratch).opaque, n as u64);
-            core::ptr::read_volatile(&raw const (*scratch).opaque) as usize
-        };
+        // SAFETY: `scratch` is this CPU's slot of a per-CPU array.
+        let n = unsafe { launder(scratch, if cut { coap::WINDOW } else { len }) };
         if n == 0 || n > coap::WINDOW || off > MAX_PAYLOAD_OFFSET {
             return None;
         }
@@ -309,11 +317,8 @@ impl Payload for WindowPayload {
 
     #[inline(always)]
     fn opaque(&self, v: usize) -> usize {
-        // SAFETY: as for `PacketPayload::opaque`.
-        unsafe {
-            core::ptr::write_volatile(&raw mut (*self.scratch).opaque, v as u64);
-            core::ptr::read_volatile(&raw const (*self.scratch).opaque) as usize
-        }
+        // SAFETY: `scratch` is this CPU's slot of a per-CPU array.
+        unsafe { launder(self.scratch, v) }
     }
 
     #[inline(always)]

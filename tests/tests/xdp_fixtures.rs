@@ -23,6 +23,15 @@ fn lab() -> NetNs {
     ns
 }
 
+/// The router loaded in this thread's namespace with the fixture plan
+/// installed (`sc0` as every shard's egress).
+fn routed(config: RouterConfig) -> Dataplane {
+    let mut dp = Dataplane::load(&integration_tests::object(), &config).unwrap();
+    dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
+        .unwrap();
+    dp
+}
+
 fn shard_outs(mac: [u8; 6]) -> BTreeMap<u32, ShardOut> {
     BTreeMap::from([
         (
@@ -60,10 +69,7 @@ fn every_fixture_gets_its_verdict_and_bytes() {
     let ns = lab();
     let failures = ns
         .run(|| {
-            let mut dp =
-                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-            let plan = fixtures::plan("sc0", 1).compile().unwrap();
-            dp.install(&plan, false).unwrap();
+            let dp = routed(RouterConfig::default());
             let outs = shard_outs(mac_address("sc0").unwrap());
             let table = fixtures::all();
             assert!(table.len() >= 30, "at least 30 fixtures");
@@ -124,10 +130,7 @@ fn every_fixture_gets_its_verdict_and_bytes() {
 fn per_topic_counters_count_packets_and_bytes() {
     let ns = lab();
     ns.run(|| {
-        let mut dp =
-            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
-            .unwrap();
+        let dp = routed(RouterConfig::default());
         let hv = frame(
             L3::V4,
             None,
@@ -255,10 +258,7 @@ fn a_new_generation_replaces_the_old_one_entirely() {
 fn a_vanished_egress_sends_publishes_up_untouched() {
     let ns = lab();
     ns.run(|| {
-        let mut dp =
-            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
-            .unwrap();
+        let dp = routed(RouterConfig::default());
         let f = frame(
             L3::V4,
             None,
