@@ -324,7 +324,6 @@ pub struct Dataplane {
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
-    devices: HashMap<MapData, DeviceAddr, u32>,
     /// Second handles on maps read or written in batches (see `batch`),
     /// which need the raw descriptor the typed maps keep to themselves.
     raw_devices: MapData,
@@ -477,6 +476,16 @@ fn open_pinned<T: TryFrom<Map, Error = MapError>>(
     })
 }
 
+/// A raw handle on a pinned map for batch operations, after checking the
+/// pin has the type and sizes `T` says.
+fn open_raw<T: TryFrom<Map, Error = MapError>>(
+    pins: &PinPaths,
+    name: &'static str,
+) -> Result<MapData> {
+    let _: T = open_pinned(pins, name)?;
+    MapData::from_pin(pins.map(name)).map_err(map_err(name))
+}
+
 /// Removes the pins this attach created if it fails half-way.
 struct PinRollback {
     created: Vec<PathBuf>,
@@ -539,7 +548,8 @@ impl Dataplane {
             }
         }
         let p = &mut pin;
-        let (devices, raw_devices) = take_raw(&mut ebpf, names::DEVICES, p)?;
+        let (_, raw_devices): (HashMap<MapData, DeviceAddr, u32>, _) =
+            take_raw(&mut ebpf, names::DEVICES, p)?;
         let (_, raw_group_stats): (PerCpuHashMap<MapData, GroupStatKey, Counter>, _) =
             take_raw(&mut ebpf, names::GROUP_STATS, p)?;
         // SC_SLOTS: counter slot → topic name key (hash 0: free).
@@ -554,7 +564,6 @@ impl Dataplane {
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
-            devices,
             raw_devices,
             raw_slots,
             raw_group_stats,
@@ -592,16 +601,12 @@ impl Dataplane {
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
-            devices: open_pinned(&pins, names::DEVICES)?,
-            raw_slots: {
-                // Checks the pin's type and sizes first.
-                let _: Array<MapData, TopicKey> = open_pinned(&pins, names::SLOTS)?;
-                MapData::from_pin(pins.map(names::SLOTS)).map_err(map_err(names::SLOTS))?
-            },
-            raw_devices: MapData::from_pin(pins.map(names::DEVICES))
-                .map_err(map_err(names::DEVICES))?,
-            raw_group_stats: MapData::from_pin(pins.map(names::GROUP_STATS))
-                .map_err(map_err(names::GROUP_STATS))?,
+            raw_slots: open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?,
+            raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
+            raw_group_stats: open_raw::<PerCpuHashMap<MapData, GroupStatKey, Counter>>(
+                &pins,
+                names::GROUP_STATS,
+            )?,
             incremental: false,
             slot_cache: Default::default(),
             pending_slots: None,
@@ -1124,19 +1129,25 @@ impl Dataplane {
             .iter()
             .map(|d| (device_addr(d.address), d.group))
             .collect();
-        let mut stale = Vec::new();
-        for kv in self.devices.iter() {
-            let (k, v) = kv.map_err(map_err(names::DEVICES))?;
-            if want.get(&k) != Some(&v) {
-                stale.push(k);
-            }
-        }
-        for k in &stale {
-            self.devices.remove(k).map_err(map_err(names::DEVICES))?;
-        }
-        let (keys, values): (Vec<DeviceAddr>, Vec<u32>) =
-            want.iter().map(|(k, v)| (*k, *v)).unzip();
+        let held: Vec<(DeviceAddr, u32)> =
+            batch::lookup(self.raw_devices.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
+                .map_err(|e| batch_err(names::DEVICES, e))?;
+        // Only what changed is written: a device keeps its entry (and its
+        // group) while its group is unchanged.
+        let gone: Vec<DeviceAddr> = held
+            .iter()
+            .filter(|(k, _)| !want.contains_key(k))
+            .map(|(k, _)| *k)
+            .collect();
+        let held: StdHashMap<DeviceAddr, u32> = held.into_iter().collect();
+        let (keys, values): (Vec<DeviceAddr>, Vec<u32>) = want
+            .iter()
+            .filter(|(k, v)| held.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .unzip();
         batch::update(self.raw_devices.fd().as_fd(), &keys, &values)
+            .map_err(|e| batch_err(names::DEVICES, e))?;
+        batch::delete(self.raw_devices.fd().as_fd(), &gone)
             .map_err(|e| batch_err(names::DEVICES, e))
     }
 

@@ -77,7 +77,6 @@ pub struct Lab {
     pub subscribers: Vec<Subscriber>,
     pin_root: PathBuf,
     state_dir: PathBuf,
-    attached: bool,
 }
 
 impl Lab {
@@ -92,7 +91,6 @@ impl Lab {
             subscribers: Vec::new(),
             pin_root: PathBuf::from(format!("/sys/fs/bpf/shardcast-lab{tag}")),
             state_dir: std::env::temp_dir().join(format!("shardcast-lab{tag}")),
-            attached: false,
         };
         let (p, r, l) = (&lab.publisher, &lab.router, &lab.lan);
         // publisher <-> router
@@ -107,10 +105,7 @@ impl Lab {
         // veth with XDP that metadata is lost at the redirect. A device's
         // datagram arrives from the wire with its checksum complete: have
         // the publisher's kernel finish it, as a real device's NIC would.
-        crate::sh(
-            "ip",
-            &["netns", "exec", &p.name, "ethtool", "-K", "p0", "tx", "off"],
-        )?;
+        p.exec("ethtool", &["-K", "p0", "tx", "off"])?;
         p.ip(&["route", "add", "default", "via", "198.18.1.1"])?;
         p.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
         r.ip(&["addr", "add", "198.18.1.1/24", "dev", "r-in"])?;
@@ -159,21 +154,9 @@ impl Lab {
         // a few datagrams and drops the rest, as it would on any network
         // coming up.
         for dst in ["198.18.1.1", "2001:db8:1::1"] {
-            crate::sh(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &lab.publisher.name,
-                    "ping",
-                    "-c",
-                    "1",
-                    "-w",
-                    "10",
-                    dst,
-                ],
-            )
-            .with_context(|| format!("publisher cannot reach the router at {dst}"))?;
+            lab.publisher
+                .exec("ping", &["-c", "1", "-w", "10", dst])
+                .with_context(|| format!("publisher cannot reach the router at {dst}"))?;
         }
         Ok(lab)
     }
@@ -201,7 +184,6 @@ impl Lab {
     /// to `up0`, both in native (driver) mode.
     pub fn attach(&mut self) -> Result<()> {
         let object = crate::object();
-        self.attached = true;
         self.ctl(&[
             "--netns",
             &self.router.name,
@@ -390,28 +372,93 @@ impl Lab {
         Ok(dp.meta()?.generation)
     }
 
-    /// Marks the router attached by someone else (a daemon), so that drop
-    /// detaches it.
-    pub fn adopt_attached(&mut self) {
-        self.attached = true;
+    /// Detaches the router and removes its pins, whoever attached it (also
+    /// done on drop).
+    pub fn detach(&mut self) -> Result<()> {
+        if router_ctl::dataplane::PinPaths::new(&self.pin_root)
+            .dir()
+            .exists()
+        {
+            self.ctl(&["detach"])?;
+        }
+        Ok(())
     }
 
-    /// Detaches the router and removes its pins (also done on drop).
-    pub fn detach(&mut self) -> Result<()> {
-        if self.attached {
-            self.attached = false;
-            self.ctl(&["detach"])?;
+    /// Starts `router-ctl daemon` (the real binary) in the router namespace
+    /// on this lab's pins, watching `plan.in.json` in the state directory,
+    /// with one-second history buckets.
+    pub fn start_daemon(&self, tick: &str) -> Result<LabDaemon> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let config = self.state_dir.join("shardcast.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dataplane]\npin_root = {:?}\n[daemon]\ntick = {tick:?}\nplan = {:?}\nstate_dir = {:?}\n[history]\nbucket = \"1s\"\n",
+                self.pin_root,
+                self.state_dir.join("plan.in.json"),
+                self.state_dir.join("daemon"),
+            ),
+        )?;
+        let mut child = std::process::Command::new(crate::ctl_binary())
+            .args(["--netns", &self.router.name, "daemon", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting router-ctl daemon")?;
+        let err = child.stderr.take().context("daemon stderr")?;
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("daemon: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(LabDaemon {
+            child: crate::Child { child },
+            log,
+            config,
+        })
+    }
+
+    /// Writes the daemon's plan file atomically (rename).
+    pub fn offer_plan(&self, plan: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let p = self.state_dir.join("plan.in.json");
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, plan)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    /// Waits (up to 10 s) until generation `g` or a later one is installed.
+    pub fn wait_generation(&self, g: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.generation().unwrap_or(0) < g {
+            if std::time::Instant::now() > deadline {
+                bail!("generation {g} was not installed within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
     }
 }
 
+/// A `router-ctl daemon` process of a lab; killed on drop.
+pub struct LabDaemon {
+    pub child: crate::Child,
+    /// Its stderr, line by line (also echoed to the test's stderr). Ends
+    /// when the process does.
+    pub log: mpsc::Receiver<String>,
+    /// Its config file (for `router-ctl history --config`).
+    pub config: PathBuf,
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Pins may exist even if this lab did not attach (a daemon did).
-        self.attached |= router_ctl::dataplane::PinPaths::new(&self.pin_root)
-            .dir()
-            .exists();
         let _ = self.detach();
         let _ = std::fs::remove_dir_all(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.state_dir);

@@ -111,12 +111,17 @@ impl NetNs {
         sh("ip", &a)
     }
 
+    /// Runs `cmd args…` inside this namespace (`ip netns exec`: fine for
+    /// tools, but it hides /sys/fs/bpf, so not for router-ctl).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut a = vec!["netns", "exec", self.name.as_str(), cmd];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
     /// `sysctl -w <setting>` inside this namespace.
     pub fn sysctl(&self, setting: &str) -> Result<String> {
-        sh(
-            "ip",
-            &["netns", "exec", &self.name, "sysctl", "-q", "-w", setting],
-        )
+        self.exec("sysctl", &["-q", "-w", setting])
     }
 
     /// Runs `f` on a thread that has joined this namespace.

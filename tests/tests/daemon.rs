@@ -90,70 +90,6 @@ fn decode(p: &[u8]) -> ([u8; 2], u64) {
     )
 }
 
-/// Starts `router-ctl daemon` in the router namespace; returns the process
-/// and its stderr lines.
-fn daemon(lab: &Lab, tick: &str) -> (Child, mpsc::Receiver<String>) {
-    let cfg = lab.state_dir().join("shardcast.toml");
-    std::fs::create_dir_all(lab.state_dir()).unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\npin_root = {:?}\n[daemon]\ntick = {tick:?}\nplan = {:?}\nstate_dir = {:?}\n[history]\nbucket = \"1s\"\n",
-            lab.pin_root(),
-            lab.state_dir().join("plan.in.json"),
-            lab.state_dir().join("daemon"),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(ctl_binary())
-        .args(["--netns", &lab.router.name, "daemon", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.child_stderr();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("daemon: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Child { child }, rx)
-}
-
-trait TakeStderr {
-    fn child_stderr(&mut self) -> std::process::ChildStderr;
-}
-
-impl TakeStderr for std::process::Child {
-    fn child_stderr(&mut self) -> std::process::ChildStderr {
-        self.stderr.take().unwrap()
-    }
-}
-
-/// Writes the daemon's plan file atomically.
-fn offer_plan(lab: &Lab, plan: &str) {
-    let p = lab.state_dir().join("plan.in.json");
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, plan).unwrap();
-    std::fs::rename(&tmp, &p).unwrap();
-}
-
-fn wait_generation(lab: &Lab, g: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if lab.generation().unwrap_or(0) >= g {
-            return;
-        }
-        assert!(Instant::now() < deadline, "generation {g} never installed");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn listen_all(lab: &Lab, shards: &[LabShard]) -> Vec<integration_tests::lab::Listener> {
     shards
         .iter()
@@ -202,18 +138,17 @@ fn five_hundred_swaps_under_traffic_route_every_packet_by_one_generation() {
     let mut lab = Lab::new(3).unwrap();
     lab.attach().unwrap();
     let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
-    let (_d, _log) = daemon(&lab, "10ms");
-    offer_plan(&lab, &plan_xy(1, &shards));
-    wait_generation(&lab, 1);
-    lab.adopt_attached();
+    let _d = lab.start_daemon("10ms").unwrap();
+    lab.offer_plan(&plan_xy(1, &shards)).unwrap();
+    lab.wait_generation(1).unwrap();
 
     let listeners = listen_all(&lab, &shards);
     let traffic = Traffic::start(&lab, &["aa", "bb", "cc", "dd"], Duration::from_micros(500));
     const SWAPS: u64 = 500;
     let started = Instant::now();
     for g in 2..=SWAPS + 1 {
-        offer_plan(&lab, &plan_xy(g, &shards));
-        wait_generation(&lab, g);
+        lab.offer_plan(&plan_xy(g, &shards)).unwrap();
+        lab.wait_generation(g).unwrap();
     }
     let swap_time = started.elapsed();
     std::thread::sleep(Duration::from_millis(100));
@@ -266,23 +201,23 @@ fn five_hundred_swaps_under_traffic_route_every_packet_by_one_generation() {
 fn kill_dash_9_loses_nothing_and_a_new_daemon_adopts_the_data_plane() {
     let mut lab = Lab::new(3).unwrap();
     lab.attach().unwrap();
-    lab.adopt_attached();
     let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
-    let (mut first, _log) = daemon(&lab, "50ms");
-    offer_plan(&lab, &plan_xy(1, &shards));
-    wait_generation(&lab, 1);
+    let mut first = lab.start_daemon("50ms").unwrap();
+    lab.offer_plan(&plan_xy(1, &shards)).unwrap();
+    lab.wait_generation(1).unwrap();
 
     let listeners = listen_all(&lab, &shards);
     let traffic = Traffic::start(&lab, &["aa", "bb", "cc"], Duration::from_micros(500));
     std::thread::sleep(Duration::from_millis(300));
-    first.child.kill().unwrap(); // SIGKILL
-    first.child.wait().unwrap();
+    first.child.child.kill().unwrap(); // SIGKILL
+    first.child.child.wait().unwrap();
     // Forwarding goes on with no daemon at all.
     std::thread::sleep(Duration::from_millis(500));
     let spawned = Instant::now();
-    let (_second, log) = daemon(&lab, "50ms");
+    let second = lab.start_daemon("50ms").unwrap();
     let ready = loop {
-        let line = log
+        let line = second
+            .log
             .recv_timeout(Duration::from_secs(10))
             .expect("the new daemon said nothing");
         if line.contains("data plane ready") {
@@ -297,8 +232,8 @@ fn kill_dash_9_loses_nothing_and_a_new_daemon_adopts_the_data_plane() {
     assert!(ready.contains("adopted=true"), "{ready}");
     eprintln!("new daemon adopted the data plane {adopted_in:?} after spawn");
     // The new daemon goes on installing plans.
-    offer_plan(&lab, &plan_xy(2, &shards));
-    wait_generation(&lab, 2);
+    lab.offer_plan(&plan_xy(2, &shards)).unwrap();
+    lab.wait_generation(2).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let sent = traffic.stop();
 
@@ -397,9 +332,9 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
         {"id": "n1", "address": north.to_string(), "shard": 1, "group": "north"},
         {"id": "s1", "address": south.to_string(), "shard": 1, "group": "south"},
     ]);
-    let (mut d, log) = daemon(&lab, "50ms");
-    offer_plan(&lab, &plan.to_string());
-    wait_generation(&lab, 1);
+    let mut d = lab.start_daemon("50ms").unwrap();
+    lab.offer_plan(&plan.to_string()).unwrap();
+    lab.wait_generation(1).unwrap();
 
     let msg = |t: &[u8; 2]| build::mqttsn_publish(false, 2, *t, 0, b"x");
     lab.publish_from(north, MQTTSN_PORT, vec![msg(b"aa"); 30])
@@ -413,19 +348,19 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
     // Let a tick read the counters, then stop the daemon the polite way:
     // it writes the open bucket and leaves the data plane forwarding.
     std::thread::sleep(Duration::from_millis(300));
-    integration_tests::sh("kill", &["-TERM", &d.pid().to_string()]).unwrap();
-    let status = d.child.wait().unwrap();
+    integration_tests::sh("kill", &["-TERM", &d.child.pid().to_string()]).unwrap();
+    let status = d.child.child.wait().unwrap();
     assert!(status.success(), "daemon exit: {status}");
     // The reader thread ends at the daemon's EOF: read to the end.
     assert!(
-        log.iter().any(|l| l.contains("keeps forwarding")),
+        d.log.iter().any(|l| l.contains("keeps forwarding")),
         "the daemon said it leaves the data plane forwarding"
     );
     assert_eq!(lab.generation().unwrap(), 1, "data plane still installed");
 
     let out = Command::new(ctl_binary())
         .args(["history", "--config"])
-        .arg(lab.state_dir().join("shardcast.toml"))
+        .arg(&d.config)
         .arg("export")
         .output()
         .unwrap();

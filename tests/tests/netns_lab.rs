@@ -147,23 +147,9 @@ fn ping_unrelated_udp_and_non_publishes_reach_the_stack() {
         "2001:db8:1::1",
         "2001:db8:2::10",
     ] {
-        integration_tests::sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &lab.publisher.name,
-                "ping",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                dst,
-            ],
-        )
-        .unwrap_or_else(|e| panic!("ping {dst}: {e}"));
+        lab.publisher
+            .exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", dst])
+            .unwrap_or_else(|e| panic!("ping {dst}: {e}"));
     }
 
     // Unrelated UDP to a subscriber, and MQTT-SN / CoAP messages that are
@@ -236,24 +222,12 @@ fn coap_client_notls_publishes_reach_their_shard() {
     ] {
         // -N: non-confirmable; -B 1: do not wait long for a response that a
         // router forwarding to a group never sends.
-        integration_tests::sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &lab.publisher.name,
+        lab.publisher
+            .exec(
                 "coap-client-notls",
-                "-m",
-                "put",
-                "-N",
-                "-B",
-                "1",
-                "-e",
-                body,
-                uri,
-            ],
-        )
-        .unwrap();
+                &["-m", "put", "-N", "-B", "1", "-e", body, uri],
+            )
+            .unwrap();
     }
     let got1 = l1.finish(GRACE).unwrap();
     let got2 = l2.finish(Duration::ZERO).unwrap();

@@ -32,6 +32,17 @@ fn routed(config: RouterConfig) -> Dataplane {
     dp
 }
 
+/// An IPv4 MQTT-SN QoS 0 PUBLISH to the short topic `name`.
+fn short_publish(name: [u8; 2], data: &[u8]) -> Vec<u8> {
+    frame(
+        L3::V4,
+        None,
+        1,
+        fixtures::MQTTSN,
+        &build::mqttsn_publish(false, 2, name, 0, data),
+    )
+}
+
 fn shard_outs(mac: [u8; 6]) -> BTreeMap<u32, ShardOut> {
     BTreeMap::from([
         (
@@ -131,13 +142,7 @@ fn per_topic_counters_count_packets_and_bytes() {
     let ns = lab();
     ns.run(|| {
         let dp = routed(RouterConfig::default());
-        let hv = frame(
-            L3::V4,
-            None,
-            1,
-            fixtures::MQTTSN,
-            &build::mqttsn_publish(false, 2, *b"hv", 0, b"abc"),
-        );
+        let hv = short_publish(*b"hv", b"abc");
         let predefined = frame(
             L3::V4,
             None,
@@ -221,13 +226,7 @@ fn a_new_generation_replaces_the_old_one_entirely() {
     ns.run(|| {
         let mut dp =
             Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-        let hv = frame(
-            L3::V4,
-            None,
-            1,
-            fixtures::MQTTSN,
-            &build::mqttsn_publish(false, 2, *b"hv", 0, b"x"),
-        );
+        let hv = short_publish(*b"hv", b"x");
         assert_eq!(
             dp.test_run(&hv, 1).unwrap().action,
             action::PASS,
@@ -259,13 +258,7 @@ fn a_vanished_egress_sends_publishes_up_untouched() {
     let ns = lab();
     ns.run(|| {
         let dp = routed(RouterConfig::default());
-        let f = frame(
-            L3::V4,
-            None,
-            1,
-            fixtures::MQTTSN,
-            &build::mqttsn_publish(false, 2, *b"hv", 0, b"abc"),
-        );
+        let f = short_publish(*b"hv", b"abc");
         assert_eq!(dp.test_run(&f, 1).unwrap().action, action::REDIRECT);
         // Unregistering the interface empties its devmap slot (the kernel
         // does it): the route still names the slot.

@@ -4,7 +4,6 @@
 //! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a
 //! new machine with no manual step.
 
-mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -46,7 +45,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => build::build_ebpf().map(|o| println!("{}", o.router.display())),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench => demo::bench(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

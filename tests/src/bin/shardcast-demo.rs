@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 use integration_tests::{
     build,
-    lab::{COAP_PORT, Lab, LabShard, MQTTSN_PORT},
+    lab::{COAP_PORT, Lab, LabDaemon, LabShard, MQTTSN_PORT},
 };
 use router_common::{
     coap,
@@ -252,89 +252,31 @@ fn expected(k: usize, topics: &[(&str, &[u32])]) -> Tally {
     t
 }
 
-/// `router-ctl daemon` running in the router namespace, fed plans through
-/// its plan file.
-struct Daemon {
-    child: integration_tests::Child,
-    config: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab) -> Result<Daemon> {
-        let dir = lab.state_dir().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("shardcast.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[dataplane]\npin_root = {:?}\ngroup_stats = true\n\n[daemon]\ntick = \"100ms\"\nplan = {:?}\nstate_dir = {:?}\n\n[history]\nbucket = \"10s\"\n",
-                lab.pin_root(),
-                dir.join("plan.in.json"),
-                dir.join("daemon"),
-            ),
-        )?;
-        let child = std::process::Command::new(integration_tests::ctl_binary())
-            .args(["--netns", &lab.router.name, "daemon", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .context("starting router-ctl daemon")?;
-        println!(
-            "  daemon: router-ctl daemon (pid {}) adopts the data plane",
-            child.id()
-        );
-        Ok(Daemon {
-            child: integration_tests::Child { child },
-            config,
-        })
+/// SIGTERM to the daemon (it writes its open bucket and exits, leaving the
+/// data plane forwarding), then `router-ctl history export`, summed per
+/// (topic, group).
+fn stop_and_export(mut daemon: LabDaemon, lab: &Lab) -> Result<BTreeMap<(String, String), u64>> {
+    // Let a tick read the last counters.
+    std::thread::sleep(Duration::from_millis(300));
+    integration_tests::sh("kill", &["-TERM", &daemon.child.pid().to_string()])?;
+    let status = daemon.child.child.wait()?;
+    anyhow::ensure!(status.success(), "daemon exit: {status}");
+    anyhow::ensure!(lab.generation()? == 2, "the data plane outlives the daemon");
+    let out = std::process::Command::new(integration_tests::ctl_binary())
+        .args(["history", "--config"])
+        .arg(&daemon.config)
+        .arg("export")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "history export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sums = BTreeMap::new();
+    for r in router_ctl::history::parse_csv(&String::from_utf8(out.stdout)?)? {
+        *sums.entry((r.topic, r.group)).or_default() += r.count;
     }
-
-    /// Writes the plan file and waits for the daemon to install it.
-    fn offer(&mut self, lab: &Lab, plan: &str, generation: u64) -> Result<()> {
-        let p = lab.state_dir().join("plan.in.json");
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, plan)?;
-        std::fs::rename(&tmp, &p)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while lab.generation().unwrap_or(0) < generation {
-            if let Some(status) = self.child.child.try_wait()? {
-                anyhow::bail!("the daemon exited ({status})");
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "the daemon did not install generation {generation}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    }
-
-    /// SIGTERM (the daemon writes its open bucket and exits, leaving the
-    /// data plane forwarding), then `router-ctl history export`, summed
-    /// per (topic, group).
-    fn stop_and_export(mut self, lab: &Lab) -> Result<BTreeMap<(String, String), u64>> {
-        // Let a tick read the last counters.
-        std::thread::sleep(Duration::from_millis(300));
-        integration_tests::sh("kill", &["-TERM", &self.child.pid().to_string()])?;
-        let status = self.child.child.wait()?;
-        anyhow::ensure!(status.success(), "daemon exit: {status}");
-        anyhow::ensure!(lab.generation()? == 2, "the data plane outlives the daemon");
-        let out = std::process::Command::new(integration_tests::ctl_binary())
-            .args(["history", "--config"])
-            .arg(&self.config)
-            .arg("export")
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "history export: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut sums = BTreeMap::new();
-        for r in router_ctl::history::parse_csv(&String::from_utf8(out.stdout)?)? {
-            *sums.entry((r.topic, r.group)).or_default() += r.count;
-        }
-        Ok(sums)
-    }
+    Ok(sums)
 }
 
 fn main() -> ExitCode {
@@ -359,7 +301,11 @@ fn run() -> Result<bool> {
         .collect::<Result<_>>()?;
     lab.attach()?;
     let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
-    let mut daemon = Daemon::start(&lab)?;
+    let daemon = lab.start_daemon("100ms")?;
+    println!(
+        "  daemon: router-ctl daemon (pid {}) adopts the data plane",
+        daemon.child.pid()
+    );
 
     let mut names: BTreeMap<TopicKey, &'static str> = BTreeMap::new();
     for d in DEVICES {
@@ -424,11 +370,8 @@ fn run() -> Result<bool> {
     let mut all_ok = true;
     for (i, (title, topics)) in plans.iter().enumerate() {
         let generation = i as u64 + 1;
-        daemon.offer(
-            &lab,
-            &plan(generation, &shards, topics, &sources),
-            generation,
-        )?;
+        lab.offer_plan(&plan(generation, &shards, topics, &sources))?;
+        lab.wait_generation(generation)?;
         let before = lab.counters()?;
         let got = round(&lab, &shards, &sources, &names, generation)?;
         let after = lab.counters()?;
@@ -478,7 +421,7 @@ fn run() -> Result<bool> {
             }
         }
     }
-    let history = daemon.stop_and_export(&lab)?;
+    let history = stop_and_export(daemon, &lab)?;
     println!();
     println!("== telemetry: the daemon's history, publishes per topic × device group ==");
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
