@@ -177,11 +177,6 @@ impl Daemon {
         }
     }
 
-    /// The installed generation.
-    pub fn generation(&self) -> Result<u64> {
-        Ok(self.dp.meta()?.generation)
-    }
-
     /// Installs the plan file if it changed and holds a newer generation.
     fn check_plan(&mut self) -> Result<Option<u64>> {
         let Some(path) = self.cfg.daemon.plan.clone() else {

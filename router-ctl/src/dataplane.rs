@@ -1075,7 +1075,9 @@ impl Dataplane {
             slot_generation[old as usize] = plan.generation;
         }
         ph.mark("grace period");
-        self.written_shards[new as usize] = Some(shard_values);
+        if self.incremental {
+            self.written_shards[new as usize] = Some(shard_values);
+        }
         self.meta
             .set(
                 0,
