@@ -81,6 +81,8 @@ pub enum Command {
     },
     /// Predict load per topic x device group (docs in `forecast`).
     Forecast(ForecastArgs),
+    /// Plan shards for a workload (docs/workload-format.md); prints the cost.
+    Plan(PlanArgs),
     /// Telemetry history (counts per bucket, topic and device group).
     History {
         /// The daemon's config names the database and its bucket sizes.
@@ -108,6 +110,38 @@ pub struct ForecastArgs {
     /// Print per-horizon MASE and sMAPE of each model (rolling origin).
     #[arg(long)]
     pub backtest: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Devices, subscriptions, topic rates, resources, cost weights.
+    #[arg(long)]
+    pub workload: PathBuf,
+    /// The plan in force: devices stay put unless moving pays, ids and
+    /// groups of kept shards are kept, the generation goes up by one.
+    #[arg(long)]
+    pub current: Option<PathBuf>,
+    /// Topic rates from a forecast (`router-ctl forecast --out`) instead of
+    /// the workload's, summed over device groups.
+    #[arg(long)]
+    pub forecast: Option<PathBuf>,
+    /// The forecast horizon to plan for (a label present in the forecast).
+    #[arg(long, default_value = "1h", requires = "forecast")]
+    pub horizon: String,
+    /// Plan for the upper band instead of the point forecast.
+    #[arg(long, requires = "forecast")]
+    pub upper: bool,
+    /// Bucket length of the forecast's counts.
+    #[arg(long, default_value = "1m")]
+    pub bucket: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the plan here (atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print the cost breakdown as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -505,6 +539,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Plan(a) => plan_command(a)?,
         Command::Daemon { config } => {
             let cfg = crate::config::DaemonConfig::from_file(&config)?;
             crate::daemon::run(cfg)?;
@@ -612,4 +647,104 @@ fn mac(m: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+fn parse_bucket(text: &str) -> Result<u64> {
+    Ok(humantime::parse_duration(text)
+        .ok()
+        .filter(|d| d.as_secs() > 0 && d.subsec_nanos() == 0)
+        .with_context(|| format!("--bucket {text:?} is not a whole number of seconds"))?
+        .as_secs())
+}
+
+fn plan_command(a: PlanArgs) -> Result<()> {
+    use crate::{planner, workload::Workload};
+    let mut w = Workload::from_file(&a.workload)?;
+    if let Some(f) = &a.forecast {
+        let bucket = parse_bucket(&a.bucket)?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let rates = crate::forecast::rates_from_csv(&text, &a.horizon, a.upper, bucket)
+            .with_context(|| format!("{} is not a usable forecast", f.display()))?;
+        for t in &mut w.topics {
+            if let Some(r) = rates.get(&t.name) {
+                t.rate = *r;
+            }
+        }
+    }
+    let inst = w
+        .index()
+        .with_context(|| format!("{} is not a valid workload", a.workload.display()))?;
+    let current = a
+        .current
+        .as_ref()
+        .map(|p| Plan::from_file(p).with_context(|| format!("--current {}", p.display())))
+        .transpose()?;
+    let out = planner::plan(
+        &inst,
+        current.as_ref(),
+        planner::Options {
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
+    // What we emit must install: validate it as `apply` would.
+    out.plan
+        .compile()
+        .context("internal error: the planner produced an invalid plan")?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, out.plan.to_json())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "generation": out.plan.generation,
+                "cost": out.cost,
+                "created": out.created,
+                "merged": out.merged,
+                "refine_moves": out.refine_moves,
+                "warnings": out.warnings,
+                "elapsed_ms": out.elapsed.as_secs_f64() * 1e3,
+            })
+        );
+    } else {
+        let c = &out.cost;
+        println!(
+            "generation {}: {} shards ({} created, {} merged), {} devices, {} topics routed, planned in {:.1} ms",
+            out.plan.generation,
+            c.shards,
+            out.created,
+            out.merged,
+            out.plan.devices.len(),
+            out.plan.topics.len(),
+            out.elapsed.as_secs_f64() * 1e3
+        );
+        println!(
+            "  load (msg/s)        max {:.1}, mean {:.1}, usable capacity {:.1}",
+            c.max_load,
+            c.mean_load,
+            inst.resources.usable_capacity()
+        );
+        println!(
+            "  overload (msg/s)    {:.1} over {} shards",
+            c.overload, c.overloaded_shards
+        );
+        println!("  inter-shard copies  {:.1} msg/s", c.copies);
+        println!(
+            "  wasted deliveries   {:.1} /s (battery-weighted)",
+            c.wasted
+        );
+        println!("  latency             {:.1}", c.latency);
+        println!("  migrations          {}", c.migrations);
+        if c.bandwidth_excess > 0.0 {
+            println!("  above bandwidth     {:.1} msg/s", c.bandwidth_excess);
+        }
+        println!("  total cost          {:.1}", c.total);
+        for warning in &out.warnings {
+            println!("warning: {warning}");
+        }
+    }
+    Ok(())
 }

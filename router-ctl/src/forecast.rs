@@ -44,6 +44,10 @@ pub enum ForecastError {
     Empty,
     #[error("horizon {0:?}: not a duration (use s, m, h or d, e.g. \"5m\", \"1h\", \"24h\")")]
     BadHorizon(String),
+    #[error("forecast line {line}: {reason}")]
+    BadForecastLine { line: usize, reason: String },
+    #[error("the forecast has no rows for horizon {0:?}")]
+    HorizonAbsent(String),
     #[error("horizon {horizon:?} is not a positive multiple of the {step}s bucket")]
     HorizonOffGrid { horizon: String, step: u64 },
 }
@@ -458,6 +462,53 @@ pub fn write_csv(m: &LoadMatrix, mut out: impl Write) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a forecast CSV (as [`write_csv`] writes it) and returns, per
+/// topic, the messages/s predicted at `horizon` summed over device groups:
+/// the rates the planner plans for. `upper` takes the upper band.
+pub fn rates_from_csv(
+    text: &str,
+    horizon: &str,
+    upper: bool,
+    step: u64,
+) -> Result<BTreeMap<String, f64>> {
+    let mut rates: BTreeMap<String, f64> = BTreeMap::new();
+    let mut found = false;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || (n == 1 && line.starts_with("topic,")) {
+            continue;
+        }
+        let bad = |reason: String| ForecastError::BadForecastLine { line: n, reason };
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 7 {
+            return Err(bad(format!(
+                "expected 7 fields (topic,group,horizon,timestamp,predicted,lower,upper), got {}",
+                f.len()
+            )));
+        }
+        let num = |k: usize, name: &str| -> Result<f64> {
+            f[k].parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(format!("{name} {:?} is not a count >= 0", f[k])))
+        };
+        let (p, lo, hi) = (num(4, "predicted")?, num(5, "lower")?, num(6, "upper")?);
+        if lo > p || p > hi {
+            return Err(bad(format!("band {lo}..{hi} does not hold predicted {p}")));
+        }
+        if f[2] != horizon {
+            continue;
+        }
+        found = true;
+        *rates.entry(f[0].to_string()).or_default() += if upper { hi } else { p } / step as f64;
+    }
+    if !found {
+        return Err(ForecastError::HorizonAbsent(horizon.to_string()));
+    }
+    Ok(rates)
 }
 
 /// Season length in buckets: one day.

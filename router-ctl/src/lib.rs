@@ -22,3 +22,6 @@ pub mod forecast;
 pub mod history;
 pub mod netns;
 pub mod plan;
+pub mod planner;
+pub mod scenario;
+pub mod workload;

@@ -1,0 +1,472 @@
+//! The planner's input: devices with their subscriptions and status, topics
+//! with the publish rate to plan for, resources and cost weights. Format:
+//! `docs/workload-format.md`.
+//!
+//! [`Workload::index`] validates a workload and turns it into the dense,
+//! index-based [`Instance`] the planner works on (a hypergraph: devices are
+//! vertices, each topic is a net over its subscribers), so that everything
+//! wrong with the input is found before planning starts.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use router_common::{maps::MAX_SHARDS, topic::TOPIC_MAX};
+use serde::{Deserialize, Serialize};
+
+/// Everything that can be wrong with a workload. Each names the offender.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum WorkloadError {
+    #[error("cannot read workload {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("workload is not valid JSON: {0}")]
+    Json(String),
+    #[error("resources.{field}: {reason}")]
+    Resource { field: &'static str, reason: String },
+    #[error("cost.{field}: weight {value} must be a finite number >= 0")]
+    Weight { field: &'static str, value: f64 },
+    #[error("topic {0:?} appears more than once")]
+    DuplicateTopic(String),
+    #[error("topic {0:?}: name must be 1..={TOPIC_MAX} bytes")]
+    BadTopicName(String),
+    #[error("topic {topic:?}: rate {rate} must be a finite number >= 0 (messages/s)")]
+    BadRate { topic: String, rate: f64 },
+    #[error("device id {0:?} appears more than once")]
+    DuplicateDevice(String),
+    #[error("device {0:?}: id must not be empty")]
+    EmptyDeviceId(String),
+    #[error("device {device:?} subscribes to unknown topic {topic:?}")]
+    UnknownTopic { device: String, topic: String },
+    #[error("device {device:?}: battery {battery} must be within 0..=1")]
+    BadBattery { device: String, battery: f64 },
+    #[error("device {device:?}: address {value:?} is not an IP address")]
+    BadAddress { device: String, value: String },
+    #[error("devices {a:?} and {b:?} share the address {address}")]
+    SharedAddress {
+        a: String,
+        b: String,
+        address: IpAddr,
+    },
+}
+
+type Result<T, E = WorkloadError> = std::result::Result<T, E>;
+
+/// What the shards run on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Messages/s one shard's multicast group carries (every message routed
+    /// to a shard is one delivery into it, whatever its member count).
+    pub shard_capacity: f64,
+    /// Upper bound on shards (the data plane holds at most 4096).
+    pub max_shards: u32,
+    /// Fraction of capacity kept free: a shard counts as overloaded above
+    /// `shard_capacity * (1 - headroom)`.
+    #[serde(default = "default_headroom")]
+    pub headroom: f64,
+    /// Hysteresis: two shards are merged only when their combined load stays
+    /// below this fraction of the usable capacity (splits happen above it).
+    #[serde(default = "default_merge_below")]
+    pub merge_below: f64,
+    /// Messages/s the router may send out over all shards together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<f64>,
+    /// Devices the plan may move between shards in one cycle.
+    #[serde(default = "default_max_migrations")]
+    pub max_migrations: usize,
+    /// Interface new shards' traffic leaves by.
+    pub egress: String,
+    /// Shard `n` gets the group `group_v4_base + n` (and `group_v6_base + n`).
+    #[serde(default = "default_group_v4_base")]
+    pub group_v4_base: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_v6_base: Option<String>,
+}
+
+fn default_headroom() -> f64 {
+    0.2
+}
+fn default_merge_below() -> f64 {
+    0.5
+}
+fn default_max_migrations() -> usize {
+    100_000
+}
+fn default_group_v4_base() -> String {
+    "239.1.0.0".into()
+}
+
+/// Weights of the planner's cost terms; see `docs/workload-format.md` for
+/// the cost function and what each term measures.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostWeights {
+    /// Per message/s above a shard's usable capacity (and above bandwidth).
+    pub overload: f64,
+    /// Per inter-shard copy (message/s sent to one more shard).
+    pub copies: f64,
+    /// Per wasted delivery (message/s reaching a member not subscribed).
+    pub wasted: f64,
+    /// Extra waste weight of an empty battery (a device at battery `b`
+    /// weighs `1 + low_battery * (1 - b)`).
+    pub low_battery: f64,
+    /// Per unit of queueing delay, `load * rho / (1 - rho)` per shard.
+    pub latency: f64,
+    /// Per active shard.
+    pub shard: f64,
+    /// Per device moved away from its shard in the current plan.
+    pub migration: f64,
+}
+
+impl Default for CostWeights {
+    fn default() -> Self {
+        CostWeights {
+            overload: 1000.0,
+            copies: 1.0,
+            wasted: 0.001,
+            low_battery: 4.0,
+            latency: 0.1,
+            shard: 50.0,
+            migration: 1.0,
+        }
+    }
+}
+
+/// A topic and the publish rate to plan for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicLoad {
+    pub name: String,
+    /// Messages/s (the forecaster's prediction at the planning horizon).
+    pub rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqttsn_predefined_id: Option<u16>,
+}
+
+/// A device, what it subscribes to and its status.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    #[serde(default = "yes")]
+    pub connected: bool,
+    /// Charge left, 0..=1 (mains-powered devices: 1).
+    #[serde(default = "full")]
+    pub battery: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn full() -> f64 {
+    1.0
+}
+
+/// The planner's whole input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub resources: Resources,
+    #[serde(default)]
+    pub cost: CostWeights,
+    pub topics: Vec<TopicLoad>,
+    pub devices: Vec<Device>,
+}
+
+/// A validated workload in index form. Topic `t` is `topics[t]`; device
+/// `d`'s subscriptions are `subs[sub_start[d]..sub_start[d + 1]]`.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub resources: Resources,
+    pub weights: CostWeights,
+    pub topics: Vec<String>,
+    pub rates: Vec<f64>,
+    pub predefined: Vec<Option<u16>>,
+    pub devices: Vec<String>,
+    pub groups: Vec<Option<String>>,
+    pub addresses: Vec<Option<String>>,
+    /// Waste weight of each device: 0 when disconnected (it receives
+    /// nothing), `1 + low_battery * (1 - battery)` otherwise.
+    pub waste_weight: Vec<f64>,
+    pub sub_start: Vec<u32>,
+    pub subs: Vec<u32>,
+}
+
+impl Instance {
+    pub fn subscriptions(&self, d: usize) -> &[u32] {
+        &self.subs[self.sub_start[d] as usize..self.sub_start[d + 1] as usize]
+    }
+}
+
+impl Workload {
+    pub fn from_file(path: &Path) -> Result<Workload> {
+        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| WorkloadError::Json(e.to_string()))
+    }
+
+    /// Validates the workload and builds its index form.
+    pub fn index(&self) -> Result<Instance> {
+        self.resources.validate()?;
+        let w = &self.cost;
+        for (field, value) in [
+            ("overload", w.overload),
+            ("copies", w.copies),
+            ("wasted", w.wasted),
+            ("low_battery", w.low_battery),
+            ("latency", w.latency),
+            ("shard", w.shard),
+            ("migration", w.migration),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(WorkloadError::Weight { field, value });
+            }
+        }
+        let mut topic_index: HashMap<&str, u32> = HashMap::with_capacity(self.topics.len());
+        for (i, t) in self.topics.iter().enumerate() {
+            if t.name.is_empty() || t.name.len() > TOPIC_MAX {
+                return Err(WorkloadError::BadTopicName(t.name.clone()));
+            }
+            if !t.rate.is_finite() || t.rate < 0.0 {
+                return Err(WorkloadError::BadRate {
+                    topic: t.name.clone(),
+                    rate: t.rate,
+                });
+            }
+            if topic_index.insert(&t.name, i as u32).is_some() {
+                return Err(WorkloadError::DuplicateTopic(t.name.clone()));
+            }
+        }
+        let n = self.devices.len();
+        let mut seen: HashMap<&str, ()> = HashMap::with_capacity(n);
+        let mut addresses: HashMap<IpAddr, &str> = HashMap::new();
+        let mut sub_start = Vec::with_capacity(n + 1);
+        let mut subs = Vec::new();
+        let mut waste_weight = Vec::with_capacity(n);
+        sub_start.push(0u32);
+        for d in &self.devices {
+            if d.id.is_empty() {
+                return Err(WorkloadError::EmptyDeviceId(d.id.clone()));
+            }
+            if seen.insert(&d.id, ()).is_some() {
+                return Err(WorkloadError::DuplicateDevice(d.id.clone()));
+            }
+            if !(0.0..=1.0).contains(&d.battery) {
+                return Err(WorkloadError::BadBattery {
+                    device: d.id.clone(),
+                    battery: d.battery,
+                });
+            }
+            if let Some(a) = &d.address {
+                let ip: IpAddr = a.parse().map_err(|_| WorkloadError::BadAddress {
+                    device: d.id.clone(),
+                    value: a.clone(),
+                })?;
+                if let Some(other) = addresses.insert(ip, &d.id) {
+                    return Err(WorkloadError::SharedAddress {
+                        a: other.to_string(),
+                        b: d.id.clone(),
+                        address: ip,
+                    });
+                }
+            }
+            let start = subs.len();
+            for s in &d.subscriptions {
+                let t =
+                    *topic_index
+                        .get(s.as_str())
+                        .ok_or_else(|| WorkloadError::UnknownTopic {
+                            device: d.id.clone(),
+                            topic: s.clone(),
+                        })?;
+                subs.push(t);
+            }
+            // A topic listed twice is one subscription.
+            subs[start..].sort_unstable();
+            let mut k = start;
+            for j in start..subs.len() {
+                if j == start || subs[j] != subs[k - 1] {
+                    subs[k] = subs[j];
+                    k += 1;
+                }
+            }
+            subs.truncate(k);
+            sub_start.push(subs.len() as u32);
+            waste_weight.push(if d.connected {
+                1.0 + w.low_battery * (1.0 - d.battery)
+            } else {
+                0.0
+            });
+        }
+        Ok(Instance {
+            resources: self.resources.clone(),
+            weights: self.cost,
+            topics: self.topics.iter().map(|t| t.name.clone()).collect(),
+            rates: self.topics.iter().map(|t| t.rate).collect(),
+            predefined: self.topics.iter().map(|t| t.mqttsn_predefined_id).collect(),
+            devices: self.devices.iter().map(|d| d.id.clone()).collect(),
+            groups: self.devices.iter().map(|d| d.group.clone()).collect(),
+            addresses: self.devices.iter().map(|d| d.address.clone()).collect(),
+            waste_weight,
+            sub_start,
+            subs,
+        })
+    }
+}
+
+impl Resources {
+    fn validate(&self) -> Result<()> {
+        let bad = |field, reason: String| Err(WorkloadError::Resource { field, reason });
+        if !self.shard_capacity.is_finite() || self.shard_capacity <= 0.0 {
+            return bad(
+                "shard_capacity",
+                format!("{} must be > 0 (messages/s)", self.shard_capacity),
+            );
+        }
+        if self.max_shards == 0 || self.max_shards > MAX_SHARDS {
+            return bad(
+                "max_shards",
+                format!("{} must be within 1..={MAX_SHARDS}", self.max_shards),
+            );
+        }
+        if !(0.0..1.0).contains(&self.headroom) {
+            return bad("headroom", format!("{} must be within 0..1", self.headroom));
+        }
+        if !(0.0..1.0).contains(&self.merge_below) {
+            return bad(
+                "merge_below",
+                format!("{} must be within 0..1", self.merge_below),
+            );
+        }
+        if let Some(b) = self.bandwidth
+            && (!b.is_finite() || b <= 0.0)
+        {
+            return bad("bandwidth", format!("{b} must be > 0 (messages/s)"));
+        }
+        if self.egress.is_empty() || self.egress.len() > 15 {
+            return bad(
+                "egress",
+                format!("{:?} is not an interface name", self.egress),
+            );
+        }
+        match self.group_v4_base.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_multicast() => {}
+            _ => {
+                return bad(
+                    "group_v4_base",
+                    format!("{:?} is not an IPv4 multicast address", self.group_v4_base),
+                );
+            }
+        }
+        if let Some(v6) = &self.group_v6_base {
+            match v6.parse::<Ipv6Addr>() {
+                Ok(a) if a.is_multicast() => {}
+                _ => {
+                    return bad(
+                        "group_v6_base",
+                        format!("{v6:?} is not an IPv6 multicast address"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Load above which a shard counts as overloaded.
+    pub fn usable_capacity(&self) -> f64 {
+        self.shard_capacity * (1.0 - self.headroom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Workload {
+        serde_json::from_str(
+            r#"{
+              "resources": {"shard_capacity": 100, "max_shards": 4, "egress": "eth1"},
+              "topics": [{"name": "a", "rate": 10}, {"name": "b", "rate": 5}],
+              "devices": [
+                {"id": "d1", "subscriptions": ["a", "b", "a"], "battery": 0.5},
+                {"id": "d2", "subscriptions": ["b"], "connected": false}
+              ]
+            }"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn indexes_and_weighs() {
+        let i = sample().index().unwrap();
+        assert_eq!(i.subscriptions(0), &[0, 1]);
+        assert_eq!(i.subscriptions(1), &[1]);
+        assert_eq!(i.waste_weight, vec![1.0 + 4.0 * 0.5, 0.0]);
+        assert_eq!(i.resources.usable_capacity(), 80.0);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let mut w = sample();
+        w.devices[1].subscriptions.push("zz".into());
+        assert_eq!(
+            w.index().unwrap_err(),
+            WorkloadError::UnknownTopic {
+                device: "d2".into(),
+                topic: "zz".into()
+            }
+        );
+        let mut w = sample();
+        w.devices[1].id = "d1".into();
+        assert_eq!(
+            w.index().unwrap_err(),
+            WorkloadError::DuplicateDevice("d1".into())
+        );
+        let mut w = sample();
+        w.resources.shard_capacity = 0.0;
+        assert!(
+            w.index()
+                .unwrap_err()
+                .to_string()
+                .starts_with("resources.shard_capacity")
+        );
+        let mut w = sample();
+        w.topics[1].name = "a".into();
+        assert_eq!(
+            w.index().unwrap_err(),
+            WorkloadError::DuplicateTopic("a".into())
+        );
+        let mut w = sample();
+        w.topics[0].rate = -1.0;
+        assert!(matches!(w.index(), Err(WorkloadError::BadRate { .. })));
+        let mut w = sample();
+        w.devices[0].battery = 1.5;
+        assert!(matches!(w.index(), Err(WorkloadError::BadBattery { .. })));
+        let mut w = sample();
+        w.resources.max_shards = 0;
+        assert!(w.index().is_err());
+        let mut w = sample();
+        w.resources.group_v4_base = "10.0.0.1".into();
+        assert!(w.index().is_err());
+        let mut w = sample();
+        w.devices[0].address = Some("198.18.0.1".into());
+        w.devices[1].address = Some("198.18.0.1".into());
+        assert!(matches!(
+            w.index(),
+            Err(WorkloadError::SharedAddress { .. })
+        ));
+        let mut w = sample();
+        w.cost.copies = f64::NAN;
+        assert!(matches!(w.index(), Err(WorkloadError::Weight { .. })));
+    }
+}
