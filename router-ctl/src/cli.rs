@@ -83,6 +83,9 @@ pub enum Command {
     Forecast(ForecastArgs),
     /// Plan shards for a workload (docs/workload-format.md); prints the cost.
     Plan(PlanArgs),
+    /// Compare static, reactive and predictive sharding on a synthetic
+    /// trace (docs/simulator.md).
+    Simulate(SimulateArgs),
     /// Telemetry history (counts per bucket, topic and device group).
     History {
         /// The daemon's config names the database and its bucket sizes.
@@ -140,6 +143,22 @@ pub struct PlanArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Print the cost breakdown as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// A built-in scenario (default, small, flashy) or a JSON file.
+    #[arg(long, default_value = "default")]
+    pub scenario: String,
+    /// Days compared (after the scenario's warm-up).
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Write shards.svg, load.svg and offered.svg here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print the totals as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -540,6 +559,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Plan(a) => plan_command(a)?,
+        Command::Simulate(a) => simulate_command(a)?,
         Command::Daemon { config } => {
             let cfg = crate::config::DaemonConfig::from_file(&config)?;
             crate::daemon::run(cfg)?;
@@ -745,6 +765,47 @@ fn plan_command(a: PlanArgs) -> Result<()> {
         for warning in &out.warnings {
             println!("warning: {warning}");
         }
+    }
+    Ok(())
+}
+
+fn simulate_command(a: SimulateArgs) -> Result<()> {
+    use crate::simulate::{self, Scenario};
+    if a.days == Some(0) {
+        bail!("--days must be at least 1");
+    }
+    let path = Path::new(&a.scenario);
+    let sc = if path.exists() || a.scenario.ends_with(".json") {
+        Scenario::from_file(path, a.days)?
+    } else {
+        Scenario::builtin(&a.scenario, a.days.unwrap_or(7))?
+    };
+    let started = std::time::Instant::now();
+    let mut last_day = u32::MAX;
+    let mut progress = |m: u32, end: u32| {
+        let day = m / 1440;
+        if day != last_day || m == end {
+            last_day = day;
+            eprintln!(
+                "simulate: day {}/{} ({:.0} s)",
+                day.min(end / 1440),
+                end / 1440,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let report = simulate::run(&sc, &mut progress)?;
+    if let Some(dir) = &a.plot {
+        report.plot(dir)?;
+        eprintln!("plots written to {}", dir.display());
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"totals": report.totals, "static_shards": report.static_shards, "elapsed_s": report.elapsed_s})
+        );
+    } else {
+        println!("{}", report.table());
     }
     Ok(())
 }

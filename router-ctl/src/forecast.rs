@@ -313,6 +313,24 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Fits one series and forecasts `h` steps: the model is picked by a
+/// rolling-origin backtest at lead `h` (MASE; seasonal naive on ties and
+/// for series too short to backtest). The simulator's lean entry point.
+pub fn forecast_path(y: &[f64], season: usize, h: usize) -> (Model, Vec<f64>) {
+    const ORIGINS: usize = 3;
+    let model = if y.len() < 2 * season + h {
+        Model::SeasonalNaive
+    } else {
+        let naive = mean(&backtest(Model::SeasonalNaive, y, season, h, ORIGINS).mase);
+        let hw = mean(&backtest(Model::HoltWinters, y, season, h, ORIGINS).mase);
+        match (naive, hw) {
+            (Some(n), Some(w)) if w < n => Model::HoltWinters,
+            _ => Model::SeasonalNaive,
+        }
+    };
+    (model, model.forecast(y, season, h))
+}
+
 /// The predicted load matrix: `values[[series, horizon, k]]` with `k` = 0
 /// predicted, 1 lower, 2 upper (messages per bucket at that lead time).
 #[derive(Clone, Debug)]

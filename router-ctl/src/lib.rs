@@ -24,4 +24,5 @@ pub mod netns;
 pub mod plan;
 pub mod planner;
 pub mod scenario;
+pub mod simulate;
 pub mod workload;

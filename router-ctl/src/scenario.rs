@@ -14,8 +14,8 @@
 //!   rise to 130 %;
 //! - a **scheduled sync**: each site's zones burst to 3x for 20 minutes at
 //!   the same minute every day (predictable from history);
-//! - **flash events**: random site-wide bursts, 3-6x for 20-60 minutes,
-//!   about two a day across the fleet (not predictable);
+//! - **flash events**: random site-wide bursts, 2-4x for 20-60 minutes,
+//!   `flashes_per_day` across the fleet (default 2; not predictable);
 //! - Poisson counting noise on what is observed.
 //!
 //! Devices: 90 % exist from the start, 10 % join at random minutes, 5 %
@@ -45,6 +45,9 @@ pub struct FleetSpec {
     /// Length of the traffic trace flash events are drawn for (days).
     #[serde(default = "seven")]
     pub days: u32,
+    /// Flash events per day across the fleet.
+    #[serde(default = "two")]
+    pub flashes_per_day: f64,
 }
 
 fn one() -> f64 {
@@ -52,6 +55,9 @@ fn one() -> f64 {
 }
 fn seven() -> u32 {
     7
+}
+fn two() -> f64 {
+    2.0
 }
 
 #[derive(Clone, Debug)]
@@ -104,8 +110,8 @@ impl Fleet {
         let mut rng = Pcg64Mcg::seed_from_u64(spec.seed);
         let sites_n = spec.sites.max(1);
         let per_site = (spec.topics / sites_n).max(2);
-        let scale = LogNormal::new(0.0, 0.5).expect("valid");
-        let zone = LogNormal::new(-0.5f64 * 0.8 * 0.8, 0.8).expect("valid");
+        let scale = LogNormal::new(0.0, 0.4).expect("valid");
+        let zone = LogNormal::new(-0.5f64 * 0.5 * 0.5, 0.5).expect("valid");
         let sites: Vec<Site> = (0..sites_n)
             .map(|_| Site {
                 peak: rng.random_range(8 * 60..20 * 60),
@@ -173,13 +179,13 @@ impl Fleet {
                 }
             })
             .collect();
-        let flashes_n = (spec.days as f64 * 2.0).round() as usize;
+        let flashes_n = (spec.days as f64 * spec.flashes_per_day).round() as usize;
         let flashes = (0..flashes_n)
             .map(|_| Flash {
                 site: rng.random_range(0..sites_n) as u32,
                 start: rng.random_range(0..end.max(1)),
                 len: rng.random_range(20..=60),
-                factor: rng.random_range(3.0..6.0),
+                factor: rng.random_range(2.0..4.0),
             })
             .collect();
         Fleet {
@@ -331,6 +337,7 @@ mod tests {
             topics: 40,
             zone_rate: 1.0,
             days: 7,
+            flashes_per_day: 2.0,
         }
     }
 

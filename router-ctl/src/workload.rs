@@ -89,7 +89,7 @@ fn default_headroom() -> f64 {
     0.2
 }
 fn default_merge_below() -> f64 {
-    0.5
+    0.7
 }
 fn default_max_migrations() -> usize {
     100_000

@@ -1,0 +1,750 @@
+//! The simulator: days of a seeded synthetic fleet ([`crate::scenario`])
+//! in compressed time, minute by minute, through the real forecaster and
+//! planner, comparing three sharding strategies on the same trace:
+//!
+//! - **static**: devices hashed by device group (site) onto a fixed number
+//!   of shards, provisioned for the peak total load seen in the warm-up;
+//! - **reactive**: the planner every cycle, fed the rates observed over the
+//!   last 5 minutes (threshold scaling: split above capacity, merge below
+//!   the hysteresis mark);
+//! - **predictive** (ours): the same planner fed, per topic, the larger of
+//!   that nowcast and the forecaster's peak over the coming cycle plus the
+//!   lead time (so shards exist before the load arrives).
+//!
+//! Reactive and predictive also re-plan at once after a minute in which a
+//! shard ran above capacity (the daemon sees counters every tick), so the
+//! difference between them is the forecast alone.
+//!
+//! Reported per strategy: overload-minutes (shard-minutes above capacity),
+//! shard-hours, inter-shard copies and wasted deliveries (messages), and
+//! device migrations.
+
+use std::{fmt::Write as _, path::Path, time::Instant};
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    forecast,
+    plan::Plan,
+    planner::{self, Options, PlannerError},
+    scenario::{Fleet, FleetSpec},
+    workload::{Resources, WorkloadError},
+};
+
+const DAY: u32 = 1440;
+/// History bucket the forecaster works on (minutes).
+const BUCKET: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot read scenario {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("scenario is not valid JSON: {0}")]
+    Json(String),
+    #[error("unknown scenario {0:?}: built-in ones are {names}", names = BUILTIN.join(", "))]
+    Unknown(String),
+    #[error("scenario.{field}: {reason}")]
+    Bad { field: &'static str, reason: String },
+    #[error("scenario resources: {0}")]
+    Workload(#[from] WorkloadError),
+    #[error("planner: {0}")]
+    Planner(#[from] PlannerError),
+    #[error("plot {path}: {reason}")]
+    Plot { path: String, reason: String },
+}
+
+pub const BUILTIN: &[&str] = &["default", "small", "flashy"];
+
+/// A simulation setup (JSON for `--scenario FILE`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub fleet: FleetSpec,
+    /// Shard capacity, headroom, hysteresis, budgets (`egress` and group
+    /// bases only matter for the emitted plans).
+    pub resources: Resources,
+    /// Minutes between planning cycles.
+    #[serde(default = "fifteen")]
+    pub cycle: u32,
+    /// How far past the cycle the predictive strategy looks (minutes): the
+    /// time a migration needs to take effect.
+    #[serde(default = "ten")]
+    pub lead: u32,
+    /// Days of history gathered before the strategies start.
+    #[serde(default = "three")]
+    pub warmup_days: u32,
+}
+
+fn fifteen() -> u32 {
+    15
+}
+fn ten() -> u32 {
+    10
+}
+fn three() -> u32 {
+    3
+}
+
+impl Scenario {
+    /// A built-in scenario; `days` is the compared span.
+    pub fn builtin(name: &str, days: u32) -> Result<Scenario, SimError> {
+        let (devices, sites, topics, flashes, capacity) = match name {
+            "default" => (4000, 20, 400, 2.0, 40.0),
+            "small" => (600, 6, 60, 2.0, 10.0),
+            "flashy" => (4000, 20, 400, 8.0, 40.0),
+            other => return Err(SimError::Unknown(other.to_string())),
+        };
+        Ok(Scenario {
+            fleet: FleetSpec {
+                seed: 1,
+                sites,
+                devices,
+                topics,
+                zone_rate: 0.5,
+                days: 0,
+                flashes_per_day: flashes,
+            },
+            resources: Resources {
+                shard_capacity: capacity,
+                max_shards: 256,
+                headroom: 0.2,
+                merge_below: 0.7,
+                bandwidth: None,
+                max_migrations: devices / 4,
+                egress: "eth1".into(),
+                group_v4_base: "239.1.0.0".into(),
+                group_v6_base: None,
+            },
+            cycle: 15,
+            lead: 10,
+            warmup_days: 3,
+        }
+        .with_days(days))
+    }
+
+    pub fn from_file(path: &Path, days: Option<u32>) -> Result<Scenario, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let s: Scenario = serde_json::from_str(&text).map_err(|e| SimError::Json(e.to_string()))?;
+        let days = days.unwrap_or(s.fleet.days.saturating_sub(s.warmup_days).max(1));
+        Ok(s.with_days(days))
+    }
+
+    fn with_days(mut self, days: u32) -> Scenario {
+        self.fleet.days = self.warmup_days + days;
+        self
+    }
+
+    fn validate(&self) -> Result<(), SimError> {
+        let bad = |field, reason: String| Err(SimError::Bad { field, reason });
+        if self.fleet.devices == 0 || self.fleet.topics < 2 || self.fleet.sites == 0 {
+            return bad(
+                "fleet",
+                "needs devices >= 1, sites >= 1 and topics >= 2".into(),
+            );
+        }
+        if self.fleet.sites * 2 > self.fleet.topics {
+            return bad("fleet.topics", "needs at least 2 topics per site".into());
+        }
+        if !self.fleet.zone_rate.is_finite() || self.fleet.zone_rate <= 0.0 {
+            return bad(
+                "fleet.zone_rate",
+                format!("{} must be > 0", self.fleet.zone_rate),
+            );
+        }
+        if self.cycle == 0 || self.cycle > 24 * 60 {
+            return bad("cycle", format!("{} must be 1..=1440 minutes", self.cycle));
+        }
+        if self.lead > 24 * 60 {
+            return bad(
+                "lead",
+                format!("{} must be at most 1440 minutes", self.lead),
+            );
+        }
+        if self.warmup_days < 2 {
+            return bad(
+                "warmup_days",
+                format!(
+                    "{}: the forecaster needs at least 2 days of history",
+                    self.warmup_days
+                ),
+            );
+        }
+        if !self.fleet.flashes_per_day.is_finite() || self.fleet.flashes_per_day < 0.0 {
+            return bad(
+                "fleet.flashes_per_day",
+                format!("{} must be >= 0", self.fleet.flashes_per_day),
+            );
+        }
+        if self.fleet.days <= self.warmup_days {
+            return bad("days", "must compare at least one day".into());
+        }
+        // The resources are checked as a workload's would be.
+        self.fleet_workload_check()
+    }
+
+    fn fleet_workload_check(&self) -> Result<(), SimError> {
+        crate::workload::Workload {
+            resources: self.resources.clone(),
+            cost: Default::default(),
+            topics: vec![],
+            devices: vec![],
+        }
+        .index()?;
+        Ok(())
+    }
+}
+
+/// Totals of one strategy over the compared span.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub strategy: &'static str,
+    pub overload_minutes: u64,
+    pub shard_hours: f64,
+    pub copies: f64,
+    pub wasted: f64,
+    pub migrations: u64,
+    pub replans: u64,
+    /// Time spent planning (and forecasting, for predictive), seconds.
+    pub planning_s: f64,
+}
+
+/// One strategy's series, one point per minute.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    pub shards: Vec<u32>,
+    /// Highest shard load over capacity.
+    pub max_utilisation: Vec<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub totals: Vec<Totals>,
+    pub traces: Vec<Trace>,
+    /// Offered load per minute (messages/s, all topics).
+    pub offered: Vec<f64>,
+    pub static_shards: u32,
+    pub elapsed_s: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Static,
+    Reactive,
+    Predictive,
+}
+
+/// A strategy's plan in force, in the form the per-minute accounting needs.
+struct Live {
+    kind: Kind,
+    plan: Option<Plan>,
+    /// Shards holding each topic's subscribers.
+    topic_shards: Vec<Vec<u32>>,
+    members: Vec<u32>,
+    /// Per device index of the fleet: its shard (None: not in the plan).
+    device_shard: Vec<Option<u32>>,
+    totals: Totals,
+    trace: Trace,
+    overloaded_last_minute: bool,
+}
+
+impl Live {
+    fn new(kind: Kind, topics: usize, devices: usize) -> Live {
+        Live {
+            kind,
+            plan: None,
+            topic_shards: vec![Vec::new(); topics],
+            members: Vec::new(),
+            device_shard: vec![None; devices],
+            totals: Totals {
+                strategy: match kind {
+                    Kind::Static => "static",
+                    Kind::Reactive => "reactive",
+                    Kind::Predictive => "predictive",
+                },
+                ..Default::default()
+            },
+            trace: Trace::default(),
+            overloaded_last_minute: false,
+        }
+    }
+
+    /// Installs an assignment (fleet device index -> shard) and counts
+    /// migrations against the previous one.
+    fn install(&mut self, fleet: &Fleet, assignment: Vec<Option<u32>>, shards: usize) {
+        let mut migrations = 0;
+        for (old, new) in self.device_shard.iter().zip(&assignment) {
+            if let (Some(o), Some(n)) = (old, new)
+                && o != n
+            {
+                migrations += 1;
+            }
+        }
+        // Shard indices are per plan; compare by the plan's shard ids.
+        self.totals.migrations += migrations;
+        self.members = vec![0; shards];
+        for ts in &mut self.topic_shards {
+            ts.clear();
+        }
+        for (d, s) in assignment.iter().enumerate() {
+            if let Some(s) = *s {
+                self.members[s as usize] += 1;
+                for &t in &fleet.devices[d].subscriptions {
+                    let ts = &mut self.topic_shards[t as usize];
+                    if !ts.contains(&s) {
+                        ts.push(s);
+                    }
+                }
+            }
+        }
+        self.device_shard = assignment;
+    }
+
+    /// Accounts one minute of traffic (`counts` messages per topic).
+    fn minute(&mut self, counts: &[f64], wanted: f64, capacity: f64) {
+        let mut load = vec![0.0; self.members.len()];
+        let mut copies = 0.0;
+        for (t, ts) in self.topic_shards.iter().enumerate() {
+            for &s in ts {
+                load[s as usize] += counts[t];
+            }
+            copies += counts[t] * ts.len().saturating_sub(1) as f64;
+        }
+        let mut over = 0;
+        let mut max_u: f64 = 0.0;
+        let mut reached = 0.0;
+        let mut active = 0;
+        for (s, &l) in load.iter().enumerate() {
+            if self.members[s] == 0 {
+                continue;
+            }
+            active += 1;
+            let rate = l / 60.0;
+            if rate > capacity {
+                over += 1;
+            }
+            max_u = max_u.max(rate / capacity);
+            reached += l * self.members[s] as f64;
+        }
+        self.totals.overload_minutes += over;
+        self.totals.shard_hours += active as f64 / 60.0;
+        self.totals.copies += copies;
+        self.totals.wasted += (reached - wanted).max(0.0);
+        self.trace.shards.push(active);
+        self.trace.max_utilisation.push(max_u);
+        self.overloaded_last_minute = over > 0;
+    }
+}
+
+/// Progress callback: (minute done, minutes total).
+pub type Progress<'a> = &'a mut dyn FnMut(u32, u32);
+
+/// Runs a scenario.
+pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
+    sc.validate()?;
+    let started = Instant::now();
+    let fleet = Fleet::generate(sc.fleet);
+    let topics = fleet.topics.len();
+    let devices = fleet.devices.len();
+    let mut rng = Pcg64Mcg::seed_from_u64(sc.fleet.seed ^ 0x51_7cc1_b727_220a);
+    let warm = sc.warmup_days * DAY;
+    let end = sc.fleet.days * DAY;
+    let cap = sc.resources.shard_capacity;
+    let cap_eff = sc.resources.usable_capacity();
+    let season = (DAY / BUCKET) as usize;
+    // Per topic, 5-minute bucket counts: the forecaster's history.
+    let mut history: Vec<Vec<f64>> = vec![Vec::new(); topics];
+    let mut recent: Vec<Vec<f64>> = Vec::new();
+    let mut peak_total: f64 = 0.0;
+    for m in 0..warm {
+        let counts = fleet.observe(m, &mut rng);
+        peak_total = peak_total.max(counts.iter().sum::<f64>() / 60.0);
+        record(&mut history, &mut recent, &counts, m);
+        if m % 60 == 0 {
+            progress(m, end);
+        }
+    }
+    // Static: sites hashed onto enough shards for the warm-up's peak.
+    let static_shards = ((peak_total / cap_eff).ceil() as u32).clamp(1, sc.resources.max_shards);
+    let mut lives = [
+        Live::new(Kind::Static, topics, devices),
+        Live::new(Kind::Reactive, topics, devices),
+        Live::new(Kind::Predictive, topics, devices),
+    ];
+    let assignment: Vec<Option<u32>> = (0..devices)
+        .map(|d| {
+            fleet
+                .present(d, warm)
+                .then(|| (mix(fleet.devices[d].site as u64) % static_shards as u64) as u32)
+        })
+        .collect();
+    lives[0].install(&fleet, assignment, static_shards as usize);
+    let mut forecast_path: Vec<Vec<f64>> = vec![Vec::new(); topics];
+    let mut forecast_at = u32::MAX;
+    let horizon = ((sc.cycle + sc.lead).div_ceil(BUCKET) + 1) as usize;
+    let mut offered = Vec::new();
+    for m in warm..end {
+        let cycle_start = (m - warm).is_multiple_of(sc.cycle);
+        for live in lives.iter_mut().skip(1) {
+            if !(cycle_start || live.overloaded_last_minute) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let nowcast = nowcast(&recent, topics);
+            let rates: Vec<f64> = match live.kind {
+                Kind::Predictive => {
+                    // Refit hourly, on complete buckets.
+                    if forecast_at == u32::MAX || (m - forecast_at >= 60 && m % BUCKET == 0) {
+                        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        let chunk = topics.div_ceil(threads).max(1);
+                        let history = &history;
+                        std::thread::scope(|scope| {
+                            for (i, paths) in forecast_path.chunks_mut(chunk).enumerate() {
+                                scope.spawn(move || {
+                                    for (j, path) in paths.iter_mut().enumerate() {
+                                        let y = &history[i * chunk + j];
+                                        *path = forecast::forecast_path(y, season, horizon + 12).1;
+                                    }
+                                });
+                            }
+                        });
+                        forecast_at = m;
+                    }
+                    // Buckets from now to the end of cycle + lead, each
+                    // corrected by the forecast's current error (a flash
+                    // under way, a level shift), so the plan follows the
+                    // forecast up before a peak and down before a lull.
+                    let from = ((m - forecast_at) / BUCKET) as usize;
+                    let to = ((m + sc.cycle + sc.lead - forecast_at).div_ceil(BUCKET)) as usize;
+                    let per_bucket = BUCKET as f64 * 60.0;
+                    (0..topics)
+                        .map(|t| {
+                            let p = &forecast_path[t];
+                            let last = p.len() - 1;
+                            let expected_now = match from {
+                                0 => history[t].last().copied().unwrap_or(0.0),
+                                k => p[(k - 1).min(last)],
+                            };
+                            let error = nowcast[t] * per_bucket - expected_now;
+                            let window = &p[from.min(last)..to.min(p.len())];
+                            let peak = window.iter().fold(0.0f64, |a, &b| a.max(b));
+                            let mean = window.iter().sum::<f64>() / window.len() as f64;
+                            // The largest of a few noisy counts overshoots
+                            // by about one Poisson sigma: a peak counts only
+                            // beyond that.
+                            let ahead = (peak - peak.sqrt()).max(mean) + error;
+                            ahead.max(0.0) / per_bucket
+                        })
+                        .collect()
+                }
+                _ => nowcast,
+            };
+            let mut resources = sc.resources.clone();
+            if live.kind == Kind::Predictive {
+                // Hysteresis guards a planner that cannot see ahead from
+                // merging into a rise; the forecast does that here, so
+                // predictive merges up to a third of the way closer to
+                // capacity.
+                resources.merge_below += (1.0 - resources.merge_below) / 3.0;
+            }
+            let workload = fleet.workload(m, &rates, resources);
+            let inst = workload.index()?;
+            let present: Vec<usize> = (0..devices).filter(|&d| fleet.present(d, m)).collect();
+            let out = planner::plan(
+                &inst,
+                live.plan.as_ref(),
+                Options {
+                    seed: sc.fleet.seed,
+                    rounds: 2,
+                },
+            )?;
+            let mut assignment = vec![None; devices];
+            // Shards are compared across plans by id, so migrations count
+            // real moves.
+            let ids: Vec<u32> = out.plan.shards.iter().map(|s| s.id).collect();
+            for (i, &d) in present.iter().enumerate() {
+                assignment[d] = Some(ids[out.assignment[i] as usize]);
+            }
+            let max_id = ids.iter().copied().max().unwrap_or(0) as usize;
+            live.install(&fleet, assignment, max_id + 1);
+            live.plan = Some(out.plan);
+            live.totals.replans += 1;
+            live.totals.planning_s += t0.elapsed().as_secs_f64();
+        }
+        let counts = fleet.observe(m, &mut rng);
+        offered.push(counts.iter().sum::<f64>() / 60.0);
+        record(&mut history, &mut recent, &counts, m);
+        for live in &mut lives {
+            // What the planned devices want to hear (messages).
+            let wanted: f64 = live
+                .device_shard
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_some())
+                .flat_map(|(d, _)| fleet.devices[d].subscriptions.iter())
+                .map(|&t| counts[t as usize])
+                .sum();
+            live.minute(&counts, wanted, cap);
+        }
+        if m % 60 == 0 {
+            progress(m, end);
+        }
+    }
+    progress(end, end);
+    Ok(Report {
+        scenario: sc.clone(),
+        totals: lives.iter().map(|l| l.totals.clone()).collect(),
+        traces: lives.iter().map(|l| l.trace.clone()).collect(),
+        offered,
+        static_shards,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Adds a minute's counts to the 5-minute history and the recent window.
+fn record(history: &mut [Vec<f64>], recent: &mut Vec<Vec<f64>>, counts: &[f64], m: u32) {
+    for (h, &c) in history.iter_mut().zip(counts) {
+        if m.is_multiple_of(BUCKET) {
+            h.push(0.0);
+        }
+        *h.last_mut().expect("pushed") += c;
+    }
+    recent.push(counts.to_vec());
+    if recent.len() > BUCKET as usize {
+        recent.remove(0);
+    }
+}
+
+/// Mean rate (messages/s) per topic over the recent window.
+fn nowcast(recent: &[Vec<f64>], topics: usize) -> Vec<f64> {
+    let n = recent.len().max(1) as f64 * 60.0;
+    (0..topics)
+        .map(|t| recent.iter().map(|r| r[t]).sum::<f64>() / n)
+        .collect()
+}
+
+fn mix(x: u64) -> u64 {
+    let mut x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Report {
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let sc = &self.scenario;
+        let _ = writeln!(
+            s,
+            "{} devices, {} topics, {} sites; {} days compared after {} of warm-up; capacity {} msg/s per shard (headroom {}), cycle {} min, lead {} min; static uses {} shards",
+            sc.fleet.devices,
+            sc.fleet.topics,
+            sc.fleet.sites,
+            sc.fleet.days - sc.warmup_days,
+            sc.warmup_days,
+            sc.resources.shard_capacity,
+            sc.resources.headroom,
+            sc.cycle,
+            sc.lead,
+            self.static_shards
+        );
+        let _ = writeln!(
+            s,
+            "{:<11} {:>10} {:>11} {:>14} {:>16} {:>10} {:>8} {:>10}",
+            "strategy",
+            "overload",
+            "shard-h",
+            "copies",
+            "wasted",
+            "migrations",
+            "replans",
+            "plan s"
+        );
+        for t in &self.totals {
+            let _ = writeln!(
+                s,
+                "{:<11} {:>10} {:>11.1} {:>14.0} {:>16.0} {:>10} {:>8} {:>10.2}",
+                t.strategy,
+                t.overload_minutes,
+                t.shard_hours,
+                t.copies,
+                t.wasted,
+                t.migrations,
+                t.replans,
+                t.planning_s
+            );
+        }
+        let (r, p) = (&self.totals[1], &self.totals[2]);
+        if r.overload_minutes > 0 {
+            let _ = writeln!(
+                s,
+                "predictive vs reactive: {:.0}% fewer overload-minutes, {:+.1}% shard-hours",
+                100.0 * (1.0 - p.overload_minutes as f64 / r.overload_minutes as f64),
+                100.0 * (p.shard_hours / r.shard_hours - 1.0)
+            );
+        }
+        let _ = write!(s, "simulated in {:.1} s", self.elapsed_s);
+        s
+    }
+
+    /// Writes `shards.svg` and `load.svg` (per strategy, over time) and
+    /// `offered.svg` into `dir`.
+    pub fn plot(&self, dir: &Path) -> Result<(), SimError> {
+        use plotters::prelude::*;
+        std::fs::create_dir_all(dir).map_err(|e| SimError::Plot {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let colours = [
+            RGBColor(120, 120, 120),
+            RGBColor(200, 60, 40),
+            RGBColor(30, 90, 200),
+        ];
+        let hours: Vec<f64> = (0..self.offered.len()).map(|m| m as f64 / 60.0).collect();
+        let x_max = hours.last().copied().unwrap_or(1.0).max(1.0);
+        let draw = |file: &str, title: &str, series: Vec<(&str, Vec<f64>, RGBColor)>| {
+            let path = dir.join(file);
+            let err = |e: String| SimError::Plot {
+                path: path.display().to_string(),
+                reason: e,
+            };
+            let y_max = series
+                .iter()
+                .flat_map(|s| s.1.iter().copied())
+                .fold(0.0f64, f64::max)
+                .max(1e-9)
+                * 1.1;
+            let root = SVGBackend::new(&path, (1100, 420)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc("hours since the comparison started")
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            for (name, ys, colour) in series {
+                chart
+                    .draw_series(LineSeries::new(
+                        hours.iter().copied().zip(ys.iter().copied()),
+                        colour.stroke_width(1),
+                    ))
+                    .map_err(|e| err(e.to_string()))?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            root.present().map_err(|e| err(e.to_string()))
+        };
+        let names = ["static", "reactive", "predictive"];
+        draw(
+            "shards.svg",
+            "active shards",
+            (0..3)
+                .map(|i| {
+                    let ys = self.traces[i].shards.iter().map(|&v| v as f64).collect();
+                    (names[i], ys, colours[i])
+                })
+                .collect(),
+        )?;
+        draw(
+            "load.svg",
+            "highest shard load / capacity (above 1 = overload)",
+            (1..3)
+                .map(|i| (names[i], self.traces[i].max_utilisation.clone(), colours[i]))
+                .collect(),
+        )?;
+        draw(
+            "offered.svg",
+            "offered load, messages/s (all topics)",
+            vec![("offered", self.offered.clone(), RGBColor(0, 0, 0))],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_deterministically_and_accounts_every_minute() {
+        let sc = Scenario::builtin("small", 1).unwrap();
+        let mut calls = 0;
+        let a = run(&sc, &mut |_, _| calls += 1).unwrap();
+        assert!(calls > 24, "progress is reported");
+        let b = run(&sc, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            a.totals
+                .iter()
+                .map(|t| t.overload_minutes)
+                .collect::<Vec<_>>(),
+            b.totals
+                .iter()
+                .map(|t| t.overload_minutes)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(a.traces[2].shards, b.traces[2].shards);
+        assert_eq!(a.offered.len(), 1440);
+        for (t, tr) in a.totals.iter().zip(&a.traces) {
+            assert_eq!(tr.shards.len(), 1440, "{}", t.strategy);
+            let hours: f64 = tr.shards.iter().map(|&s| s as f64 / 60.0).sum();
+            assert!((hours - t.shard_hours).abs() < 1e-6);
+        }
+        let st = &a.totals[0];
+        assert_eq!((st.migrations, st.replans), (0, 0));
+        // The planners re-plan at least every cycle.
+        assert!(a.totals[1].replans >= 1440 / 15 && a.totals[2].replans >= 1440 / 15);
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused() {
+        assert!(matches!(
+            Scenario::builtin("nope", 1),
+            Err(SimError::Unknown(_))
+        ));
+        let mut sc = Scenario::builtin("small", 1).unwrap();
+        sc.warmup_days = 1;
+        sc.fleet.days = 2;
+        assert!(
+            run(&sc, &mut |_, _| {})
+                .unwrap_err()
+                .to_string()
+                .contains("warmup_days")
+        );
+        let mut sc = Scenario::builtin("small", 1).unwrap();
+        sc.resources.shard_capacity = -1.0;
+        assert!(
+            run(&sc, &mut |_, _| {})
+                .unwrap_err()
+                .to_string()
+                .contains("shard_capacity")
+        );
+        let mut sc = Scenario::builtin("small", 1).unwrap();
+        sc.cycle = 0;
+        assert!(
+            run(&sc, &mut |_, _| {})
+                .unwrap_err()
+                .to_string()
+                .contains("cycle")
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! `router-ctl plan` and `router-ctl simulate` as an operator runs them:
+//! the plan they write installs (`router-ctl check`), re-planning from it
+//! keeps what can be kept, and bad input is refused with a non-zero exit,
+//! a message naming what is wrong, and no output file.
+
+use std::{path::Path, process::Command};
+
+use integration_tests::ctl_binary;
+
+fn ctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ctl_binary()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two buildings: room topics, a building-wide topic, one cross-building
+/// subscriber; capacity forces at least two shards.
+fn workload(rate_scale: f64) -> serde_json::Value {
+    let mut topics = Vec::new();
+    let mut devices = Vec::new();
+    for b in 0..2 {
+        topics.push(serde_json::json!({"name": format!("b{b}/alerts"), "rate": 1.0 * rate_scale}));
+        for r in 0..5 {
+            topics
+                .push(serde_json::json!({"name": format!("b{b}/r{r}"), "rate": 6.0 * rate_scale}));
+            for i in 0..4 {
+                let id = b * 100 + r * 10 + i;
+                devices.push(serde_json::json!({
+                    "id": format!("d{id}"),
+                    "group": format!("b{b}"),
+                    "address": format!("198.18.{b}.{}", r * 10 + i + 1),
+                    "subscriptions": [format!("b{b}/alerts"), format!("b{b}/r{r}")],
+                    "battery": if i == 0 { 0.2 } else { 1.0 },
+                }));
+            }
+        }
+    }
+    devices.push(serde_json::json!({"id": "x", "subscriptions": ["b0/r0", "b1/r0"]}));
+    serde_json::json!({
+        "resources": {"shard_capacity": 40, "max_shards": 8, "egress": "eth1"},
+        "topics": topics,
+        "devices": devices,
+    })
+}
+
+fn write(dir: &Path, name: &str, v: &serde_json::Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn plans_replans_and_refuses_bad_workloads() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("scplan"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = write(&dir, "w.json", &workload(1.0));
+    let p1 = dir.join("p1.json");
+    let (ok, out, err) = ctl(&["plan", "--workload", &w, "--out", p1.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("generation 1:") && out.contains("inter-shard copies"),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(&["check", p1.to_str().unwrap()]);
+    assert!(ok, "the plan installs: {err}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p1).unwrap()).unwrap();
+    let shards = plan["shards"].as_array().unwrap().len();
+    assert!(shards >= 2, "{plan}");
+    // Each building stays in one shard: its room topics go to one shard.
+    for t in plan["topics"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        if name.ends_with("/r3") {
+            assert_eq!(t["shards"].as_array().unwrap().len(), 1, "{t}");
+        }
+    }
+    // The load doubles: re-planning from p1 creates shards, keeps ids.
+    let w2 = write(&dir, "w2.json", &workload(2.0));
+    let p2 = dir.join("p2.json");
+    let (ok, out, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w2,
+        "--current",
+        p1.to_str().unwrap(),
+        "--out",
+        p2.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["generation"], 2);
+    assert_eq!(report["cost"]["overloaded_shards"], 0, "{report}");
+    let plan2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p2).unwrap()).unwrap();
+    assert!(plan2["shards"].as_array().unwrap().len() > shards);
+    let ids = |p: &serde_json::Value| -> Vec<u64> {
+        p["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(ids(&plan).iter().all(|i| ids(&plan2).contains(i)));
+    // Rates from a forecast file.
+    let fc = dir.join("f.csv");
+    std::fs::write(
+        &fc,
+        "topic,group,horizon,timestamp,predicted,lower,upper\nb0/r0,b0,1h,0,6000,5000,7000\n",
+    )
+    .unwrap();
+    let p3 = dir.join("p3.json");
+    let (ok, out, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w,
+        "--forecast",
+        fc.to_str().unwrap(),
+        "--out",
+        p3.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // b0/r0 at 100 msg/s cannot fit a 32 msg/s usable shard: reported.
+    assert!(
+        report["cost"]["max_load"].as_f64().unwrap() >= 100.0,
+        "{report}"
+    );
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("above usable capacity")
+    );
+
+    // Refusals: non-zero exit, the offender named, nothing written.
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "unknown topic",
+            Box::new(|w| w["devices"][0]["subscriptions"][0] = "nope".into()),
+            "unknown topic \"nope\"",
+        ),
+        (
+            "duplicate device",
+            Box::new(|w| w["devices"][1]["id"] = "d0".into()),
+            "device id \"d0\" appears more than once",
+        ),
+        (
+            "capacity",
+            Box::new(|w| w["resources"]["shard_capacity"] = 0.into()),
+            "resources.shard_capacity",
+        ),
+        (
+            "negative rate",
+            Box::new(|w| w["topics"][0]["rate"] = (-1).into()),
+            "rate -1",
+        ),
+        (
+            "unknown field",
+            Box::new(|w| w["resources"]["colour"] = "red".into()),
+            "unknown field `colour`",
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let mut bad = workload(1.0);
+        edit(&mut bad);
+        let b = write(&dir, "bad.json", &bad);
+        let out = dir.join("never.json");
+        let (ok, _, err) = ctl(&["plan", "--workload", &b, "--out", out.to_str().unwrap()]);
+        assert!(!ok, "{what}");
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(!out.exists(), "{what}: nothing written");
+    }
+    let (ok, _, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w,
+        "--forecast",
+        fc.to_str().unwrap(),
+        "--horizon",
+        "5m",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(!ok && err.contains("no rows for horizon \"5m\""), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn simulates_and_plots() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("scsim"));
+    let (ok, out, err) = ctl(&[
+        "simulate",
+        "--scenario",
+        "small",
+        "--days",
+        "1",
+        "--plot",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for s in ["static", "reactive", "predictive"] {
+        assert!(out.lines().any(|l| l.starts_with(s)), "{out}");
+    }
+    assert!(err.contains("simulate: day"), "progress shown: {err}");
+    for f in ["shards.svg", "load.svg", "offered.svg"] {
+        let svg = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{f}");
+    }
+    let (ok, _, err) = ctl(&["simulate", "--scenario", "nope"]);
+    assert!(!ok && err.contains("unknown scenario \"nope\""), "{err}");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"fleet\": 1}").unwrap();
+    let (ok, _, err) = ctl(&["simulate", "--scenario", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("not valid JSON"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
