@@ -208,6 +208,20 @@ pub fn plan(
     })
 }
 
+/// The cost of an arbitrary assignment (device index -> shard 0..k) of
+/// `inst`, e.g. another partitioner's, under the same model.
+pub fn evaluate(inst: &Instance, assignment: &[u32]) -> Cost {
+    let mut p = Partition::new(inst);
+    let k = assignment.iter().copied().max().map_or(0, |m| m + 1);
+    for _ in 0..k {
+        p.open();
+    }
+    for (d, &s) in assignment.iter().enumerate() {
+        p.place(d, s);
+    }
+    p.cost()
+}
+
 /// Sort key grouping devices that share topics: (most-shared topic,
 /// least-shared topic, seeded hash).
 fn cluster_keys(inst: &Instance, seed: u64) -> Vec<(u32, u32, u64)> {

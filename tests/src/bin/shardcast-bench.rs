@@ -87,15 +87,27 @@ fn run() -> Result<()> {
             .with_context(|| format!("SHARDCAST_BENCH_ROUNDS={s:?} is not a positive count"))?,
         Err(_) => 9,
     };
+    let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
+    if !["all", "xdp", "control", "planner"].contains(&which.as_str()) {
+        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control or planner");
+    }
+    if which == "all" || which == "planner" {
+        // target/<profile>/shardcast-bench -> target/
+        let exe = std::env::current_exe()?;
+        let target = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .context("bench binary outside a target directory")?;
+        println!("{}", integration_tests::planner_bench::bench(target)?);
+        if which == "planner" {
+            return Ok(());
+        }
+    }
     let ns = NetNs::new("scbench")?;
     ns.ip(&["link", "add", "sc0", "type", "veth", "peer", "name", "sc1"])?;
     ns.ip(&["link", "set", "sc0", "up"])?;
     ns.ip(&["link", "set", "sc1", "up"])?;
     // Everything that names interfaces runs in the namespace.
-    let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
-    if which != "all" && which != "xdp" && which != "control" {
-        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp or control");
-    }
     if which != "control" {
         let table = ns.run(move || bench(rounds))??;
         println!("{table}");

@@ -1,0 +1,272 @@
+//! The planner benchmark (`SHARDCAST_BENCH=planner cargo xtask bench`):
+//! speed at 1M devices / 100k topics / 256 shards, and the quality of its
+//! partitions against Mt-KaHyPar (PyPI `mtkahypar`, connectivity
+//! objective) on the same instances, when the bench can install it.
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use router_ctl::{
+    planner::{self, Options},
+    scenario::{Fleet, FleetSpec},
+    workload::{Instance, Resources},
+};
+
+/// A fleet of `devices` in sites of 4,000 with 10 topics per 100 devices,
+/// rates at midday, shard capacity sized for about `shards` shards.
+pub fn instance(devices: usize, shards: usize) -> Instance {
+    let fleet = Fleet::generate(FleetSpec {
+        seed: 1,
+        sites: (devices / 4000).max(1),
+        devices,
+        topics: devices / 10,
+        zone_rate: 1.0,
+        days: 1,
+        flashes_per_day: 0.0,
+    });
+    let rates = fleet.rates(12 * 60);
+    let total: f64 = rates.iter().sum();
+    let resources = Resources {
+        // 25% above the total for copies, 20% headroom.
+        shard_capacity: total * 1.25 / (shards as f64 * 0.9 * 0.8),
+        max_shards: 256,
+        headroom: 0.2,
+        merge_below: 0.7,
+        bandwidth: None,
+        max_migrations: devices,
+        egress: "eth1".into(),
+        group_v4_base: "239.1.0.0".into(),
+        group_v6_base: None,
+    };
+    fleet
+        .workload(0, &rates, resources)
+        .index()
+        .expect("generated workloads are valid")
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Writes the instance as an hMetis hypergraph (nets = topics weighted by
+/// rate, vertices = devices weighted by their share of their topics'
+/// rates), integer weights scaled by 1000.
+fn write_hmetis(inst: &Instance, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let n = inst.devices.len();
+    let mut pins: Vec<Vec<u32>> = vec![Vec::new(); inst.topics.len()];
+    for d in 0..n {
+        for &t in inst.subscriptions(d) {
+            pins[t as usize].push(d as u32 + 1);
+        }
+    }
+    let nets: Vec<usize> = (0..pins.len()).filter(|&t| !pins[t].is_empty()).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "{} {} 11", nets.len(), n)?;
+    for &t in &nets {
+        write!(f, "{}", ((inst.rates[t] * 1000.0).round() as u64).max(1))?;
+        for p in &pins[t] {
+            write!(f, " {p}")?;
+        }
+        writeln!(f)?;
+    }
+    for w in vertex_weights(inst) {
+        writeln!(f, "{}", ((w * 1000.0).round() as u64).max(1))?;
+    }
+    Ok(())
+}
+
+/// A device's share of the load its topics put on a shard.
+fn vertex_weights(inst: &Instance) -> Vec<f64> {
+    let mut subs = vec![0u32; inst.topics.len()];
+    for &t in &inst.subs {
+        subs[t as usize] += 1;
+    }
+    (0..inst.devices.len())
+        .map(|d| {
+            inst.subscriptions(d)
+                .iter()
+                .map(|&t| inst.rates[t as usize] / subs[t as usize] as f64)
+                .sum()
+        })
+        .collect()
+}
+
+/// Imbalance of an assignment in vertex weights: max block / mean - 1.
+fn imbalance(inst: &Instance, assignment: &[u32], k: usize) -> f64 {
+    let w = vertex_weights(inst);
+    let mut blocks = vec![0.0; k];
+    for (d, &s) in assignment.iter().enumerate() {
+        blocks[s as usize] += w[d];
+    }
+    let total: f64 = blocks.iter().sum();
+    blocks.iter().fold(0.0f64, |a, &b| a.max(b)) / (total / k as f64) - 1.0
+}
+
+const MTKAHYPAR: &str = "mtkahypar==1.7.post1";
+
+/// A venv with Mt-KaHyPar, made once under `target/`.
+fn reference_python(target: &Path) -> Result<std::path::PathBuf> {
+    let venv = target.join("bench-venv");
+    let python = venv.join("bin/python");
+    let ok = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import mtkahypar"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok(&python) {
+        return Ok(python);
+    }
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?;
+    if !st.success() {
+        bail!("python3 -m venv failed (Debian: apt install python3-venv)");
+    }
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", MTKAHYPAR])
+        .output()?;
+    if !out.status.success() || !ok(&python) {
+        bail!(
+            "pip install {MTKAHYPAR} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(python)
+}
+
+const SCRIPT: &str = r#"
+import sys, time, mtkahypar
+path, k, eps, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+mtk = mtkahypar.initialize(2)
+ctx = mtk.context_from_preset(mtkahypar.PresetType.DEFAULT)
+ctx.set_partitioning_parameters(k, eps, mtkahypar.Objective.KM1)
+ctx.logging = False
+mtkahypar.set_seed(1)
+hg = mtk.hypergraph_from_file(path, ctx, mtkahypar.FileFormat.HMETIS)
+t = time.perf_counter()
+phg = hg.partition(ctx)
+el = time.perf_counter() - t
+with open(out, "w") as f:
+    f.write("\n".join(str(phg.block_id(v)) for v in range(hg.num_nodes())))
+print(el)
+"#;
+
+/// Runs Mt-KaHyPar on `inst` with `k` blocks; returns (assignment, seconds).
+fn reference(python: &Path, inst: &Instance, k: usize, eps: f64) -> Result<(Vec<u32>, f64)> {
+    let dir = std::env::temp_dir().join(crate::unique("scbench-hg"));
+    std::fs::create_dir_all(&dir)?;
+    let hg = dir.join("g.hgr");
+    let part = dir.join("g.part");
+    write_hmetis(inst, &hg)?;
+    let out = Command::new(python)
+        .args(["-c", SCRIPT])
+        .arg(&hg)
+        .arg(k.to_string())
+        .arg(format!("{eps:.4}"))
+        .arg(&part)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "Mt-KaHyPar failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("Mt-KaHyPar's time")?;
+    let assignment = std::fs::read_to_string(&part)?
+        .lines()
+        .map(|l| l.trim().parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::remove_dir_all(&dir).ok();
+    if assignment.len() != inst.devices.len() {
+        bail!(
+            "Mt-KaHyPar returned {} blocks for {} devices",
+            assignment.len(),
+            inst.devices.len()
+        );
+    }
+    Ok((assignment, secs))
+}
+
+pub fn bench(target: &Path) -> Result<String> {
+    let mut out = String::from(
+        "| devices | topics | shards | plan (median of 3) | re-plan at 1.2x load | migrations | peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut quality = String::from(
+        "| devices | shards | ours: copies (msg/s) | ours: max load / usable cap | ours: time | Mt-KaHyPar (km1, same k, eps): copies | its max load / usable cap | its time | copies ours / ref |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let python = reference_python(target);
+    for (devices, shards) in [(100_000usize, 64usize), (1_000_000, 240)] {
+        let inst = instance(devices, shards);
+        let mut times = Vec::new();
+        let mut first = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let o = planner::plan(&inst, None, Options::default())?;
+            times.push(t.elapsed().as_secs_f64());
+            first = Some(o);
+        }
+        let first = first.expect("ran");
+        let mut peak = inst.clone();
+        for r in &mut peak.rates {
+            *r *= 1.2;
+        }
+        let t = Instant::now();
+        let re = planner::plan(&peak, Some(&first.plan), Options::default())?;
+        let replan = t.elapsed().as_secs_f64();
+        out.push_str(&format!(
+            "| {devices} | {} | {} | {:.2} s | {:.2} s | {} | {:.0} MiB |\n",
+            inst.topics.len(),
+            first.cost.shards,
+            median(times.clone()),
+            replan,
+            re.cost.migrations,
+            peak_rss_mib()
+        ));
+        let cap = inst.resources.usable_capacity();
+        let k = first.cost.shards;
+        match &python {
+            Ok(python) => {
+                let eps = imbalance(&inst, &first.assignment, k).max(0.03);
+                let (assignment, secs) = reference(python, &inst, k, eps)?;
+                let theirs = planner::evaluate(&inst, &assignment);
+                quality.push_str(&format!(
+                    "| {devices} | {k} | {:.0} | {:.2} | {:.2} s | {:.0} (eps {:.2}) | {:.2} | {:.1} s | {:.3} |\n",
+                    first.cost.copies,
+                    first.cost.max_load / cap,
+                    median(times),
+                    theirs.copies,
+                    eps,
+                    theirs.max_load / cap,
+                    secs,
+                    first.cost.copies / theirs.copies.max(1e-9),
+                ));
+            }
+            Err(e) => quality.push_str(&format!(
+                "| {devices} | {k} | {:.0} | {:.2} | {:.2} s | not run: {e} | | | |\n",
+                first.cost.copies,
+                first.cost.max_load / cap,
+                median(times)
+            )),
+        }
+    }
+    Ok(format!("{out}\n{quality}"))
+}
