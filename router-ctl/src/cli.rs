@@ -113,6 +113,16 @@ pub struct ForecastArgs {
     /// Print per-horizon MASE and sMAPE of each model (rolling origin).
     #[arg(long)]
     pub backtest: bool,
+    /// Device status per group now (`group,connected,devices[,low_battery]`):
+    /// scales each group's forecast by its share of active devices.
+    #[arg(long)]
+    pub status: Option<PathBuf>,
+    /// Draw actual vs predicted with the band (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// The series to draw, `topic/group` (default: the busiest).
+    #[arg(long, requires = "plot")]
+    pub plot_series: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -528,7 +538,37 @@ pub fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("reading {}", a.history.display()))?;
             let series = forecast::series_from_csv(&text, bucket)
                 .with_context(|| format!("{} is not usable history", a.history.display()))?;
-            let lm = forecast::forecast_all(&series, &horizons, forecast::daily_season(bucket));
+            let status = a
+                .status
+                .as_ref()
+                .map(|p| {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    forecast::status_from_csv(&text)
+                        .with_context(|| format!("{} is not a usable status file", p.display()))
+                })
+                .transpose()?;
+            let season = forecast::daily_season(bucket);
+            let mut lm = forecast::forecast_all(&series, &horizons, season);
+            if let Some(st) = &status {
+                lm.apply_status(st);
+            }
+            if let Some(plot) = &a.plot {
+                let index = match &a.plot_series {
+                    Some(name) => series
+                        .iter()
+                        .position(|s| format!("{}/{}", s.topic, s.group) == *name)
+                        .with_context(|| format!("--plot-series {name:?}: no such topic/group"))?,
+                    None => (0..series.len())
+                        .max_by(|&i, &j| {
+                            let sum = |k: usize| series[k].values.iter().sum::<f64>();
+                            sum(i).total_cmp(&sum(j))
+                        })
+                        .context("no series to plot")?,
+                };
+                forecast::plot_series(plot, &series[index], &lm, index, season)
+                    .map_err(|e| anyhow::anyhow!("--plot {}: {e}", plot.display()))?;
+            }
             match &a.out {
                 Some(p) => {
                     let tmp = p.with_extension("tmp");

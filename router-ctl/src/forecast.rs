@@ -15,8 +15,11 @@
 //! zero (no messages). Bands come from the backtest's errors at each lead
 //! time (10th and 90th percentiles), never below zero.
 //!
-//! Not here yet (issue 4): the regression and MSTL-like models, device
-//! status scaling, plots, and the comparison with statsforecast.
+//! Device status (`--status`) scales a group's forecasts by its share of
+//! active devices; `--plot` draws one series with its band.
+//!
+//! Not here yet (issue 4): the regression and MSTL-like models and the
+//! comparison with statsforecast.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -44,6 +47,8 @@ pub enum ForecastError {
     Empty,
     #[error("horizon {0:?}: not a duration (use s, m, h or d, e.g. \"5m\", \"1h\", \"24h\")")]
     BadHorizon(String),
+    #[error("status line {line}: {reason}")]
+    BadStatusLine { line: usize, reason: String },
     #[error("forecast line {line}: {reason}")]
     BadForecastLine { line: usize, reason: String },
     #[error("the forecast has no rows for horizon {0:?}")]
@@ -529,6 +534,192 @@ pub fn rates_from_csv(
     Ok(rates)
 }
 
+/// Device status of one group now: the history was recorded with
+/// `devices` members; `connected` are online, `low_battery` of them in
+/// low-power mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupStatus {
+    pub connected: u64,
+    pub devices: u64,
+    pub low_battery: u64,
+}
+
+impl GroupStatus {
+    /// Expected activity relative to the history: offline devices publish
+    /// nothing, low-power ones at [`LOW_POWER_RATE`] of their usual rate.
+    pub fn factor(&self) -> f64 {
+        (self.connected as f64 - (1.0 - LOW_POWER_RATE) * self.low_battery as f64)
+            / self.devices as f64
+    }
+}
+
+/// Publish rate of a device in low-power mode relative to its usual one
+/// (duty cycles typically halve when the battery runs low).
+pub const LOW_POWER_RATE: f64 = 0.5;
+
+/// Parses `group,connected,devices[,low_battery]` (header optional).
+pub fn status_from_csv(text: &str) -> Result<BTreeMap<String, GroupStatus>> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || (n == 1 && line.starts_with("group,")) {
+            continue;
+        }
+        let bad = |reason: String| ForecastError::BadStatusLine { line: n, reason };
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if !(3..=4).contains(&f.len()) {
+            return Err(bad(format!(
+                "expected group,connected,devices[,low_battery], got {} fields",
+                f.len()
+            )));
+        }
+        let count = |k: usize, name: &str| -> Result<u64> {
+            f[k].parse::<u64>()
+                .map_err(|_| bad(format!("{name} {:?} is not a count", f[k])))
+        };
+        let st = GroupStatus {
+            connected: count(1, "connected")?,
+            devices: count(2, "devices")?,
+            low_battery: if f.len() == 4 {
+                count(3, "low_battery")?
+            } else {
+                0
+            },
+        };
+        if f[0].is_empty() {
+            return Err(bad("empty group name".into()));
+        }
+        if st.devices == 0 {
+            return Err(bad("devices must be > 0".into()));
+        }
+        if st.connected > st.devices {
+            return Err(bad(format!(
+                "connected {} exceeds devices {}",
+                st.connected, st.devices
+            )));
+        }
+        if st.low_battery > st.connected {
+            return Err(bad(format!(
+                "low_battery {} exceeds connected {}",
+                st.low_battery, st.connected
+            )));
+        }
+        if out.insert(f[0].to_string(), st).is_some() {
+            return Err(bad(format!("group {:?} appears twice", f[0])));
+        }
+    }
+    Ok(out)
+}
+
+impl LoadMatrix {
+    /// Scales every series of a group with a status by its activity
+    /// factor (predicted and band alike).
+    pub fn apply_status(&mut self, status: &BTreeMap<String, GroupStatus>) {
+        for (i, (_, group)) in self.series.iter().enumerate() {
+            if let Some(st) = status.get(group) {
+                let f = st.factor();
+                self.values
+                    .slice_mut(ndarray::s![i, .., ..])
+                    .mapv_inplace(|v| v * f);
+            }
+        }
+    }
+}
+
+/// Draws one series: the last two days of history, the chosen model's path
+/// to the longest horizon, and the band at each horizon.
+pub fn plot_series(
+    path: &std::path::Path,
+    s: &Series,
+    lm: &LoadMatrix,
+    index: usize,
+    season: usize,
+) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let max_h = lm
+        .horizons
+        .iter()
+        .map(|(_, h)| *h as usize)
+        .max()
+        .unwrap_or(1);
+    let model = match lm.models[index] {
+        "holt-winters" => Model::HoltWinters,
+        _ => Model::SeasonalNaive,
+    };
+    let path_f = model.forecast(&s.values, season, max_h);
+    let keep = (2 * season).min(s.values.len());
+    let first = s.values.len() - keep;
+    let hours = |i: usize| (i as f64 - s.values.len() as f64) * s.step as f64 / 3600.0;
+    let actual: Vec<(f64, f64)> = (first..s.values.len())
+        .map(|i| (hours(i), s.values[i]))
+        .collect();
+    let predicted: Vec<(f64, f64)> = path_f
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| (hours(s.values.len() + k), v))
+        .collect();
+    let y_max = actual
+        .iter()
+        .chain(&predicted)
+        .map(|p| p.1)
+        .chain((0..lm.horizons.len()).map(|j| lm.values[[index, j, 2]]))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let x0 = actual.first().map_or(-1.0, |p| p.0);
+    let x1 = predicted.last().map_or(1.0, |p| p.0).max(0.0);
+    let root = SVGBackend::new(path, (1100, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let title = format!("{} / {} ({})", s.topic, s.group, lm.models[index]);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("hours from now")
+        .y_desc(format!("messages per {} s", s.step))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(actual, BLACK.stroke_width(1)))
+        .map_err(|e| e.to_string())?
+        .label("actual")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+    let blue = RGBColor(30, 90, 200);
+    chart
+        .draw_series(LineSeries::new(predicted, blue.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label("predicted")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], blue));
+    let red = RGBColor(200, 60, 40);
+    chart
+        .draw_series(lm.horizons.iter().enumerate().map(|(j, (_, h))| {
+            let x = hours(s.values.len() + *h as usize - 1);
+            ErrorBar::new_vertical(
+                x,
+                lm.values[[index, j, 1]],
+                lm.values[[index, j, 0]],
+                lm.values[[index, j, 2]],
+                red.stroke_width(2),
+                8,
+            )
+        }))
+        .map_err(|e| e.to_string())?
+        .label("band at each horizon")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y - 5), (x, y + 5)], red));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
 /// Season length in buckets: one day.
 pub fn daily_season(step: u64) -> usize {
     (Duration::from_secs(86_400).as_secs() / step) as usize
@@ -537,6 +728,16 @@ pub fn daily_season(step: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_scales_by_active_share() {
+        let st = status_from_csv("group,connected,devices,low_battery\ng,8,10,4\nh,5,5\n").unwrap();
+        // 8 of 10 online, 4 of them at half rate: (8 - 2) / 10.
+        assert!((st["g"].factor() - 0.6).abs() < 1e-12);
+        assert_eq!(st["h"].factor(), 1.0);
+        let err = status_from_csv("g,1\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
 
     fn sinusoid(n: usize, m: usize) -> Vec<f64> {
         (0..n)

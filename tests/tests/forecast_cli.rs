@@ -83,5 +83,80 @@ fn forecasts_every_series_at_every_horizon_and_refuses_bad_input() {
     let (ok, _, err) = run(&["--history", bad.to_str().unwrap(), "--bucket", "1m"]);
     assert!(!ok);
     assert!(err.contains("line 2") && err.contains("grid"), "{err}");
+
+    // Device status: g1 has half its devices online, so t/a's forecast
+    // halves; g2 has no status line and is unchanged.
+    let status = dir.join("status.csv");
+    std::fs::write(&status, "group,connected,devices,low_battery\ng1,10,20,0\n").unwrap();
+    let svg = dir.join("p.svg");
+    let (ok, out2, err) = run(&[
+        "--history",
+        g,
+        "--bucket",
+        "1h",
+        "--horizons",
+        "1h,24h",
+        "--status",
+        status.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--plot-series",
+        "t/a/g1",
+    ]);
+    assert!(ok, "{err}");
+    let row = |text: &str, i: usize| -> f64 {
+        text.lines()
+            .nth(i)
+            .unwrap()
+            .split(',')
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!((row(&out2, 1) - row(&out, 1) / 2.0).abs() < 1e-2, "{out2}");
+    assert!((row(&out2, 3) - row(&out, 3)).abs() < 1e-9, "{out2}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawn.starts_with("<svg") && drawn.contains("t/a / g1"),
+        "plot drawn"
+    );
+    for (content, what) in [
+        ("g1,30,20\n", "connected 30 exceeds devices 20"),
+        ("g1,10,20,11\n", "low_battery 11 exceeds connected 10"),
+        ("g1,ten,20\n", "connected \"ten\" is not a count"),
+        ("g1,1,0\n", "devices must be > 0"),
+        ("g1,1,2\ng1,1,2\n", "appears twice"),
+    ] {
+        std::fs::write(&status, content).unwrap();
+        let (ok, _, err) = run(&[
+            "--history",
+            g,
+            "--bucket",
+            "1h",
+            "--horizons",
+            "1h",
+            "--status",
+            status.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{content:?} accepted");
+        assert!(
+            err.contains(what) && err.contains("line"),
+            "{content:?}: {err}"
+        );
+    }
+    let (ok, _, err) = run(&[
+        "--history",
+        g,
+        "--bucket",
+        "1h",
+        "--horizons",
+        "1h",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--plot-series",
+        "nope/x",
+    ]);
+    assert!(!ok && err.contains("no such topic/group"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
