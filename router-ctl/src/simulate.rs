@@ -380,7 +380,7 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
         .map(|d| {
             fleet
                 .present(d, warm)
-                .then(|| (mix(fleet.devices[d].site as u64) % static_shards as u64) as u32)
+                .then(|| (planner::mix(fleet.devices[d].site as u64) % static_shards as u64) as u32)
         })
         .collect();
     lives[0].install(&fleet, assignment, static_shards as usize);
@@ -526,13 +526,6 @@ fn nowcast(recent: &[Vec<f64>], topics: usize) -> Vec<f64> {
     (0..topics)
         .map(|t| recent.iter().map(|r| r[t]).sum::<f64>() / n)
         .collect()
-}
-
-fn mix(x: u64) -> u64 {
-    let mut x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 impl Report {
