@@ -25,7 +25,10 @@ use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use ndarray::Array3;
 
-use crate::history::{HistoryError, parse_csv_lines};
+use crate::{
+    history::{HistoryError, parse_csv_lines},
+    records::{Columns, records},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
@@ -496,22 +499,26 @@ pub fn rates_from_csv(
     upper: bool,
     step: u64,
 ) -> Result<BTreeMap<String, f64>> {
+    const COLUMNS: Columns = Columns {
+        names: &[
+            "topic",
+            "group",
+            "horizon",
+            "timestamp",
+            "predicted",
+            "lower",
+            "upper",
+        ],
+        optional: 0,
+    };
     let mut rates: BTreeMap<String, f64> = BTreeMap::new();
     let mut found = false;
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim();
-        if line.is_empty() || (n == 1 && line.starts_with("topic,")) {
-            continue;
-        }
+    for record in records(text, &COLUMNS) {
+        let (n, f) = record.map_err(|e| ForecastError::BadForecastLine {
+            line: e.line,
+            reason: e.reason,
+        })?;
         let bad = |reason: String| ForecastError::BadForecastLine { line: n, reason };
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 7 {
-            return Err(bad(format!(
-                "expected 7 fields (topic,group,horizon,timestamp,predicted,lower,upper), got {}",
-                f.len()
-            )));
-        }
         let num = |k: usize, name: &str| -> Result<f64> {
             f[k].parse::<f64>()
                 .ok()
@@ -559,21 +566,17 @@ pub const LOW_POWER_RATE: f64 = 0.5;
 
 /// Parses `group,connected,devices[,low_battery]` (header optional).
 pub fn status_from_csv(text: &str) -> Result<BTreeMap<String, GroupStatus>> {
+    const COLUMNS: Columns = Columns {
+        names: &["group", "connected", "devices", "low_battery"],
+        optional: 1,
+    };
     let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim();
-        if line.is_empty() || (n == 1 && line.starts_with("group,")) {
-            continue;
-        }
+    for record in records(text, &COLUMNS) {
+        let (n, f) = record.map_err(|e| ForecastError::BadStatusLine {
+            line: e.line,
+            reason: e.reason,
+        })?;
         let bad = |reason: String| ForecastError::BadStatusLine { line: n, reason };
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if !(3..=4).contains(&f.len()) {
-            return Err(bad(format!(
-                "expected group,connected,devices[,low_battery], got {} fields",
-                f.len()
-            )));
-        }
         let count = |k: usize, name: &str| -> Result<u64> {
             f[k].parse::<u64>()
                 .map_err(|_| bad(format!("{name} {:?} is not a count", f[k])))

@@ -18,6 +18,8 @@ use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::records::{Columns, records};
+
 /// Fine buckets: bucket start (unix s) → encoded triples.
 const FINE: TableDefinition<u64, &[u8]> = TableDefinition::new("fine");
 /// Downsampled buckets, same encoding.
@@ -393,27 +395,20 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
 /// [`parse_csv`], each row with its line number (for later checks that
 /// must name the line, such as ordering).
 pub fn parse_csv_lines(text: &str) -> Result<Vec<(usize, Row)>> {
+    const COLUMNS: Columns = Columns {
+        names: &["timestamp", "topic", "group", "count"],
+        optional: 0,
+    };
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        if n == 1 && line.trim() == "timestamp,topic,group,count" {
-            continue;
-        }
+    for record in records(text, &COLUMNS) {
+        let (n, f) = record.map_err(|e| HistoryError::Csv {
+            line: e.line,
+            reason: e.reason,
+        })?;
         let bad = |reason: String| HistoryError::Csv { line: n, reason };
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 4 {
-            return Err(bad(format!(
-                "expected 4 fields (timestamp,topic,group,count), found {}",
-                f.len()
-            )));
-        }
-        let ts = match f[0].trim().parse::<u64>() {
+        let ts = match f[0].parse::<u64>() {
             Ok(t) => t,
-            Err(_) => humantime::parse_rfc3339_weak(f[0].trim())
+            Err(_) => humantime::parse_rfc3339_weak(f[0])
                 .map_err(|e| {
                     bad(format!(
                         "timestamp {:?} is neither unix seconds nor RFC 3339 ({e})",
@@ -424,19 +419,18 @@ pub fn parse_csv_lines(text: &str) -> Result<Vec<(usize, Row)>> {
                 .map_err(|_| bad(format!("timestamp {:?} is before 1970", f[0])))?
                 .as_secs(),
         };
-        let topic = f[1].trim();
+        let topic = f[1];
         if topic.is_empty() || topic.len() > router_common::topic::TOPIC_MAX {
             return Err(bad(format!(
                 "topic {topic:?} must be 1..={} bytes",
                 router_common::topic::TOPIC_MAX
             )));
         }
-        let group = f[2].trim();
+        let group = f[2];
         if group.is_empty() {
             return Err(bad("group is empty".into()));
         }
         let count = f[3]
-            .trim()
             .parse::<u64>()
             .map_err(|_| bad(format!("count {:?} is not a non-negative integer", f[3])))?;
         rows.push((

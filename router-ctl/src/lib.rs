@@ -23,6 +23,7 @@ pub mod history;
 pub mod netns;
 pub mod plan;
 pub mod planner;
+pub mod records;
 pub mod scenario;
 pub mod simulate;
 pub mod workload;
