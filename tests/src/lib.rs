@@ -15,6 +15,7 @@ pub use router_common::build;
 
 pub mod fixtures;
 pub mod lab;
+pub mod measure;
 pub mod planner_bench;
 
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.

@@ -12,6 +12,8 @@ use router_ctl::{
     workload::{Instance, Resources},
 };
 
+use crate::measure::{median, peak_rss_mib};
+
 /// A fleet of `devices` in sites of 4,000 with 10 topics per 100 devices,
 /// rates at midday, shard capacity sized for about `shards` shards.
 pub fn instance(devices: usize, shards: usize) -> Instance {
@@ -42,23 +44,6 @@ pub fn instance(devices: usize, shards: usize) -> Instance {
         .workload(0, &rates, resources)
         .index()
         .expect("generated workloads are valid")
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Writes the instance as an hMetis hypergraph (nets = topics weighted by

@@ -14,7 +14,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use integration_tests::{L3, NetNs, build, fixtures, frame, max_ttl, object, reference_object};
+use integration_tests::{
+    L3, NetNs, build, fixtures, frame, max_ttl,
+    measure::{median, rss_mib},
+    object, reference_object,
+};
 use router_common::{coap, mqttsn};
 use router_ctl::{
     config::DaemonConfig,
@@ -66,16 +70,6 @@ enum Prog {
     RouterGroups,
     /// The same, counting one publish in 16.
     RouterGroupsSampled,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn run() -> Result<()> {
@@ -152,17 +146,6 @@ fn big_plan(n: usize, generation: u64, variant: u32) -> router_ctl::plan::Plan {
     }
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Plan installs (full and 10%-changed) and the daemon's tick.
 fn control_plane() -> Result<String> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -206,7 +189,7 @@ fn control_plane() -> Result<String> {
             median(full),
             median(inc),
             memory as f64 / (1 << 20) as f64,
-            rss_kib() as f64 / 1024.0,
+            rss_mib(),
         ));
     }
     out.push('\n');
