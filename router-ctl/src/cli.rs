@@ -163,7 +163,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "default")]
     pub scenario: String,
     /// Days compared (after the scenario's warm-up).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub days: Option<u32>,
     /// Write shards.svg, load.svg and offered.svg here.
     #[arg(long)]
@@ -264,10 +264,37 @@ fn state_file(dir: &Path) -> PathBuf {
 /// Writes the installed plan beside the pins' state, atomically (rename).
 fn save_plan(dir: &Path, plan: &Plan) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(".plan.json.tmp");
-    std::fs::write(&tmp, plan.to_json()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, state_file(dir))
-        .with_context(|| format!("renaming into {}", state_file(dir).display()))?;
+    write_atomically(&state_file(dir), |w| w.write_all(plan.to_json().as_bytes()))
+}
+
+/// Writes `path` whole or not at all: into a hidden file beside it, then
+/// renamed over it, so readers never see half a file. A path that exists
+/// and is not a regular file (`/dev/stdout`, a pipe) is written in place.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        return write(&mut f).with_context(|| format!("writing {}", path.display()));
+    }
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        write(&mut w)?;
+        w.flush()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
     Ok(())
 }
 
@@ -525,13 +552,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Forecast(a) => {
             use crate::forecast;
-            let bucket = humantime::parse_duration(&a.bucket)
-                .ok()
-                .filter(|d| d.as_secs() > 0 && d.subsec_nanos() == 0)
-                .with_context(|| {
-                    format!("--bucket {:?} is not a whole number of seconds", a.bucket)
-                })?
-                .as_secs();
+            let bucket = parse_bucket(&a.bucket)?;
             let horizons =
                 forecast::parse_horizons(&a.horizons, bucket).with_context(|| "--horizons")?;
             let text = std::fs::read_to_string(&a.history)
@@ -570,14 +591,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("--plot {}: {e}", plot.display()))?;
             }
             match &a.out {
-                Some(p) => {
-                    let tmp = p.with_extension("tmp");
-                    forecast::write_csv(
-                        &lm,
-                        std::io::BufWriter::new(std::fs::File::create(&tmp)?),
-                    )?;
-                    std::fs::rename(&tmp, p)?;
-                }
+                Some(p) => write_atomically(p, |w| forecast::write_csv(&lm, w))?,
                 None => forecast::write_csv(&lm, std::io::stdout().lock())?,
             }
             let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -617,10 +631,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     let rows = h.rows()?;
                     match out {
                         Some(p) => {
-                            let tmp = p.with_extension("tmp");
-                            let f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                            crate::history::write_csv(&rows, rfc3339, f)?;
-                            std::fs::rename(&tmp, &p)?;
+                            write_atomically(&p, |w| crate::history::write_csv(&rows, rfc3339, w))?;
                             eprintln!("{} rows written to {}", rows.len(), p.display());
                         }
                         None => {
@@ -752,10 +763,7 @@ fn plan_command(a: PlanArgs) -> Result<()> {
     out.plan
         .compile()
         .context("internal error: the planner produced an invalid plan")?;
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, out.plan.to_json())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    write_atomically(&a.out, |w| w.write_all(out.plan.to_json().as_bytes()))?;
     if a.json {
         println!(
             "{}",
@@ -811,9 +819,6 @@ fn plan_command(a: PlanArgs) -> Result<()> {
 
 fn simulate_command(a: SimulateArgs) -> Result<()> {
     use crate::simulate::{self, Scenario};
-    if a.days == Some(0) {
-        bail!("--days must be at least 1");
-    }
     let path = Path::new(&a.scenario);
     let sc = if path.exists() || a.scenario.ends_with(".json") {
         Scenario::from_file(path, a.days)?

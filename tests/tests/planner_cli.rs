@@ -185,7 +185,7 @@ fn plans_replans_and_refuses_bad_workloads() {
         "--horizon",
         "5m",
         "--out",
-        "/dev/null",
+        dir.join("never.json").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("no rows for horizon \"5m\""), "{err}");
     std::fs::remove_dir_all(&dir).ok();
