@@ -183,19 +183,7 @@ impl Scenario {
         if self.fleet.days <= self.warmup_days {
             return bad("days", "must compare at least one day".into());
         }
-        // The resources are checked as a workload's would be.
-        self.fleet_workload_check()
-    }
-
-    fn fleet_workload_check(&self) -> Result<(), SimError> {
-        crate::workload::Workload {
-            resources: self.resources.clone(),
-            cost: Default::default(),
-            topics: vec![],
-            devices: vec![],
-        }
-        .index()?;
-        Ok(())
+        Ok(self.resources.validate()?)
     }
 }
 

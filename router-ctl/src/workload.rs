@@ -8,7 +8,7 @@
 //! wrong with the input is found before planning starts.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -248,7 +248,7 @@ impl Workload {
             }
         }
         let n = self.devices.len();
-        let mut seen: HashMap<&str, ()> = HashMap::with_capacity(n);
+        let mut seen: HashSet<&str> = HashSet::with_capacity(n);
         let mut addresses: HashMap<IpAddr, &str> = HashMap::new();
         let mut sub_start = Vec::with_capacity(n + 1);
         let mut subs = Vec::new();
@@ -258,7 +258,7 @@ impl Workload {
             if d.id.is_empty() {
                 return Err(WorkloadError::EmptyDeviceId(d.id.clone()));
             }
-            if seen.insert(&d.id, ()).is_some() {
+            if !seen.insert(&d.id) {
                 return Err(WorkloadError::DuplicateDevice(d.id.clone()));
             }
             if !(0.0..=1.0).contains(&d.battery) {
@@ -280,27 +280,22 @@ impl Workload {
                     });
                 }
             }
-            let start = subs.len();
-            for s in &d.subscriptions {
-                let t =
-                    *topic_index
-                        .get(s.as_str())
-                        .ok_or_else(|| WorkloadError::UnknownTopic {
+            let mut mine = d
+                .subscriptions
+                .iter()
+                .map(|s| {
+                    topic_index.get(s.as_str()).copied().ok_or_else(|| {
+                        WorkloadError::UnknownTopic {
                             device: d.id.clone(),
                             topic: s.clone(),
-                        })?;
-                subs.push(t);
-            }
+                        }
+                    })
+                })
+                .collect::<Result<Vec<u32>>>()?;
             // A topic listed twice is one subscription.
-            subs[start..].sort_unstable();
-            let mut k = start;
-            for j in start..subs.len() {
-                if j == start || subs[j] != subs[k - 1] {
-                    subs[k] = subs[j];
-                    k += 1;
-                }
-            }
-            subs.truncate(k);
+            mine.sort_unstable();
+            mine.dedup();
+            subs.extend(mine);
             sub_start.push(subs.len() as u32);
             waste_weight.push(if d.connected {
                 1.0 + w.low_battery * (1.0 - d.battery)
@@ -325,7 +320,8 @@ impl Workload {
 }
 
 impl Resources {
-    fn validate(&self) -> Result<()> {
+    /// Checks every resource field; also used for simulator scenarios.
+    pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: String| Err(WorkloadError::Resource { field, reason });
         if !self.shard_capacity.is_finite() || self.shard_capacity <= 0.0 {
             return bad(
