@@ -1043,7 +1043,9 @@ mod tests {
 
     fn instance(f: &Fleet, scale: f64, res: Resources) -> Instance {
         let rates: Vec<f64> = f.rates(12 * 60).iter().map(|r| r * scale).collect();
-        f.workload(0, &rates, res).index().unwrap()
+        f.workload(&f.present_devices(0), 0, &rates, res)
+            .index()
+            .unwrap()
     }
 
     /// Every device in exactly one shard, every topic routed to exactly the

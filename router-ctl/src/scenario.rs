@@ -277,8 +277,22 @@ impl Fleet {
         }
     }
 
-    /// The planner's input at `minute`, with the given topic rates.
-    pub fn workload(&self, minute: u32, rates: &[f64], resources: Resources) -> Workload {
+    /// The devices that are part of the fleet at `minute`.
+    pub fn present_devices(&self, minute: u32) -> Vec<usize> {
+        (0..self.devices.len())
+            .filter(|&d| self.present(d, minute))
+            .collect()
+    }
+
+    /// The planner's input for `devices` (fleet indices, in the order the
+    /// workload lists them) at `minute`, with the given topic rates.
+    pub fn workload(
+        &self,
+        devices: &[usize],
+        minute: u32,
+        rates: &[f64],
+        resources: Resources,
+    ) -> Workload {
         Workload {
             resources,
             cost: CostWeights::default(),
@@ -292,9 +306,9 @@ impl Fleet {
                     mqttsn_predefined_id: None,
                 })
                 .collect(),
-            devices: (0..self.devices.len())
-                .filter(|&d| self.present(d, minute))
-                .map(|d| {
+            devices: devices
+                .iter()
+                .map(|&d| {
                     let dev = &self.devices[d];
                     Device {
                         id: dev.id.clone(),
@@ -353,9 +367,13 @@ mod tests {
     }
 
     #[test]
-    fn workload_is_valid_and_cycles_show() {
+    fn workload_is_valid() {
         let f = Fleet::generate(small());
+        let present = f.present_devices(0);
+        // 90% exist from the start (200 devices: allow sampling spread).
+        assert!((160..=200).contains(&present.len()), "{}", present.len());
         let w = f.workload(
+            &present,
             0,
             &f.rates(0),
             crate::workload::Resources {
@@ -370,17 +388,41 @@ mod tests {
                 group_v6_base: None,
             },
         );
+        assert_eq!(w.devices.len(), present.len());
         w.index().expect("generated workloads are valid");
-        // A site's traffic at its peak is well above its night.
-        let s = &f.sites[0];
-        let t = 1; // a zone topic of site 0
-        let at = |m: u32| f.rates(m)[t];
-        let peak = s.peak;
-        let night = (peak + DAY / 2) % DAY;
-        let (sync_lo, sync_hi) = (s.sync, s.sync + 20);
-        let calm = |m: u32| !(sync_lo..sync_hi).contains(&(m % DAY));
-        if calm(peak) && calm(night) {
-            assert!(at(peak) > 2.0 * at(night), "{} vs {}", at(peak), at(night));
+    }
+
+    #[test]
+    fn cycles_syncs_and_flashes_shape_the_rates() {
+        let f = Fleet::generate(FleetSpec {
+            flashes_per_day: 0.0,
+            ..small()
+        });
+        for (s, site) in f.sites.iter().enumerate() {
+            // Diurnal: peak well above the night (weekday 0).
+            let night = (site.peak + DAY / 2) % DAY;
+            assert!(f.site_factor(s, site.peak) > 2.0 * f.site_factor(s, night));
+            // Weekly: day 5 is a weekend day.
+            let (wd, we) = (
+                f.site_factor(s, site.peak),
+                f.site_factor(s, 5 * DAY + site.peak),
+            );
+            let want = if site.office { 0.4 } else { 1.3 };
+            assert!((we / wd - want).abs() < 1e-9, "site {s}: {}", we / wd);
+            // The scheduled sync: 3x for 20 minutes, every day.
+            assert_eq!(f.sync_factor(s, DAY + site.sync), 3.0);
+            assert_eq!(f.sync_factor(s, DAY + site.sync + 19), 3.0);
+            assert_eq!(f.sync_factor(s, DAY + site.sync + 20), 1.0);
         }
+        // A flash multiplies its site's traffic once its ramp is up.
+        let mut g = f.clone();
+        g.flashes.push(Flash {
+            site: 0,
+            start: 600,
+            len: 30,
+            factor: 3.0,
+        });
+        assert!((g.site_factor(0, 610) / f.site_factor(0, 610) - 3.0).abs() < 1e-9);
+        assert_eq!(g.site_factor(0, 630), f.site_factor(0, 630));
     }
 }

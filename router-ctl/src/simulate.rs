@@ -19,7 +19,7 @@
 //! shard-hours, inter-shard copies and wasted deliveries (messages), and
 //! device migrations.
 
-use std::{fmt::Write as _, path::Path, time::Instant};
+use std::{collections::VecDeque, fmt::Write as _, path::Path, time::Instant};
 
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -234,7 +234,10 @@ struct Live {
     /// Shards holding each topic's subscribers.
     topic_shards: Vec<Vec<u32>>,
     members: Vec<u32>,
-    /// Per device index of the fleet: its shard (None: not in the plan).
+    /// Planned subscribers of each topic (what they want to hear is not
+    /// wasted).
+    subscribers: Vec<u32>,
+    /// Per device index of the fleet: its shard id (None: not in the plan).
     device_shard: Vec<Option<u32>>,
     totals: Totals,
     trace: Trace,
@@ -248,6 +251,7 @@ impl Live {
             plan: None,
             topic_shards: vec![Vec::new(); topics],
             members: Vec::new(),
+            subscribers: vec![0; topics],
             device_shard: vec![None; devices],
             totals: Totals {
                 strategy: match kind {
@@ -262,20 +266,23 @@ impl Live {
         }
     }
 
-    /// Installs an assignment (fleet device index -> shard) and counts
-    /// migrations against the previous one.
-    fn install(&mut self, fleet: &Fleet, assignment: Vec<Option<u32>>, shards: usize) {
-        let mut migrations = 0;
-        for (old, new) in self.device_shard.iter().zip(&assignment) {
-            if let (Some(o), Some(n)) = (old, new)
-                && o != n
-            {
-                migrations += 1;
-            }
-        }
-        // Shard indices are per plan; compare by the plan's shard ids.
-        self.totals.migrations += migrations;
+    /// Installs an assignment (fleet device index -> shard id) and counts
+    /// the devices whose shard id changed as migrations.
+    fn install(&mut self, fleet: &Fleet, assignment: Vec<Option<u32>>) {
+        let migrations = self
+            .device_shard
+            .iter()
+            .zip(&assignment)
+            .filter(|(old, new)| matches!((old, new), (Some(o), Some(n)) if o != n))
+            .count();
+        self.totals.migrations += migrations as u64;
+        let shards = assignment
+            .iter()
+            .flatten()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
         self.members = vec![0; shards];
+        self.subscribers.fill(0);
         for ts in &mut self.topic_shards {
             ts.clear();
         }
@@ -283,6 +290,7 @@ impl Live {
             if let Some(s) = *s {
                 self.members[s as usize] += 1;
                 for &t in &fleet.devices[d].subscriptions {
+                    self.subscribers[t as usize] += 1;
                     let ts = &mut self.topic_shards[t as usize];
                     if !ts.contains(&s) {
                         ts.push(s);
@@ -294,10 +302,12 @@ impl Live {
     }
 
     /// Accounts one minute of traffic (`counts` messages per topic).
-    fn minute(&mut self, counts: &[f64], wanted: f64, capacity: f64) {
+    fn minute(&mut self, counts: &[f64], capacity: f64) {
         let mut load = vec![0.0; self.members.len()];
         let mut copies = 0.0;
+        let mut wanted = 0.0;
         for (t, ts) in self.topic_shards.iter().enumerate() {
+            wanted += counts[t] * self.subscribers[t] as f64;
             for &s in ts {
                 load[s as usize] += counts[t];
             }
@@ -344,10 +354,9 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
     let end = sc.fleet.days * DAY;
     let cap = sc.resources.shard_capacity;
     let cap_eff = sc.resources.usable_capacity();
-    let season = (DAY / BUCKET) as usize;
     // Per topic, 5-minute bucket counts: the forecaster's history.
     let mut history: Vec<Vec<f64>> = vec![Vec::new(); topics];
-    let mut recent: Vec<Vec<f64>> = Vec::new();
+    let mut recent: VecDeque<Vec<f64>> = VecDeque::new();
     let mut peak_total: f64 = 0.0;
     for m in 0..warm {
         let counts = fleet.observe(m, &mut rng);
@@ -371,113 +380,54 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
                 .then(|| (planner::mix(fleet.devices[d].site as u64) % static_shards as u64) as u32)
         })
         .collect();
-    lives[0].install(&fleet, assignment, static_shards as usize);
-    let mut forecast_path: Vec<Vec<f64>> = vec![Vec::new(); topics];
-    let mut forecast_at = u32::MAX;
-    let horizon = ((sc.cycle + sc.lead).div_ceil(BUCKET) + 1) as usize;
+    lives[0].install(&fleet, assignment);
+    let mut predictor = Predictor::new(topics, sc);
     let mut offered = Vec::new();
     for m in warm..end {
         let cycle_start = (m - warm).is_multiple_of(sc.cycle);
-        for live in lives.iter_mut().skip(1) {
-            if !(cycle_start || live.overloaded_last_minute) {
-                continue;
-            }
-            let t0 = Instant::now();
+        if cycle_start || lives.iter().any(|l| l.overloaded_last_minute) {
             let nowcast = nowcast(&recent, topics);
-            let rates: Vec<f64> = match live.kind {
-                Kind::Predictive => {
-                    // Refit hourly, on complete buckets.
-                    if forecast_at == u32::MAX || (m - forecast_at >= 60 && m % BUCKET == 0) {
-                        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                        let chunk = topics.div_ceil(threads).max(1);
-                        let history = &history;
-                        std::thread::scope(|scope| {
-                            for (i, paths) in forecast_path.chunks_mut(chunk).enumerate() {
-                                scope.spawn(move || {
-                                    for (j, path) in paths.iter_mut().enumerate() {
-                                        let y = &history[i * chunk + j];
-                                        *path = forecast::forecast_path(y, season, horizon + 12).1;
-                                    }
-                                });
-                            }
-                        });
-                        forecast_at = m;
-                    }
-                    // Buckets from now to the end of cycle + lead, each
-                    // corrected by the forecast's current error (a flash
-                    // under way, a level shift), so the plan follows the
-                    // forecast up before a peak and down before a lull.
-                    let from = ((m - forecast_at) / BUCKET) as usize;
-                    let to = ((m + sc.cycle + sc.lead - forecast_at).div_ceil(BUCKET)) as usize;
-                    let per_bucket = BUCKET as f64 * 60.0;
-                    (0..topics)
-                        .map(|t| {
-                            let p = &forecast_path[t];
-                            let last = p.len() - 1;
-                            let expected_now = match from {
-                                0 => history[t].last().copied().unwrap_or(0.0),
-                                k => p[(k - 1).min(last)],
-                            };
-                            let error = nowcast[t] * per_bucket - expected_now;
-                            let window = &p[from.min(last)..to.min(p.len())];
-                            let peak = window.iter().fold(0.0f64, |a, &b| a.max(b));
-                            let mean = window.iter().sum::<f64>() / window.len() as f64;
-                            // The largest of a few noisy counts overshoots
-                            // by about one Poisson sigma: a peak counts only
-                            // beyond that.
-                            let ahead = (peak - peak.sqrt()).max(mean) + error;
-                            ahead.max(0.0) / per_bucket
-                        })
-                        .collect()
+            let present = fleet.present_devices(m);
+            for live in lives.iter_mut().skip(1) {
+                if !(cycle_start || live.overloaded_last_minute) {
+                    continue;
                 }
-                _ => nowcast,
-            };
-            let mut resources = sc.resources.clone();
-            if live.kind == Kind::Predictive {
-                // Hysteresis guards a planner that cannot see ahead from
-                // merging into a rise; the forecast does that here, so
-                // predictive merges up to a third of the way closer to
-                // capacity.
-                resources.merge_below += (1.0 - resources.merge_below) / 3.0;
-            }
-            let workload = fleet.workload(m, &rates, resources);
-            let inst = workload.index()?;
-            let present: Vec<usize> = (0..devices).filter(|&d| fleet.present(d, m)).collect();
-            let out = planner::plan(
-                &inst,
-                live.plan.as_ref(),
-                Options {
+                let t0 = Instant::now();
+                let mut resources = sc.resources.clone();
+                let rates = match live.kind {
+                    Kind::Predictive => {
+                        // Hysteresis guards a planner that cannot see
+                        // ahead from merging into a rise; the forecast
+                        // does that here, so predictive merges up to a
+                        // third of the way closer to capacity.
+                        resources.merge_below += (1.0 - resources.merge_below) / 3.0;
+                        predictor.rates(m, &history, &nowcast)
+                    }
+                    _ => nowcast.clone(),
+                };
+                let inst = fleet.workload(&present, m, &rates, resources).index()?;
+                let options = Options {
                     seed: sc.fleet.seed,
                     rounds: 2,
-                },
-            )?;
-            let mut assignment = vec![None; devices];
-            // Shards are compared across plans by id, so migrations count
-            // real moves.
-            let ids: Vec<u32> = out.plan.shards.iter().map(|s| s.id).collect();
-            for (i, &d) in present.iter().enumerate() {
-                assignment[d] = Some(ids[out.assignment[i] as usize]);
+                };
+                let out = planner::plan(&inst, live.plan.as_ref(), options)?;
+                // Shards are compared across plans by id, so migrations
+                // count real moves.
+                let mut assignment = vec![None; devices];
+                for (i, &d) in present.iter().enumerate() {
+                    assignment[d] = Some(out.plan.shards[out.assignment[i] as usize].id);
+                }
+                live.install(&fleet, assignment);
+                live.plan = Some(out.plan);
+                live.totals.replans += 1;
+                live.totals.planning_s += t0.elapsed().as_secs_f64();
             }
-            let max_id = ids.iter().copied().max().unwrap_or(0) as usize;
-            live.install(&fleet, assignment, max_id + 1);
-            live.plan = Some(out.plan);
-            live.totals.replans += 1;
-            live.totals.planning_s += t0.elapsed().as_secs_f64();
         }
         let counts = fleet.observe(m, &mut rng);
         offered.push(counts.iter().sum::<f64>() / 60.0);
         record(&mut history, &mut recent, &counts, m);
         for live in &mut lives {
-            // What the planned devices want to hear (messages).
-            let wanted: f64 = live
-                .device_shard
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.is_some())
-                .flat_map(|(d, _)| fleet.devices[d].subscriptions.iter())
-                .map(|&t| counts[t as usize])
-                .sum();
-            live.minute(&counts, wanted, cap);
+            live.minute(&counts, cap);
         }
         if m % 60 == 0 {
             progress(m, end);
@@ -494,22 +444,105 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
     })
 }
 
+/// The predictive strategy's view of the coming minutes: per topic, the
+/// forecaster's path, refitted every [`REFIT`] minutes on complete
+/// buckets.
+struct Predictor {
+    paths: Vec<Vec<f64>>,
+    /// Minute the paths start at (`None`: not fitted yet).
+    at: Option<u32>,
+    /// Buckets each path covers: a refit interval plus cycle and lead.
+    len: usize,
+    cycle: u32,
+    lead: u32,
+}
+
+/// Minutes between refits of the forecasts.
+const REFIT: u32 = 60;
+
+impl Predictor {
+    fn new(topics: usize, sc: &Scenario) -> Predictor {
+        Predictor {
+            paths: vec![Vec::new(); topics],
+            at: None,
+            len: ((REFIT + sc.cycle + sc.lead).div_ceil(BUCKET) + 1) as usize,
+            cycle: sc.cycle,
+            lead: sc.lead,
+        }
+    }
+
+    fn refit(&mut self, history: &[Vec<f64>], m: u32) {
+        let season = (DAY / BUCKET) as usize;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = self.paths.len().div_ceil(threads).max(1);
+        let len = self.len;
+        std::thread::scope(|scope| {
+            for (i, paths) in self.paths.chunks_mut(chunk).enumerate() {
+                scope.spawn(move || {
+                    for (j, path) in paths.iter_mut().enumerate() {
+                        let y = &history[i * chunk + j];
+                        *path = forecast::forecast_path(y, season, len).1;
+                    }
+                });
+            }
+        });
+        self.at = Some(m);
+    }
+
+    /// Rates (messages/s) to plan for at minute `m`: per topic, the
+    /// forecast's peak from now to the end of cycle + lead, corrected by
+    /// the forecast's current error against the nowcast (a flash under
+    /// way, a level shift), so the plan follows the forecast up before a
+    /// peak and down before a lull.
+    fn rates(&mut self, m: u32, history: &[Vec<f64>], nowcast: &[f64]) -> Vec<f64> {
+        let stale = self.at.is_none_or(|at| m - at >= REFIT);
+        if stale && m.is_multiple_of(BUCKET) {
+            self.refit(history, m);
+        }
+        let at = self
+            .at
+            .expect("fitted at the first cycle, on a bucket boundary");
+        let from = ((m - at) / BUCKET) as usize;
+        let to = (m + self.cycle + self.lead - at).div_ceil(BUCKET) as usize;
+        let per_bucket = BUCKET as f64 * 60.0;
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(t, p)| {
+                let last = p.len() - 1;
+                let expected_now = match from {
+                    0 => history[t].last().copied().unwrap_or(0.0),
+                    k => p[(k - 1).min(last)],
+                };
+                let error = nowcast[t] * per_bucket - expected_now;
+                let window = &p[from.min(last)..to.clamp(from.min(last) + 1, p.len())];
+                let peak = window.iter().fold(0.0f64, |a, &b| a.max(b));
+                let mean = window.iter().sum::<f64>() / window.len() as f64;
+                // The largest of a few noisy counts overshoots by about one
+                // Poisson sigma: a peak counts only beyond that.
+                let ahead = (peak - peak.sqrt()).max(mean) + error;
+                ahead.max(0.0) / per_bucket
+            })
+            .collect()
+    }
+}
+
 /// Adds a minute's counts to the 5-minute history and the recent window.
-fn record(history: &mut [Vec<f64>], recent: &mut Vec<Vec<f64>>, counts: &[f64], m: u32) {
+fn record(history: &mut [Vec<f64>], recent: &mut VecDeque<Vec<f64>>, counts: &[f64], m: u32) {
     for (h, &c) in history.iter_mut().zip(counts) {
         if m.is_multiple_of(BUCKET) {
             h.push(0.0);
         }
         *h.last_mut().expect("pushed") += c;
     }
-    recent.push(counts.to_vec());
+    recent.push_back(counts.to_vec());
     if recent.len() > BUCKET as usize {
-        recent.remove(0);
+        recent.pop_front();
     }
 }
 
 /// Mean rate (messages/s) per topic over the recent window.
-fn nowcast(recent: &[Vec<f64>], topics: usize) -> Vec<f64> {
+fn nowcast(recent: &VecDeque<Vec<f64>>, topics: usize) -> Vec<f64> {
     let n = recent.len().max(1) as f64 * 60.0;
     (0..topics)
         .map(|t| recent.iter().map(|r| r[t]).sum::<f64>() / n)

@@ -41,7 +41,7 @@ pub fn instance(devices: usize, shards: usize) -> Instance {
         group_v6_base: None,
     };
     fleet
-        .workload(0, &rates, resources)
+        .workload(&fleet.present_devices(0), 0, &rates, resources)
         .index()
         .expect("generated workloads are valid")
 }
