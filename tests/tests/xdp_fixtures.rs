@@ -9,7 +9,10 @@ use integration_tests::{
     fixtures::{self, Expect, ShardOut},
     frame,
 };
-use router_common::{reason::Reason, topic::topic_key};
+use router_common::{
+    reason::Reason,
+    topic::{TopicKey, topic_key},
+};
 use router_ctl::dataplane::{Dataplane, RouterConfig, action, mac_address};
 
 /// A namespace with a veth pair; the router is loaded (not attached) in it
@@ -30,6 +33,31 @@ fn routed(config: RouterConfig) -> Dataplane {
     dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
         .unwrap();
     dp
+}
+
+/// Loads the router in a fresh lab with `plan`, runs every frame (each
+/// must go to the stack: its topic is not routed) and returns the keys the
+/// kernel counted as unrouted, sorted.
+fn unrouted_keys(plan: router_ctl::plan::Plan, frames: Vec<Vec<u8>>) -> Vec<TopicKey> {
+    let mut keys = lab()
+        .run(move || {
+            let mut dp =
+                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+            dp.install(&plan.compile().unwrap(), false).unwrap();
+            for (i, f) in frames.iter().enumerate() {
+                let r = dp.test_run(f, 1).unwrap();
+                assert_eq!(r.action, action::PASS, "frame {i}");
+            }
+            dp.counters()
+                .unwrap()
+                .unrouted
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    keys.sort();
+    keys
 }
 
 /// An IPv4 MQTT-SN QoS 0 PUBLISH to the short topic `name`.
@@ -183,41 +211,14 @@ fn kernel_and_userspace_derive_the_same_topic_keys() {
     let names: Vec<[u8; 2]> = (0u16..200)
         .map(|i| (i.wrapping_mul(7919) ^ 0x5a5a).to_be_bytes())
         .collect();
-    let names2 = names.clone();
-    let ns = lab();
-    let kernel_keys = ns
-        .run(move || {
-            let mut dp =
-                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-            let mut plan = fixtures::plan("sc0", 1);
-            // Keep only routes whose names cannot collide with the probes.
-            plan.topics.retain(|t| t.name.len() > 2);
-            dp.install(&plan.compile().unwrap(), false).unwrap();
-            for n in &names2 {
-                let f = frame(
-                    L3::V4,
-                    None,
-                    1,
-                    fixtures::MQTTSN,
-                    &build::mqttsn_publish(false, 2, *n, 0, b"1"),
-                );
-                let r = dp.test_run(&f, 1).unwrap();
-                assert_eq!(r.action, action::PASS, "{n:?}");
-            }
-            dp.counters()
-                .unwrap()
-                .unrouted
-                .keys()
-                .copied()
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
+    let mut plan = fixtures::plan("sc0", 1);
+    // Keep only routes whose names cannot collide with the probes.
+    plan.topics.retain(|t| t.name.len() > 2);
+    let frames = names.iter().map(|n| short_publish(*n, b"1")).collect();
     let mut want: Vec<_> = names.iter().map(|n| topic_key(n)).collect();
     want.sort();
     want.dedup();
-    let mut got = kernel_keys;
-    got.sort();
-    assert_eq!(got, want);
+    assert_eq!(unrouted_keys(plan, frames), want);
 }
 
 #[test]
@@ -289,37 +290,22 @@ fn kernel_and_userspace_derive_the_same_coap_topic_keys() {
     names.push("a/b".into());
     names.push("building-7/floor-12/room-1234/co2".into());
     names.push((0..8).map(|_| "abcdefg").collect::<Vec<_>>().join("/") + "x");
-    let names2 = names.clone();
-    let ns = lab();
-    let kernel_keys = ns
-        .run(move || {
-            let mut dp =
-                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
-            let mut plan = fixtures::plan("sc0", 1);
-            plan.topics.clear();
-            plan.topics
-                .push(serde_json::from_str(r#"{"name": "zz-none", "shards": [1]}"#).unwrap());
-            dp.install(&plan.compile().unwrap(), false).unwrap();
-            for n in &names2 {
-                let mut path = vec!["ps", "data"];
-                path.extend(n.split('/'));
-                let m = build::coap_request(1, 3, 1, &[], &path, b"v");
-                let f = frame(L3::V6, None, 1, fixtures::COAP, &m);
-                let r = dp.test_run(&f, 1).unwrap();
-                assert_eq!(r.action, action::PASS, "{n}");
-            }
-            dp.counters()
-                .unwrap()
-                .unrouted
-                .keys()
-                .copied()
-                .collect::<Vec<_>>()
+    let mut plan = fixtures::plan("sc0", 1);
+    plan.topics.clear();
+    plan.topics
+        .push(serde_json::from_str(r#"{"name": "zz-none", "shards": [1]}"#).unwrap());
+    let frames = names
+        .iter()
+        .map(|n| {
+            let mut path = vec!["ps", "data"];
+            path.extend(n.split('/'));
+            let m = build::coap_request(1, 3, 1, &[], &path, b"v");
+            frame(L3::V6, None, 1, fixtures::COAP, &m)
         })
-        .unwrap();
+        .collect();
     let mut want: Vec<_> = names.iter().map(|n| topic_key(n.as_bytes())).collect();
     want.sort();
-    let mut got = kernel_keys;
-    got.sort();
+    let got = unrouted_keys(plan, frames);
     assert_eq!(got.len(), names.len(), "one unrouted key per name");
     assert_eq!(got, want);
 }
