@@ -121,6 +121,12 @@ fn forecasts_every_series_at_every_horizon_and_refuses_bad_input() {
         drawn.starts_with("<svg") && drawn.contains("t/a / g1"),
         "plot drawn"
     );
+    // The good history at 1h buckets and horizon, plus `extra`.
+    let hourly = |extra: &[&str]| {
+        let mut args = vec!["--history", g, "--bucket", "1h", "--horizons", "1h"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
     for (content, what) in [
         ("g1,30,20\n", "connected 30 exceeds devices 20"),
         ("g1,10,20,11\n", "low_battery 11 exceeds connected 10"),
@@ -129,34 +135,14 @@ fn forecasts_every_series_at_every_horizon_and_refuses_bad_input() {
         ("g1,1,2\ng1,1,2\n", "appears twice"),
     ] {
         std::fs::write(&status, content).unwrap();
-        let (ok, _, err) = run(&[
-            "--history",
-            g,
-            "--bucket",
-            "1h",
-            "--horizons",
-            "1h",
-            "--status",
-            status.to_str().unwrap(),
-        ]);
+        let (ok, _, err) = hourly(&["--status", status.to_str().unwrap()]);
         assert!(!ok, "{content:?} accepted");
         assert!(
             err.contains(what) && err.contains("line"),
             "{content:?}: {err}"
         );
     }
-    let (ok, _, err) = run(&[
-        "--history",
-        g,
-        "--bucket",
-        "1h",
-        "--horizons",
-        "1h",
-        "--plot",
-        svg.to_str().unwrap(),
-        "--plot-series",
-        "nope/x",
-    ]);
+    let (ok, _, err) = hourly(&["--plot", svg.to_str().unwrap(), "--plot-series", "nope/x"]);
     assert!(!ok && err.contains("no such topic/group"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
