@@ -321,20 +321,41 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Fits one series and forecasts `h` steps: the model is picked by a
-/// rolling-origin backtest at lead `h` (MASE; seasonal naive on ties and
-/// for series too short to backtest). The simulator's lean entry point.
-pub fn forecast_path(y: &[f64], season: usize, h: usize) -> (Model, Vec<f64>) {
+/// Backtests every model at each lead time (rolling origin) and picks the
+/// one with the lowest mean MASE over them; seasonal naive on ties and when
+/// no MASE is defined.
+pub fn select(y: &[f64], season: usize, leads: &[usize]) -> (Model, Vec<(Model, Vec<Score>)>) {
     const ORIGINS: usize = 3;
+    let scores: Vec<(Model, Vec<Score>)> = [Model::SeasonalNaive, Model::HoltWinters]
+        .into_iter()
+        .map(|model| {
+            let per_lead = leads
+                .iter()
+                .map(|&h| backtest(model, y, season, h, ORIGINS))
+                .collect();
+            (model, per_lead)
+        })
+        .collect();
+    let rank = |per_lead: &[Score]| {
+        let v: Vec<f64> = per_lead.iter().filter_map(|sc| mean(&sc.mase)).collect();
+        mean(&v).unwrap_or(f64::INFINITY)
+    };
+    let model = scores
+        .iter()
+        .min_by(|a, b| rank(&a.1).total_cmp(&rank(&b.1)))
+        .expect("two models")
+        .0;
+    (model, scores)
+}
+
+/// Fits one series and forecasts `h` steps with the model [`select`]
+/// picks at lead `h` (seasonal naive for series too short to backtest).
+/// The simulator's lean entry point.
+pub fn forecast_path(y: &[f64], season: usize, h: usize) -> (Model, Vec<f64>) {
     let model = if y.len() < 2 * season + h {
         Model::SeasonalNaive
     } else {
-        let naive = mean(&backtest(Model::SeasonalNaive, y, season, h, ORIGINS).mase);
-        let hw = mean(&backtest(Model::HoltWinters, y, season, h, ORIGINS).mase);
-        match (naive, hw) {
-            (Some(n), Some(w)) if w < n => Model::HoltWinters,
-            _ => Model::SeasonalNaive,
-        }
+        select(y, season, &[h]).0
     };
     (model, model.forecast(y, season, h))
 }
@@ -367,8 +388,6 @@ type Errors = BTreeMap<&'static str, (Vec<f64>, Vec<f64>)>;
 /// Forecasts every series at every horizon. `season` is the season length
 /// in buckets (a day).
 pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], season: usize) -> LoadMatrix {
-    const ORIGINS: usize = 3;
-    let models = [Model::SeasonalNaive, Model::HoltWinters];
     let mut values = Array3::<f64>::zeros((series.len(), horizons.len(), 3));
     let mut chosen = Vec::with_capacity(series.len());
     // Group aggregates, for cold starts.
@@ -412,28 +431,20 @@ pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], season: usize
             chosen.push("cold-start");
             continue;
         }
-        // Pick the model with the lowest mean MASE over the horizons.
-        let mut scores: Vec<(Model, Vec<Score>)> = Vec::new();
-        for model in models {
-            let per_h: Vec<Score> = horizons
-                .iter()
-                .map(|(_, h)| backtest(model, y, season, *h as usize, ORIGINS))
-                .collect();
+        let leads: Vec<usize> = horizons.iter().map(|(_, h)| *h as usize).collect();
+        let (model, scores) = select(y, season, &leads);
+        for (model, per_h) in &scores {
             for (j, sc) in per_h.iter().enumerate() {
                 let e = summary[j].entry(model.name()).or_default();
                 e.0.extend(&sc.mase);
                 e.1.extend(&sc.smape);
             }
-            scores.push((model, per_h));
         }
-        let rank = |per_h: &[Score]| {
-            let v: Vec<f64> = per_h.iter().filter_map(|sc| mean(&sc.mase)).collect();
-            mean(&v).unwrap_or(f64::INFINITY)
-        };
-        let (model, per_h) = scores
+        let per_h = &scores
             .iter()
-            .min_by(|a, b| rank(&a.1).total_cmp(&rank(&b.1)))
-            .expect("two models");
+            .find(|(m, _)| *m == model)
+            .expect("the chosen model was scored")
+            .1;
         let f = model.forecast(y, season, max_h);
         for (j, (_, h)) in horizons.iter().enumerate() {
             let p = f[*h as usize - 1];

@@ -29,7 +29,8 @@ pub fn instance(devices: usize, shards: usize) -> Instance {
     let rates = fleet.rates(12 * 60);
     let total: f64 = rates.iter().sum();
     let resources = Resources {
-        // 25% above the total for copies, 20% headroom.
+        // `shards` shards 90% full at usable capacity (20% headroom),
+        // carrying the total rate plus 25% of copies.
         shard_capacity: total * 1.25 / (shards as f64 * 0.9 * 0.8),
         max_shards: 256,
         headroom: 0.2,
