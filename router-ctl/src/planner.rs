@@ -87,6 +87,8 @@ pub struct Cost {
     pub mean_load: f64,
     /// Σ_t rate_t (λ_t − 1): messages/s sent to more than one shard.
     pub copies: f64,
+    /// The most shards one topic spans (the data plane allows 8).
+    pub max_fanout: usize,
     /// Messages/s reaching members not subscribed to them (battery-weighted).
     pub wasted: f64,
     /// Σ_s load_s ρ_s / (1 − ρ_s), ρ = load / capacity.
@@ -800,6 +802,7 @@ impl<'a> Partition<'a> {
                 .sum();
             own += r * inst.waste_weight[d];
         }
+        c.max_fanout = self.pins.iter().map(Vec::len).max().unwrap_or(0);
         let subscribed: f64 = self
             .pins
             .iter()
@@ -1017,7 +1020,7 @@ mod tests {
         p.place(2, y);
         let c = p.cost();
         // X holds a and b (15 msg/s), Y holds a (10): a is copied once.
-        assert_eq!((c.max_load, c.copies), (15.0, 10.0));
+        assert_eq!((c.max_load, c.copies, c.max_fanout), (15.0, 10.0, 2));
         // d2 receives a's 10 msg/s without subscribing to it.
         assert!((c.wasted - 10.0).abs() < 1e-9);
         let latency = 15.0 * 0.15 / 0.85 + 10.0 * 0.1 / 0.9;

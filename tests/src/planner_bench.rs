@@ -197,7 +197,7 @@ pub fn bench(target: &Path) -> Result<String> {
         "| devices | topics | shards | plan (median of 3) | re-plan at 1.2x load | migrations | peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut quality = String::from(
-        "| devices | shards | ours: copies (msg/s) | ours: max load / usable cap | ours: time | Mt-KaHyPar (km1, same k, eps): copies | its max load / usable cap | its time | copies ours / ref |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| devices | shards | ours: copies (msg/s) | ours: max load / usable cap | ours: widest topic | ours: time | Mt-KaHyPar (km1, same k, eps): copies | its max load / usable cap | its widest topic | its time | copies ours / ref |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let python = reference_python(target);
     for (devices, shards) in [(100_000usize, 64usize), (1_000_000, 240)] {
@@ -235,21 +235,24 @@ pub fn bench(target: &Path) -> Result<String> {
                 let (assignment, secs) = reference(python, &inst, k, eps)?;
                 let theirs = planner::evaluate(&inst, &assignment);
                 quality.push_str(&format!(
-                    "| {devices} | {k} | {:.0} | {:.2} | {:.2} s | {:.0} (eps {:.2}) | {:.2} | {:.1} s | {:.3} |\n",
+                    "| {devices} | {k} | {:.0} | {:.2} | {} | {:.2} s | {:.0} (eps {:.2}) | {:.2} | {} | {:.1} s | {:.3} |\n",
                     first.cost.copies,
                     first.cost.max_load / cap,
+                    first.cost.max_fanout,
                     median(times),
                     theirs.copies,
                     eps,
                     theirs.max_load / cap,
+                    theirs.max_fanout,
                     secs,
                     first.cost.copies / theirs.copies.max(1e-9),
                 ));
             }
             Err(e) => quality.push_str(&format!(
-                "| {devices} | {k} | {:.0} | {:.2} | {:.2} s | not run: {e} | | | |\n",
+                "| {devices} | {k} | {:.0} | {:.2} | {} | {:.2} s | not run: {e} | | | | |\n",
                 first.cost.copies,
                 first.cost.max_load / cap,
+                first.cost.max_fanout,
                 median(times)
             )),
         }
