@@ -79,7 +79,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Predict load per topic x device group (docs in `forecast`).
+    /// Predict load per topic x device group (docs/forecasting.md).
     Forecast(ForecastArgs),
     /// Plan shards for a workload (docs/workload-format.md); prints the cost.
     Plan(PlanArgs),
@@ -110,7 +110,8 @@ pub struct ForecastArgs {
     /// (default: stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print per-horizon MASE and sMAPE of each model (rolling origin).
+    /// Print per-horizon MASE and sMAPE of each model and of the selection
+    /// (rolling origin over the last day).
     #[arg(long)]
     pub backtest: bool,
     /// Device status per group now (`group,connected,devices[,low_battery]`):
@@ -569,8 +570,8 @@ pub fn run(cli: Cli) -> Result<()> {
                         .with_context(|| format!("{} is not a usable status file", p.display()))
                 })
                 .transpose()?;
-            let season = forecast::daily_season(bucket);
-            let mut lm = forecast::forecast_all(&series, &horizons, season);
+            let cal = forecast::Calendar::new(forecast::daily_season(bucket));
+            let mut lm = forecast::forecast_all(&series, &horizons, &cal);
             if let Some(st) = &status {
                 lm.apply_status(st);
             }
@@ -587,18 +588,21 @@ pub fn run(cli: Cli) -> Result<()> {
                         })
                         .context("no series to plot")?,
                 };
-                forecast::plot_series(plot, &series[index], &lm, index, season)
+                forecast::plot_series(plot, &series[index], &lm, index, &cal)
                     .map_err(|e| anyhow::anyhow!("--plot {}: {e}", plot.display()))?;
             }
             match &a.out {
                 Some(p) => write_atomically(p, |w| forecast::write_csv(&lm, w))?,
                 None => forecast::write_csv(&lm, std::io::stdout().lock())?,
             }
-            let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
-            for m in &lm.models {
-                *chosen.entry(m).or_default() += 1;
+            eprintln!("{} series; models chosen:", lm.series.len());
+            for (j, (h, _)) in lm.horizons.iter().enumerate() {
+                let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+                for m in &lm.models {
+                    *chosen.entry(m[j]).or_default() += 1;
+                }
+                eprintln!("  {h}: {chosen:?}");
             }
-            eprintln!("{} series; models chosen: {chosen:?}", lm.series.len());
             if a.backtest {
                 eprintln!(
                     "{:<8} {:<16} {:>8} {:>8}",

@@ -214,6 +214,17 @@ impl Fleet {
             .collect()
     }
 
+    /// Expected rate (messages/s) of topic `t` at `minute`.
+    pub fn rate(&self, t: usize, minute: u32) -> f64 {
+        let s = self.topic_site[t] as usize;
+        let sync = if self.topic_alerts[t] {
+            1.0
+        } else {
+            self.sync_factor(s, minute)
+        };
+        self.base_rate[t] * self.site_factor(s, minute) * sync
+    }
+
     fn site_factor(&self, s: usize, minute: u32) -> f64 {
         let site = &self.sites[s];
         let tod = (minute % DAY) as f64;

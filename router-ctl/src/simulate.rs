@@ -455,6 +455,7 @@ struct Predictor {
     len: usize,
     cycle: u32,
     lead: u32,
+    calendar: forecast::Calendar,
 }
 
 /// Minutes between refits of the forecasts.
@@ -468,11 +469,12 @@ impl Predictor {
             len: ((REFIT + sc.cycle + sc.lead).div_ceil(BUCKET) + 1) as usize,
             cycle: sc.cycle,
             lead: sc.lead,
+            calendar: forecast::Calendar::new((DAY / BUCKET) as usize),
         }
     }
 
     fn refit(&mut self, history: &[Vec<f64>], m: u32) {
-        let season = (DAY / BUCKET) as usize;
+        let cal = &self.calendar;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = self.paths.len().div_ceil(threads).max(1);
         let len = self.len;
@@ -481,7 +483,7 @@ impl Predictor {
                 scope.spawn(move || {
                     for (j, path) in paths.iter_mut().enumerate() {
                         let y = &history[i * chunk + j];
-                        *path = forecast::forecast_path(y, season, len).1;
+                        *path = forecast::forecast_path(y, cal, len).1;
                     }
                 });
             }

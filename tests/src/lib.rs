@@ -14,6 +14,7 @@ use etherparse::PacketBuilder;
 pub use router_common::build;
 
 pub mod fixtures;
+pub mod forecast_bench;
 pub mod lab;
 pub mod measure;
 pub mod planner_bench;

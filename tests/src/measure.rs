@@ -1,4 +1,12 @@
-//! What the benchmarks report: medians and this process's memory.
+//! What the benchmarks report (medians, this process's memory) and the
+//! Python venv the reference tools run in.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Result, bail};
 
 /// The median (mean of the middle two for an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -33,4 +41,45 @@ pub fn rss_mib() -> f64 {
 /// Highest resident memory so far.
 pub fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
+}
+
+/// Resets the peak [`peak_rss_mib`] reports to the current RSS.
+pub fn reset_peak_rss() {
+    // "5" in clear_refs resets VmHWM (proc(5)).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The bench's venv under `target/` with `spec` installed (checked by
+/// importing `module`), made or extended once.
+pub fn bench_python(target: &Path, module: &str, spec: &str) -> Result<PathBuf> {
+    let venv = target.join("bench-venv");
+    let python = venv.join("bin/python");
+    let ok = |p: &Path| {
+        Command::new(p)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok(&python) {
+        return Ok(python);
+    }
+    if !python.exists() {
+        let st = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+        if !st.success() {
+            bail!("python3 -m venv failed (Debian: apt install python3-venv)");
+        }
+    }
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", spec])
+        .output()?;
+    if !out.status.success() || !ok(&python) {
+        bail!(
+            "pip install {spec} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(python)
 }

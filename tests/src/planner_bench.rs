@@ -104,38 +104,6 @@ fn imbalance(inst: &Instance, assignment: &[u32], k: usize) -> f64 {
 
 const MTKAHYPAR: &str = "mtkahypar==1.7.post1";
 
-/// A venv with Mt-KaHyPar, made once under `target/`.
-fn reference_python(target: &Path) -> Result<std::path::PathBuf> {
-    let venv = target.join("bench-venv");
-    let python = venv.join("bin/python");
-    let ok = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import mtkahypar"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ok(&python) {
-        return Ok(python);
-    }
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()?;
-    if !st.success() {
-        bail!("python3 -m venv failed (Debian: apt install python3-venv)");
-    }
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", MTKAHYPAR])
-        .output()?;
-    if !out.status.success() || !ok(&python) {
-        bail!(
-            "pip install {MTKAHYPAR} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(python)
-}
-
 const SCRIPT: &str = r#"
 import sys, time, mtkahypar
 path, k, eps, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -199,7 +167,7 @@ pub fn bench(target: &Path) -> Result<String> {
     let mut quality = String::from(
         "| devices | shards | ours: copies (msg/s) | ours: max load / usable cap | ours: widest topic | ours: time | Mt-KaHyPar (km1, same k, eps): copies | its max load / usable cap | its widest topic | its time | copies ours / ref |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let python = reference_python(target);
+    let python = crate::measure::bench_python(target, "mtkahypar", MTKAHYPAR);
     for (devices, shards) in [(100_000usize, 64usize), (1_000_000, 240)] {
         let inst = instance(devices, shards);
         let mut times = Vec::new();

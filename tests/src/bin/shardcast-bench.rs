@@ -82,16 +82,22 @@ fn run() -> Result<()> {
         Err(_) => 9,
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
-    if !["all", "xdp", "control", "planner"].contains(&which.as_str()) {
-        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control or planner");
+    if !["all", "xdp", "control", "planner", "forecast"].contains(&which.as_str()) {
+        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control, planner or forecast");
+    }
+    // target/<profile>/shardcast-bench -> target/
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("bench binary outside a target directory")?;
+    if which == "all" || which == "forecast" {
+        println!("{}", integration_tests::forecast_bench::bench(target)?);
+        if which == "forecast" {
+            return Ok(());
+        }
     }
     if which == "all" || which == "planner" {
-        // target/<profile>/shardcast-bench -> target/
-        let exe = std::env::current_exe()?;
-        let target = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .context("bench binary outside a target directory")?;
         println!("{}", integration_tests::planner_bench::bench(target)?);
         if which == "planner" {
             return Ok(());

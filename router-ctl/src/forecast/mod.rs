@@ -2,28 +2,30 @@
 //! horizons, from the history the daemon keeps (CSV
 //! `timestamp,topic,group,count`).
 //!
-//! Models (each series picks one by rolling-origin backtest):
-//! - **seasonal naive**: the value one season (a day) earlier; the baseline
-//!   every error is scaled by (MASE) and the fallback for short series;
-//! - **Holt-Winters** (additive level, trend and daily season; smoothing
-//!   constants chosen by one-step squared error on a small grid): follows
-//!   level shifts and slow trends that the naive model only repeats.
+//! Six models ([`models`], described there and in docs/forecasting.md):
+//! seasonal naive (daily), weekly naive, Holt-Winters, a linfa regression
+//! on Fourier terms and seasonal lags, an MSTL-like decomposition, and the
+//! mean of the last three. [`forecast_series`] fits each once on the history
+//! before the last day, forecasts from 12 origins spread over that day, and
+//! picks per lead time the model with the lowest mean MASE there; the same
+//! fit then forecasts from the last bucket. Bands are the 10th and 90th
+//! percentiles of the chosen model's validation errors, never below zero.
 //!
 //! Series with less than a season of history borrow the daily shape of
 //! their device group's aggregate, scaled to their own level; with no usable
 //! aggregate either they fall back to their recent mean. Missing buckets are
-//! zero (no messages). Bands come from the backtest's errors at each lead
-//! time (10th and 90th percentiles), never below zero.
+//! zero (no messages).
 //!
 //! Device status (`--status`) scales a group's forecasts by its share of
 //! active devices; `--plot` draws one series with its band.
-//!
-//! Not here yet (issue 4): the regression and MSTL-like models and the
-//! comparison with statsforecast.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use ndarray::Array3;
+
+mod models;
+
+pub use models::{Calendar, Fitted, Model, holt_winters, seasonal_naive};
 
 use crate::{
     history::{HistoryError, parse_csv_lines},
@@ -145,110 +147,11 @@ pub fn parse_horizons(text: &str, step: u64) -> Result<Vec<(String, u64)>> {
         .collect()
 }
 
-/// The models.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Model {
-    SeasonalNaive,
-    HoltWinters,
-}
-
-impl Model {
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::SeasonalNaive => "seasonal-naive",
-            Model::HoltWinters => "holt-winters",
-        }
-    }
-
-    /// Forecasts `h` steps after `y` with season length `m`.
-    pub fn forecast(self, y: &[f64], m: usize, h: usize) -> Vec<f64> {
-        match self {
-            Model::SeasonalNaive => seasonal_naive(y, m, h),
-            Model::HoltWinters => holt_winters(y, m, h),
-        }
-    }
-}
-
-/// The value one season earlier (the last season repeated); the last value
-/// when there is less than a season.
-pub fn seasonal_naive(y: &[f64], m: usize, h: usize) -> Vec<f64> {
-    let n = y.len();
-    if n == 0 {
-        return vec![0.0; h];
-    }
-    if m == 0 || n < m {
-        return vec![y[n - 1]; h];
-    }
-    (0..h).map(|i| y[n - m + i % m]).collect()
-}
-
-/// Additive Holt-Winters state after a pass over `y`, and its one-step SSE.
-fn hw_pass(y: &[f64], m: usize, a: f64, b: f64, g: f64) -> (f64, f64, Vec<f64>, f64) {
-    let first: f64 = y[..m].iter().sum::<f64>() / m as f64;
-    let second: f64 = y[m..2 * m].iter().sum::<f64>() / m as f64;
-    let mut trend = (second - first) / m as f64;
-    // The first season's mean sits at its middle: de-trend it so a slope
-    // is not mistaken for a seasonal pattern; the level is at its end.
-    let mid = (m as f64 - 1.0) / 2.0;
-    let mut season: Vec<f64> = y[..m]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v - (first + trend * (i as f64 - mid)))
-        .collect();
-    let mut level = first + trend * mid;
-    let mut sse = 0.0;
-    for (t, &v) in y.iter().enumerate().skip(m) {
-        let s = season[t % m];
-        let e = v - (level + trend + s);
-        sse += e * e;
-        let new_level = a * (v - s) + (1.0 - a) * (level + trend);
-        trend = b * (new_level - level) + (1.0 - b) * trend;
-        season[t % m] = g * (v - new_level) + (1.0 - g) * s;
-        level = new_level;
-    }
-    (level, trend, season, sse)
-}
-
-/// Additive Holt-Winters with season `m`, smoothing constants picked on a
-/// grid by one-step squared error; seasonal naive when there is less than
-/// two seasons to initialise from. Forecasts are never negative.
-pub fn holt_winters(y: &[f64], m: usize, h: usize) -> Vec<f64> {
-    let n = y.len();
-    if m < 2 || n < 2 * m {
-        return seasonal_naive(y, m, h);
-    }
-    let mut best = (f64::INFINITY, 0.0, 0.0, 0.0);
-    for a in [0.05, 0.2, 0.5, 0.8] {
-        // Trend is smoothed gently: a day-long horizon amplifies it.
-        for b in [0.0, 0.01, 0.05] {
-            for g in [0.05, 0.2, 0.5] {
-                let (_, _, _, sse) = hw_pass(y, m, a, b, g);
-                if sse < best.0 {
-                    best = (sse, a, b, g);
-                }
-            }
-        }
-    }
-    let (_, a, b, g) = best;
-    let (level, trend, season, _) = hw_pass(y, m, a, b, g);
-    (1..=h)
-        .map(|k| (level + trend * k as f64 + season[(n + k - 1) % m]).max(0.0))
-        .collect()
-}
-
-/// Mean absolute scaled error: the forecast's MAE over the in-sample MAE
-/// of the seasonal naive model (season `m`) on `train`. `None` when the
-/// scale is zero (a flat series: any error is infinitely bad or none is).
-pub fn mase(train: &[f64], actual: &[f64], forecast: &[f64], m: usize) -> Option<f64> {
-    let m = if m == 0 || train.len() <= m { 1 } else { m };
-    if train.len() <= m {
-        return None;
-    }
-    let scale: f64 = train
-        .windows(m + 1)
-        .map(|w| (w[m] - w[0]).abs())
-        .sum::<f64>()
-        / (train.len() - m) as f64;
+/// Mean absolute scaled error: the forecast's MAE over `scale`, the
+/// in-sample MAE of the seasonal naive model ([`naive_scale`]). `None`
+/// when the scale is zero (a flat series: any error is infinitely bad or
+/// none is).
+pub fn mase(scale: f64, actual: &[f64], forecast: &[f64]) -> Option<f64> {
     let mae: f64 = actual
         .iter()
         .zip(forecast)
@@ -256,6 +159,20 @@ pub fn mase(train: &[f64], actual: &[f64], forecast: &[f64], m: usize) -> Option
         .sum::<f64>()
         / actual.len().max(1) as f64;
     (scale > 0.0).then(|| mae / scale)
+}
+
+/// In-sample MAE of the seasonal naive model with season `m` on `train`
+/// (season 1 when the training span is a season or less): MASE's scale.
+pub fn naive_scale(train: &[f64], m: usize) -> f64 {
+    let m = if m == 0 || train.len() <= m { 1 } else { m };
+    if train.len() <= m {
+        return 0.0;
+    }
+    train
+        .windows(m + 1)
+        .map(|w| (w[m] - w[0]).abs())
+        .sum::<f64>()
+        / (train.len() - m) as f64
 }
 
 /// Symmetric MAPE in percent (0..=200); a bucket where both are zero counts
@@ -280,32 +197,12 @@ pub fn smape(actual: &[f64], forecast: &[f64]) -> f64 {
 /// Backtest result of one model on one series at one horizon.
 #[derive(Clone, Debug, Default)]
 pub struct Score {
+    /// Per origin: MASE and sMAPE of the path to the horizon.
     pub mase: Vec<f64>,
     pub smape: Vec<f64>,
-    /// Actual minus forecast at the horizon's last step, per origin.
+    /// Actual minus forecast at the second half of the path's lead times,
+    /// every origin: the band's sample.
     pub errors: Vec<f64>,
-}
-
-/// Rolling-origin backtest: `origins` forecasts of `h` steps ending one
-/// horizon apart at the end of `y`.
-pub fn backtest(model: Model, y: &[f64], m: usize, h: usize, origins: usize) -> Score {
-    let mut s = Score::default();
-    for k in 1..=origins {
-        let Some(cut) = y.len().checked_sub(h * k) else {
-            break;
-        };
-        if cut < m.max(2) {
-            break;
-        }
-        let f = model.forecast(&y[..cut], m, h);
-        let actual = &y[cut..cut + h];
-        if let Some(v) = mase(&y[..cut], actual, &f, m) {
-            s.mase.push(v);
-        }
-        s.smape.push(smape(actual, &f));
-        s.errors.push(actual[h - 1] - f[h - 1]);
-    }
-    s
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
@@ -321,43 +218,165 @@ fn quantile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Backtests every model at each lead time (rolling origin) and picks the
-/// one with the lowest mean MASE over them; seasonal naive on ties and when
-/// no MASE is defined.
-pub fn select(y: &[f64], season: usize, leads: &[usize]) -> (Model, Vec<(Model, Vec<Score>)>) {
-    const ORIGINS: usize = 3;
-    let scores: Vec<(Model, Vec<Score>)> = [Model::SeasonalNaive, Model::HoltWinters]
-        .into_iter()
-        .map(|model| {
-            let per_lead = leads
-                .iter()
-                .map(|&h| backtest(model, y, season, h, ORIGINS))
-                .collect();
-            (model, per_lead)
-        })
-        .collect();
-    let rank = |per_lead: &[Score]| {
-        let v: Vec<f64> = per_lead.iter().filter_map(|sc| mean(&sc.mase)).collect();
-        mean(&v).unwrap_or(f64::INFINITY)
-    };
-    let model = scores
-        .iter()
-        .min_by(|a, b| rank(&a.1).total_cmp(&rank(&b.1)))
-        .expect("two models")
-        .0;
-    (model, scores)
+/// Forecast origins per horizon in the validation span.
+const ORIGINS: usize = 12;
+
+/// One series' forecast: per lead time the chosen model, the value with
+/// its band and the chosen model's path up to it; every model's backtest.
+#[derive(Clone, Debug)]
+pub struct SeriesForecast {
+    pub chosen: Vec<Model>,
+    /// Per lead: predicted, lower, upper.
+    pub values: Vec<[f64; 3]>,
+    pub scores: Vec<(Model, Vec<Score>)>,
+    pub paths: Vec<Vec<f64>>,
 }
 
-/// Fits one series and forecasts `h` steps with the model [`select`]
-/// picks at lead `h` (seasonal naive for series too short to backtest).
-/// The simulator's lean entry point.
-pub fn forecast_path(y: &[f64], season: usize, h: usize) -> (Model, Vec<f64>) {
-    let model = if y.len() < 2 * season + h {
-        Model::SeasonalNaive
-    } else {
-        select(y, season, &[h]).0
+/// Forecasts one series at `leads` (buckets ahead). Every model is fitted
+/// once on the history before the validation span (the last day, or the
+/// longest lead if longer) and forecasts from [`ORIGINS`] origins spread
+/// over it; each lead takes the model with the lowest mean MASE there
+/// (the simplest on ties, seasonal naive when no MASE is defined) and
+/// forecasts from the last bucket with the same fit (no refit: the fit is
+/// what was validated, and refitting would double the cost). Bands are the
+/// 10th and 90th percentiles of the chosen model's validation errors.
+pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesForecast {
+    let n = y.len();
+    let max_h = leads.iter().copied().max().unwrap_or(1).max(1);
+    let cut = n.saturating_sub(cal.day.max(max_h));
+    // Every model but the combination, fitted once; the combination's
+    // path is the mean of its parts' paths (when two or more fit).
+    let fits: Vec<(Model, Fitted)> = Model::ALL
+        .into_iter()
+        .filter(|m| *m != Model::Combination && cut > 0)
+        .filter_map(|m| Fitted::fit(m, y, cut, cal, max_h).map(|f| (m, f)))
+        .collect();
+    let parts = fits
+        .iter()
+        .filter(|f| Model::COMBINED.contains(&f.0))
+        .count();
+    let mut models: Vec<Model> = fits.iter().map(|f| f.0).collect();
+    if parts >= 2 {
+        models.push(Model::Combination);
+    }
+    let scale = naive_scale(&y[..cut], cal.day);
+    // paths[i]: the path of models[i] from one origin.
+    let mut paths: Vec<Vec<f64>> = vec![Vec::with_capacity(max_h); models.len()];
+    let all_paths = |o: usize, h: usize, paths: &mut Vec<Vec<f64>>| {
+        let mut combined = vec![0.0; h];
+        for (i, (model, fitted)) in fits.iter().enumerate() {
+            fitted.path(y, o, h, cal, &mut paths[i]);
+            if Model::COMBINED.contains(model) {
+                for (c, v) in combined.iter_mut().zip(&paths[i]) {
+                    *c += v / parts as f64;
+                }
+            }
+        }
+        if parts >= 2 {
+            paths[fits.len()] = combined;
+        }
     };
-    (model, model.forecast(y, season, h))
+    let mut scores: Vec<(Model, Vec<Score>)> = models
+        .iter()
+        .map(|m| (*m, vec![Score::default(); leads.len()]))
+        .collect();
+    for (j, &h) in leads.iter().enumerate() {
+        if models.is_empty() {
+            break;
+        }
+        let last = n - h;
+        let count = ORIGINS.min(last - cut + 1);
+        for i in 0..count {
+            let o = cut
+                + if count > 1 {
+                    i * (last - cut) / (count - 1)
+                } else {
+                    0
+                };
+            all_paths(o, h, &mut paths);
+            let actual = &y[o..o + h];
+            for ((_, per_lead), path) in scores.iter_mut().zip(&paths) {
+                let sc = &mut per_lead[j];
+                if let Some(v) = mase(scale, actual, path) {
+                    sc.mase.push(v);
+                }
+                sc.smape.push(smape(actual, path));
+                sc.errors.extend((h / 2..h).map(|k| actual[k] - path[k]));
+            }
+        }
+    }
+    let chosen: Vec<Model> = (0..leads.len())
+        .map(|j| {
+            let mut best = (f64::INFINITY, Model::SeasonalNaive);
+            for (model, per_lead) in &scores {
+                if let Some(v) = mean(&per_lead[j].mase)
+                    && v < best.0
+                {
+                    best = (v, *model);
+                }
+            }
+            best.1
+        })
+        .collect();
+    // The final forecasts come from the same fits, run on to the last
+    // bucket (state, level, lags): what was validated is what forecasts.
+    let mut finals: Vec<(Model, Vec<f64>)> = Vec::new();
+    if !models.is_empty() {
+        all_paths(n, max_h, &mut paths);
+        for (i, model) in models.iter().enumerate() {
+            if chosen.contains(model) {
+                finals.push((*model, std::mem::take(&mut paths[i])));
+            }
+        }
+    }
+    if !finals.iter().any(|f| f.0 == Model::SeasonalNaive) {
+        let mut naive = Vec::new();
+        Fitted::SeasonalNaive.path(y, n, max_h, cal, &mut naive);
+        finals.push((Model::SeasonalNaive, naive));
+    }
+    let final_path = |model: Model| {
+        &finals
+            .iter()
+            .find(|f| f.0 == model)
+            .expect("a path for every chosen model")
+            .1
+    };
+    let values = leads
+        .iter()
+        .zip(&chosen)
+        .enumerate()
+        .map(|(j, (&h, &model))| {
+            let p = final_path(model)[h - 1];
+            match scores.iter().find(|s| s.0 == model) {
+                Some((_, per_lead)) => {
+                    let e = &per_lead[j].errors;
+                    [
+                        p,
+                        (p + quantile(e, 0.1)).max(0.0),
+                        (p + quantile(e, 0.9)).max(p),
+                    ]
+                }
+                None => [p, 0.0, 2.0 * p.max(1.0)],
+            }
+        })
+        .collect();
+    SeriesForecast {
+        paths: leads
+            .iter()
+            .zip(&chosen)
+            .map(|(&h, &m)| final_path(m)[..h].to_vec())
+            .collect(),
+        chosen,
+        values,
+        scores,
+    }
+}
+
+/// Fits one series and forecasts `h` steps with the model
+/// [`forecast_series`] picks at lead `h`. The simulator's entry point.
+pub fn forecast_path(y: &[f64], cal: &Calendar, h: usize) -> (Model, Vec<f64>) {
+    let mut f = forecast_series(y, cal, &[h]);
+    (f.chosen[0], f.paths.remove(0))
 }
 
 /// The predicted load matrix: `values[[series, horizon, k]]` with `k` = 0
@@ -368,7 +387,8 @@ pub struct LoadMatrix {
     pub horizons: Vec<(String, u64)>,
     /// Start of the bucket each horizon predicts (unix s).
     pub targets: Vec<u64>,
-    pub models: Vec<&'static str>,
+    /// Per series and horizon: the model that made the forecast.
+    pub models: Vec<Vec<&'static str>>,
     pub values: Array3<f64>,
     /// Backtest summary per horizon, one row per model.
     pub backtest: Vec<Vec<BacktestRow>>,
@@ -382,15 +402,25 @@ pub struct BacktestRow {
     pub smape: Option<f64>,
 }
 
+/// The backtest row of each series' chosen model.
+pub const SELECTED: &str = "selected";
+
 /// Per model: every backtest's MASE and sMAPE values.
 type Errors = BTreeMap<&'static str, (Vec<f64>, Vec<f64>)>;
 
-/// Forecasts every series at every horizon. `season` is the season length
-/// in buckets (a day).
-pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], season: usize) -> LoadMatrix {
-    let mut values = Array3::<f64>::zeros((series.len(), horizons.len(), 3));
-    let mut chosen = Vec::with_capacity(series.len());
-    // Group aggregates, for cold starts.
+/// What [`forecast_all`] makes of one series.
+enum Outcome {
+    Fitted(SeriesForecast),
+    /// Too young to fit: per lead, the predicted value.
+    ColdStart(Vec<f64>),
+}
+
+/// Forecasts every series at every horizon, on all cores. `cal.day` is the
+/// daily season in buckets.
+pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], cal: &Calendar) -> LoadMatrix {
+    let leads: Vec<usize> = horizons.iter().map(|(_, h)| *h as usize).collect();
+    let max_h = leads.iter().copied().max().unwrap_or(1);
+    // Group aggregates and their paths, for cold starts.
     let mut aggregate: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for s in series {
         let a = aggregate
@@ -400,60 +430,87 @@ pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], season: usize
             *x += v;
         }
     }
-    let mut summary: Vec<Errors> = vec![BTreeMap::new(); horizons.len()];
-    let max_h = horizons.iter().map(|(_, h)| *h as usize).max().unwrap_or(1);
-    for (i, s) in series.iter().enumerate() {
-        let y = &s.values;
-        // Active history: from the first non-zero bucket on.
-        let first = y.iter().position(|v| *v != 0.0).unwrap_or(y.len());
-        let active = &y[first..];
-        if active.len() < season {
-            // Cold start: the group's daily shape at this series' level.
-            let agg = &aggregate[s.group.as_str()];
-            let agg_active: f64 = agg[first..].iter().sum();
-            let own: f64 = active.iter().sum();
-            let f: Vec<f64> = if agg.len() >= season && agg_active > 0.0 {
-                Model::HoltWinters
-                    .forecast(agg, season, max_h)
-                    .iter()
-                    .map(|v| v * own / agg_active)
-                    .collect()
-            } else {
-                let recent = &active[active.len().saturating_sub(60)..];
-                vec![mean(recent).unwrap_or(0.0); max_h]
-            };
-            for (j, (_, h)) in horizons.iter().enumerate() {
-                let p = f[*h as usize - 1];
-                values[[i, j, 0]] = p;
-                values[[i, j, 1]] = 0.0;
-                values[[i, j, 2]] = 2.0 * p.max(1.0);
-            }
-            chosen.push("cold-start");
-            continue;
-        }
-        let leads: Vec<usize> = horizons.iter().map(|(_, h)| *h as usize).collect();
-        let (model, scores) = select(y, season, &leads);
-        for (model, per_h) in &scores {
-            for (j, sc) in per_h.iter().enumerate() {
-                let e = summary[j].entry(model.name()).or_default();
-                e.0.extend(&sc.mase);
-                e.1.extend(&sc.smape);
-            }
-        }
-        let per_h = &scores
+    let young = |s: &Series| {
+        let first = s
+            .values
             .iter()
-            .find(|(m, _)| *m == model)
-            .expect("the chosen model was scored")
-            .1;
-        let f = model.forecast(y, season, max_h);
-        for (j, (_, h)) in horizons.iter().enumerate() {
-            let p = f[*h as usize - 1];
-            let e = &per_h[j].errors;
-            values[[i, j, 0]] = p;
-            values[[i, j, 1]] = (p + quantile(e, 0.1)).max(0.0);
-            values[[i, j, 2]] = (p + quantile(e, 0.9)).max(p);
+            .position(|v| *v != 0.0)
+            .unwrap_or(s.values.len());
+        s.values.len() - first < cal.day
+    };
+    let group_paths: BTreeMap<&str, Option<Vec<f64>>> = aggregate
+        .iter()
+        .filter(|(g, _)| series.iter().any(|s| s.group == **g && young(s)))
+        .map(|(g, agg)| (*g, Model::HoltWinters.forecast(agg, cal, max_h)))
+        .collect();
+    let one = |s: &Series| -> Outcome {
+        let y = &s.values;
+        if !young(s) {
+            let mut f = forecast_series(y, cal, &leads);
+            f.paths = Vec::new();
+            return Outcome::Fitted(f);
         }
-        chosen.push(model.name());
+        // Cold start: the group's daily shape at this series' level.
+        let first = y.iter().position(|v| *v != 0.0).unwrap_or(y.len());
+        let own: f64 = y[first..].iter().sum();
+        let agg = &aggregate[s.group.as_str()];
+        let agg_active: f64 = agg[first..].iter().sum();
+        let f: Vec<f64> = match &group_paths[s.group.as_str()] {
+            Some(path) if agg_active > 0.0 => path.iter().map(|v| v * own / agg_active).collect(),
+            _ => {
+                let recent = &y[y.len().saturating_sub(60).max(first)..];
+                vec![mean(recent).unwrap_or(0.0); max_h]
+            }
+        };
+        Outcome::ColdStart(leads.iter().map(|h| f[h - 1]).collect())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = series.len().div_ceil(threads).max(1);
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = series
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a forecast thread panicked"))
+            .collect()
+    });
+    let mut values = Array3::<f64>::zeros((series.len(), horizons.len(), 3));
+    let mut models = Vec::with_capacity(series.len());
+    let mut summary: Vec<Errors> = vec![BTreeMap::new(); horizons.len()];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Outcome::ColdStart(p) => {
+                for (j, p) in p.into_iter().enumerate() {
+                    values[[i, j, 0]] = p;
+                    values[[i, j, 1]] = 0.0;
+                    values[[i, j, 2]] = 2.0 * p.max(1.0);
+                }
+                models.push(vec!["cold-start"; horizons.len()]);
+            }
+            Outcome::Fitted(f) => {
+                for (model, per_lead) in &f.scores {
+                    for (j, sc) in per_lead.iter().enumerate() {
+                        let mut add = |name| {
+                            let e: &mut (Vec<f64>, Vec<f64>) = summary[j].entry(name).or_default();
+                            e.0.extend(&sc.mase);
+                            e.1.extend(&sc.smape);
+                        };
+                        add(model.name());
+                        if f.chosen[j] == *model {
+                            add(SELECTED);
+                        }
+                    }
+                }
+                for (j, v) in f.values.iter().enumerate() {
+                    for k in 0..3 {
+                        values[[i, j, k]] = v[k];
+                    }
+                }
+                models.push(f.chosen.iter().map(|m| m.name()).collect());
+            }
+        }
     }
     let now = series
         .first()
@@ -466,7 +523,7 @@ pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], season: usize
             .collect(),
         horizons: horizons.to_vec(),
         targets: horizons.iter().map(|(_, h)| now + (h - 1) * step).collect(),
-        models: chosen,
+        models,
         values,
         backtest: summary
             .into_iter()
@@ -648,7 +705,7 @@ pub fn plot_series(
     s: &Series,
     lm: &LoadMatrix,
     index: usize,
-    season: usize,
+    cal: &Calendar,
 ) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     let max_h = lm
@@ -657,12 +714,14 @@ pub fn plot_series(
         .map(|(_, h)| *h as usize)
         .max()
         .unwrap_or(1);
-    let model = match lm.models[index] {
-        "holt-winters" => Model::HoltWinters,
-        _ => Model::SeasonalNaive,
-    };
-    let path_f = model.forecast(&s.values, season, max_h);
-    let keep = (2 * season).min(s.values.len());
+    // The model chosen at the longest horizon, refitted (cold starts and
+    // models that cannot fit this series draw the naive path).
+    let longest = (0..lm.horizons.len()).max_by_key(|&j| lm.horizons[j].1);
+    let path_f = longest
+        .and_then(|j| Model::from_name(lm.models[index][j]))
+        .and_then(|m| m.forecast(&s.values, cal, max_h))
+        .unwrap_or_else(|| seasonal_naive(&s.values, cal.day, max_h));
+    let keep = (2 * cal.day).min(s.values.len());
     let first = s.values.len() - keep;
     let hours = |i: usize| (i as f64 - s.values.len() as f64) * s.step as f64 / 3600.0;
     let actual: Vec<(f64, f64)> = (first..s.values.len())
@@ -684,7 +743,12 @@ pub fn plot_series(
     let x1 = predicted.last().map_or(1.0, |p| p.0).max(0.0);
     let root = SVGBackend::new(path, (1100, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let title = format!("{} / {} ({})", s.topic, s.group, lm.models[index]);
+    let title = format!(
+        "{} / {} ({})",
+        s.topic,
+        s.group,
+        lm.models[index].join(", ")
+    );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(10)
@@ -753,53 +817,20 @@ mod tests {
         assert!(err.contains("line 1"), "{err}");
     }
 
-    fn sinusoid(n: usize, m: usize) -> Vec<f64> {
-        (0..n)
-            .map(|t| 100.0 + 50.0 * (2.0 * std::f64::consts::PI * t as f64 / m as f64).sin())
-            .collect()
-    }
-
-    #[test]
-    fn models_on_series_with_known_answers() {
-        let m = 24;
-        // A pure season: both models continue it exactly (HW to 1e-6).
-        let y = sinusoid(24 * 10, m);
-        let want = &sinusoid(24 * 12, m)[24 * 10..];
-        for (a, b) in seasonal_naive(&y, m, 48).iter().zip(want) {
-            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
-        }
-        let hw = holt_winters(&y, m, 48);
-        for (a, b) in hw.iter().zip(want) {
-            assert!((a - b).abs() < 1.0, "{a} vs {b}");
-        }
-        // A constant: exact.
-        let c = vec![7.0; 24 * 5];
-        assert_eq!(seasonal_naive(&c, m, 10), vec![7.0; 10]);
-        for v in holt_winters(&c, m, 10) {
-            assert!((v - 7.0).abs() < 1e-9);
-        }
-        // A linear trend: HW follows it, the naive model lags a season.
-        let tr: Vec<f64> = (0..24 * 6).map(|t| 10.0 + 0.5 * t as f64).collect();
-        let next = 10.0 + 0.5 * (24 * 6) as f64;
-        assert!((holt_winters(&tr, m, 1)[0] - next).abs() < 1.0);
-        assert!((seasonal_naive(&tr, m, 1)[0] - next).abs() > 10.0);
-        // A step: after the shift HW sits at the new level.
-        let mut st = vec![10.0; 24 * 4];
-        st.extend(vec![50.0; 24 * 3]);
-        let f = holt_winters(&st, m, 5);
-        assert!(f.iter().all(|v| (v - 50.0).abs() < 5.0), "{f:?}");
-        // Never negative, even after a fall to zero.
-        let mut fall = sinusoid(24 * 4, m);
-        fall.extend(vec![0.0; 30]);
-        assert!(holt_winters(&fall, m, 24).iter().all(|v| *v >= 0.0));
-    }
-
     #[test]
     fn metrics_on_hand_computed_cases() {
         // Training 1,2,3,4 with m = 1: naive in-sample MAE = 1.
         let train = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(mase(&train, &[5.0, 6.0], &[5.0, 5.0], 1), Some(0.5));
-        assert_eq!(mase(&[3.0, 3.0, 3.0], &[3.0], &[4.0], 1), None);
+        assert_eq!(naive_scale(&train, 1), 1.0);
+        // Season 2: |3-1|, |4-2| -> 2.
+        assert_eq!(naive_scale(&train, 2), 2.0);
+        // A season as long as the training span falls back to season 1.
+        assert_eq!(naive_scale(&train, 4), 1.0);
+        assert_eq!(
+            mase(naive_scale(&train, 1), &[5.0, 6.0], &[5.0, 5.0]),
+            Some(0.5)
+        );
+        assert_eq!(mase(naive_scale(&[3.0, 3.0, 3.0], 1), &[3.0], &[4.0]), None);
         assert!((smape(&[100.0], &[50.0]) - 200.0 * 50.0 / 150.0).abs() < 1e-9);
         assert_eq!(smape(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
         assert_eq!(smape(&[0.0], &[3.0]), 200.0);
@@ -839,6 +870,45 @@ mod tests {
     }
 
     #[test]
+    fn selection_takes_the_lowest_backtest_mase() {
+        // Noisy daily season with a weekend dip: 3 weeks of hourly buckets.
+        let cal = Calendar::new(24);
+        let mut state = 7u64;
+        let y: Vec<f64> = (0..24 * 21)
+            .map(|t| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let noise = (state >> 33) as f64 / (1u64 << 31) as f64 - 0.5;
+                let weekend = if (t / 24) % 7 >= 5 { 0.5 } else { 1.0 };
+                weekend * (100.0 + 50.0 * (t as f64 * std::f64::consts::TAU / 24.0).sin())
+                    + 20.0 * noise
+            })
+            .collect();
+        let f = forecast_series(&y, &cal, &[1, 6, 24]);
+        assert_eq!(
+            f.scores.len(),
+            Model::ALL.len(),
+            "three weeks fit every model"
+        );
+        for (j, chosen) in f.chosen.iter().enumerate() {
+            let score = |m: Model| {
+                let sc = &f.scores.iter().find(|s| s.0 == m).unwrap().1[j];
+                sc.mase.iter().sum::<f64>() / sc.mase.len() as f64
+            };
+            for m in Model::ALL {
+                assert!(
+                    score(*chosen) <= score(m),
+                    "lead {j}: {chosen:?} over {m:?}"
+                );
+            }
+            let [p, lo, hi] = f.values[j];
+            assert!(lo <= p && p <= hi, "{lo} {p} {hi}");
+        }
+        assert_eq!(f.paths.iter().map(Vec::len).collect::<Vec<_>>(), [1, 6, 24]);
+    }
+
+    #[test]
     fn forecast_all_picks_per_series_and_bands_hold_the_prediction() {
         let m = 24;
         let step = 3600;
@@ -848,7 +918,7 @@ mod tests {
                 group: "g".into(),
                 start: 0,
                 step,
-                values: sinusoid(24 * 10, m),
+                values: models::tests::sinusoid(24 * 10, m),
             },
             Series {
                 topic: "trend".into(),
@@ -870,10 +940,21 @@ mod tests {
             values: young,
         });
         let horizons = parse_horizons("1h,24h", step).unwrap();
-        let lm = forecast_all(&series, &horizons, m);
+        let lm = forecast_all(&series, &horizons, &Calendar::new(m));
         assert_eq!(lm.values.dim(), (3, 2, 3));
-        assert_eq!(lm.models[1], "holt-winters", "the trend needs HW");
-        assert_eq!(lm.models[2], "cold-start");
+        for model in &lm.models[1] {
+            assert!(
+                ["holt-winters", "regression", "combination"].contains(model),
+                "the trend needs a model that follows it, not {model}"
+            );
+        }
+        assert_eq!(lm.models[2], vec!["cold-start"; 2]);
+        // The trend's next hour is 5 + 240.
+        assert!(
+            (lm.values[[1, 0, 0]] - 245.0).abs() < 2.0,
+            "{}",
+            lm.values[[1, 0, 0]]
+        );
         for i in 0..3 {
             for j in 0..2 {
                 let (p, lo, hi) = (
