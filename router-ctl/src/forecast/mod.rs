@@ -220,6 +220,9 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 /// Forecast origins per horizon in the validation span.
 const ORIGINS: usize = 12;
+/// Up to this many origins for short leads (their paths are cheap, and a
+/// dozen one-step errors is too few to tell two good models apart).
+const MAX_ORIGINS: usize = 48;
 
 /// One series' forecast: per lead time the chosen model, the value with
 /// its band and the chosen model's path up to it; every model's backtest.
@@ -234,8 +237,9 @@ pub struct SeriesForecast {
 
 /// Forecasts one series at `leads` (buckets ahead). Every model is fitted
 /// once on the history before the validation span (the last day, or the
-/// longest lead if longer) and forecasts from [`ORIGINS`] origins spread
-/// over it; each lead takes the model with the lowest mean MASE there
+/// longest lead if longer) and forecasts from origins spread over it
+/// ([`ORIGINS`], up to [`MAX_ORIGINS`] for short leads); each lead takes
+/// the model with the lowest mean MASE there
 /// (the simplest on ties, seasonal naive when no MASE is defined) and
 /// forecasts from the last bucket with the same fit (no refit: the fit is
 /// what was validated, and refitting would double the cost). Bands are the
@@ -285,7 +289,7 @@ pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesFore
             break;
         }
         let last = n - h;
-        let count = ORIGINS.min(last - cut + 1);
+        let count = (240 / h).clamp(ORIGINS, MAX_ORIGINS).min(last - cut + 1);
         for i in 0..count {
             let o = cut
                 + if count > 1 {
@@ -447,7 +451,15 @@ pub fn forecast_all(series: &[Series], horizons: &[(String, u64)], cal: &Calenda
         let y = &s.values;
         if !young(s) {
             let mut f = forecast_series(y, cal, &leads);
+            // Only the summary's MASE and sMAPE are read from here on: the
+            // paths and per-origin errors (~60 KB a series) would add up
+            // to most of the memory of a large run.
             f.paths = Vec::new();
+            for (_, per_lead) in &mut f.scores {
+                for sc in per_lead {
+                    sc.errors = Vec::new();
+                }
+            }
             return Outcome::Fitted(f);
         }
         // Cold start: the group's daily shape at this series' level.

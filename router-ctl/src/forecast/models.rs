@@ -406,6 +406,10 @@ impl Persistence {
     }
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// Fills `p` with the prefix sums of `v` (`p[0]` = 0).
 fn prefix_sums(p: &mut Vec<f64>, v: impl Iterator<Item = f64>) {
     p.clear();
@@ -656,7 +660,13 @@ impl Regression {
             },
         };
         let p = model.features();
-        let stride = ((n - first) / REGRESSION_ROWS).max(1);
+        // A stride sharing a factor with the day would sample a few phases
+        // of it only: a Fourier column would alias to zero and the least
+        // squares blow up. Coprime, every phase comes round.
+        let mut stride = ((n - first) / REGRESSION_ROWS).max(1);
+        while gcd(stride, day) != 1 {
+            stride += 1;
+        }
         let rows: Vec<usize> = (first..n).step_by(stride).collect();
         if rows.len() <= 2 * p {
             return None;
@@ -669,10 +679,19 @@ impl Regression {
             x.row_mut(i).assign(&ndarray::ArrayView1::from(&row[..]));
             target[i] = y[t];
         }
-        let fitted = LinearRegression::new().fit(&Dataset::new(x, target)).ok()?;
+        let top = target.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let fitted = LinearRegression::new()
+            .fit(&Dataset::new(x.clone(), target))
+            .ok()?;
         model.intercept = fitted.intercept();
         model.coef = fitted.params().to_vec();
-        if !model.intercept.is_finite() || model.coef.iter().any(|c| !c.is_finite()) {
+        // A degenerate design (a constant lag, too few distinct rows) can
+        // still leave huge cancelling coefficients: refuse a fit whose own
+        // training rows come out far outside the data.
+        let sane = x.rows().into_iter().all(|r| {
+            model.predict(r.as_slice().expect("standard layout")).abs() <= 10.0 * top + 1.0
+        });
+        if !sane || !model.intercept.is_finite() || model.coef.iter().any(|c| !c.is_finite()) {
             return None;
         }
         // Residuals seen from each bucket (lags one season back), for the
@@ -835,6 +854,24 @@ pub(super) mod tests {
             Model::Combination,
         ] {
             assert!(m.forecast(&y, &cal, 5).is_none(), "{}", m.name());
+        }
+    }
+
+    #[test]
+    fn regression_rows_see_every_phase_of_the_day() {
+        // 3936 half-hourly buckets: (3936 - a week) / 600 rows = a stride of
+        // 6, which would sample 8 of the day's 48 phases and zero the 4th
+        // harmonic's sine column (the fit blew up to 1e31 on taylor).
+        let cal = Calendar::new(48);
+        let y: Vec<f64> = (0..3936)
+            .map(|t| {
+                let a = std::f64::consts::TAU * t as f64 / 48.0;
+                30_000.0 + 5_000.0 * a.sin() + 800.0 * (4.0 * a).cos() + (t % 7) as f64 * 10.0
+            })
+            .collect();
+        let f = Model::Regression.forecast(&y, &cal, 48).expect("fits");
+        for (k, v) in f.iter().enumerate() {
+            assert!((20_000.0..40_000.0).contains(v), "lead {}: {v}", k + 1);
         }
     }
 
