@@ -82,8 +82,8 @@ fn run() -> Result<()> {
         Err(_) => 9,
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
-    if !["all", "xdp", "control", "planner", "forecast"].contains(&which.as_str()) {
-        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control, planner or forecast");
+    if !["all", "xdp", "control", "tick", "planner", "forecast"].contains(&which.as_str()) {
+        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner or forecast");
     }
     // target/<profile>/shardcast-bench -> target/
     let exe = std::env::current_exe()?;
@@ -108,6 +108,10 @@ fn run() -> Result<()> {
     ns.ip(&["link", "set", "sc0", "up"])?;
     ns.ip(&["link", "set", "sc1", "up"])?;
     // Everything that names interfaces runs in the namespace.
+    if which == "tick" {
+        println!("{}", ns.run(tick_bench)??);
+        return Ok(());
+    }
     if which != "control" {
         let table = ns.run(move || bench(rounds))??;
         println!("{table}");
