@@ -920,6 +920,47 @@ mod tests {
         assert_eq!(f.paths.iter().map(Vec::len).collect::<Vec<_>>(), [1, 6, 24]);
     }
 
+    /// A daily cycle over 16 days of hourly buckets that triples from day
+    /// 12 on (a level shift).
+    fn shifted(t: usize) -> f64 {
+        let v = 50.0 + 30.0 * (t as f64 * std::f64::consts::TAU / 24.0).sin();
+        if t >= 24 * 12 { 3.0 * v } else { v }
+    }
+
+    #[test]
+    fn gaps_zeros_bursts_and_shifts_give_finite_forecasts() {
+        let cal = Calendar::new(24);
+        let shift: Vec<f64> = (0..24 * 16).map(shifted).collect();
+        // Plus a dead day (a gap: zeros) and a 40x burst.
+        let mut rough = shift.clone();
+        rough[24 * 5..24 * 6].fill(0.0);
+        rough[24 * 9 + 3] *= 40.0;
+        let mut spike = vec![0.0; 24 * 16];
+        spike[24 * 15] = 1000.0;
+        for (what, y) in [
+            ("rough", rough),
+            ("all zeros", vec![0.0; 24 * 16]),
+            ("one spike", spike),
+            ("two buckets", vec![3.0, 4.0]),
+        ] {
+            let f = forecast_series(&y, &cal, &[1, 6, 24]);
+            for (j, [p, lo, hi]) in f.values.iter().enumerate() {
+                assert!(
+                    p.is_finite() && *lo >= 0.0 && lo <= p && p <= hi && hi.is_finite(),
+                    "{what}, lead {j}: {lo} {p} {hi}"
+                );
+            }
+        }
+        // Four days after the shift the forecast sits near the new level.
+        let f = forecast_series(&shift, &cal, &[1]);
+        let want = shifted(24 * 16);
+        assert!(
+            (f.values[0][0] - want).abs() < 0.25 * want,
+            "{} vs {want}",
+            f.values[0][0]
+        );
+    }
+
     #[test]
     fn forecast_all_picks_per_series_and_bands_hold_the_prediction() {
         let m = 24;
