@@ -263,14 +263,8 @@ impl HoltWinters {
         let mut i = at % m;
         for &v in y.iter().skip(at) {
             for (hw, total) in hws.iter_mut().zip(total.iter_mut()) {
-                let (a, b, g) = (hw.alpha, hw.beta, hw.gamma);
-                let s = hw.season[i];
-                let e = v - (hw.level + hw.trend + s);
+                let e = hw.step(i, v);
                 *total += e * e;
-                let level = a * (v - s) + (1.0 - a) * (hw.level + hw.trend);
-                hw.trend = b * (level - hw.level) + (1.0 - b) * hw.trend;
-                hw.season[i] = g * (v - level) + (1.0 - g) * s;
-                hw.level = level;
             }
             i += 1;
             if i == m {
@@ -319,18 +313,28 @@ impl HoltWinters {
         }
     }
 
+    /// One update with value `v` at season index `i`; returns the
+    /// one-step error.
+    #[inline(always)]
+    fn step(&mut self, i: usize, v: f64) -> f64 {
+        let (a, b, g) = (self.alpha, self.beta, self.gamma);
+        let s = self.season[i];
+        let e = v - (self.level + self.trend + s);
+        let level = a * (v - s) + (1.0 - a) * (self.level + self.trend);
+        self.trend = b * (level - self.level) + (1.0 - b) * self.trend;
+        self.season[i] = g * (v - level) + (1.0 - g) * s;
+        self.level = level;
+        e
+    }
+
     /// Consumes `y[self.at..]`.
     fn run(&mut self, y: &[f64]) {
-        let (a, b, g, m) = (self.alpha, self.beta, self.gamma, self.m);
+        let m = self.m;
         // The season index wraps by hand: a division per bucket would
         // cost more than the update.
         let mut i = self.at % m;
         for &v in y.iter().skip(self.at) {
-            let s = self.season[i];
-            let level = a * (v - s) + (1.0 - a) * (self.level + self.trend);
-            self.trend = b * (level - self.level) + (1.0 - b) * self.trend;
-            self.season[i] = g * (v - level) + (1.0 - g) * s;
-            self.level = level;
+            self.step(i, v);
             i += 1;
             if i == m {
                 i = 0;
