@@ -356,7 +356,7 @@ pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesFore
                     let e = &per_lead[j].errors;
                     [
                         p,
-                        (p + quantile(e, 0.1)).max(0.0),
+                        (p + quantile(e, 0.1)).min(p).max(0.0),
                         (p + quantile(e, 0.9)).max(p),
                     ]
                 }
@@ -959,6 +959,38 @@ mod tests {
             "{} vs {want}",
             f.values[0][0]
         );
+    }
+
+    #[test]
+    fn any_length_season_and_lead_gives_finite_banded_forecasts() {
+        // Seeded random cases: series from empty to three weeks, seasons
+        // from one bucket (daily buckets) up, leads beyond a season, values
+        // with runs of zeros and spikes.
+        use crate::planner::mix;
+        for case in 0..300u64 {
+            let r = |k: u64| mix(case * 16 + k);
+            let day = [1usize, 2, 5, 24][(r(0) % 4) as usize];
+            let n = (r(1) % (day as u64 * 21 + 3)) as usize;
+            let leads: Vec<usize> = (0..1 + r(2) % 3)
+                .map(|k| 1 + (r(3 + k) % (2 * day as u64 + 2)) as usize)
+                .collect();
+            let y: Vec<f64> = (0..n as u64)
+                .map(|t| match mix(case ^ (t << 20)) % 10 {
+                    0..=2 => 0.0,
+                    3 => 1e6,
+                    v => (v * (t % day as u64 + 1)) as f64,
+                })
+                .collect();
+            let f = forecast_series(&y, &Calendar::new(day), &leads);
+            assert_eq!(f.values.len(), leads.len());
+            for (j, [p, lo, hi]) in f.values.iter().enumerate() {
+                assert!(
+                    p.is_finite() && *lo >= 0.0 && lo <= p && p <= hi && hi.is_finite(),
+                    "case {case} (n {n}, day {day}, leads {leads:?}) lead {j}: {lo} {p} {hi}"
+                );
+                assert_eq!(f.paths[j].len(), leads[j]);
+            }
+        }
     }
 
     #[test]
