@@ -50,6 +50,15 @@ pub enum ForecastError {
     },
     #[error("history is empty")]
     Empty,
+    #[error(
+        "history spans {buckets} buckets (unix {from} to {to}) for {series} series: more than the forecaster holds ({MAX_BUCKETS} buckets, {MAX_CELLS} series x buckets); export a shorter window or use a longer --bucket"
+    )]
+    TooLarge {
+        buckets: u64,
+        series: usize,
+        from: u64,
+        to: u64,
+    },
     #[error("horizon {0:?}: not a duration (use s, m, h or d, e.g. \"5m\", \"1h\", \"24h\")")]
     BadHorizon(String),
     #[error("status line {line}: {reason}")]
@@ -58,11 +67,18 @@ pub enum ForecastError {
     BadForecastLine { line: usize, reason: String },
     #[error("the forecast has no rows for horizon {0:?}")]
     HorizonAbsent(String),
+    #[error("horizon {0:?} is longer than a week, the longest the forecaster predicts")]
+    HorizonTooLong(String),
     #[error("horizon {horizon:?} is not a positive multiple of the {step}s bucket")]
     HorizonOffGrid { horizon: String, step: u64 },
 }
 
 type Result<T, E = ForecastError> = std::result::Result<T, E>;
+
+/// Most buckets a history may span (two years of minutes).
+pub const MAX_BUCKETS: u64 = 2 * 366 * 1440;
+/// Most series × buckets a history may hold (8 GiB of f64).
+pub const MAX_CELLS: u64 = 1 << 30;
 
 /// One topic × group count series on a regular grid.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,7 +125,19 @@ pub fn series_from_csv(text: &str, step: u64) -> Result<Vec<Series>> {
     if by.is_empty() {
         return Err(ForecastError::Empty);
     }
-    let n = ((hi - lo) / step + 1) as usize;
+    let n = (hi - lo) / step + 1;
+    // Every series is laid out over the whole span: a stray timestamp
+    // years away must be an error, not a many-gigabyte allocation.
+    let cells = n.saturating_mul(by.len() as u64);
+    if n > MAX_BUCKETS || cells > MAX_CELLS {
+        return Err(ForecastError::TooLarge {
+            buckets: n,
+            series: by.len(),
+            from: lo,
+            to: hi,
+        });
+    }
+    let n = n as usize;
     Ok(by
         .into_iter()
         .map(|((topic, group), points)| {
@@ -142,10 +170,17 @@ pub fn parse_horizons(text: &str, step: u64) -> Result<Vec<(String, u64)>> {
                     step,
                 });
             }
+            if secs > MAX_HORIZON_SECS {
+                return Err(ForecastError::HorizonTooLong(h.to_string()));
+            }
             Ok((h.to_string(), secs / step))
         })
         .collect()
 }
+
+/// The longest horizon: a week (forecasts are paths of that many buckets;
+/// the models' seasons are a day and a week).
+pub const MAX_HORIZON_SECS: u64 = 7 * 86_400;
 
 /// Mean absolute scaled error: the forecast's MAE over `scale`, the
 /// in-sample MAE of the seasonal naive model ([`naive_scale`]). `None`
@@ -867,6 +902,11 @@ mod tests {
             Err(ForecastError::Csv(HistoryError::Csv { line: 1, .. }))
         ));
         assert!(matches!(series_from_csv("", 60), Err(ForecastError::Empty)));
+        // A stray timestamp decades later: refused, not allocated.
+        assert!(matches!(
+            series_from_csv("0,a,g,1\n3000000000,a,g,1\n", 60),
+            Err(ForecastError::TooLarge { .. })
+        ));
         assert_eq!(
             parse_horizons("5m, 1h,24h", 60).unwrap(),
             vec![("5m".into(), 5), ("1h".into(), 60), ("24h".into(), 1440)]
@@ -878,6 +918,10 @@ mod tests {
         assert!(matches!(
             parse_horizons("90s", 60),
             Err(ForecastError::HorizonOffGrid { .. })
+        ));
+        assert!(matches!(
+            parse_horizons("1h,8d", 60),
+            Err(ForecastError::HorizonTooLong(h)) if h == "8d"
         ));
     }
 
@@ -959,6 +1003,31 @@ mod tests {
             "{} vs {want}",
             f.values[0][0]
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn csv_readers_never_panic(text in "[0-9a-z,:/TZ .\\-\n]{0,300}") {
+            let _ = series_from_csv(&text, 60);
+            let _ = status_from_csv(&text);
+            let _ = rates_from_csv(&text, "1h", false, 60);
+        }
+
+        #[test]
+        fn well_formed_history_is_read_back(
+            counts in proptest::collection::vec(0u32..1000, 1..50),
+            start in 0u64..1_000_000,
+        ) {
+            let mut csv = String::from("timestamp,topic,group,count\n");
+            for (i, c) in counts.iter().enumerate() {
+                csv.push_str(&format!("{},t/x,g,{c}\n", (start + i as u64) * 60));
+            }
+            let s = series_from_csv(&csv, 60).unwrap();
+            proptest::prop_assert_eq!(s.len(), 1);
+            proptest::prop_assert_eq!(s[0].start, start * 60);
+            let want: Vec<f64> = counts.iter().map(|c| *c as f64).collect();
+            proptest::prop_assert_eq!(&s[0].values, &want);
+        }
     }
 
     #[test]
