@@ -5,9 +5,10 @@
 //!
 //! - **seasonal naive** (daily) and **weekly naive**: the value one
 //!   season earlier, the baseline every error is scaled by;
-//! - **Holt-Winters**: additive level, damped-free trend and daily season;
-//!   smoothing constants picked on a small grid by one-step squared error
-//!   over the last five days before the fit's end;
+//! - **Holt-Winters**: additive level and daily season, without a trend
+//!   (A,N,A) or with a gently smoothed one (A,A,A); smoothing constants
+//!   picked on an 18-point grid by one-step squared error over the last
+//!   three days before the fit's end (a fourth initialises the state);
 //! - **regression** (fitted with linfa's least squares): daily and weekly
 //!   Fourier terms plus seasonal lags (the same bucket one day and one week
 //!   earlier, and its mean over the last seven days), the Fourier +
