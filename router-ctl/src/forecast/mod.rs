@@ -270,7 +270,8 @@ pub struct SeriesForecast {
     pub paths: Vec<Vec<f64>>,
 }
 
-/// Forecasts one series at `leads` (buckets ahead). Every model is fitted
+/// Forecasts one series at `leads` (buckets ahead, each at least 1, as
+/// [`parse_horizons`] gives them). Every model is fitted
 /// once on the history before the validation span (the last day, or the
 /// longest lead if longer) and forecasts from origins spread over it
 /// ([`ORIGINS`], up to [`MAX_ORIGINS`] for short leads); each lead takes
@@ -280,6 +281,7 @@ pub struct SeriesForecast {
 /// what was validated, and refitting would double the cost). Bands are the
 /// 10th and 90th percentiles of the chosen model's validation errors.
 pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesForecast {
+    assert!(leads.iter().all(|&h| h >= 1), "lead times start at 1");
     let n = y.len();
     let max_h = leads.iter().copied().max().unwrap_or(1).max(1);
     let cut = n.saturating_sub(cal.day.max(max_h));
