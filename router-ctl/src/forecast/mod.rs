@@ -25,7 +25,7 @@ use ndarray::Array3;
 
 mod models;
 
-pub use models::{Calendar, Fitted, Model, holt_winters, seasonal_naive};
+pub use models::{Calendar, Fitted, Model, average, seasonal_naive};
 
 use crate::{
     history::{HistoryError, parse_csv_lines},
@@ -285,36 +285,38 @@ pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesFore
     let n = y.len();
     let max_h = leads.iter().copied().max().unwrap_or(1).max(1);
     let cut = n.saturating_sub(cal.day.max(max_h));
-    // Every model but the combination, fitted once; the combination's
-    // path is the mean of its parts' paths (when two or more fit).
+    // Every model but the combination, fitted once.
     let fits: Vec<(Model, Fitted)> = Model::ALL
         .into_iter()
         .filter(|m| *m != Model::Combination && cut > 0)
         .filter_map(|m| Fitted::fit(m, y, cut, cal, max_h).map(|f| (m, f)))
         .collect();
-    let parts = fits
+    let combines = fits
         .iter()
         .filter(|f| Model::COMBINED.contains(&f.0))
-        .count();
+        .count()
+        >= 2;
     let mut models: Vec<Model> = fits.iter().map(|f| f.0).collect();
-    if parts >= 2 {
+    if combines {
         models.push(Model::Combination);
     }
     let scale = naive_scale(&y[..cut], cal.day);
-    // paths[i]: the path of models[i] from one origin.
+    // paths[i]: the path of models[i] from one origin; the combination's
+    // is the mean of its parts' paths (computed once, not refitted).
     let mut paths: Vec<Vec<f64>> = vec![Vec::with_capacity(max_h); models.len()];
     let all_paths = |o: usize, h: usize, paths: &mut Vec<Vec<f64>>| {
-        let mut combined = vec![0.0; h];
-        for (i, (model, fitted)) in fits.iter().enumerate() {
+        for (i, (_, fitted)) in fits.iter().enumerate() {
             fitted.path(y, o, h, cal, &mut paths[i]);
-            if Model::COMBINED.contains(model) {
-                for (c, v) in combined.iter_mut().zip(&paths[i]) {
-                    *c += v / parts as f64;
-                }
-            }
         }
-        if parts >= 2 {
-            paths[fits.len()] = combined;
+        if combines {
+            let parts: Vec<&[f64]> = fits
+                .iter()
+                .zip(paths.iter())
+                .filter(|((m, _), _)| Model::COMBINED.contains(m))
+                .map(|(_, p)| p.as_slice())
+                .collect();
+            let mean = average(&parts).expect("two or more parts");
+            paths[fits.len()] = mean;
         }
     };
     let mut scores: Vec<(Model, Vec<Score>)> = models

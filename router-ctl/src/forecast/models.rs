@@ -123,6 +123,13 @@ impl Model {
     /// Fits on all of `y` and forecasts leads `1..=h`; `None` when the
     /// series is too short for the model.
     pub fn forecast(self, y: &[f64], cal: &Calendar, h: usize) -> Option<Vec<f64>> {
+        if self == Model::Combination {
+            let parts: Vec<Vec<f64>> = Model::COMBINED
+                .into_iter()
+                .filter_map(|m| m.forecast(y, cal, h))
+                .collect();
+            return average(&parts);
+        }
         let f = Fitted::fit(self, y, y.len(), cal, h)?;
         let mut out = Vec::with_capacity(h);
         f.path(y, y.len(), h, cal, &mut out);
@@ -130,7 +137,19 @@ impl Model {
     }
 }
 
-/// A model fitted on `y[..end]`.
+/// The combination's forecast: the mean of its parts' paths, when two or
+/// more of them could be fitted (it has no fit of its own).
+pub fn average<P: AsRef<[f64]>>(parts: &[P]) -> Option<Vec<f64>> {
+    let first = parts.first()?.as_ref();
+    (parts.len() >= 2).then(|| {
+        (0..first.len())
+            .map(|k| parts.iter().map(|p| p.as_ref()[k]).sum::<f64>() / parts.len() as f64)
+            .collect()
+    })
+}
+
+/// A model fitted on `y[..end]` (every model but the combination, which
+/// [`average`]s its parts' paths).
 #[derive(Clone, Debug)]
 pub enum Fitted {
     SeasonalNaive,
@@ -138,12 +157,12 @@ pub enum Fitted {
     HoltWinters(HoltWinters),
     Regression(Regression),
     Decomposition(Decomposition),
-    Combination(Vec<Fitted>),
 }
 
 impl Fitted {
     /// Fits `model` on `y[..end]`, preparing forecasts of up to `max_lead`
-    /// buckets; `None` when there is too little history for it.
+    /// buckets; `None` when there is too little history for it, and for
+    /// the combination.
     pub fn fit(
         model: Model,
         y: &[f64],
@@ -158,13 +177,7 @@ impl Fitted {
             Model::HoltWinters => HoltWinters::fit(y, cal.day).map(Fitted::HoltWinters),
             Model::Regression => Regression::fit(y, cal, max_lead).map(Fitted::Regression),
             Model::Decomposition => Decomposition::fit(y, cal, max_lead).map(Fitted::Decomposition),
-            Model::Combination => {
-                let parts: Vec<Fitted> = Model::COMBINED
-                    .into_iter()
-                    .filter_map(|m| Fitted::fit(m, y, end, cal, max_lead))
-                    .collect();
-                (parts.len() >= 2).then_some(Fitted::Combination(parts))
-            }
+            Model::Combination => None,
         }
     }
 
@@ -179,16 +192,6 @@ impl Fitted {
             Fitted::HoltWinters(m) => m.path(y, h, out),
             Fitted::Regression(m) => m.path(y, h, cal, out),
             Fitted::Decomposition(m) => m.path(y, h, cal, out),
-            Fitted::Combination(parts) => {
-                out.resize(h, 0.0);
-                let mut part = Vec::with_capacity(h);
-                for p in parts {
-                    p.path(y, o, h, cal, &mut part);
-                    for (a, b) in out.iter_mut().zip(&part) {
-                        *a += b / parts.len() as f64;
-                    }
-                }
-            }
         }
         for v in out.iter_mut() {
             *v = v.max(0.0);
@@ -740,15 +743,6 @@ impl Regression {
             self.predict(&row) + self.persistence.weight(k) * dev
         }));
     }
-}
-
-/// Holt-Winters fitted on all of `y` with season `m`, forecasting `h`
-/// leads (seasonal naive below two seasons).
-pub fn holt_winters(y: &[f64], m: usize, h: usize) -> Vec<f64> {
-    let cal = Calendar::new(m);
-    Model::HoltWinters
-        .forecast(y, &cal, h)
-        .unwrap_or_else(|| seasonal_naive(y, m, h))
 }
 
 #[cfg(test)]
