@@ -608,24 +608,27 @@ pub struct Regression {
     persistence: Persistence,
 }
 
+/// Most features a regression row has (weekly terms included).
+const MAX_FEATURES: usize = 2 * DAY_HARMONICS + 2 + 2 * WEEK_HARMONICS + 1;
+
 impl Regression {
     fn features(&self) -> usize {
-        2 * DAY_HARMONICS
-            + 2
-            + if self.weekly {
-                2 * WEEK_HARMONICS + 1
-            } else {
-                0
-            }
+        if self.weekly {
+            MAX_FEATURES
+        } else {
+            2 * DAY_HARMONICS + 2
+        }
     }
 
     /// The features of bucket `t` seen from origin `o` (`y[..o]` known):
-    /// lags are the latest same-time buckets before `o`.
-    fn row(&self, y: &[f64], t: usize, o: usize, cal: &Calendar, row: &mut Vec<f64>) {
+    /// lags are the latest same-time buckets before `o`. Past
+    /// [`Regression::features`] the row is zeros.
+    fn row(&self, y: &[f64], t: usize, o: usize, cal: &Calendar) -> [f64; MAX_FEATURES] {
         let day = cal.day;
-        row.clear();
+        let mut row = [0.0; MAX_FEATURES];
+        let d = 2 * DAY_HARMONICS;
         let b = t % day;
-        row.extend_from_slice(&cal.day_terms[b * 2 * DAY_HARMONICS..(b + 1) * 2 * DAY_HARMONICS]);
+        row[..d].copy_from_slice(&cal.day_terms[b * d..(b + 1) * d]);
         // Days back to the latest same-time bucket that is known.
         let j = (t + 1 - o.min(t + 1)).div_ceil(day).max(1);
         let lag = |j: usize| t.checked_sub(j * day).map(|i| y[i]);
@@ -635,20 +638,32 @@ impl Regression {
             sum += v;
             count += 1;
         }
-        row.push(last);
-        row.push(if count > 0 { sum / count as f64 } else { last });
+        row[d] = last;
+        row[d + 1] = if count > 0 { sum / count as f64 } else { last };
         if self.weekly {
+            let w2 = 2 * WEEK_HARMONICS;
             let w = t % cal.week;
-            row.extend_from_slice(
-                &cal.week_terms[w * 2 * WEEK_HARMONICS..(w + 1) * 2 * WEEK_HARMONICS],
-            );
+            row[d + 2..d + 2 + w2].copy_from_slice(&cal.week_terms[w * w2..(w + 1) * w2]);
             let weeks = (t + 1 - o.min(t + 1)).div_ceil(cal.week).max(1);
-            row.push(t.checked_sub(weeks * cal.week).map_or(last, |i| y[i]));
+            row[d + 2 + w2] = t.checked_sub(weeks * cal.week).map_or(last, |i| y[i]);
         }
+        row
     }
 
-    fn predict(&self, row: &[f64]) -> f64 {
+    /// The model's value for bucket `t` seen from origin `o`.
+    fn estimate(&self, y: &[f64], t: usize, o: usize, cal: &Calendar) -> f64 {
+        let row = self.row(y, t, o, cal);
         self.intercept + row.iter().zip(&self.coef).map(|(a, b)| a * b).sum::<f64>()
+    }
+
+    /// Mean error over the recent buckets before `o` (each seen from
+    /// itself): what the persistence term carries forward.
+    fn deviation(&self, y: &[f64], o: usize, cal: &Calendar) -> f64 {
+        let recent = cal.recent().min(o);
+        (o - recent..o)
+            .map(|t| y[t] - self.estimate(y, t, t, cal))
+            .sum::<f64>()
+            / recent.max(1) as f64
     }
 
     fn fit(y: &[f64], cal: &Calendar, max_lead: usize) -> Option<Regression> {
@@ -681,67 +696,37 @@ impl Regression {
         }
         let mut x = Array2::<f64>::zeros((rows.len(), p));
         let mut target = Array1::<f64>::zeros(rows.len());
-        let mut row = Vec::with_capacity(p);
         for (i, &t) in rows.iter().enumerate() {
-            model.row(y, t, t, cal, &mut row);
-            x.row_mut(i).assign(&ndarray::ArrayView1::from(&row[..]));
+            let row = model.row(y, t, t, cal);
+            x.row_mut(i).assign(&ndarray::ArrayView1::from(&row[..p]));
             target[i] = y[t];
         }
-        let top = target.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        let fitted = LinearRegression::new()
-            .fit(&Dataset::new(x.clone(), target))
-            .ok()?;
+        let fitted = LinearRegression::new().fit(&Dataset::new(x, target)).ok()?;
         model.intercept = fitted.intercept();
         model.coef = fitted.params().to_vec();
-        // A degenerate design (a constant lag, too few distinct rows) can
-        // still leave huge cancelling coefficients: refuse a fit whose own
-        // training rows come out far outside the data.
-        let sane = x.rows().into_iter().all(|r| {
-            model.predict(r.as_slice().expect("standard layout")).abs() <= 10.0 * top + 1.0
-        });
-        if !sane || !model.intercept.is_finite() || model.coef.iter().any(|c| !c.is_finite()) {
+        if !model.intercept.is_finite() || model.coef.iter().any(|c| !c.is_finite()) {
             return None;
         }
-        // Residuals seen from each bucket (lags one season back), for the
-        // persistence weights.
-        // Residuals are computed where the persistence fit reads them
-        // only (a few thousand buckets, not every one).
-        let row = std::cell::RefCell::new(row);
-        let resid = |t: usize| {
-            let mut row = row.borrow_mut();
-            model.row(y, t, t, cal, &mut row);
-            y[t] - model.predict(&row)
-        };
-        let recent = cal.recent();
         // Seen from origin o, a bucket up to a day ahead has the same lags
-        // as seen from itself: its error is resid.
-        let lead_cap = max_lead.min(day);
-        let persistence = Persistence::fit(
+        // as seen from itself, so its error is that bucket's own residual
+        // (computed only where the persistence fit reads one).
+        let recent = cal.recent();
+        model.persistence = Persistence::fit(
             first + recent,
             n,
-            lead_cap,
-            |o| (o - recent..o).map(resid).sum::<f64>() / recent as f64,
-            |o, k| resid(o + k - 1),
+            max_lead.min(day),
+            |o| model.deviation(y, o, cal),
+            |o, k| y[o + k - 1] - model.estimate(y, o + k - 1, o + k - 1, cal),
         );
-        model.persistence = persistence;
         Some(model)
     }
 
     fn path(&self, y: &[f64], h: usize, cal: &Calendar, out: &mut Vec<f64>) {
         let o = y.len();
-        let mut row = Vec::with_capacity(self.features());
-        let recent = cal.recent().min(o);
-        let dev = (o - recent..o)
-            .map(|t| {
-                self.row(y, t, t, cal, &mut row);
-                y[t] - self.predict(&row)
-            })
-            .sum::<f64>()
-            / recent.max(1) as f64;
-        out.extend((1..=h).map(|k| {
-            self.row(y, o + k - 1, o, cal, &mut row);
-            self.predict(&row) + self.persistence.weight(k) * dev
-        }));
+        let dev = self.deviation(y, o, cal);
+        out.extend(
+            (1..=h).map(|k| self.estimate(y, o + k - 1, o, cal) + self.persistence.weight(k) * dev),
+        );
     }
 }
 
