@@ -200,29 +200,31 @@ impl Fleet {
         }
     }
 
-    /// Expected rate (messages/s) of every topic at `minute`.
+    /// Expected rate (messages/s) of every topic at `minute` (site factors
+    /// computed once per site).
     pub fn rates(&self, minute: u32) -> Vec<f64> {
-        let site_factor: Vec<(f64, f64)> = (0..self.sites.len())
+        let factors: Vec<(f64, f64)> = (0..self.sites.len())
             .map(|s| (self.site_factor(s, minute), self.sync_factor(s, minute)))
             .collect();
         (0..self.topics.len())
-            .map(|t| {
-                let (f, sync) = site_factor[self.topic_site[t] as usize];
-                let sync = if self.topic_alerts[t] { 1.0 } else { sync };
-                self.base_rate[t] * f * sync
-            })
+            .map(|t| self.topic_rate(t, factors[self.topic_site[t] as usize]))
             .collect()
     }
 
     /// Expected rate (messages/s) of topic `t` at `minute`.
     pub fn rate(&self, t: usize, minute: u32) -> f64 {
         let s = self.topic_site[t] as usize;
-        let sync = if self.topic_alerts[t] {
-            1.0
-        } else {
-            self.sync_factor(s, minute)
-        };
-        self.base_rate[t] * self.site_factor(s, minute) * sync
+        self.topic_rate(
+            t,
+            (self.site_factor(s, minute), self.sync_factor(s, minute)),
+        )
+    }
+
+    /// A topic's rate given its site's (diurnal x weekly x flash, sync)
+    /// factors: alerts topics have no scheduled sync.
+    fn topic_rate(&self, t: usize, (site, sync): (f64, f64)) -> f64 {
+        let sync = if self.topic_alerts[t] { 1.0 } else { sync };
+        self.base_rate[t] * site * sync
     }
 
     fn site_factor(&self, s: usize, minute: u32) -> f64 {
