@@ -258,6 +258,9 @@ const ORIGINS: usize = 12;
 /// Up to this many origins for short leads (their paths are cheap, and a
 /// dozen one-step errors is too few to tell two good models apart).
 const MAX_ORIGINS: usize = 48;
+/// Forecast steps a lead's validation aims at: origins = this / lead,
+/// between [`ORIGINS`] and [`MAX_ORIGINS`].
+const VALIDATION_STEPS: usize = 240;
 
 /// One series' forecast: per lead time the chosen model, the value with
 /// its band and the chosen model's path up to it; every model's backtest.
@@ -274,7 +277,7 @@ pub struct SeriesForecast {
 /// [`parse_horizons`] gives them). Every model is fitted
 /// once on the history before the validation span (the last day, or the
 /// longest lead if longer) and forecasts from origins spread over it
-/// ([`ORIGINS`], up to [`MAX_ORIGINS`] for short leads); each lead takes
+/// ([`VALIDATION_STEPS`] / lead, within [`ORIGINS`]..=[`MAX_ORIGINS`]); each lead takes
 /// the model with the lowest mean MASE there
 /// (the simplest on ties, seasonal naive when no MASE is defined) and
 /// forecasts from the last bucket with the same fit (no refit: the fit is
@@ -328,7 +331,9 @@ pub fn forecast_series(y: &[f64], cal: &Calendar, leads: &[usize]) -> SeriesFore
             break;
         }
         let last = n - h;
-        let count = (240 / h).clamp(ORIGINS, MAX_ORIGINS).min(last - cut + 1);
+        let count = (VALIDATION_STEPS / h)
+            .clamp(ORIGINS, MAX_ORIGINS)
+            .min(last - cut + 1);
         for i in 0..count {
             let o = cut
                 + if count > 1 {
