@@ -56,6 +56,11 @@ pub struct Publish {
     pub data_offset: usize,
 }
 
+/// `parse_publish` reads no byte at or past this offset (the longest
+/// header it inspects: 3 length octets, MsgType, Flags, TopicId), so a
+/// [`crate::payload::Head`] of this many bytes is all it needs.
+pub const HEADER_READ: usize = 7;
+
 /// Length of the header: the Length field plus MsgType, Flags, TopicId, MsgId.
 const fn publish_header_len(length_field: usize) -> usize {
     length_field + 1 + 1 + 2 + 2
@@ -227,6 +232,25 @@ mod tests {
                 prop_assert_eq!(len, bytes.len());
                 prop_assert!(p.data_offset <= bytes.len());
             }
+        }
+
+        /// The XDP program parses a copy of the first `HEADER_READ` bytes:
+        /// it must reach the same verdict as the whole datagram.
+        #[test]
+        fn the_head_decides_like_the_whole(bytes in proptest::collection::vec(any::<u8>(), 0..40),
+                publishy in any::<bool>(), long in any::<bool>()) {
+            let mut bytes = bytes;
+            // Steer half the cases into consistent PUBLISH headers.
+            if publishy && bytes.len() >= HEADER_READ {
+                let n = bytes.len();
+                if long {
+                    bytes[..4].copy_from_slice(&[1, (n >> 8) as u8, n as u8, MSG_PUBLISH]);
+                } else {
+                    bytes[..2].copy_from_slice(&[n as u8, MSG_PUBLISH]);
+                }
+            }
+            let head = crate::payload::Head::<HEADER_READ>::of(&bytes);
+            prop_assert_eq!(parse_publish(&head), parse_publish(&bytes[..]));
         }
 
         #[test]

@@ -50,6 +50,68 @@ pub trait Payload {
     }
 }
 
+/// The first `N` (at most 8) bytes of a payload of `len` bytes, held by
+/// value in one word.
+///
+/// For a parser that reads only fixed offsets below `N` (the MQTT-SN
+/// PUBLISH header, [`crate::mqttsn::HEADER_READ`]): the XDP program copies
+/// the head out of the packet with one bounds check, where reading packet
+/// memory byte by byte costs a reload of `data`/`data_end` and a check per
+/// byte. A byte is a shift of the word, not an indexed load (the verifier
+/// refuses the `|` LLVM makes of "stack array + variable offset"). Bytes
+/// at or past `N` read as absent, so a parser that strayed there would
+/// refuse the datagram, never misread it.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<const N: usize> {
+    /// The payload's first `min(N, len)` bytes, little-endian (byte `i` is
+    /// bits `8i..8i+8`); the rest are zero.
+    pub word: u64,
+    /// Length of the whole payload.
+    pub len: usize,
+}
+
+impl<const N: usize> Head<N> {
+    const FITS: () = assert!(N <= 8, "a Head holds at most 8 bytes");
+
+    /// The head of a payload of `len` bytes whose first bytes are `bytes`.
+    #[inline(always)]
+    pub fn new(bytes: [u8; N], len: usize) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS;
+        let mut word = 0u64;
+        let mut i = 0;
+        while i < N {
+            word |= (bytes[i] as u64) << (8 * i);
+            i += 1;
+        }
+        Self { word, len }
+    }
+
+    /// The head of `payload` (host side and tests).
+    pub fn of(payload: &[u8]) -> Self {
+        let mut bytes = [0u8; N];
+        let n = payload.len().min(N);
+        bytes[..n].copy_from_slice(&payload[..n]);
+        Self::new(bytes, payload.len())
+    }
+}
+
+impl<const N: usize> Payload for Head<N> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        if off < self.len && off < N {
+            Some((self.word >> (8 * off)) as u8)
+        } else {
+            None
+        }
+    }
+}
+
 impl Payload for [u8] {
     #[inline(always)]
     fn len(&self) -> usize {

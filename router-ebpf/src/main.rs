@@ -38,7 +38,7 @@ use router_common::{
 
 use packet::{
     ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, Window, WindowPayload,
-    be16, ptr_at,
+    be16, ptr_at, word,
 };
 
 #[btf_map]
@@ -291,7 +291,8 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
 
     // L7: the shared parsers.
     let key = if dport != 0 && dport == cfg.mqttsn_port {
-        mqttsn::parse_publish(&payload)?.key
+        let head = packet::head::<{ mqttsn::HEADER_READ }>(ctx, l4_off + UdpHdr::LEN, &payload);
+        mqttsn::parse_publish(&head)?.key
     } else if dport != 0 && dport == cfg.coap_port {
         let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
         let (msg, cut) = WindowPayload::load(
@@ -377,12 +378,20 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         L3::V6 { off } => rewrite_v6(ctx, off, udp, shard)?,
     };
     let mac_off = if tagged { VLAN_HLEN } else { 0 };
-    let macs: *mut EthHdr = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
+    let macs: *mut [u8; 12] = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
+    let src = shard.src_mac;
     // SAFETY: bounds checked by `ptr_at` (the 12 MAC bytes precede the
     // inner EtherType, which lies within the checked span).
     unsafe {
-        (*macs).dst = dst_mac;
-        (*macs).src = shard.src_mac;
+        let macs = macs as *mut u8;
+        word::store64(
+            macs,
+            dst_mac | (u16::from_ne_bytes([src[0], src[1]]) as u64) << 48,
+        );
+        word::store32(
+            macs.add(8),
+            u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
+        );
     }
     count(Reason::Redirected, frame_len);
     if tagged {
@@ -396,14 +405,17 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     Ok(xdp_action::XDP_REDIRECT)
 }
 
+// The header rewrite composes MAC and header words in native order.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "shardcast's XDP program is built for little-endian BPF (bpfel)"
+);
+
 /// IPv4: destination → group, TTL − 1, port, both checksums patched.
+/// Returns the destination MAC (the group's, RFC 1112) as the low 48 bits
+/// of a native word, ready to store.
 #[inline(always)]
-fn rewrite_v4(
-    ctx: &XdpContext,
-    off: usize,
-    udp: *mut UdpHdr,
-    shard: &Shard,
-) -> Result<[u8; 6], Reason> {
+fn rewrite_v4(ctx: &XdpContext, off: usize, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
     if shard.flags & SHARD_HAS_V4 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
@@ -414,45 +426,43 @@ fn rewrite_v4(
         if ttl <= 1 {
             return Err(Reason::TtlExpired);
         }
-        let group = shard.group_v4;
-        let old_daddr = (*ip).daddr;
-        let mut ipc = Patch::new(be16((*ip).check));
-        ipc.replace16(
-            u16::from_be_bytes([ttl, (*ip).protocol]),
-            u16::from_be_bytes([ttl - 1, (*ip).protocol]),
-        );
-        ipc.replace_bytes(&old_daddr, &group);
+        let (ipb, udpb) = (ip as *mut u8, udp as *mut u8);
+        let group = u32::from_ne_bytes(shard.group_v4);
+        let old_daddr = word::load32(ipb.add(16));
+        // TTL shares a checksummed 16-bit word with the protocol.
+        let ttl_word = word::load16(ipb.add(8));
+        let mut ipc = Patch::new(word::load16(ipb.add(10)));
+        ipc.replace16(ttl_word, u16::from_ne_bytes([ttl - 1, (*ip).protocol]));
+        ipc.replace32(old_daddr, group);
         (*ip).ttl = ttl - 1;
-        (*ip).daddr = group;
-        (*ip).check = ipc.finish().to_be_bytes();
+        word::store32(ipb.add(16), group);
+        word::store16(ipb.add(10), ipc.finish());
 
-        let old_port = (*udp).dest;
+        let old_port = word::load16(udpb.add(2));
         // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
         let new_port = if shard.port == 0 {
             old_port
         } else {
-            shard.port.to_be_bytes()
+            shard.port.to_be()
         };
-        let check = be16((*udp).check);
+        let check = word::load16(udpb.add(6));
         if check != 0 {
             let mut uc = Patch::new(check);
-            uc.replace_bytes(&old_daddr, &group);
-            uc.replace_bytes(&old_port, &new_port);
-            (*udp).check = uc.finish_udp().to_be_bytes();
+            uc.replace32(old_daddr, group);
+            uc.replace16(old_port, new_port);
+            word::store16(udpb.add(6), uc.finish_udp());
         }
-        (*udp).dest = new_port;
-        Ok([0x01, 0x00, 0x5e, group[1] & 0x7f, group[2], group[3]])
+        word::store16(udpb.add(2), new_port);
+        // 01:00:5e, then the group's low 23 bits.
+        Ok(0x5e_0001 | ((group as u64 & 0xffff_7f00) << 16))
     }
 }
 
 /// IPv6: destination → group, hop limit − 1, port, UDP checksum patched.
+/// Returns the destination MAC (33:33 and the group's low 32 bits, RFC
+/// 2464) as the low 48 bits of a native word.
 #[inline(always)]
-fn rewrite_v6(
-    ctx: &XdpContext,
-    off: usize,
-    udp: *mut UdpHdr,
-    shard: &Shard,
-) -> Result<[u8; 6], Reason> {
+fn rewrite_v6(ctx: &XdpContext, off: usize, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
     if shard.flags & SHARD_HAS_V6 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
@@ -463,27 +473,37 @@ fn rewrite_v6(
         if hops <= 1 {
             return Err(Reason::TtlExpired);
         }
-        let check = be16((*udp).check);
+        let (ipb, udpb) = (ip as *mut u8, udp as *mut u8);
+        let check = word::load16(udpb.add(6));
         if check == 0 {
             return Err(Reason::ZeroChecksumV6);
         }
-        let group = shard.group_v6;
-        let old_daddr = (*ip).daddr;
-        let old_port = (*udp).dest;
+        let g = &shard.group_v6;
+        let group = [
+            u32::from_ne_bytes([g[0], g[1], g[2], g[3]]),
+            u32::from_ne_bytes([g[4], g[5], g[6], g[7]]),
+            u32::from_ne_bytes([g[8], g[9], g[10], g[11]]),
+            u32::from_ne_bytes([g[12], g[13], g[14], g[15]]),
+        ];
+        let old_port = word::load16(udpb.add(2));
         // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
         let new_port = if shard.port == 0 {
             old_port
         } else {
-            shard.port.to_be_bytes()
+            shard.port.to_be()
         };
         let mut uc = Patch::new(check);
-        uc.replace_bytes(&old_daddr, &group);
-        uc.replace_bytes(&old_port, &new_port);
+        for (i, &w) in group.iter().enumerate() {
+            uc.replace32(word::load32(ipb.add(24 + 4 * i)), w);
+        }
+        uc.replace16(old_port, new_port);
         (*ip).hop_limit = hops - 1;
-        (*ip).daddr = group;
-        (*udp).dest = new_port;
-        (*udp).check = uc.finish_udp().to_be_bytes();
-        Ok([0x33, 0x33, group[12], group[13], group[14], group[15]])
+        for (i, &w) in group.iter().enumerate() {
+            word::store32(ipb.add(24 + 4 * i), w);
+        }
+        word::store16(udpb.add(2), new_port);
+        word::store16(udpb.add(6), uc.finish_udp());
+        Ok(0x3333 | (group[3] as u64) << 16)
     }
 }
 

@@ -6,7 +6,10 @@
 //! misaligned.
 
 use aya_ebpf::{bindings::xdp_md, cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext};
-use router_common::{coap, payload::Payload};
+use router_common::{
+    coap,
+    payload::{Head, Payload},
+};
 
 pub const ETH_HLEN: usize = 14;
 
@@ -60,6 +63,75 @@ impl UdpHdr {
 #[inline(always)]
 pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
+}
+
+/// Native-order loads and stores of 16-, 32- and 64-bit words at any
+/// alignment, for the header rewrite (with `checksum::Patch`, which works
+/// in native order).
+///
+/// BPF assembly for the same reason as [`copy16`]: the BPF backend splits
+/// an access it cannot prove aligned into single bytes, and headers after a
+/// 14-byte Ethernet header are only 2-byte aligned. The verifier and the
+/// JIT accept misaligned packet access where the CPU does (x86-64, arm64).
+pub mod word {
+    /// # Safety
+    /// `p` must point to 2 readable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn load16(p: *const u8) -> u16 {
+        let v: u64;
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
+                options(nostack, readonly, preserves_flags));
+        }
+        v as u16
+    }
+
+    /// # Safety
+    /// `p` must point to 4 readable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn load32(p: *const u8) -> u32 {
+        let v: u64;
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
+                options(nostack, readonly, preserves_flags));
+        }
+        v as u32
+    }
+
+    /// # Safety
+    /// `p` must point to 2 writable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn store16(p: *mut u8, v: u16) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v as u64,
+                options(nostack, preserves_flags));
+        }
+    }
+
+    /// # Safety
+    /// `p` must point to 4 writable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn store32(p: *mut u8, v: u32) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v as u64,
+                options(nostack, preserves_flags));
+        }
+    }
+
+    /// # Safety
+    /// `p` must point to 8 writable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn store64(p: *mut u8, v: u64) {
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v,
+                options(nostack, preserves_flags));
+        }
+    }
 }
 
 /// Pointer to a `T` at `off` in the packet, if all of it lies before
@@ -186,6 +258,28 @@ impl Payload for PacketPayload {
         // SAFETY: `p` is within [data, data_end) as checked just above.
         Some(unsafe { *(p as *const u8) })
     }
+}
+
+/// The first `N` bytes of `payload`, copied onto the stack with one bounds
+/// check (see [`Head`]).
+#[inline(always)]
+pub fn head<const N: usize>(ctx: &XdpContext, off: usize, payload: &PacketPayload) -> Head<N> {
+    let len = payload.len();
+    if let Some(p) = ptr_at::<[u8; N]>(ctx, off) {
+        // SAFETY: `ptr_at` checked the N bytes lie within the packet.
+        return Head::new(unsafe { *p }, len);
+    }
+    // The frame ends less than N bytes past the payload's start, so does
+    // the payload: a rare short datagram (a PINGREQ, say), read byte by
+    // byte.
+    let mut bytes = [0u8; N];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        match payload.byte(i) {
+            Some(v) => *b = v,
+            None => break,
+        }
+    }
+    Head::new(bytes, len)
 }
 
 /// The first [`coap::WINDOW`] bytes of a CoAP message, copied out of the

@@ -70,6 +70,9 @@ enum Prog {
     RouterGroups,
     /// The same, counting one publish in 16.
     RouterGroupsSampled,
+    /// Another build of the router (`SHARDCAST_BENCH_BASELINE`), for A/B
+    /// comparisons of a change in the same run.
+    Baseline,
 }
 
 fn run() -> Result<()> {
@@ -308,6 +311,17 @@ fn bench(rounds: usize) -> Result<String> {
         },
     )?;
     dps.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+    // An older build of the router to compare against, side by side.
+    let baseline = match std::env::var_os("SHARDCAST_BENCH_BASELINE") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let mut b = Dataplane::load(&path, &RouterConfig::default())
+                .with_context(|| format!("SHARDCAST_BENCH_BASELINE={}", path.display()))?;
+            b.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+            Some(b)
+        }
+        None => None,
+    };
     let floor = ReferenceProgram::load(&reference_object(), "ref_floor")?;
     let mut fwd = ReferenceProgram::load(&reference_object(), "ref_forwarder")?;
 
@@ -410,9 +424,40 @@ fn bench(rounds: usize) -> Result<String> {
             Prog::Router => dp.test_run(&case.packet, repeat)?,
             Prog::RouterGroups => dpg.test_run(&case.packet, repeat)?,
             Prog::RouterGroupsSampled => dps.test_run(&case.packet, repeat)?,
+            Prog::Baseline => baseline
+                .as_ref()
+                .expect("baseline cases only with a baseline")
+                .test_run(&case.packet, repeat)?,
         };
         Ok((r.action, r.duration))
     };
+    let mut cases = cases;
+    if baseline.is_some() {
+        let names = [
+            "baseline: MQTT-SN v4 publish",
+            "baseline: MQTT-SN v6 publish",
+            "baseline: CoAP v4 publish",
+            "baseline: CoAP v6 publish",
+        ];
+        let router: Vec<Vec<u8>> = cases
+            .iter()
+            .filter(|c| c.prog == Prog::Router && c.want == action::REDIRECT)
+            .map(|c| c.packet.clone())
+            .collect();
+        for (name, packet) in names.into_iter().zip(router) {
+            cases.push(Case {
+                name,
+                prog: Prog::Baseline,
+                packet,
+                want: action::REDIRECT,
+            });
+        }
+    }
+    // SHARDCAST_BENCH_CASES=substring keeps only the matching cases (and
+    // the forwarder every ratio is taken against).
+    if let Ok(only) = std::env::var("SHARDCAST_BENCH_CASES") {
+        cases.retain(|c| c.prog == Prog::Forwarder || c.name.contains(only.as_str()));
+    }
     let cases: Vec<Case> = cases
         .into_iter()
         .map(|c| Case {
@@ -441,6 +486,7 @@ fn bench(rounds: usize) -> Result<String> {
         let mut this = Vec::new();
         for case in &cases {
             let mut total = 0u128;
+            let mut best = u128::MAX;
             for _ in 0..CALLS {
                 let (a, d) = run(case, REPEAT)?;
                 ensure!(
@@ -450,8 +496,13 @@ fn bench(rounds: usize) -> Result<String> {
                     case.want
                 );
                 total += d.as_nanos() * REPEAT as u128;
+                best = best.min(d.as_nanos());
             }
-            this.push(total as f64 / (CALLS * REPEAT) as f64);
+            if std::env::var_os("SHARDCAST_BENCH_MIN").is_some() {
+                this.push(best as f64);
+            } else {
+                this.push(total as f64 / (CALLS * REPEAT) as f64);
+            }
         }
         if this[fwd_idx] <= 0.0 {
             bail!("the forwarder measured 0 ns: timer resolution too coarse");
@@ -485,6 +536,30 @@ fn bench(rounds: usize) -> Result<String> {
             median(ns[i].clone()),
             median(ratio[i].clone())
         ));
+    }
+    // A/B: each router publish case against the same packet on the
+    // baseline build, as the median of per-round ratios.
+    let pairs: Vec<(usize, usize)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.prog == Prog::Baseline)
+        .filter_map(|(b, base)| {
+            cases
+                .iter()
+                .position(|c| c.prog == Prog::Router && c.packet == base.packet)
+                .map(|r| (r, b))
+        })
+        .collect();
+    if !pairs.is_empty() {
+        out.push_str("\n| case | × baseline (median of rounds) |\n|---|---:|\n");
+        for (r, b) in pairs {
+            let per_round: Vec<f64> = ns[r].iter().zip(&ns[b]).map(|(x, y)| x / y).collect();
+            out.push_str(&format!(
+                "| {} | {:.3} |\n",
+                cases[r].name,
+                median(per_round)
+            ));
+        }
     }
     Ok(out)
 }
