@@ -37,7 +37,7 @@ use router_common::{
 };
 
 use packet::{
-    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, PacketPayload, Scratch, UdpHdr, Window, WindowPayload,
+    ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, Scratch, UdpHdr, Window, WindowPayload,
     be16, ptr_at, word,
 };
 
@@ -270,60 +270,21 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     if udp_len < UdpHdr::LEN {
         return Err(Reason::Truncated);
     }
-    let scratch = SC_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
-    let payload = PacketPayload::new(ctx, l4_off + UdpHdr::LEN, udp_len - UdpHdr::LEN, scratch)
-        .ok_or(Reason::Truncated)?;
-
-    // Park the header layout in untracked memory while the parser runs, so
-    // the parser is verified once rather than once per header variant; it
-    // is reloaded and re-bounded below.
-    let (family, l3_off, ihl) = match l3 {
-        L3::V4 { off, ihl } => (4u64, off, ihl),
-        L3::V6 { off } => (6u64, off, 0),
-    };
-    // SAFETY: this CPU's scratch slot; XDP does not migrate between CPUs.
-    unsafe {
-        core::ptr::write_volatile(
-            &raw mut (*scratch).parked,
-            [family | (tagged as u64) << 8, l3_off as u64, ihl as u64],
-        );
+    let (payload_off, payload_len) = (l4_off + UdpHdr::LEN, udp_len - UdpHdr::LEN);
+    if !packet::payload_fits(ctx, payload_off, payload_len) {
+        return Err(Reason::Truncated);
     }
 
     // L7: the shared parsers.
-    let key = if dport != 0 && dport == cfg.mqttsn_port {
-        let head = packet::head::<{ mqttsn::HEADER_READ }>(ctx, l4_off + UdpHdr::LEN, &payload);
-        mqttsn::parse_publish(&head)?.key
+    let (key, l3, tagged) = if dport != 0 && dport == cfg.mqttsn_port {
+        // Fixed offsets: parsed from a copy of the header, with the L2/L3
+        // layout left in registers.
+        let head = packet::head::<{ mqttsn::HEADER_READ }>(ctx, payload_off, payload_len);
+        (mqttsn::parse_publish(&head)?.key, l3, tagged)
     } else if dport != 0 && dport == cfg.coap_port {
-        let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
-        let (msg, cut) = WindowPayload::load(
-            ctx,
-            l4_off + UdpHdr::LEN,
-            udp_len - UdpHdr::LEN,
-            window,
-            scratch,
-        )
-        .ok_or(Reason::Truncated)?;
-        match coap::parse_publish(&msg, &cfg.prefix, cfg.prefix_len as usize) {
-            Ok(p) => p.key,
-            // Within the window, a message running out is a message cut
-            // short by the window, not a malformed one.
-            Err(Reason::CoapMalformed) if cut => return Err(Reason::CoapBeyondWindow),
-            Err(r) => return Err(r),
-        }
+        coap_key(ctx, cfg, l3, tagged, payload_off, payload_len)?
     } else {
         return Err(Reason::OtherPort);
-    };
-
-    // SAFETY: as above.
-    let [fam_tag, l3_off, ihl] = unsafe { core::ptr::read_volatile(&raw const (*scratch).parked) };
-    let tagged = fam_tag >> 8 != 0;
-    let (l3_off, ihl) = (l3_off as usize, ihl as usize);
-    if l3_off > ETH_HLEN + VLAN_HLEN || ihl > 60 {
-        return Err(Reason::Truncated);
-    }
-    let l3 = match fam_tag & 0xff {
-        4 => L3::V4 { off: l3_off, ihl },
-        _ => L3::V6 { off: l3_off },
     };
     let l4_off = match l3 {
         L3::V4 { off, ihl } => off + ihl,
@@ -403,6 +364,59 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         }
     }
     Ok(xdp_action::XDP_REDIRECT)
+}
+
+/// The topic key of a CoAP publish, with the header layout it arrived
+/// with.
+///
+/// The option walk is a bounded loop the verifier follows path by path, so
+/// the layout is parked in untracked per-CPU memory while it runs (every
+/// L2/L3 variant then reaches the loop in the same state and it is
+/// verified once, not once per variant), then reloaded and re-bounded.
+#[inline(always)]
+fn coap_key(
+    ctx: &XdpContext,
+    cfg: &Config,
+    l3: L3,
+    tagged: bool,
+    payload_off: usize,
+    payload_len: usize,
+) -> Result<(TopicKey, L3, bool), Reason> {
+    let scratch = SC_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+    let (family, l3_off, ihl) = match l3 {
+        L3::V4 { off, ihl } => (4u64, off, ihl),
+        L3::V6 { off } => (6u64, off, 0),
+    };
+    // SAFETY: this CPU's scratch slot; XDP does not migrate between CPUs.
+    unsafe {
+        core::ptr::write_volatile(
+            &raw mut (*scratch).parked,
+            [family | (tagged as u64) << 8, l3_off as u64, ihl as u64],
+        );
+    }
+    let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+    let (msg, cut) = WindowPayload::load(ctx, payload_off, payload_len, window, scratch)
+        .ok_or(Reason::Truncated)?;
+    let key = match coap::parse_publish(&msg, &cfg.prefix, cfg.prefix_len as usize) {
+        Ok(p) => p.key,
+        // Within the window, a message running out is a message cut
+        // short by the window, not a malformed one.
+        Err(Reason::CoapMalformed) if cut => return Err(Reason::CoapBeyondWindow),
+        Err(r) => return Err(r),
+    };
+
+    // SAFETY: as above.
+    let [fam_tag, l3_off, ihl] = unsafe { core::ptr::read_volatile(&raw const (*scratch).parked) };
+    let tagged = fam_tag >> 8 != 0;
+    let (l3_off, ihl) = (l3_off as usize, ihl as usize);
+    if l3_off > ETH_HLEN + VLAN_HLEN || ihl > 60 {
+        return Err(Reason::Truncated);
+    }
+    let l3 = match fam_tag & 0xff {
+        4 => L3::V4 { off: l3_off, ihl },
+        _ => L3::V6 { off: l3_off },
+    };
+    Ok((key, l3, tagged))
 }
 
 // The header rewrite composes MAC and header words in native order.

@@ -2,10 +2,10 @@
 //!
 //! Every access to the packet goes through [`ptr_at`] (one bounds check
 //! against `data_end`, in the shape the verifier tracks) or through
-//! [`PacketPayload::byte`]. Headers are byte arrays so no access is ever
+//! the few helpers here (`byte_at`, `head`, `WindowPayload::load`). Headers are byte arrays so no access is ever
 //! misaligned.
 
-use aya_ebpf::{bindings::xdp_md, cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use router_common::{
     coap,
     payload::{Head, Payload},
@@ -184,87 +184,44 @@ const MAX_PAYLOAD: usize = 0x3fff;
 /// IPv6 + UDP is at most 14 + 4 + 60 + 8).
 pub const MAX_PAYLOAD_OFFSET: usize = 128;
 
-/// The UDP payload as the parsers see it: bytes are addressed as packet
-/// start + offset, with the payload's offset laundered, so the parsers'
-/// loops verify once whatever headers came before.
-pub struct PacketPayload {
-    ctx: *mut xdp_md,
-    base: usize,
-    len: usize,
-    scratch: *mut Scratch,
-}
-
-impl PacketPayload {
-    /// The `len` bytes at `off`, if they are all in the packet.
-    #[inline(always)]
-    pub fn new(ctx: &XdpContext, off: usize, len: usize, scratch: *mut Scratch) -> Option<Self> {
-        if len > MAX_PAYLOAD || ctx.data() + off + len > ctx.data_end() {
-            return None;
-        }
-        let mut p = Self {
-            ctx: ctx.ctx,
-            base: 0,
-            len: 0,
-            scratch,
-        };
-        p.base = p.opaque(off);
-        p.len = p.opaque(len);
-        // Re-bound the laundered values for the verifier.
-        if p.base > MAX_PAYLOAD_OFFSET || p.len > MAX_PAYLOAD {
-            return None;
-        }
-        Some(p)
-    }
-}
-
-impl Payload for PacketPayload {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    #[inline(always)]
-    fn opaque(&self, v: usize) -> usize {
-        // SAFETY: `scratch` is this CPU's slot of a per-CPU array.
-        unsafe { launder(self.scratch, v) }
-    }
-
-    #[inline(always)]
-    fn byte(&self, off: usize) -> Option<u8> {
-        if off >= self.len {
-            return None;
-        }
-        // Volatile reads of data/data_end: LLVM would otherwise prove the
-        // check below redundant (off < len, base + len <= data_end) and drop
-        // it, but the verifier cannot follow that proof.
-        // SAFETY: `ctx` is the program's live context.
-        let (data, end) = unsafe {
-            (
-                core::ptr::read_volatile(&(*self.ctx).data) as usize,
-                core::ptr::read_volatile(&(*self.ctx).data_end) as usize,
-            )
-        };
-        let p = data + self.base + off;
-        // LLVM rewrites `p + 1 > end` as `p >= end`, from which the verifier
-        // derives no range for a pointer at fixed offset 0. A 1 read through
-        // a volatile stack slot is opaque to LLVM but a known constant to the
-        // verifier, so the check reaches it in the form it understands.
-        let one = 1usize;
-        // SAFETY: reading a local.
-        let one = unsafe { core::ptr::read_volatile(&one) };
-        if p + one > end {
-            return None;
-        }
-        // SAFETY: `p` is within [data, data_end) as checked just above.
-        Some(unsafe { *(p as *const u8) })
-    }
-}
-
-/// The first `N` bytes of `payload`, copied onto the stack with one bounds
-/// check (see [`Head`]).
+/// Whether the `len`-byte payload at `off` lies within the frame (and
+/// within the bounds the parsers are verified for).
 #[inline(always)]
-pub fn head<const N: usize>(ctx: &XdpContext, off: usize, payload: &PacketPayload) -> Head<N> {
-    let len = payload.len();
+pub fn payload_fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
+    len <= MAX_PAYLOAD && off <= MAX_PAYLOAD_OFFSET && ctx.data() + off + len <= ctx.data_end()
+}
+
+/// The packet byte at `off`, if the frame holds it.
+#[inline(always)]
+fn byte_at(ctx: &XdpContext, off: usize) -> Option<u8> {
+    // Volatile reads of data/data_end: LLVM would otherwise merge this
+    // check with earlier ones, in a form the verifier cannot follow.
+    // SAFETY: `ctx.ctx` is the program's live context.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    };
+    let p = data + off;
+    // LLVM rewrites `p + 1 > end` as `p >= end`, from which the verifier
+    // derives no range for a pointer at fixed offset 0. A 1 read through
+    // a volatile stack slot is opaque to LLVM but a known constant to the
+    // verifier, so the check reaches it in the form it understands.
+    let one = 1usize;
+    // SAFETY: reading a local.
+    let one = unsafe { core::ptr::read_volatile(&one) };
+    if p + one > end {
+        return None;
+    }
+    // SAFETY: `p` is within [data, data_end) as checked just above.
+    Some(unsafe { *(p as *const u8) })
+}
+
+/// The first `N` bytes of the `len`-byte payload at `off` (which
+/// [`payload_fits`] accepted), copied with one bounds check (see [`Head`]).
+#[inline(always)]
+pub fn head<const N: usize>(ctx: &XdpContext, off: usize, len: usize) -> Head<N> {
     if let Some(p) = ptr_at::<[u8; N]>(ctx, off) {
         // SAFETY: `ptr_at` checked the N bytes lie within the packet.
         return Head::new(unsafe { *p }, len);
@@ -274,7 +231,10 @@ pub fn head<const N: usize>(ctx: &XdpContext, off: usize, payload: &PacketPayloa
     // byte.
     let mut bytes = [0u8; N];
     for (i, b) in bytes.iter_mut().enumerate() {
-        match payload.byte(i) {
+        if i >= len {
+            break;
+        }
+        match byte_at(ctx, off + i) {
             Some(v) => *b = v,
             None => break,
         }
@@ -405,7 +365,7 @@ impl Payload for WindowPayload {
     /// count then grows with every option until the verifier gives up.
     #[inline(always)]
     fn len(&self) -> usize {
-        // SAFETY: this CPU's scratch slot (see `PacketPayload::opaque`).
+        // SAFETY: this CPU's scratch slot (see `Payload::opaque`).
         unsafe { core::ptr::read_volatile(&raw const (*self.scratch).window_len) as usize }
     }
 
