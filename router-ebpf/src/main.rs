@@ -38,7 +38,7 @@ use router_common::{
 
 use packet::{
     ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, Scratch, UdpHdr, Window, WindowPayload,
-    be16, ptr_at, word,
+    ptr_at, word,
 };
 
 #[btf_map]
@@ -202,14 +202,13 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     // L2: Ethernet with at most one 802.1Q tag.
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::Truncated)?;
     // SAFETY: `ptr_at` checked the header lies within the packet.
-    let mut ether_type = be16(unsafe { (*eth).ether_type });
+    let mut ether_type = unsafe { word::load_be16(&raw const (*eth).ether_type) };
     let mut l3_off = ETH_HLEN;
     let tagged = ether_type == ETH_P_8021Q;
     if tagged {
-        let tag: *const [u8; 4] = ptr_at(ctx, ETH_HLEN).ok_or(Reason::Truncated)?;
+        let tag: *const [[u8; 2]; 2] = ptr_at(ctx, ETH_HLEN).ok_or(Reason::Truncated)?;
         // SAFETY: bounds checked by `ptr_at`.
-        let tag = unsafe { *tag };
-        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
+        ether_type = unsafe { word::load_be16(&raw const (*tag)[1]) };
         l3_off += VLAN_HLEN;
     }
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
@@ -230,7 +229,8 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
                 return Err(Reason::Truncated);
             }
             // More-fragments flag or a fragment offset.
-            if be16(ip.frag_off) & 0x3fff != 0 {
+            // SAFETY: within the header `ptr_at` checked.
+            if unsafe { word::load_be16(&raw const ip.frag_off) } & 0x3fff != 0 {
                 return Err(Reason::Fragment);
             }
             if ip.protocol != IPPROTO_UDP {
@@ -266,7 +266,12 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     // L4.
     let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
     // SAFETY: bounds checked by `ptr_at`.
-    let (dport, udp_len) = unsafe { (be16((*udp).dest), be16((*udp).len) as usize) };
+    let (dport, udp_len) = unsafe {
+        (
+            word::load_be16(&raw const (*udp).dest),
+            word::load_be16(&raw const (*udp).len) as usize,
+        )
+    };
     if udp_len < UdpHdr::LEN {
         return Err(Reason::Truncated);
     }
@@ -279,7 +284,7 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     let (key, l3, tagged) = if dport != 0 && dport == cfg.mqttsn_port {
         // Fixed offsets: parsed from a copy of the header, with the L2/L3
         // layout left in registers.
-        let head = packet::head::<{ mqttsn::HEADER_READ }>(ctx, payload_off, payload_len);
+        let head = packet::mqttsn_head(ctx, payload_off, payload_len);
         (mqttsn::parse_publish(&head)?.key, l3, tagged)
     } else if dport != 0 && dport == cfg.coap_port {
         coap_key(ctx, cfg, l3, tagged, payload_off, payload_len)?

@@ -1,13 +1,14 @@
 //! Header layouts and the audited helpers that touch packet memory.
 //!
 //! Every access to the packet goes through [`ptr_at`] (one bounds check
-//! against `data_end`, in the shape the verifier tracks) or through
-//! the few helpers here (`byte_at`, `head`, `WindowPayload::load`). Headers are byte arrays so no access is ever
-//! misaligned.
+//! against `data_end`, in the shape the verifier tracks) or through the
+//! few helpers here (`byte_at`, `mqttsn_head`, `WindowPayload::load`).
+//! Headers are byte arrays, so LLVM never assumes an alignment the packet
+//! may not have; whole-word access goes through [`word`], explicitly.
 
 use aya_ebpf::{cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use router_common::{
-    coap,
+    coap, mqttsn,
     payload::{Head, Payload},
 };
 
@@ -60,11 +61,6 @@ impl UdpHdr {
     pub const LEN: usize = 8;
 }
 
-#[inline(always)]
-pub fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
-}
-
 /// Native-order loads and stores of 16-, 32- and 64-bit words at any
 /// alignment, for the header rewrite (with `checksum::Patch`, which works
 /// in native order).
@@ -85,6 +81,16 @@ pub mod word {
                 options(nostack, readonly, preserves_flags));
         }
         v as u16
+    }
+
+    /// A big-endian field, in host order.
+    ///
+    /// # Safety
+    /// `p` must point to 2 readable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn load_be16(p: *const [u8; 2]) -> u16 {
+        // SAFETY: per the function's contract.
+        u16::from_be(unsafe { load16(p.cast()) })
     }
 
     /// # Safety
@@ -218,13 +224,22 @@ fn byte_at(ctx: &XdpContext, off: usize) -> Option<u8> {
     Some(unsafe { *(p as *const u8) })
 }
 
-/// The first `N` bytes of the `len`-byte payload at `off` (which
-/// [`payload_fits`] accepted), copied with one bounds check (see [`Head`]).
+/// The first [`mqttsn::HEADER_READ`] bytes of the `len`-byte payload at
+/// `off` (which [`payload_fits`] accepted), with one bounds check and three
+/// word loads (see [`Head`]).
 #[inline(always)]
-pub fn head<const N: usize>(ctx: &XdpContext, off: usize, len: usize) -> Head<N> {
+pub fn mqttsn_head(ctx: &XdpContext, off: usize, len: usize) -> Head<{ mqttsn::HEADER_READ }> {
+    const N: usize = mqttsn::HEADER_READ;
+    const _: () = assert!(N == 7, "the loads below read 4 + 2 + 1 bytes");
     if let Some(p) = ptr_at::<[u8; N]>(ctx, off) {
+        let p = p as *const u8;
         // SAFETY: `ptr_at` checked the N bytes lie within the packet.
-        return Head::new(unsafe { *p }, len);
+        let w = unsafe {
+            word::load32(p) as u64
+                | (word::load16(p.add(4)) as u64) << 32
+                | (*p.add(6) as u64) << 48
+        };
+        return Head { word: w, len };
     }
     // The frame ends less than N bytes past the payload's start, so does
     // the payload: a rare short datagram (a PINGREQ, say), read byte by
