@@ -9,7 +9,13 @@
 //! The machine is noisy, so every case runs once per round, rounds
 //! interleave the programs, and each case is reported as the median over
 //! rounds of its time and of its ratio to the forwarder *in the same round*.
-//! Prints a Markdown table (the one in BENCHMARKS.md).
+//! The time per packet is the steady state: the difference between the
+//! fastest call of 254 runs and the fastest of 127 (each call's first run is
+//! cold, see `bench`). Prints a Markdown table (the one in BENCHMARKS.md).
+//!
+//! `SHARDCAST_BENCH_BASELINE=old.o` also times another build of the router
+//! on the same packets and prints each publish case's ratio to it (A/B in
+//! one run); `SHARDCAST_BENCH_CASES=substring` keeps only matching cases.
 
 use std::{path::PathBuf, time::Duration};
 
