@@ -64,7 +64,9 @@ pub trait Payload {
 #[derive(Clone, Copy, Debug)]
 pub struct Head<const N: usize> {
     /// The payload's first `min(N, len)` bytes, little-endian (byte `i` is
-    /// bits `8i..8i+8`); the rest are zero.
+    /// bits `8i..8i+8`). Bytes at or past `len` are whatever followed the
+    /// payload (frame padding, say) and are never read: [`Payload::byte`]
+    /// checks `len`.
     pub word: u64,
     /// Length of the whole payload.
     pub len: usize,

@@ -430,6 +430,30 @@ const _: () = assert!(
     "shardcast's XDP program is built for little-endian BPF (bpfel)"
 );
 
+/// The UDP header's destination port and checksum fields, for word access.
+#[inline(always)]
+fn udp_fields(udp: *mut UdpHdr) -> (*mut u8, *mut u8) {
+    // SAFETY: field addresses only; no access.
+    unsafe {
+        (
+            (&raw mut (*udp).dest).cast(),
+            (&raw mut (*udp).check).cast(),
+        )
+    }
+}
+
+/// The destination port (native order) of a publish's copy for `shard`:
+/// the shard's, or with port 0 the publish's own `old` (MQTT-SN and CoAP
+/// then stay apart on a shared group).
+#[inline(always)]
+fn shard_port(shard: &Shard, old: u16) -> u16 {
+    if shard.port == 0 {
+        old
+    } else {
+        shard.port.to_be()
+    }
+}
+
 /// IPv4: destination → group, TTL − 1, port, both checksums patched.
 /// Returns the destination MAC (the group's, RFC 1112) as the low 48 bits
 /// of a native word, ready to store.
@@ -445,33 +469,30 @@ fn rewrite_v4(ctx: &XdpContext, off: usize, udp: *mut UdpHdr, shard: &Shard) -> 
         if ttl <= 1 {
             return Err(Reason::TtlExpired);
         }
-        let (ipb, udpb) = (ip as *mut u8, udp as *mut u8);
         let group = u32::from_ne_bytes(shard.group_v4);
-        let old_daddr = word::load32(ipb.add(16));
+        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
+        let old_daddr = word::load32(daddr);
         // TTL shares a checksummed 16-bit word with the protocol.
-        let ttl_word = word::load16(ipb.add(8));
-        let mut ipc = Patch::new(word::load16(ipb.add(10)));
+        let ttl_word = word::load16(&raw const (*ip).ttl);
+        let ip_check = (&raw mut (*ip).check).cast::<u8>();
+        let mut ipc = Patch::new(word::load16(ip_check));
         ipc.replace16(ttl_word, u16::from_ne_bytes([ttl - 1, (*ip).protocol]));
         ipc.replace32(old_daddr, group);
         (*ip).ttl = ttl - 1;
-        word::store32(ipb.add(16), group);
-        word::store16(ipb.add(10), ipc.finish());
+        word::store32(daddr, group);
+        word::store16(ip_check, ipc.finish());
 
-        let old_port = word::load16(udpb.add(2));
-        // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
-        let new_port = if shard.port == 0 {
-            old_port
-        } else {
-            shard.port.to_be()
-        };
-        let check = word::load16(udpb.add(6));
+        let (dest, udp_check) = udp_fields(udp);
+        let old_port = word::load16(dest);
+        let new_port = shard_port(shard, old_port);
+        let check = word::load16(udp_check);
         if check != 0 {
             let mut uc = Patch::new(check);
             uc.replace32(old_daddr, group);
             uc.replace16(old_port, new_port);
-            word::store16(udpb.add(6), uc.finish_udp());
+            word::store16(udp_check, uc.finish_udp());
         }
-        word::store16(udpb.add(2), new_port);
+        word::store16(dest, new_port);
         // 01:00:5e, then the group's low 23 bits.
         Ok(0x5e_0001 | ((group as u64 & 0xffff_7f00) << 16))
     }
@@ -492,8 +513,8 @@ fn rewrite_v6(ctx: &XdpContext, off: usize, udp: *mut UdpHdr, shard: &Shard) -> 
         if hops <= 1 {
             return Err(Reason::TtlExpired);
         }
-        let (ipb, udpb) = (ip as *mut u8, udp as *mut u8);
-        let check = word::load16(udpb.add(6));
+        let (dest, udp_check) = udp_fields(udp);
+        let check = word::load16(udp_check);
         if check == 0 {
             return Err(Reason::ZeroChecksumV6);
         }
@@ -504,24 +525,20 @@ fn rewrite_v6(ctx: &XdpContext, off: usize, udp: *mut UdpHdr, shard: &Shard) -> 
             u32::from_ne_bytes([g[8], g[9], g[10], g[11]]),
             u32::from_ne_bytes([g[12], g[13], g[14], g[15]]),
         ];
-        let old_port = word::load16(udpb.add(2));
-        // Port 0 keeps the publish's port (MQTT-SN and CoAP stay apart).
-        let new_port = if shard.port == 0 {
-            old_port
-        } else {
-            shard.port.to_be()
-        };
+        let old_port = word::load16(dest);
+        let new_port = shard_port(shard, old_port);
+        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
         let mut uc = Patch::new(check);
         for (i, &w) in group.iter().enumerate() {
-            uc.replace32(word::load32(ipb.add(24 + 4 * i)), w);
+            uc.replace32(word::load32(daddr.add(4 * i)), w);
         }
         uc.replace16(old_port, new_port);
         (*ip).hop_limit = hops - 1;
         for (i, &w) in group.iter().enumerate() {
-            word::store32(ipb.add(24 + 4 * i), w);
+            word::store32(daddr.add(4 * i), w);
         }
-        word::store16(udpb.add(2), new_port);
-        word::store16(udpb.add(6), uc.finish_udp());
+        word::store16(dest, new_port);
+        word::store16(udp_check, uc.finish_udp());
         Ok(0x3333 | (group[3] as u64) << 16)
     }
 }

@@ -243,12 +243,9 @@ pub fn mqttsn_head(ctx: &XdpContext, off: usize, len: usize) -> Head<{ mqttsn::H
     }
     // The frame ends less than N bytes past the payload's start, so does
     // the payload: a rare short datagram (a PINGREQ, say), read byte by
-    // byte.
+    // byte up to the frame's end.
     let mut bytes = [0u8; N];
     for (i, b) in bytes.iter_mut().enumerate() {
-        if i >= len {
-            break;
-        }
         match byte_at(ctx, off + i) {
             Some(v) => *b = v,
             None => break,
