@@ -37,15 +37,17 @@ pub struct Fixture {
 }
 
 /// The plan the fixtures are written against; `egress` is the interface
-/// every shard leaves by.
+/// every shard leaves by. Shard 2's group has the bit that IPv4 multicast
+/// MACs drop (239.129 → 01:00:5e:01) and shard 3's a full low word, so the
+/// fixtures check how the router derives MACs from groups.
 pub fn plan(egress: &str, generation: u64) -> Plan {
     let text = format!(
         r#"{{
       "generation": {generation},
       "shards": [
         {{"id": 1, "group_v4": "239.1.1.1", "group_v6": "ff15::1:1", "egress": "{egress}"}},
-        {{"id": 2, "group_v4": "239.1.1.2", "egress": "{egress}", "port": 7000}},
-        {{"id": 3, "group_v6": "ff15::1:3", "egress": "{egress}"}}
+        {{"id": 2, "group_v4": "239.129.1.2", "egress": "{egress}", "port": 7000}},
+        {{"id": 3, "group_v6": "ff15::8a9b:c3d4", "egress": "{egress}"}}
       ],
       "topics": [
         {{"name": "temp/room1", "shards": [1], "mqttsn_predefined_id": 5}},

@@ -71,36 +71,29 @@ fn short_publish(name: [u8; 2], data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// Where each shard of the fixture plan sends, read off the plan itself.
 fn shard_outs(mac: [u8; 6]) -> BTreeMap<u32, ShardOut> {
-    BTreeMap::from([
-        (
-            1,
-            ShardOut {
-                group_v4: Some([239, 1, 1, 1]),
-                group_v6: Some("ff15::1:1".parse::<std::net::Ipv6Addr>().unwrap().octets()),
-                port: 0,
+    fixtures::plan("sc0", 1)
+        .shards
+        .iter()
+        .map(|s| {
+            let out = ShardOut {
+                group_v4: s.group_v4.as_ref().map(|g| {
+                    g.parse::<std::net::Ipv4Addr>()
+                        .expect("fixture v4 group")
+                        .octets()
+                }),
+                group_v6: s.group_v6.as_ref().map(|g| {
+                    g.parse::<std::net::Ipv6Addr>()
+                        .expect("fixture v6 group")
+                        .octets()
+                }),
+                port: s.port.unwrap_or(0),
                 src_mac: mac,
-            },
-        ),
-        (
-            2,
-            ShardOut {
-                group_v4: Some([239, 1, 1, 2]),
-                group_v6: None,
-                port: 7000,
-                src_mac: mac,
-            },
-        ),
-        (
-            3,
-            ShardOut {
-                group_v4: None,
-                group_v6: Some("ff15::1:3".parse::<std::net::Ipv6Addr>().unwrap().octets()),
-                port: 0,
-                src_mac: mac,
-            },
-        ),
-    ])
+            };
+            (s.id, out)
+        })
+        .collect()
 }
 
 #[test]
