@@ -2,7 +2,7 @@
 //! to aya and the kernel's BPF syscalls.
 //!
 //! It loads the XDP object, pins programs, maps and links under
-//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v2/`) so
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v3/`) so
 //! forwarding outlives the process, adopts those pins later, installs plan
 //! generations atomically, and reads counters.
 //!
@@ -31,19 +31,19 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{
         Array, ArrayOfMaps, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         PerCpuValues,
     },
     programs::{
-        Program, ProgramError, TestRun, TestRunOptions, Xdp,
+        Iter, Program, ProgramError, TestRun, TestRunOptions, Xdp,
         links::{FdLink, PinnedLink},
         xdp::XdpMode,
     },
@@ -51,9 +51,9 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use router_common::{
     maps::{
-        CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GroupStatKey, LAYOUT_VERSION, MAX_EGRESS,
-        MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta, PREFIX_MAX, ROUTES_MAP_FLAGS, Route,
-        SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
+        CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GroupStatKey, GroupStatRecord,
+        LAYOUT_VERSION, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta, PREFIX_MAX,
+        ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
     },
     reason::Reason,
     topic::TopicKey,
@@ -63,6 +63,7 @@ use crate::plan::CompiledPlan;
 use rustc_hash::{FxHashMap as StdHashMap, FxHashSet as HashSet};
 
 mod batch;
+mod iter;
 
 /// Default root of the pins; the layout version is appended.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shardcast";
@@ -114,6 +115,12 @@ pub enum DataplaneError {
     NoMac { iface: String, reason: String },
     #[error("map {name}: batch operation failed: {source}")]
     Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {name}: iterator read failed: {source}")]
+    Iter {
         name: &'static str,
         #[source]
         source: std::io::Error,
@@ -329,6 +336,9 @@ pub struct Dataplane {
     raw_devices: MapData,
     raw_group_stats: MapData,
     raw_slots: MapData,
+    /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
+    /// (it needs the kernel's BTF); without it counters are read in batches.
+    group_dump: Option<OwnedFd>,
     /// See [`Dataplane::set_incremental`].
     incremental: bool,
     /// This process's copy of `SC_SLOTS`, valid at the `Meta` it was taken.
@@ -486,6 +496,56 @@ fn open_raw<T: TryFrom<Map, Error = MapError>>(
     MapData::from_pin(pins.map(name)).map_err(map_err(name))
 }
 
+/// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
+/// kernel's BTF (`/sys/kernel/btf/vmlinux`); a kernel without it still
+/// routes, and the daemon reads its counters in batches instead (slower).
+fn load_group_dump(
+    ebpf: &mut Ebpf,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<Option<OwnedFd>> {
+    let name = names::PROG_GROUP_DUMP;
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            tracing::warn!("no kernel BTF ({e}): group counters will be read in batches");
+            return Ok(None);
+        }
+    };
+    let prog: &mut Iter = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::PinMismatch {
+            name,
+            reason: "missing from the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(prog_err(name))?;
+    if let Err(e) = prog.load("bpf_map_elem", &btf) {
+        tracing::warn!(
+            "group counter iterator not loaded ({}): counters will be read in batches",
+            verifier_message(&e)
+        );
+        return Ok(None);
+    }
+    if let Some((pins, created)) = pin {
+        let path = pins.prog(name);
+        prog.pin(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        created.push(path);
+    }
+    let fd = prog
+        .fd()
+        .map_err(prog_err(name))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| DataplaneError::Load {
+            path: PathBuf::from(name),
+            reason: e.to_string(),
+        })?;
+    Ok(Some(fd))
+}
+
 /// Removes the pins this attach created if it fails half-way.
 struct PinRollback {
     created: Vec<PathBuf>,
@@ -547,10 +607,11 @@ impl Dataplane {
                 created.push(path);
             }
         }
+        let group_dump = load_group_dump(&mut ebpf, &mut pin)?;
         let p = &mut pin;
         let (_, raw_devices): (HashMap<MapData, DeviceAddr, u32>, _) =
             take_raw(&mut ebpf, names::DEVICES, p)?;
-        let (_, raw_group_stats): (PerCpuHashMap<MapData, GroupStatKey, Counter>, _) =
+        let (_, raw_group_stats): (HashMap<MapData, GroupStatKey, Counter>, _) =
             take_raw(&mut ebpf, names::GROUP_STATS, p)?;
         // SC_SLOTS: counter slot → topic name key (hash 0: free).
         let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
@@ -567,6 +628,7 @@ impl Dataplane {
             raw_devices,
             raw_slots,
             raw_group_stats,
+            group_dump,
             incremental: false,
             slot_cache: Default::default(),
             pending_slots: None,
@@ -603,10 +665,20 @@ impl Dataplane {
             unrouted: open_pinned(&pins, names::UNROUTED)?,
             raw_slots: open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?,
             raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
-            raw_group_stats: open_raw::<PerCpuHashMap<MapData, GroupStatKey, Counter>>(
+            raw_group_stats: open_raw::<HashMap<MapData, GroupStatKey, Counter>>(
                 &pins,
                 names::GROUP_STATS,
             )?,
+            group_dump: match iter::obj_get(&pins.prog(names::PROG_GROUP_DUMP)) {
+                Ok(fd) => Some(fd),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(DataplaneError::Pin {
+                        path: pins.prog(names::PROG_GROUP_DUMP),
+                        reason: e.to_string(),
+                    });
+                }
+            },
             incremental: false,
             slot_cache: Default::default(),
             pending_slots: None,
@@ -1240,14 +1312,36 @@ impl Dataplane {
             .sum()
     }
 
-    /// Routed publishes per (topic counter slot, device group), summed over
-    /// CPUs, read in batches (a tick with 100k topics must stay cheap).
-    /// Counters only grow; the caller takes differences between reads.
+    /// Routed publishes per (topic counter slot, device group), read with
+    /// the map iterator (or in batches without it: a tick with 100k topics
+    /// must stay cheap). Counters only grow; the caller takes differences
+    /// between reads.
     pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        match &self.group_dump {
+            Some(prog) => {
+                iter::dump_map::<GroupStatRecord>(prog.as_fd(), self.raw_group_stats.fd().as_fd())
+                    .map(|records| records.into_iter().map(|r| (r.key, r.counter)).collect())
+                    .map_err(|source| DataplaneError::Iter {
+                        name: names::GROUP_STATS,
+                        source,
+                    })
+            }
+            None => self.group_counters_batched(),
+        }
+    }
+
+    /// True when [`Dataplane::group_counters`] reads with the map iterator.
+    pub fn group_iterator(&self) -> bool {
+        self.group_dump.is_some()
+    }
+
+    /// [`Dataplane::group_counters`] with `BPF_MAP_LOOKUP_BATCH`: the way
+    /// on kernels without BTF, and the reference the iterator is tested
+    /// against.
+    pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
         batch::lookup(
             self.raw_group_stats.fd().as_fd(),
-            ncpus,
+            1,
             |a: &mut Counter, b| a.add(b),
         )
         .map_err(|e| batch_err(names::GROUP_STATS, e))

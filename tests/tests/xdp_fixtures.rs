@@ -395,6 +395,76 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
 }
 
 #[test]
+fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = Dataplane::load(
+            &integration_tests::object(),
+            &RouterConfig {
+                group_stats: true,
+                ..RouterConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            dp.group_iterator(),
+            "the kernel has BTF: the iterator loads"
+        );
+        let mut plan = fixtures::plan("sc0", 1);
+        plan.devices.push(router_ctl::plan::DeviceSpec {
+            id: "d1".into(),
+            address: Some(std::net::Ipv4Addr::from(integration_tests::SRC_V4).to_string()),
+            shard: 1,
+            group: Some("north".into()),
+        });
+        let compiled = plan.compile().unwrap();
+        assert_eq!(compiled.groups, ["north"]);
+        dp.install(&compiled, false).unwrap();
+        // Shard 1 keeps the port, so every repetition routes again.
+        let publish = |l3, id: [u8; 2], flags| {
+            integration_tests::max_ttl(frame(
+                l3,
+                None,
+                1,
+                fixtures::MQTTSN,
+                &build::mqttsn_publish(false, flags, id, 0, b"x"),
+            ))
+        };
+        // temp/room1 by predefined id 5 (flags 1), alerts by registered id 300.
+        let runs = [
+            (publish(L3::V4, [0, 5], 1), 3),
+            (publish(L3::V6, [0, 5], 1), 1),
+            (publish(L3::V4, [1, 44], 0), 2),
+        ];
+        for (f, calls) in &runs {
+            for _ in 0..*calls {
+                assert_eq!(dp.test_run(f, 254).unwrap().action, action::REDIRECT);
+            }
+        }
+        let slots: BTreeMap<TopicKey, u32> = dp.slot_table().unwrap().into_iter().collect();
+        let slot = |name: &str| slots[&topic_key(name.as_bytes())];
+        let (north, unknown) = (1, 0);
+        let want: BTreeMap<(u32, u32), u64> = [
+            ((slot("temp/room1"), north), 3 * 254),
+            ((slot("temp/room1"), unknown), 254),
+            ((slot("alerts"), north), 2 * 254),
+        ]
+        .into();
+        let read = |v: Vec<(
+            router_common::maps::GroupStatKey,
+            router_common::maps::Counter,
+        )>| {
+            v.into_iter()
+                .map(|(k, c)| ((k.slot, k.group), c.packets))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(read(dp.group_counters().unwrap()), want, "iterator");
+        assert_eq!(read(dp.group_counters_batched().unwrap()), want, "batches");
+    })
+    .unwrap();
+}
+
+#[test]
 fn sampled_group_counters_estimate_the_publish_count() {
     let ns = lab();
     ns.run(|| {
