@@ -30,6 +30,9 @@ pub const MAX_ROUTES: u32 = 1 << 21;
 /// The counters are a per-CPU array (16 B per slot per CPU: 16 MiB per CPU),
 /// the cheapest counter the fast path can update.
 pub const MAX_TOPICS: u32 = 1 << 20;
+/// `BPF_F_MMAPABLE`, `SC_SLOTS`'s flags: the control plane writes and
+/// reads the slot table through a shared mapping, not syscalls.
+pub const SLOTS_MAP_FLAGS: u32 = 1 << 10;
 /// Egress device slots.
 pub const MAX_EGRESS: u32 = 64;
 /// Unrouted topic keys tracked (LRU).

@@ -31,7 +31,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -64,6 +64,7 @@ use rustc_hash::{FxHashMap as StdHashMap, FxHashSet as HashSet};
 
 mod batch;
 mod iter;
+mod mmap;
 
 /// Default root of the pins; the layout version is appended.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shardcast";
@@ -335,7 +336,8 @@ pub struct Dataplane {
     /// which need the raw descriptor the typed maps keep to themselves.
     raw_devices: MapData,
     raw_group_stats: MapData,
-    raw_slots: MapData,
+    /// `SC_SLOTS`, mapped (see `mmap`).
+    slots: mmap::ArrayMmap<TopicKey>,
     /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
     /// (it needs the kernel's BTF); without it counters are read in batches.
     group_dump: Option<OwnedFd>,
@@ -396,28 +398,54 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     }
 }
 
-/// MAC address of `iface` in the current network namespace (netlink via
-/// getifaddrs, so it works after `setns` too, unlike /sys/class/net).
+/// MAC address of `iface` in the current network namespace
+/// (`SIOCGIFHWADDR` on a socket opened here, so it works after `setns` too,
+/// unlike /sys/class/net). One ioctl: `getifaddrs` dumps every link and
+/// address over netlink, which took 4-67 ms of each plan install.
 pub fn mac_address(iface: &str) -> Result<[u8; 6]> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::NoMac {
+    let no_mac = |reason: String| DataplaneError::NoMac {
         iface: iface.into(),
-        reason: e.to_string(),
-    })?;
-    for a in addrs {
-        if a.interface_name == iface
-            && let Some(mac) = a
-                .address
-                .as_ref()
-                .and_then(|s| s.as_link_addr())
-                .and_then(|l| l.addr())
-        {
-            return Ok(mac);
-        }
+        reason,
+    };
+    let name = iface.as_bytes();
+    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains(&0) {
+        return Err(DataplaneError::NoInterface(iface.into()));
     }
-    Err(DataplaneError::NoMac {
-        iface: iface.into(),
-        reason: "no link-layer address".into(),
-    })
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is owned (closed on drop).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(no_mac(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: `fd` was just returned to us and is not owned elsewhere.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads `ifr_name` and writes `ifr_hwaddr` of the
+    // `ifreq` we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ENODEV) {
+            DataplaneError::NoInterface(iface.into())
+        } else {
+            no_mac(e.to_string())
+        });
+    }
+    // SAFETY: the ioctl filled the `ifru_hwaddr` member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        return Err(no_mac(format!(
+            "not an Ethernet device (link type {})",
+            hw.sa_family
+        )));
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(hw.sa_data) {
+        *d = s as u8;
+    }
+    Ok(mac)
 }
 
 fn check_bpffs(root: &Path) -> Result<()> {
@@ -546,6 +574,16 @@ fn load_group_dump(
     Ok(Some(fd))
 }
 
+/// Maps `SC_SLOTS` (which the object declares `BPF_F_MMAPABLE`).
+fn map_slots(map: &MapData) -> Result<mmap::ArrayMmap<TopicKey>> {
+    mmap::ArrayMmap::new(map.fd().as_fd(), MAX_TOPICS as usize).map_err(|e| {
+        DataplaneError::PinMismatch {
+            name: names::SLOTS,
+            reason: format!("cannot map it into memory: {e}"),
+        }
+    })
+}
+
 /// Removes the pins this attach created if it fails half-way.
 struct PinRollback {
     created: Vec<PathBuf>,
@@ -615,6 +653,7 @@ impl Dataplane {
             take_raw(&mut ebpf, names::GROUP_STATS, p)?;
         // SC_SLOTS: counter slot → topic name key (hash 0: free).
         let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
+        let slots = map_slots(&raw_slots)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
@@ -626,7 +665,7 @@ impl Dataplane {
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
             raw_devices,
-            raw_slots,
+            slots,
             raw_group_stats,
             group_dump,
             incremental: false,
@@ -663,7 +702,7 @@ impl Dataplane {
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
-            raw_slots: open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?,
+            slots: map_slots(&open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?)?,
             raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
             raw_group_stats: open_raw::<HashMap<MapData, GroupStatKey, Counter>>(
                 &pins,
@@ -918,10 +957,10 @@ impl Dataplane {
             out.push(slot);
         }
         // SC_SLOTS is an array slot → key (a reclaimed slot is simply
-        // overwritten): array writes need no allocation, ten times cheaper
-        // than hash inserts for a plan of new topics.
-        batch::update(self.raw_slots.fd().as_fd(), &new_slots, &new_keys)
-            .map_err(|e| batch_err(names::SLOTS, e))?;
+        // overwritten), mapped into this process: plain memory writes.
+        for (s, k) in new_slots.iter().zip(&new_keys) {
+            self.slots.set(*s as usize, *k);
+        }
         self.pending_slots = Some(current);
         Ok(out)
     }
@@ -1347,31 +1386,24 @@ impl Dataplane {
         .map_err(|e| batch_err(names::GROUP_STATS, e))
     }
 
-    /// Topic name key → counter slot, read in batches.
+    /// Topic name key → counter slot.
     pub fn slot_table(&self) -> Result<Vec<(TopicKey, u32)>> {
         Ok(self.slots_cached()?.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
     /// The slot table, from this process's copy when it is current: only
     /// an install changes slots, and every install rewrites `SC_META`, so a
-    /// copy taken at the same `Meta` is exact. Reading the table from the
-    /// kernel walks every bucket of a million-entry map (tens of ms).
+    /// copy taken at the same `Meta` is exact, and building the map from
+    /// the shared array costs ~10 ms per million slots.
     fn slots_cached(&self) -> Result<std::cell::Ref<'_, StdHashMap<TopicKey, u32>>> {
         let meta = self.meta()?;
         let fresh = matches!(&*self.slot_cache.borrow(), Some((m, _)) if *m == meta);
         if !fresh {
             let high = (meta.slot_high_water as usize).min(MAX_TOPICS as usize);
-            let table: StdHashMap<TopicKey, u32> = batch::lookup_first(
-                self.raw_slots.fd().as_fd(),
-                1,
-                high,
-                |a: &mut TopicKey, b| *a = *b,
-            )
-            .map_err(|e| batch_err(names::SLOTS, e))?
-            .into_iter()
-            .filter(|(_, k): &(u32, TopicKey)| k.hash != 0)
-            .map(|(s, k)| (k, s))
-            .collect();
+            let table: StdHashMap<TopicKey, u32> = (0..high)
+                .map(|s| (self.slots.get(s), s as u32))
+                .filter(|(k, _)| k.hash != 0)
+                .collect();
             *self.slot_cache.borrow_mut() = Some((meta, table));
         }
         Ok(std::cell::Ref::map(self.slot_cache.borrow(), |c| {

@@ -29,7 +29,8 @@ use router_common::{
     maps::{
         CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GROUP_UNKNOWN, GroupStatKey,
         GroupStatRecord, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS,
-        MAX_TOPICS, MAX_UNROUTED, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
+        MAX_TOPICS, MAX_UNROUTED, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6,
+        SLOTS_MAP_FLAGS, Shard,
     },
     mqttsn,
     reason::{REASON_COUNT, Reason},
@@ -72,7 +73,8 @@ static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
 /// reads and writes it; it lives here so the slot assignment is pinned with
 /// the counters it indexes and outlives any daemon.
 #[btf_map]
-static SC_SLOTS: Array<TopicKey, { MAX_TOPICS as usize }> = Array::new();
+static SC_SLOTS: Array<TopicKey, { MAX_TOPICS as usize }, { SLOTS_MAP_FLAGS as usize }> =
+    Array::new();
 /// Device source address → device group index (from the plan's devices).
 #[btf_map]
 static SC_DEVICES: HashMap<
