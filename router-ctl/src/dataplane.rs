@@ -136,14 +136,28 @@ fn batch_err(name: &'static str, e: std::io::Error) -> DataplaneError {
     DataplaneError::Batch { name, source: e }
 }
 
+/// Route capacity of a fresh inner map for a plan of `routes` keys: room to
+/// grow (a daemon updates the map in place while plans stay within it),
+/// never beyond the template's `MAX_ROUTES`.
+///
+/// Why not always `MAX_ROUTES`: the kernel sizes a hash map's bucket array
+/// by its capacity (a power of two), and creating and zeroing 2M buckets
+/// takes ~17 ms, while every insert into a 32 MiB bucket array misses the
+/// cache. Inner hash maps may differ from the template in capacity alone
+/// (since Linux 5.10; type, sizes and flags must match).
+pub fn routes_capacity(routes: usize) -> u32 {
+    let want = (routes.max(1).next_power_of_two() as u64 * 2).max(4096);
+    want.min(MAX_ROUTES as u64) as u32
+}
+
 /// A fresh, empty inner routes map (same shape as the template).
-fn create_routes_map() -> Result<MapData> {
+fn create_routes_map(capacity: u32) -> Result<MapData> {
     MapData::create(
         aya_obj::Map::new_from_params(
             aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
             size_of::<TopicKey>() as u32,
             size_of::<Route>() as u32,
-            MAX_ROUTES,
+            capacity,
             ROUTES_MAP_FLAGS,
         ),
         "sc_routes",
@@ -341,6 +355,11 @@ pub struct Dataplane {
     /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
     /// (it needs the kernel's BTF); without it counters are read in batches.
     group_dump: Option<OwnedFd>,
+    /// `SC_ROUTES` again, for the update [`Dataplane::install`] finishes on
+    /// a thread.
+    raw_routes: MapData,
+    /// That update, until joined (see [`Dataplane::settle`]).
+    settling: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// See [`Dataplane::set_incremental`].
     incremental: bool,
     /// This process's copy of `SC_SLOTS`, valid at the `Meta` it was taken.
@@ -355,9 +374,19 @@ pub struct Dataplane {
     written: [Option<Written>; 2],
 }
 
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::warn!("last routes slot update: {e}");
+        }
+    }
+}
+
 /// What this process last wrote to one routes slot.
 struct Written {
     generation: u64,
+    /// The inner map's route capacity (see [`routes_capacity`]).
+    capacity: u32,
     entries: StdHashMap<TopicKey, Route>,
     map: MapData,
 }
@@ -370,7 +399,8 @@ fn second_handle(map: &Map, name: &'static str) -> Result<MapData> {
         | Map::PerCpuHashMap(d)
         | Map::PerCpuLruHashMap(d)
         | Map::Array(d)
-        | Map::PerCpuArray(d) => d,
+        | Map::PerCpuArray(d)
+        | Map::ArrayOfMaps(d) => d,
         _ => {
             return Err(DataplaneError::PinMismatch {
                 name,
@@ -654,11 +684,13 @@ impl Dataplane {
         // SC_SLOTS: counter slot → topic name key (hash 0: free).
         let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
         let slots = map_slots(&raw_slots)?;
+        let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
+            take_raw(&mut ebpf, names::ROUTES, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
             meta: take(&mut ebpf, names::META, p)?,
-            routes: take(&mut ebpf, names::ROUTES, p)?,
+            routes,
             shards: take(&mut ebpf, names::SHARDS, p)?,
             egress: take(&mut ebpf, names::EGRESS, p)?,
             reasons: take(&mut ebpf, names::REASONS, p)?,
@@ -668,6 +700,8 @@ impl Dataplane {
             slots,
             raw_group_stats,
             group_dump,
+            raw_routes,
+            settling: None,
             incremental: false,
             slot_cache: Default::default(),
             pending_slots: None,
@@ -697,6 +731,8 @@ impl Dataplane {
             active: open_pinned(&pins, names::ACTIVE)?,
             meta: open_pinned(&pins, names::META)?,
             routes: open_pinned(&pins, names::ROUTES)?,
+            raw_routes: open_raw::<ArrayOfMaps<MapData, RoutesMap>>(&pins, names::ROUTES)?,
+            settling: None,
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,
             reasons: open_pinned(&pins, names::REASONS)?,
@@ -982,6 +1018,7 @@ impl Dataplane {
     /// Installs a compiled plan as the next generation (see the module docs
     /// for the protocol). `force` allows a generation that is not newer.
     pub fn install(&mut self, plan: &CompiledPlan, force: bool) -> Result<InstallReport> {
+        self.settle()?;
         let started = std::time::Instant::now();
         let mut ph = Phases::new();
         let installed = self.meta()?;
@@ -1030,15 +1067,18 @@ impl Dataplane {
         // written since (the kernel's record of the slot's generation
         // agrees): then only the difference needs writing.
         let reuse = self.incremental
-            && self.written[new as usize]
-                .as_ref()
-                .is_some_and(|w| installed.slot_generation[new as usize] == w.generation);
+            && self.written[new as usize].as_ref().is_some_and(|w| {
+                installed.slot_generation[new as usize] == w.generation
+                    && plan.routes.len() <= w.capacity as usize
+            });
         let incremental = self.incremental;
-        let (routes, changed, entries) = std::thread::scope(|scope| -> Result<_> {
+        let (routes, capacity, changed, entries) = std::thread::scope(|scope| -> Result<_> {
             // Creating a route map allocates and clears its bucket array
             // (tens of ms at this capacity): done on the other core while
             // this one assigns counter slots.
-            let fresh = (!reuse).then(|| scope.spawn(create_routes_map));
+            let capacity = routes_capacity(plan.routes.len());
+            let fresh =
+                (!reuse).then(|| scope.spawn(move || (create_routes_map(capacity), capacity)));
             let slots = self.assign_slots(plan)?;
             ph.mark("counter slots assigned");
             let mut keys = Vec::with_capacity(plan.routes.len());
@@ -1059,7 +1099,7 @@ impl Dataplane {
             let entries: Option<StdHashMap<TopicKey, Route>> =
                 incremental.then(|| keys.iter().copied().zip(values.iter().copied()).collect());
             ph.mark("route values built");
-            let (routes, changed) = if reuse {
+            let (routes, capacity, changed) = if reuse {
                 let w = self.written[new as usize].take().expect("checked above");
                 let now = entries.as_ref().expect("incremental");
                 let (mut ck, mut cv) = (Vec::new(), Vec::new());
@@ -1079,14 +1119,16 @@ impl Dataplane {
                     .map_err(|e| batch_err(names::ROUTES, e))?;
                 batch::delete(w.map.fd().as_fd(), &gone)
                     .map_err(|e| batch_err(names::ROUTES, e))?;
-                (w.map, ck.len() + gone.len())
+                (w.map, w.capacity, ck.len() + gone.len())
             } else {
-                let data = fresh
-                    .expect("spawned when not reusing")
-                    .join()
-                    .map_err(|_| {
-                        DataplaneError::Io(std::io::Error::other("map creation panicked"))
-                    })??;
+                let (data, capacity) =
+                    fresh
+                        .expect("spawned when not reusing")
+                        .join()
+                        .map_err(|_| {
+                            DataplaneError::Io(std::io::Error::other("map creation panicked"))
+                        })?;
+                let data = data?;
                 ph.mark("fresh routes map ready");
                 // Two writers, one per core: the kernel locks per bucket.
                 let half = keys.len() / 2;
@@ -1103,9 +1145,9 @@ impl Dataplane {
                         })?
                         .map_err(|e| batch_err(names::ROUTES, e))
                 })?;
-                (data, keys.len())
+                (data, capacity, keys.len())
             };
-            Ok((routes, changed, entries))
+            Ok((routes, capacity, changed, entries))
         })?;
         ph.mark("routes written");
         // The shard table is small; it is rebuilt unless the idle slot
@@ -1166,26 +1208,31 @@ impl Dataplane {
         ph.mark("slots set and flipped");
         let mut slot_generation = installed.slot_generation;
         slot_generation[new as usize] = plan.generation;
-        if self.incremental {
-            // Grace period: an update of a map-of-maps returns only after an
-            // RCU grace period, so when this returns no program runs with
-            // the old slot, which the next install updates in place.
-            self.routes
-                .set(new, &view, 0)
-                .map_err(map_err(names::ROUTES))?;
+        // One more outer-map update, whose RCU grace period the kernel waits
+        // out before the call returns (every map-of-maps update does):
+        // - full install: point the old slot at the new map too. A packet
+        //   that read the parity before the flip then finds either the old
+        //   map (if it got there first) or the new one: one generation either
+        //   way. When the update returns no program uses the old map, which
+        //   is freed.
+        // - incremental: re-point the new slot at its own map, only for the
+        //   wait: afterwards no program runs with the old slot, which the
+        //   next install updates in place.
+        // The plan is in force already (the flip above); the wait (8-16 ms)
+        // runs on a thread, and the next install (or dropping this handle)
+        // joins it before touching the slots.
+        let slot = if self.incremental {
+            new
         } else {
-            // Point the old slot at the new map too. A packet that read the
-            // parity before the flip then finds either the old map (if it got
-            // there first) or the new one: one generation either way. The
-            // update's own grace period means that when it returns no
-            // program uses the old map, which is freed: one grace period
-            // does both jobs.
-            self.routes
-                .set(old, &view, 0)
-                .map_err(map_err(names::ROUTES))?;
             slot_generation[old as usize] = plan.generation;
-        }
-        ph.mark("grace period");
+            old
+        };
+        let outer = self.raw_routes.fd().as_fd().try_clone_to_owned()?;
+        let inner = routes.fd().as_fd().try_clone_to_owned()?;
+        self.settling = Some(std::thread::spawn(move || {
+            batch::update_one(outer.as_fd(), &slot, &(inner.as_raw_fd() as u32))
+        }));
+        ph.mark("old slot settling (background)");
         if self.incremental {
             self.written_shards[new as usize] = Some(shard_values);
         }
@@ -1218,6 +1265,7 @@ impl Dataplane {
         if let Some(entries) = entries {
             self.written[new as usize] = Some(Written {
                 generation: plan.generation,
+                capacity,
                 entries,
                 map: routes,
             });
@@ -1231,6 +1279,18 @@ impl Dataplane {
             swap: swapped - filled,
             total: started.elapsed(),
         })
+    }
+
+    /// Waits for the previous install's last outer-map update (see
+    /// [`Dataplane::install`]).
+    pub fn settle(&mut self) -> Result<()> {
+        match self.settling.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
+                .map_err(|e| batch_err(names::ROUTES, e)),
+            None => Ok(()),
+        }
     }
 
     /// Makes `SC_DEVICES` hold exactly the plan's devices (address → group).

@@ -388,12 +388,17 @@ impl Lab {
     /// on this lab's pins, watching `plan.in.json` in the state directory,
     /// with one-second history buckets.
     pub fn start_daemon(&self, tick: &str) -> Result<LabDaemon> {
+        self.start_daemon_with(tick, "")
+    }
+
+    /// [`Lab::start_daemon`] with more `[daemon]` settings (TOML lines).
+    pub fn start_daemon_with(&self, tick: &str, daemon_extra: &str) -> Result<LabDaemon> {
         std::fs::create_dir_all(&self.state_dir)?;
         let config = self.state_dir.join("shardcast.toml");
         std::fs::write(
             &config,
             format!(
-                "[dataplane]\npin_root = {:?}\n[daemon]\ntick = {tick:?}\nplan = {:?}\nstate_dir = {:?}\n[history]\nbucket = \"1s\"\n",
+                "[dataplane]\npin_root = {:?}\n[daemon]\ntick = {tick:?}\nplan = {:?}\nstate_dir = {:?}\n{daemon_extra}\n[history]\nbucket = \"1s\"\n",
                 self.pin_root,
                 self.state_dir.join("plan.in.json"),
                 self.state_dir.join("daemon"),

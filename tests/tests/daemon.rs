@@ -135,10 +135,23 @@ fn shard_in(generation_odd: bool, topic: &[u8; 2]) -> Option<u32> {
 
 #[test]
 fn five_hundred_swaps_under_traffic_route_every_packet_by_one_generation() {
+    swaps_under_traffic(true);
+}
+
+/// The same with full installs (fresh maps every time, as `apply` does),
+/// whose last outer-map update finishes on a thread after the flip.
+#[test]
+fn five_hundred_full_installs_under_traffic_route_every_packet_by_one_generation() {
+    swaps_under_traffic(false);
+}
+
+fn swaps_under_traffic(incremental: bool) {
     let mut lab = Lab::new(3).unwrap();
     lab.attach().unwrap();
     let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
-    let _d = lab.start_daemon("10ms").unwrap();
+    let _d = lab
+        .start_daemon_with("10ms", &format!("incremental = {incremental}"))
+        .unwrap();
     lab.offer_plan(&plan_xy(1, &shards)).unwrap();
     lab.wait_generation(1).unwrap();
 

@@ -395,6 +395,50 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
 }
 
 #[test]
+fn an_incremental_install_outgrowing_the_idle_map_gets_a_fresh_one() {
+    use router_ctl::{dataplane::routes_capacity, plan::TopicSpec};
+    let small = fixtures::plan("sc0", 1);
+    let cap = routes_capacity(small.compile().unwrap().routes.len()) as usize;
+    // Enough topics that generation 3 does not fit the map generation 1
+    // left in the idle slot.
+    let mut big = fixtures::plan("sc0", 3);
+    big.topics.extend((0..cap).map(|i| TopicSpec {
+        name: format!("grown/{i}"),
+        shards: vec![3],
+        mqttsn_predefined_id: None,
+        mqttsn_registered_ids: vec![],
+    }));
+    let big = big.compile().unwrap();
+    assert!(big.routes.len() > cap);
+    let ns = lab();
+    ns.run(move || {
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        dp.set_incremental(true);
+        dp.install(&small.compile().unwrap(), false).unwrap();
+        dp.install(&fixtures::plan("sc0", 2).compile().unwrap(), false)
+            .unwrap();
+        let r = dp.install(&big, false).unwrap();
+        assert_eq!(
+            r.changed,
+            big.routes.len(),
+            "written whole into a fresh map"
+        );
+        let last = format!("grown/{}", cap - 1);
+        let m = build::coap_request(1, 3, 1, &[], &["ps", "data", &last], b"v");
+        let f = frame(L3::V6, None, 1, fixtures::COAP, &m);
+        assert_eq!(dp.test_run(&f, 1).unwrap().action, action::REDIRECT);
+        // And back: the small plan fits the idle map (generation 2's, which
+        // holds exactly these routes), updated in place: nothing to write.
+        let again = fixtures::plan("sc0", 4).compile().unwrap();
+        let r = dp.install(&again, false).unwrap();
+        assert_eq!(r.changed, 0, "{r:?}");
+        assert_eq!(dp.test_run(&f, 1).unwrap().action, action::PASS);
+    })
+    .unwrap();
+}
+
+#[test]
 fn mac_address_reads_the_namespace_interface_and_names_what_is_wrong() {
     let ns = lab();
     let shown = ns.ip(&["-o", "link", "show", "sc0"]).unwrap();

@@ -1,5 +1,5 @@
 //! Batched map operations (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_LOOKUP_BATCH`),
-//! which aya does not wrap.
+//! which aya does not wrap, and single updates through a raw descriptor.
 //!
 //! One `bpf()` call per element costs about a microsecond of syscall
 //! overhead: a million routes would take seconds to install and a tick
@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::Pod;
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -79,6 +80,43 @@ pub fn update<K: Pod, V: Pod>(
         }
     }
     Ok(())
+}
+
+/// `union bpf_attr`'s element member (`BPF_MAP_UPDATE_ELEM`).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writes one element (`BPF_ANY`) through a raw descriptor: for a thread
+/// that holds only a duplicate of the map's descriptor.
+pub fn update_one<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` element member of the size we
+    // pass; key and value point at live values of the map's sizes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr as *mut ElemAttr,
+            size_of::<ElemAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Deletes `keys`; every one must be present.
