@@ -12,7 +12,7 @@
 //! // topic (2 bytes), message id (2 bytes), data.
 //! let pkt = [9u8, 0x0C, 0b0000_0010, b't', b'p', 0, 0, b'h', b'i'];
 //! let publish = mqttsn::parse_publish(&pkt[..]).unwrap();
-//! assert_eq!(publish.key, topic_key(b"tp"));
+//! assert_eq!(publish.key(), topic_key(b"tp"));
 //! ```
 #![no_std]
 

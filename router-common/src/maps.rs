@@ -1,13 +1,13 @@
 //! Map names, capacities and `#[repr(C)]` map values shared with the XDP
 //! program.
 //!
-//! Routing state is one *plan generation*: a topic → route hash map and a
-//! shard table. Each lives in a two-slot outer array (`ArrayOfMaps`), one
-//! slot per generation parity, and `ACTIVE` says which parity packets use.
-//! Installing generation N+1 fills fresh inner maps into the idle parity,
-//! then flips `ACTIVE`; the program reads `ACTIVE` once per packet and uses
-//! that parity for both lookups, so a packet is routed wholly by N or by
-//! N+1. The control plane waits an RCU grace period after each flip before
+//! Routing state is one *plan generation*: a topic → route hash map, an
+//! MQTT-SN (TopicIdType, id) → route array and a shard table. Each lives
+//! in a two-slot outer array (`ArrayOfMaps`), one slot per generation
+//! parity, and `ACTIVE` says which parity packets use. Installing
+//! generation N+1 fills fresh inner maps into the idle parity, then flips
+//! `ACTIVE`; the program reads `ACTIVE` once per packet and uses that
+//! parity for every lookup, so a packet is routed wholly by N or by N+1. The control plane waits an RCU grace period after each flip before
 //! it touches the now idle parity again (see `router-ctl`'s `dataplane`).
 //!
 //! Changing any type or capacity here changes the pinned layout: bump
@@ -30,6 +30,25 @@ pub const MAX_ROUTES: u32 = 1 << 21;
 /// The counters are a per-CPU array (16 B per slot per CPU: 16 MiB per CPU),
 /// the cheapest counter the fast path can update.
 pub const MAX_TOPICS: u32 = 1 << 20;
+/// Entries of a plan's MQTT-SN id route array: one per (TopicIdType, id)
+/// for the three id types (normal, predefined, short): see
+/// [`mqttsn_id_index`].
+pub const MQTTSN_ID_ROUTES: u32 = 3 << 16;
+/// `BPF_F_MMAPABLE`, the id route arrays' flags: the control plane fills a
+/// fresh array through a shared mapping (inner maps created by the control
+/// plane must match the template's flags exactly).
+pub const IDS_MAP_FLAGS: u32 = 1 << 10;
+
+/// Index of an MQTT-SN PUBLISH's route in the id route array: every
+/// PUBLISH names its topic with a 16-bit id of a 2-bit TopicIdType
+/// (0 normal, 1 predefined, 2 short name), so the fast path indexes an
+/// array where a name needs a hash lookup. The reserved type 3 (which the
+/// parser refuses) would index past the array's end.
+#[inline(always)]
+pub fn mqttsn_id_index(topic_id_type: u8, topic_id: u16) -> u32 {
+    ((topic_id_type & 0b11) as u32) << 16 | topic_id as u32
+}
+
 /// `BPF_F_MMAPABLE`, `SC_SLOTS`'s flags: the control plane writes and
 /// reads the slot table through a shared mapping, not syscalls.
 pub const SLOTS_MAP_FLAGS: u32 = 1 << 10;
@@ -52,6 +71,7 @@ pub mod names {
     pub const ACTIVE: &str = "SC_ACTIVE";
     pub const META: &str = "SC_META";
     pub const ROUTES: &str = "SC_ROUTES";
+    pub const IDS: &str = "SC_IDS";
     pub const SHARDS: &str = "SC_SHARDS";
     pub const EGRESS: &str = "SC_EGRESS";
     pub const REASONS: &str = "SC_REASONS";

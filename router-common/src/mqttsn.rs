@@ -48,12 +48,32 @@ impl Qos {
 /// A PUBLISH the data plane may forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Publish {
-    pub key: TopicKey,
     pub qos: Qos,
     pub topic_id_type: u8,
     pub topic_id: u16,
     /// Offset of the first data byte.
     pub data_offset: usize,
+}
+
+impl Publish {
+    /// The topic key the id stands for: a short name's key is the name's
+    /// (two bytes), an id's is its alias key. Computed on demand: the fast
+    /// path finds the route by [`Publish::id_index`] and needs the key only
+    /// to count a topic it has no route for.
+    #[inline(always)]
+    pub fn key(&self) -> TopicKey {
+        match self.topic_id_type {
+            TOPIC_SHORT => topic_key(&self.topic_id.to_be_bytes()),
+            TOPIC_NORMAL => alias_key(AliasKind::MqttSnNormal, self.topic_id),
+            _ => alias_key(AliasKind::MqttSnPredefined, self.topic_id),
+        }
+    }
+
+    /// Where the route of this id is in a plan's id route array.
+    #[inline(always)]
+    pub fn id_index(&self) -> u32 {
+        crate::maps::mqttsn_id_index(self.topic_id_type, self.topic_id)
+    }
 }
 
 /// `parse_publish` reads no byte at or past this offset (the longest
@@ -92,30 +112,21 @@ pub fn parse_publish<P: Payload + ?Sized>(p: &P) -> Result<Publish, Reason> {
     }
     let topic_id_type = flags & 0b11;
     let topic_id = p.be16(length_field + 2).ok_or(Reason::MqttSnBadLength)?;
-    let key = match topic_id_type {
-        TOPIC_SHORT => {
-            let [a, b] = topic_id.to_be_bytes();
-            topic_key(&[a, b])
-        }
+    match topic_id_type {
+        TOPIC_SHORT => {}
         TOPIC_NORMAL | TOPIC_PREDEFINED => {
             // 0x0000 and 0xFFFF are reserved topic ids (section 5.3.11).
             if topic_id == 0 || topic_id == 0xffff {
                 return Err(Reason::MqttSnMalformed);
             }
-            if topic_id_type == TOPIC_NORMAL {
-                // QoS -1 has no session, so no REGISTERed ids (section 6.8).
-                if qos == Qos::MinusOne {
-                    return Err(Reason::MqttSnMalformed);
-                }
-                alias_key(AliasKind::MqttSnNormal, topic_id)
-            } else {
-                alias_key(AliasKind::MqttSnPredefined, topic_id)
+            // QoS -1 has no session, so no REGISTERed ids (section 6.8).
+            if topic_id_type == TOPIC_NORMAL && qos == Qos::MinusOne {
+                return Err(Reason::MqttSnMalformed);
             }
         }
         _ => return Err(Reason::MqttSnMalformed),
-    };
+    }
     Ok(Publish {
-        key,
         qos,
         topic_id_type,
         topic_id,
@@ -140,7 +151,7 @@ mod tests {
         for long in [false, true] {
             let pkt = publish(long, TOPIC_SHORT, *b"ab", b"hello");
             let p = parse_publish(&pkt[..]).unwrap();
-            assert_eq!(p.key, topic_key(b"ab"));
+            assert_eq!(p.key(), topic_key(b"ab"));
             assert_eq!(p.qos, Qos::Zero);
             assert_eq!(&pkt[p.data_offset..], b"hello");
         }
@@ -151,11 +162,11 @@ mod tests {
         let pkt = publish(false, 0b0110_0000 | TOPIC_PREDEFINED, [0, 42], b"x");
         let p = parse_publish(&pkt[..]).unwrap();
         assert_eq!(p.qos, Qos::MinusOne);
-        assert_eq!(p.key, alias_key(AliasKind::MqttSnPredefined, 42));
+        assert_eq!(p.key(), alias_key(AliasKind::MqttSnPredefined, 42));
 
         let pkt = publish(false, TOPIC_NORMAL, [1, 2], b"x");
         let p = parse_publish(&pkt[..]).unwrap();
-        assert_eq!(p.key, alias_key(AliasKind::MqttSnNormal, 0x0102));
+        assert_eq!(p.key(), alias_key(AliasKind::MqttSnNormal, 0x0102));
     }
 
     #[test]
@@ -261,7 +272,7 @@ mod tests {
             let flags = (dup as u8) << 7 | if qm1 { 0b0110_0000 } else { 0 } | (retain as u8) << 4 | TOPIC_SHORT;
             let pkt = publish(long, flags, [a, b], &data);
             let p = parse_publish(&pkt[..]).unwrap();
-            prop_assert_eq!(p.key, topic_key(&[a, b]));
+            prop_assert_eq!(p.key(), topic_key(&[a, b]));
             prop_assert_eq!(&pkt[p.data_offset..], &data[..]);
         }
     }

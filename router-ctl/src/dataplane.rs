@@ -52,8 +52,9 @@ use aya_obj::programs::XdpAttachType;
 use router_common::{
     maps::{
         CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GroupStatKey, GroupStatRecord,
-        LAYOUT_VERSION, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, Meta, PREFIX_MAX,
-        ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
+        IDS_MAP_FLAGS, LAYOUT_VERSION, MAX_EGRESS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS,
+        MQTTSN_ID_ROUTES, Meta, PREFIX_MAX, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6,
+        Shard, names,
     },
     reason::Reason,
     topic::TopicKey,
@@ -329,6 +330,7 @@ pub struct AttachOptions {
 }
 
 type RoutesMap = HashMap<MapData, TopicKey, Route>;
+type IdsMap = Array<MapData, Route>;
 type ShardsMap = Array<MapData, Shard>;
 
 /// Handles to every map of the data plane.
@@ -358,6 +360,9 @@ pub struct Dataplane {
     /// `SC_ROUTES` again, for the update [`Dataplane::install`] finishes on
     /// a thread.
     raw_routes: MapData,
+    /// `SC_IDS`, the MQTT-SN id arrays' outer map (written with raw
+    /// descriptors only).
+    raw_ids: MapData,
     /// That update, until joined (see [`Dataplane::settle`]).
     settling: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// See [`Dataplane::set_incremental`].
@@ -389,6 +394,67 @@ struct Written {
     capacity: u32,
     entries: StdHashMap<TopicKey, Route>,
     map: MapData,
+    /// The slot's MQTT-SN id array and what this process wrote there.
+    ids: IdArray,
+    id_entries: StdHashMap<u32, Route>,
+}
+
+/// One generation's MQTT-SN id route array (`SC_IDS` inner map), mapped
+/// into this process: filled with plain memory writes (12 MiB of routes
+/// through syscalls would cost a batch update per entry).
+struct IdArray {
+    map: MapData,
+    mem: mmap::ArrayMmap<Route>,
+}
+
+impl IdArray {
+    /// A fresh, zeroed array (zero: no route).
+    fn create() -> Result<IdArray> {
+        let map = MapData::create(
+            aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                size_of::<u32>() as u32,
+                size_of::<Route>() as u32,
+                MQTTSN_ID_ROUTES,
+                IDS_MAP_FLAGS,
+            ),
+            "sc_ids",
+            None,
+        )
+        .map_err(map_err(names::IDS))?;
+        let mem =
+            mmap::ArrayMmap::new(map.fd().as_fd(), MQTTSN_ID_ROUTES as usize).map_err(|e| {
+                DataplaneError::Batch {
+                    name: names::IDS,
+                    source: e,
+                }
+            })?;
+        Ok(IdArray { map, mem })
+    }
+
+    /// Makes the array hold `want` (index → route), writing only what
+    /// differs from `prev`, what this process last wrote here (`None`: a
+    /// fresh array). Returns how many entries it wrote.
+    fn write(
+        &mut self,
+        want: &StdHashMap<u32, Route>,
+        prev: Option<&StdHashMap<u32, Route>>,
+    ) -> usize {
+        let mut n = 0;
+        for (&i, r) in want {
+            if prev.and_then(|p| p.get(&i)) != Some(r) {
+                self.mem.set(i as usize, *r);
+                n += 1;
+            }
+        }
+        for &i in prev.into_iter().flat_map(|p| p.keys()) {
+            if !want.contains_key(&i) {
+                self.mem.set(i as usize, Route::default());
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// A second handle on the map behind `map` (same kernel object).
@@ -686,6 +752,7 @@ impl Dataplane {
         let slots = map_slots(&raw_slots)?;
         let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
             take_raw(&mut ebpf, names::ROUTES, p)?;
+        let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
@@ -701,6 +768,7 @@ impl Dataplane {
             raw_group_stats,
             group_dump,
             raw_routes,
+            raw_ids,
             settling: None,
             incremental: false,
             slot_cache: Default::default(),
@@ -732,6 +800,7 @@ impl Dataplane {
             meta: open_pinned(&pins, names::META)?,
             routes: open_pinned(&pins, names::ROUTES)?,
             raw_routes: open_raw::<ArrayOfMaps<MapData, RoutesMap>>(&pins, names::ROUTES)?,
+            raw_ids: open_raw::<ArrayOfMaps<MapData, IdsMap>>(&pins, names::IDS)?,
             settling: None,
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,
@@ -1072,83 +1141,99 @@ impl Dataplane {
                     && plan.routes.len() <= w.capacity as usize
             });
         let incremental = self.incremental;
-        let (routes, capacity, changed, entries) = std::thread::scope(|scope| -> Result<_> {
-            // Creating a route map allocates and clears its bucket array
-            // (tens of ms at this capacity): done on the other core while
-            // this one assigns counter slots.
-            let capacity = routes_capacity(plan.routes.len());
-            let fresh =
-                (!reuse).then(|| scope.spawn(move || (create_routes_map(capacity), capacity)));
-            let slots = self.assign_slots(plan)?;
-            ph.mark("counter slots assigned");
-            let mut keys = Vec::with_capacity(plan.routes.len());
-            let mut values = Vec::with_capacity(plan.routes.len());
-            for r in &plan.routes {
-                let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
-                shards[..r.shards.len()].copy_from_slice(&r.shards);
-                keys.push(r.key);
-                values.push(Route {
-                    stats_slot: slots[r.topic],
-                    shard_count: r.shards.len() as u16,
-                    _pad: 0,
-                    shards,
-                    first: shard_values[r.shards[0] as usize],
-                });
-            }
-            // The daemon keeps what it wrote, to diff the next plan against.
-            let entries: Option<StdHashMap<TopicKey, Route>> =
-                incremental.then(|| keys.iter().copied().zip(values.iter().copied()).collect());
-            ph.mark("route values built");
-            let (routes, capacity, changed) = if reuse {
-                let w = self.written[new as usize].take().expect("checked above");
-                let now = entries.as_ref().expect("incremental");
-                let (mut ck, mut cv) = (Vec::new(), Vec::new());
-                for (k, v) in keys.iter().zip(&values) {
-                    if w.entries.get(k) != Some(v) {
-                        ck.push(*k);
-                        cv.push(*v);
-                    }
+        let (routes, capacity, changed, entries, ids, id_entries) =
+            std::thread::scope(|scope| -> Result<_> {
+                // Creating a route map allocates and clears its bucket array
+                // (tens of ms at this capacity): done on the other core while
+                // this one assigns counter slots.
+                let capacity = routes_capacity(plan.routes.len());
+                let fresh =
+                    (!reuse).then(|| scope.spawn(move || (create_routes_map(capacity), capacity)));
+                let fresh_ids = (!reuse).then(|| scope.spawn(IdArray::create));
+                let slots = self.assign_slots(plan)?;
+                ph.mark("counter slots assigned");
+                let mut keys = Vec::with_capacity(plan.routes.len());
+                let mut values = Vec::with_capacity(plan.routes.len());
+                for r in &plan.routes {
+                    let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
+                    shards[..r.shards.len()].copy_from_slice(&r.shards);
+                    keys.push(r.key);
+                    values.push(Route {
+                        stats_slot: slots[r.topic],
+                        shard_count: r.shards.len() as u16,
+                        _pad: 0,
+                        shards,
+                        first: shard_values[r.shards[0] as usize],
+                    });
                 }
-                let gone: Vec<TopicKey> = w
-                    .entries
-                    .keys()
-                    .filter(|k| !now.contains_key(k))
-                    .copied()
+                // The daemon keeps what it wrote, to diff the next plan against.
+                let entries: Option<StdHashMap<TopicKey, Route>> =
+                    incremental.then(|| keys.iter().copied().zip(values.iter().copied()).collect());
+                ph.mark("route values built");
+                // The MQTT-SN id array's entries: the same route values.
+                let id_entries: StdHashMap<u32, Route> = plan
+                    .routes
+                    .iter()
+                    .zip(&values)
+                    .filter_map(|(r, v)| r.mqttsn_index.map(|i| (i, *v)))
                     .collect();
-                batch::update(w.map.fd().as_fd(), &ck, &cv)
-                    .map_err(|e| batch_err(names::ROUTES, e))?;
-                batch::delete(w.map.fd().as_fd(), &gone)
-                    .map_err(|e| batch_err(names::ROUTES, e))?;
-                (w.map, w.capacity, ck.len() + gone.len())
-            } else {
-                let (data, capacity) =
-                    fresh
+                let (routes, capacity, changed, ids) = if reuse {
+                    let mut w = self.written[new as usize].take().expect("checked above");
+                    let id_changed = w.ids.write(&id_entries, Some(&w.id_entries));
+                    let now = entries.as_ref().expect("incremental");
+                    let (mut ck, mut cv) = (Vec::new(), Vec::new());
+                    for (k, v) in keys.iter().zip(&values) {
+                        if w.entries.get(k) != Some(v) {
+                            ck.push(*k);
+                            cv.push(*v);
+                        }
+                    }
+                    let gone: Vec<TopicKey> = w
+                        .entries
+                        .keys()
+                        .filter(|k| !now.contains_key(k))
+                        .copied()
+                        .collect();
+                    batch::update(w.map.fd().as_fd(), &ck, &cv)
+                        .map_err(|e| batch_err(names::ROUTES, e))?;
+                    batch::delete(w.map.fd().as_fd(), &gone)
+                        .map_err(|e| batch_err(names::ROUTES, e))?;
+                    (w.map, w.capacity, ck.len() + gone.len() + id_changed, w.ids)
+                } else {
+                    let (data, capacity) = fresh
                         .expect("spawned when not reusing")
                         .join()
                         .map_err(|_| {
                             DataplaneError::Io(std::io::Error::other("map creation panicked"))
                         })?;
-                let data = data?;
-                ph.mark("fresh routes map ready");
-                // Two writers, one per core: the kernel locks per bucket.
-                let half = keys.len() / 2;
-                let fd = data.fd().as_fd();
-                let (k1, k2) = keys.split_at(half);
-                let (v1, v2) = values.split_at(half);
-                std::thread::scope(|inner| -> Result<()> {
-                    let other = inner.spawn(move || batch::update(fd, k2, v2));
-                    batch::update(fd, k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
-                    other
+                    let data = data?;
+                    let mut ids = fresh_ids
+                        .expect("spawned when not reusing")
                         .join()
                         .map_err(|_| {
-                            DataplaneError::Io(std::io::Error::other("route writer panicked"))
-                        })?
-                        .map_err(|e| batch_err(names::ROUTES, e))
-                })?;
-                (data, capacity, keys.len())
-            };
-            Ok((routes, capacity, changed, entries))
-        })?;
+                            DataplaneError::Io(std::io::Error::other("map creation panicked"))
+                        })??;
+                    ids.write(&id_entries, None);
+                    ph.mark("fresh routes map ready");
+                    // Two writers, one per core: the kernel locks per bucket.
+                    let half = keys.len() / 2;
+                    let fd = data.fd().as_fd();
+                    let (k1, k2) = keys.split_at(half);
+                    let (v1, v2) = values.split_at(half);
+                    std::thread::scope(|inner| -> Result<()> {
+                        let other = inner.spawn(move || batch::update(fd, k2, v2));
+                        batch::update(fd, k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
+                        other
+                            .join()
+                            .map_err(|_| {
+                                DataplaneError::Io(std::io::Error::other("route writer panicked"))
+                            })?
+                            .map_err(|e| batch_err(names::ROUTES, e))
+                    })?;
+                    (data, capacity, keys.len(), ids)
+                };
+                Ok((routes, capacity, changed, entries, ids, id_entries))
+            })?;
         ph.mark("routes written");
         // The shard table is small; it is rebuilt unless the idle slot
         // already holds exactly these shards.
@@ -1183,14 +1268,18 @@ impl Dataplane {
         // Each update of an outer map waits an RCU grace period (several
         // ms), so only what changed is written: an updated-in-place routes
         // map is already in its slot.
-        // The two outer maps are updated from two threads: each update
+        // The outer maps are updated from parallel threads: each update
         // waits for a grace period, and waits that overlap share one.
         let (routes_outer, shards_outer) = (&mut self.routes, &mut self.shards);
+        let ids_outer = self.raw_ids.fd().as_fd();
+        let ids_fd = ids.map.fd().as_fd().as_raw_fd() as u32;
         std::thread::scope(|scope| -> Result<()> {
             let routes_set = (!reuse).then(|| {
                 let view = &view;
                 scope.spawn(move || routes_outer.set(new, view, 0))
             });
+            let ids_set =
+                (!reuse).then(|| scope.spawn(move || batch::update_one(ids_outer, &new, &ids_fd)));
             if let Some(shards) = &shards {
                 shards_outer
                     .set(new, shards, 0)
@@ -1201,6 +1290,11 @@ impl Dataplane {
                     .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
                     .map_err(map_err(names::ROUTES))?;
             }
+            if let Some(h) = ids_set {
+                h.join()
+                    .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
+                    .map_err(|e| batch_err(names::IDS, e))?;
+            }
             Ok(())
         })?;
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
@@ -1210,7 +1304,9 @@ impl Dataplane {
         slot_generation[new as usize] = plan.generation;
         // One more outer-map update, whose RCU grace period the kernel waits
         // out before the call returns (every map-of-maps update does):
-        // - full install: point the old slot at the new map too. A packet
+        // - full install: point the old routes slot at the new map too (the
+        //   old id array and shard table, tens of MiB at most, stay in the
+        //   old slot until the next install replaces them). A packet
         //   that read the parity before the flip then finds either the old
         //   map (if it got there first) or the new one: one generation either
         //   way. When the update returns no program uses the old map, which
@@ -1268,6 +1364,8 @@ impl Dataplane {
                 capacity,
                 entries,
                 map: routes,
+                ids,
+                id_entries,
             });
         }
         Ok(InstallReport {

@@ -15,7 +15,8 @@ use std::{
 };
 
 use router_common::{
-    maps::{MAX_ROUTE_SHARDS, MAX_SHARDS, PREFIX_MAX},
+    maps::{MAX_ROUTE_SHARDS, MAX_SHARDS, PREFIX_MAX, mqttsn_id_index},
+    mqttsn::{TOPIC_NORMAL, TOPIC_PREDEFINED, TOPIC_SHORT},
     topic::{AliasKind, TOPIC_MAX, TopicKey, alias_key, topic_key},
 };
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,10 @@ pub struct CompiledRoute {
     pub topic: usize,
     /// Indices into [`CompiledPlan::shards`].
     pub shards: Vec<u16>,
+    /// Where the route also goes in the data plane's MQTT-SN id array
+    /// (`router_common::maps::mqttsn_id_index`): for a predefined or
+    /// registered id, and for a two-byte name (an MQTT-SN short topic name).
+    pub mqttsn_index: Option<u32>,
 }
 
 /// What the data plane will hold for a plan.
@@ -376,7 +381,11 @@ impl Plan {
             if name_key.hash == 0 {
                 return Err(PlanError::ReservedKey(t.name.clone()));
             }
-            let mut keys = vec![(name_key, t.name.clone())];
+            // A two-byte name is also an MQTT-SN short topic name.
+            let short = <[u8; 2]>::try_from(t.name.as_bytes())
+                .ok()
+                .map(|b| mqttsn_id_index(TOPIC_SHORT, u16::from_be_bytes(b)));
+            let mut keys = vec![(name_key, t.name.clone(), short)];
             let aliases = t
                 .mqttsn_predefined_id
                 .map(|id| (AliasKind::MqttSnPredefined, "predefined", id))
@@ -398,16 +407,22 @@ impl Plan {
                         b: t.name.clone(),
                     });
                 }
+                let id_type = match kind {
+                    AliasKind::MqttSnNormal => TOPIC_NORMAL,
+                    AliasKind::MqttSnPredefined => TOPIC_PREDEFINED,
+                };
                 keys.push((
                     alias_key(kind, id),
                     format!("{} (MQTT-SN {label} id {id})", t.name),
+                    Some(mqttsn_id_index(id_type, id)),
                 ));
             }
-            for (key, label) in keys {
+            for (key, label, mqttsn_index) in keys {
                 let route = CompiledRoute {
                     key,
                     topic: ti,
                     shards: idx.clone(),
+                    mqttsn_index,
                 };
                 if let Some((other, prev)) = by_key.insert(key, (label.clone(), route)) {
                     return Err(
@@ -529,6 +544,17 @@ mod tests {
         assert_eq!(c.shards[1].port, 7000);
         assert_eq!(c.shards[0].port, 0);
         assert!(c.routes.windows(2).all(|w| w[0].key < w[1].key));
+        // The MQTT-SN id array: predefined 5 (type 1), registered 17 and 18
+        // (type 0), and "hv" as a short topic name (type 2); not the long
+        // name.
+        let index = |k: TopicKey| find(k).mqttsn_index;
+        assert_eq!(
+            index(alias_key(AliasKind::MqttSnPredefined, 5)),
+            Some(1 << 16 | 5)
+        );
+        assert_eq!(index(alias_key(AliasKind::MqttSnNormal, 17)), Some(17));
+        assert_eq!(index(topic_key(b"hv")), Some(2 << 16 | 0x6876));
+        assert_eq!(index(topic_key(b"temp/room1")), None);
     }
 
     fn err(edit: impl FnOnce(&mut Plan)) -> PlanError {

@@ -28,7 +28,7 @@ use router_common::{
     coap,
     maps::{
         CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GROUP_UNKNOWN, GroupStatKey,
-        GroupStatRecord, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS,
+        GroupStatRecord, IDS_MAP_FLAGS, MAX_DEVICES, MQTTSN_ID_ROUTES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS,
         MAX_TOPICS, MAX_UNROUTED, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6,
         SLOTS_MAP_FLAGS, Shard,
     },
@@ -50,6 +50,14 @@ static SC_META: Array<Meta, 1> = Array::new();
 #[btf_map]
 static SC_ROUTES: ArrayOfMaps<
     HashMap<TopicKey, Route, { MAX_ROUTES as usize }, { ROUTES_MAP_FLAGS as usize }>,
+    2,
+> = ArrayOfMaps::new();
+/// MQTT-SN (TopicIdType, id) → route, per generation parity (see
+/// `router_common::maps::mqttsn_id_index`): an array lookup where a name
+/// takes a hash lookup. A zeroed entry (no shards) is "no route".
+#[btf_map]
+static SC_IDS: ArrayOfMaps<
+    Array<Route, { MQTTSN_ID_ROUTES as usize }, { IDS_MAP_FLAGS as usize }>,
     2,
 > = ArrayOfMaps::new();
 #[btf_map]
@@ -350,35 +358,47 @@ fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         return Err(Reason::Truncated);
     }
 
-    // L7: the shared parsers.
-    let (key, l3, tagged) = if dport != 0 && dport == cfg.mqttsn_port {
+    // The plan: one parity for every lookup, read once.
+    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+
+    // L7: the shared parsers, then the route. Each protocol looks its route
+    // up in its own branch (an enum carried out of the branches leaves the
+    // verifier unable to tell which one a later lookup came from).
+    let (route, l3, tagged) = if dport != 0 && dport == cfg.mqttsn_port {
         // Fixed offsets: parsed from a copy of the header, with the L2/L3
         // layout left in registers.
         let head = packet::mqttsn_head(ctx, payload_off, payload_len);
-        (mqttsn::parse_publish(&head)?.key, l3, tagged)
+        let publish = mqttsn::parse_publish(&head)?;
+        let ids = SC_IDS.get(parity).ok_or(Reason::NoPlan)?;
+        // A zeroed entry: the plan has no route for this id.
+        match ids.get(publish.id_index()).filter(|r| r.shard_count != 0) {
+            Some(r) => (r, l3, tagged),
+            None => {
+                count_unrouted(&publish.key(), frame_len);
+                return Err(Reason::NoRoute);
+            }
+        }
     } else if dport != 0 && dport == cfg.coap_port {
-        coap_key(ctx, cfg, l3, tagged, payload_off, payload_len)?
+        let (key, l3, tagged) = coap_key(ctx, cfg, l3, tagged, payload_off, payload_len)?;
+        let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
+        // SAFETY: only the control plane writes route maps, and never a map
+        // a program may be reading (generation swap), so the value is stable.
+        match unsafe { routes.get(&key) } {
+            Some(r) => (r, l3, tagged),
+            None => {
+                count_unrouted(&key, frame_len);
+                return Err(Reason::NoRoute);
+            }
+        }
     } else {
         return Err(Reason::OtherPort);
     };
+    let route: &Route = route;
     let l4_off = match l3 {
         L3::V4 { off, ihl } => off + ihl,
         L3::V6 { off } => off + Ipv6Hdr::LEN,
     };
     let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
-
-    // The plan: one parity for both lookups, read once.
-    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
-    let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
-    // SAFETY: only the control plane writes route maps, and never a map a
-    // program may be reading (generation swap), so the value is stable.
-    let route: &Route = match unsafe { routes.get(&key) } {
-        Some(r) => r,
-        None => {
-            count_unrouted(&key, frame_len);
-            return Err(Reason::NoRoute);
-        }
-    };
     count_topic(route.stats_slot, frame_len);
     if cfg.flags & CONFIG_GROUP_STATS != 0 {
         let sample = cfg.group_sample;

@@ -439,6 +439,64 @@ fn an_incremental_install_outgrowing_the_idle_map_gets_a_fresh_one() {
 }
 
 #[test]
+fn incremental_installs_add_move_and_drop_mqttsn_ids_in_place() {
+    // temp/room1 is predefined id 5; registered 300 is alerts.
+    let with = |g| fixtures::plan("sc0", g).compile().unwrap();
+    let without = |g| {
+        let mut p = fixtures::plan("sc0", g);
+        p.topics[0].mqttsn_predefined_id = None;
+        p.topics[4].mqttsn_registered_ids = vec![301];
+        p.compile().unwrap()
+    };
+    let ns = lab();
+    ns.run(move || {
+        let mut dp =
+            Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+        dp.set_incremental(true);
+        let publish = |id: u16, flags| {
+            integration_tests::max_ttl(frame(
+                L3::V4,
+                None,
+                1,
+                fixtures::MQTTSN,
+                &build::mqttsn_publish(false, flags, id.to_be_bytes(), 0, b"x"),
+            ))
+        };
+        let verdict =
+            |dp: &Dataplane, id, flags| dp.test_run(&publish(id, flags), 1).unwrap().action;
+        let (predefined, normal) = (1, 0);
+        // Generations 1 and 2 fill both slots afresh; 3 and 4 update them
+        // in place, each against what its slot held two generations ago.
+        for (g, plan, has) in [
+            (1, with(1), true),
+            (2, with(2), true),
+            (3, without(3), false),
+            (4, without(4), false),
+            (5, with(5), true),
+        ] {
+            let r = dp.install(&plan, false).unwrap();
+            let id5 = verdict(&dp, 5, predefined);
+            let id300 = verdict(&dp, 300, normal);
+            let id301 = verdict(&dp, 301, normal);
+            if has {
+                assert_eq!(
+                    (id5, id300, id301),
+                    (action::REDIRECT, action::REDIRECT, action::PASS),
+                    "generation {g} {r:?}"
+                );
+            } else {
+                assert_eq!(
+                    (id5, id300, id301),
+                    (action::PASS, action::PASS, action::REDIRECT),
+                    "generation {g} {r:?}"
+                );
+            }
+        }
+    })
+    .unwrap();
+}
+
+#[test]
 fn mac_address_reads_the_namespace_interface_and_names_what_is_wrong() {
     let ns = lab();
     let shown = ns.ip(&["-o", "link", "show", "sc0"]).unwrap();

@@ -166,7 +166,7 @@ fn payload(d: &Device, round: u64, n: usize) -> Vec<u8> {
 /// Names a received datagram's topic by parsing it as the router does.
 fn topic_of(names: &BTreeMap<TopicKey, &'static str>, port: u16, p: &[u8]) -> String {
     let key = if port == MQTTSN_PORT {
-        mqttsn::parse_publish(p).map(|x| x.key)
+        mqttsn::parse_publish(p).map(|x| x.key())
     } else {
         let mut prefix = [0u8; PREFIX_MAX];
         prefix[..8].copy_from_slice(b"ps/data/");
