@@ -71,12 +71,17 @@ struct PathMatcher<'a> {
     prefix_len: usize,
     /// Prefix bytes matched so far.
     pos: usize,
-    topic_len: usize,
     segments: usize,
     hasher: TopicHasher,
 }
 
 impl PathMatcher<'_> {
+    /// Topic bytes hashed so far (separators included).
+    #[inline(always)]
+    fn topic_len(&self) -> usize {
+        self.hasher.len() as usize
+    }
+
     #[inline(always)]
     fn segment<P: Payload + ?Sized>(
         &mut self,
@@ -92,12 +97,11 @@ impl PathMatcher<'_> {
                     return Err(Reason::CoapOtherPath);
                 }
                 self.pos += 1;
-            } else if self.topic_len > 0 {
-                if self.topic_len >= TOPIC_MAX {
+            } else if self.topic_len() > 0 {
+                if self.topic_len() >= TOPIC_MAX {
                     return Err(Reason::TopicTooLong);
                 }
                 self.hasher.push(b'/');
-                self.topic_len += 1;
             }
         }
         self.segments += 1;
@@ -118,17 +122,22 @@ impl PathMatcher<'_> {
             }
             self.pos += olen;
         } else {
-            if self.topic_len + olen > TOPIC_MAX {
+            if self.topic_len() + olen > TOPIC_MAX {
                 return Err(Reason::TopicTooLong);
             }
-            for i in 0..TOPIC_MAX {
-                if i >= olen {
+            // A word (eight bytes) per step, not a byte.
+            for chunk in 0..TOPIC_MAX / 8 {
+                let at = chunk * 8;
+                if at >= olen {
                     break;
                 }
-                // In bounds: the caller checked `off + olen <= len`.
-                self.hasher.push(p.byte_within(off + i));
+                let n = if olen - at > 8 { 8 } else { olen - at };
+                // `off + at` is in bounds (the caller checked
+                // `off + olen <= len`); the bytes past the segment are
+                // masked off.
+                let word = p.word_within(off + at) & (u64::MAX >> (64 - 8 * n));
+                self.hasher.push_word(word, n as u64);
             }
-            self.topic_len += olen;
         }
         Ok(())
     }
@@ -171,7 +180,6 @@ pub fn parse_publish<P: Payload + ?Sized>(
             prefix_len
         },
         pos: 0,
-        topic_len: 0,
         segments: 0,
         hasher: TopicHasher::new(),
     };
@@ -183,7 +191,8 @@ pub fn parse_publish<P: Payload + ?Sized>(
         number = p.opaque(number as usize) as u32;
         m.segments = p.opaque(m.segments);
         m.pos = p.opaque(m.pos);
-        m.topic_len = p.opaque(m.topic_len);
+        // The topic's length is the hasher's byte count.
+        m.hasher.map_len(|n| p.opaque(n as usize) as u64);
         m.prefix_len = p.opaque(m.prefix_len);
         if off >= len {
             ended = true;
@@ -227,12 +236,12 @@ pub fn parse_publish<P: Payload + ?Sized>(
     if !ended {
         return Err(Reason::CoapMalformed);
     }
-    if m.pos < m.prefix_len || m.topic_len == 0 {
+    if m.pos < m.prefix_len || m.topic_len() == 0 {
         return Err(Reason::CoapOtherPath);
     }
     Ok(Publish {
         key: m.hasher.finish(),
-        topic_len: m.topic_len,
+        topic_len: m.topic_len(),
     })
 }
 

@@ -24,6 +24,19 @@ pub trait Payload {
         self.byte(off).unwrap_or(0)
     }
 
+    /// The eight bytes at `off` as a little-endian word, for an `off` the
+    /// caller has already checked is below `len()`; bytes past the end are
+    /// unspecified (but never an out-of-bounds read): the caller masks
+    /// them off.
+    #[inline(always)]
+    fn word_within(&self, off: usize) -> u64 {
+        let mut w = 0;
+        for i in 0..8 {
+            w |= (self.byte(off + i).unwrap_or(0) as u64) << (8 * i);
+        }
+        w
+    }
+
     /// True when the payload is empty.
     #[inline(always)]
     fn is_empty(&self) -> bool {

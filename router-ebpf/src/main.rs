@@ -28,9 +28,9 @@ use router_common::{
     coap,
     maps::{
         CONFIG_GROUP_STATS, Config, Counter, DeviceAddr, GROUP_UNKNOWN, GroupStatKey,
-        GroupStatRecord, IDS_MAP_FLAGS, MAX_DEVICES, MQTTSN_ID_ROUTES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS,
-        MAX_TOPICS, MAX_UNROUTED, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6,
-        SLOTS_MAP_FLAGS, Shard,
+        GroupStatRecord, IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES,
+        MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route,
+        SHARD_HAS_V4, SHARD_HAS_V6, SLOTS_MAP_FLAGS, Shard,
     },
     mqttsn,
     reason::{REASON_COUNT, Reason},

@@ -107,6 +107,19 @@ pub mod word {
     }
 
     /// # Safety
+    /// `p` must point to 8 readable bytes verified in bounds.
+    #[inline(always)]
+    pub unsafe fn load64(p: *const u8) -> u64 {
+        let v: u64;
+        // SAFETY: per the function's contract.
+        unsafe {
+            core::arch::asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
+                options(nostack, readonly, preserves_flags));
+        }
+        v
+    }
+
+    /// # Safety
     /// `p` must point to 2 writable bytes verified in bounds.
     #[inline(always)]
     pub unsafe fn store16(p: *mut u8, v: u16) {
@@ -402,5 +415,20 @@ impl Payload for WindowPayload {
     fn byte_within(&self, off: usize) -> u8 {
         // SAFETY: the mask keeps the index inside the window.
         unsafe { (*self.window).bytes[off & (coap::WINDOW - 1)] }
+    }
+
+    /// One 8-byte load: the mask keeps the word inside the window and its
+    /// slack (`CHUNK` >= 8 bytes past `WINDOW`).
+    #[inline(always)]
+    fn word_within(&self, off: usize) -> u64 {
+        // SAFETY: as above; the load may be unaligned, which BPF allows
+        // for map values (`word::load64` keeps LLVM from splitting it).
+        unsafe {
+            word::load64(
+                (&raw const (*self.window).bytes)
+                    .cast::<u8>()
+                    .add(off & (coap::WINDOW - 1)),
+            )
+        }
     }
 }
