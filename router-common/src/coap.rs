@@ -40,6 +40,105 @@ pub struct Publish {
     pub topic_len: usize,
 }
 
+/// The pub/sub prefix's segments encoded as a message's first options
+/// (Uri-Path, option numbers counted from 0), for the parser's fast start:
+/// when a message's options begin with exactly these bytes (the usual
+/// case: nothing before Uri-Path), the walk starts after them, in the
+/// state it would have reached by walking them, and so skips one option
+/// iteration per prefix segment. Any other message is walked from the
+/// first option. Computed by the control plane ([`PrefixStart::encode`])
+/// and kept in the router's `Config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixStart {
+    /// The encoding's bytes, little-endian words, zero past `len`.
+    pub words: [u64; PrefixStart::WORDS],
+    /// Bytes of encoding; 0: no fast start.
+    pub len: u32,
+    /// Prefix segments the encoding holds.
+    pub segments: u32,
+}
+
+impl PrefixStart {
+    pub const WORDS: usize = 5;
+    /// No fast start: every message is walked from its first option.
+    pub const NONE: PrefixStart = PrefixStart {
+        words: [0; PrefixStart::WORDS],
+        len: 0,
+        segments: 0,
+    };
+
+    /// The encoding of `prefix` (segments joined with '/', ending in '/',
+    /// as the parser takes it); [`PrefixStart::NONE`] for an empty prefix
+    /// or one that is not of that form.
+    pub fn encode(prefix: &[u8]) -> PrefixStart {
+        let Some(path) = prefix.strip_suffix(b"/") else {
+            return Self::NONE;
+        };
+        if path.is_empty() || prefix.len() > PREFIX_MAX {
+            return Self::NONE;
+        }
+        let mut bytes = [0u8; PrefixStart::WORDS * 8];
+        let (mut len, mut segments, mut delta) = (0, 0u32, OPTION_URI_PATH as u8);
+        for segment in path.split(|&b| b == b'/') {
+            let n = segment.len();
+            if n == 0 || n >= 269 {
+                return Self::NONE;
+            }
+            let (nibble, ext) = if n < 13 {
+                (n as u8, None)
+            } else {
+                (13, Some((n - 13) as u8))
+            };
+            let need = 1 + ext.is_some() as usize + n;
+            if len + need > bytes.len() {
+                return Self::NONE;
+            }
+            bytes[len] = delta << 4 | nibble;
+            len += 1;
+            if let Some(e) = ext {
+                bytes[len] = e;
+                len += 1;
+            }
+            bytes[len..len + n].copy_from_slice(segment);
+            len += n;
+            segments += 1;
+            delta = 0;
+        }
+        let mut words = [0u64; PrefixStart::WORDS];
+        for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        }
+        PrefixStart {
+            words,
+            len: len as u32,
+            segments,
+        }
+    }
+
+    /// True when `p`'s bytes at `off` are the encoding.
+    #[inline(always)]
+    fn matches<P: Payload + ?Sized>(&self, p: &P, off: usize) -> bool {
+        let len = self.len as usize;
+        if len == 0 || len > PrefixStart::WORDS * 8 || off + len > p.len() {
+            return false;
+        }
+        for (i, &want) in self.words.iter().enumerate() {
+            let at = i * 8;
+            if at >= len {
+                break;
+            }
+            let n = if len - at > 8 { 8 } else { len - at };
+            let mask = u64::MAX >> (64 - 8 * n);
+            // In bounds: `off + len <= p.len()` above.
+            if p.word_within(off + at) & mask != want & mask {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Decodes an option delta or length nibble with its extension bytes.
 #[inline(always)]
 fn extended<P: Payload + ?Sized>(p: &P, nibble: u8, off: &mut usize) -> Result<u16, Reason> {
@@ -151,6 +250,19 @@ pub fn parse_publish<P: Payload + ?Sized>(
     prefix: &[u8; PREFIX_MAX],
     prefix_len: usize,
 ) -> Result<Publish, Reason> {
+    parse_publish_from(p, prefix, prefix_len, &PrefixStart::NONE)
+}
+
+/// [`parse_publish`] with a fast start: `start` must be
+/// [`PrefixStart::encode`] of the same prefix (or [`PrefixStart::NONE`]).
+/// The result is the same either way (tested below); only the work differs.
+#[inline(always)]
+pub fn parse_publish_from<P: Payload + ?Sized>(
+    p: &P,
+    prefix: &[u8; PREFIX_MAX],
+    prefix_len: usize,
+    start: &PrefixStart,
+) -> Result<Publish, Reason> {
     let len = p.len();
     let b0 = p.byte(0).ok_or(Reason::CoapMalformed)?;
     let code = p.byte(1).ok_or(Reason::CoapMalformed)?;
@@ -184,6 +296,14 @@ pub fn parse_publish<P: Payload + ?Sized>(
         hasher: TopicHasher::new(),
     };
     let mut number: u32 = 0;
+    if start.matches(p, off) {
+        // Where walking the prefix's options would have left the walk:
+        // every prefix byte but the trailing '/' matched.
+        off += start.len as usize;
+        number = OPTION_URI_PATH as u32;
+        m.segments = start.segments as usize;
+        m.pos = m.prefix_len.saturating_sub(1);
+    }
     let mut ended = false;
     for _ in 0..MAX_OPTIONS {
         // Loop-carried state converges here (see `Payload::opaque`).
@@ -421,5 +541,76 @@ mod tests {
             let r = parse_publish(&pkt[..], &p, n).unwrap();
             prop_assert_eq!(r.key, topic_key(segs.join("/").as_bytes()));
         }
+
+        /// The fast start never changes a result: messages built from
+        /// prefix-like segments (with and without an option before
+        /// Uri-Path, long segments, payloads), then with one byte changed.
+        #[test]
+        fn fast_start_parses_like_the_walk(
+                pre in proptest::sample::select(std::vec![
+                    "ps/data/", "ps/", "a/", "abcdefghijklmn/x/", "ps/data/more/", "",
+                ]),
+                segs in proptest::collection::vec(
+                    proptest::sample::select(std::vec![
+                        "ps", "data", "more", "x", "a", "abcdefghijklmn", "t", "datax", "",
+                    ]),
+                    0..6),
+                host in proptest::bool::ANY,
+                lead in proptest::bool::ANY,
+                token in proptest::collection::vec(any::<u8>(), 0..9),
+                payload in proptest::collection::vec(any::<u8>(), 0..16),
+                flip in proptest::option::of((any::<usize>(), any::<u8>()))) {
+            let (p, n) = prefix(pre);
+            let start = PrefixStart::encode(pre.as_bytes());
+            let mut v = std::vec![VERSION << 6 | TYPE_NON << 4 | token.len() as u8, CODE_PUT, 0, 1];
+            v.extend_from_slice(&token);
+            let mut last = 0;
+            if host {
+                option(&mut v, 3, b"h");
+                last = 3;
+            }
+            // Often the prefix's own segments first: the fast start's case.
+            let leading = pre.split('/').filter(|s| lead && !s.is_empty());
+            for seg in leading.chain(segs.iter().copied()) {
+                option(&mut v, OPTION_URI_PATH - last, seg.as_bytes());
+                last = OPTION_URI_PATH;
+            }
+            if !payload.is_empty() {
+                v.push(PAYLOAD_MARKER);
+                v.extend_from_slice(&payload);
+            }
+            if let Some((at, b)) = flip {
+                let at = at % v.len();
+                v[at] = b;
+            }
+            prop_assert_eq!(
+                parse_publish_from(&v[..], &p, n, &start),
+                parse_publish(&v[..], &p, n)
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_start_encodes_the_prefix_as_first_options() {
+        let s = PrefixStart::encode(b"ps/data/");
+        assert_eq!((s.len, s.segments), (8, 2));
+        assert_eq!(s.words[0].to_le_bytes(), *b"\xb2ps\x04data");
+        // A 14-byte segment takes the extended length form (13 + 1).
+        let s = PrefixStart::encode(b"abcdefghijklmn/x/");
+        assert_eq!((s.len, s.segments), (1 + 1 + 14 + 1 + 1, 2));
+        assert_eq!(s.words[0].to_le_bytes()[..3], [0xbd, 1, b'a']);
+        for none in [&b""[..], b"ps", b"ps//", b"/"] {
+            assert_eq!(PrefixStart::encode(none), PrefixStart::NONE, "{none:?}");
+        }
+        // And the fast start is taken: a message whose first option is not
+        // the prefix's still parses, by the walk.
+        let (p, n) = prefix("ps/data/");
+        let start = PrefixStart::encode(b"ps/data/");
+        let pkt = request(TYPE_NON, CODE_PUT, &[1], &["ps", "data", "t"], b"x");
+        assert!(start.matches(&pkt[..], 5));
+        assert_eq!(
+            parse_publish_from(&pkt[..], &p, n, &start).unwrap().key,
+            topic_key(b"t")
+        );
     }
 }

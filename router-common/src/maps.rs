@@ -107,6 +107,9 @@ pub struct Config {
     /// With `CONFIG_GROUP_STATS`: count one routed publish in this many
     /// (chosen at random), weighted by it; 0 or 1 counts every one.
     pub group_sample: u32,
+    /// `prefix` encoded as a message's first options, for the CoAP
+    /// parser's fast start (`coap::PrefixStart::encode` of `prefix`).
+    pub prefix_start: crate::coap::PrefixStart,
 }
 
 /// Count routed publishes per (topic, device group) too: one lookup of the
@@ -267,7 +270,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<Config>(), 2 + 2 + 4 + PREFIX_MAX + 4 + 4);
+        assert_eq!(
+            size_of::<Config>(),
+            2 + 2 + 4 + PREFIX_MAX + 4 + 4 + size_of::<crate::coap::PrefixStart>()
+        );
+        assert_eq!(size_of::<crate::coap::PrefixStart>(), 8 * 5 + 4 + 4);
         assert_eq!(size_of::<DeviceAddr>(), 16);
         assert_eq!(size_of::<GroupStatKey>(), 8);
         assert_eq!(size_of::<Meta>(), 48);

@@ -262,6 +262,7 @@ impl RouterConfig {
                 0
             },
             group_sample: self.group_sample,
+            prefix_start: router_common::coap::PrefixStart::encode(b),
         }
     }
 

@@ -492,7 +492,12 @@ fn coap_key(
     let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
     let (msg, cut) = WindowPayload::load(ctx, payload_off, payload_len, window, scratch)
         .ok_or(Reason::Truncated)?;
-    let key = match coap::parse_publish(&msg, &cfg.prefix, cfg.prefix_len as usize) {
+    let key = match coap::parse_publish_from(
+        &msg,
+        &cfg.prefix,
+        cfg.prefix_len as usize,
+        &cfg.prefix_start,
+    ) {
         Ok(p) => p.key,
         // Within the window, a message running out is a message cut
         // short by the window, not a malformed one.
