@@ -121,6 +121,12 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("map {name}: cannot map it into memory: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map {name}: iterator read failed: {source}")]
     Iter {
         name: &'static str,
@@ -151,20 +157,38 @@ pub fn routes_capacity(routes: usize) -> u32 {
     want.min(MAX_ROUTES as u64) as u32
 }
 
-/// A fresh, empty inner routes map (same shape as the template).
-fn create_routes_map(capacity: u32) -> Result<MapData> {
+/// A fresh, empty inner map for the outer map `outer` (type, key and value
+/// sizes and flags must be the template's).
+fn create_inner<K, V>(
+    map_type: aya_obj::generated::bpf_map_type,
+    entries: u32,
+    flags: u32,
+    kernel_name: &str,
+    outer: &'static str,
+) -> Result<MapData> {
     MapData::create(
         aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH as u32,
-            size_of::<TopicKey>() as u32,
-            size_of::<Route>() as u32,
-            capacity,
-            ROUTES_MAP_FLAGS,
+            map_type as u32,
+            size_of::<K>() as u32,
+            size_of::<V>() as u32,
+            entries,
+            flags,
         ),
-        "sc_routes",
+        kernel_name,
         None,
     )
-    .map_err(map_err(names::ROUTES))
+    .map_err(map_err(outer))
+}
+
+/// A fresh, empty inner routes map (same shape as the template).
+fn create_routes_map(capacity: u32) -> Result<MapData> {
+    create_inner::<TopicKey, Route>(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_HASH,
+        capacity,
+        ROUTES_MAP_FLAGS,
+        "sc_routes",
+        names::ROUTES,
+    )
 }
 
 /// Logs how long each phase of an install took (`RUST_LOG=router_ctl=debug`).
@@ -411,25 +435,19 @@ struct IdArray {
 impl IdArray {
     /// A fresh, zeroed array (zero: no route).
     fn create() -> Result<IdArray> {
-        let map = MapData::create(
-            aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-                size_of::<u32>() as u32,
-                size_of::<Route>() as u32,
-                MQTTSN_ID_ROUTES,
-                IDS_MAP_FLAGS,
-            ),
+        let map = create_inner::<u32, Route>(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY,
+            MQTTSN_ID_ROUTES,
+            IDS_MAP_FLAGS,
             "sc_ids",
-            None,
-        )
-        .map_err(map_err(names::IDS))?;
-        let mem =
-            mmap::ArrayMmap::new(map.fd().as_fd(), MQTTSN_ID_ROUTES as usize).map_err(|e| {
-                DataplaneError::Batch {
-                    name: names::IDS,
-                    source: e,
-                }
-            })?;
+            names::IDS,
+        )?;
+        let mem = mmap::ArrayMmap::new(map.fd().as_fd(), MQTTSN_ID_ROUTES as usize).map_err(
+            |source| DataplaneError::Mmap {
+                name: names::IDS,
+                source,
+            },
+        )?;
         Ok(IdArray { map, mem })
     }
 
@@ -589,11 +607,7 @@ fn take<T: TryFrom<Map, Error = MapError>>(
     })?;
     if let Some((pins, created)) = pin {
         let path = pins.map(name);
-        map.pin(&path).map_err(|e| DataplaneError::Pin {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        created.push(path);
+        record_pin(created, path.clone(), map.pin(&path))?;
     }
     T::try_from(map).map_err(map_err(name))
 }
@@ -653,11 +667,7 @@ fn load_group_dump(
     }
     if let Some((pins, created)) = pin {
         let path = pins.prog(name);
-        prog.pin(&path).map_err(|e| DataplaneError::Pin {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        created.push(path);
+        record_pin(created, path.clone(), prog.pin(&path))?;
     }
     let fd = prog
         .fd()
@@ -671,12 +681,27 @@ fn load_group_dump(
     Ok(Some(fd))
 }
 
+/// Notes a pin just made at `path` (so a failed attach can remove it), or
+/// says which pin failed.
+fn record_pin<E: std::fmt::Display>(
+    created: &mut Vec<PathBuf>,
+    path: PathBuf,
+    made: std::result::Result<(), E>,
+) -> Result<()> {
+    made.map_err(|e| DataplaneError::Pin {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    created.push(path);
+    Ok(())
+}
+
 /// Maps `SC_SLOTS` (which the object declares `BPF_F_MMAPABLE`).
 fn map_slots(map: &MapData) -> Result<mmap::ArrayMmap<TopicKey>> {
-    mmap::ArrayMmap::new(map.fd().as_fd(), MAX_TOPICS as usize).map_err(|e| {
-        DataplaneError::PinMismatch {
+    mmap::ArrayMmap::new(map.fd().as_fd(), MAX_TOPICS as usize).map_err(|source| {
+        DataplaneError::Mmap {
             name: names::SLOTS,
-            reason: format!("cannot map it into memory: {e}"),
+            source,
         }
     })
 }
@@ -735,11 +760,7 @@ impl Dataplane {
             })?;
             if let Some((pins, created)) = &mut pin {
                 let path = pins.prog(name);
-                prog.pin(&path).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                created.push(path);
+                record_pin(created, path.clone(), prog.pin(&path))?;
             }
         }
         let group_dump = load_group_dump(&mut ebpf, &mut pin)?;
