@@ -165,6 +165,8 @@ pub fn plan(
     tracing::debug!(elapsed = ?started.elapsed(), "split");
     let mut refine_moves = p.refine(opts.rounds, opts.seed);
     tracing::debug!(elapsed = ?started.elapsed(), refine_moves, "refined");
+    let nets = p.net_moves(64);
+    tracing::debug!(elapsed = ?started.elapsed(), nets, "net moves");
     // 4. Merge quiet shards.
     let merged = p.merge_quiet();
     if merged > 0 {
@@ -730,6 +732,100 @@ impl<'a> Partition<'a> {
         total
     }
 
+    /// Net moves: for each topic spread over several shards, heaviest
+    /// first, the subscribers it has in a shard where it has few move
+    /// together to the shard where it has the most, kept when the whole
+    /// move lowers the cost. Single-device refinement cannot see this gain:
+    /// a topic's copy into a shard goes only when its last subscriber there
+    /// leaves, so no one move pays on its own. Groups of at most
+    /// `max_group` devices; returns the net moves kept.
+    fn net_moves(&mut self, max_group: u32) -> usize {
+        let inst = self.inst;
+        // Topic → subscribers (CSR).
+        let nt = inst.topics.len();
+        let mut start = vec![0u32; nt + 1];
+        for d in 0..inst.devices.len() {
+            for &t in inst.subscriptions(d) {
+                start[t as usize + 1] += 1;
+            }
+        }
+        for t in 0..nt {
+            start[t + 1] += start[t];
+        }
+        let mut fill = start.clone();
+        let mut subs = vec![0u32; start[nt] as usize];
+        for d in 0..inst.devices.len() {
+            for &t in inst.subscriptions(d) {
+                subs[fill[t as usize] as usize] = d as u32;
+                fill[t as usize] += 1;
+            }
+        }
+        let mut order: Vec<u32> = (0..nt as u32)
+            .filter(|&t| self.pins[t as usize].len() > 1)
+            .collect();
+        order.sort_unstable_by(|&a, &b| {
+            inst.rates[b as usize]
+                .total_cmp(&inst.rates[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut kept = 0;
+        let mut group = Vec::new();
+        for t in order {
+            let tu = t as usize;
+            let mut i = 0;
+            while i < self.pins[tu].len() {
+                let pins = &self.pins[tu];
+                let (a, count) = pins[i];
+                let main = pins
+                    .iter()
+                    .max_by_key(|p| (p.1, u32::MAX - p.0))
+                    .expect("pinned")
+                    .0;
+                i += 1;
+                if a == main || count > max_group {
+                    continue;
+                }
+                group.clear();
+                group.extend(
+                    subs[start[tu] as usize..start[tu + 1] as usize]
+                        .iter()
+                        .copied()
+                        .filter(|&d| self.assign[d as usize] == a),
+                );
+                let budget = group
+                    .iter()
+                    .filter(|&&d| !self.migrated(d as usize, a) && self.migrated(d as usize, main))
+                    .count();
+                if budget > self.budget_left() {
+                    continue;
+                }
+                let mut total = 0.0;
+                let mut moved = 0;
+                for &d in &group {
+                    match self.delta(d as usize, main) {
+                        Some((c, _)) => {
+                            total += c;
+                            self.move_to(d as usize, main);
+                            moved += 1;
+                        }
+                        None => break,
+                    }
+                }
+                let whole = moved == group.len();
+                if whole && total < -EPS && self.load[main as usize] <= self.cap_eff {
+                    kept += 1;
+                    // The topic left shard `a`: look at the same index again.
+                    i = 0;
+                } else {
+                    for &d in group[..moved].iter().rev() {
+                        self.move_to(d as usize, a);
+                    }
+                }
+            }
+        }
+        kept
+    }
+
     /// Folds quiet shards into a partner while their union stays below
     /// `merge_below` of usable capacity. Returns merges done.
     fn merge_quiet(&mut self) -> usize {
@@ -1034,6 +1130,68 @@ mod tests {
         assert!((p.cost().total - (total + d)).abs() < 1e-9);
         // One shard: no copies, no latency beyond X's, one shard cost.
         assert_eq!(p.cost().copies, 0.0);
+    }
+
+    #[test]
+    fn net_moves_take_a_topics_last_subscribers_together() {
+        // x (10 msg/s) has two subscribers in A and five in B; y (1 msg/s)
+        // keeps a third device in A. No single device gains by moving (x
+        // stays in A while the other remains); the pair together removes
+        // x's copy into A.
+        let inst = serde_json::from_str::<Workload>(
+            r#"{
+              "resources": {"shard_capacity": 100, "max_shards": 4, "egress": "eth1"},
+              "topics": [{"name": "x", "rate": 10}, {"name": "y", "rate": 1}],
+              "devices": [
+                {"id": "a1", "subscriptions": ["x", "y"]},
+                {"id": "a2", "subscriptions": ["x", "y"]},
+                {"id": "a3", "subscriptions": ["y"]},
+                {"id": "b1", "subscriptions": ["x", "y"]},
+                {"id": "b2", "subscriptions": ["x", "y"]},
+                {"id": "b3", "subscriptions": ["x", "y"]},
+                {"id": "b4", "subscriptions": ["x", "y"]},
+                {"id": "b5", "subscriptions": ["x", "y"]}
+              ]
+            }"#,
+        )
+        .unwrap()
+        .index()
+        .unwrap();
+        let mut p = Partition::new(&inst);
+        let (a, b) = (p.open(), p.open());
+        for d in 0..3 {
+            p.place(d, a);
+        }
+        for d in 3..8 {
+            p.place(d, b);
+        }
+        let before = p.cost();
+        assert_eq!(before.copies, 11.0);
+        let mut cands = Vec::new();
+        for d in 0..8 {
+            assert!(
+                p.best_move(d, &mut cands).is_none(),
+                "device {d} moves alone"
+            );
+        }
+        // Then y's last subscriber in A follows too (A empties: one shard
+        // fewer, no copies at all).
+        assert_eq!(p.net_moves(64), 2);
+        let after = p.cost();
+        assert_eq!((after.copies, after.shards), (0.0, 1));
+        assert!(after.total < before.total);
+        assert!(p.assign.iter().all(|&s| s == b));
+        // A group above the size limit is left alone.
+        let mut q = Partition::new(&inst);
+        let (a, b) = (q.open(), q.open());
+        for d in 0..3 {
+            q.place(d, a);
+        }
+        for d in 3..8 {
+            q.place(d, b);
+        }
+        assert_eq!(q.net_moves(1), 0);
+        assert_eq!(q.cost().copies, 11.0);
     }
 
     #[test]
