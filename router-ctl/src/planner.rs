@@ -22,7 +22,10 @@
 //!    until the two loads balance;
 //! 3. **refine**: label-propagation rounds move single devices to the
 //!    neighbouring shard (one holding one of its topics) that lowers the
-//!    cost most, within the migration budget;
+//!    cost most, within the migration budget; then **net moves**: the few
+//!    subscribers a topic has in a shard move together to the shard where
+//!    it has the most, when that lowers the cost (no single move of theirs
+//!    does: the copy goes only with the last one);
 //! 4. **merge**: a shard whose combined load with a partner stays below
 //!    `merge_below` of usable capacity is folded into it. Splitting above
 //!    1.0 and merging below 0.5 of capacity is the hysteresis that keeps
