@@ -1514,20 +1514,22 @@ impl Dataplane {
         })
     }
 
-    /// Kernel memory of the route maps this process wrote (both slots in
-    /// incremental mode), as the kernel accounts it (`memlock` in the
-    /// maps' fdinfo).
+    /// Kernel memory of the route maps and MQTT-SN id arrays this process
+    /// wrote (both slots in incremental mode), as the kernel accounts it
+    /// (`memlock` in the maps' fdinfo).
     pub fn route_memory(&self) -> u64 {
+        let memlock = |map: &MapData| -> Option<u64> {
+            let fd = map.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         self.written
             .iter()
             .flatten()
-            .filter_map(|w| {
-                let fd = w.map.fd().as_fd().as_raw_fd();
-                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-                info.lines()
-                    .find_map(|l| l.strip_prefix("memlock:"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
+            .flat_map(|w| [memlock(&w.map), memlock(&w.ids.map)])
+            .flatten()
             .sum()
     }
 
