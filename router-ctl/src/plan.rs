@@ -182,6 +182,15 @@ pub struct CompiledRoute {
     pub mqttsn_index: Option<u32>,
 }
 
+/// One key of a plan being compiled: its topic and, for an MQTT-SN id
+/// alias, (kind label, id).
+struct KeyEntry {
+    key: TopicKey,
+    topic: usize,
+    alias: Option<(&'static str, u16)>,
+    mqttsn_index: Option<u32>,
+}
+
 /// What the data plane will hold for a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompiledPlan {
@@ -351,8 +360,7 @@ impl Plan {
         // Every key with its topic and, for an alias, (label, id); sorted by
         // key below. (A sort: inserting a million random keys one by one
         // into a BTreeMap took twice as long, all cache misses.)
-        let mut entries: Vec<(TopicKey, usize, Option<(&'static str, u16)>, Option<u32>)> =
-            Vec::with_capacity(self.topics.len());
+        let mut entries: Vec<KeyEntry> = Vec::with_capacity(self.topics.len());
         let mut ids: HashMap<(u8, u16), String> = HashMap::new();
         let mut topic_shards: Vec<Vec<u16>> = Vec::with_capacity(self.topics.len());
         for (ti, t) in self.topics.iter().enumerate() {
@@ -390,7 +398,12 @@ impl Plan {
             let short = <[u8; 2]>::try_from(t.name.as_bytes())
                 .ok()
                 .map(|b| mqttsn_id_index(TOPIC_SHORT, u16::from_be_bytes(b)));
-            entries.push((name_key, ti, None, short));
+            entries.push(KeyEntry {
+                key: name_key,
+                topic: ti,
+                alias: None,
+                mqttsn_index: short,
+            });
             let aliases = t
                 .mqttsn_predefined_id
                 .map(|id| (AliasKind::MqttSnPredefined, "predefined", id))
@@ -416,33 +429,33 @@ impl Plan {
                     AliasKind::MqttSnNormal => TOPIC_NORMAL,
                     AliasKind::MqttSnPredefined => TOPIC_PREDEFINED,
                 };
-                entries.push((
-                    alias_key(kind, id),
-                    ti,
-                    Some((label, id)),
-                    Some(mqttsn_id_index(id_type, id)),
-                ));
+                entries.push(KeyEntry {
+                    key: alias_key(kind, id),
+                    topic: ti,
+                    alias: Some((label, id)),
+                    mqttsn_index: Some(mqttsn_id_index(id_type, id)),
+                });
             }
             topic_shards.push(idx);
             topics.push(t.name.clone());
             name_keys.push(name_key);
         }
         // Equal keys end up side by side, in plan order.
-        entries.sort_unstable_by_key(|e| (e.0, e.1, e.2.map(|(_, id)| id)));
-        let label = |e: &(TopicKey, usize, Option<(&'static str, u16)>, Option<u32>)| match e.2 {
-            None => self.topics[e.1].name.clone(),
-            Some((kind, id)) => format!("{} (MQTT-SN {kind} id {id})", self.topics[e.1].name),
+        entries.sort_unstable_by_key(|e| (e.key, e.topic, e.alias.map(|(_, id)| id)));
+        let label = |e: &KeyEntry| match e.alias {
+            None => self.topics[e.topic].name.clone(),
+            Some((kind, id)) => format!("{} (MQTT-SN {kind} id {id})", self.topics[e.topic].name),
         };
-        if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+        if let Some(w) = entries.windows(2).find(|w| w[0].key == w[1].key) {
             let (a, b) = (&w[0], &w[1]);
             return Err(
-                if a.1 == b.1 || self.topics[a.1].name == self.topics[b.1].name {
-                    PlanError::DuplicateTopic(self.topics[b.1].name.clone())
+                if a.topic == b.topic || self.topics[a.topic].name == self.topics[b.topic].name {
+                    PlanError::DuplicateTopic(self.topics[b.topic].name.clone())
                 } else {
                     PlanError::KeyCollision {
                         a: label(a),
                         b: label(b),
-                        key: a.0.hash,
+                        key: a.key.hash,
                     }
                 },
             );
@@ -454,11 +467,11 @@ impl Plan {
             name_keys,
             routes: entries
                 .into_iter()
-                .map(|(key, topic, _, mqttsn_index)| CompiledRoute {
-                    key,
-                    topic,
-                    shards: topic_shards[topic].clone(),
-                    mqttsn_index,
+                .map(|e| CompiledRoute {
+                    key: e.key,
+                    topic: e.topic,
+                    shards: topic_shards[e.topic].clone(),
+                    mqttsn_index: e.mqttsn_index,
                 })
                 .collect(),
             groups,
