@@ -673,11 +673,7 @@ fn load_group_dump(
         .fd()
         .map_err(prog_err(name))?
         .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| DataplaneError::Load {
-            path: PathBuf::from(name),
-            reason: e.to_string(),
-        })?;
+        .try_clone_to_owned()?;
     Ok(Some(fd))
 }
 
@@ -1278,28 +1274,25 @@ impl Dataplane {
         ph.mark("devices set");
         let filled = started.elapsed();
 
-        // A typed view of the same map, which is what the outer map takes.
-        let view = RoutesMap::try_from(
-            Map::from_map_data(
-                MapData::from_id(routes.info().map_err(map_err(names::ROUTES))?.id())
-                    .map_err(map_err(names::ROUTES))?,
-            )
-            .map_err(map_err(names::ROUTES))?,
-        )
-        .map_err(map_err(names::ROUTES))?;
         // Each update of an outer map waits an RCU grace period (several
         // ms), so only what changed is written: an updated-in-place routes
         // map is already in its slot.
         // The outer maps are updated from parallel threads: each update
         // waits for a grace period, and waits that overlap share one.
-        let (routes_outer, shards_outer) = (&mut self.routes, &mut self.shards);
-        let ids_outer = self.raw_ids.fd().as_fd();
-        let ids_fd = ids.map.fd().as_fd().as_raw_fd() as u32;
+        // Slot writes go through the raw descriptors (an outer map's value
+        // is the inner map's descriptor), one thread each.
+        let shards_outer = &mut self.shards;
+        let (routes_outer, routes_fd) = (
+            self.raw_routes.fd().as_fd(),
+            routes.fd().as_fd().as_raw_fd() as u32,
+        );
+        let (ids_outer, ids_fd) = (
+            self.raw_ids.fd().as_fd(),
+            ids.map.fd().as_fd().as_raw_fd() as u32,
+        );
         std::thread::scope(|scope| -> Result<()> {
-            let routes_set = (!reuse).then(|| {
-                let view = &view;
-                scope.spawn(move || routes_outer.set(new, view, 0))
-            });
+            let routes_set = (!reuse)
+                .then(|| scope.spawn(move || batch::update_one(routes_outer, &new, &routes_fd)));
             let ids_set =
                 (!reuse).then(|| scope.spawn(move || batch::update_one(ids_outer, &new, &ids_fd)));
             if let Some(shards) = &shards {
@@ -1307,15 +1300,14 @@ impl Dataplane {
                     .set(new, shards, 0)
                     .map_err(map_err(names::SHARDS))?;
             }
-            if let Some(h) = routes_set {
-                h.join()
-                    .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
-                    .map_err(map_err(names::ROUTES))?;
-            }
-            if let Some(h) = ids_set {
-                h.join()
-                    .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
-                    .map_err(|e| batch_err(names::IDS, e))?;
+            for (h, name) in [(routes_set, names::ROUTES), (ids_set, names::IDS)] {
+                if let Some(h) = h {
+                    h.join()
+                        .map_err(|_| {
+                            DataplaneError::Io(std::io::Error::other("map update panicked"))
+                        })?
+                        .map_err(|e| batch_err(name, e))?;
+                }
             }
             Ok(())
         })?;
@@ -1539,14 +1531,15 @@ impl Dataplane {
     /// between reads.
     pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
         match &self.group_dump {
-            Some(prog) => {
-                iter::dump_map::<GroupStatRecord>(prog.as_fd(), self.raw_group_stats.fd().as_fd())
-                    .map(|records| records.into_iter().map(|r| (r.key, r.counter)).collect())
-                    .map_err(|source| DataplaneError::Iter {
-                        name: names::GROUP_STATS,
-                        source,
-                    })
-            }
+            Some(prog) => iter::dump_map(
+                prog.as_fd(),
+                self.raw_group_stats.fd().as_fd(),
+                |r: GroupStatRecord| (r.key, r.counter),
+            )
+            .map_err(|source| DataplaneError::Iter {
+                name: names::GROUP_STATS,
+                source,
+            }),
             None => self.group_counters_batched(),
         }
     }

@@ -1160,14 +1160,14 @@ mod tests {
         .unwrap()
         .index()
         .unwrap();
-        let mut p = Partition::new(&inst);
-        let (a, b) = (p.open(), p.open());
-        for d in 0..3 {
-            p.place(d, a);
-        }
-        for d in 3..8 {
-            p.place(d, b);
-        }
+        // a1..a3 in shard A, b1..b5 in shard B.
+        let layout = || {
+            let mut p = Partition::new(&inst);
+            let (a, b) = (p.open(), p.open());
+            (0..8).for_each(|d| p.place(d, if d < 3 { a } else { b }));
+            (p, b)
+        };
+        let (mut p, b) = layout();
         let before = p.cost();
         assert_eq!(before.copies, 11.0);
         let mut cands = Vec::new();
@@ -1185,14 +1185,7 @@ mod tests {
         assert!(after.total < before.total);
         assert!(p.assign.iter().all(|&s| s == b));
         // A group above the size limit is left alone.
-        let mut q = Partition::new(&inst);
-        let (a, b) = (q.open(), q.open());
-        for d in 0..3 {
-            q.place(d, a);
-        }
-        for d in 3..8 {
-            q.place(d, b);
-        }
+        let (mut q, _) = layout();
         assert_eq!(q.net_moves(1), 0);
         assert_eq!(q.cost().copies, 11.0);
     }

@@ -91,11 +91,13 @@ pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Runs the map-element iterator `prog` over `map` once and returns what it
-/// wrote, as records of type `R` (the program must write whole records).
-pub fn dump_map<R: Pod + Default>(
+/// wrote, read as records of type `R` (the program must write whole
+/// records) and passed through `f`.
+pub fn dump_map<R: Pod, T>(
     prog: BorrowedFd<'_>,
     map: BorrowedFd<'_>,
-) -> std::io::Result<Vec<R>> {
+    f: impl FnMut(R) -> T,
+) -> std::io::Result<Vec<T>> {
     let info = IterLinkInfo {
         map_fd: map.as_raw_fd() as u32,
         ..IterLinkInfo::default()
@@ -122,11 +124,11 @@ pub fn dump_map<R: Pod + Default>(
             bytes.len()
         )));
     }
-    let mut out = vec![R::default(); bytes.len() / size];
-    // SAFETY: `R` is plain old data (any bytes are a valid value) and `out`
-    // has exactly `bytes.len()` bytes of room.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, bytes.len());
-    }
-    Ok(out)
+    Ok(bytes
+        .chunks_exact(size)
+        // SAFETY: `R` is plain old data (any bytes are a valid value) and
+        // each chunk holds exactly one, possibly unaligned.
+        .map(|c| unsafe { (c.as_ptr() as *const R).read_unaligned() })
+        .map(f)
+        .collect())
 }
