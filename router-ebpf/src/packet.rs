@@ -70,18 +70,40 @@ impl UdpHdr {
 /// 14-byte Ethernet header are only 2-byte aligned. The verifier and the
 /// JIT accept misaligned packet access where the CPU does (x86-64, arm64).
 pub mod word {
-    /// # Safety
-    /// `p` must point to 2 readable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn load16(p: *const u8) -> u16 {
-        let v: u64;
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
-                options(nostack, readonly, preserves_flags));
-        }
-        v as u16
+    /// A load and a store of one width, as BPF assembly (`*(u16 *)...`).
+    macro_rules! width {
+        ($load:ident, $store:ident, $t:ty, $bytes:literal, $asm:literal) => {
+            /// # Safety
+            #[doc = concat!("`p` must point to ", $bytes, " readable bytes verified in bounds.")]
+            #[inline(always)]
+            pub unsafe fn $load(p: *const u8) -> $t {
+                let v: u64;
+                // SAFETY: per the function's contract.
+                unsafe {
+                    core::arch::asm!(concat!("{v} = *(", $asm, " *)({p} + 0)"),
+                        p = in(reg) p, v = out(reg) v,
+                        options(nostack, readonly, preserves_flags));
+                }
+                v as $t
+            }
+
+            /// # Safety
+            #[doc = concat!("`p` must point to ", $bytes, " writable bytes verified in bounds.")]
+            #[inline(always)]
+            pub unsafe fn $store(p: *mut u8, v: $t) {
+                // SAFETY: per the function's contract.
+                unsafe {
+                    core::arch::asm!(concat!("*(", $asm, " *)({p} + 0) = {v}"),
+                        p = in(reg) p, v = in(reg) v as u64,
+                        options(nostack, preserves_flags));
+                }
+            }
+        };
     }
+
+    width!(load16, store16, u16, 2, "u16");
+    width!(load32, store32, u32, 4, "u32");
+    width!(load64, store64, u64, 8, "u64");
 
     /// A big-endian field, in host order.
     ///
@@ -91,65 +113,6 @@ pub mod word {
     pub unsafe fn load_be16(p: *const [u8; 2]) -> u16 {
         // SAFETY: per the function's contract.
         u16::from_be(unsafe { load16(p.cast()) })
-    }
-
-    /// # Safety
-    /// `p` must point to 4 readable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn load32(p: *const u8) -> u32 {
-        let v: u64;
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
-                options(nostack, readonly, preserves_flags));
-        }
-        v as u32
-    }
-
-    /// # Safety
-    /// `p` must point to 8 readable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn load64(p: *const u8) -> u64 {
-        let v: u64;
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) p, v = out(reg) v,
-                options(nostack, readonly, preserves_flags));
-        }
-        v
-    }
-
-    /// # Safety
-    /// `p` must point to 2 writable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn store16(p: *mut u8, v: u16) {
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("*(u16 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v as u64,
-                options(nostack, preserves_flags));
-        }
-    }
-
-    /// # Safety
-    /// `p` must point to 4 writable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn store32(p: *mut u8, v: u32) {
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("*(u32 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v as u64,
-                options(nostack, preserves_flags));
-        }
-    }
-
-    /// # Safety
-    /// `p` must point to 8 writable bytes verified in bounds.
-    #[inline(always)]
-    pub unsafe fn store64(p: *mut u8, v: u64) {
-        // SAFETY: per the function's contract.
-        unsafe {
-            core::arch::asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v,
-                options(nostack, preserves_flags));
-        }
     }
 }
 
@@ -288,13 +251,9 @@ pub struct Window {
 /// Bytes copied per step by [`WindowPayload::load`].
 pub const CHUNK: usize = 16;
 
-/// Copies 16 bytes with two 8-byte loads and stores.
-///
-/// Written in BPF assembly because the BPF backend splits any unaligned
-/// 8-byte access into single bytes (it cannot assume the target allows
-/// misaligned access), which made the copy dearer than the helper it
-/// replaces; the kernel's verifier and JIT accept misaligned packet and
-/// map-value access on the architectures we run on (x86-64, arm64).
+/// Copies 16 bytes with two 8-byte loads and stores ([`word`]: the BPF
+/// backend would split an unaligned 8-byte access into single bytes, which
+/// made the copy dearer than the helper it replaces).
 ///
 /// # Safety
 /// `src` must be a packet pointer with 16 bytes verified in bounds and
@@ -303,16 +262,8 @@ pub const CHUNK: usize = 16;
 unsafe fn copy16(src: *const u8, dst: *mut u8) {
     // SAFETY: per the function's contract.
     unsafe {
-        core::arch::asm!(
-            "{t} = *(u64 *)({s} + 0)",
-            "*(u64 *)({d} + 0) = {t}",
-            "{t} = *(u64 *)({s} + 8)",
-            "*(u64 *)({d} + 8) = {t}",
-            s = in(reg) src,
-            d = in(reg) dst,
-            t = out(reg) _,
-            options(nostack, preserves_flags),
-        );
+        word::store64(dst, word::load64(src));
+        word::store64(dst.add(8), word::load64(src.add(8)));
     }
 }
 
