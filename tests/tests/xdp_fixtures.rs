@@ -35,6 +35,19 @@ fn routed(config: RouterConfig) -> Dataplane {
     dp
 }
 
+/// An MQTT-SN QoS 0/-1 PUBLISH of `id` (TopicIdType in `flags`) with TTL
+/// 255: routed to shard 1 of the fixture plan (which keeps the port), every
+/// repetition on the buffer routes again (see `max_ttl`).
+fn repeatable_publish(l3: L3, flags: u8, id: u16) -> Vec<u8> {
+    integration_tests::max_ttl(frame(
+        l3,
+        None,
+        1,
+        fixtures::MQTTSN,
+        &build::mqttsn_publish(false, flags, id.to_be_bytes(), 0, b"x"),
+    ))
+}
+
 /// Loads the router in a fresh lab with `plan`, runs every frame (each
 /// must go to the stack: its topic is not routed) and returns the keys the
 /// kernel counted as unrouted, sorted.
@@ -453,17 +466,11 @@ fn incremental_installs_add_move_and_drop_mqttsn_ids_in_place() {
         let mut dp =
             Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
         dp.set_incremental(true);
-        let publish = |id: u16, flags| {
-            integration_tests::max_ttl(frame(
-                L3::V4,
-                None,
-                1,
-                fixtures::MQTTSN,
-                &build::mqttsn_publish(false, flags, id.to_be_bytes(), 0, b"x"),
-            ))
+        let verdict = |dp: &Dataplane, id, flags| {
+            dp.test_run(&repeatable_publish(L3::V4, flags, id), 1)
+                .unwrap()
+                .action
         };
-        let verdict =
-            |dp: &Dataplane, id, flags| dp.test_run(&publish(id, flags), 1).unwrap().action;
         let (predefined, normal) = (1, 0);
         // Generations 1 and 2 fill both slots afresh; 3 and 4 update them
         // in place, each against what its slot held two generations ago.
@@ -522,19 +529,15 @@ fn mac_address_reads_the_namespace_interface_and_names_what_is_wrong() {
 fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
     let ns = lab();
     ns.run(|| {
-        let mut dp = Dataplane::load(
-            &integration_tests::object(),
-            &RouterConfig {
-                group_stats: true,
-                ..RouterConfig::default()
-            },
-        )
-        .unwrap();
+        let mut dp = routed(RouterConfig {
+            group_stats: true,
+            ..RouterConfig::default()
+        });
         assert!(
             dp.group_iterator(),
             "the kernel has BTF: the iterator loads"
         );
-        let mut plan = fixtures::plan("sc0", 1);
+        let mut plan = fixtures::plan("sc0", 2);
         plan.devices.push(router_ctl::plan::DeviceSpec {
             id: "d1".into(),
             address: Some(std::net::Ipv4Addr::from(integration_tests::SRC_V4).to_string()),
@@ -545,20 +548,11 @@ fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
         assert_eq!(compiled.groups, ["north"]);
         dp.install(&compiled, false).unwrap();
         // Shard 1 keeps the port, so every repetition routes again.
-        let publish = |l3, id: [u8; 2], flags| {
-            integration_tests::max_ttl(frame(
-                l3,
-                None,
-                1,
-                fixtures::MQTTSN,
-                &build::mqttsn_publish(false, flags, id, 0, b"x"),
-            ))
-        };
         // temp/room1 by predefined id 5 (flags 1), alerts by registered id 300.
         let runs = [
-            (publish(L3::V4, [0, 5], 1), 3),
-            (publish(L3::V6, [0, 5], 1), 1),
-            (publish(L3::V4, [1, 44], 0), 2),
+            (repeatable_publish(L3::V4, 1, 5), 3),
+            (repeatable_publish(L3::V6, 1, 5), 1),
+            (repeatable_publish(L3::V4, 0, 300), 2),
         ];
         for (f, calls) in &runs {
             for _ in 0..*calls {
@@ -592,26 +586,13 @@ fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
 fn sampled_group_counters_estimate_the_publish_count() {
     let ns = lab();
     ns.run(|| {
-        let mut dp = Dataplane::load(
-            &integration_tests::object(),
-            &RouterConfig {
-                group_stats: true,
-                group_sample: 4,
-                ..RouterConfig::default()
-            },
-        )
-        .unwrap();
-        dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
-            .unwrap();
-        // Predefined id 5 (temp/room1): shard 1 keeps the port, so every
-        // repetition on the buffer routes again (see `max_ttl`).
-        let f = integration_tests::max_ttl(frame(
-            L3::V4,
-            None,
-            1,
-            fixtures::MQTTSN,
-            &build::mqttsn_publish(false, 1, [0, 5], 0, b"x"),
-        ));
+        let dp = routed(RouterConfig {
+            group_stats: true,
+            group_sample: 4,
+            ..RouterConfig::default()
+        });
+        // Predefined id 5 (temp/room1).
+        let f = repeatable_publish(L3::V4, 1, 5);
         const CALLS: u64 = 16;
         const K: u64 = CALLS * 254;
         for _ in 0..CALLS {
