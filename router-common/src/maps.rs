@@ -15,12 +15,17 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/').
 pub const PREFIX_MAX: usize = 32;
-/// Shards per route the data plane can name.
-pub const MAX_ROUTE_SHARDS: usize = 8;
+/// Shards per route the data plane can name: the most shards one topic
+/// may span. 16 rather than 8 (layout v4): a site-wide topic of a large
+/// site is cheapest cut into many pieces, each sharing a shard with the
+/// zones its cross-site subscribers listen to; with at most 8 the planner
+/// made 2x the copies at 100k devices (BENCHMARKS.md), for 16 bytes more
+/// per route.
+pub const MAX_ROUTE_SHARDS: usize = 16;
 /// Shards per plan (inner shard array size).
 pub const MAX_SHARDS: u32 = 4096;
 /// Route keys per plan (names plus MQTT-SN id aliases). The inner hash map

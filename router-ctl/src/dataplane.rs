@@ -2,7 +2,7 @@
 //! to aya and the kernel's BPF syscalls.
 //!
 //! It loads the XDP object, pins programs, maps and links under
-//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v3/`) so
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v4/`) so
 //! forwarding outlives the process, adopts those pins later, installs plan
 //! generations atomically, and reads counters.
 //!

@@ -48,7 +48,16 @@ use crate::{
     workload::{CostWeights, Instance},
 };
 
+mod initial;
+
 const NONE: u32 = u32::MAX;
+/// Shards of a fresh plan: the total rate times this over usable
+/// capacity, i.e. shards start about 90% full with 10% of copies on top.
+/// The headroom takes the copies the fan-out bound and the broadcast
+/// topics add; fewer, fuller shards save a shard's fixed cost but pay more
+/// in wasted deliveries (each member sees the whole shard's load), which
+/// the default weights price higher (BENCHMARKS.md, "shard count").
+const GRAPH_LOAD_FACTOR: f64 = 1.1 / 0.9;
 /// Smallest cost change worth a move (keeps rounding noise from moving
 /// devices back and forth).
 const EPS: f64 = 1e-6;
@@ -63,6 +72,8 @@ pub enum PlannerError {
     GroupsExhausted { base: String, id: u32 },
     #[error("current plan: shard {0} is listed twice")]
     CurrentDuplicateShard(u32),
+    #[error(transparent)]
+    Graph(#[from] initial::GraphError),
 }
 
 /// Knobs of one planning run.
@@ -154,7 +165,15 @@ pub fn plan(
         }
     }
     let mut warnings = Vec::new();
-    // 1. New devices, in cluster order.
+    // 1. A fresh plan starts from the graph partitioner's cut; new
+    //    devices of a current plan (and devices with broadcast topics
+    //    only) are placed greedily, in cluster order.
+    let seeded = current.is_none() && p.seed_from_graph(opts.seed)?;
+    if seeded {
+        tracing::debug!(elapsed = ?started.elapsed(), "graph partition");
+        p.enforce_fanout();
+        tracing::debug!(elapsed = ?started.elapsed(), "fan-out");
+    }
     let keys = cluster_keys(inst, opts.seed);
     let mut fresh: Vec<u32> = (0..inst.devices.len() as u32)
         .filter(|&d| p.assign[d as usize] == NONE)
@@ -166,7 +185,15 @@ pub fn plan(
     p.split_overloaded(&keys);
     // 3. Refine.
     tracing::debug!(elapsed = ?started.elapsed(), "split");
-    let mut refine_moves = p.refine(opts.rounds, opts.seed);
+    // The graph partitioner's cut needs little polish: two rounds take
+    // what single moves can (at 1M devices the next two took 0.02% more
+    // copies off for 0.5 s).
+    let rounds = if seeded {
+        opts.rounds.min(2)
+    } else {
+        opts.rounds
+    };
+    let mut refine_moves = p.refine(rounds, opts.seed);
     tracing::debug!(elapsed = ?started.elapsed(), refine_moves, "refined");
     let nets = p.net_moves(64);
     tracing::debug!(elapsed = ?started.elapsed(), nets, "net moves");
@@ -265,6 +292,28 @@ fn cluster_keys(inst: &Instance, seed: u64) -> Vec<(u32, u32, u64)> {
         .collect()
 }
 
+/// Topic -> subscribing devices, in CSR form: the subscribers of `t` are
+/// `subs[start[t]..start[t + 1]]`.
+fn subscribers(inst: &Instance) -> (Vec<u32>, Vec<u32>) {
+    let nt = inst.topics.len();
+    let mut start = vec![0u32; nt + 1];
+    for &t in &inst.subs {
+        start[t as usize + 1] += 1;
+    }
+    for t in 0..nt {
+        start[t + 1] += start[t];
+    }
+    let mut fill = start.clone();
+    let mut subs = vec![0u32; start[nt] as usize];
+    for d in 0..inst.devices.len() {
+        for &t in inst.subscriptions(d) {
+            subs[fill[t as usize] as usize] = d as u32;
+            fill[t as usize] += 1;
+        }
+    }
+    (start, subs)
+}
+
 /// SplitMix64: a cheap, well-distributed hash for seeded orders.
 pub(crate) fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -295,6 +344,51 @@ struct Partition<'a> {
 }
 
 impl<'a> Partition<'a> {
+    /// Places every device of a fresh plan by the graph partitioner's
+    /// topic parts ([`initial`]), with as many shards as the rates need:
+    /// first [`GRAPH_LOAD_FACTOR`] times the total rate over usable
+    /// capacity, then more while a shard comes out above usable capacity
+    /// (at most four tries). Returns false, placing nothing, when the
+    /// graph does not suit partitioning (too few topics per shard, or a
+    /// topic heavier than a shard's share): greedy placement then.
+    fn seed_from_graph(&mut self, seed: u64) -> Result<bool, PlannerError> {
+        let inst = self.inst;
+        let graph = initial::TopicGraph::build(inst);
+        let max = (inst.resources.max_shards as usize).max(1);
+        let total: f64 = (0..inst.topics.len() as u32)
+            .filter(|&t| graph.has(t))
+            .map(|t| inst.rates[t as usize])
+            .sum();
+        let mut k = ((total * GRAPH_LOAD_FACTOR / self.cap_eff).ceil() as usize).clamp(1, max);
+        if !graph.suits(k) {
+            return Ok(false);
+        }
+        for attempt in 0.. {
+            let home = graph.partition(k, seed)?;
+            let parts = initial::device_parts(inst, &home);
+            *self = Partition::new(inst);
+            for _ in 0..k {
+                self.open();
+            }
+            for (d, &s) in parts.iter().enumerate() {
+                if s != NONE {
+                    self.place(d, s);
+                }
+            }
+            let max_load = self.load.iter().fold(0.0f64, |a, &b| a.max(b));
+            tracing::debug!(k, max_load, "graph partition");
+            if max_load <= self.cap_eff || k >= max || attempt == 3 {
+                break;
+            }
+            let more = ((k as f64 * max_load / self.cap_eff * 1.02).ceil() as usize).min(max);
+            if !graph.suits(more) {
+                break;
+            }
+            k = more;
+        }
+        Ok(true)
+    }
+
     fn new(inst: &'a Instance) -> Self {
         let n = inst.devices.len();
         Partition {
@@ -735,6 +829,51 @@ impl<'a> Partition<'a> {
         total
     }
 
+    /// Brings every topic within the data plane's fan-out: while a topic
+    /// spans more than [`MAX_ROUTE_SHARDS`] shards, its subscribers in the
+    /// shard where it has the fewest move, each to the shard already
+    /// holding it where the move costs least (overload included, so
+    /// shards with room are preferred). Gives up on a topic when one of
+    /// those devices has nowhere to go (another of its topics is at the
+    /// bound); the plan is then refused. Returns the devices moved.
+    fn enforce_fanout(&mut self) -> usize {
+        let (start, subs) = subscribers(self.inst);
+        let mut over: Vec<u32> = (0..self.pins.len() as u32)
+            .filter(|&t| self.pins[t as usize].len() > MAX_ROUTE_SHARDS)
+            .collect();
+        over.sort_unstable_by_key(|&t| (std::cmp::Reverse(self.pins[t as usize].len()), t));
+        let mut moved = 0;
+        let mut kept = Vec::new();
+        for t in over {
+            let tu = t as usize;
+            'topic: while self.pins[tu].len() > MAX_ROUTE_SHARDS {
+                let a = self.pins[tu]
+                    .iter()
+                    .min_by_key(|p| (p.1, p.0))
+                    .expect("pinned")
+                    .0;
+                kept.clear();
+                kept.extend(self.pins[tu].iter().map(|p| p.0).filter(|&s| s != a));
+                for i in start[tu]..start[tu + 1] {
+                    let d = subs[i as usize] as usize;
+                    if self.assign[d] != a {
+                        continue;
+                    }
+                    let best = kept
+                        .iter()
+                        .filter_map(|&b| self.delta(d, b).map(|(c, _)| (c, b)))
+                        .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+                    let Some((_, b)) = best else {
+                        break 'topic;
+                    };
+                    self.move_to(d, b);
+                    moved += 1;
+                }
+            }
+        }
+        moved
+    }
+
     /// Net moves: for each topic spread over several shards, heaviest
     /// first, the subscribers it has in a shard where it has few move
     /// together to the shard where it has the most, kept when the whole
@@ -744,25 +883,8 @@ impl<'a> Partition<'a> {
     /// `max_group` devices; returns the net moves kept.
     fn net_moves(&mut self, max_group: u32) -> usize {
         let inst = self.inst;
-        // Topic → subscribers (CSR).
         let nt = inst.topics.len();
-        let mut start = vec![0u32; nt + 1];
-        for d in 0..inst.devices.len() {
-            for &t in inst.subscriptions(d) {
-                start[t as usize + 1] += 1;
-            }
-        }
-        for t in 0..nt {
-            start[t + 1] += start[t];
-        }
-        let mut fill = start.clone();
-        let mut subs = vec![0u32; start[nt] as usize];
-        for d in 0..inst.devices.len() {
-            for &t in inst.subscriptions(d) {
-                subs[fill[t as usize] as usize] = d as u32;
-                fill[t as usize] += 1;
-            }
-        }
+        let (start, subs) = subscribers(inst);
         let mut order: Vec<u32> = (0..nt as u32)
             .filter(|&t| self.pins[t as usize].len() > 1)
             .collect();
@@ -1371,27 +1493,73 @@ mod tests {
     }
 
     #[test]
+    fn fan_out_repair_folds_the_smallest_pieces() {
+        // "all" heard in MAX_ROUTE_SHARDS + 2 shards, the last of them
+        // with two of its subscribers: two single-subscriber pieces move
+        // into kept shards.
+        let n = MAX_ROUTE_SHARDS + 2;
+        let topics: Vec<String> = std::iter::once(r#"{"name": "all", "rate": 1}"#.to_string())
+            .chain((0..n).map(|i| format!(r#"{{"name": "t{i}", "rate": 2}}"#)))
+            .collect();
+        let devices: Vec<String> = (0..=n)
+            .map(|i| {
+                format!(
+                    r#"{{"id": "d{i}", "subscriptions": ["all", "t{}"]}}"#,
+                    i.min(n - 1)
+                )
+            })
+            .collect();
+        let inst = serde_json::from_str::<Workload>(&format!(
+            r#"{{"resources": {{"shard_capacity": 1000, "max_shards": 64, "egress": "eth1"}},
+                "topics": [{}], "devices": [{}]}}"#,
+            topics.join(","),
+            devices.join(",")
+        ))
+        .unwrap()
+        .index()
+        .unwrap();
+        let mut p = Partition::new(&inst);
+        for _ in 0..n {
+            p.open();
+        }
+        for d in 0..=n {
+            p.place(d, d.min(n - 1) as u32);
+        }
+        assert_eq!(p.pins[0].len(), n);
+        let moved = p.enforce_fanout();
+        assert_eq!(p.pins[0].len(), MAX_ROUTE_SHARDS);
+        // The two-subscriber piece stays; two single devices moved.
+        assert_eq!(moved, 2);
+        assert_eq!(p.pin(0, n as u32 - 1), 2);
+        assert!(p.assign.iter().all(|&s| s != NONE));
+        // Every count still agrees with a partition built from scratch.
+        assert_eq!(p.cost(), evaluate(&inst, &p.assign));
+    }
+
+    #[test]
     fn fan_out_never_exceeds_the_data_plane() {
-        // One topic everybody hears, nine shards' worth of other traffic.
+        // One topic everybody hears, one shard more of other traffic than
+        // a route can name.
         let mut topics = vec![r#"{"name": "all", "rate": 0.1}"#.to_string()];
         let mut devices = Vec::new();
-        for i in 0..9 {
+        for i in 0..=MAX_ROUTE_SHARDS {
             topics.push(format!(r#"{{"name": "t{i}", "rate": 70}}"#));
             devices.push(format!(
                 r#"{{"id": "d{i}", "subscriptions": ["all", "t{i}"]}}"#
             ));
         }
         let w: Workload = serde_json::from_str(&format!(
-            r#"{{"resources": {{"shard_capacity": 100, "max_shards": 16, "egress": "eth1"}},
+            r#"{{"resources": {{"shard_capacity": 100, "max_shards": {}, "egress": "eth1"}},
                 "topics": [{}], "devices": [{}]}}"#,
+            2 * MAX_ROUTE_SHARDS,
             topics.join(","),
             devices.join(",")
         ))
         .unwrap();
         let inst = w.index().unwrap();
         // Each device needs a shard of its own (70 msg/s each, 80 usable),
-        // but "all" may span only 8: the ninth device shares a shard,
-        // overloading it, rather than making a 9-shard route.
+        // but "all" may span only MAX_ROUTE_SHARDS: the last device shares
+        // a shard, overloading it, rather than making a longer route.
         let out = plan(&inst, None, Options::default()).unwrap();
         let all = out.plan.topics.iter().find(|t| t.name == "all").unwrap();
         assert_eq!(all.shards.len(), MAX_ROUTE_SHARDS);
