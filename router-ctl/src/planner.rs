@@ -12,7 +12,15 @@
 //! deliveries (weighted up for low batteries), queueing latency, active
 //! shards and migrations against the current plan.
 //!
-//! The algorithm is greedy plus local search, deterministic for a seed:
+//! The algorithm is a multilevel graph partition (for a fresh plan) or
+//! greedy placement (for the new devices of a running one), then local
+//! search; deterministic for a seed:
+//! 0. a fresh plan starts from METIS's k-way partition of the *topic
+//!    graph* (`planner/initial.rs`): topics weighted by rate, linked at the cheaper
+//!    rate of a pair some device subscribes to both; each device joins the
+//!    shard holding most of its topics' rate, and a topic then spanning
+//!    more than the data plane's fan-out has its smallest pieces folded
+//!    into shards it already spans;
 //! 1. devices keep their shard from the current plan; new devices are placed
 //!    in *cluster order* (sorted by their most- then least-shared topic, so
 //!    devices that share topics arrive together) into the cheapest shard,
