@@ -179,8 +179,8 @@ pub fn plan(
     let seeded = current.is_none() && p.seed_from_graph(opts.seed)?;
     if seeded {
         tracing::debug!(elapsed = ?started.elapsed(), "graph partition");
-        p.enforce_fanout();
-        tracing::debug!(elapsed = ?started.elapsed(), "fan-out");
+        let moved = p.enforce_fanout();
+        tracing::debug!(elapsed = ?started.elapsed(), moved, "fan-out");
     }
     let keys = cluster_keys(inst, opts.seed);
     let mut fresh: Vec<u32> = (0..inst.devices.len() as u32)
@@ -298,6 +298,34 @@ fn cluster_keys(inst: &Instance, seed: u64) -> Vec<(u32, u32, u64)> {
             (coarse, fine, mix(seed ^ d as u64))
         })
         .collect()
+}
+
+/// A test instance: `topics` as (name, rate), `devices` as the names of
+/// the topics each subscribes to (ids d0, d1, ...); capacity 1000, at most
+/// 64 shards.
+#[cfg(test)]
+pub(crate) fn test_instance(topics: &[(&str, f64)], devices: &[Vec<&str>]) -> Instance {
+    let topics: Vec<String> = topics
+        .iter()
+        .map(|(n, r)| format!(r#"{{"name": "{n}", "rate": {r}}}"#))
+        .collect();
+    let devices: Vec<String> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, subs)| {
+            let subs: Vec<String> = subs.iter().map(|s| format!("\"{s}\"")).collect();
+            format!(r#"{{"id": "d{i}", "subscriptions": [{}]}}"#, subs.join(","))
+        })
+        .collect();
+    serde_json::from_str::<crate::workload::Workload>(&format!(
+        r#"{{"resources": {{"shard_capacity": 1000, "max_shards": 64, "egress": "eth1"}},
+            "topics": [{}], "devices": [{}]}}"#,
+        topics.join(","),
+        devices.join(",")
+    ))
+    .expect("test workload parses")
+    .index()
+    .expect("test workload is valid")
 }
 
 /// Topic -> subscribing devices, in CSR form: the subscribers of `t` are
@@ -1506,26 +1534,14 @@ mod tests {
         // with two of its subscribers: two single-subscriber pieces move
         // into kept shards.
         let n = MAX_ROUTE_SHARDS + 2;
-        let topics: Vec<String> = std::iter::once(r#"{"name": "all", "rate": 1}"#.to_string())
-            .chain((0..n).map(|i| format!(r#"{{"name": "t{i}", "rate": 2}}"#)))
+        let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        let topics: Vec<(&str, f64)> = std::iter::once(("all", 1.0))
+            .chain(names.iter().map(|t| (t.as_str(), 2.0)))
             .collect();
-        let devices: Vec<String> = (0..=n)
-            .map(|i| {
-                format!(
-                    r#"{{"id": "d{i}", "subscriptions": ["all", "t{}"]}}"#,
-                    i.min(n - 1)
-                )
-            })
+        let devices: Vec<Vec<&str>> = (0..=n)
+            .map(|i| vec!["all", names[i.min(n - 1)].as_str()])
             .collect();
-        let inst = serde_json::from_str::<Workload>(&format!(
-            r#"{{"resources": {{"shard_capacity": 1000, "max_shards": 64, "egress": "eth1"}},
-                "topics": [{}], "devices": [{}]}}"#,
-            topics.join(","),
-            devices.join(",")
-        ))
-        .unwrap()
-        .index()
-        .unwrap();
+        let inst = test_instance(&topics, &devices);
         let mut p = Partition::new(&inst);
         for _ in 0..n {
             p.open();

@@ -211,32 +211,7 @@ pub(super) fn device_parts(inst: &Instance, home: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Workload;
-
-    /// `topics`: (name, rate); `devices`: subscriptions by topic name.
-    fn instance(topics: &[(&str, f64)], devices: &[Vec<&str>]) -> Instance {
-        let topics: Vec<String> = topics
-            .iter()
-            .map(|(n, r)| format!(r#"{{"name": "{n}", "rate": {r}}}"#))
-            .collect();
-        let devices: Vec<String> = devices
-            .iter()
-            .enumerate()
-            .map(|(i, subs)| {
-                let subs: Vec<String> = subs.iter().map(|s| format!("\"{s}\"")).collect();
-                format!(r#"{{"id": "d{i}", "subscriptions": [{}]}}"#, subs.join(","))
-            })
-            .collect();
-        serde_json::from_str::<Workload>(&format!(
-            r#"{{"resources": {{"shard_capacity": 1000, "max_shards": 64, "egress": "eth1"}},
-                "topics": [{}], "devices": [{}]}}"#,
-            topics.join(","),
-            devices.join(",")
-        ))
-        .unwrap()
-        .index()
-        .unwrap()
-    }
+    use crate::planner::test_instance as instance;
 
     fn edges(g: &TopicGraph) -> Vec<(u32, u32, Idx)> {
         let mut out = Vec::new();
