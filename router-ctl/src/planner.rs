@@ -176,13 +176,14 @@ pub fn plan(
     // 1. A fresh plan starts from the graph partitioner's cut; new
     //    devices of a current plan (and devices with broadcast topics
     //    only) are placed greedily, in cluster order.
-    let seeded = current.is_none() && p.seed_from_graph(opts.seed)?;
+    let subscribers = Subscribers::of(inst);
+    let seeded = current.is_none() && p.seed_from_graph(&subscribers, opts.seed)?;
     if seeded {
         tracing::debug!(elapsed = ?started.elapsed(), "graph partition");
-        let moved = p.enforce_fanout();
+        let moved = p.enforce_fanout(&subscribers);
         tracing::debug!(elapsed = ?started.elapsed(), moved, "fan-out");
     }
-    let keys = cluster_keys(inst, opts.seed);
+    let keys = cluster_keys(inst, &subscribers, opts.seed);
     let mut fresh: Vec<u32> = (0..inst.devices.len() as u32)
         .filter(|&d| p.assign[d as usize] == NONE)
         .collect();
@@ -203,7 +204,7 @@ pub fn plan(
     };
     let mut refine_moves = p.refine(rounds, opts.seed);
     tracing::debug!(elapsed = ?started.elapsed(), refine_moves, "refined");
-    let nets = p.net_moves(64);
+    let nets = p.net_moves(&subscribers, 64);
     tracing::debug!(elapsed = ?started.elapsed(), nets, "net moves");
     // 4. Merge quiet shards.
     let merged = p.merge_quiet();
@@ -277,22 +278,18 @@ pub fn evaluate(inst: &Instance, assignment: &[u32]) -> Cost {
 
 /// Sort key grouping devices that share topics: (most-shared topic,
 /// least-shared topic, seeded hash).
-fn cluster_keys(inst: &Instance, seed: u64) -> Vec<(u32, u32, u64)> {
-    let mut subscribers = vec![0u32; inst.topics.len()];
-    for &t in &inst.subs {
-        subscribers[t as usize] += 1;
-    }
+fn cluster_keys(inst: &Instance, subscribers: &Subscribers, seed: u64) -> Vec<(u32, u32, u64)> {
     (0..inst.devices.len())
         .map(|d| {
             let subs = inst.subscriptions(d);
             let coarse = subs
                 .iter()
-                .max_by_key(|&&t| (subscribers[t as usize], std::cmp::Reverse(t)))
+                .max_by_key(|&&t| (subscribers.count(t), std::cmp::Reverse(t)))
                 .copied()
                 .unwrap_or(NONE);
             let fine = subs
                 .iter()
-                .min_by_key(|&&t| (subscribers[t as usize], t))
+                .min_by_key(|&&t| (subscribers.count(t), t))
                 .copied()
                 .unwrap_or(NONE);
             (coarse, fine, mix(seed ^ d as u64))
@@ -328,26 +325,44 @@ pub(crate) fn test_instance(topics: &[(&str, f64)], devices: &[Vec<&str>]) -> In
     .expect("test workload is valid")
 }
 
-/// Topic -> subscribing devices, in CSR form: the subscribers of `t` are
-/// `subs[start[t]..start[t + 1]]`.
-fn subscribers(inst: &Instance) -> (Vec<u32>, Vec<u32>) {
-    let nt = inst.topics.len();
-    let mut start = vec![0u32; nt + 1];
-    for &t in &inst.subs {
-        start[t as usize + 1] += 1;
-    }
-    for t in 0..nt {
-        start[t + 1] += start[t];
-    }
-    let mut fill = start.clone();
-    let mut subs = vec![0u32; start[nt] as usize];
-    for d in 0..inst.devices.len() {
-        for &t in inst.subscriptions(d) {
-            subs[fill[t as usize] as usize] = d as u32;
-            fill[t as usize] += 1;
+/// Topic -> subscribing devices (CSR), built once per plan: the graph
+/// partition, the cluster order, the fan-out repair and net moves all ask
+/// who subscribes to a topic, or how many do.
+pub(crate) struct Subscribers {
+    start: Vec<u32>,
+    devices: Vec<u32>,
+}
+
+impl Subscribers {
+    pub(crate) fn of(inst: &Instance) -> Subscribers {
+        let nt = inst.topics.len();
+        let mut start = vec![0u32; nt + 1];
+        for &t in &inst.subs {
+            start[t as usize + 1] += 1;
         }
+        for t in 0..nt {
+            start[t + 1] += start[t];
+        }
+        let mut fill = start.clone();
+        let mut devices = vec![0u32; start[nt] as usize];
+        for d in 0..inst.devices.len() {
+            for &t in inst.subscriptions(d) {
+                devices[fill[t as usize] as usize] = d as u32;
+                fill[t as usize] += 1;
+            }
+        }
+        Subscribers { start, devices }
     }
-    (start, subs)
+
+    /// The devices subscribed to `t`.
+    pub(crate) fn of_topic(&self, t: u32) -> &[u32] {
+        &self.devices[self.start[t as usize] as usize..self.start[t as usize + 1] as usize]
+    }
+
+    /// How many devices subscribe to `t`.
+    pub(crate) fn count(&self, t: u32) -> u32 {
+        self.start[t as usize + 1] - self.start[t as usize]
+    }
 }
 
 /// SplitMix64: a cheap, well-distributed hash for seeded orders.
@@ -385,22 +400,22 @@ impl<'a> Partition<'a> {
     /// first [`GRAPH_LOAD_FACTOR`] times the total rate over usable
     /// capacity, then more while a shard comes out above usable capacity
     /// (at most four tries). Returns false, placing nothing, when the
-    /// graph does not suit partitioning (too few topics per shard, or a
-    /// topic heavier than a shard's share): greedy placement then.
-    fn seed_from_graph(&mut self, seed: u64) -> Result<bool, PlannerError> {
+    /// graph does not suit partitioning into that many shards (see
+    /// `TopicGraph::partition`): greedy placement then.
+    fn seed_from_graph(
+        &mut self,
+        subscribers: &Subscribers,
+        seed: u64,
+    ) -> Result<bool, PlannerError> {
         let inst = self.inst;
-        let graph = initial::TopicGraph::build(inst);
+        let graph = initial::TopicGraph::build(inst, subscribers);
         let max = (inst.resources.max_shards as usize).max(1);
-        let total: f64 = (0..inst.topics.len() as u32)
-            .filter(|&t| graph.has(t))
-            .map(|t| inst.rates[t as usize])
-            .sum();
-        let mut k = ((total * GRAPH_LOAD_FACTOR / self.cap_eff).ceil() as usize).clamp(1, max);
-        if !graph.suits(k) {
+        let mut k =
+            ((graph.total_rate() * GRAPH_LOAD_FACTOR / self.cap_eff).ceil() as usize).clamp(1, max);
+        let Some(mut home) = graph.partition(k, seed)? else {
             return Ok(false);
-        }
+        };
         for attempt in 0.. {
-            let home = graph.partition(k, seed)?;
             let parts = initial::device_parts(inst, &home);
             *self = Partition::new(inst);
             for _ in 0..k {
@@ -417,10 +432,10 @@ impl<'a> Partition<'a> {
                 break;
             }
             let more = ((k as f64 * max_load / self.cap_eff * 1.02).ceil() as usize).min(max);
-            if !graph.suits(more) {
-                break;
+            match graph.partition(more, seed)? {
+                Some(h) => (k, home) = (more, h),
+                None => break,
             }
-            k = more;
         }
         Ok(true)
     }
@@ -872,8 +887,7 @@ impl<'a> Partition<'a> {
     /// shards with room are preferred). Gives up on a topic when one of
     /// those devices has nowhere to go (another of its topics is at the
     /// bound); the plan is then refused. Returns the devices moved.
-    fn enforce_fanout(&mut self) -> usize {
-        let (start, subs) = subscribers(self.inst);
+    fn enforce_fanout(&mut self, subscribers: &Subscribers) -> usize {
         let mut over: Vec<u32> = (0..self.pins.len() as u32)
             .filter(|&t| self.pins[t as usize].len() > MAX_ROUTE_SHARDS)
             .collect();
@@ -890,8 +904,8 @@ impl<'a> Partition<'a> {
                     .0;
                 kept.clear();
                 kept.extend(self.pins[tu].iter().map(|p| p.0).filter(|&s| s != a));
-                for i in start[tu]..start[tu + 1] {
-                    let d = subs[i as usize] as usize;
+                for &d in subscribers.of_topic(t) {
+                    let d = d as usize;
                     if self.assign[d] != a {
                         continue;
                     }
@@ -917,10 +931,9 @@ impl<'a> Partition<'a> {
     /// a topic's copy into a shard goes only when its last subscriber there
     /// leaves, so no one move pays on its own. Groups of at most
     /// `max_group` devices; returns the net moves kept.
-    fn net_moves(&mut self, max_group: u32) -> usize {
+    fn net_moves(&mut self, subscribers: &Subscribers, max_group: u32) -> usize {
         let inst = self.inst;
         let nt = inst.topics.len();
-        let (start, subs) = subscribers(inst);
         let mut order: Vec<u32> = (0..nt as u32)
             .filter(|&t| self.pins[t as usize].len() > 1)
             .collect();
@@ -948,7 +961,8 @@ impl<'a> Partition<'a> {
                 }
                 group.clear();
                 group.extend(
-                    subs[start[tu] as usize..start[tu + 1] as usize]
+                    subscribers
+                        .of_topic(t)
                         .iter()
                         .copied()
                         .filter(|&d| self.assign[d as usize] == a),
@@ -1337,14 +1351,15 @@ mod tests {
         }
         // Then y's last subscriber in A follows too (A empties: one shard
         // fewer, no copies at all).
-        assert_eq!(p.net_moves(64), 2);
+        let subscribers = Subscribers::of(&inst);
+        assert_eq!(p.net_moves(&subscribers, 64), 2);
         let after = p.cost();
         assert_eq!((after.copies, after.shards), (0.0, 1));
         assert!(after.total < before.total);
         assert!(p.assign.iter().all(|&s| s == b));
         // A group above the size limit is left alone.
         let (mut q, _) = layout();
-        assert_eq!(q.net_moves(1), 0);
+        assert_eq!(q.net_moves(&subscribers, 1), 0);
         assert_eq!(q.cost().copies, 11.0);
     }
 
@@ -1550,7 +1565,7 @@ mod tests {
             p.place(d, d.min(n - 1) as u32);
         }
         assert_eq!(p.pins[0].len(), n);
-        let moved = p.enforce_fanout();
+        let moved = p.enforce_fanout(&Subscribers::of(&inst));
         assert_eq!(p.pins[0].len(), MAX_ROUTE_SHARDS);
         // The two-subscriber piece stays; two single devices moved.
         assert_eq!(moved, 2);

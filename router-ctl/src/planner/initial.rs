@@ -22,7 +22,7 @@
 
 use metis::{Graph, Idx};
 
-use super::NONE;
+use super::{NONE, Subscribers};
 use crate::workload::Instance;
 
 /// A topic with more subscribers than this is a broadcast topic, not a
@@ -49,6 +49,8 @@ pub struct GraphError(String);
 
 /// The topic graph of an instance, in METIS's CSR form.
 pub(super) struct TopicGraph {
+    /// Σ rate of the graph's topics.
+    total_rate: f64,
     /// Graph vertex -> topic.
     topics: Vec<u32>,
     /// Topic -> graph vertex (NONE: broadcast or unsubscribed).
@@ -60,18 +62,14 @@ pub(super) struct TopicGraph {
 }
 
 impl TopicGraph {
-    pub(super) fn build(inst: &Instance) -> TopicGraph {
+    pub(super) fn build(inst: &Instance, subscribers: &Subscribers) -> TopicGraph {
         let nt = inst.topics.len();
-        let mut subscribers = vec![0u32; nt];
-        for &t in &inst.subs {
-            subscribers[t as usize] += 1;
-        }
         let mut vertex = vec![NONE; nt];
         let mut topics = Vec::new();
-        for t in 0..nt {
-            if subscribers[t] > 0 && subscribers[t] <= BROADCAST_SUBSCRIBERS {
-                vertex[t] = topics.len() as u32;
-                topics.push(t as u32);
+        for t in 0..nt as u32 {
+            if (1..=BROADCAST_SUBSCRIBERS).contains(&subscribers.count(t)) {
+                vertex[t as usize] = topics.len() as u32;
+                topics.push(t);
             }
         }
         // Every linked pair once, (lower vertex, higher vertex).
@@ -129,6 +127,7 @@ impl TopicGraph {
         }
         let vwgt = (0..nv as u32).map(|v| weight(rate(v))).collect();
         TopicGraph {
+            total_rate: total,
             topics,
             vertex,
             xadj,
@@ -138,27 +137,30 @@ impl TopicGraph {
         }
     }
 
+    /// Σ rate of the topics in the graph (what the parts share).
+    pub(super) fn total_rate(&self) -> f64 {
+        self.total_rate
+    }
+
     /// Whether the graph is worth partitioning into `k` parts: at least
     /// [`MIN_TOPICS_PER_PART`] topics per part, none heavier than a part's
     /// share. Otherwise the greedy placement does as well, and METIS,
     /// asked for parts it cannot fill, prints to stdout (and a plan
     /// printed as JSON there would be corrupted).
-    pub(super) fn suits(&self, k: usize) -> bool {
+    fn suits(&self, k: usize) -> bool {
         let total: i64 = self.vwgt.iter().map(|&w| w as i64).sum();
         let heaviest = self.vwgt.iter().copied().max().unwrap_or(0) as i64;
         k > 1 && self.topics.len() >= MIN_TOPICS_PER_PART * k && heaviest * k as i64 <= total
     }
 
-    /// Whether `t` is a vertex (not a broadcast or unsubscribed topic).
-    pub(super) fn has(&self, t: u32) -> bool {
-        self.vertex[t as usize] != NONE
-    }
-
-    /// The part (0..k) of every topic (NONE for topics not in the graph).
-    pub(super) fn partition(&self, k: usize, seed: u64) -> Result<Vec<u32>, GraphError> {
-        let nv = self.topics.len();
-        let mut part = vec![0 as Idx; nv];
-        if self.suits(k) {
+    /// The part (0..k) of every topic (NONE for topics not in the graph);
+    /// `None` when the graph does not suit `k` parts (see `suits`).
+    pub(super) fn partition(&self, k: usize, seed: u64) -> Result<Option<Vec<u32>>, GraphError> {
+        if !self.suits(k) {
+            return Ok(None);
+        }
+        let mut part = vec![0 as Idx; self.topics.len()];
+        {
             let _one_at_a_time = METIS.lock().unwrap_or_else(|e| e.into_inner());
             Graph::new(1, k as Idx, &self.xadj, &self.adjncy)
                 .map_err(|e| GraphError(e.to_string()))?
@@ -168,17 +170,12 @@ impl TopicGraph {
                 .set_option(metis::option::Seed((seed & 0x7fff_ffff) as Idx))
                 .part_kway(&mut part)
                 .map_err(|e| GraphError(e.to_string()))?;
-        } else {
-            // Too small to partition: topics dealt round-robin.
-            for (v, p) in part.iter_mut().enumerate() {
-                *p = (v % k.max(1)) as Idx;
-            }
         }
         let mut home = vec![NONE; self.vertex.len()];
         for (v, &p) in part.iter().enumerate() {
             home[self.topics[v] as usize] = p as u32;
         }
-        Ok(home)
+        Ok(Some(home))
     }
 }
 
@@ -213,6 +210,10 @@ mod tests {
     use super::*;
     use crate::planner::test_instance as instance;
 
+    fn graph(inst: &Instance) -> TopicGraph {
+        TopicGraph::build(inst, &Subscribers::of(inst))
+    }
+
     fn edges(g: &TopicGraph) -> Vec<(u32, u32, Idx)> {
         let mut out = Vec::new();
         for v in 0..g.topics.len() {
@@ -231,9 +232,10 @@ mod tests {
         // "all" is heard by more devices than a graph topic may have.
         devices.extend((0..BROADCAST_SUBSCRIBERS).map(|_| vec!["all"]));
         let inst = instance(&topics, &devices);
-        let g = TopicGraph::build(&inst);
+        let g = graph(&inst);
         let (all, a, b, c) = (0, 1, 2, 3);
-        assert!(!g.has(all) && g.has(a) && g.has(b) && g.has(c));
+        let has = |t: u32| g.vertex[t as usize] != NONE;
+        assert!(!has(all) && has(a) && has(b) && has(c));
         // Weights scale rates so the vertices sum to WEIGHT_SCALE.
         let unit = WEIGHT_SCALE / 16.0;
         let w = |r: f64| (r * unit).round() as Idx;
@@ -256,7 +258,7 @@ mod tests {
         let topics: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
         let all: Vec<&str> = names.iter().map(String::as_str).collect();
         let inst = instance(&topics, &[all]);
-        let g = TopicGraph::build(&inst);
+        let g = graph(&inst);
         // A path over the topics: two ends of degree 1, the rest 2.
         assert_eq!(edges(&g).len(), 2 * (names.len() - 1));
     }
@@ -277,12 +279,12 @@ mod tests {
         }
         devices.push(vec!["t0", "t6"]);
         let inst = instance(&topics, &devices);
-        let home = TopicGraph::build(&inst).partition(2, 1).unwrap();
+        let home = graph(&inst).partition(2, 1).unwrap().expect("suits");
         assert!(home[..6].iter().all(|&p| p == home[0]), "{home:?}");
         assert!(home[6..].iter().all(|&p| p == home[6]), "{home:?}");
         assert_ne!(home[0], home[6]);
         // Same seed, same cut.
-        assert_eq!(home, TopicGraph::build(&inst).partition(2, 1).unwrap());
+        assert_eq!(Some(home), graph(&inst).partition(2, 1).unwrap());
     }
 
     #[test]
@@ -293,17 +295,18 @@ mod tests {
             .map(|w| vec![w[0].as_str(), w[1].as_str()])
             .collect();
         let even: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
-        let g = TopicGraph::build(&instance(&even, &chain));
+        let g = graph(&instance(&even, &chain));
         assert!(g.suits(2));
         // Fewer than MIN_TOPICS_PER_PART topics per part, or one part.
         assert!(!g.suits(3) && !g.suits(1));
         // One topic carries more than half the rate: no 2-way balance.
         let mut lopsided = even.clone();
         lopsided[0].1 = 8.0;
-        assert!(!TopicGraph::build(&instance(&lopsided, &chain)).suits(2));
-        // Unsuitable: dealt round-robin, METIS not called.
-        let home = g.partition(3, 1).unwrap();
-        assert_eq!(&home[..4], &[0, 1, 2, 0]);
+        assert!(!graph(&instance(&lopsided, &chain)).suits(2));
+        // Unsuitable: no partition (METIS is not called; the planner
+        // places greedily).
+        assert_eq!(g.partition(3, 1).unwrap(), None);
+        assert!(g.partition(2, 1).unwrap().is_some());
     }
 
     #[test]
