@@ -602,8 +602,8 @@ mod tests {
         for none in [&b""[..], b"ps", b"ps//", b"/"] {
             assert_eq!(PrefixStart::encode(none), PrefixStart::NONE, "{none:?}");
         }
-        // And the fast start is taken: a message whose first option is not
-        // the prefix's still parses, by the walk.
+        // A message whose first options are the prefix's takes the fast
+        // start and parses to the topic after it.
         let (p, n) = prefix("ps/data/");
         let start = PrefixStart::encode(b"ps/data/");
         let pkt = request(TYPE_NON, CODE_PUT, &[1], &["ps", "data", "t"], b"x");

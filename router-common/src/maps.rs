@@ -7,8 +7,9 @@
 //! parity, and `ACTIVE` says which parity packets use. Installing
 //! generation N+1 fills fresh inner maps into the idle parity, then flips
 //! `ACTIVE`; the program reads `ACTIVE` once per packet and uses that
-//! parity for every lookup, so a packet is routed wholly by N or by N+1. The control plane waits an RCU grace period after each flip before
-//! it touches the now idle parity again (see `router-ctl`'s `dataplane`).
+//! parity for every lookup, so a packet is routed wholly by N or by N+1.
+//! The control plane waits an RCU grace period after each flip before it
+//! touches the now idle parity again (see `router-ctl`'s `dataplane`).
 //!
 //! Changing any type or capacity here changes the pinned layout: bump
 //! [`LAYOUT_VERSION`], which names the pin directory.
@@ -39,10 +40,13 @@ pub const MAX_TOPICS: u32 = 1 << 20;
 /// for the three id types (normal, predefined, short): see
 /// [`mqttsn_id_index`].
 pub const MQTTSN_ID_ROUTES: u32 = 3 << 16;
-/// `BPF_F_MMAPABLE`, the id route arrays' flags: the control plane fills a
-/// fresh array through a shared mapping (inner maps created by the control
-/// plane must match the template's flags exactly).
-pub const IDS_MAP_FLAGS: u32 = 1 << 10;
+/// `BPF_F_MMAPABLE`: an array the control plane reads and writes through a
+/// shared mapping instead of syscalls.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// The id route arrays' flags: the control plane fills a fresh array
+/// through a shared mapping (inner maps created by the control plane must
+/// match the template's flags exactly).
+pub const IDS_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 
 /// Index of an MQTT-SN PUBLISH's route in the id route array: every
 /// PUBLISH names its topic with a 16-bit id of a 2-bit TopicIdType
@@ -54,9 +58,9 @@ pub fn mqttsn_id_index(topic_id_type: u8, topic_id: u16) -> u32 {
     ((topic_id_type & 0b11) as u32) << 16 | topic_id as u32
 }
 
-/// `BPF_F_MMAPABLE`, `SC_SLOTS`'s flags: the control plane writes and
-/// reads the slot table through a shared mapping, not syscalls.
-pub const SLOTS_MAP_FLAGS: u32 = 1 << 10;
+/// `SC_SLOTS`'s flags: the control plane writes and reads the slot table
+/// through a shared mapping.
+pub const SLOTS_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 /// Egress device slots.
 pub const MAX_EGRESS: u32 = 64;
 /// Unrouted topic keys tracked (LRU).

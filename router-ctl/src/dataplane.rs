@@ -157,6 +157,28 @@ pub fn routes_capacity(routes: usize) -> u32 {
     want.min(MAX_ROUTES as u64) as u32
 }
 
+/// What a worker thread returned, or an error saying it panicked.
+fn joined<T>(r: std::thread::Result<T>, what: &str) -> Result<T> {
+    r.map_err(|_| DataplaneError::Io(std::io::Error::other(format!("{what} panicked"))))
+}
+
+/// Issues the BPF command `cmd` with `attr`, a member of `union bpf_attr`
+/// (include/uapi/linux/bpf.h) holding only integers and pointers to live
+/// buffers the command reads or fills. Returns the non-negative result (a
+/// new descriptor, for the commands that make one). The one raw `bpf()`
+/// call of this module and its children.
+fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised `bpf_attr` member of the size
+    // we pass; the pointers in it reference buffers of the sizes the
+    // kernel derives from the command, the map and the counts it holds.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// A fresh, empty inner map for the outer map `outer` (type, key and value
 /// sizes and flags must be the template's).
 fn create_inner<K, V>(
@@ -1165,8 +1187,7 @@ impl Dataplane {
                 // (tens of ms at this capacity): done on the other core while
                 // this one assigns counter slots.
                 let capacity = routes_capacity(plan.routes.len());
-                let fresh =
-                    (!reuse).then(|| scope.spawn(move || (create_routes_map(capacity), capacity)));
+                let fresh = (!reuse).then(|| scope.spawn(move || create_routes_map(capacity)));
                 let fresh_ids = (!reuse).then(|| scope.spawn(IdArray::create));
                 let slots = self.assign_slots(plan)?;
                 ph.mark("counter slots assigned");
@@ -1218,19 +1239,14 @@ impl Dataplane {
                         .map_err(|e| batch_err(names::ROUTES, e))?;
                     (w.map, w.capacity, ck.len() + gone.len() + id_changed, w.ids)
                 } else {
-                    let (data, capacity) = fresh
-                        .expect("spawned when not reusing")
-                        .join()
-                        .map_err(|_| {
-                            DataplaneError::Io(std::io::Error::other("map creation panicked"))
-                        })?;
-                    let data = data?;
-                    let mut ids = fresh_ids
-                        .expect("spawned when not reusing")
-                        .join()
-                        .map_err(|_| {
-                            DataplaneError::Io(std::io::Error::other("map creation panicked"))
-                        })??;
+                    let data = joined(
+                        fresh.expect("spawned when not reusing").join(),
+                        "map creation",
+                    )??;
+                    let mut ids = joined(
+                        fresh_ids.expect("spawned when not reusing").join(),
+                        "map creation",
+                    )??;
                     ids.write(&id_entries, None);
                     ph.mark("fresh routes map ready");
                     // Two writers, one per core: the kernel locks per bucket.
@@ -1241,11 +1257,7 @@ impl Dataplane {
                     std::thread::scope(|inner| -> Result<()> {
                         let other = inner.spawn(move || batch::update(fd, k2, v2));
                         batch::update(fd, k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
-                        other
-                            .join()
-                            .map_err(|_| {
-                                DataplaneError::Io(std::io::Error::other("route writer panicked"))
-                            })?
+                        joined(other.join(), "route writer")?
                             .map_err(|e| batch_err(names::ROUTES, e))
                     })?;
                     (data, capacity, keys.len(), ids)
@@ -1302,11 +1314,7 @@ impl Dataplane {
             }
             for (h, name) in [(routes_set, names::ROUTES), (ids_set, names::IDS)] {
                 if let Some(h) = h {
-                    h.join()
-                        .map_err(|_| {
-                            DataplaneError::Io(std::io::Error::other("map update panicked"))
-                        })?
-                        .map_err(|e| batch_err(name, e))?;
+                    joined(h.join(), "map update")?.map_err(|e| batch_err(name, e))?;
                 }
             }
             Ok(())
@@ -1397,10 +1405,7 @@ impl Dataplane {
     /// [`Dataplane::install`]).
     pub fn settle(&mut self) -> Result<()> {
         match self.settling.take() {
-            Some(h) => h
-                .join()
-                .map_err(|_| DataplaneError::Io(std::io::Error::other("map update panicked")))?
-                .map_err(|e| batch_err(names::ROUTES, e)),
+            Some(h) => joined(h.join(), "map update")?.map_err(|e| batch_err(names::ROUTES, e)),
             None => Ok(()),
         }
     }
@@ -1414,9 +1419,8 @@ impl Dataplane {
             .iter()
             .map(|d| (device_addr(d.address), d.group))
             .collect();
-        let held: Vec<(DeviceAddr, u32)> =
-            batch::lookup(self.raw_devices.fd().as_fd(), 1, |a: &mut u32, b| *a = *b)
-                .map_err(|e| batch_err(names::DEVICES, e))?;
+        let held: Vec<(DeviceAddr, u32)> = batch::lookup(self.raw_devices.fd().as_fd())
+            .map_err(|e| batch_err(names::DEVICES, e))?;
         // Only what changed is written: a device keeps its entry (and its
         // group) while its group is unchanged.
         let gone: Vec<DeviceAddr> = held
@@ -1553,12 +1557,8 @@ impl Dataplane {
     /// on kernels without BTF, and the reference the iterator is tested
     /// against.
     pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
-        batch::lookup(
-            self.raw_group_stats.fd().as_fd(),
-            1,
-            |a: &mut Counter, b| a.add(b),
-        )
-        .map_err(|e| batch_err(names::GROUP_STATS, e))
+        batch::lookup(self.raw_group_stats.fd().as_fd())
+            .map_err(|e| batch_err(names::GROUP_STATS, e))
     }
 
     /// Topic name key → counter slot.

@@ -36,22 +36,7 @@ const UPDATE_CHUNK: usize = 65_536;
 const LOOKUP_CHUNK: usize = 65_536;
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid, initialised `bpf_attr` batch member of the
-    // size we pass; the pointers in it reference live buffers of the sizes
-    // the kernel derives from the map's key and value sizes and `count`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    super::sys_bpf(cmd, attr).map(drop)
 }
 
 /// Writes `keys[i] → values[i]` for all `i` (`BPF_ANY`). `K` and `V` must be
@@ -102,21 +87,7 @@ pub fn update_one<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V) -> st
         value: value as *const V as u64,
         ..ElemAttr::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr` element member of the size we
-    // pass; key and value point at live values of the map's sizes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &mut attr as *mut ElemAttr,
-            size_of::<ElemAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    super::sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
 /// Deletes `keys`; every one must be present.
@@ -133,47 +104,24 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Every element of a hash or array map. For a per-CPU map pass the
-/// kernel's possible CPU count as `ncpus` and a `V` whose size is a multiple
-/// of 8 (the kernel's per-CPU stride); values are folded over CPUs with
-/// `add`. For a plain map pass `ncpus = 1`.
+/// Every element of a hash or array map (not a per-CPU one: `V` is one
+/// value).
 pub fn lookup<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
-    ncpus: usize,
-    add: impl FnMut(&mut V, &V),
 ) -> std::io::Result<Vec<(K, V)>> {
-    lookup_first(map, ncpus, usize::MAX, add)
-}
-
-/// [`lookup`], stopping after `limit` elements (for an array: the first
-/// `limit` indices).
-pub fn lookup_first<K: Pod + Default, V: Pod + Default>(
-    map: BorrowedFd<'_>,
-    ncpus: usize,
-    limit: usize,
-    mut add: impl FnMut(&mut V, &V),
-) -> std::io::Result<Vec<(K, V)>> {
-    if ncpus > 1 {
-        assert_eq!(size_of::<V>() % 8, 0, "per-CPU values must be 8-byte sized");
-    }
-    let ncpus = ncpus.max(1);
     let mut out = Vec::new();
     let mut keys = vec![K::default(); LOOKUP_CHUNK];
-    let mut values = vec![V::default(); LOOKUP_CHUNK * ncpus];
+    let mut values = vec![V::default(); LOOKUP_CHUNK];
     // The cursor is a u32 (bucket or index); give it room to spare.
     let mut cursor = [0u64; 1];
     let mut first = true;
     loop {
-        let want = LOOKUP_CHUNK.min(limit - out.len());
-        if want == 0 {
-            return Ok(out);
-        }
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { cursor.as_ptr() as u64 },
             out_batch: cursor.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: want as u32,
+            count: LOOKUP_CHUNK as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -183,13 +131,8 @@ pub fn lookup_first<K: Pod + Default, V: Pod + Default>(
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
-        for i in 0..attr.count as usize {
-            let mut sum = V::default();
-            for v in &values[i * ncpus..(i + 1) * ncpus] {
-                add(&mut sum, v);
-            }
-            out.push((keys[i], sum));
-        }
+        let n = attr.count as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         if done {
             return Ok(out);
         }

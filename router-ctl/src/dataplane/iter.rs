@@ -6,8 +6,8 @@
 //! `BPF_MAP_LOOKUP_BATCH` on a hash map takes the bucket lock, an RCU
 //! section and two `copy_to_user` calls per non-empty bucket (about 0.35 µs
 //! per counter here); the iterator walks the buckets under RCU, runs a
-//! tiny program per element that sums the CPUs and appends a fixed-size
-//! record to the seq_file buffer, and `read` copies that out in large
+//! tiny program per element that appends a fixed-size record (key and
+//! counter) to the seq_file buffer, and `read` copies that out in large
 //! pieces. Only this module issues these commands.
 
 use std::{
@@ -66,17 +66,11 @@ struct ObjGetAttr {
     _pad: u32,
 }
 
-/// Issues `cmd`; a non-negative return is a new descriptor.
+/// Issues `cmd`, which returns a new descriptor.
 fn bpf_fd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid, initialised member of `union bpf_attr` of
-    // the size we pass; any pointer in it references a live buffer.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // SAFETY: the kernel just returned this descriptor to us.
-        Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
-    }
+    let fd = super::sys_bpf(cmd, attr)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Opens the BPF object (program, map, link) pinned at `path`.
