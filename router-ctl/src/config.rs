@@ -11,7 +11,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{dataplane::Mode, plan::normalize_prefix};
+use router_common::maps::Config;
+use shardcast_dataplane::{DEFAULT_PIN_ROOT, Mode};
+use shardcast_plan::normalize_prefix;
+
+use crate::state::DEFAULT_STATE_DIR;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -157,16 +161,12 @@ impl DaemonConfig {
         };
 
         let d = raw.dataplane;
-        let mode = match d.mode.as_deref().unwrap_or("driver") {
-            "driver" => Mode::Driver,
-            "skb" => Mode::Skb,
-            other => {
-                return Err(bad(
-                    "dataplane.mode",
-                    format!("{other:?} is not \"driver\" or \"skb\""),
-                ));
-            }
-        };
+        let mode: Mode = d
+            .mode
+            .as_deref()
+            .unwrap_or("driver")
+            .parse()
+            .map_err(|e| bad("dataplane.mode", e))?;
         for (key, list) in [
             ("dataplane.ingress", &d.ingress),
             ("dataplane.egress", &d.egress),
@@ -183,20 +183,21 @@ impl DaemonConfig {
                 "egress given without ingress: nothing to attach".into(),
             ));
         }
-        let mqttsn_port = d.mqttsn_port.unwrap_or(1884);
-        let coap_port = d.coap_port.unwrap_or(5683);
+        let mqttsn_port = d.mqttsn_port.unwrap_or(Config::DEFAULT_MQTTSN_PORT);
+        let coap_port = d.coap_port.unwrap_or(Config::DEFAULT_COAP_PORT);
         if mqttsn_port != 0 && mqttsn_port == coap_port {
             return Err(bad(
                 "dataplane.coap_port",
                 format!("{coap_port} is also the MQTT-SN port"),
             ));
         }
-        let coap_prefix = normalize_prefix(d.coap_prefix.as_deref().unwrap_or("ps/data/"))
-            .map_err(|e| bad("dataplane.coap_prefix", e))?;
+        let coap_prefix =
+            normalize_prefix(d.coap_prefix.as_deref().unwrap_or(Config::DEFAULT_PREFIX))
+                .map_err(|e| bad("dataplane.coap_prefix", e))?;
         let dataplane = DataplaneSection {
             pin_root: d
                 .pin_root
-                .unwrap_or_else(|| PathBuf::from(crate::dataplane::DEFAULT_PIN_ROOT)),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             ingress: d.ingress,
             egress: d.egress,
             mode,
@@ -222,7 +223,7 @@ impl DaemonConfig {
             plan: m.plan,
             state_dir: m
                 .state_dir
-                .unwrap_or_else(|| PathBuf::from("/var/lib/shardcast")),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             detach_on_exit: m.detach_on_exit.unwrap_or(false),
             incremental: m.incremental.unwrap_or(true),
         };

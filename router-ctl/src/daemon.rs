@@ -14,7 +14,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -24,11 +23,15 @@ use router_common::topic::TopicKey;
 use rustc_hash::FxHashMap;
 use tracing::{error, info, warn};
 
+use shardcast_dataplane::{
+    AttachOptions, Dataplane, DataplaneError, PinPaths, RouterConfig, find_object, is_root,
+};
+use shardcast_plan::{CompiledPlan, Plan};
+
 use crate::{
     config::DaemonConfig,
-    dataplane::{AttachOptions, Dataplane, PinPaths, RouterConfig},
     history::{History, Settings},
-    plan::{CompiledPlan, Plan},
+    state,
 };
 
 fn now_unix() -> u64 {
@@ -97,7 +100,7 @@ impl Daemon {
             dp.set_config(&c)?;
             dp
         } else if !d.ingress.is_empty() {
-            let object = crate::cli::find_object(d.object.as_deref())?;
+            let object = find_object(d.object.as_deref())?;
             Dataplane::attach(
                 &d.pin_root,
                 &AttachOptions {
@@ -150,8 +153,7 @@ impl Daemon {
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
-            && let Ok(p) = Plan::from_file(&daemon.state_plan())
-            && p.generation == meta.generation
+            && let Some(p) = state::load_plan(&daemon.cfg.daemon.state_dir, meta.generation)
             && let Ok(c) = p.compile()
         {
             daemon.learn(&c);
@@ -164,10 +166,6 @@ impl Daemon {
             "data plane ready"
         );
         Ok(daemon)
-    }
-
-    fn state_plan(&self) -> PathBuf {
-        self.cfg.daemon.state_dir.join("plan.json")
     }
 
     fn learn(&mut self, plan: &CompiledPlan) {
@@ -201,10 +199,15 @@ impl Daemon {
             .with_context(|| format!("plan {} is invalid", path.display()))?;
         let r = self.dp.install(&compiled, false)?;
         // Keep the document beside the pins' state (names for `maps dump`
-        // and for a restarted daemon), atomically.
-        let tmp = self.state_plan().with_extension("json.tmp");
-        std::fs::write(&tmp, plan.to_json())?;
-        std::fs::rename(&tmp, self.state_plan())?;
+        // and for a restarted daemon), atomically. The plan is installed
+        // whether or not that works: a failed save is logged as what it is,
+        // never as a plan not installed.
+        if let Err(e) = state::save_plan(&self.cfg.daemon.state_dir, &plan) {
+            error!(
+                generation = r.generation,
+                "plan installed, but its copy was not saved: {e:#}"
+            );
+        }
         info!(
             generation = r.generation,
             routes = r.routes,
@@ -490,8 +493,8 @@ fn write_bucket(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: DaemonConfig) -> Result<()> {
-    if !crate::dataplane::is_root() {
-        bail!(crate::dataplane::DataplaneError::NotRoot);
+    if !is_root() {
+        bail!(DataplaneError::NotRoot);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

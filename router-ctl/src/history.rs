@@ -14,11 +14,9 @@
 //! (`downsample_to`), never dropped.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-
-use crate::records::{Columns, records};
 
 /// Fine buckets: bucket start (unix s) → encoded triples.
 const FINE: TableDefinition<u64, &[u8]> = TableDefinition::new("fine");
@@ -47,8 +45,8 @@ pub enum HistoryError {
         found: u64,
         want: u64,
     },
-    #[error("line {line}: {reason}")]
-    Csv { line: usize, reason: String },
+    #[error(transparent)]
+    Csv(#[from] shardcast_records::RecordError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -73,14 +71,7 @@ impl Default for Settings {
     }
 }
 
-/// One exported row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Row {
-    pub ts: u64,
-    pub topic: String,
-    pub group: String,
-    pub count: u64,
-}
+pub use shardcast_records::history::Row;
 
 /// The open history.
 pub struct History {
@@ -385,88 +376,6 @@ impl History {
     }
 }
 
-/// Parses `timestamp,topic,group,count` CSV (a header line is allowed).
-/// Timestamps are unix seconds or RFC 3339. All of it or nothing: the first
-/// bad line is reported with its number.
-pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
-    Ok(parse_csv_lines(text)?.into_iter().map(|(_, r)| r).collect())
-}
-
-/// [`parse_csv`], each row with its line number (for later checks that
-/// must name the line, such as ordering).
-pub fn parse_csv_lines(text: &str) -> Result<Vec<(usize, Row)>> {
-    const COLUMNS: Columns = Columns {
-        names: &["timestamp", "topic", "group", "count"],
-        optional: 0,
-    };
-    let mut rows = Vec::new();
-    for record in records(text, &COLUMNS) {
-        let (n, f) = record.map_err(|e| HistoryError::Csv {
-            line: e.line,
-            reason: e.reason,
-        })?;
-        let bad = |reason: String| HistoryError::Csv { line: n, reason };
-        let ts = match f[0].parse::<u64>() {
-            Ok(t) => t,
-            Err(_) => humantime::parse_rfc3339_weak(f[0])
-                .map_err(|e| {
-                    bad(format!(
-                        "timestamp {:?} is neither unix seconds nor RFC 3339 ({e})",
-                        f[0]
-                    ))
-                })?
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| bad(format!("timestamp {:?} is before 1970", f[0])))?
-                .as_secs(),
-        };
-        let topic = f[1];
-        if topic.is_empty() || topic.len() > router_common::topic::TOPIC_MAX {
-            return Err(bad(format!(
-                "topic {topic:?} must be 1..={} bytes",
-                router_common::topic::TOPIC_MAX
-            )));
-        }
-        let group = f[2];
-        if group.is_empty() {
-            return Err(bad("group is empty".into()));
-        }
-        let count = f[3]
-            .parse::<u64>()
-            .map_err(|_| bad(format!("count {:?} is not a non-negative integer", f[3])))?;
-        rows.push((
-            n,
-            Row {
-                ts,
-                topic: topic.to_string(),
-                group: group.to_string(),
-                count,
-            },
-        ));
-    }
-    Ok(rows)
-}
-
-/// Writes rows as CSV with a header; timestamps as unix seconds or RFC 3339.
-pub fn write_csv(rows: &[Row], rfc3339: bool, mut out: impl Write) -> std::io::Result<()> {
-    writeln!(out, "timestamp,topic,group,count")?;
-    for r in rows {
-        if rfc3339 {
-            let t = std::time::UNIX_EPOCH + Duration::from_secs(r.ts);
-            writeln!(
-                out,
-                "{},{},{},{}",
-                humantime::format_rfc3339_seconds(t),
-                r.topic,
-                r.group,
-                r.count
-            )?;
-        } else {
-            writeln!(out, "{},{},{},{}", r.ts, r.topic, r.group, r.count)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,47 +461,5 @@ mod tests {
             Err(HistoryError::Settings { .. })
         ));
         let _ = std::fs::remove_file(&p);
-    }
-
-    #[test]
-    fn csv_round_trip_and_line_numbered_errors() {
-        let rows = vec![
-            Row {
-                ts: 1_700_000_040,
-                topic: "temp/a".into(),
-                group: "hall".into(),
-                count: 4,
-            },
-            Row {
-                ts: 1_700_000_100,
-                topic: "b".into(),
-                group: "unknown".into(),
-                count: 0,
-            },
-        ];
-        for rfc in [false, true] {
-            let mut out = Vec::new();
-            write_csv(&rows, rfc, &mut out).unwrap();
-            assert_eq!(parse_csv(std::str::from_utf8(&out).unwrap()).unwrap(), rows);
-        }
-        for (text, line, what) in [
-            (
-                "timestamp,topic,group,count\n1,a,g,1\n2,a,g\n",
-                3,
-                "4 fields",
-            ),
-            ("1,a,g,1\nyesterday,a,g,1\n", 2, "timestamp"),
-            ("1,a,g,-4\n", 1, "count"),
-            ("1,,g,4\n", 1, "topic"),
-            ("1,a,,4\n", 1, "group"),
-        ] {
-            match parse_csv(text) {
-                Err(HistoryError::Csv { line: l, reason }) => {
-                    assert_eq!(l, line, "{text:?}: {reason}");
-                    assert!(reason.contains(what), "{text:?}: {reason}");
-                }
-                other => panic!("{text:?}: {other:?}"),
-            }
-        }
     }
 }

@@ -1,14 +1,18 @@
-//! shardcast control plane.
+//! shardcast control plane: the daemon and the command line.
 //!
-//! `router-ctl` is a thin binary over this library: [`dataplane`] owns every
-//! interaction with the kernel (load, pin, attach, atomic plan swaps,
-//! counters); [`plan`] defines and validates the routing-state document;
-//! [`cli`] turns commands into calls.
+//! The work is done by the library crates under `crates/`
+//! ([`shardcast_dataplane`] owns every interaction with the kernel,
+//! [`shardcast_plan`] the routing-state document, [`shardcast_forecast`],
+//! [`shardcast_planner`] and [`shardcast_sim`] the predictions, plans and
+//! simulations); this crate holds what ties them together on a router:
+//! the daemon's [`config`], the [`daemon`] itself, its [`history`] store,
+//! the [`state`] files the CLI and the daemon share, and the [`cli`].
 //!
 //! ```no_run
-//! use router_ctl::{dataplane::Dataplane, plan::Plan};
+//! use shardcast_dataplane::{Dataplane, DEFAULT_PIN_ROOT};
+//! use shardcast_plan::Plan;
 //! let plan = Plan::from_file("plan.json".as_ref())?.compile()?;
-//! let mut dp = Dataplane::open(router_ctl::dataplane::DEFAULT_PIN_ROOT.as_ref())?;
+//! let mut dp = Dataplane::open(DEFAULT_PIN_ROOT.as_ref())?;
 //! let report = dp.install(&plan, false)?;
 //! println!("generation {} installed in {:?}", report.generation, report.total);
 //! # Ok::<(), anyhow::Error>(())
@@ -17,13 +21,5 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
-pub mod forecast;
 pub mod history;
-pub mod netns;
-pub mod plan;
-pub mod planner;
-pub mod records;
-pub mod scenario;
-pub mod simulate;
-pub mod workload;
+pub mod state;

@@ -5,10 +5,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = router_ctl::cli::Cli::parse();
     // The daemon reports what it does; one-shot commands only warn.
-    let default = match cli.command {
-        router_ctl::cli::Command::Daemon { .. } => "info",
-        _ => "warn",
-    };
+    let default = cli.command.default_log_level();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

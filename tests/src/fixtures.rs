@@ -13,7 +13,7 @@ use router_common::{
     mqttsn::{TOPIC_NORMAL, TOPIC_PREDEFINED, TOPIC_SHORT},
     reason::Reason,
 };
-use router_ctl::plan::Plan;
+use shardcast_plan::Plan;
 
 use crate::{L3, frame, frame_v4_options};
 

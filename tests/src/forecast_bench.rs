@@ -4,7 +4,7 @@
 //! synthetic traces and on a real public series, and speed on 10,000
 //! two-week series of one-minute buckets.
 //!
-//! Synthetic traces are the simulator's fleet ([`router_ctl::scenario`]:
+//! Synthetic traces are the simulator's fleet ([`shardcast_sim::scenario`]:
 //! diurnal and weekly cycles, a daily scheduled burst, random flash
 //! events, Poisson counting noise), one series per topic. The real series
 //! is `taylor` (half-hourly electricity demand of England and Wales,
@@ -22,10 +22,8 @@ use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Poisson};
 use rand_pcg::Pcg64Mcg;
-use router_ctl::{
-    forecast::{self, Calendar, Model},
-    scenario::{Fleet, FleetSpec},
-};
+use shardcast_forecast::{self as forecast, Calendar, Model};
+use shardcast_sim::scenario::{Fleet, FleetSpec};
 
 use crate::measure::{bench_python, peak_rss_mib, reset_peak_rss, rss_mib};
 

@@ -239,8 +239,8 @@ impl Lab {
     }
 
     /// The router's counters, as `router-ctl stats --json` prints them.
-    pub fn counters(&self) -> Result<router_ctl::dataplane::Counters> {
-        let dp = router_ctl::dataplane::Dataplane::open(&self.pin_root)?;
+    pub fn counters(&self) -> Result<shardcast_dataplane::Counters> {
+        let dp = shardcast_dataplane::Dataplane::open(&self.pin_root)?;
         Ok(dp.counters()?)
     }
 
@@ -296,8 +296,8 @@ impl Lab {
         let stop2 = stop.clone();
         let handle = std::thread::spawn(move || -> Result<Vec<Received>> {
             let setup = || -> Result<Vec<(UdpSocket, IpAddr, u16)>> {
-                router_ctl::netns::enter(&ns)?;
-                let ifindex = router_ctl::dataplane::ifindex("eth0")?;
+                shardcast_dataplane::netns::enter(&ns)?;
+                let ifindex = shardcast_dataplane::ifindex("eth0")?;
                 let mut socks = Vec::new();
                 for (group, port) in groups {
                     let s = UdpSocket::bind((group, port))
@@ -368,14 +368,14 @@ impl Lab {
 
     /// The installed plan generation, read from the pinned maps.
     pub fn generation(&self) -> Result<u64> {
-        let dp = router_ctl::dataplane::Dataplane::open(&self.pin_root)?;
+        let dp = shardcast_dataplane::Dataplane::open(&self.pin_root)?;
         Ok(dp.meta()?.generation)
     }
 
     /// Detaches the router and removes its pins, whoever attached it (also
     /// done on drop).
     pub fn detach(&mut self) -> Result<()> {
-        if router_ctl::dataplane::PinPaths::new(&self.pin_root)
+        if shardcast_dataplane::PinPaths::new(&self.pin_root)
             .dir()
             .exists()
         {

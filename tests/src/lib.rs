@@ -131,7 +131,7 @@ impl NetNs {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let name = self.name.clone();
         std::thread::spawn(move || -> Result<T> {
-            router_ctl::netns::enter(&name)?;
+            shardcast_dataplane::netns::enter(&name)?;
             Ok(f())
         })
         .join()

@@ -6,11 +6,11 @@
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
-use router_ctl::{
-    planner::{self, Options},
-    scenario::{Fleet, FleetSpec},
+use shardcast_planner::{
+    self as planner, Options,
     workload::{Instance, Resources},
 };
+use shardcast_sim::scenario::{Fleet, FleetSpec};
 
 use crate::measure::{median, peak_rss_mib};
 

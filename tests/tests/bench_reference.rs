@@ -3,7 +3,7 @@
 //! looks up 8 payload bytes and rewrites the destination before XDP_TX.
 
 use integration_tests::{L3, frame, reference_object};
-use router_ctl::dataplane::{ReferenceProgram, action};
+use shardcast_dataplane::{ReferenceProgram, action};
 
 #[test]
 fn floor_transmits_udp_and_passes_the_rest() {

@@ -40,7 +40,7 @@ impl Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let handle = std::thread::spawn(move || {
-            router_ctl::netns::enter(&ns).unwrap();
+            shardcast_dataplane::netns::enter(&ns).unwrap();
             let s = UdpSocket::bind(("198.18.1.2", 0)).unwrap();
             let mut sent: BTreeMap<[u8; 2], u64> = BTreeMap::new();
             while !stop2.load(Ordering::Relaxed) {
@@ -383,7 +383,7 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
         String::from_utf8_lossy(&out.stderr)
     );
     let csv = String::from_utf8(out.stdout).unwrap();
-    let rows = router_ctl::history::parse_csv(&csv).unwrap();
+    let rows = shardcast_records::history::parse_csv(&csv).unwrap();
     let mut sums: BTreeMap<(String, String), u64> = BTreeMap::new();
     for r in rows {
         *sums.entry((r.topic, r.group)).or_default() += r.count;

@@ -13,7 +13,7 @@ use router_common::{
     reason::Reason,
     topic::{TopicKey, topic_key},
 };
-use router_ctl::dataplane::{Dataplane, RouterConfig, action, mac_address};
+use shardcast_dataplane::{Dataplane, RouterConfig, action, mac_address};
 
 /// A namespace with a veth pair; the router is loaded (not attached) in it
 /// and the fixture plan installed with `sc0` as every shard's egress.
@@ -51,7 +51,7 @@ fn repeatable_publish(l3: L3, flags: u8, id: u16) -> Vec<u8> {
 /// Loads the router in a fresh lab with `plan`, runs every frame (each
 /// must go to the stack: its topic is not routed) and returns the keys the
 /// kernel counted as unrouted, sorted.
-fn unrouted_keys(plan: router_ctl::plan::Plan, frames: Vec<Vec<u8>>) -> Vec<TopicKey> {
+fn unrouted_keys(plan: shardcast_plan::Plan, frames: Vec<Vec<u8>>) -> Vec<TopicKey> {
     let mut keys = lab()
         .run(move || {
             let mut dp =
@@ -319,7 +319,7 @@ fn kernel_and_userspace_derive_the_same_coap_topic_keys() {
 #[test]
 fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
     use router_common::maps::MAX_TOPICS;
-    use router_ctl::plan::{Plan, ShardSpec, TopicSpec};
+    use shardcast_plan::{Plan, ShardSpec, TopicSpec};
     let plan = |generation: u64, names: &mut dyn Iterator<Item = String>| Plan {
         generation,
         shards: vec![ShardSpec {
@@ -409,7 +409,8 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
 
 #[test]
 fn an_incremental_install_outgrowing_the_idle_map_gets_a_fresh_one() {
-    use router_ctl::{dataplane::routes_capacity, plan::TopicSpec};
+    use shardcast_dataplane::routes_capacity;
+    use shardcast_plan::TopicSpec;
     let small = fixtures::plan("sc0", 1);
     let cap = routes_capacity(small.compile().unwrap().routes.len()) as usize;
     // Enough topics that generation 3 does not fit the map generation 1
@@ -538,7 +539,7 @@ fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
             "the kernel has BTF: the iterator loads"
         );
         let mut plan = fixtures::plan("sc0", 2);
-        plan.devices.push(router_ctl::plan::DeviceSpec {
+        plan.devices.push(shardcast_plan::DeviceSpec {
             id: "d1".into(),
             address: Some(std::net::Ipv4Addr::from(integration_tests::SRC_V4).to_string()),
             shard: 1,

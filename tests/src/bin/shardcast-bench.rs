@@ -26,11 +26,8 @@ use integration_tests::{
     object, reference_object,
 };
 use router_common::{coap, mqttsn};
-use router_ctl::{
-    config::DaemonConfig,
-    daemon::Daemon,
-    dataplane::{AttachOptions, Dataplane, Mode, ReferenceProgram, RouterConfig, action},
-};
+use router_ctl::{config::DaemonConfig, daemon::Daemon};
+use shardcast_dataplane::{AttachOptions, Dataplane, Mode, ReferenceProgram, RouterConfig, action};
 
 /// Runs per `BPF_PROG_TEST_RUN` call (the kernel reports the mean). The
 /// kernel runs the program again and again on the *same* buffer, which the
@@ -138,8 +135,8 @@ fn run() -> Result<()> {
 
 /// A plan of `n` topics `t/<i>` over 64 shards; `variant` moves every tenth
 /// topic to the next shard (10% of the routes change between variants).
-fn big_plan(n: usize, generation: u64, variant: u32) -> router_ctl::plan::Plan {
-    use router_ctl::plan::{Plan, ShardSpec, TopicSpec};
+fn big_plan(n: usize, generation: u64, variant: u32) -> shardcast_plan::Plan {
+    use shardcast_plan::{Plan, ShardSpec, TopicSpec};
     let shards: Vec<ShardSpec> = (1..=64u32)
         .map(|id| ShardSpec {
             id,

@@ -273,7 +273,7 @@ fn stop_and_export(mut daemon: LabDaemon, lab: &Lab) -> Result<BTreeMap<(String,
         String::from_utf8_lossy(&out.stderr)
     );
     let mut sums = BTreeMap::new();
-    for r in router_ctl::history::parse_csv(&String::from_utf8(out.stdout)?)? {
+    for r in shardcast_records::history::parse_csv(&String::from_utf8(out.stdout)?)? {
         *sums.entry((r.topic, r.group)).or_default() += r.count;
     }
     Ok(sums)
@@ -284,7 +284,7 @@ fn stop_and_export(mut daemon: LabDaemon, lab: &Lab) -> Result<BTreeMap<(String,
 /// fleet (4,000 devices) against static and reactive sharding
 /// (`router-ctl simulate --days 2`, docs/simulator.md).
 fn predictive_resharding() -> Result<()> {
-    use router_ctl::simulate;
+    use shardcast_sim as simulate;
     println!();
     println!(
         "== predictive re-sharding: forecaster + planner on 2 simulated days of a seeded fleet =="

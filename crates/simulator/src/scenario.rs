@@ -27,7 +27,7 @@ use rand_distr::{Distribution, LogNormal, Poisson};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::workload::{CostWeights, Device, Resources, TopicLoad, Workload};
+use shardcast_planner::workload::{CostWeights, Device, Resources, TopicLoad, Workload};
 
 const DAY: u32 = 1440;
 
@@ -389,7 +389,7 @@ mod tests {
             &present,
             0,
             &f.rates(0),
-            crate::workload::Resources {
+            shardcast_planner::workload::Resources {
                 shard_capacity: 100.0,
                 max_shards: 16,
                 headroom: 0.2,

@@ -16,7 +16,7 @@
 //! greedy placement (for the new devices of a running one), then local
 //! search; deterministic for a seed:
 //! 0. a fresh plan starts from METIS's k-way partition of the *topic
-//!    graph* (`planner/initial.rs`): topics weighted by rate, linked at the cheaper
+//!    graph* (`initial.rs`): topics weighted by rate, linked at the cheaper
 //!    rate of a pair some device subscribes to both; each device joins the
 //!    shard holding most of its topics' rate, and a topic then spanning
 //!    more than the data plane's fan-out has its smallest pieces folded
@@ -51,12 +51,12 @@ use std::{
 use router_common::maps::MAX_ROUTE_SHARDS;
 use serde::Serialize;
 
-use crate::{
-    plan::{DeviceSpec, Plan, ShardSpec, TopicSpec},
-    workload::{CostWeights, Instance},
-};
+use shardcast_plan::{DeviceSpec, Plan, ShardSpec, TopicSpec};
+
+use crate::workload::{CostWeights, Instance};
 
 mod initial;
+pub mod workload;
 
 const NONE: u32 = u32::MAX;
 /// Shards of a fresh plan: the total rate times this over usable
@@ -365,8 +365,9 @@ impl Subscribers {
     }
 }
 
-/// SplitMix64: a cheap, well-distributed hash for seeded orders.
-pub(crate) fn mix(mut x: u64) -> u64 {
+/// SplitMix64: a cheap, well-distributed hash for seeded orders (the
+/// planner's, and the simulator's static sharding by site).
+pub fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -1242,27 +1243,8 @@ impl<'a> Partition<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::{
-        scenario::{Fleet, FleetSpec},
-        workload::{Resources, Workload},
-    };
-
-    fn resources(capacity: f64, max_shards: u32) -> Resources {
-        Resources {
-            shard_capacity: capacity,
-            max_shards,
-            headroom: 0.2,
-            merge_below: 0.5,
-            bandwidth: None,
-            max_migrations: 100_000,
-            egress: "eth1".into(),
-            group_v4_base: "239.1.0.0".into(),
-            group_v6_base: Some("ff15::1:0".into()),
-        }
-    }
+    use crate::workload::Workload;
 
     fn tiny() -> Instance {
         serde_json::from_str::<Workload>(
@@ -1374,173 +1356,6 @@ mod tests {
         }
         let c = p.cost();
         assert_eq!((c.overload, c.overloaded_shards), (10.0, 1));
-    }
-
-    fn fleet(seed: u64) -> Fleet {
-        Fleet::generate(FleetSpec {
-            seed,
-            sites: 12,
-            devices: 3000,
-            topics: 360,
-            zone_rate: 1.0,
-            days: 7,
-            flashes_per_day: 2.0,
-        })
-    }
-
-    fn instance(f: &Fleet, scale: f64, res: Resources) -> Instance {
-        let rates: Vec<f64> = f.rates(12 * 60).iter().map(|r| r * scale).collect();
-        f.workload(&f.present_devices(0), 0, &rates, res)
-            .index()
-            .unwrap()
-    }
-
-    /// Every device in exactly one shard, every topic routed to exactly the
-    /// shards holding its subscribers, fan-out and capacity honoured.
-    fn check_invariants(inst: &Instance, out: &Outcome) {
-        let plan = &out.plan;
-        plan.compile().expect("the plan installs");
-        assert_eq!(plan.devices.len(), inst.devices.len());
-        let mut holders: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
-        for (d, dev) in plan.devices.iter().enumerate() {
-            assert_eq!(dev.id, inst.devices[d]);
-            for &t in inst.subscriptions(d) {
-                holders
-                    .entry(inst.topics[t as usize].as_str())
-                    .or_default()
-                    .insert(dev.shard);
-            }
-        }
-        assert_eq!(plan.topics.len(), holders.len());
-        for t in &plan.topics {
-            let want: Vec<u32> = holders[t.name.as_str()].iter().copied().collect();
-            assert_eq!(t.shards, want, "topic {}", t.name);
-            assert!(t.shards.len() <= MAX_ROUTE_SHARDS);
-        }
-        // Loads recomputed from the plan agree with what the planner says.
-        let rate: BTreeMap<&str, f64> = inst
-            .topics
-            .iter()
-            .map(|t| t.as_str())
-            .zip(inst.rates.iter().copied())
-            .collect();
-        for (i, s) in plan.shards.iter().enumerate() {
-            let l: f64 = plan
-                .topics
-                .iter()
-                .filter(|t| t.shards.contains(&s.id))
-                .map(|t| rate[t.name.as_str()])
-                .sum();
-            assert!(
-                (l - out.loads[i]).abs() < 1e-6,
-                "shard {}: {l} vs {}",
-                s.id,
-                out.loads[i]
-            );
-        }
-    }
-
-    #[test]
-    fn fresh_plan_is_valid_and_within_capacity() {
-        let f = fleet(1);
-        let inst = instance(&f, 1.0, resources(60.0, 64));
-        let out = plan(&inst, None, Options::default()).unwrap();
-        check_invariants(&inst, &out);
-        assert_eq!(out.cost.overloaded_shards, 0, "{:?}", out.cost);
-        assert!(out.cost.shards > 1);
-        // Sites are the natural clusters: copies stay a small part of load.
-        let total: f64 = inst.rates.iter().sum();
-        assert!(
-            out.cost.copies < 0.25 * total,
-            "{} of {total}",
-            out.cost.copies
-        );
-    }
-
-    #[test]
-    fn deterministic_for_a_seed() {
-        let f = fleet(2);
-        let inst = instance(&f, 1.0, resources(60.0, 64));
-        let a = plan(&inst, None, Options { seed: 7, rounds: 4 }).unwrap();
-        let b = plan(&inst, None, Options { seed: 7, rounds: 4 }).unwrap();
-        assert_eq!(a.plan, b.plan);
-        assert_eq!(a.cost, b.cost);
-    }
-
-    #[test]
-    fn flat_load_does_not_flap() {
-        let f = fleet(3);
-        let inst = instance(&f, 1.0, resources(60.0, 64));
-        let mut cur = plan(&inst, None, Options::default()).unwrap();
-        for round in 0..5 {
-            let next = plan(&inst, Some(&cur.plan), Options::default()).unwrap();
-            check_invariants(&inst, &next);
-            assert_eq!(next.plan.generation, cur.plan.generation + 1);
-            assert_eq!((next.created, next.merged), (0, 0), "round {round}");
-            let ids = |p: &Plan| p.shards.iter().map(|s| s.id).collect::<Vec<_>>();
-            assert_eq!(ids(&next.plan), ids(&cur.plan));
-            // The first re-plan may finish the refinement the fresh plan
-            // cut short (a few moves that pay for their migration); after
-            // that a flat load moves nobody.
-            if round == 0 {
-                assert!(next.cost.migrations <= inst.devices.len() / 100);
-            } else {
-                assert_eq!(next.cost.migrations, 0, "round {round}");
-            }
-            cur = next;
-        }
-    }
-
-    #[test]
-    fn creates_before_a_peak_and_merges_when_quiet() {
-        let f = fleet(4);
-        let base = instance(&f, 1.0, resources(60.0, 128));
-        let first = plan(&base, None, Options::default()).unwrap();
-        // The predicted peak is 2.5x the load: shards are created, ids and
-        // groups of kept shards stay, no shard is left overloaded.
-        let peak = instance(&f, 2.5, resources(60.0, 128));
-        let up = plan(&peak, Some(&first.plan), Options::default()).unwrap();
-        check_invariants(&peak, &up);
-        assert!(up.created > 0 && up.cost.shards > first.cost.shards);
-        assert_eq!(up.cost.overloaded_shards, 0, "{:?}", up.warnings);
-        for s in &first.plan.shards {
-            let kept = up.plan.shards.iter().find(|k| k.id == s.id).unwrap();
-            assert_eq!(kept.group_v4, s.group_v4);
-        }
-        // Then it goes quiet: shards are merged, nothing overloads.
-        let quiet = instance(&f, 0.3, resources(60.0, 128));
-        let down = plan(&quiet, Some(&up.plan), Options::default()).unwrap();
-        check_invariants(&quiet, &down);
-        assert!(down.merged > 0 && down.cost.shards < up.cost.shards);
-        assert_eq!(down.cost.overloaded_shards, 0);
-    }
-
-    #[test]
-    fn migrations_stay_within_budget() {
-        let f = fleet(5);
-        let base = instance(&f, 1.0, resources(60.0, 128));
-        let first = plan(&base, None, Options::default()).unwrap();
-        let mut res = resources(60.0, 128);
-        res.max_migrations = 50;
-        let peak = instance(&f, 3.0, res);
-        let up = plan(&peak, Some(&first.plan), Options::default()).unwrap();
-        check_invariants(&peak, &up);
-        assert!(up.cost.migrations <= 50, "{}", up.cost.migrations);
-        assert!(up.warnings.iter().any(|w| w.contains("migration budget")));
-    }
-
-    #[test]
-    fn overload_at_max_shards_is_reported() {
-        let f = fleet(6);
-        let inst = instance(&f, 1.0, resources(60.0, 2));
-        let out = plan(&inst, None, Options::default()).unwrap();
-        assert!(out.cost.shards <= 2);
-        assert!(out.cost.overloaded_shards > 0);
-        assert!(
-            out.warnings
-                .iter()
-                .any(|w| w.contains("above usable capacity"))
-        );
     }
 
     #[test]

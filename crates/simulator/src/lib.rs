@@ -25,13 +25,16 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    forecast,
-    plan::Plan,
-    planner::{self, Options, PlannerError},
-    scenario::{Fleet, FleetSpec},
+use shardcast_forecast as forecast;
+use shardcast_plan::Plan;
+use shardcast_planner::{
+    self as planner, Options, PlannerError,
     workload::{Resources, WorkloadError},
 };
+
+pub mod scenario;
+
+use crate::scenario::{Fleet, FleetSpec};
 
 const DAY: u32 = 1440;
 /// History bucket the forecaster works on (minutes).

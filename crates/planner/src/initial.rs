@@ -208,7 +208,7 @@ pub(super) fn device_parts(inst: &Instance, home: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::test_instance as instance;
+    use crate::test_instance as instance;
 
     fn graph(inst: &Instance) -> TopicGraph {
         TopicGraph::build(inst, &Subscribers::of(inst))

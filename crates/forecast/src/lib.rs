@@ -27,15 +27,12 @@ mod models;
 
 pub use models::{Calendar, Fitted, Model, average, seasonal_naive};
 
-use crate::{
-    history::{HistoryError, parse_csv_lines},
-    records::{Columns, records},
-};
+use shardcast_records::{Columns, RecordError, history::parse_csv_lines, records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
     #[error("{0}")]
-    Csv(#[from] HistoryError),
+    Csv(#[from] RecordError),
     #[error("line {line}: timestamp {ts} is not on the {step}s bucket grid")]
     OffGrid { line: usize, ts: u64, step: u64 },
     #[error(
@@ -156,24 +153,44 @@ pub fn series_from_csv(text: &str, step: u64) -> Result<Vec<Series>> {
         .collect())
 }
 
-/// Parses `5m,1h,24h` into durations that are whole multiples of `step`.
+/// Parses `5m,1h,24h` into horizons that are whole multiples of `step`
+/// (see [`horizons_on_grid`]).
 pub fn parse_horizons(text: &str, step: u64) -> Result<Vec<(String, u64)>> {
-    text.split(',')
+    let spans = text
+        .split(',')
         .map(|h| {
             let h = h.trim();
             let d = humantime::parse_duration(h)
                 .map_err(|_| ForecastError::BadHorizon(h.to_string()))?;
-            let secs = d.as_secs();
-            if d.subsec_nanos() != 0 || secs == 0 || secs % step != 0 {
+            if d.subsec_nanos() != 0 {
                 return Err(ForecastError::HorizonOffGrid {
                     horizon: h.to_string(),
                     step,
                 });
             }
-            if secs > MAX_HORIZON_SECS {
-                return Err(ForecastError::HorizonTooLong(h.to_string()));
+            Ok((h.to_string(), d.as_secs()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    horizons_on_grid(&spans, step)
+}
+
+/// Horizons given as (label, seconds) in buckets of `step` seconds: each
+/// must be a whole, positive number of buckets and at most
+/// [`MAX_HORIZON_SECS`].
+pub fn horizons_on_grid(spans: &[(String, u64)], step: u64) -> Result<Vec<(String, u64)>> {
+    spans
+        .iter()
+        .map(|(h, secs)| {
+            if *secs == 0 || secs % step != 0 {
+                return Err(ForecastError::HorizonOffGrid {
+                    horizon: h.clone(),
+                    step,
+                });
             }
-            Ok((h.to_string(), secs / step))
+            if *secs > MAX_HORIZON_SECS {
+                return Err(ForecastError::HorizonTooLong(h.clone()));
+            }
+            Ok((h.clone(), secs / step))
         })
         .collect()
 }
@@ -908,7 +925,7 @@ mod tests {
         }
         assert!(matches!(
             series_from_csv("0,a,g,-1\n", 60),
-            Err(ForecastError::Csv(HistoryError::Csv { line: 1, .. }))
+            Err(ForecastError::Csv(RecordError { line: 1, .. }))
         ));
         assert!(matches!(series_from_csv("", 60), Err(ForecastError::Empty)));
         // A stray timestamp decades later: refused, not allocated.
@@ -1044,7 +1061,8 @@ mod tests {
         // Seeded random cases: series from empty to three weeks, seasons
         // from one bucket (daily buckets) up, leads beyond a season, values
         // with runs of zeros and spikes.
-        use crate::planner::mix;
+        use rand::{RngCore, SeedableRng};
+        let mix = |seed: u64| rand_pcg::Pcg64Mcg::seed_from_u64(seed).next_u64();
         for case in 0..300u64 {
             let r = |k: u64| mix(case * 16 + k);
             let day = [1usize, 2, 5, 24][(r(0) % 4) as usize];

@@ -1,0 +1,163 @@
+//! Reading the installed state and the counters back from the kernel.
+
+use std::{collections::BTreeMap, os::fd::AsFd};
+
+use aya::maps::PerCpuValues;
+use router_common::{
+    maps::{Counter, GroupStatKey, GroupStatRecord, MAX_TOPICS, Meta, Route, Shard, names},
+    reason::Reason,
+    topic::TopicKey,
+};
+
+use rustc_hash::FxHashMap as StdHashMap;
+
+use crate::{Dataplane, RouterConfig, RoutesMap, ShardsMap, batch, error::*, iter};
+
+impl Dataplane {
+    /// The installed routing state, read back from the kernel.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let meta = self.meta()?;
+        let active = self.active_slot()? & 1;
+        let mut routes = Vec::new();
+        let mut shards = Vec::new();
+        if meta.generation != 0 {
+            let inner: RoutesMap = self
+                .routes
+                .get(&active, 0)
+                .map_err(map_err(names::ROUTES))?;
+            for kv in inner.iter() {
+                routes.push(kv.map_err(map_err(names::ROUTES))?);
+            }
+            routes.sort_by_key(|(k, _)| *k);
+            let inner: ShardsMap = self
+                .shards
+                .get(&active, 0)
+                .map_err(map_err(names::SHARDS))?;
+            for i in 0..meta.shards {
+                shards.push(inner.get(&i, 0).map_err(map_err(names::SHARDS))?);
+            }
+        }
+        Ok(Snapshot {
+            config: self.config()?,
+            meta,
+            active_slot: active,
+            routes,
+            shards,
+            egress: self.egress_table(),
+        })
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let sum = |v: PerCpuValues<Counter>| {
+            let mut c = Counter::default();
+            for x in v.iter() {
+                c.add(x);
+            }
+            c
+        };
+        let mut reasons = BTreeMap::new();
+        for r in Reason::ALL {
+            let v = self
+                .reasons
+                .get(&(*r as u32), 0)
+                .map_err(map_err(names::REASONS))?;
+            reasons.insert(*r, sum(v));
+        }
+        let mut topics = BTreeMap::new();
+        for (k, slot) in self.slot_table()? {
+            let v = self
+                .topic_stats
+                .get(&slot, 0)
+                .map_err(map_err(names::TOPIC_STATS))?;
+            topics.insert(k, (slot, sum(v)));
+        }
+        let mut unrouted = BTreeMap::new();
+        for kv in self.unrouted.iter() {
+            let (k, v) = kv.map_err(map_err(names::UNROUTED))?;
+            unrouted.insert(k, sum(v));
+        }
+        Ok(Counters {
+            reasons,
+            topics,
+            unrouted,
+        })
+    }
+
+    /// Routed publishes per (topic counter slot, device group), read with
+    /// the map iterator (or in batches without it: a tick with 100k topics
+    /// must stay cheap). Counters only grow; the caller takes differences
+    /// between reads.
+    pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
+        match &self.group_dump {
+            Some(prog) => iter::dump_map(
+                prog.as_fd(),
+                self.raw_group_stats.fd().as_fd(),
+                |r: GroupStatRecord| (r.key, r.counter),
+            )
+            .map_err(|source| DataplaneError::Iter {
+                name: names::GROUP_STATS,
+                source,
+            }),
+            None => self.group_counters_batched(),
+        }
+    }
+
+    /// True when [`Dataplane::group_counters`] reads with the map iterator.
+    pub fn group_iterator(&self) -> bool {
+        self.group_dump.is_some()
+    }
+
+    /// [`Dataplane::group_counters`] with `BPF_MAP_LOOKUP_BATCH`: the way
+    /// on kernels without BTF, and the reference the iterator is tested
+    /// against.
+    pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
+        batch::lookup(self.raw_group_stats.fd().as_fd())
+            .map_err(|e| batch_err(names::GROUP_STATS, e))
+    }
+
+    /// Topic name key → counter slot.
+    pub fn slot_table(&self) -> Result<Vec<(TopicKey, u32)>> {
+        Ok(self.slots_cached()?.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// The slot table, from this process's copy when it is current: only
+    /// an install changes slots, and every install rewrites `SC_META`, so a
+    /// copy taken at the same `Meta` is exact, and building the map from
+    /// the shared array costs ~10 ms per million slots.
+    pub(crate) fn slots_cached(&self) -> Result<std::cell::Ref<'_, StdHashMap<TopicKey, u32>>> {
+        let meta = self.meta()?;
+        let fresh = matches!(&*self.slot_cache.borrow(), Some((m, _)) if *m == meta);
+        if !fresh {
+            let high = (meta.slot_high_water as usize).min(MAX_TOPICS as usize);
+            let table: StdHashMap<TopicKey, u32> = (0..high)
+                .map(|s| (self.slots.get(s), s as u32))
+                .filter(|(k, _)| k.hash != 0)
+                .collect();
+            *self.slot_cache.borrow_mut() = Some((meta, table));
+        }
+        Ok(std::cell::Ref::map(self.slot_cache.borrow(), |c| {
+            &c.as_ref().expect("filled above").1
+        }))
+    }
+}
+
+/// The installed state as the kernel holds it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub config: RouterConfig,
+    pub meta: Meta,
+    pub active_slot: u32,
+    pub routes: Vec<(TopicKey, Route)>,
+    pub shards: Vec<Shard>,
+    pub egress: Vec<(u32, u32)>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub reasons: BTreeMap<Reason, Counter>,
+    /// Topic name key → (slot, counter).
+    pub topics: BTreeMap<TopicKey, (u32, Counter)>,
+    pub unrouted: BTreeMap<TopicKey, Counter>,
+}

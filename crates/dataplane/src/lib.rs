@@ -1,0 +1,164 @@
+//! The data plane as the control plane sees it: the only module that talks
+//! to aya and the kernel's BPF syscalls.
+//!
+//! It loads the XDP object, pins programs, maps and links under
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v4/`) so
+//! forwarding outlives the process, adopts those pins later, installs plan
+//! generations atomically, and reads counters.
+//!
+//! ## Generation swap
+//! Each routing table lives in a two-slot `ArrayOfMaps`; `SC_ACTIVE` names
+//! the slot packets use. [`Dataplane::install`]:
+//! 1. prepares the idle slot's inner maps off to the side: *fresh* maps
+//!    filled with the whole plan, or, in incremental mode (the daemon), the
+//!    map already in the idle slot with only the differences written (that
+//!    slot is idle: no packet reads it);
+//! 2. puts fresh maps into the idle slot of the outer maps;
+//! 3. flips `SC_ACTIVE` to that slot (one 4-byte write: a packet reads it
+//!    once and routes wholly by that slot; a route carries its first
+//!    shard's data, so the fast path makes a single lookup in it);
+//! 4. waits an RCU grace period, so that when `install` returns no program
+//!    still runs with the old map: an update of a map-of-maps returns only
+//!    after one (`synchronize_rcu` in the kernel). In full mode that update
+//!    points the old slot at the new map as well (a packet holding the old
+//!    parity then finds one generation or the other, never a mix) and so
+//!    frees the old map; in incremental mode the new slot is rewritten and
+//!    the old map kept, to be brought up to date by the next install.
+//!
+//! A failure before step 3 leaves the installed generation untouched.
+
+use std::os::fd::OwnedFd;
+
+use aya::{
+    Ebpf,
+    maps::{Array, ArrayOfMaps, DevMap, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+};
+use router_common::{
+    maps::{Config, Counter, Meta, Route, Shard},
+    topic::TopicKey,
+};
+
+use rustc_hash::FxHashMap as StdHashMap;
+
+mod batch;
+mod config;
+mod counters;
+mod error;
+mod install;
+mod iter;
+mod lifecycle;
+mod mmap;
+mod netdev;
+pub mod netns;
+mod object;
+mod pins;
+#[cfg(feature = "test-helpers")]
+mod test_helpers;
+
+pub use config::{Mode, RouterConfig};
+pub use counters::{Counters, Snapshot};
+pub use error::DataplaneError;
+pub use install::{InstallReport, routes_capacity};
+pub use lifecycle::AttachOptions;
+pub use netdev::{ifindex, is_root, mac_address};
+pub use object::find_object;
+pub use pins::PinPaths;
+#[cfg(feature = "test-helpers")]
+pub use test_helpers::{ReferenceProgram, TestRunOutcome};
+
+use crate::{error::*, install::*};
+
+/// Default root of the pins; the layout version is appended.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shardcast";
+
+/// What a worker thread returned, or an error saying it panicked.
+pub(crate) fn joined<T>(r: std::thread::Result<T>, what: &str) -> Result<T> {
+    r.map_err(|_| DataplaneError::Io(std::io::Error::other(format!("{what} panicked"))))
+}
+
+/// Issues the BPF command `cmd` with `attr`, a member of `union bpf_attr`
+/// (include/uapi/linux/bpf.h) holding only integers and pointers to live
+/// buffers the command reads or fills. Returns the non-negative result (a
+/// new descriptor, for the commands that make one). The one raw `bpf()`
+/// call of this module and its children.
+pub(crate) fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised `bpf_attr` member of the size
+    // we pass; the pointers in it reference buffers of the sizes the
+    // kernel derives from the command, the map and the counts it holds.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>() as u32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+pub(crate) type RoutesMap = HashMap<MapData, TopicKey, Route>;
+pub(crate) type IdsMap = Array<MapData, Route>;
+pub(crate) type ShardsMap = Array<MapData, Shard>;
+
+/// Handles to every map of the data plane.
+pub struct Dataplane {
+    /// Present when this process loaded the object (tests, benchmarks,
+    /// `attach`); absent when adopted from pins.
+    /// Also what keeps a loaded object's programs alive until they are
+    /// pinned (read only by the test helpers).
+    #[cfg_attr(not(feature = "test-helpers"), allow(dead_code))]
+    ebpf: Option<Ebpf>,
+    pins: Option<PinPaths>,
+    config: Array<MapData, Config>,
+    active: Array<MapData, u32>,
+    meta: Array<MapData, Meta>,
+    routes: ArrayOfMaps<MapData, RoutesMap>,
+    shards: ArrayOfMaps<MapData, ShardsMap>,
+    egress: DevMap<MapData>,
+    reasons: PerCpuArray<MapData, Counter>,
+    topic_stats: PerCpuArray<MapData, Counter>,
+    unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
+    /// Second handles on maps read or written in batches (see `batch`),
+    /// which need the raw descriptor the typed maps keep to themselves.
+    raw_devices: MapData,
+    raw_group_stats: MapData,
+    /// `SC_SLOTS`, mapped (see `mmap`).
+    slots: mmap::ArrayMmap<TopicKey>,
+    /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
+    /// (it needs the kernel's BTF); without it counters are read in batches.
+    group_dump: Option<OwnedFd>,
+    /// `SC_ROUTES` again, for the update [`Dataplane::install`] finishes on
+    /// a thread.
+    raw_routes: MapData,
+    /// `SC_IDS`, the MQTT-SN id arrays' outer map (written with raw
+    /// descriptors only).
+    raw_ids: MapData,
+    /// That update, until joined (see [`Dataplane::settle`]).
+    settling: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// See [`Dataplane::set_incremental`].
+    incremental: bool,
+    /// This process's copy of `SC_SLOTS`, valid at the `Meta` it was taken.
+    slot_cache: std::cell::RefCell<Option<(Meta, StdHashMap<TopicKey, u32>)>>,
+    /// The slot table an install in progress made, cached once its `Meta`
+    /// is written.
+    pending_slots: Option<StdHashMap<TopicKey, u32>>,
+    /// The shard table this process last wrote to each slot.
+    written_shards: [Option<Vec<Shard>>; 2],
+    /// Per outer slot: the generation this process wrote there, its routes,
+    /// and a handle on that inner map.
+    written: [Option<Written>; 2],
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::warn!("last routes slot update: {e}");
+        }
+    }
+}
+
+/// XDP action numbers.
+pub mod action {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+}

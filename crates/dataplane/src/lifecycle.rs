@@ -1,0 +1,380 @@
+//! Loading, pinning, attaching, adopting and detaching the data plane.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, MapData},
+    programs::{
+        Iter, Xdp,
+        links::{FdLink, PinnedLink},
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use router_common::{
+    maps::{Counter, DeviceAddr, GroupStatKey, MAX_EGRESS, Meta, names},
+    topic::TopicKey,
+};
+
+use crate::{Dataplane, IdsMap, Mode, RouterConfig, RoutesMap, error::*, iter, netdev::*, pins::*};
+
+/// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
+/// kernel's BTF (`/sys/kernel/btf/vmlinux`); a kernel without it still
+/// routes, and the daemon reads its counters in batches instead (slower).
+pub(crate) fn load_group_dump(
+    ebpf: &mut Ebpf,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<Option<OwnedFd>> {
+    let name = names::PROG_GROUP_DUMP;
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            tracing::warn!("no kernel BTF ({e}): group counters will be read in batches");
+            return Ok(None);
+        }
+    };
+    let prog: &mut Iter = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::PinMismatch {
+            name,
+            reason: "missing from the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(prog_err(name))?;
+    if let Err(e) = prog.load("bpf_map_elem", &btf) {
+        tracing::warn!(
+            "group counter iterator not loaded ({}): counters will be read in batches",
+            verifier_message(&e)
+        );
+        return Ok(None);
+    }
+    if let Some((pins, created)) = pin {
+        let path = pins.prog(name);
+        record_pin(created, path.clone(), prog.pin(&path))?;
+    }
+    let fd = prog
+        .fd()
+        .map_err(prog_err(name))?
+        .as_fd()
+        .try_clone_to_owned()?;
+    Ok(Some(fd))
+}
+
+/// What `attach` needs.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub object: PathBuf,
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    pub mode: Mode,
+    pub config: RouterConfig,
+}
+
+impl Dataplane {
+    /// Loads the object in this process without pinning or attaching
+    /// anything: for in-kernel tests (`TestRun`) and benchmarks.
+    pub fn load(object: &Path, config: &RouterConfig) -> Result<Dataplane> {
+        Self::load_and_pin(object, config, None)
+    }
+
+    pub(crate) fn load_and_pin(
+        object: &Path,
+        config: &RouterConfig,
+        mut pin: Option<(&PinPaths, &mut Vec<PathBuf>)>,
+    ) -> Result<Dataplane> {
+        if !object.exists() {
+            return Err(DataplaneError::ObjectMissing {
+                path: object.into(),
+            });
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load_file(object)
+            .map_err(|e| DataplaneError::Load {
+                path: object.into(),
+                reason: format!("{e:#}"),
+            })?;
+        for name in [names::PROG_ROUTER, names::PROG_PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Load {
+                    path: object.into(),
+                    reason: format!("no program {name}"),
+                })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(|e| DataplaneError::Load {
+                path: object.into(),
+                reason: verifier_message(&e),
+            })?;
+            if let Some((pins, created)) = &mut pin {
+                let path = pins.prog(name);
+                record_pin(created, path.clone(), prog.pin(&path))?;
+            }
+        }
+        let group_dump = load_group_dump(&mut ebpf, &mut pin)?;
+        let p = &mut pin;
+        let (_, raw_devices): (HashMap<MapData, DeviceAddr, u32>, _) =
+            take_raw(&mut ebpf, names::DEVICES, p)?;
+        let (_, raw_group_stats): (HashMap<MapData, GroupStatKey, Counter>, _) =
+            take_raw(&mut ebpf, names::GROUP_STATS, p)?;
+        // SC_SLOTS: counter slot → topic name key (hash 0: free).
+        let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
+        let slots = map_slots(&raw_slots)?;
+        let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
+            take_raw(&mut ebpf, names::ROUTES, p)?;
+        let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
+        let mut dp = Dataplane {
+            config: take(&mut ebpf, names::CONFIG, p)?,
+            active: take(&mut ebpf, names::ACTIVE, p)?,
+            meta: take(&mut ebpf, names::META, p)?,
+            routes,
+            shards: take(&mut ebpf, names::SHARDS, p)?,
+            egress: take(&mut ebpf, names::EGRESS, p)?,
+            reasons: take(&mut ebpf, names::REASONS, p)?,
+            topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
+            unrouted: take(&mut ebpf, names::UNROUTED, p)?,
+            raw_devices,
+            slots,
+            raw_group_stats,
+            group_dump,
+            raw_routes,
+            raw_ids,
+            settling: None,
+            incremental: false,
+            slot_cache: Default::default(),
+            pending_slots: None,
+            written_shards: [None, None],
+            written: [None, None],
+            pins: pin.as_ref().map(|(p, _)| (*p).clone()),
+            ebpf: Some(ebpf),
+        };
+        dp.set_config(config)?;
+        Ok(dp)
+    }
+
+    /// Adopts a pinned data plane.
+    pub fn open(pin_root: &Path) -> Result<Dataplane> {
+        let pins = PinPaths::new(pin_root);
+        if !pins.dir().exists() {
+            if let Some(found) = pins.other_layouts().into_iter().next() {
+                return Err(DataplaneError::OtherLayout {
+                    found,
+                    path: pin_root.into(),
+                });
+            }
+            return Err(DataplaneError::NotAttached(pins.dir().into()));
+        }
+        let dp = Dataplane {
+            config: open_pinned(&pins, names::CONFIG)?,
+            active: open_pinned(&pins, names::ACTIVE)?,
+            meta: open_pinned(&pins, names::META)?,
+            routes: open_pinned(&pins, names::ROUTES)?,
+            raw_routes: open_raw::<ArrayOfMaps<MapData, RoutesMap>>(&pins, names::ROUTES)?,
+            raw_ids: open_raw::<ArrayOfMaps<MapData, IdsMap>>(&pins, names::IDS)?,
+            settling: None,
+            shards: open_pinned(&pins, names::SHARDS)?,
+            egress: open_pinned(&pins, names::EGRESS)?,
+            reasons: open_pinned(&pins, names::REASONS)?,
+            topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
+            unrouted: open_pinned(&pins, names::UNROUTED)?,
+            slots: map_slots(&open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?)?,
+            raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
+            raw_group_stats: open_raw::<HashMap<MapData, GroupStatKey, Counter>>(
+                &pins,
+                names::GROUP_STATS,
+            )?,
+            group_dump: match iter::obj_get(&pins.prog(names::PROG_GROUP_DUMP)) {
+                Ok(fd) => Some(fd),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(DataplaneError::Pin {
+                        path: pins.prog(names::PROG_GROUP_DUMP),
+                        reason: e.to_string(),
+                    });
+                }
+            },
+            incremental: false,
+            slot_cache: Default::default(),
+            pending_slots: None,
+            written_shards: [None, None],
+            written: [None, None],
+            ebpf: None,
+            pins: Some(pins),
+        };
+        Ok(dp)
+    }
+
+    /// Loads (or adopts), pins, configures and attaches the router. Nothing
+    /// is left behind if any step fails.
+    pub fn attach(pin_root: &Path, opts: &AttachOptions) -> Result<Dataplane> {
+        if !is_root() {
+            return Err(DataplaneError::NotRoot);
+        }
+        for iface in opts.ingress.iter().chain(&opts.egress) {
+            ifindex(iface)?;
+        }
+        check_bpffs(pin_root)?;
+        let pins = PinPaths::new(pin_root);
+        if let Some(found) = pins.other_layouts().into_iter().next() {
+            return Err(DataplaneError::OtherLayout {
+                found,
+                path: pin_root.into(),
+            });
+        }
+        for iface in &opts.ingress {
+            let path = pins.link(names::PROG_ROUTER, iface);
+            if path.exists() {
+                return Err(DataplaneError::AlreadyAttached {
+                    iface: iface.clone(),
+                    path,
+                });
+            }
+        }
+        let mut rollback = PinRollback {
+            created: Vec::new(),
+            armed: true,
+        };
+        let fresh = !pins.map(names::CONFIG).exists();
+        let mut dp = if fresh {
+            std::fs::create_dir_all(pins.dir())?;
+            Dataplane::load_and_pin(
+                &opts.object,
+                &opts.config,
+                Some((&pins, &mut rollback.created)),
+            )?
+        } else {
+            let mut dp = Dataplane::open(pin_root)?;
+            dp.set_config(&opts.config)?;
+            dp
+        };
+        for iface in &opts.egress {
+            dp.egress_slot(iface)?;
+        }
+        for iface in &opts.ingress {
+            let link = dp.attach_program(names::PROG_ROUTER, iface, opts.mode)?;
+            rollback.created.push(link);
+        }
+        rollback.armed = false;
+        Ok(dp)
+    }
+
+    /// Attaches a pinned program to `iface` and pins the link; returns the
+    /// link's pin path.
+    pub(crate) fn attach_program(
+        &mut self,
+        prog_name: &'static str,
+        iface: &str,
+        mode: Mode,
+    ) -> Result<PathBuf> {
+        let pins = self
+            .pins
+            .as_ref()
+            .ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
+        let path = pins.link(prog_name, iface);
+        if path.exists() {
+            return Err(DataplaneError::AlreadyAttached {
+                iface: iface.into(),
+                path,
+            });
+        }
+        let mut prog = Xdp::from_pin(pins.prog(prog_name), XdpAttachType::Interface)
+            .map_err(prog_err(prog_name))?;
+        let id = prog
+            .attach(iface, mode.xdp())
+            .map_err(prog_err(prog_name))?;
+        let link = prog.take_link(id).map_err(prog_err(prog_name))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: format!("XDP attach did not give a bpf_link ({e}); kernel too old"),
+        })?;
+        let _: PinnedLink = fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(path)
+    }
+
+    /// Attaches the pass-everything program to `iface` (the peer of a veth
+    /// egress must run XDP for redirected frames to arrive).
+    pub fn attach_pass(&mut self, iface: &str, mode: Mode) -> Result<PathBuf> {
+        ifindex(iface)?;
+        self.attach_program(names::PROG_PASS, iface, mode)
+    }
+
+    /// Detaches every link and removes every pin of our layout.
+    pub fn detach(pin_root: &Path) -> Result<Vec<PathBuf>> {
+        let pins = PinPaths::new(pin_root);
+        if !pins.dir().exists() {
+            return Err(DataplaneError::NotAttached(pins.dir().into()));
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(pins.dir())?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        // Links first, so traffic stops being steered before maps go away.
+        entries.sort_by_key(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("link_"))
+        });
+        for p in &entries {
+            std::fs::remove_file(p)?;
+        }
+        std::fs::remove_dir(pins.dir())?;
+        let _ = std::fs::remove_dir(&pins.root);
+        Ok(entries)
+    }
+
+    pub fn set_config(&mut self, config: &RouterConfig) -> Result<()> {
+        self.config
+            .set(0, config.to_map()?, 0)
+            .map_err(map_err(names::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<RouterConfig> {
+        Ok(RouterConfig::from_map(
+            &self.config.get(&0, 0).map_err(map_err(names::CONFIG))?,
+        ))
+    }
+
+    pub fn meta(&self) -> Result<Meta> {
+        self.meta.get(&0, 0).map_err(map_err(names::META))
+    }
+
+    pub fn active_slot(&self) -> Result<u32> {
+        self.active.get(&0, 0).map_err(map_err(names::ACTIVE))
+    }
+
+    /// The egress slot of `iface`, adding it to the egress map if new.
+    pub fn egress_slot(&mut self, iface: &str) -> Result<u32> {
+        let idx = ifindex(iface)?;
+        let mut free = None;
+        for slot in 0..MAX_EGRESS {
+            match self.egress.get(slot, 0) {
+                Ok(v) if v.if_index == idx => return Ok(slot),
+                Ok(_) => {}
+                Err(_) => {
+                    free.get_or_insert(slot);
+                }
+            }
+        }
+        let slot = free.ok_or(DataplaneError::EgressFull)?;
+        self.egress
+            .set(slot, idx, None, 0)
+            .map_err(|e| DataplaneError::Pin {
+                path: PathBuf::from(names::EGRESS),
+                reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
+            })?;
+        Ok(slot)
+    }
+
+    /// Egress table: slot → ifindex.
+    pub fn egress_table(&self) -> Vec<(u32, u32)> {
+        (0..MAX_EGRESS)
+            .filter_map(|s| self.egress.get(s, 0).ok().map(|v| (s, v.if_index)))
+            .collect()
+    }
+}

@@ -1,0 +1,163 @@
+//! In-kernel test runs (`BPF_PROG_TEST_RUN`) of the router and of the
+//! benchmark's reference programs, and the route maps' kernel memory:
+//! for tests and benchmarks only (feature `test-helpers`), not part of
+//! the product's API.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+    programs::{Program, TestRun, TestRunOptions, Xdp},
+};
+use router_common::maps::names;
+
+use crate::{Dataplane, error::*};
+
+impl Dataplane {
+    /// Kernel memory of the route maps and MQTT-SN id arrays this process
+    /// wrote (both slots in incremental mode), as the kernel accounts it
+    /// (`memlock` in the maps' fdinfo).
+    pub fn route_memory(&self) -> u64 {
+        let memlock = |map: &MapData| -> Option<u64> {
+            let fd = map.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        self.written
+            .iter()
+            .flatten()
+            .flat_map(|w| [memlock(&w.map), memlock(&w.ids.map)])
+            .flatten()
+            .sum()
+    }
+
+    /// Runs the router program once (or `repeat` times) on `packet` in the
+    /// kernel (`BPF_PROG_TEST_RUN`). Only for a data plane this process
+    /// loaded.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        self.test_run_program(names::PROG_ROUTER, packet, repeat)
+    }
+
+    /// Instructions the verifier processed to accept the router program
+    /// (its complexity; the limit is 1,000,000). Only for a data plane this
+    /// process loaded.
+    pub fn verified_instructions(&self) -> Option<u32> {
+        let Some(Program::Xdp(prog)) = self.ebpf.as_ref()?.program(names::PROG_ROUTER) else {
+            return None;
+        };
+        prog.info().ok()?.verified_instruction_count()
+    }
+
+    pub(crate) fn test_run_program(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome> {
+        let ebpf = self
+            .ebpf
+            .as_ref()
+            .ok_or(DataplaneError::NotAttached(PathBuf::from(
+                "(test runs need a data plane loaded in this process)",
+            )))?;
+        run_xdp(ebpf, name, packet, repeat)
+    }
+}
+
+/// One `BPF_PROG_TEST_RUN` of the XDP program `name` of a loaded object.
+pub(crate) fn run_xdp(
+    ebpf: &Ebpf,
+    name: &str,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutcome> {
+    let Some(Program::Xdp(prog)) = ebpf.program(name) else {
+        return Err(DataplaneError::Load {
+            path: PathBuf::new(),
+            reason: format!("no XDP program {name}"),
+        });
+    };
+    // Room for the packet plus anything a program could prepend.
+    let mut out = vec![0u8; packet.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(prog_err("test run"))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutcome {
+        action: r.return_value,
+        output: out,
+        duration: r.duration,
+    })
+}
+
+/// Loads a standalone XDP object (benchmark reference programs) and test-runs
+/// one of its programs.
+pub struct ReferenceProgram {
+    ebpf: Ebpf,
+    name: String,
+}
+
+impl ReferenceProgram {
+    pub fn load(object: &Path, name: &str) -> Result<ReferenceProgram> {
+        let mut ebpf = Ebpf::load_file(object).map_err(|e| DataplaneError::Load {
+            path: object.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Load {
+                path: object.into(),
+                reason: format!("no program {name}"),
+            })?
+            .try_into()
+            .map_err(prog_err("reference"))?;
+        prog.load().map_err(|e| DataplaneError::Load {
+            path: object.into(),
+            reason: verifier_message(&e),
+        })?;
+        Ok(Self {
+            ebpf,
+            name: name.into(),
+        })
+    }
+
+    /// Puts `key → value` (8-byte key, 8-byte value) in the program's
+    /// `REF_TABLE` hash map.
+    pub fn insert(&mut self, key: u64, value: u64) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(self.ebpf.map_mut("REF_TABLE").ok_or(
+                DataplaneError::PinMismatch {
+                    name: "REF_TABLE",
+                    reason: "missing".into(),
+                },
+            )?)
+            .map_err(map_err("REF_TABLE"))?;
+        m.insert(key, value, 0).map_err(map_err("REF_TABLE"))
+    }
+
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        run_xdp(&self.ebpf, &self.name, packet, repeat)
+    }
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    /// XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_REDIRECT` = 4, ...).
+    pub action: u32,
+    pub output: Vec<u8>,
+    /// Average time per run.
+    pub duration: Duration,
+}

@@ -1,0 +1,145 @@
+//! `router-ctl attach | attach-pass | detach`: the data plane's lifecycle.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use router_common::maps::Config;
+use serde::Serialize;
+use shardcast_dataplane::{
+    AttachOptions, Dataplane, DataplaneError, Mode, PinPaths, RouterConfig, find_object, is_root,
+};
+use shardcast_plan::normalize_prefix;
+
+use super::Globals;
+use crate::state;
+
+/// clap value parser for [`Mode`].
+fn mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Interface(s) that receive device traffic.
+    #[arg(long, required = true)]
+    pub ingress: Vec<String>,
+    /// Interface(s) shard traffic leaves by.
+    #[arg(long)]
+    pub egress: Vec<String>,
+    /// XDP mode: driver (native) or skb (generic).
+    #[arg(long, value_parser = mode, default_value = "driver")]
+    pub mode: Mode,
+    /// The eBPF object (default: SHARDCAST_OBJECT, then next to the binary).
+    #[arg(long)]
+    pub object: Option<PathBuf>,
+    #[arg(long, default_value_t = Config::DEFAULT_MQTTSN_PORT)]
+    pub mqttsn_port: u16,
+    #[arg(long, default_value_t = Config::DEFAULT_COAP_PORT)]
+    pub coap_port: u16,
+    #[arg(long, default_value = Config::DEFAULT_PREFIX, value_parser = |s: &str| normalize_prefix(s))]
+    pub coap_prefix: String,
+    /// Also count routed publishes per (topic, device group); the daemon
+    /// turns this on itself when its config asks for group telemetry.
+    #[arg(long)]
+    pub group_stats: bool,
+    /// With --group-stats: count one publish in N (at random, weighted by
+    /// N), trading exactness for fast-path time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub group_sample: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachPassArgs {
+    #[arg(long)]
+    pub iface: String,
+    #[arg(long, value_parser = mode, default_value = "driver")]
+    pub mode: Mode,
+}
+
+#[derive(Serialize)]
+struct Attached {
+    ingress: Vec<String>,
+    mode: String,
+    pins: PathBuf,
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "attached to {} ({} mode); pins in {}",
+            self.ingress.join(", "),
+            self.mode,
+            self.pins.display()
+        )
+    }
+}
+
+pub fn attach(g: &Globals, a: AttachArgs) -> Result<()> {
+    let opts = AttachOptions {
+        object: find_object(a.object.as_deref())?,
+        ingress: a.ingress,
+        egress: a.egress,
+        mode: a.mode,
+        config: RouterConfig {
+            mqttsn_port: a.mqttsn_port,
+            coap_port: a.coap_port,
+            coap_prefix: a.coap_prefix,
+            group_stats: a.group_stats,
+            group_sample: a.group_sample,
+        },
+    };
+    Dataplane::attach(&g.pin_root, &opts)?;
+    g.print(&Attached {
+        ingress: opts.ingress,
+        mode: opts.mode.to_string(),
+        pins: PinPaths::new(&g.pin_root).dir().to_path_buf(),
+    })
+}
+
+#[derive(Serialize)]
+struct PassAttached {
+    iface: String,
+    pin: PathBuf,
+}
+
+impl std::fmt::Display for PassAttached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pass program attached to {} (pin {})",
+            self.iface,
+            self.pin.display()
+        )
+    }
+}
+
+pub fn attach_pass(g: &Globals, a: AttachPassArgs) -> Result<()> {
+    let mut dp = Dataplane::open(&g.pin_root)?;
+    let pin = dp.attach_pass(&a.iface, a.mode)?;
+    g.print(&PassAttached {
+        iface: a.iface,
+        pin,
+    })
+}
+
+#[derive(Serialize)]
+struct Detached {
+    removed: Vec<PathBuf>,
+}
+
+impl std::fmt::Display for Detached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "detached; removed {} pins", self.removed.len())
+    }
+}
+
+pub fn detach(g: &Globals) -> Result<()> {
+    if !is_root() {
+        bail!(DataplaneError::NotRoot);
+    }
+    let removed = Dataplane::detach(&g.pin_root)?;
+    state::forget_plan(&g.state_dir);
+    g.print(&Detached { removed })
+}

@@ -1,0 +1,153 @@
+//! `router-ctl plan`: shards for a workload (docs/workload-format.md),
+//! written as a plan `apply` installs; prints the cost.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+use shardcast_plan::Plan;
+use shardcast_planner::{self as planner, Cost, workload::Workload};
+
+use super::{
+    Globals,
+    values::{Span, span},
+};
+use crate::state::write_atomically;
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Devices, subscriptions, topic rates, resources, cost weights.
+    #[arg(long)]
+    pub workload: PathBuf,
+    /// The plan in force: devices stay put unless moving pays, ids and
+    /// groups of kept shards are kept, the generation goes up by one.
+    #[arg(long)]
+    pub current: Option<PathBuf>,
+    /// Topic rates from a forecast (`router-ctl forecast --out`) instead of
+    /// the workload's, summed over device groups.
+    #[arg(long)]
+    pub forecast: Option<PathBuf>,
+    /// The forecast horizon to plan for (a label present in the forecast).
+    #[arg(long, default_value = "1h", requires = "forecast")]
+    pub horizon: String,
+    /// Plan for the upper band instead of the point forecast.
+    #[arg(long, requires = "forecast")]
+    pub upper: bool,
+    /// Bucket length of the forecast's counts.
+    #[arg(long, default_value = "1m", value_parser = span)]
+    pub bucket: Span,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the plan here (atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Planned {
+    generation: u64,
+    cost: Cost,
+    created: usize,
+    merged: usize,
+    refine_moves: usize,
+    warnings: Vec<String>,
+    elapsed_ms: f64,
+    #[serde(skip)]
+    devices: usize,
+    #[serde(skip)]
+    topics: usize,
+    #[serde(skip)]
+    usable_capacity: f64,
+}
+
+impl fmt::Display for Planned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.cost;
+        writeln!(
+            f,
+            "generation {}: {} shards ({} created, {} merged), {} devices, {} topics routed, planned in {:.1} ms",
+            self.generation,
+            c.shards,
+            self.created,
+            self.merged,
+            self.devices,
+            self.topics,
+            self.elapsed_ms
+        )?;
+        writeln!(
+            f,
+            "  load (msg/s)        max {:.1}, mean {:.1}, usable capacity {:.1}",
+            c.max_load, c.mean_load, self.usable_capacity
+        )?;
+        writeln!(
+            f,
+            "  overload (msg/s)    {:.1} over {} shards",
+            c.overload, c.overloaded_shards
+        )?;
+        writeln!(f, "  inter-shard copies  {:.1} msg/s", c.copies)?;
+        writeln!(
+            f,
+            "  wasted deliveries   {:.1} /s (battery-weighted)",
+            c.wasted
+        )?;
+        writeln!(f, "  latency             {:.1}", c.latency)?;
+        writeln!(f, "  migrations          {}", c.migrations)?;
+        if c.bandwidth_excess > 0.0 {
+            writeln!(f, "  above bandwidth     {:.1} msg/s", c.bandwidth_excess)?;
+        }
+        writeln!(f, "  total cost          {:.1}", c.total)?;
+        for warning in &self.warnings {
+            writeln!(f, "warning: {warning}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(g: &Globals, a: PlanArgs) -> Result<()> {
+    let mut w = Workload::from_file(&a.workload)?;
+    if let Some(f) = &a.forecast {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let rates = shardcast_forecast::rates_from_csv(&text, &a.horizon, a.upper, a.bucket.secs)
+            .with_context(|| format!("{} is not a usable forecast", f.display()))?;
+        for t in &mut w.topics {
+            if let Some(r) = rates.get(&t.name) {
+                t.rate = *r;
+            }
+        }
+    }
+    let inst = w
+        .index()
+        .with_context(|| format!("{} is not a valid workload", a.workload.display()))?;
+    let current = a
+        .current
+        .as_ref()
+        .map(|p| Plan::from_file(p).with_context(|| format!("--current {}", p.display())))
+        .transpose()?;
+    let out = planner::plan(
+        &inst,
+        current.as_ref(),
+        planner::Options {
+            seed: a.seed,
+            ..Default::default()
+        },
+    )?;
+    // What we emit must install: validate it as `apply` would.
+    out.plan
+        .compile()
+        .context("internal error: the planner produced an invalid plan")?;
+    write_atomically(&a.out, |w| w.write_all(out.plan.to_json().as_bytes()))?;
+    g.print(&Planned {
+        generation: out.plan.generation,
+        cost: out.cost,
+        created: out.created,
+        merged: out.merged,
+        refine_moves: out.refine_moves,
+        warnings: out.warnings,
+        elapsed_ms: out.elapsed.as_secs_f64() * 1e3,
+        devices: out.plan.devices.len(),
+        topics: out.plan.topics.len(),
+        usable_capacity: inst.resources.usable_capacity(),
+    })
+}

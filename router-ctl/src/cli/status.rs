@@ -1,0 +1,90 @@
+//! `router-ctl status`: one screen on the installed state.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::Result;
+use router_common::reason::Reason;
+use serde::Serialize;
+use shardcast_dataplane::{Dataplane, PinPaths};
+
+use super::Globals;
+
+#[derive(Serialize)]
+struct Status {
+    pins: PathBuf,
+    generation: u64,
+    installed_unix: u64,
+    slot_generations: [u64; 2],
+    active_slot: u32,
+    shards: u32,
+    routes: u32,
+    egress: usize,
+    mqttsn_port: u16,
+    coap_port: u16,
+    coap_prefix: String,
+    group_stats: bool,
+    redirected: u64,
+    passed: u64,
+    topics_counted: usize,
+    unrouted_keys: usize,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "data plane at {}", self.pins.display())?;
+        writeln!(
+            f,
+            "generation {} (installed at unix {}), active slot {}, slots hold {:?}",
+            self.generation, self.installed_unix, self.active_slot, self.slot_generations
+        )?;
+        writeln!(
+            f,
+            "{} shards, {} route keys, {} egress interfaces",
+            self.shards, self.routes, self.egress
+        )?;
+        writeln!(
+            f,
+            "MQTT-SN port {}, CoAP port {} prefix {:?}, group telemetry {}",
+            self.mqttsn_port,
+            self.coap_port,
+            self.coap_prefix,
+            if self.group_stats { "on" } else { "off" }
+        )?;
+        writeln!(
+            f,
+            "packets: {} redirected, {} passed to the stack; {} topics counted, {} unrouted keys",
+            self.redirected, self.passed, self.topics_counted, self.unrouted_keys
+        )
+    }
+}
+
+pub fn run(g: &Globals) -> Result<()> {
+    let dp = Dataplane::open(&g.pin_root)?;
+    let s = dp.snapshot()?;
+    let c = dp.counters()?;
+    let packets = |keep: &dyn Fn(Reason) -> bool| -> u64 {
+        c.reasons
+            .iter()
+            .filter(|(r, _)| keep(**r))
+            .map(|(_, v)| v.packets)
+            .sum()
+    };
+    g.print(&Status {
+        pins: PinPaths::new(&g.pin_root).dir().to_path_buf(),
+        generation: s.meta.generation,
+        installed_unix: s.meta.installed_unix,
+        slot_generations: s.meta.slot_generation,
+        active_slot: s.active_slot,
+        shards: s.meta.shards,
+        routes: s.meta.routes,
+        egress: s.egress.len(),
+        mqttsn_port: s.config.mqttsn_port,
+        coap_port: s.config.coap_port,
+        coap_prefix: s.config.coap_prefix.clone(),
+        group_stats: s.config.group_stats,
+        redirected: packets(&|r| r == Reason::Redirected),
+        passed: packets(&|r| r != Reason::Redirected),
+        topics_counted: c.topics.len(),
+        unrouted_keys: c.unrouted.len(),
+    })
+}
