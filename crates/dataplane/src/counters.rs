@@ -11,7 +11,7 @@ use router_common::{
 
 use rustc_hash::FxHashMap as StdHashMap;
 
-use crate::{Dataplane, RouterConfig, RoutesMap, ShardsMap, batch, error::*, iter};
+use crate::{Dataplane, GroupReader, RouterConfig, RoutesMap, ShardsMap, batch, error::*, iter};
 
 impl Dataplane {
     /// The installed routing state, read back from the kernel.
@@ -88,24 +88,53 @@ impl Dataplane {
     /// the map iterator (or in batches without it: a tick with 100k topics
     /// must stay cheap). Counters only grow; the caller takes differences
     /// between reads.
+    ///
+    /// Some kernels load the iterator program but refuse to run it (an
+    /// LSM or a lockdown policy answering EPERM when the iterator is
+    /// created): the first such refusal switches this data plane to
+    /// batched reads for good, with a warning, and the read is answered.
     pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
-        match &self.group_dump {
-            Some(prog) => iter::dump_map(
+        let read = match &*self.group_dump.borrow() {
+            GroupReader::Iterator(prog) => iter::dump_map(
                 prog.as_fd(),
                 self.raw_group_stats.fd().as_fd(),
                 |r: GroupStatRecord| (r.key, r.counter),
-            )
-            .map_err(|source| DataplaneError::Iter {
+            ),
+            GroupReader::Batched(_) => return self.group_counters_batched(),
+        };
+        match read {
+            Ok(v) => Ok(v),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+                ) =>
+            {
+                let why = format!("the kernel refused to run the iterator ({e})");
+                tracing::warn!("{why}: group counters will be read in batches");
+                *self.group_dump.borrow_mut() = GroupReader::Batched(why);
+                self.group_counters_batched()
+            }
+            Err(source) => Err(DataplaneError::Iter {
                 name: names::GROUP_STATS,
                 source,
             }),
-            None => self.group_counters_batched(),
         }
     }
 
     /// True when [`Dataplane::group_counters`] reads with the map iterator.
     pub fn group_iterator(&self) -> bool {
-        self.group_dump.is_some()
+        matches!(&*self.group_dump.borrow(), GroupReader::Iterator(_))
+    }
+
+    /// Why [`Dataplane::group_counters`] reads in batches (no kernel BTF,
+    /// the iterator refused at load or at run time); `None` while it uses
+    /// the iterator.
+    pub fn group_iterator_refused(&self) -> Option<String> {
+        match &*self.group_dump.borrow() {
+            GroupReader::Iterator(_) => None,
+            GroupReader::Batched(why) => Some(why.clone()),
+        }
     }
 
     /// [`Dataplane::group_counters`] with `BPF_MAP_LOOKUP_BATCH`: the way

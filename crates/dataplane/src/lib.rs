@@ -97,6 +97,16 @@ pub(crate) type RoutesMap = HashMap<MapData, TopicKey, Route>;
 pub(crate) type IdsMap = Array<MapData, Route>;
 pub(crate) type ShardsMap = Array<MapData, Shard>;
 
+/// How [`Dataplane::group_counters`] reads `SC_GROUP_STATS`.
+pub(crate) enum GroupReader {
+    /// With the `shardcast_group_dump` map iterator: one read() for the
+    /// whole map.
+    Iterator(OwnedFd),
+    /// In batches (`BPF_MAP_LOOKUP_BATCH`), because the iterator is not
+    /// available; the reason is kept for `group_iterator_refused`.
+    Batched(String),
+}
+
 /// Handles to every map of the data plane.
 pub struct Dataplane {
     /// Present when this process loaded the object (tests, benchmarks,
@@ -123,7 +133,7 @@ pub struct Dataplane {
     slots: mmap::ArrayMmap<TopicKey>,
     /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
     /// (it needs the kernel's BTF); without it counters are read in batches.
-    group_dump: Option<OwnedFd>,
+    group_dump: std::cell::RefCell<GroupReader>,
     /// `SC_ROUTES` again, for the update [`Dataplane::install`] finishes on
     /// a thread.
     raw_routes: MapData,

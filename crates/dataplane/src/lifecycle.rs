@@ -1,7 +1,7 @@
 //! Loading, pinning, attaching, adopting and detaching the data plane.
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +19,10 @@ use router_common::{
     topic::TopicKey,
 };
 
-use crate::{Dataplane, IdsMap, Mode, RouterConfig, RoutesMap, error::*, iter, netdev::*, pins::*};
+use crate::{
+    Dataplane, GroupReader, IdsMap, Mode, RouterConfig, RoutesMap, error::*, iter, netdev::*,
+    pins::*,
+};
 
 /// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
 /// kernel's BTF (`/sys/kernel/btf/vmlinux`); a kernel without it still
@@ -27,13 +30,14 @@ use crate::{Dataplane, IdsMap, Mode, RouterConfig, RoutesMap, error::*, iter, ne
 pub(crate) fn load_group_dump(
     ebpf: &mut Ebpf,
     pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
-) -> Result<Option<OwnedFd>> {
+) -> Result<GroupReader> {
     let name = names::PROG_GROUP_DUMP;
     let btf = match Btf::from_sys_fs() {
         Ok(btf) => btf,
         Err(e) => {
-            tracing::warn!("no kernel BTF ({e}): group counters will be read in batches");
-            return Ok(None);
+            let why = format!("no kernel BTF ({e})");
+            tracing::warn!("{why}: group counters will be read in batches");
+            return Ok(GroupReader::Batched(why));
         }
     };
     let prog: &mut Iter = ebpf
@@ -45,11 +49,9 @@ pub(crate) fn load_group_dump(
         .try_into()
         .map_err(prog_err(name))?;
     if let Err(e) = prog.load("bpf_map_elem", &btf) {
-        tracing::warn!(
-            "group counter iterator not loaded ({}): counters will be read in batches",
-            verifier_message(&e)
-        );
-        return Ok(None);
+        let why = format!("iterator not loaded: {}", verifier_message(&e));
+        tracing::warn!("group counter {why}: counters will be read in batches");
+        return Ok(GroupReader::Batched(why));
     }
     if let Some((pins, created)) = pin {
         let path = pins.prog(name);
@@ -60,7 +62,7 @@ pub(crate) fn load_group_dump(
         .map_err(prog_err(name))?
         .as_fd()
         .try_clone_to_owned()?;
-    Ok(Some(fd))
+    Ok(GroupReader::Iterator(fd))
 }
 
 /// What `attach` needs.
@@ -139,7 +141,7 @@ impl Dataplane {
             raw_devices,
             slots,
             raw_group_stats,
-            group_dump,
+            group_dump: group_dump.into(),
             raw_routes,
             raw_ids,
             settling: None,
@@ -186,16 +188,21 @@ impl Dataplane {
                 &pins,
                 names::GROUP_STATS,
             )?,
-            group_dump: match iter::obj_get(&pins.prog(names::PROG_GROUP_DUMP)) {
-                Ok(fd) => Some(fd),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(DataplaneError::Pin {
-                        path: pins.prog(names::PROG_GROUP_DUMP),
-                        reason: e.to_string(),
-                    });
-                }
-            },
+            group_dump: std::cell::RefCell::new(
+                match iter::obj_get(&pins.prog(names::PROG_GROUP_DUMP)) {
+                    Ok(fd) => GroupReader::Iterator(fd),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => GroupReader::Batched(
+                        "the pinned data plane has no iterator (the kernel refused it at attach)"
+                            .into(),
+                    ),
+                    Err(e) => {
+                        return Err(DataplaneError::Pin {
+                            path: pins.prog(names::PROG_GROUP_DUMP),
+                            reason: e.to_string(),
+                        });
+                    }
+                },
+            ),
             incremental: false,
             slot_cache: Default::default(),
             pending_slots: None,

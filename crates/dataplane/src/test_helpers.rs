@@ -16,9 +16,16 @@ use aya::{
 };
 use router_common::maps::names;
 
-use crate::{Dataplane, error::*};
+use crate::{Dataplane, GroupReader, error::*};
 
 impl Dataplane {
+    /// Reads group counters in batches from now on, as on a kernel that
+    /// refuses the iterator: so the fallback is tested on every machine.
+    pub fn force_batched_group_counters(&mut self) {
+        *self.group_dump.borrow_mut() =
+            GroupReader::Batched("forced by force_batched_group_counters".into());
+    }
+
     /// Kernel memory of the route maps and MQTT-SN id arrays this process
     /// wrote (both slots in incremental mode), as the kernel accounts it
     /// (`memlock` in the maps' fdinfo).

@@ -23,6 +23,8 @@ struct Status {
     coap_port: u16,
     coap_prefix: String,
     group_stats: bool,
+    /// How group counters are read: `iterator`, or `batches (why)`.
+    group_reader: String,
     redirected: u64,
     passed: u64,
     topics_counted: usize,
@@ -50,6 +52,7 @@ impl fmt::Display for Status {
             self.coap_prefix,
             if self.group_stats { "on" } else { "off" }
         )?;
+        writeln!(f, "group counters read by {}", self.group_reader)?;
         writeln!(
             f,
             "packets: {} redirected, {} passed to the stack; {} topics counted, {} unrouted keys",
@@ -82,6 +85,10 @@ pub fn run(g: &Globals) -> Result<()> {
         coap_port: s.config.coap_port,
         coap_prefix: s.config.coap_prefix.clone(),
         group_stats: s.config.group_stats,
+        group_reader: match dp.group_iterator_refused() {
+            None => "iterator".into(),
+            Some(why) => format!("batches ({why})"),
+        },
         redirected: packets(&|r| r == Reason::Redirected),
         passed: packets(&|r| r != Reason::Redirected),
         topics_counted: c.topics.len(),
