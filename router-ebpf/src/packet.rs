@@ -2,7 +2,8 @@
 //!
 //! Every access to the packet goes through [`ptr_at`] (one bounds check
 //! against `data_end`, in the shape the verifier tracks) or through the
-//! few helpers here (`byte_at`, `mqttsn_head`, `WindowPayload::load`).
+//! few helpers here (`byte_at`, `mqttsn_head`, `WindowPayload::load`, and
+//! the header accessors `be16_at`, `ipv4_at`, `ipv6_at`, `udp_at`).
 //! Headers are byte arrays, so LLVM never assumes an alignment the packet
 //! may not have; whole-word access goes through [`word`], explicitly.
 
@@ -114,6 +115,88 @@ pub mod word {
         // SAFETY: per the function's contract.
         u16::from_be(unsafe { load16(p.cast()) })
     }
+}
+
+/// The big-endian 16-bit field at `off` (an EtherType), if it lies within
+/// the packet.
+#[inline(always)]
+pub fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
+    let p: *const [u8; 2] = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    Some(unsafe { word::load_be16(p) })
+}
+
+/// What the router reads of an IPv4 header.
+pub struct Ipv4Info {
+    pub version: u8,
+    /// Header length in bytes (options included).
+    pub ihl: usize,
+    /// A fragment: more-fragments flag or a fragment offset.
+    pub fragment: bool,
+    pub protocol: u8,
+}
+
+/// The IPv4 header at `off`, if its fixed part lies within the packet.
+#[inline(always)]
+pub fn ipv4_at(ctx: &XdpContext, off: usize) -> Option<Ipv4Info> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let ip = unsafe { &*ip };
+    Some(Ipv4Info {
+        version: ip.ver_ihl >> 4,
+        ihl: ((ip.ver_ihl & 0x0f) as usize) * 4,
+        // SAFETY: within the header `ptr_at` checked.
+        fragment: unsafe { word::load_be16(&raw const ip.frag_off) } & 0x3fff != 0,
+        protocol: ip.protocol,
+    })
+}
+
+/// What the router reads of an IPv6 header.
+pub struct Ipv6Info {
+    pub version: u8,
+    pub next_header: u8,
+}
+
+/// The IPv6 header at `off`, if it lies within the packet.
+#[inline(always)]
+pub fn ipv6_at(ctx: &XdpContext, off: usize) -> Option<Ipv6Info> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let ip = unsafe { &*ip };
+    Some(Ipv6Info {
+        version: ip.ver_tc_flow[0] >> 4,
+        next_header: ip.next_header,
+    })
+}
+
+/// The UDP header at `off`: destination port and length (host order), if
+/// it lies within the packet.
+#[inline(always)]
+pub fn udp_at(ctx: &XdpContext, off: usize) -> Option<(u16, usize)> {
+    let udp: *const UdpHdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe {
+        Some((
+            word::load_be16(&raw const (*udp).dest),
+            word::load_be16(&raw const (*udp).len) as usize,
+        ))
+    }
+}
+
+/// The source address of the IPv4 header at `off`.
+#[inline(always)]
+pub fn saddr_v4(ctx: &XdpContext, off: usize) -> Option<[u8; 4]> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    Some(unsafe { (*ip).saddr })
+}
+
+/// The source address of the IPv6 header at `off`.
+#[inline(always)]
+pub fn saddr_v6(ctx: &XdpContext, off: usize) -> Option<[u8; 16]> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    Some(unsafe { (*ip).saddr })
 }
 
 /// Pointer to a `T` at `off` in the packet, if all of it lies before

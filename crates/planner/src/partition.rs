@@ -1,0 +1,351 @@
+//! A partition under construction: which shard each device is in, the
+//! per-(topic, shard) subscriber counts ("pins") that make every move's
+//! cost change O(subscriptions), and the cost model itself
+//! (`docs/workload-format.md`).
+
+use router_common::maps::MAX_ROUTE_SHARDS;
+
+use crate::{
+    Cost, EPS, GRAPH_LOAD_FACTOR, NONE, PlannerError, initial,
+    subscribers::Subscribers,
+    workload::{CostWeights, Instance},
+};
+
+/// A partition under construction, with the per-(topic, shard) subscriber
+/// counts ("pins") that make every move's cost change O(subscriptions).
+pub(crate) struct Partition<'a> {
+    pub(crate) inst: &'a Instance,
+    pub(crate) w: CostWeights,
+    pub(crate) cap: f64,
+    pub(crate) cap_eff: f64,
+    pub(crate) assign: Vec<u32>,
+    /// Shard slot in the current plan (NONE: new device).
+    pub(crate) orig: Vec<u32>,
+    /// Per topic: (shard slot, subscribers there); at most a few entries.
+    pub(crate) pins: Vec<Vec<(u32, u32)>>,
+    pub(crate) load: Vec<f64>,
+    pub(crate) wsum: Vec<f64>,
+    pub(crate) members: Vec<u32>,
+    pub(crate) total: f64,
+    pub(crate) migrations: usize,
+    /// Moves not made because the migration budget was spent.
+    pub(crate) deferred: usize,
+}
+
+impl<'a> Partition<'a> {
+    /// Places every device of a fresh plan by the graph partitioner's
+    /// topic parts ([`initial`]), with as many shards as the rates need:
+    /// first [`GRAPH_LOAD_FACTOR`] times the total rate over usable
+    /// capacity, then more while a shard comes out above usable capacity
+    /// (at most four tries). Returns false, placing nothing, when the
+    /// graph does not suit partitioning into that many shards (see
+    /// `TopicGraph::partition`): greedy placement then.
+    pub(crate) fn seed_from_graph(
+        &mut self,
+        subscribers: &Subscribers,
+        seed: u64,
+    ) -> Result<bool, PlannerError> {
+        let inst = self.inst;
+        let graph = initial::TopicGraph::build(inst, subscribers);
+        let max = (inst.resources.max_shards as usize).max(1);
+        let mut k =
+            ((graph.total_rate() * GRAPH_LOAD_FACTOR / self.cap_eff).ceil() as usize).clamp(1, max);
+        let Some(mut home) = graph.partition(k, seed)? else {
+            return Ok(false);
+        };
+        for attempt in 0.. {
+            let parts = initial::device_parts(inst, &home);
+            *self = Partition::new(inst);
+            for _ in 0..k {
+                self.open();
+            }
+            for (d, &s) in parts.iter().enumerate() {
+                if s != NONE {
+                    self.place(d, s);
+                }
+            }
+            let max_load = self.load.iter().fold(0.0f64, |a, &b| a.max(b));
+            tracing::debug!(k, max_load, "graph partition");
+            if max_load <= self.cap_eff || k >= max || attempt == 3 {
+                break;
+            }
+            let more = ((k as f64 * max_load / self.cap_eff * 1.02).ceil() as usize).min(max);
+            match graph.partition(more, seed)? {
+                Some(h) => (k, home) = (more, h),
+                None => break,
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn new(inst: &'a Instance) -> Self {
+        let n = inst.devices.len();
+        Partition {
+            inst,
+            w: inst.weights,
+            cap: inst.resources.shard_capacity,
+            cap_eff: inst.resources.usable_capacity(),
+            assign: vec![NONE; n],
+            orig: vec![NONE; n],
+            pins: vec![Vec::new(); inst.topics.len()],
+            load: Vec::new(),
+            wsum: Vec::new(),
+            members: Vec::new(),
+            total: 0.0,
+            migrations: 0,
+            deferred: 0,
+        }
+    }
+
+    pub(crate) fn open(&mut self) -> u32 {
+        self.load.push(0.0);
+        self.wsum.push(0.0);
+        self.members.push(0);
+        (self.load.len() - 1) as u32
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.members.iter().filter(|&&m| m > 0).count()
+    }
+
+    pub(crate) fn pin(&self, t: u32, s: u32) -> u32 {
+        self.pins[t as usize]
+            .iter()
+            .find(|p| p.0 == s)
+            .map_or(0, |p| p.1)
+    }
+
+    pub(crate) fn migrated(&self, d: usize, s: u32) -> bool {
+        self.orig[d] != NONE && s != self.orig[d]
+    }
+
+    pub(crate) fn place(&mut self, d: usize, s: u32) {
+        debug_assert_eq!(self.assign[d], NONE);
+        for &t in self.inst.subscriptions(d) {
+            let pins = &mut self.pins[t as usize];
+            match pins.iter_mut().find(|p| p.0 == s) {
+                Some(p) => p.1 += 1,
+                None => {
+                    pins.push((s, 1));
+                    let r = self.inst.rates[t as usize];
+                    self.load[s as usize] += r;
+                    self.total += r;
+                }
+            }
+        }
+        self.wsum[s as usize] += self.inst.waste_weight[d];
+        self.members[s as usize] += 1;
+        self.assign[d] = s;
+        self.migrations += self.migrated(d, s) as usize;
+    }
+
+    pub(crate) fn unplace(&mut self, d: usize) {
+        let s = self.assign[d];
+        self.migrations -= self.migrated(d, s) as usize;
+        for &t in self.inst.subscriptions(d) {
+            let pins = &mut self.pins[t as usize];
+            let i = pins.iter().position(|p| p.0 == s).expect("pinned");
+            pins[i].1 -= 1;
+            if pins[i].1 == 0 {
+                pins.swap_remove(i);
+                let r = self.inst.rates[t as usize];
+                self.load[s as usize] -= r;
+                self.total -= r;
+            }
+        }
+        self.wsum[s as usize] -= self.inst.waste_weight[d];
+        self.members[s as usize] -= 1;
+        if self.members[s as usize] == 0 {
+            // Clear rounding residue so an empty shard reads exactly 0.
+            self.load[s as usize] = 0.0;
+            self.wsum[s as usize] = 0.0;
+        }
+        self.assign[d] = NONE;
+    }
+
+    pub(crate) fn move_to(&mut self, d: usize, s: u32) {
+        self.unplace(d);
+        self.place(d, s);
+    }
+
+    /// The cost terms that depend on one shard alone.
+    pub(crate) fn shard_cost(&self, load: f64, wsum: f64, members: u32) -> f64 {
+        if members == 0 {
+            return 0.0;
+        }
+        let rho = (load / self.cap).min(0.99);
+        self.w.overload * (load - self.cap_eff).max(0.0)
+            + self.w.wasted * load * wsum
+            + self.w.latency * load * rho / (1.0 - rho)
+            + self.w.shard
+    }
+
+    pub(crate) fn bandwidth_cost(&self, total: f64) -> f64 {
+        self.inst
+            .resources
+            .bandwidth
+            .map_or(0.0, |b| self.w.overload * (total - b).max(0.0))
+    }
+
+    /// Cost change of putting device `d` (placed or not) into shard `b`, and
+    /// `b`'s load after; `None` when a topic would exceed the fan-out.
+    pub(crate) fn delta(&self, d: usize, b: u32) -> Option<(f64, f64)> {
+        let a = self.assign[d];
+        let (mut lose, mut gain) = (0.0, 0.0);
+        for &t in self.inst.subscriptions(d) {
+            let r = self.inst.rates[t as usize];
+            let leaves = a != NONE && self.pin(t, a) == 1;
+            if leaves {
+                lose += r;
+            }
+            if self.pin(t, b) == 0 {
+                gain += r;
+                if !leaves && self.pins[t as usize].len() >= MAX_ROUTE_SHARDS {
+                    return None;
+                }
+            }
+        }
+        let wd = self.inst.waste_weight[d];
+        let (bu, ls, ws, ms) = (b as usize, &self.load, &self.wsum, &self.members);
+        let mut c = self.shard_cost(ls[bu] + gain, ws[bu] + wd, ms[bu] + 1)
+            - self.shard_cost(ls[bu], ws[bu], ms[bu]);
+        if a != NONE {
+            let au = a as usize;
+            c += self.shard_cost(ls[au] - lose, ws[au] - wd, ms[au] - 1)
+                - self.shard_cost(ls[au], ws[au], ms[au]);
+        }
+        c += self.w.copies * (gain - lose);
+        c += self.bandwidth_cost(self.total + gain - lose) - self.bandwidth_cost(self.total);
+        if self.orig[d] != NONE {
+            let was = a != NONE && self.migrated(d, a);
+            c += self.w.migration * (self.migrated(d, b) as i32 - was as i32) as f64;
+        }
+        Some((c, ls[bu] + gain))
+    }
+
+    /// Shards holding any of `d`'s topics, other than its own.
+    pub(crate) fn neighbours(&self, d: usize, out: &mut Vec<u32>) {
+        out.clear();
+        for &t in self.inst.subscriptions(d) {
+            for &(s, _) in &self.pins[t as usize] {
+                if s != self.assign[d] {
+                    out.push(s);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+
+    /// Whether a new shard can take unplaced device `d` without a topic of
+    /// it exceeding the fan-out.
+    pub(crate) fn can_open_for(&self, d: usize) -> bool {
+        self.can_open()
+            && self
+                .inst
+                .subscriptions(d)
+                .iter()
+                .all(|&t| self.pins[t as usize].len() < MAX_ROUTE_SHARDS)
+    }
+
+    pub(crate) fn can_open(&self) -> bool {
+        self.active() < self.inst.resources.max_shards as usize
+    }
+
+    /// A fresh slot, reusing an empty one when there is.
+    pub(crate) fn open_reusing(&mut self) -> u32 {
+        self.open_reusing_except(&[])
+    }
+
+    /// A fresh slot, reusing an empty one not marked in `except`.
+    pub(crate) fn open_reusing_except(&mut self, except: &[bool]) -> u32 {
+        let free = (0..self.members.len())
+            .find(|&s| self.members[s] == 0 && !except.get(s).copied().unwrap_or(false));
+        match free {
+            Some(s) => s as u32,
+            None => self.open(),
+        }
+    }
+
+    pub(crate) fn lightest(&self) -> u32 {
+        (0..self.load.len() as u32)
+            .filter(|&s| self.members[s as usize] > 0)
+            .min_by(|&a, &b| self.load[a as usize].total_cmp(&self.load[b as usize]))
+            .unwrap_or(NONE)
+    }
+
+    pub(crate) fn members_of(&self, s: u32) -> Vec<u32> {
+        (0..self.assign.len() as u32)
+            .filter(|&d| self.assign[d as usize] == s)
+            .collect()
+    }
+
+    pub(crate) fn budget_left(&self) -> usize {
+        self.inst
+            .resources
+            .max_migrations
+            .saturating_sub(self.migrations)
+    }
+
+    /// Refinement never pushes a shard above usable capacity (or further
+    /// above it), whatever the other terms would gain.
+    pub(crate) fn within_capacity(&self, s: u32, after: f64) -> bool {
+        after <= self.cap_eff || after <= self.load[s as usize]
+    }
+
+    pub(crate) fn cost(&self) -> Cost {
+        let inst = self.inst;
+        let mut c = Cost::default();
+        let mut own = 0.0;
+        for d in 0..inst.devices.len() {
+            let r: f64 = inst
+                .subscriptions(d)
+                .iter()
+                .map(|&t| inst.rates[t as usize])
+                .sum();
+            own += r * inst.waste_weight[d];
+        }
+        c.max_fanout = self.pins.iter().map(Vec::len).max().unwrap_or(0);
+        let subscribed: f64 = self
+            .pins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, _)| inst.rates[t])
+            .sum();
+        let mut sum = 0.0;
+        for s in 0..self.load.len() {
+            if self.members[s] == 0 {
+                continue;
+            }
+            let l = self.load[s];
+            c.shards += 1;
+            sum += l;
+            c.max_load = c.max_load.max(l);
+            if l > self.cap_eff + EPS {
+                c.overload += l - self.cap_eff;
+                c.overloaded_shards += 1;
+            }
+            c.wasted += l * self.wsum[s];
+            let rho = (l / self.cap).min(0.99);
+            c.latency += l * rho / (1.0 - rho);
+        }
+        c.mean_load = if c.shards > 0 {
+            sum / c.shards as f64
+        } else {
+            0.0
+        };
+        c.wasted = (c.wasted - own).max(0.0);
+        c.copies = (sum - subscribed).max(0.0);
+        c.migrations = self.migrations;
+        c.bandwidth_excess = inst.resources.bandwidth.map_or(0.0, |b| (sum - b).max(0.0));
+        let w = &self.w;
+        c.total = w.overload * (c.overload + c.bandwidth_excess)
+            + w.copies * c.copies
+            + w.wasted * c.wasted
+            + w.latency * c.latency
+            + w.shard * c.shards as f64
+            + w.migration * c.migrations as f64;
+        c
+    }
+}

@@ -1,0 +1,75 @@
+//! The maps the program reads and writes, and what each holds (layout and
+//! the generation-swap protocol: `router_common::maps`).
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use router_common::{
+    maps::{
+        Config, Counter, DeviceAddr, GroupStatKey, IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS,
+        MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta,
+        ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
+    },
+    reason::REASON_COUNT,
+    topic::TopicKey,
+};
+
+use crate::packet::{Scratch, Window};
+
+#[btf_map]
+pub(crate) static SC_CONFIG: Array<Config, 1> = Array::new();
+#[btf_map]
+pub(crate) static SC_ACTIVE: Array<u32, 1> = Array::new();
+#[btf_map]
+pub(crate) static SC_META: Array<Meta, 1> = Array::new();
+#[btf_map]
+pub(crate) static SC_ROUTES: ArrayOfMaps<
+    HashMap<TopicKey, Route, { MAX_ROUTES as usize }, { ROUTES_MAP_FLAGS as usize }>,
+    2,
+> = ArrayOfMaps::new();
+/// MQTT-SN (TopicIdType, id) → route, per generation parity (see
+/// `router_common::maps::mqttsn_id_index`): an array lookup where a name
+/// takes a hash lookup. A zeroed entry (no shards) is "no route".
+#[btf_map]
+pub(crate) static SC_IDS: ArrayOfMaps<
+    Array<Route, { MQTTSN_ID_ROUTES as usize }, { IDS_MAP_FLAGS as usize }>,
+    2,
+> = ArrayOfMaps::new();
+#[btf_map]
+pub(crate) static SC_SHARDS: ArrayOfMaps<Array<Shard, { MAX_SHARDS as usize }>, 2> = ArrayOfMaps::new();
+#[btf_map]
+pub(crate) static SC_EGRESS: DevMap<{ MAX_EGRESS as usize }> = DevMap::new();
+#[btf_map]
+pub(crate) static SC_REASONS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
+#[btf_map]
+pub(crate) static SC_TOPIC_STATS: PerCpuArray<Counter, { MAX_TOPICS as usize }> = PerCpuArray::new();
+#[btf_map]
+pub(crate) static SC_UNROUTED: LruPerCpuHashMap<TopicKey, Counter, { MAX_UNROUTED as usize }> =
+    LruPerCpuHashMap::new();
+/// Per-CPU scratch for the parsers (see `packet::Scratch`).
+#[btf_map]
+pub(crate) static SC_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+/// Per-CPU copy of the CoAP message being parsed (see `packet::Window`).
+#[btf_map]
+pub(crate) static SC_COAP_WINDOW: PerCpuArray<Window, 1> = PerCpuArray::new();
+/// Counter slot → topic name key (hash 0: free). Only the control plane
+/// reads and writes it; it lives here so the slot assignment is pinned with
+/// the counters it indexes and outlives any daemon.
+#[btf_map]
+pub(crate) static SC_SLOTS: Array<TopicKey, { MAX_TOPICS as usize }, { SLOTS_MAP_FLAGS as usize }> =
+    Array::new();
+/// Device source address → device group index (from the plan's devices).
+#[btf_map]
+pub(crate) static SC_DEVICES: HashMap<
+    DeviceAddr,
+    u32,
+    { MAX_DEVICES as usize },
+    { ROUTES_MAP_FLAGS as usize },
+> = HashMap::new();
+/// Routed packets per (topic slot, device group), when `CONFIG_GROUP_STATS`.
+/// Shared by the CPUs (see `add_shared`) and read by `shardcast_group_dump`.
+#[btf_map]
+pub(crate) static SC_GROUP_STATS: LruHashMap<GroupStatKey, Counter, { MAX_GROUP_STATS as usize }> =
+    LruHashMap::new();
+

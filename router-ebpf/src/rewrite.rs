@@ -1,0 +1,189 @@
+//! The header rewrite of a routed frame: IPv4 or IPv6 destination to the
+//! shard's group, TTL or hop limit, UDP port, checksums patched
+//! incrementally, MACs. The only packet writes of the program.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use router_common::{
+    checksum::Patch,
+    maps::{SHARD_HAS_V4, SHARD_HAS_V6, Shard},
+    reason::Reason,
+};
+
+use crate::{
+    packet::{Ipv4Hdr, Ipv6Hdr, UdpHdr, ptr_at, word},
+    route::{L3, VLAN_HLEN},
+};
+
+/// Rewrites the frame for `shard`: IP destination, TTL or hop limit, UDP
+/// port and checksums, then the MACs (the group's as destination, the
+/// shard's source). Checks everything before it writes anything, so a frame
+/// sent to the stack instead leaves untouched.
+#[inline(always)]
+pub(crate) fn frame(
+    ctx: &XdpContext,
+    l3: L3,
+    tagged: bool,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<(), Reason> {
+    let dst_mac = match l3 {
+        L3::V4 { off, .. } => rewrite_v4(ctx, off, udp, shard)?,
+        L3::V6 { off } => rewrite_v6(ctx, off, udp, shard)?,
+    };
+    let mac_off = if tagged { VLAN_HLEN } else { 0 };
+    let macs: *mut [u8; 12] = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
+    let src = shard.src_mac;
+    // SAFETY: bounds checked by `ptr_at` (the 12 MAC bytes precede the
+    // inner EtherType, which lies within the checked span).
+    unsafe {
+        let macs = macs as *mut u8;
+        word::store64(
+            macs,
+            dst_mac | (u16::from_ne_bytes([src[0], src[1]]) as u64) << 48,
+        );
+        word::store32(
+            macs.add(8),
+            u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
+        );
+    }
+    Ok(())
+}
+
+/// Drops the 802.1Q tag of a rewritten frame: the MACs already sit in
+/// front of the inner EtherType, so removing the first 4 bytes leaves an
+/// untagged frame for the egress. False if the kernel refused.
+#[inline(always)]
+pub(crate) fn strip_vlan(ctx: &XdpContext) -> bool {
+    // SAFETY: plain helper call on our own context.
+    unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) == 0 }
+}
+
+// The header rewrite composes MAC and header words in native order.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "shardcast's XDP program is built for little-endian BPF (bpfel)"
+);
+
+/// The UDP header's destination port and checksum fields, for word access.
+#[inline(always)]
+fn udp_fields(udp: *mut UdpHdr) -> (*mut u8, *mut u8) {
+    // SAFETY: field addresses only; no access.
+    unsafe {
+        (
+            (&raw mut (*udp).dest).cast(),
+            (&raw mut (*udp).check).cast(),
+        )
+    }
+}
+
+/// The destination port (native order) of a publish's copy for `shard`:
+/// the shard's, or with port 0 the publish's own `old` (MQTT-SN and CoAP
+/// then stay apart on a shared group).
+#[inline(always)]
+fn shard_port(shard: &Shard, old: u16) -> u16 {
+    if shard.port == 0 {
+        old
+    } else {
+        shard.port.to_be()
+    }
+}
+
+/// IPv4: destination → group, TTL − 1, port, both checksums patched.
+/// Returns the destination MAC (the group's, RFC 1112) as the low 48 bits
+/// of a native word, ready to store.
+#[inline(always)]
+fn rewrite_v4(
+    ctx: &XdpContext,
+    off: usize,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<u64, Reason> {
+    if shard.flags & SHARD_HAS_V4 == 0 {
+        return Err(Reason::NoGroupForFamily);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
+    // SAFETY: bounds checked by `ptr_at` (here and in the caller for `udp`).
+    unsafe {
+        let ttl = (*ip).ttl;
+        if ttl <= 1 {
+            return Err(Reason::TtlExpired);
+        }
+        let group = u32::from_ne_bytes(shard.group_v4);
+        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
+        let old_daddr = word::load32(daddr);
+        // TTL shares a checksummed 16-bit word with the protocol.
+        let ttl_word = word::load16(&raw const (*ip).ttl);
+        let ip_check = (&raw mut (*ip).check).cast::<u8>();
+        let mut ipc = Patch::new(word::load16(ip_check));
+        ipc.replace16(ttl_word, u16::from_ne_bytes([ttl - 1, (*ip).protocol]));
+        ipc.replace32(old_daddr, group);
+        (*ip).ttl = ttl - 1;
+        word::store32(daddr, group);
+        word::store16(ip_check, ipc.finish());
+
+        let (dest, udp_check) = udp_fields(udp);
+        let old_port = word::load16(dest);
+        let new_port = shard_port(shard, old_port);
+        let check = word::load16(udp_check);
+        if check != 0 {
+            let mut uc = Patch::new(check);
+            uc.replace32(old_daddr, group);
+            uc.replace16(old_port, new_port);
+            word::store16(udp_check, uc.finish_udp());
+        }
+        word::store16(dest, new_port);
+        // 01:00:5e, then the group's low 23 bits.
+        Ok(0x5e_0001 | ((group as u64 & 0xffff_7f00) << 16))
+    }
+}
+
+/// IPv6: destination → group, hop limit − 1, port, UDP checksum patched.
+/// Returns the destination MAC (33:33 and the group's low 32 bits, RFC
+/// 2464) as the low 48 bits of a native word.
+#[inline(always)]
+fn rewrite_v6(
+    ctx: &XdpContext,
+    off: usize,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<u64, Reason> {
+    if shard.flags & SHARD_HAS_V6 == 0 {
+        return Err(Reason::NoGroupForFamily);
+    }
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
+    // SAFETY: bounds checked by `ptr_at` (here and in the caller for `udp`).
+    unsafe {
+        let hops = (*ip).hop_limit;
+        if hops <= 1 {
+            return Err(Reason::TtlExpired);
+        }
+        let (dest, udp_check) = udp_fields(udp);
+        let check = word::load16(udp_check);
+        if check == 0 {
+            return Err(Reason::ZeroChecksumV6);
+        }
+        let g = &shard.group_v6;
+        let group = [
+            u32::from_ne_bytes([g[0], g[1], g[2], g[3]]),
+            u32::from_ne_bytes([g[4], g[5], g[6], g[7]]),
+            u32::from_ne_bytes([g[8], g[9], g[10], g[11]]),
+            u32::from_ne_bytes([g[12], g[13], g[14], g[15]]),
+        ];
+        let old_port = word::load16(dest);
+        let new_port = shard_port(shard, old_port);
+        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
+        let mut uc = Patch::new(check);
+        for (i, &w) in group.iter().enumerate() {
+            uc.replace32(word::load32(daddr.add(4 * i)), w);
+        }
+        uc.replace16(old_port, new_port);
+        (*ip).hop_limit = hops - 1;
+        for (i, &w) in group.iter().enumerate() {
+            word::store32(daddr.add(4 * i), w);
+        }
+        word::store16(dest, new_port);
+        word::store16(udp_check, uc.finish_udp());
+        Ok(0x3333 | (group[3] as u64) << 16)
+    }
+}
+
