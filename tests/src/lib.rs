@@ -18,6 +18,7 @@ pub mod forecast_bench;
 pub mod lab;
 pub mod measure;
 pub mod planner_bench;
+pub mod xdp;
 
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.
 pub fn object() -> PathBuf {

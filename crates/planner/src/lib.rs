@@ -545,7 +545,9 @@ mod tests {
         let mut current = plan(&inst, None, Options::default()).unwrap().plan;
         let a = current.topics.iter_mut().find(|t| t.name == "a").unwrap();
         a.mqttsn_registered_ids = vec![300, 301];
-        let next = plan(&inst, Some(&current), Options::default()).unwrap().plan;
+        let next = plan(&inst, Some(&current), Options::default())
+            .unwrap()
+            .plan;
         let a = next.topics.iter().find(|t| t.name == "a").unwrap();
         assert_eq!(a.mqttsn_registered_ids, [300, 301]);
         assert_eq!(next.generation, current.generation + 1);
@@ -555,5 +557,4 @@ mod tests {
             PlannerError::GenerationExhausted
         );
     }
-
 }

@@ -25,7 +25,7 @@ use integration_tests::{
     measure::{median, rss_mib},
     object, reference_object,
 };
-use router_common::{coap, mqttsn};
+use router_common::coap;
 use router_ctl::{config::DaemonConfig, daemon::Daemon};
 use shardcast_dataplane::{AttachOptions, Dataplane, Mode, ReferenceProgram, RouterConfig, action};
 
@@ -332,35 +332,27 @@ fn bench(rounds: usize) -> Result<String> {
     let floor = ReferenceProgram::load(&reference_object(), "ref_floor")?;
     let mut fwd = ReferenceProgram::load(&reference_object(), "ref_forwarder")?;
 
-    // A typical sensor reading: predefined topic id 5 ("temp/room1").
-    let body = b"{\"t\":21.5,\"seq\":1042}";
-    let m = build::mqttsn_publish(
-        false,
-        build::qos0(mqttsn::TOPIC_PREDEFINED),
-        5u16.to_be_bytes(),
-        0,
-        body,
-    );
-    let c = build::coap_request(
-        coap::TYPE_NON,
-        coap::CODE_PUT,
-        0x4242,
-        &[0xa1, 0xb2],
-        &["ps", "data", "temp", "room1"],
-        body,
-    );
-    let unrouted = build::coap_request(
-        coap::TYPE_NON,
-        coap::CODE_PUT,
-        0x4243,
-        &[0xa1, 0xb2],
-        &["ps", "data", "temp", "room9"],
-        body,
-    );
-    let m4 = frame(L3::V4, None, 40000, 1884, &m);
+    // The frames timed are the fixture table's typical readings (checked
+    // byte for byte by the fixture tests).
+    use integration_tests::fixtures::{Expect, named, typical};
+    let m4 = named(typical::MQTTSN_V4).packet;
     // The forwarder keys on the first 8 payload bytes of the same frame.
+    let m = typical::mqttsn_reading();
     let key = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
     fwd.insert(key, u64::from_be_bytes([239, 1, 1, 1, 0x07, 0x5c, 0, 0]))?;
+    // A router case: the named fixture on `prog`, with the fixture's verdict.
+    let fixture = |name: &'static str, label: &'static str, prog: Prog| {
+        let f = named(name);
+        Case {
+            name: label,
+            prog,
+            want: match f.expect {
+                Expect::Redirect { .. } => action::REDIRECT,
+                Expect::Pass(_) => action::PASS,
+            },
+            packet: f.packet,
+        }
+    };
 
     let cases = vec![
         Case {
@@ -375,54 +367,38 @@ fn bench(rounds: usize) -> Result<String> {
             packet: m4.clone(),
             want: action::TX,
         },
-        Case {
-            name: "router: MQTT-SN v4 publish",
-            prog: Prog::Router,
-            packet: m4,
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router: MQTT-SN v6 publish",
-            prog: Prog::Router,
-            packet: frame(L3::V6, None, 40000, 1884, &m),
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router: CoAP v4 publish",
-            prog: Prog::Router,
-            packet: frame(L3::V4, None, 40000, 5683, &c),
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router: CoAP v6 publish",
-            prog: Prog::Router,
-            packet: frame(L3::V6, None, 40000, 5683, &c),
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router: CoAP v4 unrouted (counted, PASS)",
-            prog: Prog::Router,
-            packet: frame(L3::V4, None, 40000, 5683, &unrouted),
-            want: action::PASS,
-        },
-        Case {
-            name: "router + group telemetry: MQTT-SN v4 publish",
-            prog: Prog::RouterGroups,
-            packet: frame(L3::V4, None, 40000, 1884, &m),
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router + group telemetry 1 in 16: MQTT-SN v4 publish",
-            prog: Prog::RouterGroupsSampled,
-            packet: frame(L3::V4, None, 40000, 1884, &m),
-            want: action::REDIRECT,
-        },
-        Case {
-            name: "router + group telemetry: CoAP v4 publish",
-            prog: Prog::RouterGroups,
-            packet: frame(L3::V4, None, 40000, 5683, &c),
-            want: action::REDIRECT,
-        },
+        fixture(
+            typical::MQTTSN_V4,
+            "router: MQTT-SN v4 publish",
+            Prog::Router,
+        ),
+        fixture(
+            typical::MQTTSN_V6,
+            "router: MQTT-SN v6 publish",
+            Prog::Router,
+        ),
+        fixture(typical::COAP_V4, "router: CoAP v4 publish", Prog::Router),
+        fixture(typical::COAP_V6, "router: CoAP v6 publish", Prog::Router),
+        fixture(
+            typical::COAP_UNROUTED,
+            "router: CoAP v4 unrouted (counted, PASS)",
+            Prog::Router,
+        ),
+        fixture(
+            typical::MQTTSN_V4,
+            "router + group telemetry: MQTT-SN v4 publish",
+            Prog::RouterGroups,
+        ),
+        fixture(
+            typical::MQTTSN_V4,
+            "router + group telemetry 1 in 16: MQTT-SN v4 publish",
+            Prog::RouterGroupsSampled,
+        ),
+        fixture(
+            typical::COAP_V4,
+            "router + group telemetry: CoAP v4 publish",
+            Prog::RouterGroups,
+        ),
     ];
     let run = |case: &Case, repeat: u32| -> Result<(u32, Duration)> {
         let r = match case.prog {
