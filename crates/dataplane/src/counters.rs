@@ -141,7 +141,8 @@ impl Dataplane {
     /// on kernels without BTF, and the reference the iterator is tested
     /// against.
     pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
-        batch::lookup(self.raw_group_stats.fd().as_fd())
+        batch::TypedMap::<GroupStatKey, Counter>::new(self.raw_group_stats.fd().as_fd())
+            .and_then(|m| m.lookup())
             .map_err(|e| batch_err(names::GROUP_STATS, e))
     }
 

@@ -58,6 +58,19 @@ pub(crate) fn create_inner<K, V>(
     .map_err(map_err(outer))
 }
 
+/// The routes inner map behind `fd`, checked to hold `TopicKey → Route`.
+fn routes_map(fd: std::os::fd::BorrowedFd<'_>) -> Result<batch::TypedMap<'_, TopicKey, Route>> {
+    batch::TypedMap::new(fd).map_err(|e| batch_err(names::ROUTES, e))
+}
+
+/// An outer map (slot → inner map descriptor) behind `fd`.
+fn outer_map<'fd>(
+    fd: std::os::fd::BorrowedFd<'fd>,
+    name: &'static str,
+) -> Result<batch::TypedMap<'fd, u32, u32>> {
+    batch::TypedMap::new(fd).map_err(|e| batch_err(name, e))
+}
+
 /// A fresh, empty inner routes map (same shape as the template).
 pub(crate) fn create_routes_map(capacity: u32) -> Result<MapData> {
     create_inner::<TopicKey, Route>(
@@ -364,10 +377,10 @@ impl Dataplane {
                         .filter(|k| !now.contains_key(k))
                         .copied()
                         .collect();
-                    batch::update(w.map.fd().as_fd(), &ck, &cv)
+                    let m = routes_map(w.map.fd().as_fd())?;
+                    m.update(&ck, &cv)
                         .map_err(|e| batch_err(names::ROUTES, e))?;
-                    batch::delete(w.map.fd().as_fd(), &gone)
-                        .map_err(|e| batch_err(names::ROUTES, e))?;
+                    m.delete(&gone).map_err(|e| batch_err(names::ROUTES, e))?;
                     (w.map, w.capacity, ck.len() + gone.len() + id_changed, w.ids)
                 } else {
                     let data = joined(
@@ -382,12 +395,12 @@ impl Dataplane {
                     ph.mark("fresh routes map ready");
                     // Two writers, one per core: the kernel locks per bucket.
                     let half = keys.len() / 2;
-                    let fd = data.fd().as_fd();
+                    let m = routes_map(data.fd().as_fd())?;
                     let (k1, k2) = keys.split_at(half);
                     let (v1, v2) = values.split_at(half);
                     std::thread::scope(|inner| -> Result<()> {
-                        let other = inner.spawn(move || batch::update(fd, k2, v2));
-                        batch::update(fd, k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
+                        let other = inner.spawn(move || m.update(k2, v2));
+                        m.update(k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
                         joined(other.join(), "route writer")?
                             .map_err(|e| batch_err(names::ROUTES, e))
                     })?;
@@ -426,18 +439,18 @@ impl Dataplane {
         // is the inner map's descriptor), one thread each.
         let shards_outer = &mut self.shards;
         let (routes_outer, routes_fd) = (
-            self.raw_routes.fd().as_fd(),
+            outer_map(self.raw_routes.fd().as_fd(), names::ROUTES)?,
             routes.fd().as_fd().as_raw_fd() as u32,
         );
         let (ids_outer, ids_fd) = (
-            self.raw_ids.fd().as_fd(),
+            outer_map(self.raw_ids.fd().as_fd(), names::IDS)?,
             ids.map.fd().as_fd().as_raw_fd() as u32,
         );
         std::thread::scope(|scope| -> Result<()> {
-            let routes_set = (!reuse)
-                .then(|| scope.spawn(move || batch::update_one(routes_outer, &new, &routes_fd)));
+            let routes_set =
+                (!reuse).then(|| scope.spawn(move || routes_outer.update_one(&new, &routes_fd)));
             let ids_set =
-                (!reuse).then(|| scope.spawn(move || batch::update_one(ids_outer, &new, &ids_fd)));
+                (!reuse).then(|| scope.spawn(move || ids_outer.update_one(&new, &ids_fd)));
             if let Some(shards) = &shards {
                 shards_outer
                     .set(new, shards, 0)
@@ -479,7 +492,8 @@ impl Dataplane {
         let outer = self.raw_routes.fd().as_fd().try_clone_to_owned()?;
         let inner = routes.fd().as_fd().try_clone_to_owned()?;
         self.settling = Some(std::thread::spawn(move || {
-            batch::update_one(outer.as_fd(), &slot, &(inner.as_raw_fd() as u32))
+            batch::TypedMap::<u32, u32>::new(outer.as_fd())?
+                .update_one(&slot, &(inner.as_raw_fd() as u32))
         }));
         ph.mark("old slot settling (background)");
         if self.incremental {
@@ -550,8 +564,10 @@ impl Dataplane {
             .iter()
             .map(|d| (device_addr(d.address), d.group))
             .collect();
-        let held: Vec<(DeviceAddr, u32)> = batch::lookup(self.raw_devices.fd().as_fd())
+        let devices = batch::TypedMap::<DeviceAddr, u32>::new(self.raw_devices.fd().as_fd())
             .map_err(|e| batch_err(names::DEVICES, e))?;
+        let held: Vec<(DeviceAddr, u32)> =
+            devices.lookup().map_err(|e| batch_err(names::DEVICES, e))?;
         // Only what changed is written: a device keeps its entry (and its
         // group) while its group is unchanged.
         let gone: Vec<DeviceAddr> = held
@@ -565,9 +581,11 @@ impl Dataplane {
             .filter(|(k, v)| held.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .unzip();
-        batch::update(self.raw_devices.fd().as_fd(), &keys, &values)
+        devices
+            .update(&keys, &values)
             .map_err(|e| batch_err(names::DEVICES, e))?;
-        batch::delete(self.raw_devices.fd().as_fd(), &gone)
+        devices
+            .delete(&gone)
             .map_err(|e| batch_err(names::DEVICES, e))
     }
 }

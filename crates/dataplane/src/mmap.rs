@@ -28,8 +28,27 @@ unsafe impl<T: Pod> Send for ArrayMmap<T> {}
 impl<T: Pod> ArrayMmap<T> {
     /// Maps the first `len` elements of the array map `fd` (whose values
     /// must be `T`, 8-byte sized as the kernel strides them).
+    ///
+    /// The map's value size and length are checked against `T` and `len`
+    /// first: a mapping shorter than `len` elements of `T` would let safe
+    /// code read past it.
     pub fn new(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
-        assert_eq!(size_of::<T>() % 8, 0, "array elements are 8-byte strided");
+        let info = super::batch::map_info(fd)?;
+        if !size_of::<T>().is_multiple_of(8)
+            || info.value_size as usize != size_of::<T>()
+            || (info.max_entries as usize) < len
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "map {} holds {} values of {} bytes; mapping {len} elements of {} bytes (8-byte strided) does not fit it",
+                    info.id,
+                    info.max_entries,
+                    info.value_size,
+                    size_of::<T>()
+                ),
+            ));
+        }
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let bytes = (len * size_of::<T>()).div_ceil(page) * page;
