@@ -12,11 +12,14 @@
 //! host.
 
 use crate::{
-    maps::PREFIX_MAX,
     payload::Payload,
     reason::Reason,
     topic::{TOPIC_MAX, TopicHasher, TopicKey},
 };
+
+/// Longest pub/sub prefix (bytes, including the trailing '/'): the room
+/// `maps::Config` gives it. A power of two (the walk masks indices with it).
+pub const PREFIX_MAX: usize = 32;
 
 pub const VERSION: u8 = 1;
 pub const TYPE_CON: u8 = 0;

@@ -18,8 +18,9 @@
 /// layout is never silently misread.
 pub const LAYOUT_VERSION: u32 = 4;
 
-/// Longest CoAP pub/sub prefix (bytes, including the trailing '/').
-pub const PREFIX_MAX: usize = 32;
+/// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
+/// CoAP parser's constant, sized here into `Config`.
+pub use crate::coap::PREFIX_MAX;
 /// Shards per route the data plane can name: the most shards one topic
 /// may span. 16 rather than 8 (layout v4): a site-wide topic of a large
 /// site is cheapest cut into many pieces, each sharing a shard with the

@@ -480,11 +480,7 @@ fn write_bucket(
             Some(name) => name.as_str(),
             None => unnamed[slot].as_str(),
         };
-        let group = match *group {
-            0 => "unknown",
-            g => groups.get(g as usize - 1).map_or("unknown", |s| s.as_str()),
-        };
-        (start, topic, group, *n)
+        (start, topic, shardcast_plan::group_name(groups, *group), *n)
     });
     let baseline: BTreeMap<(u32, u32), u64> = baseline.iter().map(|(k, v)| (*k, *v)).collect();
     history.add_with_baseline(rows, now, Some(&baseline))?;

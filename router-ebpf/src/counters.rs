@@ -10,8 +10,7 @@ use router_common::{
 
 use crate::{
     maps::{SC_DEVICES, SC_GROUP_STATS, SC_REASONS, SC_TOPIC_STATS, SC_UNROUTED},
-    packet,
-    route::L3,
+    packet::{self, L3},
 };
 
 /// Counts a routed publish: per topic, and per (topic, device group)
@@ -122,4 +121,3 @@ fn add_shared(c: *mut Counter, packets: u64, bytes: u64) {
         );
     }
 }
-

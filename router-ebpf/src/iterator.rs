@@ -49,4 +49,3 @@ pub unsafe extern "C" fn shardcast_group_dump(ctx: *const MapElemCtx) -> i32 {
     }
     0
 }
-

@@ -37,13 +37,15 @@ pub(crate) static SC_IDS: ArrayOfMaps<
     2,
 > = ArrayOfMaps::new();
 #[btf_map]
-pub(crate) static SC_SHARDS: ArrayOfMaps<Array<Shard, { MAX_SHARDS as usize }>, 2> = ArrayOfMaps::new();
+pub(crate) static SC_SHARDS: ArrayOfMaps<Array<Shard, { MAX_SHARDS as usize }>, 2> =
+    ArrayOfMaps::new();
 #[btf_map]
 pub(crate) static SC_EGRESS: DevMap<{ MAX_EGRESS as usize }> = DevMap::new();
 #[btf_map]
 pub(crate) static SC_REASONS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
 #[btf_map]
-pub(crate) static SC_TOPIC_STATS: PerCpuArray<Counter, { MAX_TOPICS as usize }> = PerCpuArray::new();
+pub(crate) static SC_TOPIC_STATS: PerCpuArray<Counter, { MAX_TOPICS as usize }> =
+    PerCpuArray::new();
 #[btf_map]
 pub(crate) static SC_UNROUTED: LruPerCpuHashMap<TopicKey, Counter, { MAX_UNROUTED as usize }> =
     LruPerCpuHashMap::new();
@@ -72,4 +74,3 @@ pub(crate) static SC_DEVICES: HashMap<
 #[btf_map]
 pub(crate) static SC_GROUP_STATS: LruHashMap<GroupStatKey, Counter, { MAX_GROUP_STATS as usize }> =
     LruHashMap::new();
-

@@ -14,6 +14,15 @@ use router_common::{
 };
 
 pub const ETH_HLEN: usize = 14;
+/// An 802.1Q tag.
+pub const VLAN_HLEN: usize = 4;
+
+/// Where the IP header of the packet is, and which family.
+#[derive(Clone, Copy)]
+pub enum L3 {
+    V4 { off: usize, ihl: usize },
+    V6 { off: usize },
+}
 
 #[repr(C)]
 pub struct EthHdr {

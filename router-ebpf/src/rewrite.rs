@@ -9,10 +9,7 @@ use router_common::{
     reason::Reason,
 };
 
-use crate::{
-    packet::{Ipv4Hdr, Ipv6Hdr, UdpHdr, ptr_at, word},
-    route::{L3, VLAN_HLEN},
-};
+use crate::packet::{Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word};
 
 /// Rewrites the frame for `shard`: IP destination, TTL or hop limit, UDP
 /// port and checksums, then the MACs (the group's as destination, the
@@ -186,4 +183,3 @@ fn rewrite_v6(
         Ok(0x3333 | (group[3] as u64) << 16)
     }
 }
-

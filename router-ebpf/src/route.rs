@@ -13,8 +13,8 @@ use router_common::{
 
 use crate::{
     counters::{self, count, count_unrouted},
-    maps::{SC_ACTIVE, SC_CONFIG, SC_COAP_WINDOW, SC_EGRESS, SC_IDS, SC_ROUTES, SC_SCRATCH},
-    packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, UdpHdr, WindowPayload, ptr_at},
+    maps::{SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_IDS, SC_ROUTES, SC_SCRATCH},
+    packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
 
@@ -24,14 +24,6 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_UDP: u8 = 17;
-pub(crate) const VLAN_HLEN: usize = 4;
-
-/// Where the IP header of the packet is, and which family.
-#[derive(Clone, Copy)]
-pub(crate) enum L3 {
-    V4 { off: usize, ihl: usize },
-    V6 { off: usize },
-}
 
 #[inline(always)]
 pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
@@ -233,4 +225,3 @@ fn coap_key(
     };
     Ok((key, l3, tagged))
 }
-

@@ -3,6 +3,10 @@
 //! backtest (many origins, one fit per model) and the final forecast share
 //! one fit, which is what makes 10,000 two-week series fit in seconds.
 //!
+//! (One file for the six models, past the usual size: they share the
+//! calendar, the seasonal helpers and the fit-once/forecast-anywhere
+//! contract, and are read side by side when one is tuned.)
+//!
 //! - **seasonal naive** (daily) and **weekly naive**: the value one
 //!   season earlier, the baseline every error is scaled by;
 //! - **Holt-Winters**: additive level and daily season, without a trend

@@ -220,13 +220,17 @@ pub struct CompiledDevice {
 impl CompiledPlan {
     /// Name of device group index `i` (0 is `"unknown"`).
     pub fn group_name(&self, i: u32) -> &str {
-        match i {
-            0 => "unknown",
-            i => self
-                .groups
-                .get(i as usize - 1)
-                .map_or("unknown", |s| s.as_str()),
-        }
+        group_name(&self.groups, i)
+    }
+}
+
+/// Name of device group index `i` in a compiled plan's `groups` (index 0,
+/// and any index the list does not hold, is `"unknown"`): the one rule
+/// for naming the group indices the data plane counts under.
+pub fn group_name(groups: &[String], i: u32) -> &str {
+    match i {
+        0 => "unknown",
+        i => groups.get(i as usize - 1).map_or("unknown", |s| s.as_str()),
     }
 }
 
