@@ -4,7 +4,8 @@
 //! (compiled to BPF by `router-ebpf`) and on the host (in `router-ctl` and in
 //! tests). Sharing the *code*, not a re-implementation, is what makes the
 //! topic key and the parsers agree on both sides by construction; the parity
-//! tests in `router-ctl` prove it against the loaded program.
+//! tests (`tests/tests/topic_key_parity.rs`, and every fixture in
+//! `tests/tests/xdp_verdicts.rs`) prove it against the loaded program.
 //!
 //! ```
 //! use router_common::{mqttsn, payload::Payload, topic::topic_key};

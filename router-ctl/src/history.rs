@@ -47,6 +47,11 @@ pub enum HistoryError {
     },
     #[error(transparent)]
     Csv(#[from] shardcast_records::RecordError),
+    #[error(
+        "a count of the bucket at unix {bucket} would exceed {} (2^64 - 1): nothing was added",
+        u64::MAX
+    )]
+    Overflow { bucket: u64 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,13 +100,18 @@ fn encode(cells: &Cells) -> Vec<u8> {
     v
 }
 
-fn decode(bytes: &[u8], into: &mut Cells) {
+/// Adds the encoded cells to `into`; `None` if a count would pass
+/// `u64::MAX` (then `into` is partly added to: the caller drops it).
+#[must_use]
+fn decode(bytes: &[u8], into: &mut Cells) -> Option<()> {
     for c in bytes.chunks_exact(16) {
         let t = u32::from_le_bytes(c[0..4].try_into().expect("4 bytes"));
         let g = u32::from_le_bytes(c[4..8].try_into().expect("4 bytes"));
         let n = u64::from_le_bytes(c[8..16].try_into().expect("8 bytes"));
-        *into.entry((t, g)).or_default() += n;
+        let cell = into.entry((t, g)).or_default();
+        *cell = cell.checked_add(n)?;
     }
+    Some(())
 }
 
 impl History {
@@ -209,6 +219,28 @@ impl History {
         baseline: Option<&BTreeMap<(u32, u32), u64>>,
     ) -> Result<()> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        // Interned ids are committed with the rows or not at all: on any
+        // failure the in-memory maps are rebuilt from the database.
+        let written = self
+            .fill(&txn, rows, now, baseline)
+            .and_then(|()| txn.commit().map_err(|e| self.err(e)));
+        if let Err(e) = written {
+            self.reload_ids()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The writes of [`add_with_baseline`](Self::add_with_baseline), in
+    /// `txn`.
+    fn fill<'a>(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        rows: impl IntoIterator<Item = (u64, &'a str, &'a str, u64)>,
+        now: u64,
+        baseline: Option<&BTreeMap<(u32, u32), u64>>,
+    ) -> Result<()> {
+        let overflow = |ts: u64| HistoryError::Overflow { bucket: ts };
         if let Some(b) = baseline {
             let mut t = txn.open_table(BASELINE).map_err(|e| self.err(e))?;
             t.insert("group_counters", encode(b).as_slice())
@@ -218,8 +250,6 @@ impl History {
         {
             let mut topics = txn.open_table(TOPICS).map_err(|e| self.err(e))?;
             let mut groups = txn.open_table(GROUPS).map_err(|e| self.err(e))?;
-            // Interned ids are committed with the rows or not at all; the
-            // in-memory maps are rebuilt if the transaction fails.
             let mut by_bucket: BTreeMap<(bool, u64), Cells> = BTreeMap::new();
             for (ts, topic, group, count) in rows {
                 let t = match self.topic_ids.get(topic) {
@@ -245,14 +275,15 @@ impl History {
                 } else {
                     (false, self.bucket_of(ts))
                 };
-                *by_bucket.entry(key).or_default().entry((t, g)).or_default() += count;
+                let cell = by_bucket.entry(key).or_default().entry((t, g)).or_default();
+                *cell = cell.checked_add(count).ok_or(overflow(key.1))?;
             }
             let mut fine = txn.open_table(FINE).map_err(|e| self.err(e))?;
             let mut coarse = txn.open_table(COARSE).map_err(|e| self.err(e))?;
             for ((is_coarse, ts), mut cells) in by_bucket {
                 let table = if is_coarse { &mut coarse } else { &mut fine };
                 if let Some(old) = table.get(ts).map_err(|e| self.err(e))? {
-                    decode(old.value(), &mut cells);
+                    decode(old.value(), &mut cells).ok_or(overflow(ts))?;
                 }
                 table
                     .insert(ts, encode(&cells).as_slice())
@@ -268,24 +299,19 @@ impl History {
             let mut merged: BTreeMap<u64, Cells> = BTreeMap::new();
             for ts in aged {
                 let v = fine.remove(ts).map_err(|e| self.err(e))?.expect("listed");
-                decode(v.value(), merged.entry(self.coarse_of(ts)).or_default());
+                let into = self.coarse_of(ts);
+                decode(v.value(), merged.entry(into).or_default()).ok_or(overflow(into))?;
             }
             for (ts, mut cells) in merged {
                 if let Some(old) = coarse.get(ts).map_err(|e| self.err(e))? {
-                    decode(old.value(), &mut cells);
+                    decode(old.value(), &mut cells).ok_or(overflow(ts))?;
                 }
                 coarse
                     .insert(ts, encode(&cells).as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
-        match txn.commit() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.reload_ids()?;
-                Err(self.err(e))
-            }
-        }
+        Ok(())
     }
 
     fn reload_ids(&mut self) -> Result<()> {
@@ -328,7 +354,8 @@ impl History {
             for kv in t.iter().map_err(|e| self.err(e))? {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
                 let mut cells = Cells::new();
-                decode(v.value(), &mut cells);
+                decode(v.value(), &mut cells)
+                    .ok_or(HistoryError::Overflow { bucket: k.value() })?;
                 for ((ti, gi), count) in cells {
                     out.push(Row {
                         ts: k.value(),
@@ -352,11 +379,13 @@ impl History {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        Ok(t.get("group_counters").map_err(|e| self.err(e))?.map(|v| {
-            let mut cells = Cells::new();
-            decode(v.value(), &mut cells);
-            cells
-        }))
+        let Some(v) = t.get("group_counters").map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let mut cells = Cells::new();
+        // Stored cells are distinct: nothing is summed here.
+        decode(v.value(), &mut cells).ok_or(HistoryError::Overflow { bucket: 0 })?;
+        Ok(Some(cells))
     }
 
     /// Number of fine and coarse buckets stored.
@@ -460,6 +489,33 @@ mod tests {
             History::open(&p, other),
             Err(HistoryError::Settings { .. })
         ));
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn counts_summing_past_u64_are_refused_whole() {
+        let p = tmp("overflow");
+        let mut h = History::open(&p, Settings::default()).unwrap();
+        let now = 1_000_000;
+        // In one call: nothing of it is stored, not even the new names.
+        let e = h
+            .add([(now, "t", "g", u64::MAX), (now, "t", "g", 1)], now)
+            .unwrap_err();
+        assert!(matches!(e, HistoryError::Overflow { .. }), "{e}");
+        assert!(h.rows().unwrap().is_empty());
+        // Across two: the second is refused, the first stays.
+        h.add([(now, "t", "g", u64::MAX)], now).unwrap();
+        let e = h
+            .add([(now, "t", "g", 1), (now, "u", "g", 1)], now)
+            .unwrap_err();
+        assert!(e.to_string().contains("would exceed"), "{e}");
+        let rows = h.rows().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].count, u64::MAX);
+        // The ids interned by the refused call were forgotten with it.
+        h.add([(now, "u", "g", 2)], now).unwrap();
+        assert_eq!(h.rows().unwrap().len(), 2);
+        drop(h);
         let _ = std::fs::remove_file(&p);
     }
 }

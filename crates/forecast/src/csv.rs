@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use shardcast_records::{Columns, history::parse_csv_lines, records};
+use shardcast_records::{Columns, echo, history::parse_csv_lines, records};
 
 use crate::*;
 
@@ -131,21 +131,34 @@ pub fn horizons_on_grid(spans: &[(String, u64)], step: u64) -> Result<Vec<(Strin
 pub const MAX_HORIZON_SECS: u64 = 7 * 86_400;
 
 /// Writes `topic,group,horizon,timestamp,predicted,lower,upper`.
-pub fn write_csv(m: &LoadMatrix, mut out: impl Write) -> std::io::Result<()> {
-    writeln!(out, "topic,group,horizon,timestamp,predicted,lower,upper")?;
+pub fn write_csv(m: &LoadMatrix, out: impl Write) -> std::io::Result<()> {
+    let mut w = shardcast_records::record::writer(out);
+    let io = shardcast_records::record::io_error;
+    w.write_record([
+        "topic",
+        "group",
+        "horizon",
+        "timestamp",
+        "predicted",
+        "lower",
+        "upper",
+    ])
+    .map_err(io)?;
     for (i, (topic, group)) in m.series.iter().enumerate() {
         for (j, (h, _)) in m.horizons.iter().enumerate() {
-            writeln!(
-                out,
-                "{topic},{group},{h},{},{:.3},{:.3},{:.3}",
-                m.targets[j],
-                m.values[[i, j, 0]],
-                m.values[[i, j, 1]],
-                m.values[[i, j, 2]]
-            )?;
+            w.write_record([
+                topic.as_str(),
+                group,
+                h,
+                &m.targets[j].to_string(),
+                &format!("{:.3}", m.values[[i, j, 0]]),
+                &format!("{:.3}", m.values[[i, j, 1]]),
+                &format!("{:.3}", m.values[[i, j, 2]]),
+            ])
+            .map_err(io)?;
         }
     }
-    Ok(())
+    w.flush()
 }
 
 /// Reads a forecast CSV (as [`write_csv`] writes it) and returns, per
@@ -178,16 +191,17 @@ pub fn rates_from_csv(
         })?;
         let bad = |reason: String| ForecastError::BadForecastLine { line: n, reason };
         let num = |k: usize, name: &str| -> Result<f64> {
-            f[k].parse::<f64>()
+            f[k].trim()
+                .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(format!("{name} {:?} is not a count >= 0", f[k])))
+                .ok_or_else(|| bad(format!("{name} {} is not a count >= 0", echo(&f[k]))))
         };
         let (p, lo, hi) = (num(4, "predicted")?, num(5, "lower")?, num(6, "upper")?);
         if lo > p || p > hi {
             return Err(bad(format!("band {lo}..{hi} does not hold predicted {p}")));
         }
-        if f[2] != horizon {
+        if f[2].trim() != horizon {
             continue;
         }
         found = true;
@@ -236,8 +250,9 @@ pub fn status_from_csv(text: &str) -> Result<BTreeMap<String, GroupStatus>> {
         })?;
         let bad = |reason: String| ForecastError::BadStatusLine { line: n, reason };
         let count = |k: usize, name: &str| -> Result<u64> {
-            f[k].parse::<u64>()
-                .map_err(|_| bad(format!("{name} {:?} is not a count", f[k])))
+            f[k].trim()
+                .parse::<u64>()
+                .map_err(|_| bad(format!("{name} {} is not a count", echo(&f[k]))))
         };
         let st = GroupStatus {
             connected: count(1, "connected")?,
@@ -267,7 +282,7 @@ pub fn status_from_csv(text: &str) -> Result<BTreeMap<String, GroupStatus>> {
             )));
         }
         if out.insert(f[0].to_string(), st).is_some() {
-            return Err(bad(format!("group {:?} appears twice", f[0])));
+            return Err(bad(format!("group {} appears twice", echo(&f[0]))));
         }
     }
     Ok(out)

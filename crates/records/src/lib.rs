@@ -15,4 +15,4 @@
 pub mod history;
 pub mod record;
 
-pub use record::{Columns, RecordError, records};
+pub use record::{Columns, RecordError, echo, records};
