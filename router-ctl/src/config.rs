@@ -160,6 +160,21 @@ impl DaemonConfig {
             Ok(d)
         };
 
+        // A path given empty is a mistake, not "the current directory".
+        for (key, path) in [
+            ("dataplane.pin_root", raw.dataplane.pin_root.as_ref()),
+            ("dataplane.object", raw.dataplane.object.as_ref()),
+            ("daemon.plan", raw.daemon.plan.as_ref()),
+            ("daemon.state_dir", raw.daemon.state_dir.as_ref()),
+            ("history.path", raw.history.path.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(bad(
+                    key,
+                    "is empty; give a path or leave the key out".into(),
+                ));
+            }
+        }
         let d = raw.dataplane;
         let mode: Mode = d
             .mode
@@ -321,6 +336,9 @@ mod tests {
             ("[dataplane]\negress = [\"eth1\"]", "dataplane.ingress"),
             ("[dataplane]\ncoap_port = 1884", "dataplane.coap_port"),
             ("[dataplane]\ngroup_sample = 0", "dataplane.group_sample"),
+            ("[history]\npath = \"\"", "history.path"),
+            ("[daemon]\nstate_dir = \"\"", "daemon.state_dir"),
+            ("[dataplane]\npin_root = \"\"", "dataplane.pin_root"),
             (
                 "[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"",
                 "dataplane.coap_prefix",

@@ -55,6 +55,24 @@ fn forecasts_every_series_at_every_horizon_and_refuses_bad_input() {
     let p: f64 = a1h[4].parse().unwrap();
     assert!((p - 20.0).abs() < 3.0, "{}", lines[1]);
     assert!(err.contains("MASE"), "{err}");
+    // Without --bucket the hourly spacing is read off the timestamps (not
+    // taken as minutes with 59 of 60 empty), and the default horizons are
+    // those an hourly bucket allows (1h and 24h, not 5m).
+    let (ok, inferred, err) = run(&["--history", g]);
+    assert!(ok, "{err}");
+    let horizons: std::collections::BTreeSet<&str> = inferred
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
+    assert_eq!(horizons, ["1h", "24h"].into(), "{inferred}");
+    assert_eq!(inferred.lines().nth(1), lines.get(1).copied());
+    // A line error is said once.
+    let twice = dir.join("twice.csv");
+    std::fs::write(&twice, "1,a,g,x\n").unwrap();
+    let (ok, _, err) = run(&["--history", twice.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.matches("line 1").count(), 1, "{err}");
 
     for (args, what) in [
         (

@@ -84,6 +84,46 @@ pub fn series_from_csv(text: &str, step: u64) -> Result<Vec<Series>> {
         .collect())
 }
 
+/// The bucket length of a history CSV, read off its timestamps: the
+/// greatest common divisor of the gaps between them (a history with one
+/// timestamp is taken as one-minute buckets). History exported by the
+/// daemon is on its bucket grid, so this is the daemon's bucket.
+pub fn infer_bucket(text: &str) -> Result<u64> {
+    let mut ts: Vec<u64> = parse_csv_lines(text)?
+        .into_iter()
+        .map(|(_, r)| r.ts)
+        .collect();
+    ts.sort_unstable();
+    ts.dedup();
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let step = ts.windows(2).fold(0, |g, w| gcd(g, w[1] - w[0]));
+    Ok(if step == 0 { 60 } else { step })
+}
+
+/// The default horizons (5m, 1h, 24h) that `step` allows: those that are
+/// whole numbers of buckets, or one bucket and a day's worth when none is.
+pub fn default_horizons(step: u64) -> Vec<(String, u64)> {
+    let fits: Vec<(String, u64)> = [("5m", 300), ("1h", 3_600), ("24h", 86_400)]
+        .into_iter()
+        .filter(|(_, secs)| secs % step == 0)
+        .map(|(h, secs)| (h.to_string(), secs))
+        .collect();
+    if !fits.is_empty() {
+        return fits;
+    }
+    let day = (86_400 / step).max(1) * step;
+    let mut out = vec![(format!("{step}s"), step)];
+    if day != step && day <= MAX_HORIZON_SECS {
+        out.push((format!("{day}s"), day));
+    }
+    out
+}
+
 /// Parses `5m,1h,24h` into horizons that are whole multiples of `step`
 /// (see [`horizons_on_grid`]).
 pub fn parse_horizons(text: &str, step: u64) -> Result<Vec<(String, u64)>> {

@@ -37,7 +37,7 @@ use shardcast_records::RecordError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
-    #[error("{0}")]
+    #[error(transparent)]
     Csv(#[from] RecordError),
     #[error("line {line}: timestamp {ts} is not on the {step}s bucket grid")]
     OffGrid { line: usize, ts: u64, step: u64 },

@@ -21,6 +21,14 @@ use router_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod text;
+
+use text::cut;
+
+/// Longest device id and device group name (bytes): names end up in
+/// history rows and error messages, and an unbounded one costs both.
+pub const NAME_MAX: usize = 256;
+
 /// Everything that can be wrong with a plan. Each names the offender.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -89,6 +97,14 @@ pub enum PlanError {
     ReservedKey(String),
     #[error("device id {0:?} appears more than once")]
     DuplicateDevice(String),
+    #[error("device #{index}: id {id:?} must be 1..={NAME_MAX} bytes")]
+    BadDeviceId { index: usize, id: String },
+    #[error("device {device:?}: group {group:?} must be 1..={NAME_MAX} bytes")]
+    BadGroupName { device: String, group: String },
+    #[error(
+        "device {device:?}: address {address} is not a unicast address (multicast, broadcast and unspecified addresses never send)"
+    )]
+    NotUnicast { device: String, address: IpAddr },
     #[error("device {device:?} names unknown shard {shard}")]
     DeviceUnknownShard { device: String, shard: u32 },
     #[error("device {device:?}: address {value:?} is not an IP address")]
@@ -245,7 +261,7 @@ impl Plan {
     }
 
     pub fn from_json(text: &str) -> Result<Plan, PlanError> {
-        serde_json::from_str(text).map_err(|e| PlanError::Json(e.to_string()))
+        serde_json::from_str(text::strip_bom(text)).map_err(|e| PlanError::Json(e.to_string()))
     }
 
     pub fn to_json(&self) -> String {
@@ -325,7 +341,21 @@ impl Plan {
             .collect();
         let mut devices = Vec::new();
         let mut by_address: HashMap<IpAddr, &str> = HashMap::new();
-        for d in &self.devices {
+        for (index, d) in self.devices.iter().enumerate() {
+            if d.id.is_empty() || d.id.len() > NAME_MAX {
+                return Err(PlanError::BadDeviceId {
+                    index,
+                    id: cut(&d.id),
+                });
+            }
+            if let Some(g) = &d.group
+                && (g.is_empty() || g.len() > NAME_MAX)
+            {
+                return Err(PlanError::BadGroupName {
+                    device: d.id.clone(),
+                    group: cut(g),
+                });
+            }
             if !seen_devices.insert(d.id.as_str()) {
                 return Err(PlanError::DuplicateDevice(d.id.clone()));
             }
@@ -338,8 +368,23 @@ impl Plan {
             if let Some(a) = &d.address {
                 let address: IpAddr = a.parse().map_err(|_| PlanError::BadDeviceAddress {
                     device: d.id.clone(),
-                    value: a.clone(),
+                    value: cut(a),
                 })?;
+                // ::ffff:a.b.c.d is the IPv4 device a.b.c.d (as the data
+                // plane keys it): one address, one device.
+                let address = address.to_canonical();
+                let unicast = match address {
+                    IpAddr::V4(v4) => {
+                        !(v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast())
+                    }
+                    IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+                };
+                if !unicast {
+                    return Err(PlanError::NotUnicast {
+                        device: d.id.clone(),
+                        address,
+                    });
+                }
                 if let Some(other) = by_address.insert(address, &d.id) {
                     return Err(PlanError::SharedDeviceAddress {
                         a: other.to_string(),
@@ -369,7 +414,7 @@ impl Plan {
         let mut topic_shards: Vec<Vec<u16>> = Vec::with_capacity(self.topics.len());
         for (ti, t) in self.topics.iter().enumerate() {
             if t.name.is_empty() || t.name.len() > TOPIC_MAX {
-                return Err(PlanError::BadTopicName(t.name.clone()));
+                return Err(PlanError::BadTopicName(cut(&t.name)));
             }
             if t.shards.is_empty() {
                 return Err(PlanError::TopicWithoutShards(t.name.clone()));
@@ -703,5 +748,47 @@ mod tests {
         assert_eq!(normalize_prefix("").unwrap(), "");
         assert!(normalize_prefix("a//b").is_err());
         assert!(normalize_prefix(&"x".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn device_ids_groups_and_addresses_are_checked() {
+        let base = || {
+            Plan::from_json(
+                r#"{"generation": 1,
+                    "shards": [{"id": 1, "group_v4": "239.1.1.1", "egress": "eth1"}],
+                    "topics": [{"name": "a", "shards": [1]}],
+                    "devices": [{"id": "d1", "address": "198.18.0.7", "shard": 1},
+                                {"id": "d2", "shard": 1}]}"#,
+            )
+            .unwrap()
+        };
+        let err = |f: &dyn Fn(&mut Plan)| {
+            let mut p = base();
+            f(&mut p);
+            p.compile().unwrap_err()
+        };
+        assert!(matches!(
+            err(&|p| p.devices[1].id.clear()),
+            PlanError::BadDeviceId { index: 1, .. }
+        ));
+        for bad in ["239.1.2.3", "0.0.0.0", "255.255.255.255", "ff02::1", "::"] {
+            assert!(
+                matches!(
+                    err(&|p| p.devices[0].address = Some(bad.into())),
+                    PlanError::NotUnicast { .. }
+                ),
+                "{bad}"
+            );
+        }
+        // The IPv4-mapped form of d1's address is d1's address.
+        assert!(matches!(
+            err(&|p| p.devices[1].address = Some("::ffff:198.18.0.7".into())),
+            PlanError::SharedDeviceAddress { .. }
+        ));
+        let huge = "g".repeat(100_000);
+        let e = err(&|p| p.devices[0].group = Some(huge.clone()));
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+        // A byte-order mark before the JSON is not an error.
+        assert!(Plan::from_json(&format!("\u{feff}{}", base().to_json())).is_ok());
     }
 }

@@ -88,6 +88,10 @@ pub enum PlannerError {
         u64::MAX
     )]
     GenerationExhausted,
+    #[error(
+        "the plan's cost is not a finite number: rates, capacities or weights are too large to price"
+    )]
+    NonFiniteCost,
     #[error("current plan: shard {0} is listed twice")]
     CurrentDuplicateShard(u32),
     #[error(transparent)]
@@ -230,6 +234,11 @@ pub fn plan(
     tracing::debug!(elapsed = ?started.elapsed(), merged, "merged");
     let cost = p.cost();
     tracing::debug!(elapsed = ?started.elapsed(), "costed");
+    // Bounded inputs keep every term finite; should one still overflow, a
+    // plan priced at infinity is no plan.
+    if !cost.total.is_finite() {
+        return Err(PlannerError::NonFiniteCost);
+    }
     if cost.overloaded_shards > 0 {
         warnings.push(format!(
             "{} shard(s) stay above usable capacity ({:.1} msg/s over; max_shards {})",
@@ -342,7 +351,7 @@ pub fn mix(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Workload;
+    use crate::workload::{Workload, WorkloadError};
 
     fn tiny() -> Instance {
         serde_json::from_str::<Workload>(
@@ -556,5 +565,48 @@ mod tests {
             plan(&inst, Some(&current), Options::default()).unwrap_err(),
             PlannerError::GenerationExhausted
         );
+    }
+
+    #[test]
+    fn workloads_with_bad_ids_and_huge_numbers_are_refused() {
+        let w = |topics: &str, devices: &str| {
+            serde_json::from_str::<Workload>(&format!(
+                r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "egress": "eth1"}},
+                    "topics": [{topics}], "devices": [{devices}]}}"#
+            ))
+            .unwrap()
+            .index()
+        };
+        let d = r#"{"id": "d1", "subscriptions": ["a"]}"#;
+        assert!(matches!(
+            w(r#"{"name": "a", "rate": 1, "mqttsn_predefined_id": 0}"#, d),
+            Err(WorkloadError::ReservedPredefinedId { id: 0, .. })
+        ));
+        assert!(matches!(
+            w(
+                r#"{"name": "a", "rate": 1, "mqttsn_predefined_id": 7},
+                   {"name": "b", "rate": 1, "mqttsn_predefined_id": 7}"#,
+                d
+            ),
+            Err(WorkloadError::DuplicatePredefinedId { id: 7, .. })
+        ));
+        assert!(matches!(
+            w(r#"{"name": "a", "rate": 1e308}"#, d),
+            Err(WorkloadError::BadRate { .. })
+        ));
+        assert!(matches!(
+            w(
+                r#"{"name": "a", "rate": 1}"#,
+                r#"{"id": "d1", "address": "239.0.0.1", "subscriptions": ["a"]}"#
+            ),
+            Err(WorkloadError::NotUnicast { .. })
+        ));
+        assert!(matches!(
+            w(
+                r#"{"name": "a", "rate": 1}"#,
+                r#"{"id": "", "subscriptions": ["a"]}"#
+            ),
+            Err(WorkloadError::BadDeviceId { index: 0, .. })
+        ));
     }
 }

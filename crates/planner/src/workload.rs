@@ -15,6 +15,7 @@ use std::{
 
 use router_common::{maps::MAX_SHARDS, topic::TOPIC_MAX};
 use serde::{Deserialize, Serialize};
+use shardcast_plan::{NAME_MAX, text::cut};
 
 /// Everything that can be wrong with a workload. Each names the offender.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -25,24 +26,34 @@ pub enum WorkloadError {
     Json(String),
     #[error("resources.{field}: {reason}")]
     Resource { field: &'static str, reason: String },
-    #[error("cost.{field}: weight {value} must be a finite number >= 0")]
+    #[error("cost.{field}: weight {value} must be a number within 0..={MAX_RATE}")]
     Weight { field: &'static str, value: f64 },
     #[error("topic {0:?} appears more than once")]
     DuplicateTopic(String),
     #[error("topic {0:?}: name must be 1..={TOPIC_MAX} bytes")]
     BadTopicName(String),
-    #[error("topic {topic:?}: rate {rate} must be a finite number >= 0 (messages/s)")]
+    #[error("topic {topic:?}: rate {rate} must be a number within 0..={MAX_RATE} (messages/s)")]
     BadRate { topic: String, rate: f64 },
     #[error("device id {0:?} appears more than once")]
     DuplicateDevice(String),
-    #[error("device {0:?}: id must not be empty")]
-    EmptyDeviceId(String),
     #[error("device {device:?} subscribes to unknown topic {topic:?}")]
     UnknownTopic { device: String, topic: String },
     #[error("device {device:?}: battery {battery} must be within 0..=1")]
     BadBattery { device: String, battery: f64 },
     #[error("device {device:?}: address {value:?} is not an IP address")]
     BadAddress { device: String, value: String },
+    #[error("topic {topic:?}: MQTT-SN predefined id {id} is reserved (0 and 65535 are)")]
+    ReservedPredefinedId { topic: String, id: u16 },
+    #[error("MQTT-SN predefined id {id} is given to both {a:?} and {b:?}")]
+    DuplicatePredefinedId { id: u16, a: String, b: String },
+    #[error("device #{index}: id {id:?} must be 1..={NAME_MAX} bytes")]
+    BadDeviceId { index: usize, id: String },
+    #[error("device {device:?}: group {group:?} must be 1..={NAME_MAX} bytes")]
+    BadGroupName { device: String, group: String },
+    #[error(
+        "device {device:?}: address {address} is not a unicast address (multicast, broadcast and unspecified addresses never send)"
+    )]
+    NotUnicast { device: String, address: IpAddr },
     #[error("devices {a:?} and {b:?} share the address {address}")]
     SharedAddress {
         a: String,
@@ -52,6 +63,11 @@ pub enum WorkloadError {
 }
 
 type Result<T, E = WorkloadError> = std::result::Result<T, E>;
+
+/// The highest publish rate of one topic (messages/s) a workload may give:
+/// far above what one router carries, low enough that sums and costs over
+/// a million topics stay finite.
+pub const MAX_RATE: f64 = 1e9;
 
 /// What the shards run on.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -212,7 +228,8 @@ impl Workload {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        serde_json::from_str(&text).map_err(|e| WorkloadError::Json(e.to_string()))
+        serde_json::from_str(shardcast_plan::text::strip_bom(&text))
+            .map_err(|e| WorkloadError::Json(e.to_string()))
     }
 
     /// Validates the workload and builds its index form.
@@ -228,16 +245,17 @@ impl Workload {
             ("shard", w.shard),
             ("migration", w.migration),
         ] {
-            if !value.is_finite() || value < 0.0 {
+            if !(0.0..=MAX_RATE).contains(&value) {
                 return Err(WorkloadError::Weight { field, value });
             }
         }
         let mut topic_index: HashMap<&str, u32> = HashMap::with_capacity(self.topics.len());
+        let mut predefined: HashMap<u16, &str> = HashMap::new();
         for (i, t) in self.topics.iter().enumerate() {
             if t.name.is_empty() || t.name.len() > TOPIC_MAX {
-                return Err(WorkloadError::BadTopicName(t.name.clone()));
+                return Err(WorkloadError::BadTopicName(cut(&t.name)));
             }
-            if !t.rate.is_finite() || t.rate < 0.0 {
+            if !(0.0..=MAX_RATE).contains(&t.rate) {
                 return Err(WorkloadError::BadRate {
                     topic: t.name.clone(),
                     rate: t.rate,
@@ -245,6 +263,21 @@ impl Workload {
             }
             if topic_index.insert(&t.name, i as u32).is_some() {
                 return Err(WorkloadError::DuplicateTopic(t.name.clone()));
+            }
+            if let Some(id) = t.mqttsn_predefined_id {
+                if id == 0 || id == u16::MAX {
+                    return Err(WorkloadError::ReservedPredefinedId {
+                        topic: t.name.clone(),
+                        id,
+                    });
+                }
+                if let Some(other) = predefined.insert(id, &t.name) {
+                    return Err(WorkloadError::DuplicatePredefinedId {
+                        id,
+                        a: other.to_string(),
+                        b: t.name.clone(),
+                    });
+                }
             }
         }
         let n = self.devices.len();
@@ -254,9 +287,20 @@ impl Workload {
         let mut subs = Vec::new();
         let mut waste_weight = Vec::with_capacity(n);
         sub_start.push(0u32);
-        for d in &self.devices {
-            if d.id.is_empty() {
-                return Err(WorkloadError::EmptyDeviceId(d.id.clone()));
+        for (index, d) in self.devices.iter().enumerate() {
+            if d.id.is_empty() || d.id.len() > NAME_MAX {
+                return Err(WorkloadError::BadDeviceId {
+                    index,
+                    id: cut(&d.id),
+                });
+            }
+            if let Some(g) = &d.group
+                && (g.is_empty() || g.len() > NAME_MAX)
+            {
+                return Err(WorkloadError::BadGroupName {
+                    device: d.id.clone(),
+                    group: cut(g),
+                });
             }
             if !seen.insert(&d.id) {
                 return Err(WorkloadError::DuplicateDevice(d.id.clone()));
@@ -270,8 +314,22 @@ impl Workload {
             if let Some(a) = &d.address {
                 let ip: IpAddr = a.parse().map_err(|_| WorkloadError::BadAddress {
                     device: d.id.clone(),
-                    value: a.clone(),
+                    value: cut(a),
                 })?;
+                // As the plan reads it: ::ffff:a.b.c.d is a.b.c.d.
+                let ip = ip.to_canonical();
+                let unicast = match ip {
+                    IpAddr::V4(v4) => {
+                        !(v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast())
+                    }
+                    IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+                };
+                if !unicast {
+                    return Err(WorkloadError::NotUnicast {
+                        device: d.id.clone(),
+                        address: ip,
+                    });
+                }
                 if let Some(other) = addresses.insert(ip, &d.id) {
                     return Err(WorkloadError::SharedAddress {
                         a: other.to_string(),

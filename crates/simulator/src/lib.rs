@@ -60,6 +60,20 @@ pub enum SimError {
 
 pub const BUILTIN: &[&str] = &["default", "small", "flashy"];
 
+/// Limits on what a scenario may ask for, checked before anything is
+/// allocated (docs/simulator.md): a small file must not ask for terabytes.
+pub mod limits {
+    /// Simulated days in all, warm-up included.
+    pub const MAX_DAYS: u32 = 366;
+    pub const MAX_DEVICES: usize = 1_000_000;
+    pub const MAX_TOPICS: usize = 100_000;
+    pub const MAX_SITES: usize = 10_000;
+    pub const MAX_FLASHES_PER_DAY: f64 = 1_000.0;
+    /// Topics times simulated days: the per-topic series the forecaster
+    /// keeps (5-minute buckets) stay within a few hundred MB.
+    pub const MAX_TOPIC_DAYS: u64 = 100_000;
+}
+
 /// A simulation setup (JSON for `--scenario FILE`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -132,18 +146,62 @@ impl Scenario {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let s: Scenario = serde_json::from_str(&text).map_err(|e| SimError::Json(e.to_string()))?;
+        let s: Scenario = serde_json::from_str(shardcast_plan::text::strip_bom(&text))
+            .map_err(|e| SimError::Json(e.to_string()))?;
         let days = days.unwrap_or(s.fleet.days.saturating_sub(s.warmup_days).max(1));
         Ok(s.with_days(days))
     }
 
     fn with_days(mut self, days: u32) -> Scenario {
-        self.fleet.days = self.warmup_days + days;
+        // Saturating: an absurd count is refused by `validate`, not wrapped.
+        self.fleet.days = self.warmup_days.saturating_add(days);
         self
     }
 
-    fn validate(&self) -> Result<(), SimError> {
+    /// Checks every size the scenario controls against [`limits`] (before
+    /// [`run`] allocates anything), then the rest of its fields.
+    pub fn validate(&self) -> Result<(), SimError> {
+        use limits::*;
         let bad = |field, reason: String| Err(SimError::Bad { field, reason });
+        let f = &self.fleet;
+        if f.days > MAX_DAYS {
+            return bad(
+                "days",
+                format!(
+                    "{} simulated days (warm-up {} included); at most {MAX_DAYS}",
+                    f.days, self.warmup_days
+                ),
+            );
+        }
+        for (field, n, max) in [
+            ("fleet.devices", f.devices, MAX_DEVICES),
+            ("fleet.topics", f.topics, MAX_TOPICS),
+            ("fleet.sites", f.sites, MAX_SITES),
+        ] {
+            if n > max {
+                return bad(field, format!("{n}; at most {max}"));
+            }
+        }
+        if f.topics as u64 * f.days as u64 > MAX_TOPIC_DAYS {
+            return bad(
+                "fleet.topics",
+                format!(
+                    "{} topics over {} days is {} topic-days; at most {MAX_TOPIC_DAYS}",
+                    f.topics,
+                    f.days,
+                    f.topics as u64 * f.days as u64
+                ),
+            );
+        }
+        if !(0.0..=MAX_FLASHES_PER_DAY).contains(&f.flashes_per_day) {
+            return bad(
+                "fleet.flashes_per_day",
+                format!(
+                    "{} must be within 0..={MAX_FLASHES_PER_DAY}",
+                    f.flashes_per_day
+                ),
+            );
+        }
         if self.fleet.devices == 0 || self.fleet.topics < 2 || self.fleet.sites == 0 {
             return bad(
                 "fleet",
@@ -153,10 +211,13 @@ impl Scenario {
         if self.fleet.sites * 2 > self.fleet.topics {
             return bad("fleet.topics", "needs at least 2 topics per site".into());
         }
-        if !self.fleet.zone_rate.is_finite() || self.fleet.zone_rate <= 0.0 {
+        if !self.fleet.zone_rate.is_finite()
+            || self.fleet.zone_rate <= 0.0
+            || self.fleet.zone_rate > 1e6
+        {
             return bad(
                 "fleet.zone_rate",
-                format!("{} must be > 0", self.fleet.zone_rate),
+                format!("{} must be within (0, 1e6]", self.fleet.zone_rate),
             );
         }
         if self.cycle == 0 || self.cycle > 24 * 60 {
@@ -703,6 +764,36 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_past_the_limits_are_refused_before_anything_is_allocated() {
+        let mut progress = |_: u32, _: u32| {};
+        let base = Scenario::builtin("small", 1).unwrap();
+        let mut refused = |sc: Scenario, field: &str| match run(&sc, &mut progress) {
+            Err(SimError::Bad { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {:?}", other.map(|r| r.totals)),
+        };
+        refused(base.clone().with_days(u32::MAX), "days");
+        refused(base.clone().with_days(3_000_000), "days");
+        let mut sc = base.clone();
+        sc.warmup_days = u32::MAX;
+        refused(sc.with_days(1), "days");
+        let mut sc = base.clone();
+        sc.fleet.devices = usize::MAX;
+        refused(sc, "fleet.devices");
+        let mut sc = base.clone();
+        sc.fleet.topics = 1 << 40;
+        refused(sc, "fleet.topics");
+        let mut sc = base.clone();
+        sc.fleet.sites = 1 << 40;
+        refused(sc, "fleet.sites");
+        let mut sc = base.clone();
+        sc.fleet.flashes_per_day = 1e9;
+        refused(sc, "fleet.flashes_per_day");
+        let mut sc = base;
+        sc.fleet.topics = 50_000;
+        refused(sc.with_days(300), "fleet.topics");
+    }
 
     #[test]
     fn runs_deterministically_and_accounts_every_minute() {

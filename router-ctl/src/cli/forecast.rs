@@ -18,12 +18,13 @@ pub struct ForecastArgs {
     /// History CSV (`timestamp,topic,group,count`; unix s or RFC 3339).
     #[arg(long)]
     pub history: PathBuf,
-    /// Horizons, each a whole number of buckets.
-    #[arg(long, default_value = "5m,1h,24h", value_parser = span, value_delimiter = ',')]
-    pub horizons: Vec<Span>,
-    /// Bucket length of the history.
-    #[arg(long, default_value = "1m", value_parser = span)]
-    pub bucket: Span,
+    /// Horizons, each a whole number of buckets (default: those of 5m, 1h
+    /// and 24h the bucket allows).
+    #[arg(long, value_parser = span, value_delimiter = ',')]
+    pub horizons: Option<Vec<Span>>,
+    /// Bucket length of the history (default: read off its timestamps).
+    #[arg(long, value_parser = span)]
+    pub bucket: Option<Span>,
     /// Write `topic,group,horizon,timestamp,predicted,lower,upper` here
     /// (default: stdout).
     #[arg(long)]
@@ -47,15 +48,18 @@ pub struct ForecastArgs {
 /// The forecast goes to stdout (or `--out`) as CSV whatever `--json` says;
 /// the model choice and backtest go to stderr.
 pub fn run(_g: &Globals, a: ForecastArgs) -> Result<()> {
-    let bucket = a.bucket.secs;
-    let spans: Vec<(String, u64)> = a
-        .horizons
-        .iter()
-        .map(|s| (s.label.clone(), s.secs))
-        .collect();
-    let horizons = forecast::horizons_on_grid(&spans, bucket).context("--horizons")?;
     let text = std::fs::read_to_string(&a.history)
         .with_context(|| format!("reading {}", a.history.display()))?;
+    let bucket = match &a.bucket {
+        Some(b) => b.secs,
+        None => forecast::infer_bucket(&text)
+            .with_context(|| format!("{} is not usable history", a.history.display()))?,
+    };
+    let spans: Vec<(String, u64)> = match &a.horizons {
+        Some(h) => h.iter().map(|s| (s.label.clone(), s.secs)).collect(),
+        None => forecast::default_horizons(bucket),
+    };
+    let horizons = forecast::horizons_on_grid(&spans, bucket).context("--horizons")?;
     let series = forecast::series_from_csv(&text, bucket)
         .with_context(|| format!("{} is not usable history", a.history.display()))?;
     let status = a

@@ -123,7 +123,14 @@ pub fn run(g: &Globals, a: PlanArgs) -> Result<()> {
     let current = a
         .current
         .as_ref()
-        .map(|p| Plan::from_file(p).with_context(|| format!("--current {}", p.display())))
+        .map(|p| {
+            let plan = Plan::from_file(p).with_context(|| format!("--current {}", p.display()))?;
+            // The planner keeps what it can of the current plan: it must be
+            // one `apply` would install.
+            plan.compile()
+                .with_context(|| format!("--current {} is not a valid plan", p.display()))?;
+            Ok::<_, anyhow::Error>(plan)
+        })
         .transpose()?;
     let out = planner::plan(
         &inst,
