@@ -176,7 +176,7 @@ impl Daemon {
     }
 
     /// Installs the plan file if it changed and holds a newer generation.
-    fn check_plan(&mut self) -> Result<Option<u64>> {
+    fn check_plan(&mut self, now: u64) -> Result<Option<u64>> {
         let Some(path) = self.cfg.daemon.plan.clone() else {
             return Ok(None);
         };
@@ -197,6 +197,15 @@ impl Daemon {
         let compiled = plan
             .compile()
             .with_context(|| format!("plan {} is invalid", path.display()))?;
+        // Group counters are kept by group index, and a plan with other
+        // device groups gives the indices other names: what was counted
+        // under the old plan is written under the old names first (the
+        // writer adds it into the same bucket), then counting starts over.
+        let old_groups = self.plan.as_ref().map(|p| p.groups.as_slice());
+        if old_groups.is_some_and(|g| g != compiled.groups.as_slice()) {
+            self.collect(now, &mut TickReport::default())?;
+            self.flush(now)?;
+        }
         let r = self.dp.install(&compiled, false)?;
         // Keep the document beside the pins' state (names for `maps dump`
         // and for a restarted daemon), atomically. The plan is installed
@@ -303,7 +312,7 @@ impl Daemon {
     /// tests and benchmarks that need a bucket boundary on demand.
     pub fn tick_at(&mut self, now: u64) -> Result<TickReport> {
         let mut report = TickReport::default();
-        match self.check_plan() {
+        match self.check_plan(now) {
             Ok(g) => report.installed = g,
             // A bad plan is logged and skipped; the installed one stays.
             Err(e) => error!("plan not installed: {e:#}"),

@@ -358,6 +358,19 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
         .unwrap();
     lab.publish(false, MQTTSN_PORT, vec![msg(b"aa"); 10])
         .unwrap();
+    // A new plan mid-bucket whose device groups shift the indices the
+    // kernel counts under (alpha sorts first: north 1 -> 2, south 2 -> 3):
+    // what was counted before keeps the names it was counted under.
+    std::thread::sleep(Duration::from_millis(300));
+    plan["generation"] = 2.into();
+    plan["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"id": "a1", "shard": 1, "group": "alpha"}));
+    lab.offer_plan(&plan.to_string()).unwrap();
+    lab.wait_generation(2).unwrap();
+    lab.publish_from(north, MQTTSN_PORT, vec![msg(b"aa"); 7])
+        .unwrap();
     // Let a tick read the counters, then stop the daemon the polite way:
     // it writes the open bucket and leaves the data plane forwarding.
     std::thread::sleep(Duration::from_millis(300));
@@ -369,7 +382,7 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
         d.log.iter().any(|l| l.contains("keeps forwarding")),
         "the daemon said it leaves the data plane forwarding"
     );
-    assert_eq!(lab.generation().unwrap(), 1, "data plane still installed");
+    assert_eq!(lab.generation().unwrap(), 2, "data plane still installed");
 
     let out = Command::new(ctl_binary())
         .args(["history", "--config"])
@@ -389,7 +402,7 @@ fn telemetry_reaches_the_history_per_topic_and_device_group() {
         *sums.entry((r.topic, r.group)).or_default() += r.count;
     }
     let want: BTreeMap<(String, String), u64> = [
-        (("aa", "north"), 30),
+        (("aa", "north"), 37),
         (("aa", "south"), 20),
         (("aa", "unknown"), 10),
         (("bb", "south"), 5),
