@@ -13,10 +13,12 @@ use etherparse::PacketBuilder;
 
 pub use router_common::build;
 
+pub mod differential;
 pub mod fixtures;
 pub mod forecast_bench;
 pub mod lab;
 pub mod measure;
+pub mod model;
 pub mod planner_bench;
 pub mod xdp;
 

@@ -1,0 +1,318 @@
+//! The differential run: generated and mutated frames through the real XDP
+//! program (`BPF_PROG_TEST_RUN`) and through the host model
+//! ([`crate::model`]); verdict, output bytes, reason counters and unrouted
+//! topic keys must agree on every frame.
+//!
+//! Frames come from the fixture table and from a generator of publishes of
+//! every shape (both IP families, VLAN or not, IPv4 options, MQTT-SN
+//! short/predefined/registered ids in both length forms, CoAP with random
+//! option sequences, tokens and payload markers, topics routed, unrouted
+//! and multi-shard), then most are mutated: bytes flipped, cut short,
+//! grown, TTLs and lengths changed, and their checksums made right again
+//! (as a wire would deliver them) or not.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use router_common::{
+    build::{coap_option, mqttsn_publish},
+    maps::MAX_UNROUTED,
+    reason::Reason,
+    topic::TopicKey,
+};
+use shardcast_dataplane::{Dataplane, RouterConfig, action, mac_address};
+
+use crate::{
+    L3, frame, frame_v4_options,
+    model::{self, Settings, Verdict},
+};
+
+/// What a run checked.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub frames: u64,
+    pub redirected: u64,
+    /// Redirected frames whose every output byte was compared (the rest
+    /// carried a wrong checksum, which the router keeps wrong).
+    pub bytes_compared: u64,
+    pub passed: BTreeMap<&'static str, u64>,
+    pub unrouted_keys: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} frames agreed: {} redirected ({} byte for byte), {} passed up, {} unrouted keys",
+            self.frames,
+            self.redirected,
+            self.bytes_compared,
+            self.passed.values().sum::<u64>(),
+            self.unrouted_keys
+        )?;
+        for (r, n) in &self.passed {
+            writeln!(f, "  {r:<22} {n:>9}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest frame a test run takes here (a page less the kernel's room).
+const MAX_FRAME: usize = 1500;
+
+const TOPICS: &[&str] = &["hv", "ab", "mu", "zz", "alerts", "temp/room1", "nobody", ""];
+
+fn mqttsn_frame(rng: &mut Pcg64Mcg) -> Vec<u8> {
+    let kind = rng.random_range(0..4u8);
+    let id: [u8; 2] = match kind {
+        0 => *[b"hv", b"ab", b"mu", b"zz"][rng.random_range(0..4)],
+        1 => [0, [5u8, 6, 0, 255][rng.random_range(0..4)]],
+        2 => {
+            let v: u16 = [300u16, 301, 1, 65535][rng.random_range(0..4)];
+            v.to_be_bytes()
+        }
+        _ => rng.random(),
+    };
+    // Mostly QoS 0 or -1 with a valid TopicIdType, the rest anything.
+    let flags = if rng.random_bool(0.7) {
+        let id_type = [0b10u8, 0b01, 0b00, rng.random_range(0..4)][kind as usize];
+        [0x00u8, 0x60][rng.random_range(0..2)] | id_type
+    } else {
+        rng.random::<u8>()
+    };
+    let data: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random()).collect();
+    let msg = mqttsn_publish(rng.random_bool(0.2), flags, id, rng.random(), &data);
+    wrap(rng, 1884, &msg)
+}
+
+fn coap_frame(rng: &mut Pcg64Mcg) -> Vec<u8> {
+    let ty = if rng.random_bool(0.8) {
+        1
+    } else {
+        rng.random_range(0..4)
+    };
+    let code = [2u8, 3, 1, rng.random()][rng.random_range(0..4)];
+    let tkl = rng.random_range(0..9usize);
+    let mut m = vec![
+        1 << 6 | ty << 4 | tkl as u8,
+        code,
+        rng.random(),
+        rng.random(),
+    ];
+    m.extend((0..tkl).map(|_| rng.random::<u8>()));
+    let mut number = 0u16;
+    let mut opt = |m: &mut Vec<u8>, n: u16, v: &[u8]| {
+        let n = n.max(number);
+        coap_option(m, n - number, v);
+        number = n;
+    };
+    if rng.random_bool(0.2) {
+        opt(&mut m, 3, &vec![b'h'; rng.random_range(0..250)]);
+    }
+    let path: Vec<&str> = match rng.random_range(0..8) {
+        0 => vec!["ps"],
+        1 => vec!["ps", "other"],
+        2 => vec![],
+        _ => vec!["ps", "data"],
+    };
+    for s in path {
+        opt(&mut m, 11, s.as_bytes());
+    }
+    // Mostly one topic (routed ones most of all), sometimes none or two.
+    let topics = [1, 1, 1, 0, 2][rng.random_range(0..5)];
+    for _ in 0..topics {
+        let t = if rng.random_bool(0.6) {
+            ["hv", "ab", "temp/room1", "alerts"][rng.random_range(0..4)]
+        } else {
+            TOPICS[rng.random_range(0..TOPICS.len())]
+        };
+        for seg in t.split('/') {
+            opt(&mut m, 11, seg.as_bytes());
+        }
+    }
+    for _ in 0..rng.random_range(0..3) {
+        let n = [12u16, 15, 17, 60, 300, 2000][rng.random_range(0..6)];
+        let v: Vec<u8> = (0..rng.random_range(0..300))
+            .map(|_| rng.random())
+            .collect();
+        opt(&mut m, n, &v);
+    }
+    if rng.random_bool(0.7) {
+        m.push(0xff);
+        m.extend((0..rng.random_range(0..30)).map(|_| rng.random::<u8>()));
+    }
+    wrap(rng, 5683, &m)
+}
+
+/// `payload` in Ethernet/IP/UDP: either family, VLAN or not, IPv4
+/// options sometimes.
+fn wrap(rng: &mut Pcg64Mcg, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let dport = if rng.random_bool(0.95) {
+        dport
+    } else {
+        rng.random()
+    };
+    match rng.random_range(0..6) {
+        0 => frame_v4_options(&[1, 1, 1, 1, 0x94, 4, 0, 0], dport, payload),
+        1 | 2 => frame(L3::V6, vlan(rng), 40000, dport, payload),
+        _ => frame(L3::V4, vlan(rng), 40000, dport, payload),
+    }
+}
+
+fn vlan(rng: &mut Pcg64Mcg) -> Option<u16> {
+    rng.random_bool(0.2).then(|| rng.random_range(1..4095))
+}
+
+/// A mutation of `f`: flipped bytes, a cut, growth, a new TTL; then the
+/// checksums made right, mostly.
+fn mutate(rng: &mut Pcg64Mcg, mut f: Vec<u8>) -> Vec<u8> {
+    for _ in 0..rng.random_range(0..4) {
+        match rng.random_range(0..6) {
+            0 | 1 if !f.is_empty() => {
+                let i = rng.random_range(0..f.len());
+                f[i] ^= 1 << rng.random_range(0..8);
+            }
+            2 if !f.is_empty() => {
+                // Mostly in the headers and the start of the payload.
+                let i = rng.random_range(0..f.len().min(80));
+                f[i] = rng.random();
+            }
+            // BPF_PROG_TEST_RUN takes no frame shorter than an Ethernet
+            // header (the shorter ones are fixtures' business).
+            3 => f.truncate(rng.random_range(14.min(f.len())..=f.len())),
+            4 => f.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
+            _ if f.len() > 23 => f[22] = [0, 1, 2, 255][rng.random_range(0..4)],
+            _ => {}
+        }
+    }
+    // Nor one past what fits a page with the kernel's head- and tailroom.
+    f.truncate(MAX_FRAME);
+    if rng.random_bool(0.9) {
+        model::fix_checksums(&mut f);
+    }
+    f
+}
+
+/// The next frame of the run.
+fn next(rng: &mut Pcg64Mcg, fixtures: &[Vec<u8>]) -> Vec<u8> {
+    let base = match rng.random_range(0..10) {
+        0..=1 => loop {
+            let f = &fixtures[rng.random_range(0..fixtures.len())];
+            if f.len() >= 14 {
+                break f.clone();
+            }
+        },
+        2..=5 => mqttsn_frame(rng),
+        _ => coap_frame(rng),
+    };
+    if rng.random_bool(0.6) {
+        mutate(rng, base)
+    } else {
+        base
+    }
+}
+
+/// Runs `n` frames (seeded by `seed`) through the router loaded in the
+/// current network namespace, which must hold an interface `sc0`, and
+/// through the model; the first disagreement is an error naming the frame.
+pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
+    let plan = crate::fixtures::plan("sc0", 1);
+    let compiled = plan.compile()?;
+    let mut dp = Dataplane::load(&crate::object(), &RouterConfig::default())?;
+    dp.install(&compiled, false)?;
+    let settings = Settings::default_with_mac(mac_address("sc0")?);
+    let fixtures: Vec<Vec<u8>> = crate::fixtures::all()
+        .into_iter()
+        .map(|f| f.packet)
+        .collect();
+    let before = dp.counters()?;
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let mut report = Report::default();
+    let mut want_reasons: BTreeMap<Reason, u64> = BTreeMap::new();
+    let mut want_unrouted: BTreeSet<TopicKey> = BTreeSet::new();
+    for i in 0..n {
+        let f = next(&mut rng, &fixtures);
+        let want = model::classify(&f, &compiled, &settings);
+        let got = dp.test_run(&f, 1)?;
+        let show = || format!("frame {i} (seed {seed}): {}", hex(&f));
+        match &want.verdict {
+            Verdict::Pass(reason) => {
+                if got.action != action::PASS || got.output != f {
+                    bail!(
+                        "{}: the model passes it up ({reason:?}), the router gave action {} and {}",
+                        show(),
+                        got.action,
+                        if got.output == f {
+                            "the frame untouched"
+                        } else {
+                            "other bytes"
+                        }
+                    );
+                }
+                *want_reasons.entry(*reason).or_default() += 1;
+                *report.passed.entry(reason.label()).or_default() += 1;
+            }
+            Verdict::Redirect { shard, output } => {
+                if got.action != action::REDIRECT {
+                    bail!(
+                        "{}: the model redirects it to shard index {shard}, the router gave action {}",
+                        show(),
+                        got.action
+                    );
+                }
+                if want.exact {
+                    if got.output != *output {
+                        bail!(
+                            "{}: output differs\n  router {}\n  model  {}",
+                            show(),
+                            hex(&got.output),
+                            hex(output)
+                        );
+                    }
+                    report.bytes_compared += 1;
+                }
+                *want_reasons.entry(Reason::Redirected).or_default() += 1;
+                report.redirected += 1;
+            }
+        }
+        want_unrouted.extend(want.unrouted);
+        report.frames += 1;
+        if i % 10_000 == 0 {
+            progress(i);
+        }
+    }
+    let after = dp.counters()?;
+    for (reason, want) in &want_reasons {
+        let got = after.reasons.get(reason).map_or(0, |c| c.packets)
+            - before.reasons.get(reason).map_or(0, |c| c.packets);
+        if got != *want {
+            bail!(
+                "reason {}: the router counted {got}, the model {want}",
+                reason.label()
+            );
+        }
+    }
+    let got_unrouted: BTreeSet<TopicKey> = after.unrouted.keys().copied().collect();
+    // The kernel keeps the most recent MAX_UNROUTED keys (an LRU): past
+    // that, what it holds must be among the model's.
+    let same = if want_unrouted.len() <= MAX_UNROUTED as usize {
+        got_unrouted == want_unrouted
+    } else {
+        got_unrouted.is_subset(&want_unrouted)
+    };
+    if !same {
+        bail!(
+            "unrouted keys differ: router {} keys, model {} keys",
+            got_unrouted.len(),
+            want_unrouted.len()
+        );
+    }
+    report.unrouted_keys = got_unrouted.len();
+    Ok(report)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
