@@ -135,47 +135,67 @@ pub fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     Some(unsafe { word::load_be16(p) })
 }
 
-/// What the router reads of an IPv4 header.
-pub struct Ipv4Info {
-    pub version: u8,
+/// An IPv4 header the packet holds (its fixed part checked in bounds):
+/// fields are read when asked for, in the order the caller asks.
+#[derive(Clone, Copy)]
+pub struct Ipv4View(*const Ipv4Hdr);
+
+impl Ipv4View {
+    #[inline(always)]
+    pub fn version(self) -> u8 {
+        // SAFETY: bounds checked by `ptr_at` when the view was made.
+        unsafe { (*self.0).ver_ihl >> 4 }
+    }
+
     /// Header length in bytes (options included).
-    pub ihl: usize,
+    #[inline(always)]
+    pub fn ihl(self) -> usize {
+        // SAFETY: as above.
+        unsafe { ((*self.0).ver_ihl & 0x0f) as usize * 4 }
+    }
+
     /// A fragment: more-fragments flag or a fragment offset.
-    pub fragment: bool,
-    pub protocol: u8,
+    #[inline(always)]
+    pub fn fragment(self) -> bool {
+        // SAFETY: as above.
+        unsafe { word::load_be16(&raw const (*self.0).frag_off) & 0x3fff != 0 }
+    }
+
+    #[inline(always)]
+    pub fn protocol(self) -> u8 {
+        // SAFETY: as above.
+        unsafe { (*self.0).protocol }
+    }
 }
 
 /// The IPv4 header at `off`, if its fixed part lies within the packet.
 #[inline(always)]
-pub fn ipv4_at(ctx: &XdpContext, off: usize) -> Option<Ipv4Info> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let ip = unsafe { &*ip };
-    Some(Ipv4Info {
-        version: ip.ver_ihl >> 4,
-        ihl: ((ip.ver_ihl & 0x0f) as usize) * 4,
-        // SAFETY: within the header `ptr_at` checked.
-        fragment: unsafe { word::load_be16(&raw const ip.frag_off) } & 0x3fff != 0,
-        protocol: ip.protocol,
-    })
+pub fn ipv4_at(ctx: &XdpContext, off: usize) -> Option<Ipv4View> {
+    ptr_at::<Ipv4Hdr>(ctx, off).map(|p| Ipv4View(p))
 }
 
-/// What the router reads of an IPv6 header.
-pub struct Ipv6Info {
-    pub version: u8,
-    pub next_header: u8,
+/// An IPv6 header the packet holds (checked in bounds).
+#[derive(Clone, Copy)]
+pub struct Ipv6View(*const Ipv6Hdr);
+
+impl Ipv6View {
+    #[inline(always)]
+    pub fn version(self) -> u8 {
+        // SAFETY: bounds checked by `ptr_at` when the view was made.
+        unsafe { (*self.0).ver_tc_flow[0] >> 4 }
+    }
+
+    #[inline(always)]
+    pub fn next_header(self) -> u8 {
+        // SAFETY: as above.
+        unsafe { (*self.0).next_header }
+    }
 }
 
 /// The IPv6 header at `off`, if it lies within the packet.
 #[inline(always)]
-pub fn ipv6_at(ctx: &XdpContext, off: usize) -> Option<Ipv6Info> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let ip = unsafe { &*ip };
-    Some(Ipv6Info {
-        version: ip.ver_tc_flow[0] >> 4,
-        next_header: ip.next_header,
-    })
+pub fn ipv6_at(ctx: &XdpContext, off: usize) -> Option<Ipv6View> {
+    ptr_at::<Ipv6Hdr>(ctx, off).map(|p| Ipv6View(p))
 }
 
 /// The UDP header at `off`: destination port and length (host order), if

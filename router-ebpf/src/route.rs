@@ -133,26 +133,27 @@ fn l2_l3(ctx: &XdpContext) -> Result<(L3, bool), Reason> {
     let l3 = match ether_type {
         ETH_P_IP => {
             let ip = packet::ipv4_at(ctx, l3_off).ok_or(Reason::Truncated)?;
-            if ip.version != 4 || ip.ihl < 20 {
+            if ip.version() != 4 {
                 return Err(Reason::Truncated);
             }
-            if ip.fragment {
+            let ihl = ip.ihl();
+            if ihl < 20 {
+                return Err(Reason::Truncated);
+            }
+            if ip.fragment() {
                 return Err(Reason::Fragment);
             }
-            if ip.protocol != IPPROTO_UDP {
+            if ip.protocol() != IPPROTO_UDP {
                 return Err(Reason::NotUdp);
             }
-            L3::V4 {
-                off: l3_off,
-                ihl: ip.ihl,
-            }
+            L3::V4 { off: l3_off, ihl }
         }
         ETH_P_IPV6 => {
             let ip = packet::ipv6_at(ctx, l3_off).ok_or(Reason::Truncated)?;
-            if ip.version != 6 {
+            if ip.version() != 6 {
                 return Err(Reason::Truncated);
             }
-            match ip.next_header {
+            match ip.next_header() {
                 IPPROTO_UDP => {}
                 // Hop-by-hop, routing, fragment, destination options, AH,
                 // mobility, HIP, shim6: headers we do not walk.

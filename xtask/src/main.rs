@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench | fuzz`.
 //!
 //! Everything a fresh machine needs is installed here, idempotently, so the
 //! README's two commands (`cargo xtask demo`, `cargo xtask test`) work on a
@@ -6,6 +6,7 @@
 
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::process::ExitCode;
@@ -36,6 +37,19 @@ enum Cmd {
     Demo,
     /// Benchmarks; results go to stdout in BENCHMARKS.md's table format.
     Bench,
+    /// The differential run of the XDP program against the host model,
+    /// then every cargo-fuzz target (docs/testing.md).
+    Fuzz {
+        /// Seconds per fuzz target (0: the differential run only).
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Frames of the differential run (0: skip it).
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Only this fuzz target.
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +60,11 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
         Cmd::Bench => demo::bench(),
+        Cmd::Fuzz {
+            secs,
+            frames,
+            target,
+        } => fuzz::run(secs, frames, target.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

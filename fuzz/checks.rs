@@ -1,0 +1,129 @@
+//! The checks behind every fuzz target (`fuzz/fuzz_targets/`), shared
+//! with the regression test that replays the corpora and every crash ever
+//! found (`tests/tests/fuzz_regressions.rs`): one source, so a fixed crash
+//! stays fixed. Each takes any bytes; a panic is a finding.
+
+#![allow(dead_code)]
+
+use router_common::{
+    coap::{self, PrefixStart},
+    maps::PREFIX_MAX,
+};
+use router_common::{mqttsn, payload::Head};
+use router_ctl::config::DaemonConfig;
+use shardcast_forecast as forecast;
+use shardcast_plan::Plan;
+use shardcast_planner::{Options, plan, workload::Workload};
+use shardcast_records::history::{parse_csv, write_csv};
+use shardcast_sim::Scenario;
+
+fn coap_check(msg: &[u8], p: &[u8]) {
+    let mut prefix = [0u8; PREFIX_MAX];
+    prefix[..p.len()].copy_from_slice(p);
+    let fast = coap::parse_publish_from(msg, &prefix, p.len(), &PrefixStart::encode(p));
+    let walk = coap::parse_publish(msg, &prefix, p.len());
+    assert_eq!(fast.map(|r| r.key), walk.map(|r| r.key));
+}
+
+/// The CoAP publish parser on any message, under the default prefix and
+/// under one taken from the input: never a panic; the fast start agrees
+/// with the option walk.
+pub fn coap(data: &[u8]) {
+    coap_check(data, b"ps/data/");
+    if let Some((&n, rest)) = data.split_first() {
+        let n = (n as usize % PREFIX_MAX).min(rest.len());
+        let (p, msg) = rest.split_at(n);
+        coap_check(msg, p);
+    }
+}
+
+/// The daemon's config: any text is a config or an error naming a key.
+pub fn config_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = DaemonConfig::from_toml(text, "fuzz.toml");
+}
+
+/// The forecaster's inputs: history series, forecast rates, device
+/// status, horizons; never a panic, never an allocation past its limits.
+pub fn forecast_csv(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for step in [60, 3600] {
+        let _ = forecast::series_from_csv(text, step);
+        let _ = forecast::rates_from_csv(text, "1h", false, step);
+        let _ = forecast::parse_horizons(text, step);
+    }
+    let _ = forecast::infer_bucket(text);
+    let _ = forecast::status_from_csv(text);
+}
+
+/// History CSV: any text parses or is refused with a line; what parses
+/// writes back and parses again to the same rows.
+pub fn history_csv(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(rows) = parse_csv(text) {
+        for rfc in [false, true] {
+            let mut out = Vec::new();
+            write_csv(&rows, rfc, &mut out).expect("parsed rows write");
+            let back = parse_csv(std::str::from_utf8(&out).unwrap()).expect("written rows parse");
+            assert_eq!(back, rows);
+        }
+    }
+}
+
+/// The MQTT-SN PUBLISH parser on any datagram: never a panic; a parsed
+/// publish keys the same whether read whole or from its head.
+pub fn mqttsn(data: &[u8]) {
+    let whole = mqttsn::parse_publish(data);
+    let head = mqttsn::parse_publish(&Head::<{ mqttsn::HEADER_READ }>::of(data));
+    assert_eq!(whole.map(|p| p.key()), head.map(|p| p.key()));
+}
+
+/// Plan documents: parse and validate any text without a panic; a plan
+/// that compiles writes out and reads back the same.
+pub fn plan_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(plan) = Plan::from_json(text)
+        && plan.compile().is_ok()
+    {
+        let again = Plan::from_json(&plan.to_json()).expect("a written plan reads back");
+        assert_eq!(again, plan);
+    }
+}
+
+/// Scenario files: parse and validate any text without a panic or an
+/// allocation past the documented limits.
+pub fn scenario_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(sc) = serde_json::from_str::<Scenario>(text) {
+        let _ = sc.validate();
+    }
+}
+
+/// Workloads: parse, validate and (when small) plan any text without a
+/// panic; what the planner emits always compiles.
+pub fn workload_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(w) = serde_json::from_str::<Workload>(text) else {
+        return;
+    };
+    let Ok(inst) = w.index() else { return };
+    if inst.devices.len() <= 64
+        && inst.topics.len() <= 64
+        && inst.resources.max_shards <= 64
+        && let Ok(out) = plan(&inst, None, Options::default())
+    {
+        out.plan.compile().expect("the planner's plans install");
+    }
+}
