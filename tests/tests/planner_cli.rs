@@ -188,6 +188,29 @@ fn plans_replans_and_refuses_bad_workloads() {
         dir.join("never.json").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("no rows for horizon \"5m\""), "{err}");
+    // A --current plan apply would refuse (a shard group that is not
+    // multicast) is named as such, not an internal error of the planner.
+    let mut current: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p1).unwrap()).unwrap();
+    current["shards"][0]["group_v4"] = "198.18.9.9".into();
+    let c = write(&dir, "current-bad.json", &current);
+    let out = dir.join("never.json");
+    let (ok, _, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w,
+        "--current",
+        &c,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--current") && err.contains("not a multicast group"),
+        "{err}"
+    );
+    assert!(!err.contains("internal error"), "{err}");
+    assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -523,4 +523,14 @@ mod tests {
         w.cost.copies = f64::NAN;
         assert!(matches!(w.index(), Err(WorkloadError::Weight { .. })));
     }
+
+    #[test]
+    fn a_byte_order_mark_is_not_an_error() {
+        let p = std::env::temp_dir().join(format!("sc-bom-{}.json", std::process::id()));
+        let text = serde_json::to_string(&sample()).unwrap();
+        std::fs::write(&p, format!("\u{feff}{text}")).unwrap();
+        let w = Workload::from_file(&p).unwrap();
+        assert_eq!(w, sample());
+        std::fs::remove_file(&p).unwrap();
+    }
 }

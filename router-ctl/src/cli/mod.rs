@@ -139,3 +139,30 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::History(a) => history::run(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_and_the_daemon_keep_the_plan_in_the_same_place_by_default() {
+        let cli = Cli::parse_from(["router-ctl", "maps", "dump"]);
+        let cfg = crate::config::DaemonConfig::from_toml("", "default.toml").unwrap();
+        assert_eq!(cli.state_dir, cfg.daemon.state_dir);
+        // --json is one flag for every command, before or after it.
+        assert!(Cli::parse_from(["router-ctl", "--json", "status"]).json);
+        assert!(Cli::parse_from(["router-ctl", "stats", "--json"]).json);
+        // Durations are checked when the arguments are read.
+        assert!(
+            Cli::try_parse_from([
+                "router-ctl",
+                "forecast",
+                "--history",
+                "h",
+                "--bucket",
+                "soon"
+            ])
+            .is_err()
+        );
+    }
+}
