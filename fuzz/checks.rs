@@ -26,14 +26,22 @@ fn coap_check(msg: &[u8], p: &[u8]) {
 }
 
 /// The CoAP publish parser on any message, under the default prefix and
-/// under one taken from the input: never a panic; the fast start agrees
-/// with the option walk.
+/// under one taken from the input (when it is one the product accepts):
+/// never a panic; the fast start agrees with the option walk. (Its first
+/// finding: they disagree for prefixes that are not in normal form, which
+/// the product refuses; kept in fuzz/regressions/coap/.)
 pub fn coap(data: &[u8]) {
     coap_check(data, b"ps/data/");
     if let Some((&n, rest)) = data.split_first() {
         let n = (n as usize % PREFIX_MAX).min(rest.len());
         let (p, msg) = rest.split_at(n);
-        coap_check(msg, p);
+        // Only prefixes the product can be configured with (the config,
+        // the CLI and the data plane all insist on the normal form).
+        if let Ok(text) = std::str::from_utf8(p)
+            && shardcast_plan::normalize_prefix(text).as_deref() == Ok(text)
+        {
+            coap_check(msg, p);
+        }
     }
 }
 

@@ -299,6 +299,10 @@ pub fn parse_publish_from<P: Payload + ?Sized>(
         hasher: TopicHasher::new(),
     };
     let mut number: u32 = 0;
+    // Options the walk may still read: the fast start has read the
+    // prefix's, and counts them, so that both ways give up at the same
+    // option (a fuzzer found them disagreeing past the bound).
+    let mut budget = MAX_OPTIONS;
     if start.matches(p, off) {
         // Where walking the prefix's options would have left the walk:
         // every prefix byte but the trailing '/' matched.
@@ -306,9 +310,13 @@ pub fn parse_publish_from<P: Payload + ?Sized>(
         number = OPTION_URI_PATH as u32;
         m.segments = start.segments as usize;
         m.pos = m.prefix_len.saturating_sub(1);
+        budget = MAX_OPTIONS.saturating_sub(start.segments as usize);
     }
     let mut ended = false;
-    for _ in 0..MAX_OPTIONS {
+    for i in 0..MAX_OPTIONS {
+        if i >= budget {
+            break;
+        }
         // Loop-carried state converges here (see `Payload::opaque`).
         off = p.opaque(off);
         number = p.opaque(number as usize) as u32;
@@ -614,6 +622,35 @@ mod tests {
         assert_eq!(
             parse_publish_from(&pkt[..], &p, n, &start).unwrap().key,
             topic_key(b"t")
+        );
+    }
+
+    #[test]
+    fn the_fast_start_and_the_walk_give_up_at_the_same_option() {
+        // The fuzzer's finding: ps/data/ then 15 empty segments and an
+        // option running past the end. Walked, the 16-option budget runs
+        // out first (malformed); the fast start used to read two options
+        // more and call it another path.
+        let mut m = std::vec![0x58, 0x03, 0x42, 0x42, 1, 2, 3, 4, 1, 0, 3, 4];
+        m.extend_from_slice(&[0xb2, b'p', b's', 0x04, b'd', b'a', b't', b'a']);
+        m.extend_from_slice(&[0; 15]);
+        m.extend_from_slice(&[0x6d, b'1', 0xff, b'{', b'}']);
+        let (p, n) = prefix("ps/data/");
+        let start = PrefixStart::encode(b"ps/data/");
+        assert_eq!(
+            parse_publish_from(&m[..], &p, n, &start).map(|r| r.key),
+            parse_publish(&m[..], &p, n).map(|r| r.key)
+        );
+        // And a path of 15 topic segments is refused both ways, not routed
+        // by one of them.
+        let mut long = std::vec![0x58, 0x02, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
+        long.extend_from_slice(&[0xb2, b'p', b's', 0x04, b'd', b'a', b't', b'a']);
+        for _ in 0..15 {
+            long.extend_from_slice(&[0x01, b'x']);
+        }
+        assert_eq!(
+            parse_publish_from(&long[..], &p, n, &start).map(|r| r.key),
+            parse_publish(&long[..], &p, n).map(|r| r.key)
         );
     }
 }
