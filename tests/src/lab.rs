@@ -401,7 +401,7 @@ impl Lab {
                 "[dataplane]\npin_root = {:?}\n[daemon]\ntick = {tick:?}\nplan = {:?}\nstate_dir = {:?}\n{daemon_extra}\n[history]\nbucket = \"1s\"\n",
                 self.pin_root,
                 self.state_dir.join("plan.in.json"),
-                self.state_dir.join("daemon"),
+                self.daemon_state_dir(),
             ),
         )?;
         let mut child = std::process::Command::new(crate::ctl_binary())
@@ -427,6 +427,11 @@ impl Lab {
             log,
             config,
         })
+    }
+
+    /// The `daemon.state_dir` of the daemons this lab starts.
+    pub fn daemon_state_dir(&self) -> PathBuf {
+        self.state_dir.join("daemon")
     }
 
     /// Writes the daemon's plan file atomically (rename).

@@ -456,3 +456,37 @@ fn history_import_refuses_bad_csv_whole_and_names_the_line() {
     assert!(!csv.contains("t/c"), "{csv}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_plan_whose_copy_cannot_be_saved_is_installed_and_said_so() {
+    let mut lab = Lab::new(3).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<_> = (1..=3).map(LabShard::numbered).collect();
+    let d = lab.start_daemon("50ms").unwrap();
+    // The copy's path is taken by a directory: saving it fails.
+    std::fs::create_dir_all(lab.daemon_state_dir().join("plan.json")).unwrap();
+    lab.offer_plan(&plan_xy(1, &shards)).unwrap();
+    lab.wait_generation(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut said = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(line) = d.log.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let done = line.contains("its copy was not saved");
+        said.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        said.iter()
+            .any(|l| l.contains("plan installed, but its copy was not saved")),
+        "{said:#?}"
+    );
+    assert!(
+        !said.iter().any(|l| l.contains("plan not installed")),
+        "{said:#?}"
+    );
+    assert_eq!(lab.generation().unwrap(), 1);
+}
