@@ -1,5 +1,6 @@
-//! The data plane as the control plane sees it: the only module that talks
-//! to aya and the kernel's BPF syscalls.
+//! The data plane as the control plane sees it: the only crate that talks
+//! to aya and the kernel's BPF syscalls, and the only userspace `unsafe`
+//! (raw `bpf()` attributes, the mmap'ed slot table, interface ioctls).
 //!
 //! It loads the XDP object, pins programs, maps and links under
 //! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v4/`) so
@@ -110,9 +111,8 @@ pub(crate) enum GroupReader {
 /// Handles to every map of the data plane.
 pub struct Dataplane {
     /// Present when this process loaded the object (tests, benchmarks,
-    /// `attach`); absent when adopted from pins.
-    /// Also what keeps a loaded object's programs alive until they are
-    /// pinned (read only by the test helpers).
+    /// `attach`), keeping its programs alive; absent when adopted from
+    /// pins. Read only by the test helpers.
     #[cfg_attr(not(feature = "test-helpers"), allow(dead_code))]
     ebpf: Option<Ebpf>,
     pins: Option<PinPaths>,
