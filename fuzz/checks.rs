@@ -64,7 +64,9 @@ pub fn forecast_csv(data: &[u8]) {
         let _ = forecast::rates_from_csv(text, "1h", false, step);
         let _ = forecast::parse_horizons(text, step);
     }
-    let _ = forecast::infer_bucket(text);
+    if let Ok(rows) = shardcast_records::history::parse_csv_lines(text) {
+        let _ = forecast::series_from_rows(rows.clone(), forecast::infer_bucket(&rows));
+    }
     let _ = forecast::status_from_csv(text);
 }
 

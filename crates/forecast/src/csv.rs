@@ -4,7 +4,11 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use shardcast_records::{Columns, echo, history::parse_csv_lines, records};
+use shardcast_records::{
+    Columns, echo,
+    history::{Row, parse_csv_lines},
+    records,
+};
 
 use crate::*;
 
@@ -23,7 +27,11 @@ pub struct Series {
 /// Parses history CSV into series that all cover the same span (missing
 /// buckets are zero), checking the grid and each series' time order.
 pub fn series_from_csv(text: &str, step: u64) -> Result<Vec<Series>> {
-    let rows = parse_csv_lines(text)?;
+    series_from_rows(parse_csv_lines(text)?, step)
+}
+
+/// [`series_from_csv`] on rows already read (with their line numbers).
+pub fn series_from_rows(rows: Vec<(usize, Row)>, step: u64) -> Result<Vec<Series>> {
     let mut by: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
     let (mut lo, mut hi) = (u64::MAX, 0);
     for (line, r) in rows {
@@ -88,11 +96,8 @@ pub fn series_from_csv(text: &str, step: u64) -> Result<Vec<Series>> {
 /// greatest common divisor of the gaps between them (a history with one
 /// timestamp is taken as one-minute buckets). History exported by the
 /// daemon is on its bucket grid, so this is the daemon's bucket.
-pub fn infer_bucket(text: &str) -> Result<u64> {
-    let mut ts: Vec<u64> = parse_csv_lines(text)?
-        .into_iter()
-        .map(|(_, r)| r.ts)
-        .collect();
+pub fn infer_bucket(rows: &[(usize, Row)]) -> u64 {
+    let mut ts: Vec<u64> = rows.iter().map(|(_, r)| r.ts).collect();
     ts.sort_unstable();
     ts.dedup();
     let gcd = |mut a: u64, mut b: u64| {
@@ -102,7 +107,7 @@ pub fn infer_bucket(text: &str) -> Result<u64> {
         a
     };
     let step = ts.windows(2).fold(0, |g, w| gcd(g, w[1] - w[0]));
-    Ok(if step == 0 { 60 } else { step })
+    if step == 0 { 60 } else { step }
 }
 
 /// The default horizons (5m, 1h, 24h) that `step` allows: those that are

@@ -4,22 +4,10 @@
 //! trimmed), numbers lines, skips blank lines and the header, and checks
 //! the field count, so every reader reports a bad line the same way.
 
-use std::fmt::Write as _;
-
-/// Longest field echoed back in an error: a 100 MB name is cut, not
-/// printed whole.
-const ECHO_MAX: usize = 80;
-
-/// `text` as a Rust string literal for an error message, cut to
-/// [`ECHO_MAX`] characters.
+/// `text` as a quoted string for an error message, a long one cut
+/// ([`shardcast_plan::text::cut`]: a 100 MB name is named, not printed).
 pub fn echo(text: &str) -> String {
-    let mut cut: String = text.chars().take(ECHO_MAX).collect();
-    let mut out = format!("{cut:?}");
-    if cut.len() < text.len() {
-        cut.clear();
-        let _ = write!(out, " (cut, {} bytes in all)", text.len());
-    }
-    out
+    format!("{:?}", shardcast_plan::text::cut(text))
 }
 
 /// A line that is not a record of the expected shape.
@@ -59,23 +47,32 @@ pub fn records<'a>(
     text: &'a str,
     cols: &'a Columns,
 ) -> impl Iterator<Item = Result<(usize, Vec<String>), RecordError>> + 'a {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = shardcast_plan::text::strip_bom(text);
     let reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
     let mut first = true;
-    // Line numbers from byte offsets: the reader's own line count skips
-    // blank lines.
+    // Line numbers from byte offsets (the reader's own line count skips
     // blank lines, and a record's position is where the reader started
-    // looking for it, before the blank lines it skipped.
-    let line_of = move |byte: u64| {
-        let bytes = text.as_bytes();
+    // looking for it, before the blank lines it skipped). Records come in
+    // order, so the count goes on from the last one: one pass over the
+    // text in all, not one per record.
+    let bytes = text.as_bytes();
+    let (mut counted_to, mut lines) = (0usize, 1usize);
+    let mut line_of = move |byte: u64| {
         let mut end = (byte as usize).min(bytes.len());
         while end < bytes.len() && matches!(bytes[end], b'\n' | b'\r') {
             end += 1;
         }
-        1 + bytes[..end].iter().filter(|&&b| b == b'\n').count()
+        if end > counted_to {
+            lines += bytes[counted_to..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            counted_to = end;
+        }
+        lines
     };
     reader.into_records().filter_map(move |r| {
         let r = match r {

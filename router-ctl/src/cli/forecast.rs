@@ -50,17 +50,19 @@ pub struct ForecastArgs {
 pub fn run(_g: &Globals, a: ForecastArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.history)
         .with_context(|| format!("reading {}", a.history.display()))?;
+    // Read once: the bucket (when not given) comes off the same rows.
+    let rows = shardcast_records::history::parse_csv_lines(&text)
+        .with_context(|| format!("{} is not usable history", a.history.display()))?;
     let bucket = match &a.bucket {
         Some(b) => b.secs,
-        None => forecast::infer_bucket(&text)
-            .with_context(|| format!("{} is not usable history", a.history.display()))?,
+        None => forecast::infer_bucket(&rows),
     };
     let spans: Vec<(String, u64)> = match &a.horizons {
         Some(h) => h.iter().map(|s| (s.label.clone(), s.secs)).collect(),
         None => forecast::default_horizons(bucket),
     };
     let horizons = forecast::horizons_on_grid(&spans, bucket).context("--horizons")?;
-    let series = forecast::series_from_csv(&text, bucket)
+    let series = forecast::series_from_rows(rows, bucket)
         .with_context(|| format!("{} is not usable history", a.history.display()))?;
     let status = a
         .status
