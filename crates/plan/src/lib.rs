@@ -21,13 +21,11 @@ use router_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub mod device;
 pub mod text;
 
+pub use device::{DeviceChecker, DeviceError, NAME_MAX};
 use text::cut;
-
-/// Longest device id and device group name (bytes): names end up in
-/// history rows and error messages, and an unbounded one costs both.
-pub const NAME_MAX: usize = 256;
 
 /// Everything that can be wrong with a plan. Each names the offender.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,26 +93,10 @@ pub enum PlanError {
     KeyCollision { a: String, b: String, key: u64 },
     #[error("topic {0:?} hashes to key 0, which marks a free counter slot; rename it")]
     ReservedKey(String),
-    #[error("device id {0:?} appears more than once")]
-    DuplicateDevice(String),
-    #[error("device #{index}: id {id:?} must be 1..={NAME_MAX} bytes")]
-    BadDeviceId { index: usize, id: String },
-    #[error("device {device:?}: group {group:?} must be 1..={NAME_MAX} bytes")]
-    BadGroupName { device: String, group: String },
-    #[error(
-        "device {device:?}: address {address} is not a unicast address (multicast, broadcast and unspecified addresses never send)"
-    )]
-    NotUnicast { device: String, address: IpAddr },
     #[error("device {device:?} names unknown shard {shard}")]
     DeviceUnknownShard { device: String, shard: u32 },
-    #[error("device {device:?}: address {value:?} is not an IP address")]
-    BadDeviceAddress { device: String, value: String },
-    #[error("devices {a:?} and {b:?} share the address {address}")]
-    SharedDeviceAddress {
-        a: String,
-        b: String,
-        address: IpAddr,
-    },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// A shard: one multicast group (per family) its members join.
@@ -331,7 +313,6 @@ impl Plan {
             });
         }
 
-        let mut seen_devices = BTreeSet::new();
         let groups: Vec<String> = self
             .devices
             .iter()
@@ -340,58 +321,16 @@ impl Plan {
             .into_iter()
             .collect();
         let mut devices = Vec::new();
-        let mut by_address: HashMap<IpAddr, &str> = HashMap::new();
+        let mut checker = DeviceChecker::default();
         for (index, d) in self.devices.iter().enumerate() {
-            if d.id.is_empty() || d.id.len() > NAME_MAX {
-                return Err(PlanError::BadDeviceId {
-                    index,
-                    id: cut(&d.id),
-                });
-            }
-            if let Some(g) = &d.group
-                && (g.is_empty() || g.len() > NAME_MAX)
-            {
-                return Err(PlanError::BadGroupName {
-                    device: d.id.clone(),
-                    group: cut(g),
-                });
-            }
-            if !seen_devices.insert(d.id.as_str()) {
-                return Err(PlanError::DuplicateDevice(d.id.clone()));
-            }
+            let address = checker.check(index, &d.id, d.group.as_deref(), d.address.as_deref())?;
             if !index_of.contains_key(&d.shard) {
                 return Err(PlanError::DeviceUnknownShard {
                     device: d.id.clone(),
                     shard: d.shard,
                 });
             }
-            if let Some(a) = &d.address {
-                let address: IpAddr = a.parse().map_err(|_| PlanError::BadDeviceAddress {
-                    device: d.id.clone(),
-                    value: cut(a),
-                })?;
-                // ::ffff:a.b.c.d is the IPv4 device a.b.c.d (as the data
-                // plane keys it): one address, one device.
-                let address = address.to_canonical();
-                let unicast = match address {
-                    IpAddr::V4(v4) => {
-                        !(v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast())
-                    }
-                    IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
-                };
-                if !unicast {
-                    return Err(PlanError::NotUnicast {
-                        device: d.id.clone(),
-                        address,
-                    });
-                }
-                if let Some(other) = by_address.insert(address, &d.id) {
-                    return Err(PlanError::SharedDeviceAddress {
-                        a: other.to_string(),
-                        b: d.id.clone(),
-                        address,
-                    });
-                }
+            if let Some(address) = address {
                 let group = match &d.group {
                     Some(g) => groups.binary_search(g).map_or(0, |i| i as u32 + 1),
                     None => 0,
@@ -723,7 +662,7 @@ mod tests {
         ));
         assert!(matches!(
             err(|p| p.devices.push(p.devices[0].clone())),
-            PlanError::DuplicateDevice(_)
+            PlanError::Device(DeviceError::Duplicate(_))
         ));
         assert!(matches!(
             Plan::from_json("{\"generation\": 1}"),
@@ -769,13 +708,13 @@ mod tests {
         };
         assert!(matches!(
             err(&|p| p.devices[1].id.clear()),
-            PlanError::BadDeviceId { index: 1, .. }
+            PlanError::Device(DeviceError::BadId { index: 1, .. })
         ));
         for bad in ["239.1.2.3", "0.0.0.0", "255.255.255.255", "ff02::1", "::"] {
             assert!(
                 matches!(
                     err(&|p| p.devices[0].address = Some(bad.into())),
-                    PlanError::NotUnicast { .. }
+                    PlanError::Device(DeviceError::NotUnicast { .. })
                 ),
                 "{bad}"
             );
@@ -783,7 +722,7 @@ mod tests {
         // The IPv4-mapped form of d1's address is d1's address.
         assert!(matches!(
             err(&|p| p.devices[1].address = Some("::ffff:198.18.0.7".into())),
-            PlanError::SharedDeviceAddress { .. }
+            PlanError::Device(DeviceError::SharedAddress { .. })
         ));
         let huge = "g".repeat(100_000);
         let e = err(&|p| p.devices[0].group = Some(huge.clone()));

@@ -352,6 +352,7 @@ pub fn mix(mut x: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadError};
+    use shardcast_plan::DeviceError;
 
     fn tiny() -> Instance {
         serde_json::from_str::<Workload>(
@@ -599,14 +600,14 @@ mod tests {
                 r#"{"name": "a", "rate": 1}"#,
                 r#"{"id": "d1", "address": "239.0.0.1", "subscriptions": ["a"]}"#
             ),
-            Err(WorkloadError::NotUnicast { .. })
+            Err(WorkloadError::Device(DeviceError::NotUnicast { .. }))
         ));
         assert!(matches!(
             w(
                 r#"{"name": "a", "rate": 1}"#,
                 r#"{"id": "", "subscriptions": ["a"]}"#
             ),
-            Err(WorkloadError::BadDeviceId { index: 0, .. })
+            Err(WorkloadError::Device(DeviceError::BadId { index: 0, .. }))
         ));
     }
 }

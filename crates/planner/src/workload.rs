@@ -8,14 +8,14 @@
 //! wrong with the input is found before planning starts.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
 use router_common::{maps::MAX_SHARDS, topic::TOPIC_MAX};
 use serde::{Deserialize, Serialize};
-use shardcast_plan::{NAME_MAX, text::cut};
+use shardcast_plan::{DeviceChecker, DeviceError, text::cut};
 
 /// Everything that can be wrong with a workload. Each names the offender.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,32 +34,16 @@ pub enum WorkloadError {
     BadTopicName(String),
     #[error("topic {topic:?}: rate {rate} must be a number within 0..={MAX_RATE} (messages/s)")]
     BadRate { topic: String, rate: f64 },
-    #[error("device id {0:?} appears more than once")]
-    DuplicateDevice(String),
     #[error("device {device:?} subscribes to unknown topic {topic:?}")]
     UnknownTopic { device: String, topic: String },
     #[error("device {device:?}: battery {battery} must be within 0..=1")]
     BadBattery { device: String, battery: f64 },
-    #[error("device {device:?}: address {value:?} is not an IP address")]
-    BadAddress { device: String, value: String },
     #[error("topic {topic:?}: MQTT-SN predefined id {id} is reserved (0 and 65535 are)")]
     ReservedPredefinedId { topic: String, id: u16 },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("MQTT-SN predefined id {id} is given to both {a:?} and {b:?}")]
     DuplicatePredefinedId { id: u16, a: String, b: String },
-    #[error("device #{index}: id {id:?} must be 1..={NAME_MAX} bytes")]
-    BadDeviceId { index: usize, id: String },
-    #[error("device {device:?}: group {group:?} must be 1..={NAME_MAX} bytes")]
-    BadGroupName { device: String, group: String },
-    #[error(
-        "device {device:?}: address {address} is not a unicast address (multicast, broadcast and unspecified addresses never send)"
-    )]
-    NotUnicast { device: String, address: IpAddr },
-    #[error("devices {a:?} and {b:?} share the address {address}")]
-    SharedAddress {
-        a: String,
-        b: String,
-        address: IpAddr,
-    },
 }
 
 type Result<T, E = WorkloadError> = std::result::Result<T, E>;
@@ -281,62 +265,18 @@ impl Workload {
             }
         }
         let n = self.devices.len();
-        let mut seen: HashSet<&str> = HashSet::with_capacity(n);
-        let mut addresses: HashMap<IpAddr, &str> = HashMap::new();
+        let mut checker = DeviceChecker::default();
         let mut sub_start = Vec::with_capacity(n + 1);
         let mut subs = Vec::new();
         let mut waste_weight = Vec::with_capacity(n);
         sub_start.push(0u32);
         for (index, d) in self.devices.iter().enumerate() {
-            if d.id.is_empty() || d.id.len() > NAME_MAX {
-                return Err(WorkloadError::BadDeviceId {
-                    index,
-                    id: cut(&d.id),
-                });
-            }
-            if let Some(g) = &d.group
-                && (g.is_empty() || g.len() > NAME_MAX)
-            {
-                return Err(WorkloadError::BadGroupName {
-                    device: d.id.clone(),
-                    group: cut(g),
-                });
-            }
-            if !seen.insert(&d.id) {
-                return Err(WorkloadError::DuplicateDevice(d.id.clone()));
-            }
+            checker.check(index, &d.id, d.group.as_deref(), d.address.as_deref())?;
             if !(0.0..=1.0).contains(&d.battery) {
                 return Err(WorkloadError::BadBattery {
                     device: d.id.clone(),
                     battery: d.battery,
                 });
-            }
-            if let Some(a) = &d.address {
-                let ip: IpAddr = a.parse().map_err(|_| WorkloadError::BadAddress {
-                    device: d.id.clone(),
-                    value: cut(a),
-                })?;
-                // As the plan reads it: ::ffff:a.b.c.d is a.b.c.d.
-                let ip = ip.to_canonical();
-                let unicast = match ip {
-                    IpAddr::V4(v4) => {
-                        !(v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast())
-                    }
-                    IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
-                };
-                if !unicast {
-                    return Err(WorkloadError::NotUnicast {
-                        device: d.id.clone(),
-                        address: ip,
-                    });
-                }
-                if let Some(other) = addresses.insert(ip, &d.id) {
-                    return Err(WorkloadError::SharedAddress {
-                        a: other.to_string(),
-                        b: d.id.clone(),
-                        address: ip,
-                    });
-                }
             }
             let mut mine = d
                 .subscriptions
@@ -484,7 +424,7 @@ mod tests {
         w.devices[1].id = "d1".into();
         assert_eq!(
             w.index().unwrap_err(),
-            WorkloadError::DuplicateDevice("d1".into())
+            WorkloadError::Device(DeviceError::Duplicate("d1".into()))
         );
         let mut w = sample();
         w.resources.shard_capacity = 0.0;
@@ -517,7 +457,7 @@ mod tests {
         w.devices[1].address = Some("198.18.0.1".into());
         assert!(matches!(
             w.index(),
-            Err(WorkloadError::SharedAddress { .. })
+            Err(WorkloadError::Device(DeviceError::SharedAddress { .. }))
         ));
         let mut w = sample();
         w.cost.copies = f64::NAN;
