@@ -214,17 +214,9 @@ pub fn max_ttl(mut f: Vec<u8>) -> Vec<u8> {
     match (f[12], f[13]) {
         (0x08, 0x00) => {
             f[22] = 255;
-            f[24] = 0;
-            f[25] = 0;
             let ihl = (f[14] & 0x0f) as usize * 4;
-            let mut sum: u32 = f[14..14 + ihl]
-                .chunks(2)
-                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-                .sum();
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            let c = model::ipv4_checksum(&f, 14, ihl);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
         }
         (0x86, 0xdd) => f[21] = 255,
         _ => {}

@@ -11,6 +11,7 @@
 //! incrementally, which agrees exactly when the input's were right).
 
 use router_common::{
+    checksum::internet_checksum,
     coap::{self, PrefixStart},
     maps::{Config, PREFIX_MAX},
     mqttsn,
@@ -82,21 +83,6 @@ fn be16(f: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]))
 }
 
-/// One's-complement sum of `data` (odd length padded with zero), folded.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 /// Where the IP header is.
 #[derive(Clone, Copy)]
 enum L3 {
@@ -113,26 +99,39 @@ impl L3 {
     }
 }
 
-/// The UDP checksum the segment at `l4` (of `udp_len` bytes) should carry.
+/// The UDP checksum the segment at `l4` (of `udp_len` bytes) should carry
+/// (`router_common::checksum::internet_checksum` over the pseudo-header
+/// and the segment; a computed 0 is sent as 0xffff).
 fn udp_checksum(f: &[u8], l3: L3, l4: usize, udp_len: usize) -> u16 {
-    let mut acc = match l3 {
-        L3::V4 { off, .. } => sum16(&f[off + 12..off + 20], 0) + 17 + udp_len as u32,
+    let mut data = match l3 {
+        L3::V4 { off, .. } => {
+            let mut d = f[off + 12..off + 20].to_vec();
+            d.extend_from_slice(&[0, 17]);
+            d.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            d
+        }
         L3::V6 { off } => {
-            sum16(&f[off + 8..off + 40], 0)
-                + 17
-                + (udp_len as u32 >> 16)
-                + (udp_len as u32 & 0xffff)
+            let mut d = f[off + 8..off + 40].to_vec();
+            d.extend_from_slice(&(udp_len as u32).to_be_bytes());
+            d.extend_from_slice(&[0, 0, 0, 17]);
+            d
         }
     };
-    acc = sum16(&f[l4..l4 + 6], acc);
-    acc = sum16(&f[l4 + 8..l4 + udp_len], acc);
-    let c = !fold(acc);
-    if c == 0 { 0xffff } else { c }
+    data.extend_from_slice(&f[l4..l4 + 6]);
+    data.extend_from_slice(&[0, 0]);
+    data.extend_from_slice(&f[l4 + 8..l4 + udp_len]);
+    match internet_checksum(&data) {
+        0 => 0xffff,
+        c => c,
+    }
 }
 
-fn ipv4_checksum(f: &[u8], off: usize, ihl: usize) -> u16 {
-    let acc = sum16(&f[off..off + 10], 0) + sum16(&f[off + 12..off + ihl], 0);
-    !fold(acc)
+/// The IPv4 header checksum the header at `off` should carry.
+pub fn ipv4_checksum(f: &[u8], off: usize, ihl: usize) -> u16 {
+    let mut h = f[off..off + ihl].to_vec();
+    h[10] = 0;
+    h[11] = 0;
+    internet_checksum(&h)
 }
 
 /// True when the frame's IPv4 header checksum and UDP checksum (unless
