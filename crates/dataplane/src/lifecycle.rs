@@ -65,6 +65,22 @@ pub(crate) fn load_group_dump(
     Ok(GroupReader::Iterator(fd))
 }
 
+/// Loads the XDP program `name` of `ebpf` (read from `object`) into the
+/// kernel; a refusal carries the tail of the verifier's log.
+pub(crate) fn load_xdp<'e>(ebpf: &'e mut Ebpf, object: &Path, name: &str) -> Result<&'e mut Xdp> {
+    let load_err = |reason: String| DataplaneError::Load {
+        path: object.into(),
+        reason,
+    };
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| load_err(format!("no program {name}")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| load_err(format!("{name}: {e}")))?;
+    prog.load().map_err(|e| load_err(verifier_message(&e)))?;
+    Ok(prog)
+}
+
 /// What `attach` needs.
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
@@ -99,18 +115,7 @@ impl Dataplane {
                 reason: format!("{e:#}"),
             })?;
         for name in [names::PROG_ROUTER, names::PROG_PASS] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Load {
-                    path: object.into(),
-                    reason: format!("no program {name}"),
-                })?
-                .try_into()
-                .map_err(prog_err(name))?;
-            prog.load().map_err(|e| DataplaneError::Load {
-                path: object.into(),
-                reason: verifier_message(&e),
-            })?;
+            let prog = load_xdp(&mut ebpf, object, name)?;
             if let Some((pins, created)) = &mut pin {
                 let path = pins.prog(name);
                 record_pin(created, path.clone(), prog.pin(&path))?;

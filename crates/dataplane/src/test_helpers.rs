@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::{Program, TestRun, TestRunOptions, Xdp},
+    programs::{Program, TestRun, TestRunOptions},
 };
 use router_common::maps::names;
 
@@ -122,18 +122,7 @@ impl ReferenceProgram {
             path: object.into(),
             reason: format!("{e:#}"),
         })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Load {
-                path: object.into(),
-                reason: format!("no program {name}"),
-            })?
-            .try_into()
-            .map_err(prog_err("reference"))?;
-        prog.load().map_err(|e| DataplaneError::Load {
-            path: object.into(),
-            reason: verifier_message(&e),
-        })?;
+        crate::lifecycle::load_xdp(&mut ebpf, object, name)?;
         Ok(Self {
             ebpf,
             name: name.into(),
