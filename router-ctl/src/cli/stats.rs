@@ -1,7 +1,7 @@
 //! `router-ctl stats`: counters per verdict/reason, per topic, and the
 //! keys of publishes no route matched.
 
-use std::{collections::BTreeMap, fmt};
+use std::fmt;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -35,13 +35,16 @@ struct UnroutedCount {
 #[derive(Serialize)]
 struct Stats {
     generation: u64,
-    /// Every reason, in the data plane's order (zeros included).
-    reasons: BTreeMap<&'static str, Count>,
+    /// Every reason, in the data plane's order (zeros included); a JSON
+    /// object keyed by label.
+    #[serde(serialize_with = "as_map")]
+    reasons: Vec<(&'static str, Count)>,
     topics: Vec<TopicCount>,
     unrouted: Vec<UnroutedCount>,
-    /// The text view lists reasons in the data plane's order.
-    #[serde(skip)]
-    order: Vec<&'static str>,
+}
+
+fn as_map<S: serde::Serializer>(v: &[(&'static str, Count)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, c)| (k, c)))
 }
 
 impl fmt::Display for Stats {
@@ -52,8 +55,7 @@ impl fmt::Display for Stats {
             "{:<22} {:>12} {:>14}",
             "verdict/reason", "packets", "bytes"
         )?;
-        for r in &self.order {
-            let c = &self.reasons[r];
+        for (r, c) in &self.reasons {
             if c.packets > 0 {
                 writeln!(f, "{:<22} {:>12} {:>14}", r, c.packets, c.bytes)?;
             }
@@ -95,7 +97,6 @@ pub fn run(g: &Globals) -> Result<()> {
                 )
             })
             .collect(),
-        order: c.reasons.keys().map(|r| r.label()).collect(),
         topics: c
             .topics
             .iter()
