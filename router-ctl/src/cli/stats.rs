@@ -120,3 +120,53 @@ pub fn run(g: &Globals) -> Result<()> {
     };
     g.print(&stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_keep_the_data_plane_order_in_text_and_are_an_object_in_json() {
+        let stats = Stats {
+            generation: 3,
+            reasons: vec![
+                (
+                    "redirected",
+                    Count {
+                        packets: 5,
+                        bytes: 500,
+                    },
+                ),
+                (
+                    "not_ip",
+                    Count {
+                        packets: 0,
+                        bytes: 0,
+                    },
+                ),
+                (
+                    "fragment",
+                    Count {
+                        packets: 2,
+                        bytes: 90,
+                    },
+                ),
+            ],
+            topics: vec![],
+            unrouted: vec![],
+        };
+        let json: serde_json::Value = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["reasons"]["fragment"]["packets"], 2);
+        assert_eq!(json["reasons"]["not_ip"]["bytes"], 0);
+        let text = stats.to_string();
+        let (r, f) = (
+            text.find("redirected").unwrap(),
+            text.find("fragment").unwrap(),
+        );
+        assert!(r < f, "{text}");
+        assert!(
+            !text.contains("not_ip"),
+            "zero reasons are left out: {text}"
+        );
+    }
+}
