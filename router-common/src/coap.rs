@@ -4,12 +4,21 @@
 //!
 //! Confirmable requests need an ACK and go to userspace; so does every other
 //! message. The parser walks the options once, in a bounded loop, hashing
-//! Uri-Path bytes as it goes, and stops at the payload marker or at the
-//! first option numbered after Uri-Path (11), whichever comes first: options
-//! are ordered, so the topic is complete there, and later options (a large
-//! Uri-Query, say) need not fit in the part of the message the data plane
-//! looks at. No allocation; the same code in the XDP program and on the
-//! host.
+//! Uri-Path bytes as it goes, and validates the whole option sequence up to
+//! the payload marker (or the end of the message): a message the router
+//! multicasts must be one its subscribers' CoAP stacks accept, so a format
+//! error after the path (an option running past the end, a reserved nibble,
+//! a marker with no payload) refuses the message as surely as one before
+//! it. A message longer than the walk may examine (more than
+//! [`MAX_OPTIONS`] options, or option headers past the bytes the data plane
+//! copies out) is never routed unchecked: it goes to the stack, counted by
+//! its own reason. No allocation; the same code in the XDP program and on
+//! the host.
+//!
+//! The topic is the Uri-Path after the prefix exactly as the URI writes
+//! it: segments joined with '/', an empty segment kept wherever it lies
+//! (`/ps/data//x` names the topic `/x`, `/ps/data/a//b` the topic `a//b`,
+//! `/ps/data/a/` the topic `a/`).
 
 use crate::{
     payload::Payload,
@@ -28,10 +37,16 @@ pub const CODE_POST: u8 = 0x02;
 pub const CODE_PUT: u8 = 0x03;
 pub const OPTION_URI_PATH: u16 = 11;
 pub const PAYLOAD_MARKER: u8 = 0xFF;
-/// Options examined before giving up (a publish carries a handful).
+/// Options examined before giving up (a publish carries a handful: the
+/// prefix's and the topic's path segments, Content-Format, perhaps a
+/// Uri-Host or a Uri-Query). A message with more goes to the stack as
+/// [`Reason::CoapTooManyOptions`].
 pub const MAX_OPTIONS: usize = 16;
+/// Largest option number (option numbers are 16-bit, RFC 7252 section 12.2).
+pub const OPTION_MAX: u32 = 0xFFFF;
 /// Bytes of a CoAP message the XDP program copies out and parses: header,
-/// token and options up to the topic must lie within them. A power of two,
+/// token, every option and the payload marker with a first payload byte
+/// must lie within them (the rest of the payload need not). A power of two,
 /// so that an index masked with `WINDOW - 1` is in bounds by construction.
 pub const WINDOW: usize = 256;
 
@@ -142,19 +157,57 @@ impl PrefixStart {
     }
 }
 
+/// Why a walk that ran out of bytes stopped: a malformed message, or, when
+/// `p` holds only the first bytes of a longer one, the end of what the
+/// data plane copied out ([`Payload::cut_short`]).
+#[inline(always)]
+fn ran_out<P: Payload + ?Sized>(p: &P) -> Reason {
+    if p.cut_short() {
+        Reason::CoapBeyondWindow
+    } else {
+        Reason::CoapMalformed
+    }
+}
+
+/// Whether the options end at `off`: `None` when another option starts
+/// there; `Some(Ok)` at the end of the message or at a payload marker with
+/// a payload after it; `Some(Err)` for a marker with nothing after it (a
+/// format error, RFC 7252 section 3) or bytes the walk was not shown.
+#[inline(always)]
+fn options_end<P: Payload + ?Sized>(p: &P, off: usize, len: usize) -> Option<Result<(), Reason>> {
+    if off >= len {
+        // Past the copied bytes the message goes on, unexamined.
+        return Some(if p.cut_short() {
+            Err(Reason::CoapBeyondWindow)
+        } else {
+            Ok(())
+        });
+    }
+    if p.byte(off) == Some(PAYLOAD_MARKER) {
+        return Some(if off + 1 >= len {
+            Err(ran_out(p))
+        } else {
+            Ok(())
+        });
+    }
+    None
+}
+
 /// Decodes an option delta or length nibble with its extension bytes.
 #[inline(always)]
 fn extended<P: Payload + ?Sized>(p: &P, nibble: u8, off: &mut usize) -> Result<u16, Reason> {
     match nibble {
         0..=12 => Ok(nibble as u16),
         13 => {
-            let v = p.byte(*off).ok_or(Reason::CoapMalformed)?;
+            let v = p.byte(*off).ok_or_else(|| ran_out(p))?;
             *off += 1;
             Ok(v as u16 + 13)
         }
         14 => {
-            let v = p.be16(*off).ok_or(Reason::CoapMalformed)?;
+            let v = p.be16(*off).ok_or_else(|| ran_out(p))?;
             *off += 2;
+            // Past 65535 - 269 the value names no option number and no
+            // length a datagram can hold.
             v.checked_add(269).ok_or(Reason::CoapMalformed)
         }
         // 15 is reserved outside the payload marker (section 3.1).
@@ -171,7 +224,9 @@ fn extended<P: Payload + ?Sized>(p: &P, nibble: u8, off: &mut usize) -> Result<u
 struct PathMatcher<'a> {
     prefix: &'a [u8; PREFIX_MAX],
     prefix_len: usize,
-    /// Prefix bytes matched so far.
+    /// Prefix bytes matched so far; `prefix_len + 1` once a topic segment
+    /// (even an empty one) has been read, so that every later segment is
+    /// preceded by its '/'.
     pos: usize,
     segments: usize,
     hasher: TopicHasher,
@@ -199,7 +254,7 @@ impl PathMatcher<'_> {
                     return Err(Reason::CoapOtherPath);
                 }
                 self.pos += 1;
-            } else if self.topic_len() > 0 {
+            } else if self.pos > self.prefix_len {
                 if self.topic_len() >= TOPIC_MAX {
                     return Err(Reason::TopicTooLong);
                 }
@@ -240,6 +295,7 @@ impl PathMatcher<'_> {
                 let word = p.word_within(off + at) & (u64::MAX >> (64 - 8 * n));
                 self.hasher.push_word(word, n as u64);
             }
+            self.pos = self.prefix_len + 1;
         }
         Ok(())
     }
@@ -325,19 +381,12 @@ pub fn parse_publish_from<P: Payload + ?Sized>(
         // The topic's length is the hasher's byte count.
         m.hasher.map_len(|n| p.opaque(n as usize) as u64);
         m.prefix_len = p.opaque(m.prefix_len);
-        if off >= len {
+        if let Some(end) = options_end(p, off, len) {
+            end?;
             ended = true;
             break;
         }
         let b = p.byte(off).ok_or(Reason::CoapMalformed)?;
-        if b == PAYLOAD_MARKER {
-            // A marker followed by nothing is a format error (section 3).
-            if off + 1 >= len {
-                return Err(Reason::CoapMalformed);
-            }
-            ended = true;
-            break;
-        }
         off += 1;
         let delta = extended(p, b >> 4, &mut off)?;
         let olen = extended(p, b & 0x0f, &mut off)? as usize;
@@ -345,19 +394,17 @@ pub fn parse_publish_from<P: Payload + ?Sized>(
         let (off_, delta, olen) = (p.opaque(off), p.opaque(delta as usize), p.opaque(olen));
         off = off_;
         number += delta as u32;
-        if number > OPTION_URI_PATH as u32 {
-            // Options come in order: the path is complete. What follows
-            // (Content-Format, Uri-Query, the payload) is the receivers'
-            // business, so the walk stops here.
-            if m.segments == 0 {
-                return Err(Reason::CoapOtherPath);
-            }
-            ended = true;
-            break;
+        if number > OPTION_MAX {
+            return Err(Reason::CoapMalformed);
+        }
+        // Options come in order: past Uri-Path with no path read, the
+        // message names no topic under the prefix.
+        if number > OPTION_URI_PATH as u32 && m.segments == 0 {
+            return Err(Reason::CoapOtherPath);
         }
         // Also re-bounds the laundered values for the verifier.
         if off > len || olen > len || off + olen > len {
-            return Err(Reason::CoapMalformed);
+            return Err(ran_out(p));
         }
         if number == OPTION_URI_PATH as u32 {
             m.segment(p, off, olen)?;
@@ -365,7 +412,10 @@ pub fn parse_publish_from<P: Payload + ?Sized>(
         off += olen;
     }
     if !ended {
-        return Err(Reason::CoapMalformed);
+        // The budget is spent: the options must end here, or the message
+        // holds more than the walk examines and is not known to be well
+        // formed.
+        options_end(p, p.opaque(off), len).ok_or(Reason::CoapTooManyOptions)??;
     }
     if m.pos < m.prefix_len || m.topic_len() == 0 {
         return Err(Reason::CoapOtherPath);
@@ -508,15 +558,146 @@ mod tests {
         assert!(parse_publish(&with_payload[..], &p, n).is_ok());
         v.push(PAYLOAD_MARKER);
         assert_eq!(parse_publish(&v[..], &p, n), Err(Reason::CoapMalformed));
-        // Options after the path are not the router's business: the walk
-        // stops at the first one, even if it runs past the end.
-        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4, CODE_PUT, 0, 1];
-        option(&mut v, 11, b"ps");
-        option(&mut v, 0, b"data");
-        option(&mut v, 0, b"t");
-        option(&mut v, 15 - 11, &[b'q'; 40]);
-        v.truncate(v.len() - 20);
-        assert!(parse_publish(&v[..], &p, n).is_ok());
+    }
+
+    /// A NON POST to ps/data/site/a/temp with the given options after the
+    /// path (option number, value) and then `tail` (a marker and payload).
+    fn with_tail(after: &[(u16, &[u8])], tail: &[u8]) -> Vec<u8> {
+        let mut v = std::vec![VERSION << 6 | TYPE_NON << 4 | 2, CODE_POST, 0, 7, 0xa, 0xb];
+        let mut last = 0;
+        for seg in ["ps", "data", "site", "a", "temp"] {
+            option(&mut v, OPTION_URI_PATH - last, seg.as_bytes());
+            last = OPTION_URI_PATH;
+        }
+        for &(number, value) in after {
+            option(&mut v, number - last, value);
+            last = number;
+        }
+        v.extend_from_slice(tail);
+        v
+    }
+
+    /// The format errors the issue found routed because they lie after the
+    /// path: each is now refused, as the same error before the path is.
+    #[test]
+    fn format_errors_after_the_path_are_refused() {
+        let (p, n) = prefix("ps/data/");
+        let start = PrefixStart::encode(b"ps/data/");
+        let parse = |m: &[u8]| {
+            let walked = parse_publish(m, &p, n).map(|r| r.key);
+            assert_eq!(
+                parse_publish_from(m, &p, n, &start).map(|r| r.key),
+                walked,
+                "{m:02x?}"
+            );
+            walked
+        };
+        let key = Ok(topic_key(b"site/a/temp"));
+        // Well-formed: query, content-format, payload; no payload; a
+        // 2-byte-delta option; the largest option number.
+        assert_eq!(
+            parse(&with_tail(&[(15, b"k=v")], &[PAYLOAD_MARKER, 1])),
+            key
+        );
+        assert_eq!(parse(&with_tail(&[(12, &[50]), (15, b"k=v")], &[])), key);
+        assert_eq!(parse(&with_tail(&[(300, &[9; 20])], &[0xff, 0])), key);
+        assert_eq!(parse(&with_tail(&[(65535, b"")], &[0xff, 0])), key);
+        // Uri-Query k=v then a bare marker: "MUST be processed as a message
+        // format error" (section 3).
+        let bare = with_tail(&[(15, b"k=v")], &[PAYLOAD_MARKER]);
+        assert_eq!(parse(&bare), Err(Reason::CoapMalformed));
+        // Option 16 declaring 11 bytes with none left.
+        let mut past = with_tail(&[], &[]);
+        past.push(5 << 4 | 11);
+        assert_eq!(parse(&past), Err(Reason::CoapMalformed));
+        // ... and with some, not all, of them.
+        let mut short = with_tail(&[(16, &[b'x'; 11])], &[]);
+        short.truncate(short.len() - 3);
+        assert_eq!(parse(&short), Err(Reason::CoapMalformed));
+        // Reserved nibble 15 in the delta (not a marker) or the length.
+        for b in [0xF1, 0x1F, 0xDF] {
+            let mut v = with_tail(&[], &[]);
+            v.extend_from_slice(&[b, 0, 0]);
+            assert_eq!(parse(&v), Err(Reason::CoapMalformed), "{b:#x}");
+        }
+        // Extension bytes missing after the path.
+        for tail in [&[0xD0][..], &[0xE0, 1]] {
+            let mut v = with_tail(&[], &[]);
+            v.extend_from_slice(tail);
+            assert_eq!(parse(&v), Err(Reason::CoapMalformed), "{tail:x?}");
+        }
+        // An option number past 65535: delta 65535 after Uri-Path (11).
+        let mut v = with_tail(&[], &[]);
+        let ext = (65535u16 - 269).to_be_bytes();
+        v.extend_from_slice(&[0xE0, ext[0], ext[1], 0xff, 1]);
+        assert_eq!(parse(&v), Err(Reason::CoapMalformed));
+    }
+
+    /// Shown only the first bytes of a longer message (the XDP window), a
+    /// walk that runs out says so, never "malformed" and never routed; a
+    /// format error within the bytes shown is still malformed.
+    #[test]
+    fn a_message_cut_short_is_unexamined_not_malformed() {
+        use crate::payload::FirstBytes;
+        let (p, n) = prefix("ps/data/");
+        let whole = with_tail(&[(15, &[b'q'; 60])], &[0xff, 1, 2, 3]);
+        let at = |cut: usize| parse_publish(&FirstBytes::of(&whole, cut), &p, n);
+        assert_eq!(
+            at(whole.len()).map(|r| r.key),
+            Ok(topic_key(b"site/a/temp"))
+        );
+        // Cut inside the query's value, at its header, right after it
+        // (marker unseen), right after the marker (payload unseen).
+        let marker = whole.len() - 4;
+        for cut in [marker - 30, marker - 62, marker, marker + 1] {
+            assert_eq!(at(cut), Err(Reason::CoapBeyondWindow), "cut at {cut}");
+        }
+        // Cut after a byte of payload: the rest is the subscribers'.
+        assert!(at(marker + 2).is_ok());
+        // A reserved nibble within the window stays malformed.
+        let mut bad = with_tail(&[], &[0xF1]);
+        bad.extend_from_slice(&[0; 100]);
+        assert_eq!(
+            parse_publish(&FirstBytes::of(&bad, 40), &p, n),
+            Err(Reason::CoapMalformed)
+        );
+    }
+
+    /// An empty Uri-Path segment is part of the URI, wherever it lies.
+    #[test]
+    fn empty_segments_follow_the_uri() {
+        let (p, n) = prefix("ps/data/");
+        let (p0, _) = prefix("");
+        let start = PrefixStart::encode(b"ps/data/");
+        for (path, topic) in [
+            (&["ps", "data", "", "tttt"][..], Some(&b"/tttt"[..])),
+            (&["ps", "data", "a", "", "b"], Some(b"a//b")),
+            (&["ps", "data", "a", ""], Some(b"a/")),
+            (&["ps", "data", "", ""], Some(b"/")),
+            (&["ps", "data", "", "", "x"], Some(b"//x")),
+            // An empty topic names nothing.
+            (&["ps", "data", ""], None),
+            (&["ps", "data"], None),
+        ] {
+            let m = request(TYPE_NON, CODE_PUT, &[1], path, b"x");
+            let got = parse_publish(&m[..], &p, n).map(|r| (r.key, r.topic_len));
+            let want = topic
+                .map(|t| (topic_key(t), t.len()))
+                .ok_or(Reason::CoapOtherPath);
+            assert_eq!(got, want, "{path:?}");
+            assert_eq!(
+                parse_publish_from(&m[..], &p, n, &start).map(|r| (r.key, r.topic_len)),
+                want,
+                "{path:?} (fast start)"
+            );
+        }
+        // With no prefix the whole path is the topic, a leading empty
+        // segment included.
+        let m = request(TYPE_NON, CODE_PUT, &[], &["", "a"], b"x");
+        assert_eq!(
+            parse_publish(&m[..], &p0, 0).map(|r| r.key),
+            Ok(topic_key(b"/a"))
+        );
     }
 
     #[test]
@@ -528,10 +709,21 @@ mod tests {
         let exact = std::string::String::from_utf8(std::vec![b'x'; TOPIC_MAX]).unwrap();
         let pkt = request(TYPE_NON, CODE_PUT, &[], &["ps", "data", &exact], b"x");
         assert!(parse_publish(&pkt[..], &p, n).is_ok());
-        let segs: Vec<&str> = core::iter::repeat_n("a", MAX_OPTIONS + 1).collect();
+        // MAX_OPTIONS options are examined, with or without a payload;
+        // one more and the message goes up unexamined (`request` adds a
+        // Content-Format option to the path's).
         let (p0, _) = prefix("");
-        let pkt = request(TYPE_NON, CODE_PUT, &[], &segs, b"x");
-        assert_eq!(parse_publish(&pkt[..], &p0, 0), Err(Reason::CoapMalformed));
+        for payload in [&b""[..], b"x"] {
+            let segs: Vec<&str> = core::iter::repeat_n("a", MAX_OPTIONS - 1).collect();
+            let pkt = request(TYPE_NON, CODE_PUT, &[], &segs, payload);
+            assert!(parse_publish(&pkt[..], &p0, 0).is_ok());
+            let segs: Vec<&str> = core::iter::repeat_n("a", MAX_OPTIONS).collect();
+            let pkt = request(TYPE_NON, CODE_PUT, &[], &segs, payload);
+            assert_eq!(
+                parse_publish(&pkt[..], &p0, 0),
+                Err(Reason::CoapTooManyOptions)
+            );
+        }
     }
 
     proptest! {
@@ -598,6 +790,68 @@ mod tests {
                 parse_publish_from(&v[..], &p, n, &start),
                 parse_publish(&v[..], &p, n)
             );
+        }
+    }
+
+    proptest! {
+        /// The parser routes exactly what the plain reading of RFC 7252
+        /// routes, under the same topic: messages of any option sequence
+        /// (numbers before, at and after Uri-Path, extended forms, values
+        /// with '/' and empty ones, a payload or a bare marker), then
+        /// often mutated anywhere, the tail included.
+        #[test]
+        fn routes_what_rfc_7252_reads_as_a_publish(
+                pre in proptest::sample::select(std::vec!["ps/data/", "a/", ""]),
+                code in proptest::sample::select(std::vec![CODE_POST, CODE_PUT, CODE_POST, 1]),
+                token in proptest::collection::vec(any::<u8>(), 0..9),
+                before in proptest::collection::vec((1u16..11, 0usize..20), 0..2),
+                lead in proptest::bool::ANY,
+                segs in proptest::collection::vec(
+                    proptest::sample::select(std::vec!["ps", "data", "a", "", "t", "x/y", "ps/data"]),
+                    0..8),
+                after in proptest::collection::vec(
+                    (proptest::sample::select(std::vec![0u16, 1, 3, 4, 5, 289, 1000, 65000]),
+                     0usize..300), 0..4),
+                tail in proptest::sample::select(std::vec![&b""[..], b"\xff", b"\xff{}"]),
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 0..3)) {
+            let (p, n) = prefix(pre);
+            let start = PrefixStart::encode(pre.as_bytes());
+            let mut v = std::vec![VERSION << 6 | TYPE_NON << 4 | token.len() as u8, code, 0, 1];
+            v.extend_from_slice(&token);
+            let mut last = 0;
+            for &(number, len) in &before {
+                if number >= last {
+                    option(&mut v, number - last, &std::vec![b'b'; len]);
+                    last = number;
+                }
+            }
+            let leading = pre.split('/').filter(|s| lead && !s.is_empty());
+            for seg in leading.chain(segs.iter().copied()) {
+                option(&mut v, OPTION_URI_PATH - last.min(OPTION_URI_PATH), seg.as_bytes());
+                last = OPTION_URI_PATH;
+            }
+            for &(delta, len) in &after {
+                // Deltas may carry the number past 65535: malformed.
+                let delta = delta.max(1);
+                option(&mut v, delta, &std::vec![b'q'; len]);
+                last = last.saturating_add(delta);
+            }
+            v.extend_from_slice(tail);
+            for (at, b, kind) in edits {
+                let at = at % (v.len() + 1);
+                match kind {
+                    0 if at < v.len() => v[at] = b,
+                    1 => v.truncate(at),
+                    2 => v.insert(at, b),
+                    _ => v.push(b),
+                }
+            }
+            let want = crate::coap_reference::publish_topic(&v, pre.as_bytes())
+                .map(|t| (topic_key(&t), t.len()));
+            let got = parse_publish(&v[..], &p, n).map(|r| (r.key, r.topic_len)).ok();
+            prop_assert_eq!(got, want, "{:02x?}", v);
+            let fast = parse_publish_from(&v[..], &p, n, &start);
+            prop_assert_eq!(fast.map(|r| (r.key, r.topic_len)).ok(), want);
         }
     }
 

@@ -21,6 +21,8 @@
 pub mod build;
 pub mod checksum;
 pub mod coap;
+#[cfg(any(test, feature = "builders"))]
+pub mod coap_reference;
 pub mod maps;
 pub mod mqttsn;
 pub mod payload;

@@ -37,6 +37,15 @@ pub trait Payload {
         w
     }
 
+    /// True when these bytes are only the first part of a longer message
+    /// (the XDP program copies out a bounded window): a parser that runs
+    /// out of bytes then cannot tell a malformed message from one it was
+    /// not shown whole.
+    #[inline(always)]
+    fn cut_short(&self) -> bool {
+        false
+    }
+
     /// True when the payload is empty.
     #[inline(always)]
     fn is_empty(&self) -> bool {
@@ -124,6 +133,44 @@ impl<const N: usize> Payload for Head<N> {
         } else {
             None
         }
+    }
+}
+
+/// The first `max` bytes of a message, as a data plane that copies out a
+/// bounded window sees it: a parser reading it knows, through
+/// [`Payload::cut_short`], when the message went on past them. The host's
+/// model of the XDP program reads CoAP messages through this.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstBytes<'a> {
+    bytes: &'a [u8],
+    cut: bool,
+}
+
+impl<'a> FirstBytes<'a> {
+    /// The first `max` bytes of `message` (all of it if shorter).
+    pub fn of(message: &'a [u8], max: usize) -> Self {
+        let cut = message.len() > max;
+        Self {
+            bytes: if cut { &message[..max] } else { message },
+            cut,
+        }
+    }
+}
+
+impl Payload for FirstBytes<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        self.bytes.get(off).copied()
+    }
+
+    #[inline(always)]
+    fn cut_short(&self) -> bool {
+        self.cut
     }
 }
 

@@ -72,9 +72,13 @@ reasons! {
     EgressMissing = 22 => "egress_missing",
     /// The router is not configured (no CONFIG entry).
     NoConfig = 23 => "no_config",
-    /// CoAP message whose options run past the first `coap::WINDOW` bytes,
-    /// the part the XDP program copies out to parse: for userspace.
+    /// CoAP message whose options (or payload marker) run past the first
+    /// `coap::WINDOW` bytes, the part the XDP program copies out and
+    /// validates: for userspace.
     CoapBeyondWindow = 24 => "coap_beyond_window",
+    /// CoAP message with more options than the XDP program examines
+    /// (`coap::MAX_OPTIONS`): not known to be well formed, for userspace.
+    CoapTooManyOptions = 25 => "coap_too_many_options",
 }
 
 /// Number of reason counters.

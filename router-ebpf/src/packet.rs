@@ -251,6 +251,10 @@ pub struct Scratch {
     pub parked: [u64; 3],
     /// Length of the CoAP message in [`Window`] (see [`WindowPayload::len`]).
     pub window_len: u64,
+    /// Non-zero when the message is longer than [`Window`] holds (see
+    /// [`WindowPayload::cut_short`]). In memory, not a register: a flag
+    /// the verifier knew would split every state of the option walk in two.
+    pub window_cut: u64,
 }
 
 /// Passes `v` through this CPU's scratch slot: the verifier does not track
@@ -387,7 +391,6 @@ pub struct WindowPayload {
 
 impl WindowPayload {
     /// Copies `min(len, WINDOW)` bytes at packet offset `off` into `window`.
-    /// Returns the payload and whether the message was cut short.
     #[inline(always)]
     pub fn load(
         ctx: &XdpContext,
@@ -395,7 +398,7 @@ impl WindowPayload {
         len: usize,
         window: *mut Window,
         scratch: *mut Scratch,
-    ) -> Option<(Self, bool)> {
+    ) -> Option<Self> {
         let cut = len > coap::WINDOW;
         // Laundered, then bounded: LLVM would otherwise test one copy of the
         // length and pass the helper another the verifier knows less about.
@@ -440,8 +443,11 @@ impl WindowPayload {
             }
         }
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(&raw mut (*scratch).window_len, n as u64) };
-        Some((Self { window, scratch }, cut))
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*scratch).window_len, n as u64);
+            core::ptr::write_volatile(&raw mut (*scratch).window_cut, cut as u64);
+        }
+        Some(Self { window, scratch })
     }
 }
 
@@ -461,6 +467,12 @@ impl Payload for WindowPayload {
     fn opaque(&self, v: usize) -> usize {
         // SAFETY: `scratch` is this CPU's slot of a per-CPU array.
         unsafe { launder(self.scratch, v) }
+    }
+
+    #[inline(always)]
+    fn cut_short(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&raw const (*self.scratch).window_cut) != 0 }
     }
 
     #[inline(always)]

@@ -198,20 +198,17 @@ fn coap_key(
         );
     }
     let window = SC_COAP_WINDOW.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
-    let (msg, cut) = WindowPayload::load(ctx, payload_off, payload_len, window, scratch)
+    let msg = WindowPayload::load(ctx, payload_off, payload_len, window, scratch)
         .ok_or(Reason::Truncated)?;
-    let key = match coap::parse_publish_from(
+    // A message longer than the window that runs out within it is not
+    // malformed but unexamined: the parser says `CoapBeyondWindow`.
+    let key = coap::parse_publish_from(
         &msg,
         &cfg.prefix,
         cfg.prefix_len as usize,
         &cfg.prefix_start,
-    ) {
-        Ok(p) => p.key,
-        // Within the window, a message running out is a message cut
-        // short by the window, not a malformed one.
-        Err(Reason::CoapMalformed) if cut => return Err(Reason::CoapBeyondWindow),
-        Err(r) => return Err(r),
-    };
+    )?
+    .key;
 
     // SAFETY: as above.
     let [fam_tag, l3_off, ihl] = unsafe { core::ptr::read_volatile(&raw const (*scratch).parked) };

@@ -7,17 +7,26 @@
 //! every shape (both IP families, VLAN or not, IPv4 options, MQTT-SN
 //! short/predefined/registered ids in both length forms, CoAP with random
 //! option sequences, tokens and payload markers, topics routed, unrouted
-//! and multi-shard), then most are mutated: bytes flipped, cut short,
-//! grown, TTLs and lengths changed, and their checksums made right again
-//! (as a wire would deliver them) or not.
+//! and multi-shard, empty path segments, options and format errors after
+//! the path), then most are mutated: bytes flipped (in the headers, and in
+//! a CoAP message's last bytes, after its path), cut short, grown, TTLs
+//! and lengths changed, and their checksums made right again (as a wire
+//! would deliver them) or not.
+//!
+//! CoAP verdicts are also held to an independent reading of RFC 7252
+//! ([`router_common::coap_reference`]): every CoAP message the router
+//! redirects is a well-formed publish by that reading, and every one it
+//! calls malformed or too long to examine is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
+use etherparse::{SlicedPacket, TransportSlice};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use router_common::{
     build::{coap_option, mqttsn_publish},
+    coap_reference,
     maps::MAX_UNROUTED,
     reason::Reason,
     topic::TopicKey,
@@ -39,6 +48,8 @@ pub struct Report {
     pub bytes_compared: u64,
     pub passed: BTreeMap<&'static str, u64>,
     pub unrouted_keys: usize,
+    /// CoAP verdicts checked against the RFC 7252 reading.
+    pub coap_checked: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -51,6 +62,11 @@ impl std::fmt::Display for Report {
             self.bytes_compared,
             self.passed.values().sum::<u64>(),
             self.unrouted_keys
+        )?;
+        writeln!(
+            f,
+            "{} CoAP verdicts agreed with the RFC 7252 reading",
+            self.coap_checked
         )?;
         for (r, n) in &self.passed {
             writeln!(f, "  {r:<22} {n:>9}")?;
@@ -120,28 +136,50 @@ fn coap_frame(rng: &mut Pcg64Mcg) -> Vec<u8> {
     for s in path {
         opt(&mut m, 11, s.as_bytes());
     }
-    // Mostly one topic (routed ones most of all), sometimes none or two.
+    // Mostly one topic (routed ones most of all), sometimes none or two;
+    // sometimes an empty segment before, within or after it.
     let topics = [1, 1, 1, 0, 2][rng.random_range(0..5)];
     for _ in 0..topics {
         let t = if rng.random_bool(0.6) {
-            ["hv", "ab", "temp/room1", "alerts"][rng.random_range(0..4)]
+            ["hv", "ab", "temp/room1", "alerts", "/hv"][rng.random_range(0..5)]
         } else {
             TOPICS[rng.random_range(0..TOPICS.len())]
         };
-        for seg in t.split('/') {
+        let mut segs: Vec<&str> = t.split('/').collect();
+        if rng.random_bool(0.1) {
+            segs.insert(rng.random_range(0..=segs.len()), "");
+        }
+        for seg in segs {
             opt(&mut m, 11, seg.as_bytes());
         }
     }
-    for _ in 0..rng.random_range(0..3) {
-        let n = [12u16, 15, 17, 60, 300, 2000][rng.random_range(0..6)];
-        let v: Vec<u8> = (0..rng.random_range(0..300))
-            .map(|_| rng.random())
-            .collect();
+    // Options after the path: mostly short (within the window), sometimes
+    // long, sometimes many.
+    let after = [0, 0, 1, 2, 3, 15][rng.random_range(0..6)];
+    for _ in 0..after {
+        let n = [12u16, 15, 15, 17, 60, 300, 2000][rng.random_range(0..7)];
+        let len = if rng.random_bool(0.85) {
+            rng.random_range(0..12)
+        } else {
+            rng.random_range(0..300)
+        };
+        let v: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         opt(&mut m, n, &v);
     }
-    if rng.random_bool(0.7) {
-        m.push(0xff);
-        m.extend((0..rng.random_range(0..30)).map(|_| rng.random::<u8>()));
+    match rng.random_range(0..10) {
+        // A format error after the path: a bare marker, an option that
+        // runs past the end, a reserved nibble, a missing extension byte.
+        0 => match rng.random_range(0..4) {
+            0 => m.push(0xff),
+            1 => m.extend_from_slice(&[0x1b, b'x']),
+            2 => m.extend_from_slice(&[[0xf1u8, 0x1f, 0xdf][rng.random_range(0..3)], 0, 0]),
+            _ => m.push([0xd0u8, 0x0d, 0xe0][rng.random_range(0..3)]),
+        },
+        1..=7 => {
+            m.push(0xff);
+            m.extend((0..rng.random_range(0..30)).map(|_| rng.random::<u8>()));
+        }
+        _ => {}
     }
     wrap(rng, 5683, &m)
 }
@@ -183,6 +221,12 @@ fn mutate(rng: &mut Pcg64Mcg, mut f: Vec<u8>) -> Vec<u8> {
             // header (the shorter ones are fixtures' business).
             3 => f.truncate(rng.random_range(14.min(f.len())..=f.len())),
             4 => f.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
+            // In the last bytes: a CoAP message's options after its path
+            // and its payload marker.
+            5 if f.len() > 16 && rng.random_bool(0.5) => {
+                let i = rng.random_range(f.len() - 16..f.len());
+                f[i] = [0xff, 0xf1, 0x1b, 0xd0, rng.random()][rng.random_range(0..5)];
+            }
             _ if f.len() > 23 => f[22] = [0, 1, 2, 255][rng.random_range(0..4)],
             _ => {}
         }
@@ -277,6 +321,10 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
                 report.redirected += 1;
             }
         }
+        if let Some(rfc) = coap_against_rfc(&f, &want.verdict) {
+            rfc.map_err(|e| anyhow::anyhow!("{}: {e}", show()))?;
+            report.coap_checked += 1;
+        }
         want_unrouted.extend(want.unrouted);
         report.frames += 1;
         if i % 10_000 == 0 {
@@ -311,6 +359,40 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
     }
     report.unrouted_keys = got_unrouted.len();
     Ok(report)
+}
+
+/// Holds a CoAP verdict to the RFC 7252 reading: a redirected message is
+/// a well-formed publish under the prefix, and one passed up as malformed
+/// or as having too many options is not. `None` when the frame is not a
+/// CoAP datagram on the standard port that etherparse reads, or the
+/// verdict says nothing about the message's form.
+fn coap_against_rfc(f: &[u8], verdict: &Verdict) -> Option<Result<(), String>> {
+    let prefix = router_common::Config::DEFAULT_PREFIX;
+    let sliced = SlicedPacket::from_ethernet(f).ok()?;
+    let Some(TransportSlice::Udp(udp)) = sliced.transport else {
+        return None;
+    };
+    if udp.destination_port() != 5683 {
+        return None;
+    }
+    let topic = coap_reference::publish_topic(udp.payload(), prefix.as_bytes());
+    match verdict {
+        Verdict::Redirect { .. } if topic.is_none() => Some(Err(
+            "redirected, but RFC 7252 reads no publish under the prefix".into(),
+        )),
+        Verdict::Pass(r @ (Reason::CoapMalformed | Reason::CoapTooManyOptions))
+            if topic.is_some() =>
+        {
+            Some(Err(format!(
+                "passed up as {}, but RFC 7252 reads a publish to {:?}",
+                r.label(),
+                String::from_utf8_lossy(&topic.unwrap_or_default())
+            )))
+        }
+        Verdict::Redirect { .. }
+        | Verdict::Pass(Reason::CoapMalformed | Reason::CoapTooManyOptions) => Some(Ok(())),
+        _ => None,
+    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -15,7 +15,7 @@ use router_common::{
     coap::{self, PrefixStart},
     maps::{Config, PREFIX_MAX},
     mqttsn,
-    payload::Head,
+    payload::{FirstBytes, Head, Payload},
     reason::Reason,
     topic::TopicKey,
 };
@@ -349,21 +349,12 @@ fn route(
             }
         }
     } else if dport != 0 && dport == cfg.coap_port {
-        let cut = plen > coap::WINDOW;
-        let window = &payload[..plen.min(coap::WINDOW)];
+        let window = FirstBytes::of(payload, coap::WINDOW);
         if window.is_empty() {
             return Err(Reason::Truncated);
         }
-        let key = match coap::parse_publish_from(
-            window,
-            &cfg.prefix,
-            cfg.prefix_len,
-            &cfg.prefix_start,
-        ) {
-            Ok(p) => p.key,
-            Err(Reason::CoapMalformed) if cut => return Err(Reason::CoapBeyondWindow),
-            Err(r) => return Err(r),
-        };
+        let key =
+            coap::parse_publish_from(&window, &cfg.prefix, cfg.prefix_len, &cfg.prefix_start)?.key;
         match plan.routes.iter().find(|r| r.key == key) {
             Some(r) => r,
             None => {

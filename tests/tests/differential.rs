@@ -24,9 +24,13 @@ fn the_router_and_the_host_model_agree_on_every_frame() {
     // The generator reaches both verdicts and the interesting reasons.
     assert!(report.redirected > n / 50, "{report}");
     assert!(report.bytes_compared > n / 100, "{report}");
+    // And CoAP verdicts met the RFC 7252 reading often.
+    assert!(report.coap_checked > n / 20, "{report}");
     for reason in [
         "mqttsn_control",
         "coap_malformed",
+        "coap_too_many_options",
+        "coap_beyond_window",
         "no_route",
         "multi_shard",
         "truncated",

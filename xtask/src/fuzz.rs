@@ -54,6 +54,31 @@ pub fn run(secs: u64, frames: u64, only: Option<&str>) -> Result<()> {
         return Ok(());
     }
     cargo_fuzz()?;
+    // Built first, on their own: a target that does not compile is a build
+    // error, not a crash (libFuzzer's exit status cannot tell them apart).
+    let mut build = Command::new("rustup");
+    build.args([
+        "run",
+        "nightly",
+        "cargo",
+        "fuzz",
+        "build",
+        "--fuzz-dir",
+        "fuzz",
+    ]);
+    if let Some(t) = only {
+        build.arg(t);
+    }
+    let built = build
+        .current_dir(&root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .status()
+        .context("running cargo fuzz build")?;
+    if !built.success() {
+        bail!("building the fuzz targets failed (see the compiler's output above)");
+    }
     let mut crashed = Vec::new();
     for target in TARGETS.iter().filter(|t| only.is_none_or(|o| o == **t)) {
         eprintln!("fuzz: {target} for {secs} s");
@@ -88,7 +113,9 @@ pub fn run(secs: u64, frames: u64, only: Option<&str>) -> Result<()> {
             .status()
             .context("running cargo fuzz")?;
         if !status.success() {
-            keep_crashes(&root, target)?;
+            if keep_crashes(&root, target)? == 0 {
+                bail!("fuzz target {target} failed without a crash input (see its output above)");
+            }
             crashed.push(*target);
         }
     }
@@ -103,15 +130,18 @@ pub fn run(secs: u64, frames: u64, only: Option<&str>) -> Result<()> {
 
 /// Copies what libFuzzer left in `fuzz/artifacts/<target>/` into the
 /// regression inputs.
-fn keep_crashes(root: &Path, target: &str) -> Result<()> {
+/// Copies the target's crash inputs to fuzz/regressions/; returns how many.
+fn keep_crashes(root: &Path, target: &str) -> Result<usize> {
     let from = root.join("fuzz/artifacts").join(target);
     let to = root.join("fuzz/regressions").join(target);
-    std::fs::create_dir_all(&to)?;
+    let mut kept = 0;
     for e in std::fs::read_dir(&from).into_iter().flatten().flatten() {
+        std::fs::create_dir_all(&to)?;
         std::fs::copy(e.path(), to.join(e.file_name()))?;
         eprintln!("fuzz: kept {}", to.join(e.file_name()).display());
+        kept += 1;
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Installs cargo-fuzz when missing (idempotent).
