@@ -34,6 +34,7 @@ use shardcast_planner::{
 
 mod report;
 pub mod scenario;
+pub mod shapes;
 
 use crate::scenario::{Fleet, FleetSpec};
 
