@@ -21,7 +21,10 @@
 //! Each is sized by its device count and seeded; shard capacity is set so
 //! that the fleet needs about `devices / DEVICES_PER_SHARD` shards.
 
-use rand::{Rng, SeedableRng, seq::{IndexedRandom, SliceRandom}};
+use rand::{
+    Rng, SeedableRng,
+    seq::{IndexedRandom, SliceRandom},
+};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 use shardcast_planner::workload::{CostWeights, Device, Resources, TopicLoad, Workload};
@@ -102,10 +105,7 @@ impl Builder {
             id: format!("d{i}"),
             group: Some(group.to_string()),
             address: None,
-            subscriptions: subs
-                .iter()
-                .map(|&t| self.topics[t].name.clone())
-                .collect(),
+            subscriptions: subs.iter().map(|&t| self.topics[t].name.clone()).collect(),
             connected: true,
             battery: 1.0,
         });
@@ -330,12 +330,13 @@ fn vehicles(devices: usize, seed: u64) -> Builder {
     b
 }
 
-/// `k` disjoint communities of 60-140 devices on 20 topics each; returns
-/// the builder and `k`. Community rates are equal, so the optimum puts
-/// each community in its own shard.
+/// `k` disjoint communities (one per 3,125 devices: 64 at 200k) of uneven
+/// size (±40%) on 20 topics each; returns the builder and `k`. Community
+/// rates are equal, so the optimum puts each community in its own shard.
 fn communities(devices: usize, seed: u64) -> (Builder, usize) {
     let mut b = Builder::new(seed);
-    let k = (devices / 100).max(2);
+    let k = devices.div_ceil(3125).max(2);
+    let mean = devices / k;
     for c in 0..k {
         let topics: Vec<usize> = (0..20)
             .map(|i| b.topic(format!("c{c}/t{i}"), 0.0))
@@ -346,7 +347,7 @@ fn communities(devices: usize, seed: u64) -> (Builder, usize) {
         for (i, &t) in topics.iter().enumerate() {
             b.topics[t].rate = 10.0 * w[i] / sum;
         }
-        let n = b.rng.random_range(60..=140usize);
+        let n = b.rng.random_range(mean * 6 / 10..=mean * 14 / 10).max(20);
         for j in 0..n {
             // A chain over the topics keeps the community connected.
             let mut subs = vec![topics[j % 20], topics[(j + 1) % 20]];
@@ -378,7 +379,10 @@ fn geometric(devices: usize, seed: u64) -> Builder {
     }
     for _ in 0..devices {
         let (x, y): (f64, f64) = (b.rng.random_range(0.0..1.0), b.rng.random_range(0.0..1.0));
-        let (cx, cy) = (((x / r) as usize).min(cells - 1), ((y / r) as usize).min(cells - 1));
+        let (cx, cy) = (
+            ((x / r) as usize).min(cells - 1),
+            ((y / r) as usize).min(cells - 1),
+        );
         let mut subs = Vec::new();
         let mut nearest = (f64::MAX, usize::MAX);
         for gy in cy.saturating_sub(2)..(cy + 3).min(cells) {
@@ -411,7 +415,10 @@ mod tests {
     fn every_shape_is_a_valid_workload_of_about_the_size_asked() {
         for shape in Shape::ALL {
             let g = generate(shape, 5000, 1, 256);
-            let inst = g.workload.index().unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+            let inst = g
+                .workload
+                .index()
+                .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
             let n = inst.devices.len();
             assert!((4000..=6000).contains(&n), "{shape:?}: {n} devices");
             assert!(inst.rates.iter().all(|r| *r > 0.0), "{shape:?}");
