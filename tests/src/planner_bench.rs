@@ -10,7 +10,10 @@ use shardcast_planner::{
     self as planner, Options,
     workload::{Instance, Resources},
 };
-use shardcast_sim::scenario::{Fleet, FleetSpec};
+use shardcast_sim::{
+    scenario::{Fleet, FleetSpec},
+    shapes,
+};
 
 use crate::measure::{median, peak_rss_mib};
 
@@ -160,6 +163,29 @@ fn reference(python: &Path, inst: &Instance, k: usize, eps: f64) -> Result<(Vec<
     Ok((assignment, secs))
 }
 
+/// Mt-KaHyPar at `k` blocks held to the true-load balance: its imbalance
+/// bound (in vertex weights, which only approximate a shard's load) starts
+/// at our plan's own and is tightened until no shard of its partition is
+/// above usable capacity by our load model, or stops at 1%. Returns its
+/// assignment, its time (all runs) and the bound used.
+fn held_to_capacity(
+    python: &Path,
+    inst: &Instance,
+    ours: &[u32],
+    k: usize,
+) -> Result<(Vec<u32>, f64, f64)> {
+    let mut eps = imbalance(inst, ours, k).max(0.03);
+    let mut total = 0.0;
+    loop {
+        let (assignment, secs) = reference(python, inst, k, eps)?;
+        total += secs;
+        if planner::evaluate(inst, &assignment).overloaded_shards == 0 || eps <= 0.01 {
+            return Ok((assignment, total, eps));
+        }
+        eps = (eps * 0.6).max(0.01);
+    }
+}
+
 pub fn bench(target: &Path) -> Result<String> {
     let mut out = String::from(
         "| devices | topics | shards | plan (median of 3) | re-plan at 1.2x load | migrations | peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -226,4 +252,81 @@ pub fn bench(target: &Path) -> Result<String> {
         }
     }
     Ok(format!("{out}\n{quality}"))
+}
+
+/// The planner on every fleet shape of `shardcast_sim::shapes` against
+/// Mt-KaHyPar at the same shard count, held to the same true-load balance
+/// (its partition scored with our load model). `SHARDCAST_BENCH_DEVICES`
+/// sets the fleet size (default 200,000), `SHARDCAST_BENCH_SHAPES` a
+/// comma-separated subset.
+pub fn shapes(target: &Path) -> Result<String> {
+    let devices: usize = match std::env::var("SHARDCAST_BENCH_DEVICES") {
+        Ok(s) => s
+            .parse()
+            .ok()
+            .filter(|n| (100..=2_000_000).contains(n))
+            .with_context(|| format!("SHARDCAST_BENCH_DEVICES={s:?}: expected 100..=2000000"))?,
+        Err(_) => 200_000,
+    };
+    let only = std::env::var("SHARDCAST_BENCH_SHAPES").ok();
+    let python = crate::measure::bench_python(target, "mtkahypar", MTKAHYPAR);
+    let mut out = format!(
+        "Fleet shapes, {devices} devices, max_shards 256:\n\n| shape | devices | topics | shards | ours: copies (msg/s) | max load / usable cap | overloaded | widest topic | time | Mt-KaHyPar: copies | its max load / usable cap | its overloaded | its widest | its time | copies ours / ref |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for shape in shapes::Shape::ALL {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|s| s == shape.name()))
+        {
+            continue;
+        }
+        let g = shapes::generate(shape, devices, 1, 256);
+        let inst = g.workload.index()?;
+        let cap = inst.resources.usable_capacity();
+        let t = Instant::now();
+        let res = planner::plan(&inst, None, Options::default());
+        let secs = t.elapsed().as_secs_f64();
+        let ours = match res {
+            Ok(o) => o,
+            Err(e) => {
+                out.push_str(&format!(
+                    "| {} | {} | {} | refused: {e} | | | | | {secs:.2} s | | | | | | |\n",
+                    shape.name(),
+                    inst.devices.len(),
+                    inst.topics.len()
+                ));
+                continue;
+            }
+        };
+        let k = ours.cost.shards;
+        let theirs = match &python {
+            Ok(python) => Some(held_to_capacity(python, &inst, &ours.assignment, k)?),
+            Err(_) => None,
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {k} | {:.0} | {:.2} | {} | {} | {secs:.2} s |",
+            shape.name(),
+            inst.devices.len(),
+            inst.topics.len(),
+            ours.cost.copies,
+            ours.cost.max_load / cap,
+            ours.cost.overloaded_shards,
+            ours.cost.max_fanout,
+        ));
+        match theirs {
+            Some((assignment, rsecs, eps)) => {
+                let c = planner::evaluate(&inst, &assignment);
+                out.push_str(&format!(
+                    " {:.0} (eps {eps:.2}) | {:.2} | {} | {} | {rsecs:.1} s | {:.3} |\n",
+                    c.copies,
+                    c.max_load / cap,
+                    c.overloaded_shards,
+                    c.max_fanout,
+                    ours.cost.copies / c.copies.max(1e-9)
+                ));
+            }
+            None => out.push_str(" not run | | | | | |\n"),
+        }
+    }
+    Ok(out)
 }

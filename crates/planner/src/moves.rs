@@ -42,7 +42,7 @@ impl<'a> Partition<'a> {
                 if any.is_none_or(|b| c < b.0) {
                     any = Some((c, s));
                 }
-                if after <= self.cap_eff || own > self.cap_eff {
+                if !self.over(after) || self.over(own) {
                     let key = (after - self.load[s as usize], s != fill, c, s);
                     let better = |b: &(f64, bool, f64, u32)| {
                         if (key.0 - b.0).abs() > EPS {
@@ -84,7 +84,7 @@ impl<'a> Partition<'a> {
     /// stay where they were once the migration budget is spent.
     pub(crate) fn split_overloaded(&mut self, keys: &[(u32, u32, u64)]) {
         let over: Vec<bool> = (0..self.load.len())
-            .map(|s| self.load[s] > self.cap_eff && self.members[s] > 1)
+            .map(|s| self.over(self.load[s]) && self.members[s] > 1)
             .collect();
         if !over.contains(&true) || !self.can_open() {
             return;
@@ -117,7 +117,7 @@ impl<'a> Partition<'a> {
                     continue;
                 }
                 if let Some((c, after)) = self.delta(d, s) {
-                    if after <= self.cap_eff && fitting.is_none_or(|b| c < b.0) {
+                    if !self.over(after) && fitting.is_none_or(|b| c < b.0) {
                         fitting = Some((c, s));
                     }
                     if any.is_none_or(|b| c < b.0) {
@@ -128,7 +128,7 @@ impl<'a> Partition<'a> {
             // Home first while it has room: only the overflow moves.
             let home_fits = self
                 .delta(d, home)
-                .is_some_and(|(_, after)| after <= self.cap_eff);
+                .is_some_and(|(_, after)| !self.over(after));
             if !home_fits && !may_migrate {
                 self.deferred += 1;
             }
@@ -341,7 +341,7 @@ impl<'a> Partition<'a> {
                     }
                 }
                 let whole = moved == group.len();
-                if whole && total < -EPS && self.load[main as usize] <= self.cap_eff {
+                if whole && total < -EPS && !self.over(self.load[main as usize]) {
                     kept += 1;
                     // The topic left shard `a`: look at the same index again.
                     i = 0;
@@ -353,6 +353,110 @@ impl<'a> Partition<'a> {
             }
         }
         kept
+    }
+
+    /// Relieves shards above usable capacity by moving topics out of them:
+    /// for an overloaded shard, the subscribers it holds of one topic (a
+    /// "piece") move together to another shard that holds the topic and
+    /// has room for them, or to a new shard, which takes the topic's rate
+    /// off the overloaded one. Pieces are tried by rate relieved per
+    /// device moved, and a move is kept only when the destination stays
+    /// within capacity and every topic within the fan-out. Where single
+    /// moves cannot help (a topic at the fan-out bound blocks every new
+    /// shard for its followers; the load falls only when a topic's last
+    /// subscriber leaves), whole pieces can. Returns the pieces moved.
+    pub(crate) fn relieve_overloaded(&mut self, subscribers: &Subscribers) -> usize {
+        let mut moved = 0;
+        let mut piece: Vec<u32> = Vec::new();
+        let mut cands: Vec<u32> = Vec::new();
+        let mut tries = 0usize;
+        loop {
+            let Some(s) = (0..self.load.len() as u32)
+                .filter(|&s| self.members[s as usize] > 1 && self.over(self.load[s as usize]))
+                .max_by(|&a, &b| {
+                    self.load[a as usize]
+                        .total_cmp(&self.load[b as usize])
+                        .then(b.cmp(&a))
+                })
+            else {
+                return moved;
+            };
+            // Topics of `s`, best relief per device first; none that
+            // would empty the shard.
+            let mut topics: Vec<(f64, u32)> = self
+                .pins
+                .iter()
+                .enumerate()
+                .filter_map(|(t, p)| {
+                    let n = p.iter().find(|q| q.0 == s)?.1;
+                    (n < self.members[s as usize])
+                        .then(|| (self.inst.rates[t] / n as f64, t as u32))
+                })
+                .collect();
+            topics.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let before = self.load[s as usize];
+            let mut relieved = false;
+            for &(_, t) in &topics {
+                tries += 1;
+                // Bounded work on pathological fleets.
+                if tries > 200_000 {
+                    return moved;
+                }
+                piece.clear();
+                piece.extend(
+                    subscribers
+                        .of_topic(t)
+                        .iter()
+                        .copied()
+                        .filter(|&d| self.assign[d as usize] == s),
+                );
+                if piece.is_empty() || piece.len() > self.budget_left() {
+                    continue;
+                }
+                cands.clear();
+                cands.extend(
+                    self.pins[t as usize]
+                        .iter()
+                        .map(|p| p.0)
+                        .filter(|&b| b != s && self.load[b as usize] < self.cap_eff),
+                );
+                cands.sort_unstable_by(|&a, &b| {
+                    self.load[a as usize].total_cmp(&self.load[b as usize])
+                });
+                if self.can_open() && self.pins[t as usize].len() < MAX_ROUTE_SHARDS {
+                    cands.push(NONE);
+                }
+                for &b in &cands {
+                    let b = if b == NONE { self.open_reusing() } else { b };
+                    let mut done = 0;
+                    for &d in &piece {
+                        if self.delta(d as usize, b).is_none() {
+                            break;
+                        }
+                        self.move_to(d as usize, b);
+                        done += 1;
+                    }
+                    if done == piece.len()
+                        && !self.over(self.load[b as usize])
+                        && self.load[s as usize] < before - EPS
+                    {
+                        moved += 1;
+                        relieved = true;
+                        break;
+                    }
+                    for &d in piece[..done].iter().rev() {
+                        self.move_to(d as usize, s);
+                    }
+                }
+                if relieved {
+                    break;
+                }
+            }
+            if !relieved {
+                // Nothing helps this shard: leave it for the caller.
+                return moved;
+            }
+        }
     }
 
     /// Folds quiet shards into a partner while their union stays below

@@ -34,12 +34,14 @@ pub(crate) struct Partition<'a> {
 
 impl<'a> Partition<'a> {
     /// Places every device of a fresh plan by the graph partitioner's
-    /// topic parts ([`initial`]), with as many shards as the rates need:
-    /// first [`GRAPH_LOAD_FACTOR`] times the total rate over usable
-    /// capacity, then more while a shard comes out above usable capacity
-    /// (at most four tries). Returns false, placing nothing, when the
-    /// graph does not suit partitioning into that many shards (see
-    /// `TopicGraph::partition`): greedy placement then.
+    /// topic parts ([`initial`]). Two starts: as few shards as the rates
+    /// allow (total rate over usable capacity) and [`GRAPH_LOAD_FACTOR`]
+    /// times that (room for copies); from each, more shards while one
+    /// comes out above usable capacity (at most four tries). The cheaper
+    /// start is kept, so a looser `max_shards` never forces more shards
+    /// on a fleet that fits in fewer. Returns false, placing nothing, when
+    /// the graph does not suit partitioning (see `TopicGraph::partition`):
+    /// greedy placement then.
     pub(crate) fn seed_from_graph(
         &mut self,
         subscribers: &Subscribers,
@@ -48,34 +50,73 @@ impl<'a> Partition<'a> {
         let inst = self.inst;
         let graph = initial::TopicGraph::build(inst, subscribers);
         let max = (inst.resources.max_shards as usize).max(1);
-        let mut k =
-            ((graph.total_rate() * GRAPH_LOAD_FACTOR / self.cap_eff).ceil() as usize).clamp(1, max);
+        let fit = |f: f64| ((graph.total_rate() * f / self.cap_eff).ceil() as usize).clamp(1, max);
+        let mut starts = vec![fit(1.0 - 1e-9), fit(GRAPH_LOAD_FACTOR)];
+        starts.dedup();
+        let mut best: Option<(f64, Partition<'a>)> = None;
+        for k in starts {
+            let Some(p) = Self::seeded(inst, &graph, k, max, seed)? else {
+                continue;
+            };
+            let c = p.cost();
+            // Overload first (a plan within capacity beats any that is
+            // not), then the total cost.
+            let key = c.total + if c.overloaded_shards > 0 { 1e300 } else { 0.0 };
+            tracing::debug!(
+                k,
+                shards = c.shards,
+                copies = c.copies,
+                total = c.total,
+                "graph start"
+            );
+            if best.as_ref().is_none_or(|b| key < b.0) {
+                best = Some((key, p));
+            }
+        }
+        match best {
+            Some((_, p)) => {
+                *self = p;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// One start of [`Partition::seed_from_graph`] at `k` shards.
+    fn seeded(
+        inst: &'a Instance,
+        graph: &initial::TopicGraph,
+        mut k: usize,
+        max: usize,
+        seed: u64,
+    ) -> Result<Option<Partition<'a>>, PlannerError> {
         let Some(mut home) = graph.partition(k, seed)? else {
-            return Ok(false);
+            return Ok(None);
         };
-        for attempt in 0.. {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let parts = initial::device_parts(inst, &home);
-            *self = Partition::new(inst);
+            let mut p = Partition::new(inst);
             for _ in 0..k {
-                self.open();
+                p.open();
             }
             for (d, &s) in parts.iter().enumerate() {
                 if s != NONE {
-                    self.place(d, s);
+                    p.place(d, s);
                 }
             }
-            let max_load = self.load.iter().fold(0.0f64, |a, &b| a.max(b));
+            let max_load = p.load.iter().fold(0.0f64, |a, &b| a.max(b));
             tracing::debug!(k, max_load, "graph partition");
-            if max_load <= self.cap_eff || k >= max || attempt == 3 {
-                break;
+            if !p.over(max_load) || k >= max || attempt == 4 {
+                return Ok(Some(p));
             }
-            let more = ((k as f64 * max_load / self.cap_eff * 1.02).ceil() as usize).min(max);
+            let more = ((k as f64 * max_load / p.cap_eff * 1.02).ceil() as usize).min(max);
             match graph.partition(more, seed)? {
                 Some(h) => (k, home) = (more, h),
-                None => break,
+                None => return Ok(Some(p)),
             }
         }
-        Ok(true)
     }
 
     pub(crate) fn new(inst: &'a Instance) -> Self {
@@ -267,6 +308,18 @@ impl<'a> Partition<'a> {
         }
     }
 
+    /// Shards above usable capacity.
+    pub(crate) fn overloaded(&self) -> usize {
+        (0..self.load.len())
+            .filter(|&s| self.members[s] > 0 && self.over(self.load[s]))
+            .count()
+    }
+
+    /// The most shards one topic spans.
+    pub(crate) fn widest(&self) -> usize {
+        self.pins.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
     pub(crate) fn lightest(&self) -> u32 {
         (0..self.load.len() as u32)
             .filter(|&s| self.members[s as usize] > 0)
@@ -290,7 +343,14 @@ impl<'a> Partition<'a> {
     /// Refinement never pushes a shard above usable capacity (or further
     /// above it), whatever the other terms would gain.
     pub(crate) fn within_capacity(&self, s: u32, after: f64) -> bool {
-        after <= self.cap_eff || after <= self.load[s as usize]
+        !self.over(after) || after <= self.load[s as usize]
+    }
+
+    /// Whether `load` is above usable capacity. Loads are sums of rates: a
+    /// fleet sized to fill shards exactly must not read as over capacity
+    /// by rounding, hence the relative tolerance.
+    pub(crate) fn over(&self, load: f64) -> bool {
+        load > self.cap_eff * (1.0 + 1e-9)
     }
 
     pub(crate) fn cost(&self) -> Cost {
@@ -322,7 +382,7 @@ impl<'a> Partition<'a> {
             c.shards += 1;
             sum += l;
             c.max_load = c.max_load.max(l);
-            if l > self.cap_eff + EPS {
+            if self.over(l) && l > self.cap_eff + EPS {
                 c.overload += l - self.cap_eff;
                 c.overloaded_shards += 1;
             }

@@ -472,9 +472,12 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
                     _ => nowcast.clone(),
                 };
                 let inst = fleet.workload(&present, m, &rates, resources).index()?;
+                // A run through an overload goes on: the strategies are
+                // compared by the overload they leave.
                 let options = Options {
                     seed: sc.fleet.seed,
                     rounds: 2,
+                    best_effort: true,
                 };
                 let out = planner::plan(&inst, live.plan.as_ref(), options)?;
                 // Shards are compared across plans by id, so migrations

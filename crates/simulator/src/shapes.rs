@@ -15,8 +15,8 @@
 //! - [`Shape::Geometric`]: devices at random points of a square, topics at
 //!   random centres, a device following the topics within a radius.
 //! - [`Shape::Infeasible`]: a campus where every device follows one
-//!   campus-wide topic heavy enough that no plan within the data plane's
-//!   fan-out keeps every shard within capacity.
+//!   campus-wide topic heavy enough (60% of a shard) that no plan within
+//!   the data plane's fan-out keeps every shard within capacity.
 //!
 //! Each is sized by its device count and seeded; shard capacity is set so
 //! that the fleet needs about `devices / DEVICES_PER_SHARD` shards.
@@ -163,13 +163,19 @@ pub fn generate(shape: Shape, devices: usize, seed: u64, max_shards: u32) -> Gen
             }
         }
         Shape::Infeasible => {
-            let b = campus(devices, seed, true);
-            // Sized as the campus is, the campus-wide topic then takes half
-            // of every shard: its subscribers' load needs far more than the
-            // fan-out's 16 shards.
-            let cap = b.capacity_for(shards.max(40));
-            let mut w = b.finish(cap, max_shards);
-            w.topics[0].rate = cap * 0.8 * 0.5;
+            let mut b = campus(devices, seed, true);
+            // Local rates flat (0.05-0.5 msg/s, so no device is heavy on
+            // its own), shards of an eighth of the total rate, and the
+            // campus-wide topic, followed by every device, at 60% of a
+            // shard: its followers then need about 20 shards of the 16 a
+            // route may span, at any fleet size.
+            for t in b.topics.iter_mut().skip(1) {
+                t.rate = b.rng.random_range(0.05..0.5);
+            }
+            let total: f64 = b.topics.iter().skip(1).map(|t| t.rate).sum();
+            let usable = total / 8.0;
+            let mut w = b.finish(usable / 0.8, max_shards);
+            w.topics[0].rate = usable * 0.6;
             Generated {
                 workload: w,
                 optimum_shards: None,
@@ -275,7 +281,8 @@ fn campus(devices: usize, seed: u64, global_for_all: bool) -> Builder {
 /// Regions of Pareto-distributed sizes; each has traffic, weather and a
 /// few route topics; fleet-wide feeds. A vehicle follows its region's
 /// traffic (its biggest topics: region sizes are heavy-tailed), some of
-/// its routes, sometimes a neighbouring region's traffic, and a feed.
+/// its routes, near a border (5%) a neighbouring region's traffic, and
+/// perhaps a feed.
 fn vehicles(devices: usize, seed: u64) -> Builder {
     let mut b = Builder::new(seed);
     let feeds: Vec<usize> = (0..4)
@@ -318,8 +325,14 @@ fn vehicles(devices: usize, seed: u64) -> Builder {
                 let i = ((routes.len() as f64) * b.rng.random_range(0.0f64..1.0).powi(3)) as usize;
                 subs.push(routes[i.min(routes.len() - 1)]);
             }
+            // Near a border: the neighbouring region's traffic too.
             if b.rng.random_bool(0.05) {
-                subs.push(traffic[b.rng.random_range(0..regions)]);
+                let n = if b.rng.random_bool(0.5) {
+                    r + 1
+                } else {
+                    r + regions - 1
+                };
+                subs.push(traffic[n % regions]);
             }
             if b.rng.random_bool(0.3) {
                 subs.push(feeds[b.rng.random_range(0..feeds.len())]);

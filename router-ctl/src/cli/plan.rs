@@ -39,6 +39,11 @@ pub struct PlanArgs {
     pub bucket: Span,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// When no plan keeps every shard within usable capacity (a bound
+    /// rules it out, or none was found), write the least overloaded plan
+    /// found, with warnings, instead of failing.
+    #[arg(long)]
+    pub best_effort: bool,
     /// Write the plan here (atomically).
     #[arg(long)]
     pub out: PathBuf,
@@ -137,9 +142,11 @@ pub fn run(g: &Globals, a: PlanArgs) -> Result<()> {
         current.as_ref(),
         planner::Options {
             seed: a.seed,
+            best_effort: a.best_effort,
             ..Default::default()
         },
-    )?;
+    )
+    .with_context(|| format!("planning {}", a.workload.display()))?;
     // What we emit must install: validate it as `apply` would.
     out.plan
         .compile()

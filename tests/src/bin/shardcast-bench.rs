@@ -92,8 +92,14 @@ fn run() -> Result<()> {
         Err(_) => 9,
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
-    if !["all", "xdp", "control", "tick", "planner", "forecast"].contains(&which.as_str()) {
-        bail!("SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner or forecast");
+    if ![
+        "all", "xdp", "control", "tick", "planner", "shapes", "forecast",
+    ]
+    .contains(&which.as_str())
+    {
+        bail!(
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes or forecast"
+        );
     }
     // target/<profile>/shardcast-bench -> target/
     let exe = std::env::current_exe()?;
@@ -109,7 +115,10 @@ fn run() -> Result<()> {
     }
     if which == "all" || which == "planner" {
         println!("{}", integration_tests::planner_bench::bench(target)?);
-        if which == "planner" {
+    }
+    if which == "all" || which == "planner" || which == "shapes" {
+        println!("{}", integration_tests::planner_bench::shapes(target)?);
+        if which != "all" {
             return Ok(());
         }
     }
