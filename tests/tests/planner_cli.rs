@@ -114,7 +114,7 @@ fn plans_replans_and_refuses_bad_workloads() {
     )
     .unwrap();
     let p3 = dir.join("p3.json");
-    let (ok, out, err) = ctl(&[
+    let args = [
         "plan",
         "--workload",
         &w,
@@ -123,19 +123,33 @@ fn plans_replans_and_refuses_bad_workloads() {
         "--out",
         p3.to_str().unwrap(),
         "--json",
-    ]);
+    ];
+    // b0/r0 at 100 msg/s cannot fit a 32 msg/s usable shard: no plan
+    // within capacity exists, the bound is named, nothing is written.
+    let (ok, _, err) = ctl(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("no plan within capacity exists") && err.contains("usable capacity of 32"),
+        "{err}"
+    );
+    assert!(!p3.exists());
+    // With --best-effort: the least overloaded plan, and why.
+    let mut best = args.to_vec();
+    best.push("--best-effort");
+    let (ok, out, err) = ctl(&best);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // b0/r0 at 100 msg/s cannot fit a 32 msg/s usable shard: reported.
     assert!(
         report["cost"]["max_load"].as_f64().unwrap() >= 100.0,
         "{report}"
     );
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("above usable capacity"), "{warnings}");
     assert!(
-        report["warnings"]
-            .to_string()
-            .contains("above usable capacity")
+        warnings.contains("no plan within capacity exists"),
+        "{warnings}"
     );
+    assert!(p3.exists());
 
     // Refusals: non-zero exit, the offender named, nothing written.
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;

@@ -74,6 +74,14 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// in wasted deliveries (each member sees the whole shard's load), which
 /// the default weights price higher (BENCHMARKS.md, "shard count").
 pub(crate) const GRAPH_LOAD_FACTOR: f64 = 1.1 / 0.9;
+/// Subscriptions up to which a fresh plan also tries the extra starts (the
+/// topic graph at the fewest shards, and cluster order, which places every
+/// device one by one): together about 3 s more for the 1M-device fleet of
+/// the planner bench, where the topic-graph start alone is within 1% of
+/// Mt-KaHyPar. Above this the graph start at the padded shard count goes
+/// on alone (and the packed-components start, which is cheap), so the
+/// plan keeps its time goal (BENCHMARKS.md, "Shard planner").
+pub(crate) const CLUSTER_START_MAX_SUBSCRIPTIONS: usize = 2_500_000;
 /// Smallest cost change worth a move (keeps rounding noise from moving
 /// devices back and forth).
 pub(crate) const EPS: f64 = 1e-6;
@@ -251,7 +259,7 @@ pub fn plan(
     // And where the fleet falls apart into components that each fit a
     // shard, a third: whole components packed into shards, no copy at all.
     let mut seeded = seeded;
-    if current.is_none() && seeded {
+    if current.is_none() && seeded && inst.subs.len() <= CLUSTER_START_MAX_SUBSCRIPTIONS {
         let mut g = Partition::new(inst);
         let mut all: Vec<u32> = (0..inst.devices.len() as u32).collect();
         all.sort_unstable_by_key(|&d| keys[d as usize]);

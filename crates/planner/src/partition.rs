@@ -6,7 +6,7 @@
 use router_common::maps::MAX_ROUTE_SHARDS;
 
 use crate::{
-    Cost, EPS, GRAPH_LOAD_FACTOR, NONE, PlannerError, initial,
+    CLUSTER_START_MAX_SUBSCRIPTIONS, Cost, EPS, GRAPH_LOAD_FACTOR, NONE, PlannerError, initial,
     subscribers::Subscribers,
     workload::{CostWeights, Instance},
 };
@@ -51,7 +51,12 @@ impl<'a> Partition<'a> {
         let graph = initial::TopicGraph::build(inst, subscribers);
         let max = (inst.resources.max_shards as usize).max(1);
         let fit = |f: f64| ((graph.total_rate() * f / self.cap_eff).ceil() as usize).clamp(1, max);
-        let mut starts = vec![fit(1.0 - 1e-9), fit(GRAPH_LOAD_FACTOR)];
+        // The fewest-shards start only where the extra starts are
+        // affordable (see `CLUSTER_START_MAX_SUBSCRIPTIONS`).
+        let mut starts = vec![fit(GRAPH_LOAD_FACTOR)];
+        if inst.subs.len() <= CLUSTER_START_MAX_SUBSCRIPTIONS {
+            starts.insert(0, fit(1.0 - 1e-9));
+        }
         starts.dedup();
         let mut best: Option<(f64, Partition<'a>)> = None;
         for k in starts {

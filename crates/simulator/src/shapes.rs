@@ -8,7 +8,7 @@
 //!   signage following 2-4 campus-wide topics and their building's
 //!   alerts. Zipf-Mandelbrot rates.
 //! - [`Shape::Vehicles`]: regions of very different sizes and a few
-//!   fleet-wide feeds; topic popularity heavy-tailed, so the biggest topics
+//!   feeds per zone of regions; topic popularity heavy-tailed, so the biggest topics
 //!   have a sixth of the fleet as subscribers.
 //! - [`Shape::Communities`]: disjoint communities, each exactly one shard's
 //!   usable capacity: the optimum (one shard each, no copies) is known.
@@ -127,6 +127,17 @@ impl Builder {
         }
     }
 
+    /// [`Builder::finish`], with no topic above `share` of a shard's
+    /// usable capacity: a popularity law's head must not outgrow the
+    /// shards as the fleet (and so the capacity per shard) changes size.
+    fn finish_capped(mut self, capacity: f64, max_shards: u32, share: f64) -> Workload {
+        let cap = capacity * 0.8 * share;
+        for t in &mut self.topics {
+            t.rate = t.rate.min(cap);
+        }
+        self.finish(capacity, max_shards)
+    }
+
     /// Capacity that fits the fleet in about `shards` shards at 90% of
     /// usable capacity, assuming a quarter of the rate is copied.
     fn capacity_for(&self, shards: usize) -> f64 {
@@ -158,7 +169,7 @@ pub fn generate(shape: Shape, devices: usize, seed: u64, max_shards: u32) -> Gen
             let b = campus(devices, seed, false);
             let cap = b.capacity_for(shards);
             Generated {
-                workload: b.finish(cap, max_shards),
+                workload: b.finish_capped(cap, max_shards, 0.1),
                 optimum_shards: None,
             }
         }
@@ -185,7 +196,7 @@ pub fn generate(shape: Shape, devices: usize, seed: u64, max_shards: u32) -> Gen
             let b = vehicles(devices, seed);
             let cap = b.capacity_for(shards * 2 / 3);
             Generated {
-                workload: b.finish(cap, max_shards),
+                workload: b.finish_capped(cap, max_shards, 0.25),
                 optimum_shards: None,
             }
         }
@@ -202,7 +213,7 @@ pub fn generate(shape: Shape, devices: usize, seed: u64, max_shards: u32) -> Gen
             let b = geometric(devices, seed);
             let cap = b.capacity_for(shards);
             Generated {
-                workload: b.finish(cap, max_shards),
+                workload: b.finish_capped(cap, max_shards, 0.1),
                 optimum_shards: None,
             }
         }
@@ -279,14 +290,21 @@ fn campus(devices: usize, seed: u64, global_for_all: bool) -> Builder {
 }
 
 /// Regions of Pareto-distributed sizes; each has traffic, weather and a
-/// few route topics; fleet-wide feeds. A vehicle follows its region's
+/// few route topics; four feeds per zone (an eighth of the regions, in
+/// order: a fleet-wide feed followed from everywhere could not be routed
+/// to the 40-odd shards a big fleet needs). A vehicle follows its region's
 /// traffic (its biggest topics: region sizes are heavy-tailed), some of
 /// its routes, near a border (5%) a neighbouring region's traffic, and
 /// perhaps a feed.
 fn vehicles(devices: usize, seed: u64) -> Builder {
     let mut b = Builder::new(seed);
-    let feeds: Vec<usize> = (0..4)
-        .map(|i| b.topic(format!("fleet/feed{i}"), 0.5 / (i + 1) as f64))
+    let feeds: Vec<usize> = (0..8 * 4)
+        .map(|i| {
+            b.topic(
+                format!("zone{}/feed{}", i / 4, i % 4),
+                0.5 / (i % 4 + 1) as f64,
+            )
+        })
         .collect();
     // Region sizes: Pareto (alpha 1.2), the biggest near a sixth of all.
     let mut sizes = Vec::new();
@@ -335,7 +353,8 @@ fn vehicles(devices: usize, seed: u64) -> Builder {
                 subs.push(traffic[n % regions]);
             }
             if b.rng.random_bool(0.3) {
-                subs.push(feeds[b.rng.random_range(0..feeds.len())]);
+                let zone = r * 8 / regions;
+                subs.push(feeds[zone * 4 + b.rng.random_range(0..4)]);
             }
             b.device(&format!("region{r}"), subs);
         }
