@@ -271,7 +271,7 @@ pub fn shapes(target: &Path) -> Result<String> {
     let only = std::env::var("SHARDCAST_BENCH_SHAPES").ok();
     let python = crate::measure::bench_python(target, "mtkahypar", MTKAHYPAR);
     let mut out = format!(
-        "Fleet shapes, {devices} devices, max_shards 256:\n\n| shape | devices | topics | shards | ours: copies (msg/s) | max load / usable cap | overloaded | widest topic | time | Mt-KaHyPar: copies | its max load / usable cap | its overloaded | its widest | its time | copies ours / ref |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "Fleet shapes, {devices} devices, max_shards 256:\n\n| shape | devices | topics | shards | ours: copies (msg/s) | max load / usable cap | overloaded | widest topic | time | Mt-KaHyPar: copies | its max load / usable cap | its overloaded | its widest | its time | copies ours / ref | our cost / its cost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for shape in shapes::Shape::ALL {
         if only
@@ -290,7 +290,7 @@ pub fn shapes(target: &Path) -> Result<String> {
             Ok(o) => o,
             Err(e) => {
                 out.push_str(&format!(
-                    "| {} | {} | {} | refused: {e} | | | | | {secs:.2} s | | | | | | |\n",
+                    "| {} | {} | {} | refused: {e} | | | | | {secs:.2} s | | | | | | | |\n",
                     shape.name(),
                     inst.devices.len(),
                     inst.topics.len()
@@ -317,15 +317,16 @@ pub fn shapes(target: &Path) -> Result<String> {
             Some((assignment, rsecs, eps)) => {
                 let c = planner::evaluate(&inst, &assignment);
                 out.push_str(&format!(
-                    " {:.0} (eps {eps:.2}) | {:.2} | {} | {} | {rsecs:.1} s | {:.3} |\n",
+                    " {:.0} (eps {eps:.2}) | {:.2} | {} | {} | {rsecs:.1} s | {:.3} | {:.3} |\n",
                     c.copies,
                     c.max_load / cap,
                     c.overloaded_shards,
                     c.max_fanout,
-                    ours.cost.copies / c.copies.max(1e-9)
+                    ours.cost.copies / c.copies.max(1e-9),
+                    ours.cost.total / c.total.max(1e-9)
                 ));
             }
-            None => out.push_str(" not run | | | | | |\n"),
+            None => out.push_str(" not run | | | | | | |\n"),
         }
     }
     Ok(out)

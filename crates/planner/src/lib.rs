@@ -74,14 +74,16 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// in wasted deliveries (each member sees the whole shard's load), which
 /// the default weights price higher (BENCHMARKS.md, "shard count").
 pub(crate) const GRAPH_LOAD_FACTOR: f64 = 1.1 / 0.9;
-/// Subscriptions up to which a fresh plan also tries the extra starts (the
-/// topic graph at the fewest shards, and cluster order, which places every
-/// device one by one): together about 3 s more for the 1M-device fleet of
-/// the planner bench, where the topic-graph start alone is within 1% of
-/// Mt-KaHyPar. Above this the graph start at the padded shard count goes
-/// on alone (and the packed-components start, which is cheap), so the
-/// plan keeps its time goal (BENCHMARKS.md, "Shard planner").
-pub(crate) const CLUSTER_START_MAX_SUBSCRIPTIONS: usize = 2_500_000;
+/// Subscriptions up to which the planner works thoroughly: a fresh plan
+/// also tries the extra starts (the topic graph at the fewest shards, and
+/// cluster order, which places every device one by one), and every plan
+/// gets the group-move passes. Together about 3 s more for the 1M-device
+/// fleet of the planner bench, where the topic-graph start alone is
+/// within 2% of Mt-KaHyPar. Above this the graph start at the padded shard
+/// count goes on alone (with the packed-components start, which is
+/// cheap), so the plan keeps its time goal (BENCHMARKS.md, "Shard
+/// planner").
+pub(crate) const THOROUGH_MAX_SUBSCRIPTIONS: usize = 2_500_000;
 /// Smallest cost change worth a move (keeps rounding noise from moving
 /// devices back and forth).
 pub(crate) const EPS: f64 = 1e-6;
@@ -259,7 +261,7 @@ pub fn plan(
     // And where the fleet falls apart into components that each fit a
     // shard, a third: whole components packed into shards, no copy at all.
     let mut seeded = seeded;
-    if current.is_none() && seeded && inst.subs.len() <= CLUSTER_START_MAX_SUBSCRIPTIONS {
+    if current.is_none() && seeded && inst.subs.len() <= THOROUGH_MAX_SUBSCRIPTIONS {
         let mut g = Partition::new(inst);
         let mut all: Vec<u32> = (0..inst.devices.len() as u32).collect();
         all.sort_unstable_by_key(|&d| keys[d as usize]);
@@ -276,11 +278,11 @@ pub fn plan(
         let max = inst.resources.max_shards as usize;
         if let Some(parts) = components::pack(inst, &subscribers, p.cap_eff, max) {
             let mut c = Partition::new(inst);
-            for d in 0..inst.devices.len() {
-                while parts[d] as usize >= c.load.len() {
+            for (d, &s) in parts.iter().enumerate() {
+                while s as usize >= c.load.len() {
                     c.open();
                 }
-                c.place(d, parts[d]);
+                c.place(d, s);
             }
             if start_key(&c) < start_key(&p) {
                 tracing::debug!(elapsed = ?started.elapsed(), "the components start is cheaper");
@@ -302,6 +304,22 @@ pub fn plan(
     tracing::debug!(elapsed = ?started.elapsed(), refine_moves, "refined");
     let nets = p.net_moves(&subscribers, 64);
     tracing::debug!(elapsed = ?started.elapsed(), nets, "net moves");
+    // Group moves (look-alike devices of a shard together), then a round
+    // of single moves and net moves with larger pieces: a coarse level.
+    let passes = if inst.subs.len() <= THOROUGH_MAX_SUBSCRIPTIONS {
+        3
+    } else {
+        0
+    };
+    for pass in 0..passes {
+        let groups = p.group_moves(4096);
+        tracing::debug!(elapsed = ?started.elapsed(), groups, "group moves");
+        if groups == 0 {
+            break;
+        }
+        refine_moves += p.refine(1, opts.seed ^ pass);
+        p.net_moves(&subscribers, 4096);
+    }
     // 4. Merge quiet shards.
     let merged = p.merge_quiet();
     if merged > 0 {

@@ -355,6 +355,78 @@ impl<'a> Partition<'a> {
         kept
     }
 
+    /// Group moves: devices of one shard with the very same subscriptions
+    /// move together to the neighbouring shard where the whole group
+    /// lowers the cost most (kept only then, within capacity and
+    /// fan-out). A shard's topic goes with its last subscriber, so a group
+    /// of look-alikes (the vehicles of a route, the sensors of a room) can
+    /// leave where no one of them alone would: a coarse level for the
+    /// local search, the groups being the coarse vertices. Returns the
+    /// groups moved.
+    pub(crate) fn group_moves(&mut self, max_group: usize) -> usize {
+        let inst = self.inst;
+        let n = inst.devices.len();
+        let mut order: Vec<u32> = (0..n as u32)
+            .filter(|&d| !inst.subscriptions(d as usize).is_empty())
+            .collect();
+        order.sort_unstable_by(|&a, &b| {
+            (self.assign[a as usize], inst.subscriptions(a as usize), a).cmp(&(
+                self.assign[b as usize],
+                inst.subscriptions(b as usize),
+                b,
+            ))
+        });
+        let mut moved = 0;
+        let mut cands = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            let first = order[i] as usize;
+            let a = self.assign[first];
+            let mut j = i + 1;
+            while j < order.len()
+                && self.assign[order[j] as usize] == a
+                && inst.subscriptions(order[j] as usize) == inst.subscriptions(first)
+            {
+                j += 1;
+            }
+            let group: Vec<u32> = order[i..j].to_vec();
+            i = j;
+            if group.len() < 2 || group.len() > max_group || group.len() > self.budget_left() {
+                continue;
+            }
+            self.neighbours(first, &mut cands);
+            let mut best: Option<(f64, u32)> = None;
+            for &b in &cands {
+                let (mut total, mut done) = (0.0, 0);
+                let before = self.load[b as usize];
+                for &d in &group {
+                    match self.delta(d as usize, b) {
+                        Some((c, _)) => {
+                            total += c;
+                            self.move_to(d as usize, b);
+                            done += 1;
+                        }
+                        None => break,
+                    }
+                }
+                let fits = !self.over(self.load[b as usize]) || self.load[b as usize] <= before;
+                if done == group.len() && fits && total < -EPS && best.is_none_or(|x| total < x.0) {
+                    best = Some((total, b));
+                }
+                for &d in group[..done].iter().rev() {
+                    self.move_to(d as usize, a);
+                }
+            }
+            if let Some((_, b)) = best {
+                for &d in &group {
+                    self.move_to(d as usize, b);
+                }
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Relieves shards above usable capacity by moving topics out of them:
     /// for an overloaded shard, the subscribers it holds of one topic (a
     /// "piece") move together to another shard that holds the topic and

@@ -6,7 +6,7 @@
 use router_common::maps::MAX_ROUTE_SHARDS;
 
 use crate::{
-    CLUSTER_START_MAX_SUBSCRIPTIONS, Cost, EPS, GRAPH_LOAD_FACTOR, NONE, PlannerError, initial,
+    Cost, EPS, GRAPH_LOAD_FACTOR, NONE, PlannerError, THOROUGH_MAX_SUBSCRIPTIONS, initial,
     subscribers::Subscribers,
     workload::{CostWeights, Instance},
 };
@@ -52,9 +52,9 @@ impl<'a> Partition<'a> {
         let max = (inst.resources.max_shards as usize).max(1);
         let fit = |f: f64| ((graph.total_rate() * f / self.cap_eff).ceil() as usize).clamp(1, max);
         // The fewest-shards start only where the extra starts are
-        // affordable (see `CLUSTER_START_MAX_SUBSCRIPTIONS`).
+        // affordable (see `THOROUGH_MAX_SUBSCRIPTIONS`).
         let mut starts = vec![fit(GRAPH_LOAD_FACTOR)];
-        if inst.subs.len() <= CLUSTER_START_MAX_SUBSCRIPTIONS {
+        if inst.subs.len() <= THOROUGH_MAX_SUBSCRIPTIONS {
             starts.insert(0, fit(1.0 - 1e-9));
         }
         starts.dedup();
