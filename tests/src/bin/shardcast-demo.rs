@@ -232,13 +232,15 @@ fn round(
 /// A plan's routes: topic name → shard ids.
 type Routes = Vec<(&'static str, &'static [u32])>;
 
-/// What the plan promises subscriber `k` (on shard k+1).
+/// What the plan promises subscriber `k` (on shard k+1): every publish of
+/// a topic routed to its shard, whether the route names one shard or
+/// several.
 fn expected(k: usize, topics: &[(&str, &[u32])]) -> Tally {
     let mut t = Tally::new();
     for d in DEVICES {
         let routed_here = topics
             .iter()
-            .any(|(name, s)| *name == d.topic && s.len() == 1 && s[0] == k as u32 + 1);
+            .any(|(name, s)| *name == d.topic && s.contains(&(k as u32 + 1)));
         if routed_here {
             let proto = if d.proto == Proto::MqttSn {
                 "mqtt-sn"
@@ -386,6 +388,10 @@ fn run() -> Result<bool> {
         ),
     ];
     let mut all_ok = true;
+    // Promised deliveries that did not arrive, on single-shard routes (a
+    // bug) and on multi-shard ones (the data plane passes those up, and
+    // nothing fans them out yet: issue 18).
+    let (mut lost_single, mut lost_multi) = (0usize, 0usize);
     for (i, (title, topics)) in plans.iter().enumerate() {
         let generation = i as u64 + 1;
         lab.offer_plan(&plan(generation, &shards, topics, &sources))?;
@@ -402,13 +408,38 @@ fn run() -> Result<bool> {
         for (k, tally) in got.iter().enumerate() {
             let want = expected(k, topics);
             let ok = *tally == want;
-            all_ok &= ok;
+            let mut leaked = 0;
+            for key in tally.keys().chain(want.keys()).collect::<BTreeSet<_>>() {
+                let (have, w) = (
+                    tally.get(key).copied().unwrap_or(0),
+                    want.get(key).copied().unwrap_or(0),
+                );
+                leaked += have.saturating_sub(w);
+                let lost = w.saturating_sub(have);
+                let multi = topics.iter().any(|(n, s)| *n == key.0 && s.len() > 1);
+                if multi {
+                    lost_multi += lost;
+                } else {
+                    lost_single += lost;
+                }
+            }
+            // Leaks and single-shard losses are bugs; multi-shard losses
+            // are reported as lost below, whatever the reason.
+            all_ok &= leaked == 0;
             println!(
                 "    {:<7} (shard {}): {:>3} datagrams {}",
                 SUBSCRIBERS[k],
                 k + 1,
                 tally.values().sum::<usize>(),
-                if ok { "= plan" } else { "≠ PLAN" }
+                if ok {
+                    "= plan".to_string()
+                } else {
+                    let lost: usize = want
+                        .iter()
+                        .map(|(key, w)| w.saturating_sub(tally.get(key).copied().unwrap_or(0)))
+                        .sum();
+                    format!("≠ PLAN: {lost} promised publishes LOST, {leaked} not promised")
+                }
             );
             let keys: BTreeSet<_> = tally.keys().chain(want.keys()).collect();
             for key in keys {
@@ -485,14 +516,26 @@ fn run() -> Result<bool> {
     lab.detach()?;
     predictive_resharding()?;
     println!();
-    println!(
-        "{}",
-        if all_ok {
+    all_ok &= lost_single == 0;
+    if lost_single + lost_multi == 0 && all_ok {
+        println!(
             "every subscriber got exactly what the installed plan promises (no loss, no leak); \
-             unrouted and multi-shard publishes went to the stack, counted"
-        } else {
-            "MISMATCH between deliveries and plan"
+             unrouted publishes went to the stack, counted"
+        );
+    } else {
+        if lost_multi > 0 {
+            println!(
+                "LOST: {lost_multi} publishes the plan promised to subscribers of topics routed to \
+                 several shards never reached them: the data plane passes multi-shard publishes \
+                 to the stack (counted as multi_shard) and nothing fans them out yet (issue 18)"
+            );
         }
-    );
+        if lost_single > 0 {
+            println!("LOST: {lost_single} publishes on single-shard routes never arrived");
+        }
+        if !all_ok {
+            println!("MISMATCH between deliveries and plan");
+        }
+    }
     Ok(all_ok)
 }
