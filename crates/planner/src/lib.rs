@@ -83,7 +83,7 @@ pub(crate) const GRAPH_LOAD_FACTOR: f64 = 1.1 / 0.9;
 /// count goes on alone (with the packed-components start, which is
 /// cheap), so the plan keeps its time goal (BENCHMARKS.md, "Shard
 /// planner").
-pub(crate) const THOROUGH_MAX_SUBSCRIPTIONS: usize = 2_500_000;
+pub(crate) const THOROUGH_MAX_SUBSCRIPTIONS: usize = 1_500_000;
 /// Smallest cost change worth a move (keeps rounding noise from moving
 /// devices back and forth).
 pub(crate) const EPS: f64 = 1e-6;
