@@ -16,7 +16,9 @@
 //!
 //! Topics with many subscribers ("broadcast" topics, e.g. a site's alerts)
 //! are left out: they span several shards whatever the partition, and as
-//! cliques they would dominate the graph. Each device then goes to the
+//! cliques they would dominate the graph. "Many" is more than 256, or,
+//! for fleets within the planner's thorough size, more than half the
+//! devices a shard holds on average (see `broadcast_subscribers`). Each device then goes to the
 //! shard holding most of the rate of its graph topics; devices with none
 //! are placed by the greedy placement afterwards.
 

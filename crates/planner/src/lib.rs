@@ -12,10 +12,17 @@
 //! deliveries (weighted up for low batteries), queueing latency, active
 //! shards and migrations against the current plan.
 //!
+//! Capacity is a hard constraint: lower bounds (`feasibility.rs`) name a
+//! fleet no plan can serve before any work, and a plan left with a shard
+//! above usable capacity is an error unless [`Options::best_effort`].
+//!
 //! The algorithm is a multilevel graph partition (for a fresh plan) or
 //! greedy placement (for the new devices of a running one), then local
 //! search; deterministic for a seed:
-//! 0. a fresh plan starts from METIS's k-way partition of the *topic
+//! 0. a fresh plan keeps the cheapest of several starts: the topic graph
+//!    below, the cluster order of step 1 for every device, and whole
+//!    connected components packed into shards (`components.rs`); the
+//!    graph start is METIS's k-way partition of the *topic
 //!    graph* (`initial.rs`): topics weighted by rate, linked at the cheaper
 //!    rate of a pair some device subscribes to both; each device joins the
 //!    shard holding most of its topics' rate, and a topic then spanning
@@ -34,13 +41,21 @@
 //!    subscribers a topic has in a shard move together to the shard where
 //!    it has the most, when that lowers the cost (no single move of theirs
 //!    does: the copy goes only with the last one);
+//!    then **group moves**: look-alike devices (the same subscriptions) of
+//!    a shard move together, a coarse level for the local search;
 //! 4. **merge**: a shard whose combined load with a partner stays below
 //!    `merge_below` of usable capacity is folded into it. Splitting above
 //!    1.0 and merging below 0.5 of capacity is the hysteresis that keeps
-//!    plans from flapping on a flat load.
+//!    plans from flapping on a flat load;
+//! 5. **repair**: what is left over capacity or over the fan-out is split
+//!    and folded again, and whole topic pieces move out of overloaded
+//!    shards.
 //!
 //! A topic may span at most [`MAX_ROUTE_SHARDS`] shards (the data plane's
-//! fan-out); no move breaks that, and a plan that cannot meet it is refused.
+//! fan-out); no move breaks that, and a plan that cannot meet it is refused
+//! (with a lower bound on the shards the topic's followers need when one
+//! proves it). The extra starts, a wider topic graph and the group moves
+//! run within `THOROUGH_MAX_SUBSCRIPTIONS`.
 
 use std::{
     collections::HashMap,
@@ -76,13 +91,13 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub(crate) const GRAPH_LOAD_FACTOR: f64 = 1.1 / 0.9;
 /// Subscriptions up to which the planner works thoroughly: a fresh plan
 /// also tries the extra starts (the topic graph at the fewest shards, and
-/// cluster order, which places every device one by one), and every plan
-/// gets the group-move passes. Together about 3 s more for the 1M-device
-/// fleet of the planner bench, where the topic-graph start alone is
-/// within 2% of Mt-KaHyPar. Above this the graph start at the padded shard
-/// count goes on alone (with the packed-components start, which is
-/// cheap), so the plan keeps its time goal (BENCHMARKS.md, "Shard
-/// planner").
+/// cluster order, which places every device one by one), the topic graph
+/// keeps topics with up to half a shard's devices (`initial.rs`), and
+/// every plan gets the group-move passes. For the 1M-device fleet of the
+/// planner bench (2.1M subscriptions, where the lean path is within 2% of
+/// Mt-KaHyPar) that would be 11-14 s instead of 3; at 200k devices it is
+/// 1-3 s and takes the vehicle fleet from 1.6x to 1.05x Mt-KaHyPar's
+/// copies (BENCHMARKS.md, "Shard planner").
 pub(crate) const THOROUGH_MAX_SUBSCRIPTIONS: usize = 1_500_000;
 /// Smallest cost change worth a move (keeps rounding noise from moving
 /// devices back and forth).
