@@ -15,7 +15,7 @@ use router_common::{mqttsn, payload::Head};
 use router_ctl::config::DaemonConfig;
 use shardcast_forecast as forecast;
 use shardcast_plan::Plan;
-use shardcast_planner::{Options, plan, workload::Workload};
+use shardcast_planner::{Options, PlannerError, plan, workload::Workload};
 use shardcast_records::history::{parse_csv, write_csv};
 use shardcast_sim::Scenario;
 
@@ -139,11 +139,28 @@ pub fn workload_json(data: &[u8]) {
         return;
     };
     let Ok(inst) = w.index() else { return };
-    if inst.devices.len() <= 64
-        && inst.topics.len() <= 64
-        && inst.resources.max_shards <= 64
-        && let Ok(out) = plan(&inst, None, Options::default())
-    {
-        out.plan.compile().expect("the planner's plans install");
+    if inst.devices.len() <= 64 && inst.topics.len() <= 64 && inst.resources.max_shards <= 64 {
+        // A plan returned without best effort has no shard over capacity;
+        // where capacity is what stopped it, best effort gives a plan.
+        let strict = plan(&inst, None, Options::default());
+        match &strict {
+            Ok(out) => {
+                out.plan.compile().expect("the planner's plans install");
+                assert_eq!(
+                    out.cost.overloaded_shards, 0,
+                    "an overloaded plan without best effort"
+                );
+            }
+            Err(PlannerError::Infeasible(_) | PlannerError::Overloaded { .. }) => {
+                let best = Options {
+                    best_effort: true,
+                    ..Default::default()
+                };
+                if let Ok(out) = plan(&inst, None, best) {
+                    out.plan.compile().expect("best-effort plans install");
+                }
+            }
+            Err(_) => {}
+        }
     }
 }
