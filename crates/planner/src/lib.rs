@@ -132,13 +132,19 @@ pub enum PlannerError {
     /// The planner found no plan within capacity, though no bound rules
     /// one out.
     #[error(
-        "{shards} shard(s) stay above usable capacity (the worst at {worst:.2}x, {active} shards of max_shards {max_shards} in use); plan with best effort to accept it"
+        "{shards} shard(s) stay above usable capacity (the worst at {worst:.2}x, {active} shards of max_shards {max_shards} in use{}); plan with best effort to accept it",
+        blocking.as_ref().map_or(String::new(), |t| format!(
+            "; topic {t:?}, held in an overloaded shard, already spans the {MAX_ROUTE_SHARDS} shards a route allows, so no new shard can take its followers"
+        ))
     )]
     Overloaded {
         shards: usize,
         worst: f64,
         active: usize,
         max_shards: u32,
+        /// A topic at the fan-out bound held in an overloaded shard, when
+        /// there is one: why unused shards could not help.
+        blocking: Option<String>,
     },
 }
 
@@ -385,6 +391,7 @@ pub fn plan(
                 worst: cost.max_load / cap,
                 active: cost.shards,
                 max_shards: inst.resources.max_shards,
+                blocking: p.blocking_topic().map(|t| inst.topics[t as usize].clone()),
             });
         }
         warnings.push(format!(

@@ -320,6 +320,22 @@ impl<'a> Partition<'a> {
             .count()
     }
 
+    /// The heaviest topic at the fan-out bound that an overloaded shard
+    /// holds: its followers there can go to no new shard.
+    pub(crate) fn blocking_topic(&self) -> Option<u32> {
+        (0..self.pins.len() as u32)
+            .filter(|&t| {
+                let p = &self.pins[t as usize];
+                p.len() >= MAX_ROUTE_SHARDS
+                    && p.iter().any(|&(s, _)| self.over(self.load[s as usize]))
+            })
+            .max_by(|&a, &b| {
+                self.inst.rates[a as usize]
+                    .total_cmp(&self.inst.rates[b as usize])
+                    .then(b.cmp(&a))
+            })
+    }
+
     /// The most shards one topic spans.
     pub(crate) fn widest(&self) -> usize {
         self.pins.iter().map(Vec::len).max().unwrap_or(0)

@@ -115,3 +115,79 @@ fn an_infeasible_fleet_is_named_with_its_bound() {
         out.warnings
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Small fleets of every shape, any seed, tight or loose `max_shards`
+    /// and capacity: a plan returned without best effort is within
+    /// capacity and fan-out and installs; a refusal is about capacity or
+    /// fan-out, and best effort then plans (unless a route cannot be
+    /// made to fit the fan-out at all).
+    #[test]
+    fn every_returned_plan_keeps_the_contract(
+        shape in proptest::sample::select(Shape::ALL.to_vec()),
+        devices in 60usize..800,
+        seed in 0u64..1000,
+        max_shards in 1u32..40,
+        capacity_scale in 0.3f64..3.0,
+    ) {
+        let mut w = generate(shape, devices, seed, max_shards).workload;
+        w.resources.shard_capacity *= capacity_scale;
+        let inst = w.index().unwrap();
+        match plan(&inst, None, Options::default()) {
+            Ok(out) => {
+                out.plan.compile().expect("the plan installs");
+                proptest::prop_assert_eq!(out.cost.overloaded_shards, 0);
+                proptest::prop_assert!(out.cost.max_fanout <= MAX_ROUTE_SHARDS);
+                proptest::prop_assert!(out.cost.shards <= max_shards as usize);
+            }
+            Err(PlannerError::Infeasible(_) | PlannerError::Overloaded { .. }) => {
+                let best = Options { best_effort: true, ..Default::default() };
+                match plan(&inst, None, best) {
+                    Ok(out) => {
+                        out.plan.compile().expect("the best effort installs");
+                        proptest::prop_assert!(!out.warnings.is_empty());
+                    }
+                    Err(e) => proptest::prop_assert!(
+                        matches!(e, PlannerError::FanOut { .. }),
+                        "best effort: {e}"
+                    ),
+                }
+            }
+            Err(e) => proptest::prop_assert!(
+                matches!(e, PlannerError::FanOut { .. }),
+                "{e}"
+            ),
+        }
+    }
+}
+
+/// Where the planner leaves shards over capacity with unused shards
+/// allowed, the error says why they could not help: the campus-wide topic
+/// every device follows already spans the 16 shards a route allows.
+#[test]
+fn an_overload_blocked_by_the_fan_out_says_so() {
+    let found = (0..200u64).find_map(|seed| {
+        let mut w = generate(Shape::Infeasible, 600, seed, 38).workload;
+        w.resources.shard_capacity *= 1.5;
+        match plan(&w.index().unwrap(), None, Options::default()) {
+            Err(e @ PlannerError::Overloaded { .. }) => Some(e),
+            _ => None,
+        }
+    });
+    let e = found.expect("a seed where the fan-out blocks new shards");
+    match &e {
+        PlannerError::Overloaded {
+            active,
+            max_shards,
+            blocking,
+            ..
+        } => {
+            assert!(*active < *max_shards as usize, "{e}");
+            assert_eq!(blocking.as_deref(), Some("campus/feed0"), "{e}");
+        }
+        _ => unreachable!(),
+    }
+    assert!(e.to_string().contains("already spans the 16 shards"), "{e}");
+}
