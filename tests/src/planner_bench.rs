@@ -289,6 +289,15 @@ pub fn shapes(target: &Path) -> Result<String> {
         Err(_) => 200_000,
     };
     let only = std::env::var("SHARDCAST_BENCH_SHAPES").ok();
+    if let Some(o) = &only {
+        let known: Vec<&str> = shapes::Shape::ALL.iter().map(|s| s.name()).collect();
+        if let Some(bad) = o.split(',').find(|s| !known.contains(s)) {
+            bail!(
+                "SHARDCAST_BENCH_SHAPES={o:?}: unknown shape {bad:?} (expected a comma-separated subset of {})",
+                known.join(", ")
+            );
+        }
+    }
     let python = crate::measure::bench_python(target, "mtkahypar", MTKAHYPAR);
     let mut out = format!(
         "Fleet shapes, {devices} devices, max_shards 256:\n\n| shape | devices | topics | shards | ours: copies (msg/s) | max load / usable cap | overloaded | widest topic | time | Mt-KaHyPar: copies | its max load / usable cap | its overloaded | its widest | its time | copies ours / ref | our cost / its cost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
