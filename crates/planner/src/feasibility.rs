@@ -44,6 +44,17 @@ pub enum Infeasible {
         max_shards: u32,
     },
     #[error(
+        "the policy's {classes} boundary classes need at least {shards} shards of usable capacity {usable:.3} (each class its own, the most, {class:?}, at least {class_shards}); max_shards is {max_shards}"
+    )]
+    ClassShards {
+        classes: usize,
+        shards: u64,
+        class: String,
+        class_shards: u64,
+        usable: f64,
+        max_shards: u32,
+    },
+    #[error(
         "topic {topic:?} ({rate:.3} msg/s) is followed by {subscribers} devices whose topics total {reach:.3} msg/s: with it in every shard they share, they need at least {shards} shards of usable capacity {usable:.3}, and a route spans at most {MAX_ROUTE_SHARDS}"
     )]
     Topic {
@@ -96,6 +107,44 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
             shards,
             max_shards: inst.resources.max_shards,
         });
+    }
+    // With hard boundaries each class needs its own shards: the sum of
+    // the classes' bounds.
+    let nc = inst.class_names.len();
+    if nc > 1 {
+        let mut seen = vec![u32::MAX; nt];
+        let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); nc];
+        for (d, &c) in inst.class.iter().enumerate() {
+            by_class[c as usize].push(d as u32);
+        }
+        let mut need = 0u64;
+        let mut most = (0u64, 0usize);
+        for (c, devices) in by_class.iter().enumerate() {
+            let mut total = 0.0;
+            for &d in devices {
+                for &t in inst.subscriptions(d as usize) {
+                    if seen[t as usize] != c as u32 {
+                        seen[t as usize] = c as u32;
+                        total += inst.rates[t as usize];
+                    }
+                }
+            }
+            let k = (total / limit).ceil() as u64;
+            need += k.max(1);
+            if k > most.0 {
+                most = (k, c);
+            }
+        }
+        if need > inst.resources.max_shards as u64 {
+            return Some(Infeasible::ClassShards {
+                classes: nc,
+                shards: need,
+                class: inst.class_names[most.1].clone(),
+                class_shards: most.0,
+                usable,
+                max_shards: inst.resources.max_shards,
+            });
+        }
     }
     // R_t for every topic whose bound could exceed the fan-out: the union
     // of its subscribers' topics, marked with the topic's index.

@@ -124,6 +124,14 @@ pub enum PlannerError {
     CurrentDuplicateShard(u32),
     #[error(transparent)]
     Graph(#[from] initial::GraphError),
+    #[error(
+        "the policy's {classes} boundary classes need {shards} shards (no two classes share one); max_shards is {max_shards}"
+    )]
+    BoundaryShards {
+        shards: usize,
+        max_shards: u32,
+        classes: usize,
+    },
     /// A bound proves no plan keeps every shard within usable capacity.
     #[error(
         "no plan within capacity exists: {0} (plan with best effort to get the least overloaded plan)"
@@ -260,6 +268,10 @@ pub fn plan(
     //    devices of a current plan (and devices with broadcast topics
     //    only) are placed greedily, in cluster order.
     let seeded = current.is_none() && p.seed_from_graph(&subscribers, opts.seed)?;
+    // The graph start ignores the policy's boundaries: devices in a shard
+    // of another class are placed again below (a current plan's too, if
+    // the policy changed).
+    p.evict_other_classes();
     if seeded {
         tracing::debug!(elapsed = ?started.elapsed(), "graph partition");
         let moved = p.enforce_fanout(&subscribers);
@@ -305,6 +317,9 @@ pub fn plan(
                 }
                 c.place(d, s);
             }
+            let mut evicted = c.evict_other_classes();
+            evicted.sort_unstable_by_key(|&d| keys[d as usize]);
+            c.place_new(&evicted);
             if start_key(&c) < start_key(&p) {
                 tracing::debug!(elapsed = ?started.elapsed(), "the components start is cheaper");
                 p = c;
@@ -374,6 +389,14 @@ pub fn plan(
     // plan priced at infinity is no plan.
     if !cost.total.is_finite() {
         return Err(PlannerError::NonFiniteCost);
+    }
+    if cost.shards > inst.resources.max_shards as usize {
+        // Only the policy's boundaries open shards past the limit.
+        return Err(PlannerError::BoundaryShards {
+            shards: cost.shards,
+            max_shards: inst.resources.max_shards,
+            classes: inst.class_names.len(),
+        });
     }
     for (t, pins) in p.pins.iter().enumerate() {
         if pins.len() > MAX_ROUTE_SHARDS {
@@ -741,6 +764,74 @@ mod tests {
             plan(&inst, Some(&current), Options::default()).unwrap_err(),
             PlannerError::GenerationExhausted
         );
+    }
+
+    /// Two service classes on the same topics: together they fit one
+    /// shard; `separate_by = ["sla"]` puts each in its own, the shared
+    /// topics copied to both; bad keys and attributes are refused by name.
+    #[test]
+    fn hard_boundaries_separate_classes() {
+        let w = |policy: &str| {
+            serde_json::from_str::<Workload>(&format!(
+                r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "egress": "eth1"}},
+                    "topics": [{{"name": "a", "rate": 10}}, {{"name": "b", "rate": 5}}],
+                    "devices": [
+                      {{"id": "m1", "subscriptions": ["a", "b"], "sla": "premium", "location": "s1/b1"}},
+                      {{"id": "m2", "subscriptions": ["a"], "sla": "premium", "location": "s1/b2"}},
+                      {{"id": "t1", "subscriptions": ["a", "b"], "sla": "best-effort", "location": "s1/b1"}},
+                      {{"id": "t2", "subscriptions": ["b"], "location": "s2/b1"}}
+                    ]{policy}}}"#
+            ))
+            .unwrap()
+            .index()
+        };
+        let free = plan(&w("").unwrap(), None, Options::default()).unwrap();
+        assert_eq!(free.cost.shards, 1);
+        let inst = w(r#", "policy": {"separate_by": ["sla"]}"#).unwrap();
+        // premium, best-effort, and t2 (no class: its own).
+        assert_eq!(inst.class_names.len(), 3, "{:?}", inst.class_names);
+        assert_eq!(inst.class_names[0], "sla=premium");
+        let out = plan(&inst, None, Options::default()).unwrap();
+        let a = &out.assignment;
+        assert_eq!(a[0], a[1]);
+        assert_ne!(a[0], a[2]);
+        assert_ne!(a[2], a[3]);
+        assert_ne!(a[0], a[3]);
+        assert!(out.cost.copies > 0.0);
+        // location:1 keeps sites apart, location:2 buildings.
+        let inst = w(r#", "policy": {"separate_by": ["location:1"]}"#).unwrap();
+        assert_eq!(inst.class_names, ["location:1=s1", "location:1=s2"]);
+        let inst = w(r#", "policy": {"separate_by": ["location:2"]}"#).unwrap();
+        assert_eq!(inst.class_names.len(), 3);
+        // Too many classes for max_shards: named.
+        let inst = w(r#", "policy": {"separate_by": ["location"]}"#).unwrap();
+        let mut few = inst.clone();
+        few.resources.max_shards = 2;
+        assert!(matches!(
+            plan(&few, None, Options::default()),
+            Err(PlannerError::Infeasible(Infeasible::ClassShards {
+                classes: 3,
+                ..
+            }))
+        ));
+        for bad in ["color", "location:0", "location:x", "sla\", \"sla"] {
+            let policy = format!(r#", "policy": {{"separate_by": ["{bad}"]}}"#);
+            assert!(
+                matches!(w(&policy), Err(WorkloadError::BoundaryKey { .. })),
+                "{bad}"
+            );
+        }
+        let bad_attr = serde_json::from_str::<Workload>(
+            r#"{"resources": {"shard_capacity": 100, "max_shards": 4, "egress": "eth1"},
+                "topics": [{"name": "a", "rate": 1}],
+                "devices": [{"id": "d1", "subscriptions": ["a"], "sla": ""}]}"#,
+        )
+        .unwrap()
+        .index();
+        assert!(matches!(
+            bad_attr,
+            Err(WorkloadError::BadAttribute { field: "sla", .. })
+        ));
     }
 
     #[test]

@@ -64,9 +64,16 @@ impl<'a> Partition<'a> {
                 }
                 (None, Some((_, s))) => s,
                 // Every shard is at the fan-out limit for one of this
-                // device's topics (so shards exist): least harm; the plan
-                // will be refused.
-                (None, None) => self.lightest(),
+                // device's topics, or of another boundary class: least
+                // harm in its own class (the plan will be refused), or a
+                // shard of its own (the shard count is checked at the end).
+                (None, None) => match self.lightest_admitting(d) {
+                    Some(s) => s,
+                    None => {
+                        active += 1;
+                        self.open_reusing()
+                    }
+                },
             };
             if self.members[target as usize] == 0 {
                 fill = target;
@@ -558,6 +565,8 @@ impl<'a> Partition<'a> {
             }
             let partner = (0..self.load.len() as u32)
                 .filter(|&q| q != s && self.members[q as usize] > 0)
+                // Hard boundaries: only shards of one class merge.
+                .filter(|&q| self.class[q as usize] == self.class[s as usize])
                 .map(|q| {
                     let union = self.load[s as usize] + self.load[q as usize] - shared[q as usize];
                     (union, q)

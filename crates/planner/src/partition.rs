@@ -26,6 +26,9 @@ pub(crate) struct Partition<'a> {
     pub(crate) load: Vec<f64>,
     pub(crate) wsum: Vec<f64>,
     pub(crate) members: Vec<u32>,
+    /// Boundary class of each shard's members (NONE while empty): a shard
+    /// only ever holds devices of one class (the policy's hard boundaries).
+    pub(crate) class: Vec<u32>,
     pub(crate) total: f64,
     pub(crate) migrations: usize,
     /// Moves not made because the migration budget was spent.
@@ -137,6 +140,7 @@ impl<'a> Partition<'a> {
             load: Vec::new(),
             wsum: Vec::new(),
             members: Vec::new(),
+            class: Vec::new(),
             total: 0.0,
             migrations: 0,
             deferred: 0,
@@ -147,6 +151,7 @@ impl<'a> Partition<'a> {
         self.load.push(0.0);
         self.wsum.push(0.0);
         self.members.push(0);
+        self.class.push(NONE);
         (self.load.len() - 1) as u32
     }
 
@@ -180,6 +185,9 @@ impl<'a> Partition<'a> {
             }
         }
         self.wsum[s as usize] += self.inst.waste_weight[d];
+        if self.members[s as usize] == 0 {
+            self.class[s as usize] = self.inst.class[d];
+        }
         self.members[s as usize] += 1;
         self.assign[d] = s;
         self.migrations += self.migrated(d, s) as usize;
@@ -205,6 +213,7 @@ impl<'a> Partition<'a> {
             // Clear rounding residue so an empty shard reads exactly 0.
             self.load[s as usize] = 0.0;
             self.wsum[s as usize] = 0.0;
+            self.class[s as usize] = NONE;
         }
         self.assign[d] = NONE;
     }
@@ -237,6 +246,10 @@ impl<'a> Partition<'a> {
     /// `b`'s load after; `None` when a topic would exceed the fan-out.
     pub(crate) fn delta(&self, d: usize, b: u32) -> Option<(f64, f64)> {
         let a = self.assign[d];
+        // A hard boundary: never into a shard of another class.
+        if !self.admits(b, d) {
+            return None;
+        }
         let (mut lose, mut gain) = (0.0, 0.0);
         for &t in self.inst.subscriptions(d) {
             let r = self.inst.rates[t as usize];
@@ -313,6 +326,50 @@ impl<'a> Partition<'a> {
         }
     }
 
+    /// Whether shard `s` may take device `d` under the policy's hard
+    /// boundaries (it is empty, or its members are of `d`'s class).
+    pub(crate) fn admits(&self, s: u32, d: usize) -> bool {
+        let c = self.class[s as usize];
+        c == NONE || c == self.inst.class[d]
+    }
+
+    /// Unplaces every device whose shard is held by another class (after a
+    /// start that ignores the boundaries): each shard keeps the class most
+    /// of its members have. Returns the devices unplaced.
+    pub(crate) fn evict_other_classes(&mut self) -> Vec<u32> {
+        if self.inst.class_names.len() < 2 {
+            return Vec::new();
+        }
+        let mut count: std::collections::HashMap<(u32, u32), u32> = Default::default();
+        for (d, &s) in self.assign.iter().enumerate() {
+            if s != NONE {
+                *count.entry((s, self.inst.class[d])).or_default() += 1;
+            }
+        }
+        let mut keep = vec![(0u32, NONE); self.load.len()];
+        for (&(s, c), &n) in &count {
+            let k = &mut keep[s as usize];
+            if (n, std::cmp::Reverse(c)) > (k.0, std::cmp::Reverse(k.1)) {
+                *k = (n, c);
+            }
+        }
+        let evicted: Vec<u32> = (0..self.assign.len() as u32)
+            .filter(|&d| {
+                let s = self.assign[d as usize];
+                s != NONE && keep[s as usize].1 != self.inst.class[d as usize]
+            })
+            .collect();
+        for &d in &evicted {
+            self.unplace(d as usize);
+        }
+        for (s, k) in keep.iter().enumerate() {
+            if self.members[s] > 0 {
+                self.class[s] = k.1;
+            }
+        }
+        evicted
+    }
+
     /// Shards above usable capacity.
     pub(crate) fn overloaded(&self) -> usize {
         (0..self.load.len())
@@ -339,6 +396,13 @@ impl<'a> Partition<'a> {
     /// The most shards one topic spans.
     pub(crate) fn widest(&self) -> usize {
         self.pins.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// The least loaded non-empty shard that may take `d` (its class).
+    pub(crate) fn lightest_admitting(&self, d: usize) -> Option<u32> {
+        (0..self.load.len() as u32)
+            .filter(|&s| self.members[s as usize] > 0 && self.admits(s, d))
+            .min_by(|&a, &b| self.load[a as usize].total_cmp(&self.load[b as usize]))
     }
 
     pub(crate) fn lightest(&self) -> u32 {

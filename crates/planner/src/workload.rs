@@ -44,7 +44,18 @@ pub enum WorkloadError {
     Device(#[from] DeviceError),
     #[error("MQTT-SN predefined id {id} is given to both {a:?} and {b:?}")]
     DuplicatePredefinedId { id: u16, a: String, b: String },
+    #[error(
+        "policy.separate_by: {key:?} is not a boundary key (sla, type, location, location:N with N in 1..={LOCATION_DEPTH_MAX}), or is listed twice"
+    )]
+    BoundaryKey { key: String },
+    #[error(
+        "device {device:?}: {field} must be 1..={ATTRIBUTE_MAX} bytes without control characters"
+    )]
+    BadAttribute { device: String, field: &'static str },
 }
+
+/// Longest device attribute (`location`, `type`, `sla`), in bytes.
+pub const ATTRIBUTE_MAX: usize = 256;
 
 type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
@@ -161,6 +172,80 @@ pub struct Device {
     /// Charge left, 0..=1 (mains-powered devices: 1).
     #[serde(default = "full")]
     pub battery: f64,
+    /// Where the device is: a path such as `site/building/floor` (nearness
+    /// is the length of the common prefix). A boundary key of the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// What kind of device it is (a boundary key of the policy).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its service-level class (a boundary key of the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<String>,
+}
+
+/// What may share a shard (`docs/workload-format.md`, "Policy").
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Hard boundaries: devices that differ in any of these keys never
+    /// share a shard. Keys: `sla`, `type`, `location` (the whole path) and
+    /// `location:N` (its first N segments: `location:1` never across
+    /// sites).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub separate_by: Vec<String>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        self.separate_by.is_empty()
+    }
+}
+
+/// One key of [`Policy::separate_by`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BoundaryKey {
+    Sla,
+    Type,
+    /// The first N segments of the location (all of them: `None`).
+    Location(Option<usize>),
+}
+
+/// Deepest `location:N` a policy may name.
+const LOCATION_DEPTH_MAX: usize = 64;
+
+impl BoundaryKey {
+    fn parse(key: &str) -> Option<BoundaryKey> {
+        match key {
+            "sla" => Some(BoundaryKey::Sla),
+            "type" => Some(BoundaryKey::Type),
+            "location" => Some(BoundaryKey::Location(None)),
+            _ => {
+                let n: usize = key.strip_prefix("location:")?.parse().ok()?;
+                (1..=LOCATION_DEPTH_MAX)
+                    .contains(&n)
+                    .then_some(BoundaryKey::Location(Some(n)))
+            }
+        }
+    }
+
+    /// The device's value for this key ("" when it has none).
+    fn value(self, d: &Device) -> &str {
+        match self {
+            BoundaryKey::Sla => d.sla.as_deref().unwrap_or(""),
+            BoundaryKey::Type => d.kind.as_deref().unwrap_or(""),
+            BoundaryKey::Location(depth) => {
+                let loc = d.location.as_deref().unwrap_or("");
+                match depth {
+                    None => loc,
+                    Some(n) => match loc.match_indices('/').nth(n - 1) {
+                        Some((i, _)) => &loc[..i],
+                        None => loc,
+                    },
+                }
+            }
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -179,6 +264,9 @@ pub struct Workload {
     pub cost: CostWeights,
     pub topics: Vec<TopicLoad>,
     pub devices: Vec<Device>,
+    /// What may share a shard; none: anything may.
+    #[serde(default, skip_serializing_if = "Policy::is_empty")]
+    pub policy: Policy,
 }
 
 /// A validated workload in index form. Topic `t` is `topics[t]`; device
@@ -198,6 +286,12 @@ pub struct Instance {
     pub waste_weight: Vec<f64>,
     pub sub_start: Vec<u32>,
     pub subs: Vec<u32>,
+    /// Boundary class of each device (index into `class_names`): devices of
+    /// different classes never share a shard. All 0 without a policy.
+    pub class: Vec<u32>,
+    /// Each class as `key=value` pairs (`sla=premium,location:1=site-a`);
+    /// one empty name without a policy.
+    pub class_names: Vec<String>,
 }
 
 impl Instance {
@@ -264,6 +358,13 @@ impl Workload {
                 }
             }
         }
+        let mut keys: Vec<BoundaryKey> = Vec::new();
+        for key in &self.policy.separate_by {
+            match BoundaryKey::parse(key) {
+                Some(k) if !keys.contains(&k) => keys.push(k),
+                _ => return Err(WorkloadError::BoundaryKey { key: cut(key) }),
+            }
+        }
         let n = self.devices.len();
         let mut checker = DeviceChecker::default();
         let mut sub_start = Vec::with_capacity(n + 1);
@@ -272,6 +373,20 @@ impl Workload {
         sub_start.push(0u32);
         for (index, d) in self.devices.iter().enumerate() {
             checker.check(index, &d.id, d.group.as_deref(), d.address.as_deref())?;
+            for (field, v) in [
+                ("location", &d.location),
+                ("type", &d.kind),
+                ("sla", &d.sla),
+            ] {
+                if let Some(v) = v
+                    && (v.is_empty() || v.len() > ATTRIBUTE_MAX || v.chars().any(char::is_control))
+                {
+                    return Err(WorkloadError::BadAttribute {
+                        device: d.id.clone(),
+                        field,
+                    });
+                }
+            }
             if !(0.0..=1.0).contains(&d.battery) {
                 return Err(WorkloadError::BadBattery {
                     device: d.id.clone(),
@@ -301,6 +416,28 @@ impl Workload {
                 0.0
             });
         }
+        // Boundary classes, numbered in order of first appearance.
+        let mut class_names: Vec<String> = Vec::new();
+        let mut class_of: HashMap<String, u32> = HashMap::new();
+        let class = self
+            .devices
+            .iter()
+            .map(|d| {
+                let name = keys
+                    .iter()
+                    .zip(&self.policy.separate_by)
+                    .map(|(k, key)| format!("{key}={}", k.value(d)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                *class_of.entry(name.clone()).or_insert_with(|| {
+                    class_names.push(name);
+                    class_names.len() as u32 - 1
+                })
+            })
+            .collect();
+        if class_names.is_empty() {
+            class_names.push(String::new());
+        }
         Ok(Instance {
             resources: self.resources.clone(),
             weights: self.cost,
@@ -313,6 +450,8 @@ impl Workload {
             waste_weight,
             sub_start,
             subs,
+            class,
+            class_names,
         })
     }
 }

@@ -334,9 +334,13 @@ impl Fleet {
                             .collect(),
                         connected: true,
                         battery: self.battery(d, minute),
+                        location: None,
+                        kind: None,
+                        sla: None,
                     }
                 })
                 .collect(),
+            policy: Default::default(),
         }
     }
 }

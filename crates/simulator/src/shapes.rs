@@ -108,6 +108,9 @@ impl Builder {
             subscriptions: subs.iter().map(|&t| self.topics[t].name.clone()).collect(),
             connected: true,
             battery: 1.0,
+            location: None,
+            kind: None,
+            sla: None,
         });
     }
 
@@ -124,6 +127,7 @@ impl Builder {
             cost: CostWeights::default(),
             topics: self.topics,
             devices: self.devices,
+            policy: Default::default(),
         }
     }
 

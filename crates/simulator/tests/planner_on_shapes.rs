@@ -191,3 +191,61 @@ fn an_overload_blocked_by_the_fan_out_says_so() {
     }
     assert!(e.to_string().contains("already spans the 16 shards"), "{e}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Hard boundaries: fleets of every shape with random locations, types
+    /// and service classes, and a random `separate_by`: no plan ever puts
+    /// devices of two classes in one shard, and a refusal is about
+    /// capacity, fan-out or the classes' shard count.
+    #[test]
+    fn no_plan_crosses_a_hard_boundary(
+        shape in proptest::sample::select(Shape::ALL.to_vec()),
+        devices in 60usize..600,
+        seed in 0u64..1000,
+        keys in proptest::sample::subsequence(
+            vec!["sla", "type", "location:1", "location:2", "location"], 1..3),
+        slas in 1usize..4,
+        sites in 1usize..5,
+    ) {
+        let mut w = generate(shape, devices, seed, 64).workload;
+        for (i, d) in w.devices.iter_mut().enumerate() {
+            // Attributes correlated with the fleet's own groups (as an
+            // operator's would be), with some spread.
+            let g = d.group.clone().unwrap_or_default();
+            let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+            d.sla = (!h.is_multiple_of(7)).then(|| format!("class{}", (h >> 8) as usize % slas));
+            d.kind = Some(["sensor", "screen"][(h >> 16) as usize % 2].to_string());
+            d.location = Some(format!("site{}/{g}/f{}", (h >> 24) as usize % sites, (h >> 32) % 3));
+        }
+        w.policy.separate_by = keys.iter().map(|k| k.to_string()).collect();
+        let inst = w.index().unwrap();
+        match plan(&inst, None, Options::default()) {
+            Ok(out) => {
+                out.plan.compile().expect("the plan installs");
+                let mut class_of_shard = std::collections::HashMap::new();
+                for (d, &s) in out.assignment.iter().enumerate() {
+                    let c = inst.class[d];
+                    let first = *class_of_shard.entry(s).or_insert(c);
+                    proptest::prop_assert_eq!(
+                        first, c,
+                        "shard {} holds classes {} and {}",
+                        s, &inst.class_names[first as usize], &inst.class_names[c as usize]
+                    );
+                }
+                proptest::prop_assert_eq!(out.cost.overloaded_shards, 0);
+            }
+            Err(e) => proptest::prop_assert!(
+                matches!(
+                    e,
+                    PlannerError::Infeasible(_)
+                        | PlannerError::Overloaded { .. }
+                        | PlannerError::FanOut { .. }
+                        | PlannerError::BoundaryShards { .. }
+                ),
+                "{e}"
+            ),
+        }
+    }
+}
