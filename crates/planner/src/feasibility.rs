@@ -76,14 +76,19 @@ const SLACK: f64 = 1e-9;
 pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeasible> {
     let usable = inst.resources.usable_capacity();
     let limit = usable * (1.0 + SLACK);
-    let own = |d: usize| -> f64 {
-        inst.subscriptions(d)
-            .iter()
-            .map(|&t| inst.rates[t as usize])
-            .sum()
-    };
-    if let Some((d, load)) = (0..inst.devices.len())
-        .map(|d| (d, own(d)))
+    // Each device's own load, once: the per-topic bound reads it again.
+    let own: Vec<f64> = (0..inst.devices.len())
+        .map(|d| {
+            inst.subscriptions(d)
+                .iter()
+                .map(|&t| inst.rates[t as usize])
+                .sum()
+        })
+        .collect();
+    if let Some((d, load)) = own
+        .iter()
+        .copied()
+        .enumerate()
         .filter(|&(_, l)| l > limit)
         .max_by(|a, b| a.1.total_cmp(&b.1))
     {
@@ -169,6 +174,7 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
         let fractional = ((reach - r) / (limit - r)).ceil().max(1.0) as u64;
         let need = fractional.max(apart(
             inst,
+            &own,
             subscribers.of_topic(t),
             limit,
             MAX_ROUTE_SHARDS + 1,
@@ -196,11 +202,11 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
 /// one shard together: a greedy set of pairwise incompatible devices, the
 /// heaviest first. Only devices above half of `limit` can be incompatible
 /// with a device like them, so the rest are not looked at.
-fn apart(inst: &Instance, devices: &[u32], limit: f64, enough: usize) -> u64 {
+fn apart(inst: &Instance, own: &[f64], devices: &[u32], limit: f64, enough: usize) -> u64 {
     let load = |subs: &[u32]| -> f64 { subs.iter().map(|&t| inst.rates[t as usize]).sum() };
     let mut heavy: Vec<(f64, u32)> = devices
         .iter()
-        .map(|&d| (load(inst.subscriptions(d as usize)), d))
+        .map(|&d| (own[d as usize], d))
         .filter(|&(l, _)| l > limit / 2.0)
         .collect();
     if heavy.len() <= 1 {

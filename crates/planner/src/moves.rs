@@ -335,27 +335,14 @@ impl<'a> Partition<'a> {
                 if budget > self.budget_left() {
                     continue;
                 }
-                let mut total = 0.0;
-                let mut moved = 0;
-                for &d in &group {
-                    match self.delta(d as usize, main) {
-                        Some((c, _)) => {
-                            total += c;
-                            self.move_to(d as usize, main);
-                            moved += 1;
-                        }
-                        None => break,
+                match self.move_group(&group, a, main) {
+                    Some(total) if total < -EPS && !self.over(self.load[main as usize]) => {
+                        kept += 1;
+                        // The topic left shard `a`: look at the same index again.
+                        i = 0;
                     }
-                }
-                let whole = moved == group.len();
-                if whole && total < -EPS && !self.over(self.load[main as usize]) {
-                    kept += 1;
-                    // The topic left shard `a`: look at the same index again.
-                    i = 0;
-                } else {
-                    for &d in group[..moved].iter().rev() {
-                        self.move_to(d as usize, a);
-                    }
+                    Some(_) => self.move_all(&group, a),
+                    None => {}
                 }
             }
         }
@@ -404,30 +391,18 @@ impl<'a> Partition<'a> {
             self.neighbours(first, &mut cands);
             let mut best: Option<(f64, u32)> = None;
             for &b in &cands {
-                let (mut total, mut done) = (0.0, 0);
                 let before = self.load[b as usize];
-                for &d in &group {
-                    match self.delta(d as usize, b) {
-                        Some((c, _)) => {
-                            total += c;
-                            self.move_to(d as usize, b);
-                            done += 1;
-                        }
-                        None => break,
-                    }
-                }
+                let Some(total) = self.move_group(&group, a, b) else {
+                    continue;
+                };
                 let fits = !self.over(self.load[b as usize]) || self.load[b as usize] <= before;
-                if done == group.len() && fits && total < -EPS && best.is_none_or(|x| total < x.0) {
+                if fits && total < -EPS && best.is_none_or(|x| total < x.0) {
                     best = Some((total, b));
                 }
-                for &d in group[..done].iter().rev() {
-                    self.move_to(d as usize, a);
-                }
+                self.move_all(&group, a);
             }
             if let Some((_, b)) = best {
-                for &d in &group {
-                    self.move_to(d as usize, b);
-                }
+                self.move_all(&group, b);
                 moved += 1;
             }
         }
@@ -497,7 +472,7 @@ impl<'a> Partition<'a> {
                     self.pins[t as usize]
                         .iter()
                         .map(|p| p.0)
-                        .filter(|&b| b != s && self.load[b as usize] < self.cap_eff),
+                        .filter(|&b| b != s && !self.over(self.load[b as usize])),
                 );
                 cands.sort_unstable_by(|&a, &b| {
                     self.load[a as usize].total_cmp(&self.load[b as usize])
@@ -507,25 +482,15 @@ impl<'a> Partition<'a> {
                 }
                 for &b in &cands {
                     let b = if b == NONE { self.open_reusing() } else { b };
-                    let mut done = 0;
-                    for &d in &piece {
-                        if self.delta(d as usize, b).is_none() {
-                            break;
-                        }
-                        self.move_to(d as usize, b);
-                        done += 1;
+                    if self.move_group(&piece, s, b).is_none() {
+                        continue;
                     }
-                    if done == piece.len()
-                        && !self.over(self.load[b as usize])
-                        && self.load[s as usize] < before - EPS
-                    {
+                    if !self.over(self.load[b as usize]) && self.load[s as usize] < before - EPS {
                         moved += 1;
                         relieved = true;
                         break;
                     }
-                    for &d in piece[..done].iter().rev() {
-                        self.move_to(d as usize, s);
-                    }
+                    self.move_all(&piece, s);
                 }
                 if relieved {
                     break;

@@ -326,6 +326,36 @@ impl<'a> Partition<'a> {
         }
     }
 
+    /// Moves every device of `group` (all in one shard) to `to`, one by
+    /// one; returns the summed cost change when all could go. When one
+    /// cannot (a topic past the fan-out, another boundary class), the ones
+    /// moved go back to `from` and the answer is `None`. The caller keeps
+    /// the move or undoes it with [`Partition::move_all`].
+    pub(crate) fn move_group(&mut self, group: &[u32], from: u32, to: u32) -> Option<f64> {
+        let mut total = 0.0;
+        for (i, &d) in group.iter().enumerate() {
+            match self.delta(d as usize, to) {
+                Some((c, _)) => {
+                    total += c;
+                    self.move_to(d as usize, to);
+                }
+                None => {
+                    self.move_all(&group[..i], from);
+                    return None;
+                }
+            }
+        }
+        Some(total)
+    }
+
+    /// Moves every device of `group` to `to` (in reverse, undoing a
+    /// [`Partition::move_group`] in the order it moved them).
+    pub(crate) fn move_all(&mut self, group: &[u32], to: u32) {
+        for &d in group.iter().rev() {
+            self.move_to(d as usize, to);
+        }
+    }
+
     /// Whether shard `s` may take device `d` under the policy's hard
     /// boundaries (it is empty, or its members are of `d`'s class).
     pub(crate) fn admits(&self, s: u32, d: usize) -> bool {

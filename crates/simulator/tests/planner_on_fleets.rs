@@ -113,26 +113,13 @@ fn fresh_plan_is_valid_and_within_capacity() {
 fn deterministic_for_a_seed() {
     let f = fleet(2);
     let inst = instance(&f, 1.0, resources(60.0, 64));
-    let a = plan(
-        &inst,
-        None,
-        Options {
-            seed: 7,
-            rounds: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let b = plan(
-        &inst,
-        None,
-        Options {
-            seed: 7,
-            rounds: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let opts = Options {
+        seed: 7,
+        rounds: 4,
+        ..Default::default()
+    };
+    let a = plan(&inst, None, opts).unwrap();
+    let b = plan(&inst, None, opts).unwrap();
     assert_eq!(a.plan, b.plan);
     assert_eq!(a.cost, b.cost);
 }

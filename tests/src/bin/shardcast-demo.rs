@@ -408,16 +408,23 @@ fn run() -> Result<bool> {
         for (k, tally) in got.iter().enumerate() {
             let want = expected(k, topics);
             let ok = *tally == want;
-            let mut leaked = 0;
-            for key in tally.keys().chain(want.keys()).collect::<BTreeSet<_>>() {
-                let (have, w) = (
-                    tally.get(key).copied().unwrap_or(0),
-                    want.get(key).copied().unwrap_or(0),
-                );
+            // Per (topic, protocol, family): delivered and promised.
+            let rows: Vec<_> = tally
+                .keys()
+                .chain(want.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|key| {
+                    let have = tally.get(key).copied().unwrap_or(0);
+                    (key, have, want.get(key).copied().unwrap_or(0))
+                })
+                .collect();
+            let (mut leaked, mut lost_here) = (0, 0);
+            for &(key, have, w) in &rows {
                 leaked += have.saturating_sub(w);
                 let lost = w.saturating_sub(have);
-                let multi = topics.iter().any(|(n, s)| *n == key.0 && s.len() > 1);
-                if multi {
+                lost_here += lost;
+                if topics.iter().any(|(n, s)| *n == key.0 && s.len() > 1) {
                     lost_multi += lost;
                 } else {
                     lost_single += lost;
@@ -434,19 +441,10 @@ fn run() -> Result<bool> {
                 if ok {
                     "= plan".to_string()
                 } else {
-                    let lost: usize = want
-                        .iter()
-                        .map(|(key, w)| w.saturating_sub(tally.get(key).copied().unwrap_or(0)))
-                        .sum();
-                    format!("≠ PLAN: {lost} promised publishes LOST, {leaked} not promised")
+                    format!("≠ PLAN: {lost_here} promised publishes LOST, {leaked} not promised")
                 }
             );
-            let keys: BTreeSet<_> = tally.keys().chain(want.keys()).collect();
-            for key in keys {
-                let (have, w) = (
-                    tally.get(key).copied().unwrap_or(0),
-                    want.get(key).copied().unwrap_or(0),
-                );
+            for (key, have, w) in rows {
                 println!(
                     "        {:<12} {:<7} {}  {:>3}{}",
                     key.0,
