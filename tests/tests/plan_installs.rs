@@ -57,6 +57,7 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
             egress: "sc0".into(),
             port: None,
             capacity: None,
+            class: None,
         }],
         devices: vec![],
         topics: names
@@ -67,6 +68,7 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
                 mqttsn_registered_ids: vec![],
             })
             .collect(),
+        policy: Default::default(),
     };
     let ns = lab();
     ns.run(move || {

@@ -22,9 +22,11 @@ use router_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod device;
+pub mod policy;
 pub mod text;
 
 pub use device::{DeviceChecker, DeviceError, NAME_MAX};
+pub use policy::{Policy, PolicyError};
 use text::cut;
 
 /// Everything that can be wrong with a plan. Each names the offender.
@@ -97,6 +99,14 @@ pub enum PlanError {
     DeviceUnknownShard { device: String, shard: u32 },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("shard {shard}: class {class:?} does not fit the policy's separate_by {keys:?}")]
+    ShardClass {
+        shard: u32,
+        class: String,
+        keys: Vec<String>,
+    },
 }
 
 /// A shard: one multicast group (per family) its members join.
@@ -117,6 +127,9 @@ pub struct ShardSpec {
     /// Deliveries per second the shard can take (for the planner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<f64>,
+    /// The policy's boundary class of its members (`sla=premium,...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// A device and the shard it is a member of.
@@ -154,6 +167,9 @@ pub struct Plan {
     #[serde(default)]
     pub devices: Vec<DeviceSpec>,
     pub topics: Vec<TopicSpec>,
+    /// The policy the plan was made under (none: anything may share).
+    #[serde(default, skip_serializing_if = "Policy::is_empty")]
+    pub policy: Policy,
 }
 
 /// A validated shard, addresses parsed.
@@ -258,6 +274,7 @@ impl Plan {
         if self.shards.len() > MAX_SHARDS as usize {
             return Err(PlanError::TooManyShards(self.shards.len()));
         }
+        self.policy.check()?;
         let mut index_of: HashMap<u32, u16> = HashMap::new();
         let mut groups: HashMap<IpAddr, u32> = HashMap::new();
         let mut shards = Vec::with_capacity(self.shards.len());
@@ -267,6 +284,15 @@ impl Plan {
             }
             if s.egress.is_empty() || s.egress.len() > 15 {
                 return Err(PlanError::BadEgress(s.id));
+            }
+            if let Some(class) = &s.class
+                && !self.policy.check_class_name(class)
+            {
+                return Err(PlanError::ShardClass {
+                    shard: s.id,
+                    class: cut(class),
+                    keys: self.policy.separate_by.clone(),
+                });
             }
             if let Some(c) = s.capacity
                 && (c.is_nan() || c <= 0.0)

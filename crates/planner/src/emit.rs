@@ -48,13 +48,16 @@ impl<'a> Partition<'a> {
             if self.members[s] == 0 {
                 continue;
             }
-            let spec = match &specs[s] {
+            let mut spec = match &specs[s] {
                 Some(spec) => spec.clone(),
                 None => {
                     created += 1;
                     groups.next_shard(res)?
                 }
             };
+            // The class it holds under this plan's policy.
+            spec.class = (!self.inst.policy.separate_by.is_empty())
+                .then(|| self.inst.class_names[self.class[s] as usize].clone());
             ids[s] = Some(spec.id);
             index[s] = shards.len() as u32;
             loads.push(self.load[s]);
@@ -106,6 +109,7 @@ impl<'a> Partition<'a> {
             shards,
             devices,
             topics,
+            policy: self.inst.policy.clone(),
         };
         Ok(Emitted {
             plan,
@@ -201,6 +205,7 @@ impl Groups {
                 egress: res.egress.clone(),
                 port: None,
                 capacity: Some(res.shard_capacity),
+                class: None,
             });
         }
     }

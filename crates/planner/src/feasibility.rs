@@ -55,6 +55,14 @@ pub enum Infeasible {
         max_shards: u32,
     },
     #[error(
+        "topic {topic:?} is followed by devices of {classes} boundary classes (e.g. {example:?}); each class needs its own shard and a route spans at most {MAX_ROUTE_SHARDS}"
+    )]
+    TopicClasses {
+        topic: String,
+        classes: usize,
+        example: String,
+    },
+    #[error(
         "topic {topic:?} ({rate:.3} msg/s) is followed by {subscribers} devices whose topics total {reach:.3} msg/s: with it in every shard they share, they need at least {shards} shards of usable capacity {usable:.3}, and a route spans at most {MAX_ROUTE_SHARDS}"
     )]
     Topic {
@@ -74,7 +82,8 @@ const SLACK: f64 = 1e-9;
 /// The first bound `inst` violates, if any (the per-topic bound for the
 /// topic that needs the most shards).
 pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeasible> {
-    let usable = inst.resources.usable_capacity();
+    // Bounds over all shards take the most any class's shard may carry.
+    let usable = inst.class_usable.iter().copied().fold(0.0, f64::max);
     let limit = usable * (1.0 + SLACK);
     // Each device's own load, once: the per-topic bound reads it again.
     let own: Vec<f64> = (0..inst.devices.len())
@@ -85,17 +94,18 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
                 .sum()
         })
         .collect();
+    let class_usable = |d: usize| inst.class_usable[inst.class[d] as usize];
     if let Some((d, load)) = own
         .iter()
         .copied()
         .enumerate()
-        .filter(|&(_, l)| l > limit)
+        .filter(|&(d, l)| l > class_usable(d) * (1.0 + SLACK))
         .max_by(|a, b| a.1.total_cmp(&b.1))
     {
         return Some(Infeasible::Device {
             device: inst.devices[d].clone(),
             load,
-            usable,
+            usable: class_usable(d),
         });
     }
     // Topics with no subscriber are routed nowhere and load no shard.
@@ -134,7 +144,7 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
                     }
                 }
             }
-            let k = (total / limit).ceil() as u64;
+            let k = (total / (inst.class_usable[c] * (1.0 + SLACK))).ceil() as u64;
             need += k.max(1);
             if k > most.0 {
                 most = (k, c);
@@ -146,9 +156,26 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
                 shards: need,
                 class: inst.class_names[most.1].clone(),
                 class_shards: most.0,
-                usable,
+                usable: inst.class_usable[most.1],
                 max_shards: inst.resources.max_shards,
             });
+        }
+        // A topic's followers of c classes need c shards at least.
+        for t in 0..nt as u32 {
+            let mut cs: Vec<u32> = subscribers
+                .of_topic(t)
+                .iter()
+                .map(|&d| inst.class[d as usize])
+                .collect();
+            cs.sort_unstable();
+            cs.dedup();
+            if cs.len() > MAX_ROUTE_SHARDS {
+                return Some(Infeasible::TopicClasses {
+                    topic: inst.topics[t as usize].clone(),
+                    classes: cs.len(),
+                    example: inst.class_names[cs[0] as usize].clone(),
+                });
+            }
         }
     }
     // R_t for every topic whose bound could exceed the fan-out: the union

@@ -199,6 +199,9 @@ pub struct Cost {
     pub migrations: usize,
     /// Messages/s above the router's bandwidth.
     pub bandwidth_excess: f64,
+    /// Σ over soft preferences of weight × (shard, value) pairs: each
+    /// distinct value a shard holds costs the preference's weight.
+    pub together: f64,
     /// Weighted sum of the terms above.
     pub total: f64,
 }
@@ -407,11 +410,11 @@ pub fn plan(
         }
     }
     if cost.overloaded_shards > 0 {
-        let cap = inst.resources.usable_capacity();
+        let worst = p.worst_ratio();
         if !opts.best_effort {
             return Err(PlannerError::Overloaded {
                 shards: cost.overloaded_shards,
-                worst: cost.max_load / cap,
+                worst,
                 active: cost.shards,
                 max_shards: inst.resources.max_shards,
                 blocking: p.blocking_topic().map(|t| inst.topics[t as usize].clone()),
@@ -421,7 +424,7 @@ pub fn plan(
             "{} shard(s) stay above usable capacity ({:.1} msg/s over, the worst at {:.2}x; max_shards {})",
             cost.overloaded_shards,
             cost.overload,
-            cost.max_load / cap,
+            worst,
             inst.resources.max_shards
         ));
     }
@@ -536,6 +539,7 @@ mod tests {
     use super::*;
     use crate::workload::{Workload, WorkloadError};
     use shardcast_plan::DeviceError;
+    use std::collections::BTreeSet;
 
     fn tiny() -> Instance {
         serde_json::from_str::<Workload>(
@@ -769,6 +773,140 @@ mod tests {
     /// Two service classes on the same topics: together they fit one
     /// shard; `separate_by = ["sla"]` puts each in its own, the shared
     /// topics copied to both; bad keys and attributes are refused by name.
+    /// Device `d` (site A) follows `t` (rate 10, the site-B shard's) and
+    /// `u` (rate 2, the site-A shard's): with the B shard it costs 2 in
+    /// copies and one more location there, with the A shard 10 in copies.
+    /// The soft preference flips it at weight 8.
+    #[test]
+    fn a_soft_preference_flips_a_placement_at_its_weight() {
+        let placed = |weight: f64| {
+            let mut devices = Vec::new();
+            for i in 0..5 {
+                devices.push(format!(
+                    r#"{{"id": "a{i}", "subscriptions": ["u", "ta"], "location": "A"}}"#
+                ));
+                devices.push(format!(
+                    r#"{{"id": "b{i}", "subscriptions": ["t", "tb"], "location": "B"}}"#
+                ));
+            }
+            devices.push(r#"{"id": "d", "subscriptions": ["t", "u"], "location": "A"}"#.into());
+            let inst = serde_json::from_str::<Workload>(&format!(
+                r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
+                      "merge_below": 0.5, "egress": "eth1"}},
+                    "cost": {{"wasted": 0, "latency": 0}},
+                    "topics": [{{"name": "t", "rate": 10}}, {{"name": "u", "rate": 2}},
+                               {{"name": "ta", "rate": 50}}, {{"name": "tb", "rate": 50}}],
+                    "devices": [{}],
+                    "policy": {{"prefer_together": [{{"key": "location", "weight": {weight}}}]}}}}"#,
+                devices.join(",")
+            ))
+            .unwrap()
+            .index()
+            .unwrap();
+            let out = plan(&inst, None, Options::default()).unwrap();
+            let a = &out.assignment;
+            assert_ne!(a[0], a[1], "sites apart");
+            assert!(
+                (out.cost.together - weight * (2.0 + (a[10] == a[1]) as u8 as f64)).abs() < 1e-9
+            );
+            if a[10] == a[0] { 'A' } else { 'B' }
+        };
+        assert_eq!(placed(0.0), 'B');
+        assert_eq!(placed(7.0), 'B');
+        assert_eq!(placed(9.0), 'A');
+        assert_eq!(placed(100.0), 'A');
+    }
+
+    /// Premium shards keep their class's headroom (usable 50 of 100, best
+    /// effort 80); when `max_shards` is short, the higher priority gets
+    /// its shards and best effort absorbs the overload.
+    #[test]
+    fn class_headroom_and_priority() {
+        let w = |max_shards: u32, be: usize| {
+            let mut devices = Vec::new();
+            let mut topics = Vec::new();
+            for i in 0..be {
+                topics.push(format!(r#"{{"name": "b{i}", "rate": 20}}"#));
+                devices.push(format!(
+                    r#"{{"id": "b{i}", "subscriptions": ["b{i}"], "sla": "be"}}"#
+                ));
+            }
+            for i in 0..6 {
+                topics.push(format!(r#"{{"name": "p{i}", "rate": 20}}"#));
+                devices.push(format!(
+                    r#"{{"id": "p{i}", "subscriptions": ["p{i}"], "sla": "gold"}}"#
+                ));
+            }
+            serde_json::from_str::<Workload>(&format!(
+                r#"{{"resources": {{"shard_capacity": 100, "max_shards": {max_shards}, "egress": "eth1"}},
+                    "topics": [{}], "devices": [{}],
+                    "policy": {{"separate_by": ["sla"],
+                               "classes": {{"gold": {{"headroom": 0.5, "priority": 1}}}}}}}}"#,
+                topics.join(","),
+                devices.join(",")
+            ))
+            .unwrap()
+            .index()
+            .unwrap()
+        };
+        let inst = w(8, 4);
+        assert_eq!(inst.class_usable, [80.0, 50.0]);
+        let out = plan(&inst, None, Options::default()).unwrap();
+        let gold: BTreeSet<u32> = out.assignment[4..].iter().copied().collect();
+        assert_eq!(gold.len(), 3);
+        for &s in &gold {
+            assert!(out.loads[s as usize] <= 50.0);
+            assert_eq!(
+                out.plan.shards[s as usize].class.as_deref(),
+                Some("sla=gold")
+            );
+        }
+        // 4 shards for gold's 120 at 50 and best effort's 100 at 80: short.
+        let short = w(4, 5);
+        assert!(matches!(
+            plan(&short, None, Options::default()),
+            Err(PlannerError::Infeasible(Infeasible::ClassShards { .. }))
+        ));
+        let out = plan(
+            &short,
+            None,
+            Options {
+                best_effort: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert!(out.cost.shards <= 4);
+        for (d, &s) in out.assignment.iter().enumerate() {
+            let gold = d >= 5;
+            let over = out.loads[s as usize] > short.class_usable[gold as usize];
+            assert_eq!(
+                over, !gold,
+                "device {d} in shard {s} at {}",
+                out.loads[s as usize]
+            );
+        }
+        assert!(!out.warnings.is_empty());
+        // A latency target so tight no load fits is named.
+        let mut bad = serde_json::from_str::<Workload>(
+            r#"{"resources": {"shard_capacity": 100, "max_shards": 4, "egress": "eth1"},
+                "topics": [{"name": "a", "rate": 1}],
+                "devices": [{"id": "d1", "subscriptions": ["a"], "sla": "gold"}],
+                "policy": {"separate_by": ["sla"], "classes": {"gold": {"latency_target_ms": 5}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            bad.index(),
+            Err(WorkloadError::ClassCapacity { .. })
+        ));
+        bad.policy
+            .classes
+            .get_mut("gold")
+            .unwrap()
+            .latency_target_ms = Some(20.0);
+        assert_eq!(bad.index().unwrap().class_usable, [50.0]);
+    }
+
     #[test]
     fn hard_boundaries_separate_classes() {
         let w = |policy: &str| {
@@ -816,10 +954,7 @@ mod tests {
         ));
         for bad in ["color", "location:0", "location:x", "sla\", \"sla"] {
             let policy = format!(r#", "policy": {{"separate_by": ["{bad}"]}}"#);
-            assert!(
-                matches!(w(&policy), Err(WorkloadError::BoundaryKey { .. })),
-                "{bad}"
-            );
+            assert!(matches!(w(&policy), Err(WorkloadError::Policy(_))), "{bad}");
         }
         let bad_attr = serde_json::from_str::<Workload>(
             r#"{"resources": {"shard_capacity": 100, "max_shards": 4, "egress": "eth1"},

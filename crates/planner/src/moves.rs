@@ -42,7 +42,7 @@ impl<'a> Partition<'a> {
                 if any.is_none_or(|b| c < b.0) {
                     any = Some((c, s));
                 }
-                if !self.over(after) || self.over(own) {
+                if !self.over_for(d, after) || self.over_for(d, own) {
                     let key = (after - self.load[s as usize], s != fill, c, s);
                     let better = |b: &(f64, bool, f64, u32)| {
                         if (key.0 - b.0).abs() > EPS {
@@ -91,7 +91,7 @@ impl<'a> Partition<'a> {
     /// stay where they were once the migration budget is spent.
     pub(crate) fn split_overloaded(&mut self, keys: &[(u32, u32, u64)]) {
         let over: Vec<bool> = (0..self.load.len())
-            .map(|s| self.over(self.load[s]) && self.members[s] > 1)
+            .map(|s| self.over(s as u32, self.load[s]) && self.members[s] > 1)
             .collect();
         if !over.contains(&true) || !self.can_open() {
             return;
@@ -124,7 +124,7 @@ impl<'a> Partition<'a> {
                     continue;
                 }
                 if let Some((c, after)) = self.delta(d, s) {
-                    if !self.over(after) && fitting.is_none_or(|b| c < b.0) {
+                    if !self.over_for(d, after) && fitting.is_none_or(|b| c < b.0) {
                         fitting = Some((c, s));
                     }
                     if any.is_none_or(|b| c < b.0) {
@@ -135,7 +135,7 @@ impl<'a> Partition<'a> {
             // Home first while it has room: only the overflow moves.
             let home_fits = self
                 .delta(d, home)
-                .is_some_and(|(_, after)| !self.over(after));
+                .is_some_and(|(_, after)| !self.over_for(d, after));
             if !home_fits && !may_migrate {
                 self.deferred += 1;
             }
@@ -336,7 +336,7 @@ impl<'a> Partition<'a> {
                     continue;
                 }
                 match self.move_group(&group, a, main) {
-                    Some(total) if total < -EPS && !self.over(self.load[main as usize]) => {
+                    Some(total) if total < -EPS && !self.over(main, self.load[main as usize]) => {
                         kept += 1;
                         // The topic left shard `a`: look at the same index again.
                         i = 0;
@@ -395,7 +395,7 @@ impl<'a> Partition<'a> {
                 let Some(total) = self.move_group(&group, a, b) else {
                     continue;
                 };
-                let fits = !self.over(self.load[b as usize]) || self.load[b as usize] <= before;
+                let fits = !self.over(b, self.load[b as usize]) || self.load[b as usize] <= before;
                 if fits && total < -EPS && best.is_none_or(|x| total < x.0) {
                     best = Some((total, b));
                 }
@@ -426,7 +426,7 @@ impl<'a> Partition<'a> {
         let mut tries = 0usize;
         loop {
             let Some(s) = (0..self.load.len() as u32)
-                .filter(|&s| self.members[s as usize] > 1 && self.over(self.load[s as usize]))
+                .filter(|&s| self.members[s as usize] > 1 && self.over(s, self.load[s as usize]))
                 .max_by(|&a, &b| {
                     self.load[a as usize]
                         .total_cmp(&self.load[b as usize])
@@ -472,12 +472,14 @@ impl<'a> Partition<'a> {
                     self.pins[t as usize]
                         .iter()
                         .map(|p| p.0)
-                        .filter(|&b| b != s && !self.over(self.load[b as usize])),
+                        .filter(|&b| b != s && !self.over(b, self.load[b as usize])),
                 );
                 cands.sort_unstable_by(|&a, &b| {
                     self.load[a as usize].total_cmp(&self.load[b as usize])
                 });
-                if self.can_open() && self.pins[t as usize].len() < MAX_ROUTE_SHARDS {
+                if self.can_open_class(self.class[s as usize])
+                    && self.pins[t as usize].len() < MAX_ROUTE_SHARDS
+                {
                     cands.push(NONE);
                 }
                 for &b in &cands {
@@ -485,7 +487,8 @@ impl<'a> Partition<'a> {
                     if self.move_group(&piece, s, b).is_none() {
                         continue;
                     }
-                    if !self.over(self.load[b as usize]) && self.load[s as usize] < before - EPS {
+                    if !self.over(b, self.load[b as usize]) && self.load[s as usize] < before - EPS
+                    {
                         moved += 1;
                         relieved = true;
                         break;
@@ -506,13 +509,14 @@ impl<'a> Partition<'a> {
     /// Folds quiet shards into a partner while their union stays below
     /// `merge_below` of usable capacity. Returns merges done.
     pub(crate) fn merge_quiet(&mut self) -> usize {
-        let limit = self.inst.resources.merge_below * self.cap_eff;
+        let merge_below = self.inst.resources.merge_below;
+        let limit = |p: &Partition, s: u32| merge_below * p.usable(s);
         let mut merged = 0;
         let mut tried: BTreeSet<u32> = BTreeSet::new();
         loop {
             let mut quiet: Vec<u32> = (0..self.load.len() as u32)
                 .filter(|&s| self.members[s as usize] > 0 && !tried.contains(&s))
-                .filter(|&s| self.load[s as usize] < limit)
+                .filter(|&s| self.load[s as usize] < limit(self, s))
                 .collect();
             if quiet.is_empty() || self.active() < 2 {
                 return merged;
@@ -536,7 +540,7 @@ impl<'a> Partition<'a> {
                     let union = self.load[s as usize] + self.load[q as usize] - shared[q as usize];
                     (union, q)
                 })
-                .filter(|&(u, _)| u < limit)
+                .filter(|&(u, _)| u < limit(self, s))
                 .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let Some((_, q)) = partner else {
                 tried.insert(s);

@@ -3,6 +3,8 @@
 //! cost change O(subscriptions), and the cost model itself
 //! (`docs/workload-format.md`).
 
+use std::collections::HashMap;
+
 use router_common::maps::MAX_ROUTE_SHARDS;
 
 use crate::{
@@ -30,6 +32,13 @@ pub(crate) struct Partition<'a> {
     /// only ever holds devices of one class (the policy's hard boundaries).
     pub(crate) class: Vec<u32>,
     pub(crate) total: f64,
+    /// Per soft preference, per shard: devices of each value there.
+    pub(crate) together: Vec<Vec<HashMap<u32, u32>>>,
+    /// Per soft preference: (shard, value) pairs with a device.
+    pub(crate) together_pairs: Vec<u64>,
+    /// Most shards each class may open (the class priorities when
+    /// `max_shards` is short; unlimited otherwise).
+    pub(crate) class_limit: Vec<usize>,
     pub(crate) migrations: usize,
     /// Moves not made because the migration budget was spent.
     pub(crate) deferred: usize,
@@ -116,7 +125,7 @@ impl<'a> Partition<'a> {
             }
             let max_load = p.load.iter().fold(0.0f64, |a, &b| a.max(b));
             tracing::debug!(k, max_load, "graph partition");
-            if !p.over(max_load) || k >= max || attempt == 4 {
+            if !Self::above(max_load, p.cap_eff) || k >= max || attempt == 4 {
                 return Ok(Some(p));
             }
             let more = ((k as f64 * max_load / p.cap_eff * 1.02).ceil() as usize).min(max);
@@ -129,7 +138,7 @@ impl<'a> Partition<'a> {
 
     pub(crate) fn new(inst: &'a Instance) -> Self {
         let n = inst.devices.len();
-        Partition {
+        let mut p = Partition {
             inst,
             w: inst.weights,
             cap: inst.resources.shard_capacity,
@@ -142,9 +151,14 @@ impl<'a> Partition<'a> {
             members: Vec::new(),
             class: Vec::new(),
             total: 0.0,
+            together: vec![Vec::new(); inst.together.len()],
+            together_pairs: vec![0; inst.together.len()],
+            class_limit: vec![usize::MAX; inst.class_names.len()],
             migrations: 0,
             deferred: 0,
-        }
+        };
+        p.limit_classes();
+        p
     }
 
     pub(crate) fn open(&mut self) -> u32 {
@@ -152,6 +166,9 @@ impl<'a> Partition<'a> {
         self.wsum.push(0.0);
         self.members.push(0);
         self.class.push(NONE);
+        for t in &mut self.together {
+            t.push(HashMap::new());
+        }
         (self.load.len() - 1) as u32
     }
 
@@ -185,6 +202,13 @@ impl<'a> Partition<'a> {
             }
         }
         self.wsum[s as usize] += self.inst.waste_weight[d];
+        for (k, t) in self.inst.together.iter().enumerate() {
+            let n = self.together[k][s as usize].entry(t.value[d]).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.together_pairs[k] += 1;
+            }
+        }
         if self.members[s as usize] == 0 {
             self.class[s as usize] = self.inst.class[d];
         }
@@ -208,6 +232,15 @@ impl<'a> Partition<'a> {
             }
         }
         self.wsum[s as usize] -= self.inst.waste_weight[d];
+        for (k, t) in self.inst.together.iter().enumerate() {
+            let counts = &mut self.together[k][s as usize];
+            let n = counts.get_mut(&t.value[d]).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&t.value[d]);
+                self.together_pairs[k] -= 1;
+            }
+        }
         self.members[s as usize] -= 1;
         if self.members[s as usize] == 0 {
             // Clear rounding residue so an empty shard reads exactly 0.
@@ -223,13 +256,14 @@ impl<'a> Partition<'a> {
         self.place(d, s);
     }
 
-    /// The cost terms that depend on one shard alone.
-    pub(crate) fn shard_cost(&self, load: f64, wsum: f64, members: u32) -> f64 {
+    /// The cost terms that depend on one shard alone (`usable`: its
+    /// class's usable capacity).
+    pub(crate) fn shard_cost(&self, load: f64, wsum: f64, members: u32, usable: f64) -> f64 {
         if members == 0 {
             return 0.0;
         }
         let rho = (load / self.cap).min(0.99);
-        self.w.overload * (load - self.cap_eff).max(0.0)
+        self.w.overload * (load - usable).max(0.0)
             + self.w.wasted * load * wsum
             + self.w.latency * load * rho / (1.0 - rho)
             + self.w.shard
@@ -266,12 +300,25 @@ impl<'a> Partition<'a> {
         }
         let wd = self.inst.waste_weight[d];
         let (bu, ls, ws, ms) = (b as usize, &self.load, &self.wsum, &self.members);
-        let mut c = self.shard_cost(ls[bu] + gain, ws[bu] + wd, ms[bu] + 1)
-            - self.shard_cost(ls[bu], ws[bu], ms[bu]);
+        // `b` admits `d`: it is of `d`'s class, or becomes so.
+        let ub = self.usable_of_class(self.inst.class[d]);
+        let mut c = self.shard_cost(ls[bu] + gain, ws[bu] + wd, ms[bu] + 1, ub)
+            - self.shard_cost(ls[bu], ws[bu], ms[bu], ub);
         if a != NONE {
             let au = a as usize;
-            c += self.shard_cost(ls[au] - lose, ws[au] - wd, ms[au] - 1)
-                - self.shard_cost(ls[au], ws[au], ms[au]);
+            let ua = self.usable(a);
+            c += self.shard_cost(ls[au] - lose, ws[au] - wd, ms[au] - 1, ua)
+                - self.shard_cost(ls[au], ws[au], ms[au], ua);
+        }
+        for (k, t) in self.inst.together.iter().enumerate() {
+            let v = t.value[d];
+            let count = |s: u32| self.together[k][s as usize].get(&v).copied().unwrap_or(0);
+            if a != NONE && count(a) == 1 {
+                c -= t.weight;
+            }
+            if count(b) == 0 {
+                c += t.weight;
+            }
         }
         c += self.w.copies * (gain - lose);
         c += self.bandwidth_cost(self.total + gain - lose) - self.bandwidth_cost(self.total);
@@ -299,7 +346,7 @@ impl<'a> Partition<'a> {
     /// Whether a new shard can take unplaced device `d` without a topic of
     /// it exceeding the fan-out.
     pub(crate) fn can_open_for(&self, d: usize) -> bool {
-        self.can_open()
+        self.can_open_class(self.inst.class[d])
             && self
                 .inst
                 .subscriptions(d)
@@ -309,6 +356,103 @@ impl<'a> Partition<'a> {
 
     pub(crate) fn can_open(&self) -> bool {
         self.active() < self.inst.resources.max_shards as usize
+    }
+
+    /// Whether a shard of class `c` can be opened: within `max_shards` and
+    /// the class's limit.
+    pub(crate) fn can_open_class(&self, c: u32) -> bool {
+        self.can_open()
+            && (self.class_limit[c as usize] == usize::MAX
+                || (0..self.class.len())
+                    .filter(|&s| self.members[s] > 0 && self.class[s] == c)
+                    .count()
+                    < self.class_limit[c as usize])
+    }
+
+    /// Sets each class's shard limit when `max_shards` is short for all
+    /// and the classes' priorities differ: classes in order of priority
+    /// reserve the shards their rate needs (padded like a fresh plan's),
+    /// each leaving one shard for every class after it. The others get
+    /// what is left, and overload first.
+    fn limit_classes(&mut self) {
+        let inst = self.inst;
+        let nc = inst.class_names.len();
+        if nc < 2 {
+            return;
+        }
+        let mut rate = vec![0.0; nc];
+        let mut seen = vec![NONE; inst.topics.len()];
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); nc];
+        for (d, &c) in inst.class.iter().enumerate() {
+            by_class[c as usize].push(d);
+        }
+        for (c, devices) in by_class.iter().enumerate() {
+            for &d in devices {
+                for &t in inst.subscriptions(d) {
+                    if seen[t as usize] != c as u32 {
+                        seen[t as usize] = c as u32;
+                        rate[c] += inst.rates[t as usize];
+                    }
+                }
+            }
+        }
+        let need: Vec<usize> = (0..nc)
+            .map(|c| ((rate[c] * GRAPH_LOAD_FACTOR / inst.class_usable[c]).ceil() as usize).max(1))
+            .collect();
+        let max = inst.resources.max_shards as usize;
+        let first = inst.class_priority[0];
+        if need.iter().sum::<usize>() <= max || inst.class_priority.iter().all(|&p| p == first) {
+            return;
+        }
+        let mut order: Vec<usize> = (0..nc).collect();
+        order.sort_by_key(|&c| (std::cmp::Reverse(inst.class_priority[c]), c));
+        let mut left = max;
+        for (i, &c) in order.iter().enumerate() {
+            let after = nc - i - 1;
+            let limit = left.saturating_sub(after).max(1);
+            self.class_limit[c] = limit;
+            left = left.saturating_sub(need[c].min(limit));
+        }
+    }
+
+    /// Usable capacity of a shard of class `c` (NONE: an empty shard).
+    pub(crate) fn usable_of_class(&self, c: u32) -> f64 {
+        if c == NONE {
+            self.cap_eff
+        } else {
+            self.inst.class_usable[c as usize]
+        }
+    }
+
+    /// Usable capacity of shard `s` (its class's).
+    pub(crate) fn usable(&self, s: u32) -> f64 {
+        self.usable_of_class(self.class[s as usize])
+    }
+
+    /// Whether shard `s` at `load` is above its usable capacity.
+    pub(crate) fn over(&self, s: u32, load: f64) -> bool {
+        Self::above(load, self.usable(s))
+    }
+
+    /// Whether a shard holding device `d` (so of its class) at `load` is
+    /// above usable capacity.
+    pub(crate) fn over_for(&self, d: usize, load: f64) -> bool {
+        Self::above(load, self.usable_of_class(self.inst.class[d]))
+    }
+
+    /// Whether `load` is above `usable`. Loads are sums of rates: a fleet
+    /// sized to fill shards exactly must not read as over capacity by
+    /// rounding, hence the relative tolerance.
+    fn above(load: f64, usable: f64) -> bool {
+        load > usable * (1.0 + 1e-9)
+    }
+
+    /// The highest load over usable capacity of any shard.
+    pub(crate) fn worst_ratio(&self) -> f64 {
+        (0..self.load.len() as u32)
+            .filter(|&s| self.members[s as usize] > 0)
+            .map(|s| self.load[s as usize] / self.usable(s))
+            .fold(0.0, f64::max)
     }
 
     /// A fresh slot, reusing an empty one when there is.
@@ -403,7 +547,7 @@ impl<'a> Partition<'a> {
     /// Shards above usable capacity.
     pub(crate) fn overloaded(&self) -> usize {
         (0..self.load.len())
-            .filter(|&s| self.members[s] > 0 && self.over(self.load[s]))
+            .filter(|&s| self.members[s] > 0 && self.over(s as u32, self.load[s]))
             .count()
     }
 
@@ -414,7 +558,7 @@ impl<'a> Partition<'a> {
             .filter(|&t| {
                 let p = &self.pins[t as usize];
                 p.len() >= MAX_ROUTE_SHARDS
-                    && p.iter().any(|&(s, _)| self.over(self.load[s as usize]))
+                    && p.iter().any(|&(s, _)| self.over(s, self.load[s as usize]))
             })
             .max_by(|&a, &b| {
                 self.inst.rates[a as usize]
@@ -458,14 +602,7 @@ impl<'a> Partition<'a> {
     /// Refinement never pushes a shard above usable capacity (or further
     /// above it), whatever the other terms would gain.
     pub(crate) fn within_capacity(&self, s: u32, after: f64) -> bool {
-        !self.over(after) || after <= self.load[s as usize]
-    }
-
-    /// Whether `load` is above usable capacity. Loads are sums of rates: a
-    /// fleet sized to fill shards exactly must not read as over capacity
-    /// by rounding, hence the relative tolerance.
-    pub(crate) fn over(&self, load: f64) -> bool {
-        load > self.cap_eff * (1.0 + 1e-9)
+        !self.over(s, after) || after <= self.load[s as usize]
     }
 
     pub(crate) fn cost(&self) -> Cost {
@@ -494,11 +631,12 @@ impl<'a> Partition<'a> {
                 continue;
             }
             let l = self.load[s];
+            let usable = self.usable(s as u32);
             c.shards += 1;
             sum += l;
             c.max_load = c.max_load.max(l);
-            if self.over(l) && l > self.cap_eff + EPS {
-                c.overload += l - self.cap_eff;
+            if self.over(s as u32, l) && l > usable + EPS {
+                c.overload += l - usable;
                 c.overloaded_shards += 1;
             }
             c.wasted += l * self.wsum[s];
@@ -513,6 +651,12 @@ impl<'a> Partition<'a> {
         c.wasted = (c.wasted - own).max(0.0);
         c.copies = (sum - subscribed).max(0.0);
         c.migrations = self.migrations;
+        c.together = inst
+            .together
+            .iter()
+            .zip(&self.together_pairs)
+            .map(|(t, &n)| t.weight * n as f64)
+            .sum();
         c.bandwidth_excess = inst.resources.bandwidth.map_or(0.0, |b| (sum - b).max(0.0));
         let w = &self.w;
         c.total = w.overload * (c.overload + c.bandwidth_excess)
@@ -520,7 +664,8 @@ impl<'a> Partition<'a> {
             + w.wasted * c.wasted
             + w.latency * c.latency
             + w.shard * c.shards as f64
-            + w.migration * c.migrations as f64;
+            + w.migration * c.migrations as f64
+            + c.together;
         c
     }
 }

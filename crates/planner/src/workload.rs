@@ -15,7 +15,12 @@ use std::{
 
 use router_common::{maps::MAX_SHARDS, topic::TOPIC_MAX};
 use serde::{Deserialize, Serialize};
-use shardcast_plan::{DeviceChecker, DeviceError, text::cut};
+pub use shardcast_plan::policy::{ClassSpec, Policy, Preference};
+use shardcast_plan::{
+    DeviceChecker, DeviceError,
+    policy::{Attributes, PolicyError},
+    text::cut,
+};
 
 /// Everything that can be wrong with a workload. Each names the offender.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -44,10 +49,16 @@ pub enum WorkloadError {
     Device(#[from] DeviceError),
     #[error("MQTT-SN predefined id {id} is given to both {a:?} and {b:?}")]
     DuplicatePredefinedId { id: u16, a: String, b: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(
-        "policy.separate_by: {key:?} is not a boundary key (sla, type, location, location:N with N in 1..={LOCATION_DEPTH_MAX}), or is listed twice"
+        "policy.classes[{class:?}]: headroom and latency target leave no usable capacity ({usable:.3} msg/s of {capacity})"
     )]
-    BoundaryKey { key: String },
+    ClassCapacity {
+        class: String,
+        usable: f64,
+        capacity: f64,
+    },
     #[error(
         "device {device:?}: {field} must be 1..={ATTRIBUTE_MAX} bytes without control characters"
     )]
@@ -184,66 +195,13 @@ pub struct Device {
     pub sla: Option<String>,
 }
 
-/// What may share a shard (`docs/workload-format.md`, "Policy").
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Hard boundaries: devices that differ in any of these keys never
-    /// share a shard. Keys: `sla`, `type`, `location` (the whole path) and
-    /// `location:N` (its first N segments: `location:1` never across
-    /// sites).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub separate_by: Vec<String>,
-}
-
-impl Policy {
-    pub fn is_empty(&self) -> bool {
-        self.separate_by.is_empty()
-    }
-}
-
-/// One key of [`Policy::separate_by`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BoundaryKey {
-    Sla,
-    Type,
-    /// The first N segments of the location (all of them: `None`).
-    Location(Option<usize>),
-}
-
-/// Deepest `location:N` a policy may name.
-const LOCATION_DEPTH_MAX: usize = 64;
-
-impl BoundaryKey {
-    fn parse(key: &str) -> Option<BoundaryKey> {
-        match key {
-            "sla" => Some(BoundaryKey::Sla),
-            "type" => Some(BoundaryKey::Type),
-            "location" => Some(BoundaryKey::Location(None)),
-            _ => {
-                let n: usize = key.strip_prefix("location:")?.parse().ok()?;
-                (1..=LOCATION_DEPTH_MAX)
-                    .contains(&n)
-                    .then_some(BoundaryKey::Location(Some(n)))
-            }
-        }
-    }
-
-    /// The device's value for this key ("" when it has none).
-    fn value(self, d: &Device) -> &str {
-        match self {
-            BoundaryKey::Sla => d.sla.as_deref().unwrap_or(""),
-            BoundaryKey::Type => d.kind.as_deref().unwrap_or(""),
-            BoundaryKey::Location(depth) => {
-                let loc = d.location.as_deref().unwrap_or("");
-                match depth {
-                    None => loc,
-                    Some(n) => match loc.match_indices('/').nth(n - 1) {
-                        Some((i, _)) => &loc[..i],
-                        None => loc,
-                    },
-                }
-            }
+impl Device {
+    /// The attributes the policy reads.
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            location: self.location.as_deref(),
+            kind: self.kind.as_deref(),
+            sla: self.sla.as_deref(),
         }
     }
 }
@@ -292,6 +250,27 @@ pub struct Instance {
     /// Each class as `key=value` pairs (`sla=premium,location:1=site-a`);
     /// one empty name without a policy.
     pub class_names: Vec<String>,
+    /// Usable capacity of a shard of each class (its SLA class's headroom
+    /// and latency target; `resources.usable_capacity()` without).
+    pub class_usable: Vec<f64>,
+    /// Priority of each class (higher: its shards first when `max_shards`
+    /// is short).
+    pub class_priority: Vec<u32>,
+    /// Soft preferences: each distinct value of the key in a shard costs
+    /// the weight.
+    pub together: Vec<Together>,
+    /// The policy as given (emitted into the plan).
+    pub policy: Policy,
+}
+
+/// One soft preference in index form.
+#[derive(Clone, Debug)]
+pub struct Together {
+    pub key: String,
+    pub weight: f64,
+    /// Each device's value, as an index into `names`.
+    pub value: Vec<u32>,
+    pub names: Vec<String>,
 }
 
 impl Instance {
@@ -358,13 +337,7 @@ impl Workload {
                 }
             }
         }
-        let mut keys: Vec<BoundaryKey> = Vec::new();
-        for key in &self.policy.separate_by {
-            match BoundaryKey::parse(key) {
-                Some(k) if !keys.contains(&k) => keys.push(k),
-                _ => return Err(WorkloadError::BoundaryKey { key: cut(key) }),
-            }
-        }
+        let checked = self.policy.check()?;
         let n = self.devices.len();
         let mut checker = DeviceChecker::default();
         let mut sub_start = Vec::with_capacity(n + 1);
@@ -419,25 +392,64 @@ impl Workload {
         // Boundary classes, numbered in order of first appearance.
         let mut class_names: Vec<String> = Vec::new();
         let mut class_of: HashMap<String, u32> = HashMap::new();
+        let mut class_sla: Vec<&str> = Vec::new();
         let class = self
             .devices
             .iter()
             .map(|d| {
-                let name = keys
-                    .iter()
-                    .zip(&self.policy.separate_by)
-                    .map(|(k, key)| format!("{key}={}", k.value(d)))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                *class_of.entry(name.clone()).or_insert_with(|| {
-                    class_names.push(name);
+                let a = d.attributes();
+                let name = self.policy.class_name(&checked, &a);
+                *class_of.entry(name).or_insert_with_key(|name| {
+                    class_names.push(name.clone());
+                    class_sla.push(a.sla.unwrap_or(""));
                     class_names.len() as u32 - 1
                 })
             })
             .collect();
         if class_names.is_empty() {
             class_names.push(String::new());
+            class_sla.push("");
         }
+        let r = &self.resources;
+        let mut class_usable = Vec::with_capacity(class_names.len());
+        for &sla in &class_sla {
+            let usable = self.policy.usable(sla, r.shard_capacity, r.headroom);
+            if usable <= 0.0 {
+                return Err(WorkloadError::ClassCapacity {
+                    class: cut(sla),
+                    usable,
+                    capacity: r.shard_capacity,
+                });
+            }
+            class_usable.push(usable);
+        }
+        let class_priority = class_sla.iter().map(|s| self.policy.priority(s)).collect();
+        let together = checked
+            .together
+            .iter()
+            .zip(&self.policy.prefer_together)
+            .map(|(&(k, weight), p)| {
+                let mut names: Vec<String> = Vec::new();
+                let mut index: HashMap<&str, u32> = HashMap::new();
+                let value = self
+                    .devices
+                    .iter()
+                    .map(|d| {
+                        let v = k.value(&d.attributes());
+                        *index.entry(v).or_insert_with(|| {
+                            names.push(v.to_string());
+                            names.len() as u32 - 1
+                        })
+                    })
+                    .collect();
+                Together {
+                    key: p.key.clone(),
+                    weight,
+                    value,
+                    names,
+                }
+            })
+            .collect();
         Ok(Instance {
             resources: self.resources.clone(),
             weights: self.cost,
@@ -452,6 +464,10 @@ impl Workload {
             subs,
             class,
             class_names,
+            class_usable,
+            class_priority,
+            together,
+            policy: self.policy.clone(),
         })
     }
 }

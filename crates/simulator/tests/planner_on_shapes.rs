@@ -4,7 +4,10 @@
 //! allowed never giving a worse plan.
 
 use router_common::maps::MAX_ROUTE_SHARDS;
-use shardcast_planner::{Infeasible, Options, PlannerError, plan, workload::Instance};
+use shardcast_planner::{
+    Infeasible, Options, PlannerError, plan,
+    workload::{ClassSpec, Instance, Preference},
+};
 use shardcast_sim::shapes::{Shape, generate};
 
 const FEASIBLE: [Shape; 4] = [
@@ -201,9 +204,11 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
 
     /// Hard boundaries: fleets of every shape with random locations, types
-    /// and service classes, and a random `separate_by`: no plan ever puts
-    /// devices of two classes in one shard, and a refusal is about
-    /// capacity, fan-out or the classes' shard count.
+    /// and service classes, a random `separate_by`, per-class headroom and
+    /// soft preferences: no plan ever puts devices of two classes in one
+    /// shard or a shard above its class's usable capacity, the plan names
+    /// each shard's class and the policy, and a refusal is about capacity,
+    /// fan-out or the classes' shard count.
     #[test]
     fn no_plan_crosses_a_hard_boundary(
         shape in proptest::sample::select(Shape::ALL.to_vec()),
@@ -213,6 +218,8 @@ proptest::proptest! {
             vec!["sla", "type", "location:1", "location:2", "location"], 1..3),
         slas in 1usize..4,
         sites in 1usize..5,
+        headroom in proptest::collection::vec(0.0f64..0.6, 3),
+        together in proptest::option::of(0.0f64..50.0),
     ) {
         let mut w = generate(shape, devices, seed, 64).workload;
         for (i, d) in w.devices.iter_mut().enumerate() {
@@ -225,10 +232,34 @@ proptest::proptest! {
             d.location = Some(format!("site{}/{g}/f{}", (h >> 24) as usize % sites, (h >> 32) % 3));
         }
         w.policy.separate_by = keys.iter().map(|k| k.to_string()).collect();
+        if keys.contains(&"sla") {
+            for (c, &h) in headroom.iter().enumerate() {
+                w.policy.classes.insert(
+                    format!("class{c}"),
+                    ClassSpec { headroom: Some(h), priority: c as u32, ..Default::default() },
+                );
+            }
+        }
+        if let Some(weight) = together {
+            w.policy.prefer_together = vec![Preference { key: "location:2".into(), weight }];
+        }
         let inst = w.index().unwrap();
         match plan(&inst, None, Options::default()) {
             Ok(out) => {
                 out.plan.compile().expect("the plan installs");
+                proptest::prop_assert_eq!(&out.plan.policy, &w.policy);
+                for (d, &s) in out.assignment.iter().enumerate() {
+                    let c = inst.class[d] as usize;
+                    proptest::prop_assert_eq!(
+                        out.plan.shards[s as usize].class.as_deref(),
+                        Some(inst.class_names[c].as_str())
+                    );
+                    proptest::prop_assert!(
+                        out.loads[s as usize] <= inst.class_usable[c] * (1.0 + 1e-9),
+                        "shard {} at {} above its class's usable {}",
+                        s, out.loads[s as usize], inst.class_usable[c]
+                    );
+                }
                 let mut class_of_shard = std::collections::HashMap::new();
                 for (d, &s) in out.assignment.iter().enumerate() {
                     let c = inst.class[d];

@@ -154,6 +154,7 @@ fn big_plan(n: usize, generation: u64, variant: u32) -> shardcast_plan::Plan {
             egress: "sc0".into(),
             port: None,
             capacity: None,
+            class: None,
         })
         .collect();
     let topics = (0..n)
@@ -172,6 +173,7 @@ fn big_plan(n: usize, generation: u64, variant: u32) -> shardcast_plan::Plan {
         shards,
         devices: vec![],
         topics,
+        policy: Default::default(),
     }
 }
 
