@@ -228,6 +228,117 @@ fn plans_replans_and_refuses_bad_workloads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The workload's buildings as sites, `x` premium: under `separate_by =
+/// ["sla"]` the plan names each shard's class, `check` shows the policy,
+/// `--explain` says what each shard holds and why a device is where it
+/// is, and a policy or explained device that does not exist is refused.
+#[test]
+fn plans_under_a_policy_and_explains() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("scpolicy"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v = workload(1.0);
+    for d in v["devices"].as_array_mut().unwrap() {
+        let id = d["id"].as_str().unwrap().to_string();
+        let site = if id.starts_with("d1") {
+            "north"
+        } else {
+            "south"
+        };
+        d["location"] = format!("{site}/main").into();
+        d["sla"] = if id == "x" { "premium" } else { "standard" }.into();
+    }
+    v["policy"] = serde_json::json!({
+        "separate_by": ["sla"],
+        "prefer_together": [{"key": "location:1", "weight": 2.0}],
+        "classes": {"premium": {"headroom": 0.5, "priority": 1}}
+    });
+    let w = write(&dir, "w.json", &v);
+    let p = dir.join("p.json");
+    let (ok, out, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w,
+        "--explain",
+        "--explain-device",
+        "x",
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("policy              separate_by sla; prefer_together location:1 (weight 2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sla=premium") && out.contains("sla=standard"),
+        "{out}"
+    );
+    assert!(out.contains("device \"x\" is in shard"), "{out}");
+    assert!(
+        out.contains("not allowed (hard boundary: the shard holds class \"sla=standard\")"),
+        "{out}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    assert_eq!(plan["policy"], v["policy"]);
+    let premium: Vec<&serde_json::Value> = plan["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["class"] == "sla=premium")
+        .collect();
+    assert_eq!(premium.len(), 1, "{plan}");
+    let (ok, out, err) = ctl(&["check", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("policy: separate_by sla") && out.contains("1 shards of class sla=premium"),
+        "{out}"
+    );
+    // A plan whose shard class does not fit its policy is refused.
+    let mut bad = plan.clone();
+    bad["shards"][0]["class"] = "type=camera".into();
+    let b = write(&dir, "bad-plan.json", &bad);
+    let (ok, _, err) = ctl(&["check", &b]);
+    assert!(
+        !ok && err.contains("does not fit the policy's separate_by"),
+        "{err}"
+    );
+    // Bad input: an unknown explained device, an unknown policy key, a
+    // class without the sla boundary. Nothing is written.
+    let never = dir.join("never.json");
+    let (ok, _, err) = ctl(&[
+        "plan",
+        "--workload",
+        &w,
+        "--explain-device",
+        "nobody",
+        "--out",
+        never.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("\"nobody\" is not in the workload"),
+        "{err}"
+    );
+    for (policy, want) in [
+        (
+            serde_json::json!({"separate_by": ["floor"]}),
+            "\"floor\" is not a policy key",
+        ),
+        (
+            serde_json::json!({"classes": {"premium": {"priority": 1}}}),
+            "need \"sla\" in separate_by",
+        ),
+    ] {
+        let mut v = v.clone();
+        v["policy"] = policy;
+        let w = write(&dir, "bad.json", &v);
+        let (ok, _, err) = ctl(&["plan", "--workload", &w, "--out", never.to_str().unwrap()]);
+        assert!(!ok && err.contains(want), "{err}");
+    }
+    assert!(!never.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn simulates_and_plots() {
     let dir = std::env::temp_dir().join(integration_tests::unique("scsim"));

@@ -249,6 +249,16 @@ pub fn group_name(groups: &[String], i: u32) -> &str {
 }
 
 impl Plan {
+    /// Shards per boundary class (`-` for shards without one).
+    pub fn shards_by_class(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for s in &self.shards {
+            *m.entry(s.class.clone().unwrap_or_else(|| "-".into()))
+                .or_default() += 1;
+        }
+        m
+    }
+
     /// Reads and parses a plan file (not yet validated: see [`Plan::compile`]).
     pub fn from_file(path: &Path) -> Result<Plan, PlanError> {
         let text = std::fs::read_to_string(path).map_err(|e| PlanError::Read {

@@ -257,6 +257,44 @@ impl Policy {
         self.classes.get(sla).map_or(0, |c| c.priority)
     }
 
+    /// One line for operators: the boundaries, preferences and classes
+    /// (`none` for an empty policy).
+    pub fn summary(&self) -> String {
+        if self.is_empty() {
+            return "none (any devices may share a shard)".into();
+        }
+        let mut parts = Vec::new();
+        if !self.separate_by.is_empty() {
+            parts.push(format!("separate_by {}", self.separate_by.join(", ")));
+        }
+        if !self.prefer_together.is_empty() {
+            let p: Vec<String> = self
+                .prefer_together
+                .iter()
+                .map(|p| format!("{} (weight {})", p.key, p.weight))
+                .collect();
+            parts.push(format!("prefer_together {}", p.join(", ")));
+        }
+        if !self.classes.is_empty() {
+            let c: Vec<String> = self
+                .classes
+                .iter()
+                .map(|(name, c)| {
+                    let mut v = vec![format!("priority {}", c.priority)];
+                    if let Some(h) = c.headroom {
+                        v.push(format!("headroom {h}"));
+                    }
+                    if let Some(t) = c.latency_target_ms {
+                        v.push(format!("latency target {t} ms"));
+                    }
+                    format!("{name:?} ({})", v.join(", "))
+                })
+                .collect();
+            parts.push(format!("classes {}", c.join(", ")));
+        }
+        parts.join("; ")
+    }
+
     /// Checks that a shard's class name fits the policy: one `key=value`
     /// per boundary key, in order (empty without boundaries).
     pub fn check_class_name(&self, name: &str) -> bool {

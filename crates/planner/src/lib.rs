@@ -71,6 +71,7 @@ use crate::workload::Instance;
 
 mod components;
 mod emit;
+mod explain;
 mod feasibility;
 mod initial;
 mod moves;
@@ -78,8 +79,11 @@ mod partition;
 mod subscribers;
 pub mod workload;
 
-pub use crate::feasibility::Infeasible;
 use crate::{emit::Emitted, partition::Partition, subscribers::Subscribers};
+pub use crate::{
+    explain::{Alternative, DeviceWhy, Explanation, ShardWhy, explain},
+    feasibility::Infeasible,
+};
 
 pub(crate) const NONE: u32 = u32::MAX;
 /// Shards of a fresh plan: the total rate times this over usable

@@ -31,6 +31,8 @@ struct Checked {
     shards: usize,
     topics: usize,
     route_keys: usize,
+    policy: shardcast_plan::Policy,
+    shards_by_class: std::collections::BTreeMap<String, usize>,
 }
 
 impl std::fmt::Display for Checked {
@@ -43,15 +45,25 @@ impl std::fmt::Display for Checked {
             self.shards,
             self.topics,
             self.route_keys
-        )
+        )?;
+        writeln!(f, "policy: {}", self.policy.summary())?;
+        if !self.policy.separate_by.is_empty() {
+            for (class, n) in &self.shards_by_class {
+                writeln!(f, "  {n:>5} shards of class {class}")?;
+            }
+        }
+        Ok(())
     }
 }
 
 pub fn check(g: &Globals, a: CheckArgs) -> Result<()> {
-    let c = Plan::from_file(&a.plan)?
+    let p = Plan::from_file(&a.plan)?;
+    let c = p
         .compile()
         .with_context(|| format!("plan {} is invalid", a.plan.display()))?;
     g.print(&Checked {
+        shards_by_class: p.shards_by_class(),
+        policy: p.policy,
         plan: a.plan,
         generation: c.generation,
         shards: c.shards.len(),

@@ -41,6 +41,8 @@ struct ShardView {
     egress_slot: u32,
     port: u16,
     src_mac: String,
+    /// The policy's boundary class (from the installed plan's copy).
+    class: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -62,6 +64,8 @@ struct Dump {
     egress: Vec<EgressView>,
     shards: Vec<ShardView>,
     routes: Vec<RouteView>,
+    /// The installed plan's policy (absent without the plan's copy).
+    policy: Option<shardcast_plan::Policy>,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -89,20 +93,25 @@ impl fmt::Display for Dump {
         )?;
         let egress: Vec<(u32, u32)> = self.egress.iter().map(|e| (e.slot, e.ifindex)).collect();
         writeln!(f, "egress: {egress:?}")?;
+        match &self.policy {
+            Some(p) => writeln!(f, "policy: {}", p.summary())?,
+            None => writeln!(f, "policy: unknown (no copy of the installed plan)")?,
+        }
         writeln!(
             f,
-            "{:>6}  {:<16} {:<24} {:>6} {:>6}",
+            "{:>6}  {:<16} {:<24} {:>6} {:>6}  class",
             "shard", "group_v4", "group_v6", "egress", "port"
         )?;
         for sh in &self.shards {
             writeln!(
                 f,
-                "{:>6}  {:<16} {:<24} {:>6} {:>6}",
+                "{:>6}  {:<16} {:<24} {:>6} {:>6}  {}",
                 sh.id,
                 sh.group_v4.as_deref().unwrap_or("-"),
                 sh.group_v6.as_deref().unwrap_or("-"),
                 sh.egress_slot,
-                sh.port
+                sh.port,
+                sh.class.as_deref().unwrap_or("-")
             )?;
         }
         writeln!(f, "{:<16}  {:<32} {:>5}  shards", "key", "topic", "slot")?;
@@ -130,7 +139,14 @@ pub fn run(g: &Globals, command: MapsCommand) -> Result<()> {
     let dp = Dataplane::open(&g.pin_root)?;
     let s = dp.snapshot()?;
     let names = state::key_names(&g.state_dir, s.meta.generation);
+    let plan = state::load_plan(&g.state_dir, s.meta.generation);
+    let class_of: std::collections::HashMap<u32, String> = plan
+        .iter()
+        .flat_map(|p| &p.shards)
+        .filter_map(|sh| Some((sh.id, sh.class.clone()?)))
+        .collect();
     let dump = Dump {
+        policy: plan.map(|p| p.policy),
         config: ConfigView {
             mqttsn_port: s.config.mqttsn_port,
             coap_port: s.config.coap_port,
@@ -156,6 +172,7 @@ pub fn run(g: &Globals, command: MapsCommand) -> Result<()> {
                 egress_slot: sh.egress_slot,
                 port: sh.port,
                 src_mac: mac(&sh.src_mac),
+                class: class_of.get(&sh.id).cloned(),
             })
             .collect(),
         routes: s

@@ -44,6 +44,15 @@ pub struct PlanArgs {
     /// found, with warnings, instead of failing.
     #[arg(long)]
     pub best_effort: bool,
+    /// Also print, per shard, the classes and locations it holds and how
+    /// full it is.
+    #[arg(long)]
+    pub explain: bool,
+    /// Explain why this device is in its shard: what every other shard
+    /// would cost under the planner's cost model, or why it is ruled out
+    /// (repeatable; implies --explain).
+    #[arg(long, value_name = "DEVICE")]
+    pub explain_device: Vec<String>,
     /// Write the plan here (atomically).
     #[arg(long)]
     pub out: PathBuf,
@@ -64,7 +73,13 @@ struct Planned {
     topics: usize,
     #[serde(skip)]
     usable_capacity: f64,
+    policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<planner::Explanation>,
 }
+
+/// Alternatives shown per explained device (all are in `--json`).
+const ALTERNATIVES_SHOWN: usize = 5;
 
 impl fmt::Display for Planned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,9 +116,87 @@ impl fmt::Display for Planned {
         if c.bandwidth_excess > 0.0 {
             writeln!(f, "  above bandwidth     {:.1} msg/s", c.bandwidth_excess)?;
         }
+        if c.together > 0.0 {
+            writeln!(f, "  soft preferences    {:.1}", c.together)?;
+        }
         writeln!(f, "  total cost          {:.1}", c.total)?;
+        writeln!(f, "  policy              {}", self.policy)?;
         for warning in &self.warnings {
             writeln!(f, "warning: {warning}")?;
+        }
+        if let Some(e) = &self.explain {
+            writeln!(
+                f,
+                "{:>6} {:>8} {:>10} {:>10}  {:<24} locations (devices)",
+                "shard", "devices", "load", "usable", "class"
+            )?;
+            for s in &e.shards {
+                let locs: Vec<String> = s
+                    .locations
+                    .iter()
+                    .map(|(l, n)| format!("{} ({n})", if l.is_empty() { "-" } else { l }))
+                    .collect();
+                let more = s.distinct_locations.saturating_sub(s.locations.len());
+                writeln!(
+                    f,
+                    "{:>6} {:>8} {:>10.1} {:>10.1}  {:<24} {}{}",
+                    s.id,
+                    s.devices,
+                    s.load,
+                    s.usable,
+                    if s.class.is_empty() { "-" } else { &s.class },
+                    locs.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            for d in &e.devices {
+                writeln!(
+                    f,
+                    "device {:?} is in shard {}{}",
+                    d.device,
+                    d.shard,
+                    if d.class.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (class {})", d.class)
+                    }
+                )?;
+                for (t, rate, shards) in &d.topics {
+                    writeln!(
+                        f,
+                        "  follows {t:?} ({rate:.2} msg/s), routed to shards {shards:?}"
+                    )?;
+                }
+                if d.alternatives.is_empty() {
+                    writeln!(f, "  no other shard exists")?;
+                }
+                for alt in d.alternatives.iter().take(ALTERNATIVES_SHOWN) {
+                    match (alt.cost_change, &alt.why_not) {
+                        (Some(c), None) => {
+                            writeln!(f, "  shard {}: the plan would cost {c:+.2} more", alt.shard)?
+                        }
+                        (Some(c), Some(why)) => writeln!(
+                            f,
+                            "  shard {}: the plan would cost {c:+.2} more, and {why}",
+                            alt.shard
+                        )?,
+                        (None, why) => writeln!(
+                            f,
+                            "  shard {}: not allowed ({})",
+                            alt.shard,
+                            why.as_deref().unwrap_or("?")
+                        )?,
+                    }
+                }
+                let more = d.alternatives.len().saturating_sub(ALTERNATIVES_SHOWN);
+                if more > 0 {
+                    writeln!(f, "  ... {more} more shards (all in --json)")?;
+                }
+            }
         }
         Ok(())
     }
@@ -151,8 +244,18 @@ pub fn run(g: &Globals, a: PlanArgs) -> Result<()> {
     out.plan
         .compile()
         .context("internal error: the planner produced an invalid plan")?;
+    let explain = (a.explain || !a.explain_device.is_empty())
+        .then(|| {
+            let locations: Vec<Option<&str>> =
+                w.devices.iter().map(|d| d.location.as_deref()).collect();
+            planner::explain(&inst, &out, &locations, &a.explain_device)
+                .map_err(|e| anyhow::anyhow!("--explain-device: {e}"))
+        })
+        .transpose()?;
     write_atomically(&a.out, |w| w.write_all(out.plan.to_json().as_bytes()))?;
     g.print(&Planned {
+        policy: out.plan.policy.summary(),
+        explain,
         generation: out.plan.generation,
         cost: out.cost,
         created: out.created,

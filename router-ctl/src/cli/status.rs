@@ -29,6 +29,10 @@ struct Status {
     passed: u64,
     topics_counted: usize,
     unrouted_keys: usize,
+    /// The installed plan's policy (from its copy in the state dir; absent
+    /// when the copy is missing).
+    policy: Option<shardcast_plan::Policy>,
+    shards_by_class: std::collections::BTreeMap<String, usize>,
 }
 
 impl fmt::Display for Status {
@@ -57,7 +61,22 @@ impl fmt::Display for Status {
             f,
             "packets: {} redirected, {} passed to the stack; {} topics counted, {} unrouted keys",
             self.redirected, self.passed, self.topics_counted, self.unrouted_keys
-        )
+        )?;
+        match &self.policy {
+            None => writeln!(f, "policy: unknown (no copy of the installed plan)"),
+            Some(p) => {
+                writeln!(f, "policy: {}", p.summary())?;
+                if !p.separate_by.is_empty() {
+                    let by: Vec<String> = self
+                        .shards_by_class
+                        .iter()
+                        .map(|(c, n)| format!("{c} {n}"))
+                        .collect();
+                    writeln!(f, "shards by class: {}", by.join(", "))?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -72,7 +91,13 @@ pub fn run(g: &Globals) -> Result<()> {
             .map(|(_, v)| v.packets)
             .sum()
     };
+    let plan = crate::state::load_plan(&g.state_dir, s.meta.generation);
     g.print(&Status {
+        shards_by_class: plan
+            .as_ref()
+            .map(|p| p.shards_by_class())
+            .unwrap_or_default(),
+        policy: plan.map(|p| p.policy),
         pins: PinPaths::new(&g.pin_root).dir().to_path_buf(),
         generation: s.meta.generation,
         installed_unix: s.meta.installed_unix,
