@@ -38,6 +38,7 @@ pub fn synthetic(seed: u64, topics: usize, days: u32) -> Vec<Vec<f64>> {
         zone_rate: 0.5,
         days,
         flashes_per_day: (topics as f64 / 200.0).max(2.0),
+        premium_sites: 0.0,
     });
     let minutes = days * 1440;
     let n = fleet.topics.len();

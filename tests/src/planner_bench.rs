@@ -28,6 +28,7 @@ pub fn instance(devices: usize, shards: usize) -> Instance {
         zone_rate: 1.0,
         days: 1,
         flashes_per_day: 0.0,
+        premium_sites: 0.0,
     });
     let rates = fleet.rates(12 * 60);
     let total: f64 = rates.iter().sum();

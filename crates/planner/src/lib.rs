@@ -279,6 +279,14 @@ pub fn plan(
     // of another class are placed again below (a current plan's too, if
     // the policy changed).
     p.evict_other_classes();
+    // Classes of lower priority give up shards when max_shards is short.
+    let folded = p.enforce_class_limits();
+    if folded > 0 {
+        warnings.push(format!(
+            "max_shards {} is short for every class: {folded} shard(s) of lower-priority classes folded for higher ones",
+            inst.resources.max_shards
+        ));
+    }
     if seeded {
         tracing::debug!(elapsed = ?started.elapsed(), "graph partition");
         let moved = p.enforce_fanout(&subscribers);

@@ -506,6 +506,60 @@ impl<'a> Partition<'a> {
         }
     }
 
+    /// Brings every class down to its shard limit (see
+    /// `Partition::limit_classes`): while a class holds more shards than
+    /// its limit (a current plan made for other rates), its lightest shard
+    /// is folded into the shard of its class where the union is smallest,
+    /// overload or not: the shards go to the classes of higher priority.
+    /// Returns the shards folded.
+    pub(crate) fn enforce_class_limits(&mut self) -> usize {
+        let mut folded = 0;
+        for c in 0..self.class_limit.len() as u32 {
+            let limit = self.class_limit[c as usize];
+            if limit == usize::MAX {
+                continue;
+            }
+            loop {
+                let mine: Vec<u32> = (0..self.load.len() as u32)
+                    .filter(|&s| self.members[s as usize] > 0 && self.class[s as usize] == c)
+                    .collect();
+                if mine.len() <= limit.max(1) {
+                    break;
+                }
+                let from = *mine
+                    .iter()
+                    .min_by(|&&a, &&b| {
+                        self.load[a as usize]
+                            .total_cmp(&self.load[b as usize])
+                            .then(a.cmp(&b))
+                    })
+                    .expect("non-empty");
+                // The partner sharing the most rate with it grows least.
+                let mut shared = vec![0.0; self.load.len()];
+                for (t, pins) in self.pins.iter().enumerate() {
+                    if pins.iter().any(|p| p.0 == from) {
+                        for &(q, _) in pins {
+                            shared[q as usize] += self.inst.rates[t];
+                        }
+                    }
+                }
+                let to = *mine
+                    .iter()
+                    .filter(|&&q| q != from)
+                    .min_by(|&&a, &&b| {
+                        let union = |q: u32| self.load[q as usize] - shared[q as usize];
+                        union(a).total_cmp(&union(b)).then(a.cmp(&b))
+                    })
+                    .expect("two shards at least");
+                for d in self.members_of(from) {
+                    self.move_to(d as usize, to);
+                }
+                folded += 1;
+            }
+        }
+        folded
+    }
+
     /// Folds quiet shards into a partner while their union stays below
     /// `merge_below` of usable capacity. Returns merges done.
     pub(crate) fn merge_quiet(&mut self) -> usize {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use shardcast_forecast as forecast;
 use shardcast_plan::Plan;
+use shardcast_planner::workload::Policy;
 use shardcast_planner::{
     self as planner, Options, PlannerError,
     workload::{Resources, WorkloadError},
@@ -60,7 +61,7 @@ pub enum SimError {
     Plot { path: String, reason: String },
 }
 
-pub const BUILTIN: &[&str] = &["default", "small", "flashy"];
+pub const BUILTIN: &[&str] = &["default", "small", "flashy", "sla"];
 
 /// Limits on what a scenario may ask for, checked before anything is
 /// allocated (docs/simulator.md): a small file must not ask for terabytes.
@@ -94,7 +95,15 @@ pub struct Scenario {
     /// Days of history gathered before the strategies start.
     #[serde(default = "three")]
     pub warmup_days: u32,
+    /// Shard boundary policy the planner follows (`docs/workload-format.md`,
+    /// "Policy"); the fleet's devices carry a location (`s<site>/z<zone>`)
+    /// and, with `fleet.premium_sites`, a service class.
+    #[serde(default, skip_serializing_if = "Policy::is_empty")]
+    pub policy: Policy,
 }
+
+/// Shards of the built-in "sla" scenario: fewer than its daily peak needs.
+const SLA_MAX_SHARDS: u32 = 8;
 
 fn fifteen() -> u32 {
     15
@@ -110,11 +119,27 @@ impl Scenario {
     /// A built-in scenario; `days` is the compared span.
     pub fn builtin(name: &str, days: u32) -> Result<Scenario, SimError> {
         let (devices, sites, topics, flashes, capacity) = match name {
-            "default" => (4000, 20, 400, 2.0, 40.0),
+            "default" | "sla" => (4000, 20, 400, 2.0, 40.0),
             "small" => (600, 6, 60, 2.0, 10.0),
             "flashy" => (4000, 20, 400, 8.0, 40.0),
             other => return Err(SimError::Unknown(other.to_string())),
         };
+        // "sla": the default fleet with a quarter of its sites premium,
+        // premium shards kept 40% free and served first, on fewer shards
+        // than the peak wants: standard absorbs the shortage.
+        let sla = name == "sla";
+        let premium_sites = if sla { 0.25 } else { 0.0 };
+        let policy: Policy = if sla {
+            serde_json::from_str(
+                r#"{"separate_by": ["sla"], "classes": {
+                    "premium": {"headroom": 0.4, "priority": 1},
+                    "standard": {"headroom": 0.1}}}"#,
+            )
+            .expect("built-in policy parses")
+        } else {
+            Policy::default()
+        };
+        let max_shards = if sla { SLA_MAX_SHARDS } else { 256 };
         Ok(Scenario {
             fleet: FleetSpec {
                 seed: 1,
@@ -124,10 +149,11 @@ impl Scenario {
                 zone_rate: 0.5,
                 days: 0,
                 flashes_per_day: flashes,
+                premium_sites,
             },
             resources: Resources {
                 shard_capacity: capacity,
-                max_shards: 256,
+                max_shards,
                 headroom: 0.2,
                 merge_below: 0.7,
                 bandwidth: None,
@@ -139,6 +165,7 @@ impl Scenario {
             cycle: 15,
             lead: 10,
             warmup_days: 3,
+            policy,
         }
         .with_days(days))
     }
@@ -249,6 +276,15 @@ impl Scenario {
         if self.fleet.days <= self.warmup_days {
             return bad("days", "must compare at least one day".into());
         }
+        if !(0.0..=1.0).contains(&f.premium_sites) {
+            return bad(
+                "fleet.premium_sites",
+                format!("{} must be a fraction within 0..=1", f.premium_sites),
+            );
+        }
+        if let Err(e) = self.policy.check() {
+            return bad("policy", e.to_string());
+        }
         Ok(self.resources.validate()?)
     }
 }
@@ -258,6 +294,9 @@ impl Scenario {
 pub struct Totals {
     pub strategy: &'static str,
     pub overload_minutes: u64,
+    /// Of those, shard-minutes of shards holding premium devices (with
+    /// `fleet.premium_sites`).
+    pub premium_overload_minutes: u64,
     pub shard_hours: f64,
     pub copies: f64,
     pub wasted: f64,
@@ -300,6 +339,8 @@ struct Live {
     /// Shards holding each topic's subscribers.
     topic_shards: Vec<Vec<u32>>,
     members: Vec<u32>,
+    /// Whether each shard holds a premium device.
+    premium: Vec<bool>,
     /// Planned subscribers of each topic (what they want to hear is not
     /// wasted).
     subscribers: Vec<u32>,
@@ -317,6 +358,7 @@ impl Live {
             plan: None,
             topic_shards: vec![Vec::new(); topics],
             members: Vec::new(),
+            premium: Vec::new(),
             subscribers: vec![0; topics],
             device_shard: vec![None; devices],
             totals: Totals {
@@ -348,6 +390,7 @@ impl Live {
             .max()
             .map_or(0, |&m| m as usize + 1);
         self.members = vec![0; shards];
+        self.premium = vec![false; shards];
         self.subscribers.fill(0);
         for ts in &mut self.topic_shards {
             ts.clear();
@@ -355,6 +398,8 @@ impl Live {
         for (d, s) in assignment.iter().enumerate() {
             if let Some(s) = *s {
                 self.members[s as usize] += 1;
+                self.premium[s as usize] |=
+                    fleet.spec.premium_sites > 0.0 && fleet.sla(d) == "premium";
                 for &t in &fleet.devices[d].subscriptions {
                     self.subscribers[t as usize] += 1;
                     let ts = &mut self.topic_shards[t as usize];
@@ -391,6 +436,7 @@ impl Live {
             let rate = l / 60.0;
             if rate > capacity {
                 over += 1;
+                self.totals.premium_overload_minutes += self.premium[s] as u64;
             }
             max_u = max_u.max(rate / capacity);
             reached += l * self.members[s] as f64;
@@ -471,7 +517,9 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
                     }
                     _ => nowcast.clone(),
                 };
-                let inst = fleet.workload(&present, m, &rates, resources).index()?;
+                let mut w = fleet.workload(&present, m, &rates, resources);
+                w.policy = sc.policy.clone();
+                let inst = w.index()?;
                 // A run through an overload goes on: the strategies are
                 // compared by the overload they leave.
                 let options = Options {

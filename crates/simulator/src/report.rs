@@ -50,6 +50,25 @@ impl Report {
                 t.planning_s
             );
         }
+        if sc.fleet.premium_sites > 0.0 {
+            let _ = writeln!(
+                s,
+                "overload by class (shard-minutes): {}",
+                self.totals
+                    .iter()
+                    .map(|t| format!(
+                        "{} premium {} / standard {}",
+                        t.strategy,
+                        t.premium_overload_minutes,
+                        t.overload_minutes - t.premium_overload_minutes
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        if !sc.policy.is_empty() {
+            let _ = writeln!(s, "policy: {}", sc.policy.summary());
+        }
         let (r, p) = (&self.totals[1], &self.totals[2]);
         if r.overload_minutes > 0 {
             let _ = writeln!(

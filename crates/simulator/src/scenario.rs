@@ -48,6 +48,16 @@ pub struct FleetSpec {
     /// Flash events per day across the fleet.
     #[serde(default = "two")]
     pub flashes_per_day: f64,
+    /// Fraction of sites whose devices are of service class `premium`
+    /// (the others `standard`); 0: devices carry no class. Sites are
+    /// picked by a hash of the seed and the site, so the fleet and its
+    /// traffic are the same with or without classes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub premium_sites: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one() -> f64 {
@@ -96,6 +106,8 @@ pub struct Flash {
 pub struct Fleet {
     pub spec: FleetSpec,
     pub sites: Vec<Site>,
+    /// Whether each site's devices are of the premium class.
+    pub premium: Vec<bool>,
     pub topics: Vec<String>,
     pub topic_site: Vec<u32>,
     /// Whether a topic is a site's alerts topic (no scheduled sync on it).
@@ -188,8 +200,15 @@ impl Fleet {
                 factor: rng.random_range(2.0..4.0),
             })
             .collect();
+        let premium = (0..sites.len())
+            .map(|s| {
+                let draw = shardcast_planner::mix(spec.seed ^ ((s as u64) << 20)) % 1_000_000;
+                spec.premium_sites > 0.0 && (draw as f64) < spec.premium_sites * 1e6
+            })
+            .collect();
         Fleet {
             spec,
+            premium,
             sites,
             topics,
             topic_site,
@@ -290,6 +309,15 @@ impl Fleet {
         }
     }
 
+    /// Device `d`'s service class (`premium` or `standard`).
+    pub fn sla(&self, d: usize) -> &'static str {
+        if self.premium[self.devices[d].site as usize] {
+            "premium"
+        } else {
+            "standard"
+        }
+    }
+
     /// The devices that are part of the fleet at `minute`.
     pub fn present_devices(&self, minute: u32) -> Vec<usize> {
         (0..self.devices.len())
@@ -334,9 +362,17 @@ impl Fleet {
                             .collect(),
                         connected: true,
                         battery: self.battery(d, minute),
-                        location: None,
+                        // Its zone topic's name is its place: `s<site>/z<zone>`.
+                        location: dev
+                            .subscriptions
+                            .iter()
+                            .find(|&&t| {
+                                self.topic_site[t as usize] == dev.site
+                                    && !self.topic_alerts[t as usize]
+                            })
+                            .map(|&t| self.topics[t as usize].clone()),
                         kind: None,
-                        sla: None,
+                        sla: (self.spec.premium_sites > 0.0).then(|| self.sla(d).to_string()),
                     }
                 })
                 .collect(),
@@ -369,6 +405,7 @@ mod tests {
             zone_rate: 1.0,
             days: 7,
             flashes_per_day: 2.0,
+            premium_sites: 0.0,
         }
     }
 
@@ -413,6 +450,7 @@ mod tests {
     fn cycles_syncs_and_flashes_shape_the_rates() {
         let f = Fleet::generate(FleetSpec {
             flashes_per_day: 0.0,
+            premium_sites: 0.0,
             ..small()
         });
         for (s, site) in f.sites.iter().enumerate() {

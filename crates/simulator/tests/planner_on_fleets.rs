@@ -37,6 +37,7 @@ fn fleet(seed: u64) -> Fleet {
         zone_rate: 1.0,
         days: 7,
         flashes_per_day: 2.0,
+        premium_sites: 0.0,
     })
 }
 

@@ -12,7 +12,7 @@ use super::Globals;
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
-    /// A built-in scenario (default, small, flashy) or a JSON file.
+    /// A built-in scenario (default, small, flashy, sla) or a JSON file.
     #[arg(long, default_value = "default")]
     pub scenario: String,
     /// Days compared (after the scenario's warm-up).
