@@ -381,3 +381,107 @@ pub fn shapes(target: &Path) -> Result<String> {
     }
     Ok(out)
 }
+
+/// What each shard boundary policy costs (`SHARDCAST_BENCH=policy`): the
+/// planner on the fleet shapes with attributes
+/// (`shapes::with_attributes`: 4 sites, a fifth of the groups premium),
+/// unconstrained and under each policy; copies and shards against the
+/// unconstrained plan. `SHARDCAST_BENCH_DEVICES` sets the fleet size
+/// (default 200,000).
+pub fn policies() -> Result<String> {
+    let devices: usize = match std::env::var("SHARDCAST_BENCH_DEVICES") {
+        Ok(s) => s
+            .parse()
+            .ok()
+            .filter(|n| (100..=2_000_000).contains(n))
+            .with_context(|| format!("SHARDCAST_BENCH_DEVICES={s:?}: expected 100..=2000000"))?,
+        Err(_) => 200_000,
+    };
+    let mut out = format!(
+        "Shard boundary policies, {devices} devices, 4 sites, a fifth of the groups premium, max_shards 256:\n\n| shape | policy | shards | copies (msg/s) | copies / unconstrained | shards / unconstrained | (shard, site) pairs | time |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let policies: [(&str, &str); 5] = [
+        ("none", "{}"),
+        (
+            "separate_by location:1 (sites)",
+            r#"{"separate_by": ["location:1"]}"#,
+        ),
+        (
+            "separate_by sla, premium headroom 0.4",
+            r#"{"separate_by": ["sla"], "classes": {"premium": {"headroom": 0.4, "priority": 1}}}"#,
+        ),
+        (
+            "prefer_together location:1, weight 5% of a shard",
+            r#"{"prefer_together": [{"key": "location:1", "weight": 0.05}]}"#,
+        ),
+        (
+            "prefer_together location:1, weight 50% of a shard",
+            r#"{"prefer_together": [{"key": "location:1", "weight": 0.5}]}"#,
+        ),
+    ];
+    for shape in [
+        shapes::Shape::Campus,
+        shapes::Shape::Vehicles,
+        shapes::Shape::Communities,
+        shapes::Shape::Geometric,
+    ] {
+        let mut w = shapes::generate(shape, devices, 1, 256).workload;
+        shapes::with_attributes(&mut w, 4, 0.2);
+        let mut base: Option<(f64, usize)> = None;
+        for (name, json) in policies {
+            let mut policy: planner::workload::Policy = serde_json::from_str(json)?;
+            for p in &mut policy.prefer_together {
+                // In copies: a site more in a shard costs as much as this
+                // fraction of a shard's usable capacity copied.
+                p.weight *= w.resources.usable_capacity();
+            }
+            // (shard, site) pairs: how many sites the shards span in all.
+            let site_of = |d: &planner::workload::Device| {
+                d.location
+                    .as_deref()
+                    .and_then(|l| l.split('/').next())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            w.policy = policy;
+            let inst = w.index()?;
+            let t = Instant::now();
+            let res = planner::plan(&inst, None, Options::default());
+            let secs = t.elapsed().as_secs_f64();
+            match res {
+                Ok(o) => {
+                    let (c0, s0) = *base.get_or_insert((o.cost.copies, o.cost.shards));
+                    let pairs: std::collections::BTreeSet<(u32, String)> = o
+                        .assignment
+                        .iter()
+                        .zip(&w.devices)
+                        .map(|(&s, d)| (s, site_of(d)))
+                        .collect();
+                    let ratio = |a: f64, b: f64| {
+                        if b > 1e-6 {
+                            format!("{:.3}", a / b)
+                        } else if a <= 1e-6 {
+                            "1 (both 0)".into()
+                        } else {
+                            "(none without)".into()
+                        }
+                    };
+                    out.push_str(&format!(
+                        "| {} | {name} | {} | {:.0} | {} | {:.3} | {} | {secs:.2} s |\n",
+                        shape.name(),
+                        o.cost.shards,
+                        o.cost.copies,
+                        ratio(o.cost.copies, c0),
+                        o.cost.shards as f64 / s0.max(1) as f64,
+                        pairs.len(),
+                    ));
+                }
+                Err(e) => out.push_str(&format!(
+                    "| {} | {name} | refused: {e} | | | | | {secs:.2} s |\n",
+                    shape.name()
+                )),
+            }
+        }
+    }
+    Ok(out)
+}

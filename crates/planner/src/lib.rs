@@ -355,6 +355,11 @@ pub fn plan(
     tracing::debug!(elapsed = ?started.elapsed(), refine_moves, "refined");
     let nets = p.net_moves(&subscribers, 64);
     tracing::debug!(elapsed = ?started.elapsed(), nets, "net moves");
+    if !inst.together.is_empty() {
+        let together = p.together_moves(4096);
+        refine_moves += p.refine(1, opts.seed ^ 0x7061_6972);
+        tracing::debug!(elapsed = ?started.elapsed(), together, "soft-preference moves");
+    }
     // Group moves (look-alike devices of a shard together), then a round
     // of single moves and net moves with larger pieces: a coarse level.
     let passes = if inst.subs.len() <= THOROUGH_MAX_SUBSCRIPTIONS {
@@ -370,6 +375,9 @@ pub fn plan(
         }
         refine_moves += p.refine(1, opts.seed ^ pass);
         p.net_moves(&subscribers, 4096);
+        if !inst.together.is_empty() {
+            p.together_moves(4096);
+        }
     }
     // 4. Merge quiet shards.
     let merged = p.merge_quiet();
@@ -827,6 +835,52 @@ mod tests {
         assert_eq!(placed(7.0), 'B');
         assert_eq!(placed(9.0), 'A');
         assert_eq!(placed(100.0), 'A');
+    }
+
+    /// Two site-A devices follow only `tb2` (rate 5), which site B's
+    /// devices follow too: with B's shard they cost nothing in copies and
+    /// one site more there. Neither alone can take site A out of B's
+    /// shard (the copy comes with the first, the gain with the last), so
+    /// only moving both together finds the cheaper plan once the weight
+    /// passes 5.
+    #[test]
+    fn a_soft_preference_moves_a_values_devices_together() {
+        let placed = |weight: f64| {
+            let mut devices = Vec::new();
+            for i in 0..5 {
+                devices.push(format!(
+                    r#"{{"id": "a{i}", "subscriptions": ["ta"], "location": "A"}}"#
+                ));
+                devices.push(format!(
+                    r#"{{"id": "b{i}", "subscriptions": ["tb", "tb2"], "location": "B"}}"#
+                ));
+            }
+            for i in 0..2 {
+                devices.push(format!(
+                    r#"{{"id": "x{i}", "subscriptions": ["tb2"], "location": "A"}}"#
+                ));
+            }
+            let inst = serde_json::from_str::<Workload>(&format!(
+                r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
+                      "merge_below": 0.5, "egress": "eth1"}},
+                    "cost": {{"wasted": 0, "latency": 0}},
+                    "topics": [{{"name": "ta", "rate": 50}}, {{"name": "tb", "rate": 50}},
+                               {{"name": "tb2", "rate": 5}}],
+                    "devices": [{}],
+                    "policy": {{"prefer_together": [{{"key": "location", "weight": {weight}}}]}}}}"#,
+                devices.join(",")
+            ))
+            .unwrap()
+            .index()
+            .unwrap();
+            let out = plan(&inst, None, Options::default()).unwrap();
+            let a = &out.assignment;
+            assert_eq!(a[10], a[11], "the two move together");
+            if a[10] == a[0] { 'A' } else { 'B' }
+        };
+        assert_eq!(placed(0.0), 'B');
+        assert_eq!(placed(4.0), 'B');
+        assert_eq!(placed(20.0), 'A');
     }
 
     /// Premium shards keep their class's headroom (usable 50 of 100, best

@@ -349,6 +349,60 @@ impl<'a> Partition<'a> {
         kept
     }
 
+    /// Soft-preference moves: the devices a shard holds of one value of a
+    /// preferred key (a site's few devices in another site's shard) move
+    /// together to the shard holding most of that value, kept when the
+    /// whole move lowers the cost within capacity. One device alone cannot
+    /// take a value out of a shard (the price goes with the last one), so
+    /// single moves never see this gain, as with a topic's copies. Returns
+    /// the groups moved.
+    pub(crate) fn together_moves(&mut self, max_group: usize) -> usize {
+        let inst = self.inst;
+        let mut moved = 0;
+        for (k, t) in inst.together.iter().enumerate() {
+            // Devices by (shard, value).
+            let mut order: Vec<u32> = (0..inst.devices.len() as u32).collect();
+            order.sort_unstable_by_key(|&d| (self.assign[d as usize], t.value[d as usize], d));
+            let mut i = 0;
+            while i < order.len() {
+                let first = order[i] as usize;
+                let (a, v) = (self.assign[first], t.value[first]);
+                let mut j = i + 1;
+                while j < order.len()
+                    && self.assign[order[j] as usize] == a
+                    && t.value[order[j] as usize] == v
+                {
+                    j += 1;
+                }
+                let group: Vec<u32> = order[i..j].to_vec();
+                i = j;
+                if group.len() > max_group || group.len() > self.budget_left() {
+                    continue;
+                }
+                // The shard holding most of this value, other than `a`.
+                let Some(main) = (0..self.load.len() as u32)
+                    .filter(|&s| s != a && self.members[s as usize] > 0)
+                    .filter_map(|s| Some((*self.together[k][s as usize].get(&v)?, s)))
+                    .max_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)))
+                    .map(|(_, s)| s)
+                else {
+                    continue;
+                };
+                if self.together[k][main as usize][&v] < group.len() as u32 {
+                    continue;
+                }
+                match self.move_group(&group, a, main) {
+                    Some(total) if total < -EPS && !self.over(main, self.load[main as usize]) => {
+                        moved += 1;
+                    }
+                    Some(_) => self.move_all(&group, a),
+                    None => {}
+                }
+            }
+        }
+        moved
+    }
+
     /// Group moves: devices of one shard with the very same subscriptions
     /// move together to the neighbouring shard where the whole group
     /// lowers the cost most (kept only then, within capacity and

@@ -656,7 +656,7 @@ impl<'a> Partition<'a> {
             .iter()
             .zip(&self.together_pairs)
             .map(|(t, &n)| t.weight * n as f64)
-            .sum();
+            .fold(0.0, |a, b| a + b);
         c.bandwidth_excess = inst.resources.bandwidth.map_or(0.0, |b| (sum - b).max(0.0));
         let w = &self.w;
         c.total = w.overload * (c.overload + c.bandwidth_excess)

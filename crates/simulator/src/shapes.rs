@@ -470,3 +470,35 @@ mod tests {
         }
     }
 }
+
+/// Gives every device of a generated fleet the attributes an operator's
+/// inventory would: `location` = `site<k>/<group>/f<n>` (each group, a
+/// building or region, in one of `sites` sites, devices spread over three
+/// floors), `sla` = `premium` for a `premium` fraction of the groups and
+/// `standard` for the rest, `type` sensor or screen. Attributes follow the
+/// fleet's groups, as they do in the field (a hospital's monitors are on
+/// its floors), but are decided by hashes, not by the topics.
+pub fn with_attributes(w: &mut Workload, sites: usize, premium: f64) {
+    for (i, d) in w.devices.iter_mut().enumerate() {
+        let group = d.group.clone().unwrap_or_default();
+        let g = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let g = shardcast_planner::mix(g);
+        let h = shardcast_planner::mix(i as u64);
+        d.location = Some(format!(
+            "site{}/{group}/f{}",
+            g as usize % sites.max(1),
+            h % 3
+        ));
+        d.sla = Some(
+            if ((g >> 32) % 1000) as f64 / 1000.0 < premium {
+                "premium"
+            } else {
+                "standard"
+            }
+            .to_string(),
+        );
+        d.kind = Some(["sensor", "screen"][(h >> 8) as usize % 2].to_string());
+    }
+}

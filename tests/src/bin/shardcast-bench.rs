@@ -93,12 +93,12 @@ fn run() -> Result<()> {
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
-        "all", "xdp", "control", "tick", "planner", "shapes", "forecast",
+        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast",
     ]
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes or forecast"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy or forecast"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -118,9 +118,12 @@ fn run() -> Result<()> {
     }
     if which == "all" || which == "planner" || which == "shapes" {
         println!("{}", integration_tests::planner_bench::shapes(target)?);
-        if which != "all" {
-            return Ok(());
-        }
+    }
+    if which == "all" || which == "planner" || which == "policy" {
+        println!("{}", integration_tests::planner_bench::policies()?);
+    }
+    if ["planner", "shapes", "policy"].contains(&which.as_str()) {
+        return Ok(());
     }
     let ns = NetNs::new("scbench")?;
     ns.ip(&["link", "add", "sc0", "type", "veth", "peer", "name", "sc1"])?;
