@@ -5,19 +5,54 @@
 //! by decreasing load) is a plan with no inter-shard copy at all, which a
 //! partitioner balancing many shards at once may miss.
 
+use std::collections::HashMap;
+
 use crate::{NONE, subscribers::Subscribers, workload::Instance};
 
-/// Shard of each device when every component fits `cap` (its topics'
-/// rates summed), packed first-fit decreasing into at most `max` shards;
-/// `None` when a component is too big, or the packing needs more shards.
-pub(crate) fn pack(
-    inst: &Instance,
-    subscribers: &Subscribers,
-    cap: f64,
-    max: usize,
-) -> Option<Vec<u32>> {
+/// Shard of each device, whole components packed first-fit by decreasing
+/// load into at most `max` shards, each component with the others of its
+/// boundary class only and within that class's usable capacity. A
+/// component is a set of (class, topic) pairs linked by the devices that
+/// follow them (devices of two classes never share a shard, so their
+/// common topic does not join them). A component above its class's
+/// capacity is left out (`NONE`: placed by the caller); `None` when no
+/// component fits or packing needs more than `max` shards.
+pub(crate) fn pack(inst: &Instance, subscribers: &Subscribers, max: usize) -> Option<Vec<u32>> {
     let nt = inst.topics.len();
-    let mut parent: Vec<u32> = (0..nt as u32).collect();
+    let classes = inst.class_names.len();
+    // Vertex of (class, topic): the topic itself without classes.
+    let mut ids: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut vertex_topic: Vec<u32> = Vec::new();
+    let mut vertex_class: Vec<u32> = Vec::new();
+    let mut vertex = |c: u32, t: u32| -> u32 {
+        if classes < 2 {
+            return t;
+        }
+        *ids.entry((c, t)).or_insert_with(|| {
+            vertex_topic.push(t);
+            vertex_class.push(c);
+            vertex_topic.len() as u32 - 1
+        })
+    };
+    let mut first_vertex = vec![NONE; inst.devices.len()];
+    let mut edges: Vec<(u32, u32)> = Vec::new();
+    for (d, fv) in first_vertex.iter_mut().enumerate() {
+        let c = inst.class[d];
+        let subs = inst.subscriptions(d);
+        if let Some((&first, rest)) = subs.split_first() {
+            let a = vertex(c, first);
+            *fv = a;
+            for &t in rest {
+                edges.push((a, vertex(c, t)));
+            }
+        }
+    }
+    let (nv, vertex_topic, vertex_class) = if classes < 2 {
+        (nt, (0..nt as u32).collect::<Vec<u32>>(), vec![0u32; nt])
+    } else {
+        (vertex_topic.len(), vertex_topic, vertex_class)
+    };
+    let mut parent: Vec<u32> = (0..nv as u32).collect();
     fn find(parent: &mut [u32], mut x: u32) -> u32 {
         while parent[x as usize] != x {
             parent[x as usize] = parent[parent[x as usize] as usize];
@@ -25,29 +60,26 @@ pub(crate) fn pack(
         }
         x
     }
-    for d in 0..inst.devices.len() {
-        let subs = inst.subscriptions(d);
-        if let Some((&first, rest)) = subs.split_first() {
-            for &t in rest {
-                let (a, b) = (find(&mut parent, first), find(&mut parent, t));
-                if a != b {
-                    parent[a.max(b) as usize] = a.min(b);
-                }
-            }
+    for (a, b) in edges {
+        let (a, b) = (find(&mut parent, a), find(&mut parent, b));
+        if a != b {
+            parent[a.max(b) as usize] = a.min(b);
         }
     }
-    let mut load = vec![0.0f64; nt];
-    for t in 0..nt as u32 {
+    let mut load = vec![0.0f64; nv];
+    for v in 0..nv as u32 {
+        let t = vertex_topic[v as usize];
         if subscribers.count(t) > 0 {
-            let root = find(&mut parent, t);
+            let root = find(&mut parent, v);
             load[root as usize] += inst.rates[t as usize];
         }
     }
-    let limit = cap * (1.0 + 1e-9);
-    let mut roots: Vec<u32> = (0..nt as u32)
-        .filter(|&t| parent[t as usize] == t && load[t as usize] > 0.0)
+    let limit = |c: u32| inst.class_usable[c as usize] * (1.0 + 1e-9);
+    let mut roots: Vec<u32> = (0..nv as u32)
+        .filter(|&v| parent[v as usize] == v && load[v as usize] > 0.0)
+        .filter(|&v| load[v as usize] <= limit(vertex_class[v as usize]))
         .collect();
-    if roots.len() < 2 || roots.iter().any(|&r| load[r as usize] > limit) {
+    if roots.len() < 2 {
         return None;
     }
     roots.sort_unstable_by(|&a, &b| {
@@ -55,27 +87,30 @@ pub(crate) fn pack(
             .total_cmp(&load[a as usize])
             .then(a.cmp(&b))
     });
-    let mut bins: Vec<f64> = Vec::new();
-    let mut bin_of = vec![NONE; nt];
+    // Bins: (class, fill).
+    let mut bins: Vec<(u32, f64)> = Vec::new();
+    let mut bin_of = vec![NONE; nv];
     for &r in &roots {
-        let l = load[r as usize];
-        let b = match bins.iter().position(|&f| f + l <= limit) {
+        let (c, l) = (vertex_class[r as usize], load[r as usize]);
+        let b = match bins
+            .iter()
+            .position(|&(bc, f)| bc == c && f + l <= limit(c))
+        {
             Some(b) => b,
             None if bins.len() < max => {
-                bins.push(0.0);
+                bins.push((c, 0.0));
                 bins.len() - 1
             }
             None => return None,
         };
-        bins[b] += l;
+        bins[b].1 += l;
         bin_of[r as usize] = b as u32;
     }
     Some(
         (0..inst.devices.len())
-            .map(|d| match inst.subscriptions(d).first() {
-                Some(&t) => bin_of[find(&mut parent, t) as usize],
-                // A device with no topic receives nothing: the first shard.
-                None => 0,
+            .map(|d| match first_vertex[d] {
+                NONE => NONE,
+                v => bin_of[find(&mut parent, v) as usize],
             })
             .collect(),
     )
@@ -95,15 +130,25 @@ mod tests {
             &[vec!["a", "b"], vec!["b"], vec!["c"], vec!["d"], vec!["a"]],
         );
         let subs = Subscribers::of(&inst);
-        let parts = pack(&inst, &subs, 700.0, 64).unwrap();
+        let at = |cap: f64| {
+            let mut i = inst.clone();
+            i.class_usable = vec![cap];
+            i
+        };
+        let parts = pack(&at(700.0), &subs, 64).unwrap();
         assert_eq!(parts[0], parts[1]);
         assert_eq!(parts[0], parts[4]);
         assert_ne!(parts[2], parts[0]);
         assert_eq!(parts[2], parts[3]);
         assert_eq!(parts.iter().max(), Some(&1));
         // One shard allowed: no packing.
-        assert_eq!(pack(&inst, &subs, 700.0, 1), None);
-        // A component above capacity: no packing.
-        assert_eq!(pack(&inst, &subs, 400.0, 64), None);
+        assert_eq!(pack(&at(700.0), &subs, 1), None);
+        // A component above capacity is left to the caller.
+        let parts = pack(&at(400.0), &subs, 64).unwrap();
+        assert_eq!(parts[2], NONE);
+        assert_ne!(parts[0], NONE);
+        assert_ne!(parts[3], NONE);
+        // Only one fits: no packing.
+        assert_eq!(pack(&at(250.0), &subs, 64), None);
     }
 }

@@ -324,17 +324,26 @@ pub fn plan(
     }
     if current.is_none() {
         let max = inst.resources.max_shards as usize;
-        if let Some(parts) = components::pack(inst, &subscribers, p.cap_eff, max) {
+        if let Some(parts) = components::pack(inst, &subscribers, max) {
             let mut c = Partition::new(inst);
+            let mut evicted = Vec::new();
             for (d, &s) in parts.iter().enumerate() {
+                if s == NONE {
+                    // Its component fits no shard: placed below.
+                    evicted.push(d as u32);
+                    continue;
+                }
                 while s as usize >= c.load.len() {
                     c.open();
                 }
                 c.place(d, s);
             }
-            let mut evicted = c.evict_other_classes();
-            evicted.sort_unstable_by_key(|&d| keys[d as usize]);
-            c.place_new(&evicted);
+            if !evicted.is_empty() {
+                evicted.sort_unstable_by_key(|&d| keys[d as usize]);
+                c.place_new(&evicted);
+                c.split_overloaded(&keys);
+                c.enforce_fanout(&subscribers);
+            }
             if start_key(&c) < start_key(&p) {
                 tracing::debug!(elapsed = ?started.elapsed(), "the components start is cheaper");
                 p = c;

@@ -443,34 +443,6 @@ fn geometric(devices: usize, seed: u64) -> Builder {
     b
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_shape_is_a_valid_workload_of_about_the_size_asked() {
-        for shape in Shape::ALL {
-            let g = generate(shape, 5000, 1, 256);
-            let inst = g
-                .workload
-                .index()
-                .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
-            let n = inst.devices.len();
-            assert!((4000..=6000).contains(&n), "{shape:?}: {n} devices");
-            assert!(inst.rates.iter().all(|r| *r > 0.0), "{shape:?}");
-        }
-    }
-
-    #[test]
-    fn the_same_seed_gives_the_same_fleet() {
-        for shape in Shape::ALL {
-            let a = generate(shape, 2000, 7, 64).workload;
-            let b = generate(shape, 2000, 7, 64).workload;
-            assert_eq!(a, b, "{shape:?}");
-        }
-    }
-}
-
 /// Gives every device of a generated fleet the attributes an operator's
 /// inventory would: `location` = `site<k>/<group>/f<n>` (each group, a
 /// building or region, in one of `sites` sites, devices spread over three
@@ -500,5 +472,33 @@ pub fn with_attributes(w: &mut Workload, sites: usize, premium: f64) {
             .to_string(),
         );
         d.kind = Some(["sensor", "screen"][(h >> 8) as usize % 2].to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_is_a_valid_workload_of_about_the_size_asked() {
+        for shape in Shape::ALL {
+            let g = generate(shape, 5000, 1, 256);
+            let inst = g
+                .workload
+                .index()
+                .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+            let n = inst.devices.len();
+            assert!((4000..=6000).contains(&n), "{shape:?}: {n} devices");
+            assert!(inst.rates.iter().all(|r| *r > 0.0), "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_fleet() {
+        for shape in Shape::ALL {
+            let a = generate(shape, 2000, 7, 64).workload;
+            let b = generate(shape, 2000, 7, 64).workload;
+            assert_eq!(a, b, "{shape:?}");
+        }
     }
 }
