@@ -16,7 +16,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
 /// CoAP parser's constant, sized here into `Config`.
@@ -90,12 +90,18 @@ pub mod names {
     pub const SLOTS: &str = "SC_SLOTS";
     pub const DEVICES: &str = "SC_DEVICES";
     pub const GROUP_STATS: &str = "SC_GROUP_STATS";
+    /// Egress slot → ifindex, for the fan-out program (a TC program
+    /// cannot read the XDP device map `SC_EGRESS`).
+    pub const EGRESS_IF: &str = "SC_EGRESS_IF";
     /// The router program.
     pub const PROG_ROUTER: &str = "shardcast_router";
     /// A program that passes everything: attached to the peer of a veth
     /// egress, because veth only delivers redirected frames to a peer that
     /// runs XDP.
     pub const PROG_PASS: &str = "shardcast_pass";
+    /// The fan-out program (TC ingress): sends one rewritten copy of a
+    /// multi-shard publish to each of its shards.
+    pub const PROG_FANOUT: &str = "shardcast_fanout";
     /// The `SC_GROUP_STATS` dump: a map-element iterator that writes one
     /// [`GroupStatRecord`](super::GroupStatRecord) per counter.
     pub const PROG_GROUP_DUMP: &str = "shardcast_group_dump";
@@ -222,6 +228,31 @@ pub struct Route {
 pub const SHARD_HAS_V4: u16 = 1;
 pub const SHARD_HAS_V6: u16 = 2;
 
+/// What the XDP program hands the fan-out program with a multi-shard
+/// publish, in the frame's XDP metadata (`bpf_xdp_adjust_meta`, just before
+/// the packet; the kernel keeps it with the skb up to TC ingress): which
+/// route to send it by. The fan-out program looks the route up again in
+/// the plan generation active when it runs, so it never reads a
+/// generation the control plane may be rewriting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FanoutMeta {
+    /// [`FANOUT_MAGIC`]: metadata of ours, not another program's.
+    pub magic: u32,
+    /// [`FANOUT_BY_ID`] or [`FANOUT_BY_NAME`].
+    pub kind: u32,
+    /// The MQTT-SN id route index ([`mqttsn_id_index`]) or the name's
+    /// [`TopicKey`](crate::topic::TopicKey) hash.
+    pub key: u64,
+}
+
+/// `FanoutMeta::magic`: "SCFO".
+pub const FANOUT_MAGIC: u32 = u32::from_be_bytes(*b"SCFO");
+/// The route is `SC_IDS[parity][key]`.
+pub const FANOUT_BY_ID: u32 = 1;
+/// The route is `SC_ROUTES[parity][TopicKey { hash: key }]`.
+pub const FANOUT_BY_NAME: u32 = 2;
+
 /// A shard: where packets for it go.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -295,5 +326,7 @@ mod tests {
         assert_eq!(size_of::<Shard>(), 4 + 16 + 4 + 2 + 2 + 6 + 2 + 4);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<GroupStatRecord>(), 24);
+        // XDP metadata: at most 32 bytes, a multiple of 4.
+        assert_eq!(size_of::<FanoutMeta>(), 16);
     }
 }

@@ -3,7 +3,9 @@
 //! Every packet ends in exactly one of these, and each has a per-CPU counter
 //! (index = discriminant). `Redirected` is the fast path; every other reason
 //! is an `XDP_PASS` to the kernel stack: the router never drops what it does
-//! not understand, it hands it on and counts it.
+//! not understand, it hands it on and counts it. A multi-shard publish ends
+//! in XDP as `FannedOut`; the fan-out program then counts each copy it sends
+//! as `Redirected` (or the reason a copy could not go).
 
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident = $n:literal => $label:literal, )*) => {
@@ -60,7 +62,9 @@ reasons! {
     NoPlan = 16 => "no_plan",
     /// Topic has no route in the installed plan.
     NoRoute = 17 => "no_route",
-    /// Route spans several shards: fan-out is not done in XDP.
+    /// Route spans several shards and the frame could not carry its route
+    /// to the fan-out program (the driver keeps no XDP metadata): to the
+    /// stack, unrouted.
     MultiShard = 18 => "multi_shard",
     /// The shard has no multicast group of the packet's IP family.
     NoGroupForFamily = 19 => "no_group_for_family",
@@ -79,6 +83,10 @@ reasons! {
     /// CoAP message with more options than the XDP program examines
     /// (`coap::MAX_OPTIONS`): not known to be well formed, for userspace.
     CoapTooManyOptions = 25 => "coap_too_many_options",
+    /// Route spans several shards: handed (with its route, in the frame's
+    /// metadata) to the fan-out program at TC ingress, which sends one copy
+    /// per shard and counts each as `redirected`.
+    FannedOut = 26 => "fanned_out",
 }
 
 /// Number of reason counters.

@@ -108,6 +108,7 @@ impl Daemon {
                     ingress: d.ingress.clone(),
                     egress: d.egress.clone(),
                     mode: d.mode,
+                    tc: Default::default(),
                     config: router_config,
                 },
             )

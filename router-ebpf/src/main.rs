@@ -11,7 +11,9 @@
 //!   swap: `router_common::maps`);
 //! - [`route`]: one frame's way through the headers, the plan and the
 //!   shard;
-//! - [`rewrite`]: the header rewrite, the program's only packet writes;
+//! - [`rewrite`]: the header rewrite, the XDP program's only packet writes;
+//! - [`fanout`]: multi-shard publishes, handed from XDP to the TC program
+//!   `shardcast_fanout`, which sends one rewritten copy per shard;
 //! - [`counters`]: per reason, topic, unrouted key and device group;
 //! - [`iterator`]: the map iterator the daemon reads group counters with;
 //! - [`packet`]: header layouts and the audited helpers that touch packet
@@ -22,13 +24,18 @@
 #![feature(asm_experimental_arch)]
 
 mod counters;
+mod fanout;
 mod iterator;
 mod maps;
 mod packet;
 mod rewrite;
 mod route;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn shardcast_router(ctx: XdpContext) -> u32 {
@@ -39,6 +46,13 @@ pub fn shardcast_router(ctx: XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// The fan-out of multi-shard publishes (TC ingress of the router's
+/// interfaces): one rewritten copy per shard (see [`fanout`]).
+#[classifier]
+pub fn shardcast_fanout(ctx: TcContext) -> i32 {
+    fanout::fan_out(&ctx)
 }
 
 /// Passes everything. Attached to the peer of a veth egress: veth delivers

@@ -41,6 +41,10 @@ pub(crate) static SC_SHARDS: ArrayOfMaps<Array<Shard, { MAX_SHARDS as usize }>, 
     ArrayOfMaps::new();
 #[btf_map]
 pub(crate) static SC_EGRESS: DevMap<{ MAX_EGRESS as usize }> = DevMap::new();
+/// Egress slot → ifindex (0: empty), the same table as `SC_EGRESS` for the
+/// fan-out program, which cannot read a device map.
+#[btf_map]
+pub(crate) static SC_EGRESS_IF: Array<u32, { MAX_EGRESS as usize }> = Array::new();
 #[btf_map]
 pub(crate) static SC_REASONS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
 #[btf_map]

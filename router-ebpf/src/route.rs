@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use router_common::{
     coap,
-    maps::{Config, Route, Shard},
+    maps::{Config, FANOUT_BY_ID, FANOUT_BY_NAME, Route, Shard},
     mqttsn,
     reason::Reason,
     topic::TopicKey,
@@ -13,6 +13,7 @@ use router_common::{
 
 use crate::{
     counters::{self, count, count_unrouted},
+    fanout,
     maps::{SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_IDS, SC_ROUTES, SC_SCRATCH},
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
@@ -52,15 +53,16 @@ pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     // L7: the shared parsers, then the route. Each protocol looks its route
     // up in its own branch (an enum carried out of the branches leaves the
     // verifier unable to tell which one a later lookup came from).
-    let (route, l3, tagged) = if dport != 0 && dport == cfg.mqttsn_port {
+    let (route, l3, tagged, kind, key) = if dport != 0 && dport == cfg.mqttsn_port {
         // Fixed offsets: parsed from a copy of the header, with the L2/L3
         // layout left in registers.
         let head = packet::mqttsn_head(ctx, payload_off, payload_len);
         let publish = mqttsn::parse_publish(&head)?;
         let ids = SC_IDS.get(parity).ok_or(Reason::NoPlan)?;
         // A zeroed entry: the plan has no route for this id.
-        match ids.get(publish.id_index()).filter(|r| r.shard_count != 0) {
-            Some(r) => (r, l3, tagged),
+        let index = publish.id_index();
+        match ids.get(index).filter(|r| r.shard_count != 0) {
+            Some(r) => (r, l3, tagged, FANOUT_BY_ID, index as u64),
             None => {
                 count_unrouted(&publish.key(), frame_len);
                 return Err(Reason::NoRoute);
@@ -72,7 +74,7 @@ pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
         // SAFETY: only the control plane writes route maps, and never a map
         // a program may be reading (generation swap), so the value is stable.
         match unsafe { routes.get(&key) } {
-            Some(r) => (r, l3, tagged),
+            Some(r) => (r, l3, tagged, FANOUT_BY_NAME, key.hash),
             None => {
                 count_unrouted(&key, frame_len);
                 return Err(Reason::NoRoute);
@@ -91,7 +93,8 @@ pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     match route.shard_count {
         1 => {}
         0 => return Err(Reason::NoRoute),
-        _ => return Err(Reason::MultiShard),
+        // One copy per shard: the fan-out program at TC ingress.
+        _ => return fanout::hand_off(ctx, l3, tagged, udp, kind, key, frame_len),
     }
     // The route's copy of its shard: no second lookup (see `Route`).
     let shard: &Shard = &route.first;

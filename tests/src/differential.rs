@@ -298,6 +298,19 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
                 *want_reasons.entry(*reason).or_default() += 1;
                 *report.passed.entry(reason.label()).or_default() += 1;
             }
+            Verdict::FanOut { handoff, .. } => {
+                if got.action != action::PASS || got.output != *handoff {
+                    bail!(
+                        "{}: the model hands it to the fan-out, the router gave action {} and\n  router {}\n  model  {}",
+                        show(),
+                        got.action,
+                        hex(&got.output),
+                        hex(handoff)
+                    );
+                }
+                *want_reasons.entry(Reason::FannedOut).or_default() += 1;
+                *report.passed.entry(Reason::FannedOut.label()).or_default() += 1;
+            }
             Verdict::Redirect { shard, output } => {
                 if got.action != action::REDIRECT {
                     bail!(
@@ -377,7 +390,7 @@ fn coap_against_rfc(f: &[u8], verdict: &Verdict) -> Option<Result<(), String>> {
     }
     let topic = coap_reference::publish_topic(udp.payload(), prefix.as_bytes());
     match verdict {
-        Verdict::Redirect { .. } if topic.is_none() => Some(Err(
+        Verdict::Redirect { .. } | Verdict::FanOut { .. } if topic.is_none() => Some(Err(
             "redirected, but RFC 7252 reads no publish under the prefix".into(),
         )),
         Verdict::Pass(r @ (Reason::CoapMalformed | Reason::CoapTooManyOptions))
@@ -390,6 +403,7 @@ fn coap_against_rfc(f: &[u8], verdict: &Verdict) -> Option<Result<(), String>> {
             )))
         }
         Verdict::Redirect { .. }
+        | Verdict::FanOut { .. }
         | Verdict::Pass(Reason::CoapMalformed | Reason::CoapTooManyOptions) => Some(Ok(())),
         _ => None,
     }

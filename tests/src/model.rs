@@ -13,7 +13,7 @@
 use router_common::{
     checksum::internet_checksum,
     coap::{self, PrefixStart},
-    maps::{Config, PREFIX_MAX},
+    maps::{Config, FANOUT_BY_ID, FANOUT_BY_NAME, FANOUT_MAGIC, FanoutMeta, PREFIX_MAX},
     mqttsn,
     payload::{FirstBytes, Head, Payload},
     reason::Reason,
@@ -36,6 +36,16 @@ pub enum Verdict {
         shard: usize,
         /// The frame the router must emit.
         output: Vec<u8>,
+    },
+    /// A multi-shard publish: passed up to the fan-out program with its
+    /// route in the XDP metadata.
+    FanOut {
+        /// What the XDP program's test run outputs: the metadata, then
+        /// the frame, untagged.
+        handoff: Vec<u8>,
+        /// Per shard of the route (indices into the plan's shards): the
+        /// copy the fan-out program must send, or why that copy cannot go.
+        copies: Vec<(usize, Result<Vec<u8>, Reason>)>,
     },
 }
 
@@ -333,10 +343,16 @@ fn route(
     }
     let payload = &f[poff..poff + plen];
     // L7 and the route.
+    let handoff: FanoutMeta;
     let route = if dport != 0 && dport == cfg.mqttsn_port {
         let head = Head::<{ mqttsn::HEADER_READ }>::of(payload);
         let publish = mqttsn::parse_publish(&head)?;
         let index = publish.id_index();
+        handoff = FanoutMeta {
+            magic: FANOUT_MAGIC,
+            kind: FANOUT_BY_ID,
+            key: index as u64,
+        };
         match plan
             .routes
             .iter()
@@ -355,6 +371,11 @@ fn route(
         }
         let key =
             coap::parse_publish_from(&window, &cfg.prefix, cfg.prefix_len, &cfg.prefix_start)?.key;
+        handoff = FanoutMeta {
+            magic: FANOUT_MAGIC,
+            kind: FANOUT_BY_NAME,
+            key: key.hash,
+        };
         match plan.routes.iter().find(|r| r.key == key) {
             Some(r) => r,
             None => {
@@ -368,7 +389,41 @@ fn route(
     let shard = match route.shards.len() {
         1 => route.shards[0] as usize,
         0 => return Err(Reason::NoRoute),
-        _ => return Err(Reason::MultiShard),
+        _ => {
+            // What every copy would fail alike goes up untouched.
+            match l3 {
+                L3::V4 { off, .. } if f[off + 8] <= 1 => return Err(Reason::TtlExpired),
+                L3::V6 { off } if f[off + 7] <= 1 => return Err(Reason::TtlExpired),
+                L3::V6 { .. } if be16(f, l4 + 6) == Some(0) => {
+                    return Err(Reason::ZeroChecksumV6);
+                }
+                _ => {}
+            }
+            let m = handoff;
+            let mut out = Vec::with_capacity(f.len() + 16);
+            out.extend_from_slice(&m.magic.to_ne_bytes());
+            out.extend_from_slice(&m.kind.to_ne_bytes());
+            out.extend_from_slice(&m.key.to_ne_bytes());
+            if tagged {
+                out.extend_from_slice(&f[..12]);
+                out.extend_from_slice(&f[16..]);
+            } else {
+                out.extend_from_slice(f);
+            }
+            *exact = checksums_ok(f, l3, udp_len);
+            let copies = route
+                .shards
+                .iter()
+                .map(|&s| {
+                    let s = s as usize;
+                    (s, rewrite(f, l3, tagged, udp_len, plan, s, cfg.src_mac))
+                })
+                .collect();
+            return Ok(Verdict::FanOut {
+                handoff: out,
+                copies,
+            });
+        }
     };
     *exact = checksums_ok(f, l3, udp_len);
     let output = rewrite(f, l3, tagged, udp_len, plan, shard, cfg.src_mac)?;

@@ -36,6 +36,21 @@ fn every_fixture_gets_its_verdict_and_bytes() {
                             failures.push(format!("{}: passed packet was modified", f.name));
                         }
                     }
+                    Expect::FanOut { handoff, .. } => {
+                        *want_reasons.entry(Reason::FannedOut).or_default() += 1;
+                        let want = fixtures::handoff_output(&f.packet, handoff);
+                        if r.action != action::PASS {
+                            failures.push(format!(
+                                "{}: action {} (want PASS to the fan-out)",
+                                f.name, r.action
+                            ));
+                        } else if r.output != want {
+                            failures.push(format!(
+                                "{}: hand-off differs\n got  {:02x?}\n want {:02x?}",
+                                f.name, r.output, want
+                            ));
+                        }
+                    }
                     Expect::Redirect { shard } => {
                         *want_reasons.entry(Reason::Redirected).or_default() += 1;
                         let want = fixtures::expected_output(&f.packet, &outs[shard]);

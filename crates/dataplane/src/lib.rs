@@ -60,7 +60,7 @@ pub use config::{Mode, RouterConfig};
 pub use counters::{Counters, Snapshot};
 pub use error::DataplaneError;
 pub use install::{InstallReport, routes_capacity};
-pub use lifecycle::AttachOptions;
+pub use lifecycle::{AttachOptions, TcAttach};
 pub use netdev::{ifindex, is_root, mac_address};
 pub use object::find_object;
 pub use pins::PinPaths;
@@ -122,6 +122,9 @@ pub struct Dataplane {
     routes: ArrayOfMaps<MapData, RoutesMap>,
     shards: ArrayOfMaps<MapData, ShardsMap>,
     egress: DevMap<MapData>,
+    /// `SC_EGRESS_IF`: the egress table again, slot → ifindex, for the
+    /// fan-out program.
+    egress_if: Array<MapData, u32>,
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,

@@ -9,8 +9,9 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, MapData},
     programs::{
-        Iter, Xdp,
-        links::{FdLink, PinnedLink},
+        Iter, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{NlOptions, TcAttachOptions},
     },
 };
 use aya_obj::programs::XdpAttachType;
@@ -89,6 +90,48 @@ pub struct AttachOptions {
     pub egress: Vec<String>,
     pub mode: Mode,
     pub config: RouterConfig,
+    /// How the fan-out program is attached at TC ingress.
+    pub tc: TcAttach,
+}
+
+/// How the fan-out program is attached at TC ingress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcAttach {
+    /// TCX where the kernel has it (6.6 and later), else a clsact filter.
+    #[default]
+    Auto,
+    /// TCX only (an error where the kernel refuses it).
+    Tcx,
+    /// A clsact filter (netlink), as on kernels before 6.6.
+    Netlink,
+}
+
+impl TcAttach {
+    /// The names [`TcAttach::from_str`](std::str::FromStr) takes.
+    pub const NAMES: &'static [&'static str] = &["auto", "tcx", "netlink"];
+}
+
+impl std::str::FromStr for TcAttach {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(TcAttach::Auto),
+            "tcx" => Ok(TcAttach::Tcx),
+            "netlink" => Ok(TcAttach::Netlink),
+            other => Err(format!(
+                "{other:?} is not a TC attach mode (expected {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Where an attached fan-out lives.
+pub(crate) enum FanoutLink {
+    /// A TCX link, pinned here.
+    Pinned(PathBuf),
+    /// A clsact filter on the interface.
+    Netlink,
 }
 
 impl Dataplane {
@@ -121,6 +164,23 @@ impl Dataplane {
                 record_pin(created, path.clone(), prog.pin(&path))?;
             }
         }
+        {
+            let name = names::PROG_FANOUT;
+            let load_err = |reason: String| DataplaneError::Load {
+                path: object.into(),
+                reason: format!("{name}: {reason}"),
+            };
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| load_err("missing from the object".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
+            prog.load().map_err(|e| load_err(verifier_message(&e)))?;
+            if let Some((pins, created)) = &mut pin {
+                let path = pins.prog(name);
+                record_pin(created, path.clone(), prog.pin(&path))?;
+            }
+        }
         let group_dump = load_group_dump(&mut ebpf, &mut pin)?;
         let p = &mut pin;
         let (_, raw_devices): (HashMap<MapData, DeviceAddr, u32>, _) =
@@ -140,6 +200,7 @@ impl Dataplane {
             routes,
             shards: take(&mut ebpf, names::SHARDS, p)?,
             egress: take(&mut ebpf, names::EGRESS, p)?,
+            egress_if: take(&mut ebpf, names::EGRESS_IF, p)?,
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
@@ -184,6 +245,7 @@ impl Dataplane {
             settling: None,
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,
+            egress_if: open_pinned(&pins, names::EGRESS_IF)?,
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
@@ -247,6 +309,7 @@ impl Dataplane {
         }
         let mut rollback = PinRollback {
             created: Vec::new(),
+            netlink: Vec::new(),
             armed: true,
         };
         let fresh = !pins.map(names::CONFIG).exists();
@@ -266,11 +329,67 @@ impl Dataplane {
             dp.egress_slot(iface)?;
         }
         for iface in &opts.ingress {
+            // The fan-out first: the router hands it multi-shard publishes
+            // from its first packet on.
+            match dp.attach_fanout(iface, opts.tc)? {
+                FanoutLink::Pinned(link) => rollback.created.push(link),
+                FanoutLink::Netlink => rollback.netlink.push(iface.clone()),
+            }
             let link = dp.attach_program(names::PROG_ROUTER, iface, opts.mode)?;
             rollback.created.push(link);
         }
         rollback.armed = false;
         Ok(dp)
+    }
+
+    /// Attaches the fan-out program at TC ingress of `iface`: a TCX link
+    /// (kernel 6.6 and later), pinned beside the XDP link; or, where TCX
+    /// is refused (or `TcAttach::Netlink` asks), a `clsact` filter, which
+    /// the kernel keeps without a pin and [`Dataplane::detach`] removes by
+    /// name.
+    pub(crate) fn attach_fanout(&mut self, iface: &str, mode: TcAttach) -> Result<FanoutLink> {
+        let name = names::PROG_FANOUT;
+        let pins = self
+            .pins
+            .as_ref()
+            .ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
+        let path = pins.link(name, iface);
+        let mut prog = SchedClassifier::from_pin(pins.prog(name)).map_err(prog_err(name))?;
+        if mode != TcAttach::Netlink {
+            match prog.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(id) => {
+                    let link = prog.take_link(id).map_err(prog_err(name))?;
+                    let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                        path: path.clone(),
+                        reason: format!("TCX attach did not give a bpf_link ({e})"),
+                    })?;
+                    let _: PinnedLink = fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    return Ok(FanoutLink::Pinned(path));
+                }
+                Err(e) if mode == TcAttach::Tcx => return Err(prog_err(name)(e)),
+                Err(e) => {
+                    tracing::info!("TCX refused on {iface} ({e}): fan-out attached as a clsact filter");
+                }
+            }
+        }
+        // `clsact` may already be there (ours from before, or another
+        // tool's): adding it again fails harmlessly; the attach says
+        // whether it is usable.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        prog.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(prog_err(name))?;
+        Ok(FanoutLink::Netlink)
     }
 
     /// Attaches a pinned program to `iface` and pins the link; returns the
@@ -316,7 +435,8 @@ impl Dataplane {
         self.attach_program(names::PROG_PASS, iface, mode)
     }
 
-    /// Detaches every link and removes every pin of our layout.
+    /// Detaches every link and removes every pin of our layout (and the
+    /// fan-out's `clsact` filters, where it was attached without TCX).
     pub fn detach(pin_root: &Path) -> Result<Vec<PathBuf>> {
         let pins = PinPaths::new(pin_root);
         if !pins.dir().exists() {
@@ -326,6 +446,27 @@ impl Dataplane {
             .flatten()
             .map(|e| e.path())
             .collect();
+        // A router interface whose fan-out link is not pinned has it as a
+        // clsact filter: removed by name (an interface gone meanwhile has
+        // nothing left to remove).
+        let router_link = format!("link_{}_", names::PROG_ROUTER);
+        let fanout_link = format!("link_{}_", names::PROG_FANOUT);
+        let names_of: Vec<String> = entries
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        for n in &names_of {
+            if let Some(iface) = n.strip_prefix(&router_link)
+                && !names_of.contains(&format!("{fanout_link}{iface}"))
+                && ifindex(iface).is_ok()
+            {
+                let _ = aya::programs::tc::qdisc_detach_program(
+                    iface,
+                    TcAttachType::Ingress,
+                    names::PROG_FANOUT,
+                );
+            }
+        }
         // Links first, so traffic stops being steered before maps go away.
         entries.sort_by_key(|p| {
             !p.file_name()
@@ -374,6 +515,14 @@ impl Dataplane {
             }
         }
         let slot = free.ok_or(DataplaneError::EgressFull)?;
+        // The fan-out's copy first: a slot the router can use is one the
+        // fan-out can too.
+        self.egress_if
+            .set(slot, idx, 0)
+            .map_err(|e| DataplaneError::Pin {
+                path: PathBuf::from(names::EGRESS_IF),
+                reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
+            })?;
         self.egress
             .set(slot, idx, None, 0)
             .map_err(|e| DataplaneError::Pin {

@@ -151,12 +151,21 @@ pub(crate) fn record_pin<E: std::fmt::Display>(
 /// Removes the pins this attach created if it fails half-way.
 pub(crate) struct PinRollback {
     pub(crate) created: Vec<PathBuf>,
+    /// Interfaces given the fan-out as a clsact filter (no pin).
+    pub(crate) netlink: Vec<String>,
     pub(crate) armed: bool,
 }
 
 impl Drop for PinRollback {
     fn drop(&mut self) {
         if self.armed {
+            for iface in &self.netlink {
+                let _ = aya::programs::tc::qdisc_detach_program(
+                    iface,
+                    aya::programs::TcAttachType::Ingress,
+                    router_common::maps::names::PROG_FANOUT,
+                );
+            }
             for p in self.created.iter().rev() {
                 let _ = std::fs::remove_file(p);
             }

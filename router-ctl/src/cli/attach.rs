@@ -7,7 +7,8 @@ use clap::Args;
 use router_common::maps::Config;
 use serde::Serialize;
 use shardcast_dataplane::{
-    AttachOptions, Dataplane, DataplaneError, Mode, PinPaths, RouterConfig, find_object, is_root,
+    AttachOptions, Dataplane, DataplaneError, Mode, PinPaths, RouterConfig, TcAttach, find_object,
+    is_root,
 };
 use shardcast_plan::normalize_prefix;
 
@@ -16,6 +17,11 @@ use crate::state;
 
 /// clap value parser for [`Mode`].
 fn mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
+/// clap value parser for [`TcAttach`].
+fn tc_attach(text: &str) -> Result<TcAttach, String> {
     text.parse()
 }
 
@@ -30,6 +36,11 @@ pub struct AttachArgs {
     /// XDP mode: driver (native) or skb (generic).
     #[arg(long, value_parser = mode, default_value = "driver")]
     pub mode: Mode,
+    /// How the fan-out program (multi-shard publishes) attaches at TC
+    /// ingress: auto (TCX where the kernel has it, else a clsact filter),
+    /// tcx, or netlink (a clsact filter).
+    #[arg(long, value_parser = tc_attach, default_value = "auto")]
+    pub tc_attach: TcAttach,
     /// The eBPF object (default: SHARDCAST_OBJECT, then next to the binary).
     #[arg(long)]
     pub object: Option<PathBuf>,
@@ -82,6 +93,7 @@ pub fn attach(g: &Globals, a: AttachArgs) -> Result<()> {
         ingress: a.ingress,
         egress: a.egress,
         mode: a.mode,
+        tc: a.tc_attach,
         config: RouterConfig {
             mqttsn_port: a.mqttsn_port,
             coap_port: a.coap_port,

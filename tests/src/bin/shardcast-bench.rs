@@ -249,6 +249,7 @@ fn tick_bench() -> Result<String> {
                 ingress: vec!["sc1".into()],
                 egress: vec!["sc0".into()],
                 mode: Mode::Skb,
+                tc: Default::default(),
                 config: RouterConfig {
                     group_stats: true,
                     ..RouterConfig::default()
@@ -362,7 +363,7 @@ fn bench(rounds: usize) -> Result<String> {
             prog,
             want: match f.expect {
                 Expect::Redirect { .. } => action::REDIRECT,
-                Expect::Pass(_) => action::PASS,
+                Expect::Pass(_) | Expect::FanOut { .. } => action::PASS,
             },
             packet: f.packet,
         }

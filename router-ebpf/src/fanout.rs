@@ -1,0 +1,337 @@
+//! Multi-shard publishes: one rewritten copy per shard.
+//!
+//! XDP cannot copy a frame to several destinations with different headers
+//! (a devmap broadcast sends the same bytes everywhere, and shards often
+//! share an egress). So the XDP program checks what every copy would
+//! check, writes the route's identity into the frame's XDP metadata
+//! ([`FanoutMeta`]), drops a VLAN tag, and passes the frame up
+//! (`fanned_out`); `shardcast_fanout`, at TC ingress of the same
+//! interface, finds the metadata, looks the route up in the plan
+//! generation active then, and for each shard rewrites the headers and
+//! `bpf_clone_redirect`s a copy to the shard's egress, then drops the
+//! original. Each copy is counted `redirected` (or why it could not go).
+//!
+//! The copies are computed from the headers as they arrived, not from the
+//! previous copy, so each is exactly what the single-shard XDP path would
+//! have sent for that shard. `bpf_skb_store_bytes` makes the skb's data
+//! private before writing (a clone shares it), so a copy already sent
+//! never sees the next one's bytes.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    programs::{TcContext, XdpContext},
+};
+use router_common::{
+    checksum::Patch,
+    maps::{
+        FANOUT_BY_ID, FANOUT_BY_NAME, FANOUT_MAGIC, FanoutMeta, MAX_ROUTE_SHARDS, Route,
+        SHARD_HAS_V4, SHARD_HAS_V6, Shard,
+    },
+    reason::Reason,
+    topic::TopicKey,
+};
+
+use crate::{
+    counters::count,
+    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_IDS, SC_ROUTES, SC_SHARDS},
+    packet::{ETH_HLEN, Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word},
+};
+
+/// XDP side: hands a multi-shard publish to the fan-out program. Checks
+/// first what would make every copy go to the stack (TTL, a zero IPv6 UDP
+/// checksum), so such a frame goes up untouched, as on the single-shard
+/// path.
+#[inline(always)]
+pub(crate) fn hand_off(
+    ctx: &XdpContext,
+    l3: L3,
+    tagged: bool,
+    udp: *mut UdpHdr,
+    kind: u32,
+    key: u64,
+    frame_len: u64,
+) -> Result<u32, Reason> {
+    match l3 {
+        L3::V4 { off, .. } => {
+            let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            if unsafe { (*ip).ttl } <= 1 {
+                return Err(Reason::TtlExpired);
+            }
+        }
+        L3::V6 { off } => {
+            let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
+            // SAFETY: bounds checked by `ptr_at` (here and in the caller).
+            unsafe {
+                if (*ip).hop_limit <= 1 {
+                    return Err(Reason::TtlExpired);
+                }
+                if word::load16((&raw const (*udp).check).cast()) == 0 {
+                    return Err(Reason::ZeroChecksumV6);
+                }
+            }
+        }
+    }
+    const META: usize = core::mem::size_of::<FanoutMeta>();
+    // SAFETY: plain helper call on our own context. A driver without XDP
+    // metadata refuses: the frame then goes up as before, unrouted.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META as i32)) } != 0 {
+        return Err(Reason::MultiShard);
+    }
+    let meta = ctx.metadata();
+    if meta + META > ctx.data() {
+        return Err(Reason::MultiShard);
+    }
+    // SAFETY: `META` bytes at `meta` lie before `data`, checked above.
+    unsafe {
+        core::ptr::write_unaligned(
+            meta as *mut FanoutMeta,
+            FanoutMeta {
+                magic: FANOUT_MAGIC,
+                kind,
+                key,
+            },
+        );
+    }
+    if tagged {
+        // Move the MACs over the tag, then drop the 4 bytes in front: the
+        // stack and the fan-out program see an untagged frame (the kernel
+        // moves the metadata along).
+        let macs: *mut [u8; 16] = ptr_at(ctx, 0).ok_or(Reason::Truncated)?;
+        // SAFETY: 16 bytes checked by `ptr_at`; all loads before stores.
+        unsafe {
+            let p = macs as *mut u8;
+            let a = word::load64(p);
+            let b = word::load32(p.add(8));
+            word::store64(p.add(VLAN_HLEN), a);
+            word::store32(p.add(VLAN_HLEN + 8), b);
+        }
+        // SAFETY: plain helper call on our own context.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) } != 0 {
+            return Ok(xdp_action::XDP_ABORTED);
+        }
+    }
+    count(Reason::FannedOut, frame_len);
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// The headers of the frame as it arrived, read once.
+struct Original {
+    v6: bool,
+    l4_off: usize,
+    /// IPv4: TTL, protocol, checksum, source, destination (bytes 8..20).
+    v4: [u8; 12],
+    /// IPv6: hop limit (byte 7) and destination (24..40).
+    hop_limit: u8,
+    daddr6: [u8; 16],
+    /// UDP: destination port, length, checksum (bytes 2..8).
+    udp: [u8; 6],
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// TC side: the fan-out itself. Frames without our metadata pass.
+#[inline(always)]
+pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
+    // SAFETY: the context's own skb.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, ctx.data()) };
+    const META: usize = core::mem::size_of::<FanoutMeta>();
+    if meta + META > data {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: `META` bytes of metadata, checked above.
+    let m: FanoutMeta = unsafe { core::ptr::read_unaligned(meta as *const FanoutMeta) };
+    if m.magic != FANOUT_MAGIC {
+        return TC_ACT_OK as i32;
+    }
+    let frame_len = ctx.len() as u64;
+    match send_copies(ctx, &m, frame_len) {
+        // Every copy went or was counted with why it could not: the
+        // original is done with (the stack cannot route it either).
+        Ok(()) => TC_ACT_SHOT as i32,
+        Err(reason) => {
+            count(reason, frame_len);
+            TC_ACT_OK as i32
+        }
+    }
+}
+
+/// Sends the copies, each counted `redirected` or with why it could not
+/// go. Nothing about one copy's outcome is carried to the next (not even a
+/// count): the verifier then sees the same state at every turn of the loop
+/// whatever happened in the last, and checks 16 turns, not 2^16 paths.
+#[inline(always)]
+fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<(), Reason> {
+    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+    let route: &Route = match m.kind {
+        FANOUT_BY_ID => {
+            let ids = SC_IDS.get(parity).ok_or(Reason::NoPlan)?;
+            ids.get(m.key as u32)
+                .filter(|r| r.shard_count != 0)
+                .ok_or(Reason::NoRoute)?
+        }
+        FANOUT_BY_NAME => {
+            let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
+            // SAFETY: only the control plane writes route maps, and never
+            // one a program may be reading (generation swap).
+            unsafe { routes.get(&TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)?
+        }
+        _ => return Err(Reason::NoRoute),
+    };
+    let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
+    let o = original(ctx)?;
+    let n = (route.shard_count as usize).min(MAX_ROUTE_SHARDS);
+    for i in 0..MAX_ROUTE_SHARDS {
+        if i >= n {
+            break;
+        }
+        if i == 0 {
+            copy(ctx, &o, &route.first, frame_len);
+        } else {
+            match shards.get(route.shards[i] as u32) {
+                Some(s) => copy(ctx, &o, s, frame_len),
+                None => count(Reason::NoRoute, frame_len),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the headers every copy is computed from.
+#[inline(always)]
+fn original(ctx: &TcContext) -> Result<Original, Reason> {
+    let ether_type = u16::from_be(ctx.load::<u16>(12).map_err(|_| Reason::Truncated)?);
+    let mut o = Original {
+        v6: false,
+        l4_off: 0,
+        v4: [0; 12],
+        hop_limit: 0,
+        daddr6: [0; 16],
+        udp: [0; 6],
+    };
+    match ether_type {
+        ETH_P_IP => {
+            let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| Reason::Truncated)?;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(Reason::Truncated);
+            }
+            o.l4_off = ETH_HLEN + ihl;
+            o.v4 = ctx.load(ETH_HLEN + 8).map_err(|_| Reason::Truncated)?;
+        }
+        ETH_P_IPV6 => {
+            o.v6 = true;
+            o.l4_off = ETH_HLEN + Ipv6Hdr::LEN;
+            o.hop_limit = ctx.load(ETH_HLEN + 7).map_err(|_| Reason::Truncated)?;
+            o.daddr6 = ctx.load(ETH_HLEN + 24).map_err(|_| Reason::Truncated)?;
+        }
+        _ => return Err(Reason::NotIp),
+    }
+    if o.l4_off > ETH_HLEN + 60 {
+        return Err(Reason::Truncated);
+    }
+    // Fixed-size loads: the helper's length must be a constant.
+    o.udp = ctx.load(o.l4_off + 2).map_err(|_| Reason::Truncated)?;
+    Ok(o)
+}
+
+/// Rewrites the frame for `shard` from the original headers, sends a copy
+/// to the shard's egress, and counts it. A function of its own (a BPF
+/// call) that returns nothing: its paths join again at the return.
+#[inline(never)]
+fn copy(ctx: &TcContext, o: &Original, shard: &Shard, frame_len: u64) {
+    match rewrite_and_send(ctx, o, shard) {
+        Ok(()) => count(Reason::Redirected, frame_len),
+        Err(reason) => count(reason, frame_len),
+    }
+}
+
+#[inline(always)]
+fn rewrite_and_send(ctx: &TcContext, o: &Original, shard: &Shard) -> Result<(), Reason> {
+    let ifindex = *SC_EGRESS_IF
+        .get(shard.egress_slot)
+        .filter(|&&i| i != 0)
+        .ok_or(Reason::EgressMissing)?;
+    let old_port = u16::from_ne_bytes([o.udp[0], o.udp[1]]);
+    let new_port = if shard.port == 0 {
+        old_port
+    } else {
+        shard.port.to_be()
+    };
+    let old_check = u16::from_ne_bytes([o.udp[4], o.udp[5]]);
+    let mut udp = o.udp;
+    udp[0..2].copy_from_slice(&new_port.to_ne_bytes());
+    let dst_mac: [u8; 6];
+    if !o.v6 {
+        if shard.flags & SHARD_HAS_V4 == 0 {
+            return Err(Reason::NoGroupForFamily);
+        }
+        let h = &o.v4;
+        let ttl = h[0];
+        if ttl <= 1 {
+            return Err(Reason::TtlExpired);
+        }
+        let group = u32::from_ne_bytes(shard.group_v4);
+        let old_daddr = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+        let mut ipc = Patch::new(u16::from_ne_bytes([h[2], h[3]]));
+        ipc.replace16(
+            u16::from_ne_bytes([ttl, h[1]]),
+            u16::from_ne_bytes([ttl - 1, h[1]]),
+        );
+        ipc.replace32(old_daddr, group);
+        let mut v4 = *h;
+        v4[0] = ttl - 1;
+        v4[2..4].copy_from_slice(&ipc.finish().to_ne_bytes());
+        v4[8..12].copy_from_slice(&shard.group_v4);
+        ctx.store(ETH_HLEN + 8, &v4, 0)
+            .map_err(|_| Reason::Truncated)?;
+        if old_check != 0 {
+            let mut uc = Patch::new(old_check);
+            uc.replace32(old_daddr, group);
+            uc.replace16(old_port, new_port);
+            udp[4..6].copy_from_slice(&uc.finish_udp().to_ne_bytes());
+        }
+        let g = shard.group_v4;
+        dst_mac = [0x01, 0x00, 0x5e, g[1] & 0x7f, g[2], g[3]];
+    } else {
+        if shard.flags & SHARD_HAS_V6 == 0 {
+            return Err(Reason::NoGroupForFamily);
+        }
+        if o.hop_limit <= 1 {
+            return Err(Reason::TtlExpired);
+        }
+        let g = &shard.group_v6;
+        let mut uc = Patch::new(old_check);
+        for w in 0..4 {
+            let i = 4 * w;
+            uc.replace32(
+                u32::from_ne_bytes([
+                    o.daddr6[i],
+                    o.daddr6[i + 1],
+                    o.daddr6[i + 2],
+                    o.daddr6[i + 3],
+                ]),
+                u32::from_ne_bytes([g[i], g[i + 1], g[i + 2], g[i + 3]]),
+            );
+        }
+        uc.replace16(old_port, new_port);
+        udp[4..6].copy_from_slice(&uc.finish_udp().to_ne_bytes());
+        ctx.store(ETH_HLEN + 7, &(o.hop_limit - 1), 0)
+            .map_err(|_| Reason::Truncated)?;
+        ctx.store(ETH_HLEN + 24, g, 0)
+            .map_err(|_| Reason::Truncated)?;
+        dst_mac = [0x33, 0x33, g[12], g[13], g[14], g[15]];
+    }
+    ctx.store(o.l4_off + 2, &udp, 0)
+        .map_err(|_| Reason::Truncated)?;
+    let s = shard.src_mac;
+    let macs = [
+        dst_mac[0], dst_mac[1], dst_mac[2], dst_mac[3], dst_mac[4], dst_mac[5], s[0], s[1], s[2],
+        s[3], s[4], s[5],
+    ];
+    ctx.store(0, &macs, 0).map_err(|_| Reason::Truncated)?;
+    ctx.clone_redirect(ifindex, 0)
+        .map_err(|_| Reason::EgressMissing)
+}
