@@ -126,6 +126,16 @@ impl std::str::FromStr for TcAttach {
     }
 }
 
+/// Removes the fan-out's clsact filter from `iface`, if there is one. The
+/// filter carries the program's name as the kernel keeps it: cut to 15
+/// bytes (`BPF_OBJ_NAME_LEN`), so both spellings are tried.
+pub(crate) fn detach_fanout_filter(iface: &str) {
+    let full = names::PROG_FANOUT;
+    for name in [full, &full[..full.len().min(15)]] {
+        let _ = aya::programs::tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
+    }
+}
+
 /// Where an attached fan-out lives.
 pub(crate) enum FanoutLink {
     /// A TCX link, pinned here.
@@ -375,7 +385,9 @@ impl Dataplane {
                 }
                 Err(e) if mode == TcAttach::Tcx => return Err(prog_err(name)(e)),
                 Err(e) => {
-                    tracing::info!("TCX refused on {iface} ({e}): fan-out attached as a clsact filter");
+                    tracing::info!(
+                        "TCX refused on {iface} ({e}): fan-out attached as a clsact filter"
+                    );
                 }
             }
         }
@@ -383,12 +395,18 @@ impl Dataplane {
         // tool's): adding it again fails harmlessly; the attach says
         // whether it is usable.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
-        prog.attach_with_options(
-            iface,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
-        .map_err(prog_err(name))?;
+        let id = prog
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .map_err(prog_err(name))?;
+        // The filter must outlive this process, as a pinned link does: aya
+        // removes it when its link handle is dropped, so the handle is
+        // let go of (`detach` removes the filter by name).
+        let link = prog.take_link(id).map_err(prog_err(name))?;
+        std::mem::forget(link);
         Ok(FanoutLink::Netlink)
     }
 
@@ -460,11 +478,7 @@ impl Dataplane {
                 && !names_of.contains(&format!("{fanout_link}{iface}"))
                 && ifindex(iface).is_ok()
             {
-                let _ = aya::programs::tc::qdisc_detach_program(
-                    iface,
-                    TcAttachType::Ingress,
-                    names::PROG_FANOUT,
-                );
+                detach_fanout_filter(iface);
             }
         }
         // Links first, so traffic stops being steered before maps go away.

@@ -160,11 +160,7 @@ impl Drop for PinRollback {
     fn drop(&mut self) {
         if self.armed {
             for iface in &self.netlink {
-                let _ = aya::programs::tc::qdisc_detach_program(
-                    iface,
-                    aya::programs::TcAttachType::Ingress,
-                    router_common::maps::names::PROG_FANOUT,
-                );
+                crate::lifecycle::detach_fanout_filter(iface);
             }
             for p in self.created.iter().rev() {
                 let _ = std::fs::remove_file(p);
