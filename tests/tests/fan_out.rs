@@ -155,7 +155,7 @@ fn captured(sock: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
             return out;
         }
         let f = &buf[..n as usize];
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         let multicast = f[0] & 1 == 1;
