@@ -137,6 +137,85 @@ fn each_subscriber_gets_exactly_its_shards_publishes() {
     assert_eq!(n(Reason::NoRoute), 40, "unrouted publishes counted");
 }
 
+/// A topic on three of four shards, published over both families and
+/// both protocols: each of the three shards' subscribers gets every
+/// publish exactly once (one copy per shard from the fan-out program), the
+/// fourth shard's subscriber only its own topic.
+#[test]
+fn a_topic_on_three_shards_reaches_each_once_and_no_one_else() {
+    let mut lab = Lab::new(4).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<_> = (1..=4).map(LabShard::numbered).collect();
+    let plan = Lab::plan_json(1, &shards, &[("al", &[1, 2, 3]), ("t4", &[4])]);
+    lab.apply(&plan).unwrap();
+    let listeners: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
+        .collect();
+    let mut sent: BTreeMap<&str, Vec<Sent>> = BTreeMap::new();
+    for topic in ["al", "t4"] {
+        for v6 in [false, true] {
+            let mut m = Vec::new();
+            let mut c = Vec::new();
+            for n in 0..10 {
+                let body = format!("{topic}/{}/{n}", if v6 { "v6" } else { "v4" });
+                m.push(mqttsn(topic, body.as_bytes()));
+                c.push(coap_put(topic, body.as_bytes()));
+            }
+            lab.publish(v6, MQTTSN_PORT, m.clone()).unwrap();
+            lab.publish(v6, COAP_PORT, c.clone()).unwrap();
+            let e = sent.entry(topic).or_default();
+            e.extend(m.into_iter().map(|p| (v6, MQTTSN_PORT, p)));
+            e.extend(c.into_iter().map(|p| (v6, COAP_PORT, p)));
+        }
+    }
+    for (k, l) in listeners.into_iter().enumerate() {
+        let got = l.finish(GRACE).unwrap();
+        let topic = if k < 3 { "al" } else { "t4" };
+        let shard = &shards[k];
+        let mut want: Vec<_> = sent[topic]
+            .iter()
+            .map(|(v6, port, p)| {
+                let (group, from) = if *v6 {
+                    (IpAddr::V6(shard.group_v6), IpAddr::V6(PUBLISHER_V6))
+                } else {
+                    (IpAddr::V4(shard.group_v4), IpAddr::V4(PUBLISHER_V4))
+                };
+                (group, *port, from, p.clone())
+            })
+            .collect();
+        let mut have: Vec<_> = got
+            .into_iter()
+            .map(|r| (r.group, r.port, r.from, r.payload))
+            .collect();
+        want.sort();
+        have.sort();
+        // Exactly once: no duplicate, nothing missing, nothing else.
+        assert_eq!(
+            have.len(),
+            want.len(),
+            "subscriber {k} (shard {}) got {} datagrams, want {}",
+            k + 1,
+            have.len(),
+            want.len()
+        );
+        assert_eq!(
+            have, want,
+            "subscriber {k} got other datagrams than its shard's"
+        );
+    }
+    let c = lab.counters().unwrap();
+    let n = |r: Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
+    assert_eq!(n(Reason::FannedOut), 40, "fanned out");
+    assert_eq!(
+        n(Reason::Redirected),
+        3 * 40 + 40,
+        "copies and single-shard redirects"
+    );
+    assert_eq!(n(Reason::MultiShard), 0);
+}
+
 #[test]
 fn ping_unrelated_udp_and_non_publishes_reach_the_stack() {
     let (lab, _shards) = lab3();

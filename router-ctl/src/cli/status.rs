@@ -25,7 +25,10 @@ struct Status {
     group_stats: bool,
     /// How group counters are read: `iterator`, or `batches (why)`.
     group_reader: String,
+    /// Packets out: single-shard redirects and the fan-out's copies.
     redirected: u64,
+    /// Multi-shard publishes handed to the fan-out program.
+    fanned_out: u64,
     passed: u64,
     topics_counted: usize,
     unrouted_keys: usize,
@@ -59,8 +62,8 @@ impl fmt::Display for Status {
         writeln!(f, "group counters read by {}", self.group_reader)?;
         writeln!(
             f,
-            "packets: {} redirected, {} passed to the stack; {} topics counted, {} unrouted keys",
-            self.redirected, self.passed, self.topics_counted, self.unrouted_keys
+            "packets: {} redirected (copies of {} fanned out included), {} passed to the stack; {} topics counted, {} unrouted keys",
+            self.redirected, self.fanned_out, self.passed, self.topics_counted, self.unrouted_keys
         )?;
         match &self.policy {
             None => writeln!(f, "policy: unknown (no copy of the installed plan)"),
@@ -115,7 +118,8 @@ pub fn run(g: &Globals) -> Result<()> {
             Some(why) => format!("batches ({why})"),
         },
         redirected: packets(&|r| r == Reason::Redirected),
-        passed: packets(&|r| r != Reason::Redirected),
+        fanned_out: packets(&|r| r == Reason::FannedOut),
+        passed: packets(&|r| r != Reason::Redirected && r != Reason::FannedOut),
         topics_counted: c.topics.len(),
         unrouted_keys: c.unrouted.len(),
     })
