@@ -8,8 +8,9 @@
 //! (`fanned_out`); `shardcast_fanout`, at TC ingress of the same
 //! interface, finds the metadata, looks the route up in the plan
 //! generation active then, and for each shard rewrites the headers and
-//! `bpf_clone_redirect`s a copy to the shard's egress, then drops the
-//! original. Each copy is counted `redirected` (or why it could not go).
+//! `bpf_clone_redirect`s a copy to the shard's egress; the last copy is
+//! the frame itself, redirected. Each copy is counted `redirected` (or why
+//! it could not go).
 //!
 //! The copies are computed from the headers as they arrived, not from the
 //! previous copy, so each is exactly what the single-shard XDP path would
@@ -19,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
 use router_common::{
@@ -148,9 +149,7 @@ pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
     }
     let frame_len = ctx.len() as u64;
     match send_copies(ctx, &m, frame_len) {
-        // Every copy went or was counted with why it could not: the
-        // original is done with (the stack cannot route it either).
-        Ok(()) => TC_ACT_SHOT as i32,
+        Ok(action) => action,
         Err(reason) => {
             count(reason, frame_len);
             TC_ACT_OK as i32
@@ -159,11 +158,17 @@ pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
 }
 
 /// Sends the copies, each counted `redirected` or with why it could not
-/// go. Nothing about one copy's outcome is carried to the next (not even a
-/// count): the verifier then sees the same state at every turn of the loop
-/// whatever happened in the last, and checks 16 turns, not 2^16 paths.
+/// go, and returns the program's verdict. All but the last are clones
+/// (`bpf_clone_redirect`); the last is the frame itself, redirected
+/// (`TC_ACT_REDIRECT`), which saves a clone and the copy of its headers
+/// that the next write to a cloned frame costs. When the last copy cannot
+/// go, the frame is dropped: every copy went or was counted with why not,
+/// and the stack could not route it either. Nothing about one copy's
+/// outcome is carried to the next (not even a count): the verifier then
+/// sees the same state at every turn of the loop whatever happened in the
+/// last, and checks 16 turns, not 2^16 paths.
 #[inline(always)]
-fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<(), Reason> {
+fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<i32, Reason> {
     let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
     let route: &Route = match m.kind {
         FANOUT_BY_ID => {
@@ -183,8 +188,11 @@ fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<(), Re
     let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
     let o = original(ctx)?;
     let n = (route.shard_count as usize).min(MAX_ROUTE_SHARDS);
-    for i in 0..MAX_ROUTE_SHARDS {
-        if i >= n {
+    if n == 0 {
+        return Err(Reason::NoRoute);
+    }
+    for i in 0..MAX_ROUTE_SHARDS - 1 {
+        if i + 1 >= n {
             break;
         }
         if i == 0 {
@@ -196,7 +204,36 @@ fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<(), Re
             }
         }
     }
-    Ok(())
+    let last = if n == 1 {
+        &route.first
+    } else {
+        match shards.get(route.shards[(n - 1) & (MAX_ROUTE_SHARDS - 1)] as u32) {
+            Some(s) => s,
+            None => {
+                count(Reason::NoRoute, frame_len);
+                return Ok(TC_ACT_SHOT as i32);
+            }
+        }
+    };
+    Ok(last_copy(ctx, &o, last, frame_len))
+}
+
+/// The last copy: the frame itself, rewritten and redirected.
+#[inline(never)]
+fn last_copy(ctx: &TcContext, o: &Original, shard: &Shard, frame_len: u64) -> i32 {
+    match rewrite(ctx, o, shard) {
+        Ok(ifindex) => {
+            count(Reason::Redirected, frame_len);
+            // SAFETY: plain helper call; the verdict it returns is
+            // TC_ACT_REDIRECT (or TC_ACT_SHOT for bad flags, which ours
+            // are not).
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Err(reason) => {
+            count(reason, frame_len);
+            TC_ACT_SHOT as i32
+        }
+    }
 }
 
 /// Reads the headers every copy is computed from.
@@ -242,14 +279,20 @@ fn original(ctx: &TcContext) -> Result<Original, Reason> {
 /// call) that returns nothing: its paths join again at the return.
 #[inline(never)]
 fn copy(ctx: &TcContext, o: &Original, shard: &Shard, frame_len: u64) {
-    match rewrite_and_send(ctx, o, shard) {
+    let sent = rewrite(ctx, o, shard).and_then(|ifindex| {
+        ctx.clone_redirect(ifindex, 0)
+            .map_err(|_| Reason::EgressMissing)
+    });
+    match sent {
         Ok(()) => count(Reason::Redirected, frame_len),
         Err(reason) => count(reason, frame_len),
     }
 }
 
+/// Rewrites the frame's headers for `shard` from the original ones;
+/// returns the shard's egress ifindex.
 #[inline(always)]
-fn rewrite_and_send(ctx: &TcContext, o: &Original, shard: &Shard) -> Result<(), Reason> {
+fn rewrite(ctx: &TcContext, o: &Original, shard: &Shard) -> Result<u32, Reason> {
     let ifindex = *SC_EGRESS_IF
         .get(shard.egress_slot)
         .filter(|&&i| i != 0)
@@ -332,6 +375,5 @@ fn rewrite_and_send(ctx: &TcContext, o: &Original, shard: &Shard) -> Result<(), 
         s[3], s[4], s[5],
     ];
     ctx.store(0, &macs, 0).map_err(|_| Reason::Truncated)?;
-    ctx.clone_redirect(ifindex, 0)
-        .map_err(|_| Reason::EgressMissing)
+    Ok(ifindex)
 }

@@ -14,12 +14,14 @@ use etherparse::PacketBuilder;
 pub use router_common::build;
 
 pub mod differential;
+pub mod fanout_bench;
 pub mod fixtures;
 pub mod forecast_bench;
 pub mod lab;
 pub mod measure;
 pub mod model;
 pub mod planner_bench;
+pub mod rawsock;
 pub mod xdp;
 
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.

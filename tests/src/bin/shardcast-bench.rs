@@ -93,12 +93,12 @@ fn run() -> Result<()> {
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
-        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast",
+        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout",
     ]
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy or forecast"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast or fanout"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -124,6 +124,12 @@ fn run() -> Result<()> {
     }
     if ["planner", "shapes", "policy"].contains(&which.as_str()) {
         return Ok(());
+    }
+    if which == "all" || which == "fanout" {
+        println!("{}", integration_tests::fanout_bench::bench(rounds)?);
+        if which == "fanout" {
+            return Ok(());
+        }
     }
     let ns = NetNs::new("scbench")?;
     ns.ip(&["link", "add", "sc0", "type", "veth", "peer", "name", "sc1"])?;
