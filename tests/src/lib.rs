@@ -14,6 +14,7 @@ use etherparse::PacketBuilder;
 pub use router_common::build;
 
 pub mod differential;
+pub mod e2e_bench;
 pub mod fanout_bench;
 pub mod fixtures;
 pub mod forecast_bench;

@@ -19,6 +19,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("libcoap3-bin", "coap-client-notls"),
     ("ethtool", "ethtool"),
+    // The end-to-end benchmark's broker to compare against (it starts its
+    // own instance in the lab; the package's system service is stopped).
+    ("mosquitto", "mosquitto"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -69,7 +72,15 @@ fn packages() -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if missing.contains(&"mosquitto") {
+        // Debian starts a broker on the host at install: the benchmark
+        // needs none (best effort: no systemd, no service).
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "mosquitto"])
+            .status();
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

@@ -93,12 +93,12 @@ fn run() -> Result<()> {
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
-        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout",
+        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout", "e2e",
     ]
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast or fanout"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout or e2e"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -124,6 +124,12 @@ fn run() -> Result<()> {
     }
     if ["planner", "shapes", "policy"].contains(&which.as_str()) {
         return Ok(());
+    }
+    if which == "all" || which == "e2e" {
+        println!("{}", integration_tests::e2e_bench::bench()?);
+        if which == "e2e" {
+            return Ok(());
+        }
     }
     if which == "all" || which == "fanout" {
         println!("{}", integration_tests::fanout_bench::bench(rounds)?);

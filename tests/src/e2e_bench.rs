@@ -1,0 +1,905 @@
+//! The end-to-end benchmark (`SHARDCAST_BENCH=e2e cargo xtask bench`): the
+//! same publishers, topics and subscribers through three routers, one
+//! after the other, in the lab of [`crate::lab`] (publisher namespace →
+//! router namespace → bridge → 3 subscriber namespaces):
+//!
+//! - **shardcast**: the XDP router (and its fan-out program) on `r-in`;
+//! - **relay**: a userspace UDP relay in the router namespace doing the same
+//!   routing with `recvmmsg`/`sendmmsg` (the design of a userspace MQTT-SN
+//!   gateway): parse with the shared parser, look the route up, send one
+//!   datagram per shard group;
+//! - **mosquitto** (the Debian package), MQTT 3.1.1 QoS 0, started by the
+//!   bench on the lab's addresses, fed by several publisher connections.
+//!
+//! A topic `kN` goes to N of 8 shard groups (N subscriber connections for
+//! mosquitto), spread over the 3 subscribers. Each message carries its
+//! sequence number and send time (`CLOCK_MONOTONIC`, one host): the
+//! subscribers count what arrives and sample the latency. Per system and
+//! fan-out: delivered messages/s at saturation, whole-machine CPU seconds
+//! per million delivered (`/proc/stat`: the sender, the router, the
+//! bridge and the receivers share 2 cores, the same for every system, so
+//! the difference is the router's), and p50/p99 latency and loss at half
+//! the measured peak. See `../shared/E2E-NOTES.md` for what limits a veth
+//! lab: the numbers measure the testbed as much as the router.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use router_common::{
+    build::{mqttsn_publish, qos0},
+    mqttsn::{self, TOPIC_SHORT},
+    payload::Head,
+};
+
+use crate::lab::{Lab, LabShard, MQTTSN_PORT, ROUTER_V4};
+
+/// Shard groups; subscriber `s` joins shards `i` with `(i - 1) % 3 == s`.
+const SHARDS: u32 = 8;
+const FANOUTS: [u32; 4] = [1, 2, 4, 8];
+const SIZES: [usize; 2] = [21, 200];
+/// Seconds per measurement.
+const WINDOW: Duration = Duration::from_secs(3);
+const MAGIC: u32 = 0x5343_4231;
+/// Latency samples kept per receiver.
+const SAMPLES: usize = 200_000;
+const MQTT_PORT: u16 = 1883;
+/// Publisher connections for mosquitto (its load generator).
+const MQTT_PUBLISHERS: usize = 4;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The body of message `seq`: magic, seq, send time, padding to `size`.
+fn body(size: usize, seq: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(&MAGIC.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&now_ns().to_be_bytes());
+    b.resize(size.max(16), b'.');
+    b
+}
+
+/// Reads a message body found in `bytes` (at `off`): its send time.
+fn sent_at(bytes: &[u8], off: usize) -> Option<u64> {
+    let b = bytes.get(off..off + 16)?;
+    (u32::from_be_bytes(b[0..4].try_into().ok()?) == MAGIC)
+        .then(|| u64::from_be_bytes(b[8..16].try_into().expect("8 bytes")))
+}
+
+/// What the receivers of one run saw.
+#[derive(Default)]
+struct Received {
+    messages: u64,
+    latencies_us: Vec<u32>,
+    /// Datagrams the subscribers' kernels dropped (UDP receive buffer
+    /// errors), or 0 for TCP.
+    socket_drops: u64,
+}
+
+/// Whole-machine busy time (all CPUs) from /proc/stat, in seconds.
+fn busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
+fn udp_rcvbuf_errors() -> u64 {
+    // The thread's own namespace.
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(h), Some(v)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    h.split_whitespace()
+        .zip(v.split_whitespace())
+        .find(|(k, _)| *k == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A thread in namespace `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> JoinHandle<Result<T>> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        shardcast_dataplane::netns::enter(&ns)?;
+        f()
+    })
+}
+
+fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
+    h.join()
+        .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
+}
+
+/// UDP receivers: subscriber `s` joins its shards' groups on the MQTT-SN
+/// port and counts (recvmmsg) until `stop`.
+fn udp_receivers(lab: &Lab, stop: &Arc<AtomicBool>) -> Result<Vec<JoinHandle<Result<Received>>>> {
+    let mut handles = Vec::new();
+    for (s, sub) in lab.subscribers.iter().enumerate() {
+        let stop = stop.clone();
+        let v4 = sub.v4;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        handles.push(in_ns(&sub.ns.name, move || {
+            let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MQTTSN_PORT))?;
+            for i in 1..=SHARDS {
+                if (i - 1) as usize % 3 == s {
+                    sock.join_multicast_v4(&LabShard::numbered(i).group_v4, &v4)?;
+                }
+            }
+            let fd = sock.as_raw_fd();
+            let size: libc::c_int = 16 << 20;
+            // SAFETY: SO_RCVBUFFORCE takes an int of this size.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&raw const size).cast(),
+                    4,
+                );
+            }
+            sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let drops0 = udp_rcvbuf_errors();
+            let _ = ready_tx.send(());
+            let mut r = Received::default();
+            let mut bufs = vec![[0u8; 512]; 64];
+            loop {
+                // SAFETY: the iovecs and headers point into `bufs`, which
+                // outlives the call.
+                let n = unsafe {
+                    let mut iov: Vec<libc::iovec> = bufs
+                        .iter_mut()
+                        .map(|b| libc::iovec {
+                            iov_base: b.as_mut_ptr().cast(),
+                            iov_len: b.len(),
+                        })
+                        .collect();
+                    let mut hdrs: Vec<libc::mmsghdr> = iov
+                        .iter_mut()
+                        .map(|v| {
+                            let mut h: libc::mmsghdr = std::mem::zeroed();
+                            h.msg_hdr.msg_iov = v;
+                            h.msg_hdr.msg_iovlen = 1;
+                            h
+                        })
+                        .collect();
+                    let n = libc::recvmmsg(
+                        fd,
+                        hdrs.as_mut_ptr(),
+                        hdrs.len() as u32,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    );
+                    if n > 0 {
+                        let t = now_ns();
+                        for (h, b) in hdrs.iter().zip(&bufs).take(n as usize) {
+                            let len = h.msg_len as usize;
+                            // MQTT-SN PUBLISH (short form): 7-byte header.
+                            if let Some(at) = sent_at(&b[..len], 7) {
+                                r.messages += 1;
+                                if r.latencies_us.len() < SAMPLES {
+                                    r.latencies_us.push((t.saturating_sub(at) / 1000) as u32);
+                                }
+                            }
+                        }
+                    }
+                    n
+                };
+                if n <= 0 && stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            r.socket_drops = udp_rcvbuf_errors() - drops0;
+            Ok(r)
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("a receiver did not start")?;
+    }
+    Ok(handles)
+}
+
+/// Sends MQTT-SN publishes of `topic` (`size`-byte bodies) to `to` from the
+/// publisher namespace for the window, as fast as possible (`rate` None)
+/// or paced; returns messages sent.
+fn udp_sender(
+    lab: &Lab,
+    to: SocketAddrV4,
+    topic: [u8; 2],
+    size: usize,
+    rate: Option<f64>,
+) -> Result<u64> {
+    join(in_ns(&lab.publisher.name, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(to)?;
+        let fd = sock.as_raw_fd();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        const BATCH: usize = 32;
+        while start.elapsed() < WINDOW {
+            if let Some(r) = rate {
+                let due = (start.elapsed().as_secs_f64() * r) as u64;
+                if sent >= due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+            }
+            let msgs: Vec<Vec<u8>> = (0..BATCH)
+                .map(|i| {
+                    mqttsn_publish(
+                        false,
+                        qos0(TOPIC_SHORT),
+                        topic,
+                        0,
+                        &body(size, (sent + i as u64) as u32),
+                    )
+                })
+                .collect();
+            // SAFETY: iovecs point into `msgs`, alive across the call.
+            let n = unsafe {
+                let mut iov: Vec<libc::iovec> = msgs
+                    .iter()
+                    .map(|m| libc::iovec {
+                        iov_base: m.as_ptr() as *mut _,
+                        iov_len: m.len(),
+                    })
+                    .collect();
+                let mut hdrs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .map(|v| {
+                        let mut h: libc::mmsghdr = std::mem::zeroed();
+                        h.msg_hdr.msg_iov = v;
+                        h.msg_hdr.msg_iovlen = 1;
+                        h
+                    })
+                    .collect();
+                libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0)
+            };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        Ok(sent)
+    }))
+}
+
+/// The userspace relay: in the router namespace, receives publishes on
+/// the router's MQTT-SN port and sends each to its topic's shard groups out
+/// of `r-out`. Runs until `stop`; returns its CPU seconds and the datagrams
+/// its socket dropped (receive buffer full).
+fn relay(lab: &Lab, stop: &Arc<AtomicBool>) -> JoinHandle<Result<(f64, u64)>> {
+    let stop = stop.clone();
+    in_ns(&lab.router.name, move || {
+        let sock = UdpSocket::bind(SocketAddrV4::new(ROUTER_V4, MQTTSN_PORT))?;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let out = UdpSocket::bind("198.18.2.1:0")?;
+        out.set_multicast_ttl_v4(1)?;
+        // Not back to this host: a router sends, it does not listen.
+        out.set_multicast_loop_v4(false)?;
+        // SAFETY: IP_MULTICAST_IF with the egress address.
+        let ifaddr = libc::in_addr {
+            s_addr: u32::from_ne_bytes([198, 18, 2, 1]),
+        };
+        unsafe {
+            libc::setsockopt(
+                out.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_IF,
+                (&raw const ifaddr).cast(),
+                std::mem::size_of::<libc::in_addr>() as u32,
+            );
+        }
+        // Topic `kN`'s short-name id → its groups.
+        let mut routes: std::collections::HashMap<u32, Vec<libc::sockaddr_in>> = Default::default();
+        for k in FANOUTS {
+            let name = format!("k{k}");
+            let id = u16::from_be_bytes(name.as_bytes().try_into().expect("2 bytes"));
+            let groups = (1..=k)
+                .map(|i| libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: MQTTSN_PORT.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(LabShard::numbered(i).group_v4.octets()),
+                    },
+                    sin_zero: [0; 8],
+                })
+                .collect();
+            routes.insert(
+                router_common::maps::mqttsn_id_index(TOPIC_SHORT, id),
+                groups,
+            );
+        }
+        let cpu0 = thread_cpu();
+        let drops0 = udp_rcvbuf_errors();
+        let (fd, ofd) = (sock.as_raw_fd(), out.as_raw_fd());
+        let mut bufs = vec![[0u8; 512]; 64];
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: iovecs and headers point into buffers that outlive
+            // each call.
+            unsafe {
+                let mut iov: Vec<libc::iovec> = bufs
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                let mut hdrs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .map(|v| {
+                        let mut h: libc::mmsghdr = std::mem::zeroed();
+                        h.msg_hdr.msg_iov = v;
+                        h.msg_hdr.msg_iovlen = 1;
+                        h
+                    })
+                    .collect();
+                let n = libc::recvmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    64,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                );
+                if n <= 0 {
+                    continue;
+                }
+                let mut out_iov: Vec<libc::iovec> = Vec::new();
+                let mut out_to: Vec<*const libc::sockaddr_in> = Vec::new();
+                for (h, b) in hdrs.iter().zip(&bufs).take(n as usize) {
+                    let len = h.msg_len as usize;
+                    let Ok(p) =
+                        mqttsn::parse_publish(&Head::<{ mqttsn::HEADER_READ }>::of(&b[..len]))
+                    else {
+                        continue;
+                    };
+                    if let Some(groups) = routes.get(&p.id_index()) {
+                        for g in groups {
+                            out_iov.push(libc::iovec {
+                                iov_base: b.as_ptr() as *mut _,
+                                iov_len: len,
+                            });
+                            out_to.push(g);
+                        }
+                    }
+                }
+                let mut out_hdrs: Vec<libc::mmsghdr> = out_iov
+                    .iter_mut()
+                    .zip(&out_to)
+                    .map(|(v, &to)| {
+                        let mut h: libc::mmsghdr = std::mem::zeroed();
+                        h.msg_hdr.msg_iov = v;
+                        h.msg_hdr.msg_iovlen = 1;
+                        h.msg_hdr.msg_name = to as *mut _;
+                        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                        h
+                    })
+                    .collect();
+                let mut off = 0;
+                while off < out_hdrs.len() {
+                    let m = libc::sendmmsg(
+                        ofd,
+                        out_hdrs[off..].as_mut_ptr(),
+                        (out_hdrs.len() - off).min(1024) as u32,
+                        0,
+                    );
+                    if m <= 0 {
+                        break;
+                    }
+                    off += m as usize;
+                }
+            }
+        }
+        Ok((thread_cpu() - cpu0, udp_rcvbuf_errors() - drops0))
+    })
+}
+
+/// This thread's CPU time (seconds).
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// MQTT 3.1.1 remaining length.
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn mqtt_connect(addr: SocketAddrV4, id: &str) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    var.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    var.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10];
+    varint(var.len(), &mut p);
+    p.extend_from_slice(&var);
+    s.write_all(&p)?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)?;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        bail!("CONNACK refused: {ack:02x?}");
+    }
+    Ok(s)
+}
+
+fn mqtt_publish(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x30);
+    varint(2 + topic.len() + payload.len(), out);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// `k` MQTT subscribers of `topic`, connection `i` from subscriber `i % 3`;
+/// each counts PUBLISH packets until `stop`.
+fn mqtt_receivers(
+    lab: &Lab,
+    topic: &str,
+    k: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<Result<Received>>>> {
+    let mut handles = Vec::new();
+    for i in 0..k as usize {
+        let stop = stop.clone();
+        let topic = topic.to_string();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        handles.push(in_ns(&lab.subscribers[i % 3].ns.name, move || {
+            let setup = || -> Result<TcpStream> {
+                let mut s = mqtt_connect(
+                    SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 1), MQTT_PORT),
+                    &format!("sub{i}"),
+                )?;
+                let mut var = vec![0, 1];
+                var.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+                var.extend_from_slice(topic.as_bytes());
+                var.push(0);
+                let mut p = vec![0x82];
+                varint(var.len(), &mut p);
+                p.extend_from_slice(&var);
+                s.write_all(&p)?;
+                let mut ack = [0u8; 5];
+                s.read_exact(&mut ack)?;
+                if ack[0] != 0x90 || ack[4] != 0 {
+                    bail!("SUBACK refused: {ack:02x?}");
+                }
+                s.set_read_timeout(Some(Duration::from_millis(20)))?;
+                Ok(s)
+            };
+            let mut s = match setup() {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let mut r = Received::default();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        let t = now_ns();
+                        let mut off = 0;
+                        // Whole packets: type, remaining length, body.
+                        while let Some(&h) = pending.get(off) {
+                            let (mut len, mut mul, mut j) = (0usize, 1usize, off + 1);
+                            let mut complete = false;
+                            while let Some(&b) = pending.get(j) {
+                                len += (b & 0x7f) as usize * mul;
+                                mul *= 128;
+                                j += 1;
+                                if b & 0x80 == 0 {
+                                    complete = true;
+                                    break;
+                                }
+                            }
+                            if !complete || pending.len() < j + len {
+                                break;
+                            }
+                            if h >> 4 == 3 {
+                                let tl = u16::from_be_bytes([pending[j], pending[j + 1]]) as usize;
+                                if let Some(at) = sent_at(&pending[..j + len], j + 2 + tl) {
+                                    r.messages += 1;
+                                    if r.latencies_us.len() < SAMPLES {
+                                        r.latencies_us.push((t.saturating_sub(at) / 1000) as u32);
+                                    }
+                                }
+                            }
+                            off = j + len;
+                        }
+                        pending.drain(..off);
+                    }
+                    Err(_) => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(r)
+        }));
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("MQTT subscriber {i}: {e}"),
+            Err(_) => bail!("MQTT subscriber {i} did not start"),
+        }
+    }
+    Ok(handles)
+}
+
+/// Publishes `topic` from [`MQTT_PUBLISHERS`] connections for the window;
+/// returns messages sent.
+fn mqtt_senders(lab: &Lab, topic: &str, size: usize, rate: Option<f64>) -> Result<u64> {
+    let handles: Vec<_> = (0..MQTT_PUBLISHERS)
+        .map(|c| {
+            let topic = topic.to_string();
+            in_ns(&lab.publisher.name, move || {
+                let mut s =
+                    mqtt_connect(SocketAddrV4::new(ROUTER_V4, MQTT_PORT), &format!("pub{c}"))?;
+                let start = Instant::now();
+                let mut sent = 0u64;
+                let per = rate.map(|r| r / MQTT_PUBLISHERS as f64);
+                let mut out = Vec::new();
+                while start.elapsed() < WINDOW {
+                    if let Some(r) = per
+                        && sent >= (start.elapsed().as_secs_f64() * r) as u64
+                    {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    }
+                    out.clear();
+                    for i in 0..32 {
+                        mqtt_publish(&topic, &body(size, (sent + i) as u32), &mut out);
+                    }
+                    s.write_all(&out)?;
+                    sent += 32;
+                }
+                // DISCONNECT.
+                let _ = s.write_all(&[0xe0, 0]);
+                Ok(sent)
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for h in handles {
+        sent += join(h)?;
+    }
+    Ok(sent)
+}
+
+/// One measured run.
+struct Run {
+    sent: u64,
+    delivered: u64,
+    busy_s: f64,
+    /// The router's own CPU seconds: the relay thread's, mosquitto's
+    /// process time, the XDP and fan-out programs' run time (the kernel's
+    /// accounting; the transmit after XDP returns is not in it).
+    router_s: f64,
+    /// Datagrams the relay's socket dropped.
+    router_drops: u64,
+    socket_drops: u64,
+    p50_us: u32,
+    p99_us: u32,
+}
+
+fn collect(handles: Vec<JoinHandle<Result<Received>>>) -> Result<(u64, u64, Vec<u32>)> {
+    let (mut delivered, mut drops, mut lat) = (0, 0, Vec::new());
+    for h in handles {
+        let r = join(h)?;
+        delivered += r.messages;
+        drops += r.socket_drops;
+        lat.extend(r.latencies_us);
+    }
+    Ok((delivered, drops, lat))
+}
+
+fn percentile(v: &mut [u32], p: f64) -> u32 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p) as usize]
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum System {
+    Shardcast,
+    Relay,
+    Mosquitto,
+}
+
+/// The router's cumulative CPU seconds so far (not for the relay, which
+/// reports its own thread's).
+fn router_cpu(lab: &Lab, system: System, mosquitto: u32) -> f64 {
+    match system {
+        System::Mosquitto => {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{mosquitto}/stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis; utime and
+            // stime are the 14th and 15th of the whole line.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            // After the state: ppid ... utime (11th) and stime (12th).
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+            (field(11) + field(12)) as f64 / hz
+        }
+        System::Shardcast => {
+            let dir = lab
+                .pin_root()
+                .join(format!("v{}", router_common::maps::LAYOUT_VERSION));
+            [
+                router_common::maps::names::PROG_ROUTER,
+                router_common::maps::names::PROG_FANOUT,
+            ]
+            .iter()
+            .filter_map(|name| {
+                let out = crate::sh(
+                    "bpftool",
+                    &[
+                        "-j",
+                        "prog",
+                        "show",
+                        "pinned",
+                        &dir.join(name).display().to_string(),
+                    ],
+                )
+                .ok()?;
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                v["run_time_ns"].as_u64()
+            })
+            .sum::<u64>() as f64
+                * 1e-9
+        }
+        System::Relay => 0.0,
+    }
+}
+
+fn measure(
+    lab: &Lab,
+    system: System,
+    k: u32,
+    size: usize,
+    rate: Option<f64>,
+    mosquitto: u32,
+) -> Result<Run> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let topic = format!("k{k}");
+    let receivers = match system {
+        System::Mosquitto => mqtt_receivers(lab, &topic, k, &stop)?,
+        _ => udp_receivers(lab, &stop)?,
+    };
+    let relay_thread = (system == System::Relay).then(|| relay(lab, &stop));
+    std::thread::sleep(Duration::from_millis(100));
+    let busy0 = busy_seconds();
+    let router0 = router_cpu(lab, system, mosquitto);
+    let sent = match system {
+        System::Mosquitto => mqtt_senders(lab, &topic, size, rate)?,
+        _ => udp_sender(
+            lab,
+            SocketAddrV4::new(ROUTER_V4, MQTTSN_PORT),
+            topic.as_bytes().try_into().expect("2 bytes"),
+            size,
+            rate,
+        )?,
+    };
+    // Let queues drain, then stop.
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = busy_seconds() - busy0;
+    let mut router_s = router_cpu(lab, system, mosquitto) - router0;
+    stop.store(true, Ordering::Relaxed);
+    let (delivered, socket_drops, mut lat) = collect(receivers)?;
+    let mut router_drops = 0;
+    if let Some(h) = relay_thread {
+        (router_s, router_drops) = join(h)?;
+    }
+    Ok(Run {
+        sent,
+        delivered,
+        busy_s: busy,
+        router_s,
+        router_drops,
+        socket_drops,
+        p50_us: percentile(&mut lat, 0.5),
+        p99_us: percentile(&mut lat, 0.99),
+    })
+}
+
+type Row = (System, u32, usize, Run, Run);
+
+/// Every fan-out and size for `system`: at saturation, then paced at half
+/// the delivered peak.
+fn run_system(lab: &Lab, system: System, mosquitto: u32, rows: &mut Vec<Row>) -> Result<()> {
+    for &size in &SIZES {
+        for &k in &FANOUTS {
+            let peak = measure(lab, system, k, size, None, mosquitto)?;
+            let half = (peak.delivered as f64 / WINDOW.as_secs_f64() / k as f64) * 0.5;
+            let paced = measure(lab, system, k, size, Some(half.max(100.0)), mosquitto)?;
+            rows.push((system, k, size, peak, paced));
+        }
+    }
+    Ok(())
+}
+
+pub fn bench() -> Result<String> {
+    let mut lab = Lab::new(3)?;
+    // The bridge floods every group to every port without snooping.
+    lab.lan.ip(&[
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "1",
+        "mcast_querier",
+        "1",
+    ])?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut out = format!(
+        "End to end in the lab ({cpu}, {} CPUs; {}-second windows; MQTT-SN QoS 0 over UDP for shardcast and the relay, MQTT 3.1.1 QoS 0 for mosquitto; topic kN delivered to N of 8 shard groups / N subscriber connections over 3 subscriber namespaces):\n\n\
+         | system | fan-out | payload | sent/s | delivered/s at saturation | delivered / shardcast's | router CPU-s per M delivered | CPU-s per M delivered (whole machine) | relay socket drops | subscriber socket drops | at 50% of peak: loss | p50 µs | p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        WINDOW.as_secs()
+    );
+    // mosquitto first (TCP: the XDP router would pass it anyway), then the
+    // relay, then shardcast attached.
+    let conf = std::env::temp_dir().join(format!("{}.conf", crate::unique("scmosq")));
+    std::fs::write(
+        &conf,
+        format!("listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true\nmax_queued_messages 0\n"),
+    )?;
+    let router_ns = lab.router.name.clone();
+    let conf2 = conf.clone();
+    let child = join(in_ns(&router_ns, move || {
+        let c = std::process::Command::new("mosquitto")
+            .args(["-c", &conf2.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting mosquitto (cargo xtask setup installs it)")?;
+        Ok(c)
+    }))?;
+    let mut child = child;
+    // Wait for its port.
+    let ready = join(in_ns(&router_ns, || {
+        for _ in 0..100 {
+            if TcpStream::connect((ROUTER_V4, MQTT_PORT)).is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
+    }))?;
+    if !ready {
+        let _ = child.kill();
+        bail!("mosquitto did not listen on {ROUTER_V4}:{MQTT_PORT}");
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let r = run_system(&lab, System::Mosquitto, child.id(), &mut rows);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&conf);
+    r?;
+    run_system(&lab, System::Relay, 0, &mut rows)?;
+    lab.attach()?;
+    let shards: Vec<LabShard> = (1..=SHARDS).map(LabShard::numbered).collect();
+    let topics: Vec<(String, Vec<u32>)> = FANOUTS
+        .iter()
+        .map(|&k| (format!("k{k}"), (1..=k).collect()))
+        .collect();
+    let refs: Vec<(&str, &[u32])> = topics
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    lab.apply(&Lab::plan_json(1, &shards, &refs))?;
+    // The programs' run time, from the kernel's accounting while they run.
+    let was = crate::sh("sysctl", &["-n", "kernel.bpf_stats_enabled"])?
+        .trim()
+        .to_string();
+    crate::sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
+    let r = run_system(&lab, System::Shardcast, 0, &mut rows);
+    let _ = crate::sh(
+        "sysctl",
+        &["-q", "-w", &format!("kernel.bpf_stats_enabled={was}")],
+    );
+    r?;
+    let counters = lab.counters()?;
+    lab.detach()?;
+    let name = |s: System| match s {
+        System::Shardcast => "shardcast (XDP)",
+        System::Relay => "userspace relay",
+        System::Mosquitto => "mosquitto",
+    };
+    let shardcast_rate = |k: u32, size: usize| {
+        rows.iter()
+            .find(|r| r.0 == System::Shardcast && r.1 == k && r.2 == size)
+            .map_or(0.0, |r| r.3.delivered as f64)
+    };
+    for (system, k, size, peak, paced) in &rows {
+        let w = WINDOW.as_secs_f64();
+        let loss = 1.0 - paced.delivered as f64 / (paced.sent as f64 * *k as f64).max(1.0);
+        out.push_str(&format!(
+            "| {} | {k} | {size} B | {:.0} | {:.0} | {:.2} | {:.3} | {:.2} | {} | {} | {:.2}% | {} | {} |\n",
+            name(*system),
+            peak.sent as f64 / w,
+            peak.delivered as f64 / w,
+            peak.delivered as f64 / shardcast_rate(*k, *size).max(1.0),
+            peak.router_s / (peak.delivered as f64 / 1e6).max(1e-9),
+            peak.busy_s / (peak.delivered as f64 / 1e6).max(1e-9),
+            peak.router_drops,
+            peak.socket_drops,
+            100.0 * loss.max(0.0),
+            paced.p50_us,
+            paced.p99_us,
+        ));
+    }
+    let n = |r: router_common::reason::Reason| counters.reasons.get(&r).map_or(0, |c| c.packets);
+    out.push_str(&format!(
+        "\nshardcast's counters over its runs: redirected {} (copies included), fanned_out {}, no_route {}, multi_shard {}\n",
+        n(router_common::reason::Reason::Redirected),
+        n(router_common::reason::Reason::FannedOut),
+        n(router_common::reason::Reason::NoRoute),
+        n(router_common::reason::Reason::MultiShard),
+    ));
+    Ok(out)
+}
