@@ -14,6 +14,7 @@ use router_common::{
 use router_common::{mqttsn, payload::Head};
 use router_ctl::config::DaemonConfig;
 use shardcast_forecast as forecast;
+use shardcast_gateway::mqttsn as gateway;
 use shardcast_plan::Plan;
 use shardcast_planner::{Options, PlannerError, plan, workload::Workload};
 use shardcast_records::history::{parse_csv, write_csv};
@@ -97,11 +98,25 @@ pub fn history_csv(data: &[u8]) {
 }
 
 /// The MQTT-SN PUBLISH parser on any datagram: never a panic; a parsed
-/// publish keys the same whether read whole or from its head.
+/// publish keys the same whether read whole or from its head. And the
+/// gateway's codec: a decoded message encodes back to one that decodes
+/// the same, and a publish the data plane routes is one the gateway reads
+/// with the same topic id.
 pub fn mqttsn(data: &[u8]) {
     let whole = mqttsn::parse_publish(data);
     let head = mqttsn::parse_publish(&Head::<{ mqttsn::HEADER_READ }>::of(data));
     assert_eq!(whole.map(|p| p.key()), head.map(|p| p.key()));
+    let decoded = gateway::decode(data);
+    if let Ok(m) = &decoded {
+        let again = gateway::encode(m).expect("a decoded message encodes");
+        assert_eq!(gateway::decode(&again).as_ref(), Ok(m));
+    }
+    if let Ok(p) = whole {
+        match decoded {
+            Ok(gateway::Message::Publish { topic_id, .. }) => assert_eq!(topic_id, p.topic_id),
+            other => panic!("the data plane routes {data:02x?}, the gateway reads {other:?}"),
+        }
+    }
 }
 
 /// Plan documents: parse and validate any text without a panic; a plan

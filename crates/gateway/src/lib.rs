@@ -1,0 +1,11 @@
+//! The gateway: the control path of the router. The XDP program forwards
+//! the publishes it can route without session state and passes every other
+//! MQTT-SN and CoAP message up the stack; the gateway answers them.
+//!
+//! - [`mqttsn`]: MQTT-SN v1.2 messages, decoded and encoded;
+//! - [`session`]: the MQTT-SN gateway's protocol state, a pure state
+//!   machine (clients, topic ids, subscriptions, keep-alive, sleep, QoS 1
+//!   and 2, wills).
+
+pub mod mqttsn;
+pub mod session;
