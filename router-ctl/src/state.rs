@@ -37,6 +37,12 @@ pub fn load_plan(dir: &Path, generation: u64) -> Option<Plan> {
         .filter(|p| p.generation == generation)
 }
 
+/// The installed plan's copy in `dir`, whatever its generation (for a
+/// process without the data plane's maps, such as the gateway).
+pub fn load_installed_plan(dir: &Path) -> Option<Plan> {
+    Plan::from_file(&plan_file(dir)).ok()
+}
+
 /// Removes the installed plan's copy (after a detach).
 pub fn forget_plan(dir: &Path) {
     let _ = std::fs::remove_file(plan_file(dir));

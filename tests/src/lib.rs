@@ -34,6 +34,38 @@ pub fn object() -> PathBuf {
         })
 }
 
+/// A command-line tool from PyPI (`spec`, e.g. `mqtt-sn-12`), installed
+/// on first use into `target/test-venv` (Debian's python3-venv and PyPI):
+/// the third-party clients the tests speak to the router with.
+pub fn python_tool(spec: &str, exe: &str) -> Result<PathBuf> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv");
+    let tool = venv.join("bin").join(exe);
+    if tool.is_file() {
+        return Ok(tool);
+    }
+    // Tests run in parallel: one installs, the others wait for it.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join("shardcast-test-venv.lock"))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` drops.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    if tool.is_file() {
+        return Ok(tool);
+    }
+    if !venv.join("bin/pip").is_file() {
+        sh("python3", &["-m", "venv", &venv.display().to_string()])
+            .context("python3 -m venv (Debian: apt install python3-venv)")?;
+    }
+    sh(
+        &venv.join("bin/pip").display().to_string(),
+        &["install", "--quiet", spec],
+    )
+    .with_context(|| format!("pip install {spec}"))?;
+    anyhow::ensure!(tool.is_file(), "{spec} installed no {exe}");
+    Ok(tool)
+}
+
 /// The `router-ctl` binary: `SHARDCAST_CTL`, else the one cargo built
 /// beside this test binary (`cargo build -p router-ctl`; `cargo xtask test`
 /// does it).

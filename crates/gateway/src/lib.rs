@@ -5,7 +5,9 @@
 //! - [`mqttsn`]: MQTT-SN v1.2 messages, decoded and encoded;
 //! - [`session`]: the MQTT-SN gateway's protocol state, a pure state
 //!   machine (clients, topic ids, subscriptions, keep-alive, sleep, QoS 1
-//!   and 2, wills).
+//!   and 2, wills);
+//! - [`service`]: the state machine on a UDP socket.
 
 pub mod mqttsn;
+pub mod service;
 pub mod session;

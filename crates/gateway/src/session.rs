@@ -63,14 +63,24 @@ struct Client {
     clean: bool,
     will: Option<(String, Vec<u8>, bool)>,
     will_topic: Option<(String, bool)>,
-    /// Topic filters with their granted QoS.
-    subscriptions: Vec<(String, Qos)>,
+    /// Topic filters with how they were named (deliveries use the same
+    /// topic id type: a short-name or predefined subscriber gets no
+    /// REGISTER).
+    subscriptions: Vec<(String, Named)>,
     /// QoS 2 publishes received, waiting for PUBREL (msg id → publish).
     inbound_qos2: BTreeMap<u16, (String, Vec<u8>, bool)>,
     /// Topic ids this client knows (it registered them, or we did).
     known: Vec<u16>,
     buffered: VecDeque<Message>,
     next_msg_id: u16,
+}
+
+/// How a client named a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Named {
+    Name,
+    Predefined(u16),
+    Short,
 }
 
 /// Gateway settings.
@@ -418,25 +428,29 @@ impl Gateway {
                         (None, 0, ReturnCode::NotSupported)
                     }
                     TopicRef::Name(name) if name.contains(['+', '#']) => {
-                        (Some(name), 0, ReturnCode::Accepted)
+                        (Some((name, Named::Name)), 0, ReturnCode::Accepted)
                     }
                     TopicRef::Name(name) => match self.topic_id(&name, &mut fx) {
-                        Some(id) => (Some(name), id, ReturnCode::Accepted),
+                        Some(id) => (Some((name, Named::Name)), id, ReturnCode::Accepted),
                         None => (None, 0, ReturnCode::Congestion),
                     },
                     TopicRef::Predefined(id) => match self.cfg.predefined.get(&id) {
-                        Some(name) => (Some(name.clone()), id, ReturnCode::Accepted),
+                        Some(name) => (
+                            Some((name.clone(), Named::Predefined(id))),
+                            id,
+                            ReturnCode::Accepted,
+                        ),
                         None => (None, id, ReturnCode::InvalidTopicId),
                     },
                     TopicRef::Short(s) => match String::from_utf8(s.to_vec()) {
-                        Ok(name) => (Some(name), 0, ReturnCode::Accepted),
+                        Ok(name) => (Some((name, Named::Short)), 0, ReturnCode::Accepted),
                         Err(_) => (None, 0, ReturnCode::InvalidTopicId),
                     },
                 };
                 let _ = flags;
-                if let (Some(filter), Some(c)) = (filter, self.clients.get_mut(&from)) {
+                if let (Some((filter, named)), Some(c)) = (filter, self.clients.get_mut(&from)) {
                     if !c.subscriptions.iter().any(|(f, _)| *f == filter) {
-                        c.subscriptions.push((filter, Qos::Zero));
+                        c.subscriptions.push((filter, named));
                     }
                     if topic_id != 0 {
                         c.known.push(topic_id);
@@ -573,11 +587,24 @@ impl Gateway {
             return fx;
         };
         for (addr, c) in &mut self.clients {
-            if !c.subscriptions.iter().any(|(f, _)| matches(f, topic)) {
+            let Some(&(_, named)) = c.subscriptions.iter().find(|(f, _)| matches(f, topic)) else {
                 continue;
-            }
+            };
             let mut msgs = Vec::new();
-            if !c.known.contains(&id) {
+            // In the id type the client subscribed with.
+            let (topic_id_type, topic_id) = match named {
+                Named::Short => (
+                    TOPIC_SHORT,
+                    u16::from_be_bytes(
+                        topic.as_bytes()[..2]
+                            .try_into()
+                            .expect("a short name is 2 bytes"),
+                    ),
+                ),
+                Named::Predefined(p) => (TOPIC_PREDEFINED, p),
+                Named::Name => (TOPIC_NORMAL, id),
+            };
+            if named == Named::Name && !c.known.contains(&id) {
                 let msg_id = c.next_msg_id;
                 c.next_msg_id = c.next_msg_id.wrapping_add(1).max(1);
                 msgs.push(Message::Register {
@@ -589,10 +616,10 @@ impl Gateway {
             }
             msgs.push(Message::Publish {
                 flags: Flags {
-                    topic_id_type: TOPIC_NORMAL,
+                    topic_id_type,
                     ..Flags::NONE
                 },
-                topic_id: id,
+                topic_id,
                 msg_id: 0,
                 data: data.to_vec(),
             });
@@ -795,6 +822,45 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// A client subscribed by short name or predefined id gets publishes
+    /// in that id type, with no REGISTER (mqtt-sn-12's client matches them
+    /// so).
+    #[test]
+    fn deliveries_keep_the_subscribers_id_type() {
+        let mut g = gw();
+        let (s, p) = (addr(2), addr(3));
+        connect(&mut g, s, "s", 60, 0);
+        connect(&mut g, p, "p", 60, 0);
+        for topic in [TopicRef::Short(*b"ab"), TopicRef::Predefined(5)] {
+            g.handle(
+                s,
+                1,
+                Message::Subscribe {
+                    flags: Flags::NONE,
+                    msg_id: 1,
+                    topic,
+                },
+            );
+        }
+        let fx = g.deliver("ab", b"z");
+        assert!(
+            matches!(
+                sends(&fx)[..],
+                [Message::Publish { flags, topic_id, .. }]
+                    if flags.topic_id_type == TOPIC_SHORT && *topic_id == u16::from_be_bytes(*b"ab")
+            ),
+            "{fx:?}"
+        );
+        let fx = g.deliver("temp/room1", b"21");
+        assert!(
+            matches!(
+                sends(&fx)[..],
+                [Message::Publish { flags, topic_id: 5, .. }] if flags.topic_id_type == TOPIC_PREDEFINED
+            ),
+            "{fx:?}"
+        );
     }
 
     #[test]

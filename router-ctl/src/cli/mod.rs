@@ -16,6 +16,7 @@ mod apply;
 mod attach;
 mod daemon;
 mod forecast;
+mod gateway;
 mod history;
 mod maps;
 mod plan;
@@ -81,6 +82,10 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Telemetry history (counts per bucket, topic and device group).
     History(history::HistoryArgs),
+    /// Run the MQTT-SN gateway: connections, topic registration,
+    /// subscriptions, QoS 1/2, sleeping clients (relays to its own
+    /// subscribers; shard groups and persistence: not yet).
+    Gateway(gateway::GatewayArgs),
 }
 
 /// What every subcommand may need from the global flags.
@@ -107,7 +112,7 @@ impl Command {
     /// commands only warn.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Daemon(_) => "info",
+            Command::Daemon(_) | Command::Gateway(_) => "info",
             _ => "warn",
         }
     }
@@ -137,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan(a) => plan::run(&g, a),
         Command::Simulate(a) => simulate::run(&g, a),
         Command::History(a) => history::run(a),
+        Command::Gateway(a) => gateway::run(&g, a),
     }
 }
 

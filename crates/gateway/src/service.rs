@@ -1,0 +1,115 @@
+//! The gateway on a UDP socket: datagrams in, [`Gateway::handle`], effects
+//! out; [`Gateway::tick`] every second. Publishes the gateway accepts go
+//! to its own subscribers ([`Gateway::deliver`]) and to `on_publish` (the
+//! caller routes them to shard groups); topic ids it assigns go to
+//! `on_register` (for the plan and the registry).
+
+use std::{future::Future, io, net::SocketAddr, time::Instant};
+
+use tokio::net::UdpSocket;
+
+use crate::{
+    mqttsn::{decode, encode},
+    session::{Effect, Gateway},
+};
+
+/// What the service saw, for status and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: u64,
+    pub malformed: u64,
+    pub sent: u64,
+    pub published: u64,
+}
+
+/// Callbacks for what leaves the gateway's own state.
+pub struct Hooks<'a> {
+    pub on_publish: &'a mut dyn FnMut(&str, &[u8]),
+    pub on_register: &'a mut dyn FnMut(&str, u16),
+}
+
+/// Serves MQTT-SN on `sock` until `shutdown` completes.
+pub async fn serve(
+    sock: UdpSocket,
+    mut gw: Gateway,
+    hooks: Hooks<'_>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<(Gateway, Stats)> {
+    let Hooks {
+        on_publish,
+        on_register,
+    } = hooks;
+    let start = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut stats = Stats::default();
+    let mut buf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        let effects = tokio::select! {
+            _ = &mut shutdown => return Ok((gw, stats)),
+            _ = tick.tick() => gw.tick(now()),
+            r = sock.recv_from(&mut buf) => {
+                let (n, from) = r?;
+                stats.received += 1;
+                match decode(&buf[..n]) {
+                    Ok(m) => gw.handle(from, now(), m),
+                    Err(e) => {
+                        stats.malformed += 1;
+                        tracing::debug!(%from, "malformed MQTT-SN datagram: {e}");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        apply(&sock, &mut gw, effects, on_publish, on_register, &mut stats).await?;
+    }
+}
+
+async fn apply(
+    sock: &UdpSocket,
+    gw: &mut Gateway,
+    effects: Vec<Effect>,
+    on_publish: &mut dyn FnMut(&str, &[u8]),
+    on_register: &mut dyn FnMut(&str, u16),
+    stats: &mut Stats,
+) -> io::Result<()> {
+    let mut queue = effects;
+    while !queue.is_empty() {
+        let mut next = Vec::new();
+        for e in queue {
+            match e {
+                Effect::Send(to, m) => send(sock, to, &m, stats).await?,
+                Effect::Publish { topic, data, .. } => {
+                    stats.published += 1;
+                    on_publish(&topic, &data);
+                    next.extend(gw.deliver(&topic, &data));
+                }
+                Effect::Registered { topic, id } => on_register(&topic, id),
+            }
+        }
+        queue = next;
+    }
+    Ok(())
+}
+
+async fn send(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    m: &crate::mqttsn::Message,
+    stats: &mut Stats,
+) -> io::Result<()> {
+    match encode(m) {
+        Ok(d) => {
+            // A client gone away (ICMP unreachable) is not the gateway's
+            // failure.
+            if let Err(e) = sock.send_to(&d, to).await {
+                tracing::debug!(%to, "send: {e}");
+            } else {
+                stats.sent += 1;
+            }
+        }
+        Err(e) => tracing::warn!(%to, "cannot encode {m:?}: {e}"),
+    }
+    Ok(())
+}
