@@ -3,7 +3,8 @@
 //! namespace of the test's own: connect, register, subscribe (a wildcard
 //! and a plain name, a short name), publish with QoS 0, 1 and 2 and a QoS
 //! -1 publish to a short topic, disconnect; and a malformed datagram does
-//! not stop it.
+//! not stop it. And a `kill -9` of the gateway keeps its topic ids and
+//! persistent sessions (the device registry).
 
 use std::{
     net::UdpSocket,
@@ -12,6 +13,7 @@ use std::{
 };
 
 use integration_tests::{NetNs, ctl_binary, python_tool};
+use shardcast_gateway::mqttsn::{Flags, Message, Qos, ReturnCode, TopicRef, decode, encode};
 
 fn in_ns(ns: &NetNs, cmd: &std::path::Path, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
@@ -117,6 +119,158 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     assert_eq!(lines(&got_wild), ["a", "b", "c", "d", "e"], "{got_wild}");
     assert_eq!(lines(&got_plain), ["a", "b"], "{got_plain}");
     assert_eq!(lines(&got_short), ["z"], "{got_short}");
+    let _ = Command::new("kill").arg(gw.id().to_string()).status();
+    let _ = gw.wait();
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// One request/answer exchange with the gateway over UDP, in the caller's
+/// namespace.
+fn ask(sock: &UdpSocket, m: &Message) -> Message {
+    sock.send_to(&encode(m).unwrap(), "127.0.0.1:1884").unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+    decode(&buf[..n]).unwrap()
+}
+
+/// `kill -9` of the gateway: the topic ids it assigned come back with the
+/// same numbers from the device registry, and a persistent session's
+/// subscription too.
+#[test]
+fn registered_ids_and_sessions_survive_kill_dash_9() {
+    let ns = NetNs::new("scgwk").unwrap();
+    let state = std::env::temp_dir().join(integration_tests::unique("scgwk"));
+    let start = || {
+        let c = in_ns(
+            &ns,
+            &ctl_binary(),
+            &[
+                "--state-dir",
+                &state.display().to_string(),
+                "gateway",
+                "--listen",
+                "127.0.0.1:1884",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        c
+    };
+    let connect = |sock: &UdpSocket, clean: bool| {
+        let m = ask(
+            sock,
+            &Message::Connect {
+                flags: Flags {
+                    clean_session: clean,
+                    ..Flags::NONE
+                },
+                duration: 60,
+                client_id: "survivor".into(),
+            },
+        );
+        assert_eq!(
+            m,
+            Message::ConnAck {
+                rc: ReturnCode::Accepted
+            }
+        );
+    };
+    let register = |sock: &UdpSocket, name: &str| match ask(
+        sock,
+        &Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: name.into(),
+        },
+    ) {
+        Message::RegAck {
+            topic_id,
+            rc: ReturnCode::Accepted,
+            ..
+        } => topic_id,
+        other => panic!("{other:?}"),
+    };
+    let mut gw = start();
+    let ids = ns
+        .run(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            connect(&sock, false);
+            let ids: Vec<u16> = ["a/1", "a/2", "b/1"]
+                .iter()
+                .map(|n| register(&sock, n))
+                .collect();
+            let m = ask(
+                &sock,
+                &Message::Subscribe {
+                    flags: Flags::NONE,
+                    msg_id: 2,
+                    topic: TopicRef::Name("b/+".into()),
+                },
+            );
+            assert!(matches!(
+                m,
+                Message::SubAck {
+                    rc: ReturnCode::Accepted,
+                    ..
+                }
+            ));
+            ids
+        })
+        .unwrap();
+    // Sessions are committed within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .args(["-9", &gw.id().to_string()])
+        .status();
+    let _ = gw.wait();
+    gw = start();
+    ns.run(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        connect(&sock, false);
+        // The same names, the same ids, asked in another order (a fresh
+        // gateway would number them 1, 2, 3 again); a new name, a new id.
+        let mut again: Vec<u16> = ["b/1", "a/2", "a/1"]
+            .iter()
+            .map(|n| register(&sock, n))
+            .collect();
+        again.reverse();
+        assert_eq!(again, ids);
+        let new = register(&sock, "c/1");
+        assert!(!ids.contains(&new));
+        // The persistent subscription is back: a QoS 1 publish to b/1 is
+        // acknowledged, then delivered to us.
+        let puback = ask(
+            &sock,
+            &Message::Publish {
+                flags: Flags {
+                    qos: Qos::One,
+                    ..Flags::NONE
+                },
+                topic_id: ids[2],
+                msg_id: 9,
+                data: b"back".to_vec(),
+            },
+        );
+        let mut got = vec![puback];
+        let mut buf = [0u8; 512];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(decode(&buf[..n]).unwrap());
+            if got.len() == 2 {
+                break;
+            }
+        }
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, Message::Publish { data, .. } if data == b"back")),
+            "{got:?}"
+        );
+    })
+    .unwrap();
     let _ = Command::new("kill").arg(gw.id().to_string()).status();
     let _ = gw.wait();
     let _ = std::fs::remove_dir_all(&state);

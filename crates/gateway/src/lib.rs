@@ -6,8 +6,10 @@
 //! - [`session`]: the MQTT-SN gateway's protocol state, a pure state
 //!   machine (clients, topic ids, subscriptions, keep-alive, sleep, QoS 1
 //!   and 2, wills);
-//! - [`service`]: the state machine on a UDP socket.
+//! - [`service`]: the state machine on a UDP socket;
+//! - [`registry`]: devices' sessions and the topic ids, on disk.
 
 pub mod mqttsn;
+pub mod registry;
 pub mod service;
 pub mod session;

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 
 use crate::{
     mqttsn::{decode, encode},
-    session::{Effect, Gateway},
+    session::{Effect, Gateway, SessionRecord},
 };
 
 /// What the service saw, for status and tests.
@@ -25,7 +25,11 @@ pub struct Stats {
 /// Callbacks for what leaves the gateway's own state.
 pub struct Hooks<'a> {
     pub on_publish: &'a mut dyn FnMut(&str, &[u8]),
+    /// A topic id was assigned: called before the message carrying it is
+    /// sent (commit it here to keep it across a crash).
     pub on_register: &'a mut dyn FnMut(&str, u16),
+    /// Sessions changed since the last call (at most a second behind).
+    pub on_sessions: &'a mut dyn FnMut(&[SessionRecord]),
 }
 
 /// Serves MQTT-SN on `sock` until `shutdown` completes.
@@ -38,7 +42,9 @@ pub async fn serve(
     let Hooks {
         on_publish,
         on_register,
+        on_sessions,
     } = hooks;
+    let mut changed: Vec<SessionRecord> = Vec::new();
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let mut stats = Stats::default();
@@ -47,8 +53,15 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let effects = tokio::select! {
-            _ = &mut shutdown => return Ok((gw, stats)),
-            _ = tick.tick() => gw.tick(now()),
+            _ = &mut shutdown => {
+                on_sessions(&changed);
+                return Ok((gw, stats));
+            }
+            _ = tick.tick() => {
+                on_sessions(&changed);
+                changed.clear();
+                gw.tick(now())
+            }
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = r?;
                 stats.received += 1;
@@ -62,7 +75,16 @@ pub async fn serve(
                 }
             }
         };
-        apply(&sock, &mut gw, effects, on_publish, on_register, &mut stats).await?;
+        apply(
+            &sock,
+            &mut gw,
+            effects,
+            on_publish,
+            on_register,
+            &mut changed,
+            &mut stats,
+        )
+        .await?;
     }
 }
 
@@ -72,9 +94,18 @@ async fn apply(
     effects: Vec<Effect>,
     on_publish: &mut dyn FnMut(&str, &[u8]),
     on_register: &mut dyn FnMut(&str, u16),
+    changed: &mut Vec<SessionRecord>,
     stats: &mut Stats,
 ) -> io::Result<()> {
+    // Ids first: a REGACK or SUBACK must not carry an id a crash could
+    // forget.
+    for e in &effects {
+        if let Effect::Registered { topic, id } = e {
+            on_register(topic, *id);
+        }
+    }
     let mut queue = effects;
+    let mut first_round = true;
     while !queue.is_empty() {
         let mut next = Vec::new();
         for e in queue {
@@ -85,10 +116,19 @@ async fn apply(
                     on_publish(&topic, &data);
                     next.extend(gw.deliver(&topic, &data));
                 }
-                Effect::Registered { topic, id } => on_register(&topic, id),
+                Effect::Registered { topic, id } => {
+                    if !first_round {
+                        on_register(&topic, id);
+                    }
+                }
+                Effect::Session(r) => {
+                    changed.retain(|c| c.client_id != r.client_id);
+                    changed.push(r);
+                }
             }
         }
         queue = next;
+        first_round = false;
     }
     Ok(())
 }

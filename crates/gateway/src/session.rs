@@ -39,6 +39,55 @@ pub enum Effect {
     /// A normal topic id was assigned (for the data plane's
     /// `mqttsn_registered_ids` and the registry).
     Registered { topic: String, id: u16 },
+    /// A client's session changed (connected, subscribed, asleep, gone):
+    /// what the device registry keeps.
+    Session(SessionRecord),
+}
+
+/// A client's session as the registry keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: String,
+    /// Where it was last seen.
+    pub address: Option<SocketAddr>,
+    pub status: Status,
+    /// Topic filters (names, wildcards, short names, predefined topics'
+    /// names).
+    pub subscriptions: Vec<String>,
+    /// Not a clean session: its subscriptions outlive the connection.
+    pub persistent: bool,
+}
+
+/// Connectivity, for the registry and the planner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Asleep,
+    /// Disconnected cleanly.
+    Disconnected,
+    /// Silent past its keep-alive.
+    Lost,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Asleep => "asleep",
+            Status::Disconnected => "disconnected",
+            Status::Lost => "lost",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Status> {
+        Some(match s {
+            "active" => Status::Active,
+            "asleep" => Status::Asleep,
+            "disconnected" => Status::Disconnected,
+            "lost" => Status::Lost,
+            _ => return None,
+        })
+    }
 }
 
 /// Where a client is in its life (section 6.14).
@@ -101,6 +150,9 @@ pub struct Gateway {
     ids: BTreeMap<String, u16>,
     names: BTreeMap<u16, String>,
     next_id: u16,
+    /// Persistent sessions of clients not connected: their subscriptions
+    /// come back when they connect without the clean flag.
+    offline: HashMap<String, Vec<(String, Named)>>,
 }
 
 /// Whether topic `name` matches filter `filter` (`+` one level, `#` the
@@ -138,6 +190,40 @@ impl Gateway {
             ids: BTreeMap::new(),
             names: BTreeMap::new(),
             next_id: 1,
+            offline: HashMap::new(),
+        }
+    }
+
+    /// Restores a persistent session saved before a restart: its
+    /// subscriptions return when the client connects without the clean
+    /// flag. Filters that are not valid are skipped.
+    pub fn restore_session(&mut self, record: &SessionRecord) {
+        if !record.persistent {
+            return;
+        }
+        let subs = record
+            .subscriptions
+            .iter()
+            .filter(|f| valid_filter(f))
+            .map(|f| {
+                let named = match self.cfg.predefined.iter().find(|(_, n)| *n == f) {
+                    Some((&id, _)) => Named::Predefined(id),
+                    None if f.len() == 2 && !f.contains(['+', '#']) => Named::Short,
+                    None => Named::Name,
+                };
+                (f.clone(), named)
+            })
+            .collect();
+        self.offline.insert(record.client_id.clone(), subs);
+    }
+
+    fn record(addr: SocketAddr, c: &Client, status: Status) -> SessionRecord {
+        SessionRecord {
+            client_id: c.id.clone(),
+            address: Some(addr),
+            status,
+            subscriptions: c.subscriptions.iter().map(|(f, _)| f.clone()).collect(),
+            persistent: !c.clean,
         }
     }
 
@@ -230,13 +316,17 @@ impl Gateway {
                     buffered: VecDeque::new(),
                     next_msg_id: 1,
                 };
-                if let Some(old) = old
-                    && !flags.clean_session
-                {
-                    c.subscriptions = old.subscriptions;
-                    c.known = old.known;
-                    c.buffered = old.buffered;
+                let saved = self.offline.remove(&c.id);
+                if !flags.clean_session {
+                    if let Some(old) = old {
+                        c.subscriptions = old.subscriptions;
+                        c.known = old.known;
+                        c.buffered = old.buffered;
+                    } else if let Some(subs) = saved {
+                        c.subscriptions = subs;
+                    }
                 }
+                fx.push(Effect::Session(Self::record(from, &c, Status::Active)));
                 let woke = !c.buffered.is_empty();
                 if flags.will {
                     c.state = State::AwaitingWillTopic;
@@ -455,6 +545,7 @@ impl Gateway {
                     if topic_id != 0 {
                         c.known.push(topic_id);
                     }
+                    fx.push(Effect::Session(Self::record(from, c, Status::Active)));
                 }
                 send(
                     &mut fx,
@@ -474,6 +565,7 @@ impl Gateway {
                 };
                 if let (Some(name), Some(c)) = (name, self.clients.get_mut(&from)) {
                     c.subscriptions.retain(|(f, _)| *f != name);
+                    fx.push(Effect::Session(Self::record(from, c, Status::Active)));
                 }
                 send(&mut fx, Message::UnsubAck { msg_id });
             }
@@ -495,10 +587,20 @@ impl Gateway {
                         c.state = State::Asleep {
                             until: now + d as u64 * 1000,
                         };
+                        fx.push(Effect::Session(Self::record(from, c, Status::Asleep)));
                     }
                     _ => {
                         // A clean disconnect: no will (section 6.3).
-                        self.clients.remove(&from);
+                        if let Some(c) = self.clients.remove(&from) {
+                            fx.push(Effect::Session(Self::record(
+                                from,
+                                &c,
+                                Status::Disconnected,
+                            )));
+                            if !c.clean {
+                                self.offline.insert(c.id, c.subscriptions);
+                            }
+                        }
                     }
                 }
                 send(&mut fx, Message::Disconnect { duration: None });
@@ -684,13 +786,13 @@ mod tests {
             },
         );
         assert_eq!(
-            fx,
-            [Effect::Send(
-                a,
-                Message::ConnAck {
-                    rc: ReturnCode::Accepted
-                }
-            )]
+            sends(&fx),
+            [&Message::ConnAck {
+                rc: ReturnCode::Accepted
+            }]
+        );
+        assert!(
+            matches!(&fx[0], Effect::Session(r) if r.client_id == id && r.status == Status::Active)
         );
     }
 
@@ -1029,6 +1131,68 @@ mod tests {
         connect(&mut g, b, "clean", 10, 20_000);
         g.handle(b, 20_001, Message::Disconnect { duration: None });
         assert!(g.tick(100_000).is_empty());
+    }
+
+    /// A persistent session outlives the gateway: its record restores the
+    /// subscriptions when the client connects again without the clean flag
+    /// (and a clean connect starts empty).
+    #[test]
+    fn persistent_sessions_are_restored() {
+        let mut g = gw();
+        let a = addr(1);
+        g.handle(
+            a,
+            0,
+            Message::Connect {
+                flags: Flags::NONE,
+                duration: 60,
+                client_id: "keep".into(),
+            },
+        );
+        let fx = g.handle(
+            a,
+            1,
+            Message::Subscribe {
+                flags: Flags::NONE,
+                msg_id: 1,
+                topic: TopicRef::Name("a/#".into()),
+            },
+        );
+        let record = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Session(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(record.persistent);
+        assert_eq!(record.subscriptions, ["a/#"]);
+        // A new gateway (after a restart) with the record.
+        let mut g = gw();
+        g.restore_session(&record);
+        let b = addr(2);
+        g.handle(
+            b,
+            5,
+            Message::Connect {
+                flags: Flags::NONE,
+                duration: 60,
+                client_id: "keep".into(),
+            },
+        );
+        assert!(matches!(
+            sends(&g.deliver("a/x", b"1"))[..],
+            [Message::Register { .. }, Message::Publish { .. }]
+        ));
+        // Clean: the subscriptions are gone.
+        let mut g = gw();
+        g.restore_session(&record);
+        connect(&mut g, b, "keep", 60, 5);
+        assert!(
+            g.deliver("a/x", b"1")
+                .iter()
+                .all(|e| !matches!(e, Effect::Send(..)))
+        );
     }
 
     #[test]

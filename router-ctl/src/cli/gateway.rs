@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use anyhow::{Context, Result};
 use clap::Args;
 use shardcast_gateway::{
+    registry::Registry,
     service::{self, Hooks},
-    session::{Config, Gateway},
+    session::{Config, Gateway, SessionRecord},
 };
 
 use super::Globals;
@@ -23,6 +24,10 @@ pub struct GatewayArgs {
     /// The gateway id announced in GWINFO.
     #[arg(long, default_value_t = 1)]
     pub gw_id: u8,
+    /// The device registry (default: `registry.redb` in the state dir):
+    /// topic ids and sessions, restored at start.
+    #[arg(long)]
+    pub registry: Option<std::path::PathBuf>,
 }
 
 pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
@@ -46,6 +51,27 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
     for (name, id) in gw_state {
         gw.restore_topic(&name, id);
     }
+    let path = a
+        .registry
+        .clone()
+        .unwrap_or_else(|| g.state_dir.join("registry.redb"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let registry = Registry::open(&path)?;
+    let restored = registry.restore()?;
+    for (name, id) in &restored.topic_ids {
+        gw.restore_topic(name, *id);
+    }
+    for (session, _) in &restored.sessions {
+        gw.restore_session(session);
+    }
+    tracing::info!(
+        registry = %path.display(),
+        topic_ids = restored.topic_ids.len(),
+        sessions = restored.sessions.len(),
+        "device registry restored"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -59,6 +85,19 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
         };
         let mut on_register = |topic: &str, id: u16| {
             tracing::info!(topic, id, "topic id assigned");
+            if let Err(e) = registry.put_topic_id(topic, id) {
+                tracing::error!("{e}");
+            }
+        };
+        let mut on_sessions = |records: &[SessionRecord]| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let rows: Vec<(SessionRecord, u64)> =
+                records.iter().map(|r| (r.clone(), now)).collect();
+            if let Err(e) = registry.put_sessions(&rows) {
+                tracing::error!("{e}");
+            }
         };
         let shutdown = async {
             let mut term =
@@ -75,6 +114,7 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
             Hooks {
                 on_publish: &mut on_publish,
                 on_register: &mut on_register,
+                on_sessions: &mut on_sessions,
             },
             shutdown,
         )
