@@ -4,7 +4,9 @@
 //! and a plain name, a short name), publish with QoS 0, 1 and 2 and a QoS
 //! -1 publish to a short topic, disconnect; and a malformed datagram does
 //! not stop it. And a `kill -9` of the gateway keeps its topic ids and
-//! persistent sessions (the device registry).
+//! persistent sessions (the device registry); and in the lab, a QoS 1
+//! publish goes through the data plane's pass-up and the gateway into the
+//! planned shard's group.
 
 use std::{
     net::UdpSocket,
@@ -274,4 +276,94 @@ fn registered_ids_and_sessions_survive_kill_dash_9() {
     let _ = Command::new("kill").arg(gw.id().to_string()).status();
     let _ = gw.wait();
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The whole control path on the lab: `mqtt_sn_pub` in the publisher
+/// namespace connects, registers and publishes with QoS 1 to the router's
+/// address; the XDP router passes those up (they need session state), the
+/// gateway in the router namespace acknowledges and puts the publish into
+/// the shard group the installed plan routes the topic to, out of the
+/// router's egress: shard 1's subscriber receives it, shard 2's does not.
+#[test]
+fn qos1_publishes_reach_the_planned_shard_through_the_gateway() {
+    use integration_tests::lab::{Lab, LabShard};
+    let pub_tool = python_tool("mqtt-sn-12", "mqtt_sn_pub").unwrap();
+    let mut lab = Lab::new(2).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<_> = (1..=2).map(LabShard::numbered).collect();
+    lab.apply(&Lab::plan_json(
+        1,
+        &shards,
+        &[("t/one", &[1]), ("t/two", &[2])],
+    ))
+    .unwrap();
+    let mut gw = in_ns(
+        &lab.router,
+        &ctl_binary(),
+        &[
+            "--state-dir",
+            &lab.state_dir().display().to_string(),
+            "gateway",
+            "--listen",
+            "198.18.1.1:1884",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let groups = |s: &LabShard| {
+        vec![
+            (std::net::IpAddr::V4(s.group_v4), 1884),
+            (std::net::IpAddr::V6(s.group_v6), 1884),
+        ]
+    };
+    let l1 = lab.listen(0, groups(&shards[0])).unwrap();
+    let l2 = lab.listen(1, groups(&shards[1])).unwrap();
+    let out = in_ns(
+        &lab.publisher,
+        &pub_tool,
+        &[
+            "-h",
+            "198.18.1.1",
+            "-p",
+            "1884",
+            "-q",
+            "1",
+            "-t",
+            "t/one",
+            "-m",
+            "over-the-control-path",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got1 = l1.finish(Duration::from_millis(500)).unwrap();
+    let got2 = l2.finish(Duration::from_millis(10)).unwrap();
+    assert!(got2.is_empty(), "shard 2 got {} datagrams", got2.len());
+    assert_eq!(got1.len(), 1, "shard 1 got {} datagrams", got1.len());
+    match decode(&got1[0].payload).unwrap() {
+        Message::Publish { flags, data, .. } => {
+            assert_eq!(flags.qos, Qos::Zero);
+            assert_eq!(data, b"over-the-control-path");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got1[0].group, std::net::IpAddr::V4(shards[0].group_v4));
+    // The data plane passed the control messages up, counted.
+    let c = lab.counters().unwrap();
+    let n = |r: router_common::reason::Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
+    assert!(
+        n(router_common::reason::Reason::MqttSnControl) >= 2,
+        "CONNECT, REGISTER"
+    );
+    assert_eq!(n(router_common::reason::Reason::MqttSnQos), 1);
+    let _ = Command::new("kill").arg(gw.id().to_string()).status();
+    let _ = gw.wait();
 }

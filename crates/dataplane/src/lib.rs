@@ -61,7 +61,7 @@ pub use counters::{Counters, Snapshot};
 pub use error::DataplaneError;
 pub use install::{InstallReport, routes_capacity};
 pub use lifecycle::{AttachOptions, TcAttach};
-pub use netdev::{ifindex, is_root, mac_address};
+pub use netdev::{ifindex, is_root, mac_address, multicast_socket};
 pub use object::find_object;
 pub use pins::PinPaths;
 #[cfg(feature = "test-helpers")]

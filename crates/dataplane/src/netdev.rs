@@ -73,3 +73,74 @@ pub fn mac_address(iface: &str) -> Result<[u8; 6]> {
     }
     Ok(mac)
 }
+
+/// A UDP socket that sends multicast out of `iface` (chosen by index, so
+/// it works on an interface without an address), with TTL or hop limit
+/// `ttl` and no loopback to this host: how the control path (the gateway)
+/// puts a publish into a shard's group on the shard's egress, as the data
+/// plane does.
+pub fn multicast_socket(iface: &str, v6: bool, ttl: u32) -> Result<std::net::UdpSocket> {
+    let idx = ifindex(iface)?;
+    let sock = if v6 {
+        std::net::UdpSocket::bind("[::]:0")?
+    } else {
+        std::net::UdpSocket::bind("0.0.0.0:0")?
+    };
+    let fd = sock.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, val: *const libc::c_void, len: usize| {
+        // SAFETY: setsockopt on our socket with a value of the stated size.
+        if unsafe { libc::setsockopt(fd, level, name, val, len as libc::socklen_t) } < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let zero: libc::c_int = 0;
+    let hops = ttl as libc::c_int;
+    if v6 {
+        let i = idx as libc::c_int;
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_IF,
+            (&raw const i).cast(),
+            4,
+        )?;
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_HOPS,
+            (&raw const hops).cast(),
+            4,
+        )?;
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_LOOP,
+            (&raw const zero).cast(),
+            4,
+        )?;
+    } else {
+        let mreq = libc::ip_mreqn {
+            imr_multiaddr: libc::in_addr { s_addr: 0 },
+            imr_address: libc::in_addr { s_addr: 0 },
+            imr_ifindex: idx as libc::c_int,
+        };
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&raw const mreq).cast(),
+            std::mem::size_of::<libc::ip_mreqn>(),
+        )?;
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_TTL,
+            (&raw const hops).cast(),
+            4,
+        )?;
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_LOOP,
+            (&raw const zero).cast(),
+            4,
+        )?;
+    }
+    Ok(sock)
+}

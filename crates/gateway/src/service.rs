@@ -22,9 +22,22 @@ pub struct Stats {
     pub published: u64,
 }
 
+/// A publish the gateway accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted<'a> {
+    pub topic: &'a str,
+    pub data: &'a [u8],
+    /// Its wire name for the shard groups: topic id type and id.
+    pub id_type: u8,
+    pub id: u16,
+    /// Whether it came over IPv6 (`None`: a will, published by the
+    /// gateway itself).
+    pub origin_v6: Option<bool>,
+}
+
 /// Callbacks for what leaves the gateway's own state.
 pub struct Hooks<'a> {
-    pub on_publish: &'a mut dyn FnMut(&str, &[u8]),
+    pub on_publish: &'a mut dyn FnMut(&Accepted),
     /// A topic id was assigned: called before the message carrying it is
     /// sent (commit it here to keep it across a crash).
     pub on_register: &'a mut dyn FnMut(&str, u16),
@@ -39,11 +52,7 @@ pub async fn serve(
     hooks: Hooks<'_>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<(Gateway, Stats)> {
-    let Hooks {
-        on_publish,
-        on_register,
-        on_sessions,
-    } = hooks;
+    let mut hooks = hooks;
     let mut changed: Vec<SessionRecord> = Vec::new();
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
@@ -52,19 +61,21 @@ pub async fn serve(
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
+        let mut origin_v6 = None;
         let effects = tokio::select! {
             _ = &mut shutdown => {
-                on_sessions(&changed);
+                (hooks.on_sessions)(&changed);
                 return Ok((gw, stats));
             }
             _ = tick.tick() => {
-                on_sessions(&changed);
+                (hooks.on_sessions)(&changed);
                 changed.clear();
                 gw.tick(now())
             }
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = r?;
                 stats.received += 1;
+                origin_v6 = Some(from.is_ipv6());
                 match decode(&buf[..n]) {
                     Ok(m) => gw.handle(from, now(), m),
                     Err(e) => {
@@ -79,8 +90,8 @@ pub async fn serve(
             &sock,
             &mut gw,
             effects,
-            on_publish,
-            on_register,
+            &mut hooks,
+            origin_v6,
             &mut changed,
             &mut stats,
         )
@@ -92,8 +103,8 @@ async fn apply(
     sock: &UdpSocket,
     gw: &mut Gateway,
     effects: Vec<Effect>,
-    on_publish: &mut dyn FnMut(&str, &[u8]),
-    on_register: &mut dyn FnMut(&str, u16),
+    hooks: &mut Hooks<'_>,
+    origin_v6: Option<bool>,
     changed: &mut Vec<SessionRecord>,
     stats: &mut Stats,
 ) -> io::Result<()> {
@@ -101,7 +112,7 @@ async fn apply(
     // forget.
     for e in &effects {
         if let Effect::Registered { topic, id } = e {
-            on_register(topic, *id);
+            (hooks.on_register)(topic, *id);
         }
     }
     let mut queue = effects;
@@ -113,12 +124,26 @@ async fn apply(
                 Effect::Send(to, m) => send(sock, to, &m, stats).await?,
                 Effect::Publish { topic, data, .. } => {
                     stats.published += 1;
-                    on_publish(&topic, &data);
+                    let (wire, assigned) = gw.wire_id(&topic);
+                    for e in &assigned {
+                        if let Effect::Registered { topic, id } = e {
+                            (hooks.on_register)(topic, *id);
+                        }
+                    }
+                    if let Some((id_type, id)) = wire {
+                        (hooks.on_publish)(&Accepted {
+                            topic: &topic,
+                            data: &data,
+                            id_type,
+                            id,
+                            origin_v6,
+                        });
+                    }
                     next.extend(gw.deliver(&topic, &data));
                 }
                 Effect::Registered { topic, id } => {
                     if !first_round {
-                        on_register(&topic, id);
+                        (hooks.on_register)(&topic, id);
                     }
                 }
                 Effect::Session(r) => {

@@ -741,6 +741,23 @@ impl Gateway {
         fx
     }
 
+    /// How a publish of `topic` is named on the wire to shard groups: its
+    /// short name (two bytes), its predefined id, or its normal id
+    /// (assigned if new: the effects say so). `None` when every normal id
+    /// is taken.
+    pub fn wire_id(&mut self, topic: &str) -> (Option<(u8, u16)>, Vec<Effect>) {
+        let mut fx = Vec::new();
+        if topic.len() == 2 {
+            let b = topic.as_bytes();
+            return (Some((TOPIC_SHORT, u16::from_be_bytes([b[0], b[1]]))), fx);
+        }
+        if let Some((&id, _)) = self.cfg.predefined.iter().find(|(_, n)| *n == topic) {
+            return (Some((TOPIC_PREDEFINED, id)), fx);
+        }
+        let id = self.topic_id(topic, &mut fx).map(|id| (TOPIC_NORMAL, id));
+        (id, fx)
+    }
+
     /// Every normal topic id assigned (for persistence and the plan).
     pub fn topic_ids(&self) -> impl Iterator<Item = (&str, u16)> {
         self.ids.iter().map(|(n, &i)| (n.as_str(), i))

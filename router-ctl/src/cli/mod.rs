@@ -83,8 +83,8 @@ pub enum Command {
     /// Telemetry history (counts per bucket, topic and device group).
     History(history::HistoryArgs),
     /// Run the MQTT-SN gateway: connections, topic registration,
-    /// subscriptions, QoS 1/2, sleeping clients (relays to its own
-    /// subscribers; shard groups and persistence: not yet).
+    /// subscriptions, QoS 1/2, sleeping clients, a device registry;
+    /// accepted publishes go to its subscribers and the plan's shard groups.
     Gateway(gateway::GatewayArgs),
 }
 
