@@ -3,7 +3,9 @@
 //! namespace of the test's own: connect, register, subscribe (a wildcard
 //! and a plain name, a short name), publish with QoS 0, 1 and 2 and a QoS
 //! -1 publish to a short topic, disconnect; and a malformed datagram does
-//! not stop it. And a `kill -9` of the gateway keeps its topic ids and
+//! not stop it; Wireshark's MQTT-SN dissector (tshark) decodes every
+//! exchange, CONNECT to DISCONNECT and the QoS 2 handshake, without an
+//! error. And a `kill -9` of the gateway keeps its topic ids and
 //! persistent sessions (the device registry); and in the lab, a QoS 1
 //! publish goes through the data plane's pass-up and the gateway into the
 //! planned shard's group.
@@ -45,6 +47,30 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    // Every exchange captured, for Wireshark's MQTT-SN dissector below.
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", integration_tests::unique("scgwcap")));
+    let mut tshark = in_ns(
+        &ns,
+        std::path::Path::new("tshark"),
+        &["-i", "lo", "-f", "udp port 1884", "-w"],
+    )
+    .arg(&pcap)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    {
+        use std::io::BufRead;
+        let mut err = std::io::BufReader::new(tshark.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "tshark exited");
+            if line.contains("Capture started") {
+                break;
+            }
+        }
+    }
     // Bounded: a subscriber missing a message exits, failing the test.
     let sub = |topic: &str, count: u32| {
         in_ns(
@@ -121,6 +147,50 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     assert_eq!(lines(&got_wild), ["a", "b", "c", "d", "e"], "{got_wild}");
     assert_eq!(lines(&got_plain), ["a", "b"], "{got_plain}");
     assert_eq!(lines(&got_short), ["z"], "{got_short}");
+    let _ = Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    let _ = tshark.wait();
+    let out = integration_tests::sh(
+        "tshark",
+        &[
+            "-r",
+            &pcap.display().to_string(),
+            "-d",
+            "udp.port==1884,mqttsn",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "mqttsn.msg.type",
+            "-e",
+            "_ws.malformed",
+            "-e",
+            "_ws.expert.severity",
+        ],
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
+    // Our one malformed datagram is the only frame Wireshark calls bad.
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !r[1].is_empty() || !r[2].is_empty() || r[0].is_empty())
+        .collect();
+    assert_eq!(bad.len(), 1, "frames Wireshark flags: {bad:?}\n{out}");
+    let types: std::collections::BTreeSet<u8> = rows
+        .iter()
+        .filter_map(|r| u8::from_str_radix(r[0].trim_start_matches("0x"), 16).ok())
+        .collect();
+    for t in [
+        0x04, 0x05, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x12, 0x13, 0x18,
+    ] {
+        assert!(
+            types.contains(&t),
+            "no message type {t:#04x} in the capture: {types:?}"
+        );
+    }
     let _ = Command::new("kill").arg(gw.id().to_string()).status();
     let _ = gw.wait();
     let _ = std::fs::remove_dir_all(&state);
