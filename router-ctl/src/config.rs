@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub dataplane: DataplaneSection,
     pub daemon: DaemonSection,
     pub history: HistorySection,
+    /// The MQTT-SN gateway the daemon runs (absent: none).
+    pub gateway: Option<crate::gateway::GatewayOptions>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +84,15 @@ struct RawFile {
     daemon: RawDaemon,
     #[serde(default)]
     history: RawHistory,
+    gateway: Option<RawGateway>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<String>,
+    gw_id: Option<u8>,
+    registry: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +178,10 @@ impl DaemonConfig {
             ("daemon.plan", raw.daemon.plan.as_ref()),
             ("daemon.state_dir", raw.daemon.state_dir.as_ref()),
             ("history.path", raw.history.path.as_ref()),
+            (
+                "gateway.registry",
+                raw.gateway.as_ref().and_then(|g| g.registry.as_ref()),
+            ),
         ] {
             if path.is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(bad(
@@ -284,10 +299,36 @@ impl DaemonConfig {
             retention,
             downsample_to,
         };
+        let gateway = match raw.gateway {
+            None => None,
+            Some(g) => {
+                let text = g.listen.ok_or_else(|| {
+                    bad(
+                        "gateway.listen",
+                        "is missing: the address and port to serve MQTT-SN on (e.g. \"198.18.1.1:1884\")".into(),
+                    )
+                })?;
+                let listen: std::net::SocketAddr = text.parse().map_err(|_| {
+                    bad(
+                        "gateway.listen",
+                        format!("{text:?} is not an address and port (e.g. \"198.18.1.1:1884\")"),
+                    )
+                })?;
+                Some(crate::gateway::GatewayOptions {
+                    listen,
+                    gw_id: g.gw_id.unwrap_or(1),
+                    registry: g
+                        .registry
+                        .unwrap_or_else(|| daemon.state_dir.join("registry.redb")),
+                    state_dir: daemon.state_dir.clone(),
+                })
+            }
+        };
         Ok(DaemonConfig {
             dataplane,
             daemon,
             history,
+            gateway,
         })
     }
 }
@@ -339,6 +380,13 @@ mod tests {
             ("[history]\npath = \"\"", "history.path"),
             ("[daemon]\nstate_dir = \"\"", "daemon.state_dir"),
             ("[dataplane]\npin_root = \"\"", "dataplane.pin_root"),
+            ("[gateway]\ngw_id = 2", "gateway.listen"),
+            ("[gateway]\nlisten = \"198.18.1.1\"", "gateway.listen"),
+            ("[gateway]\nlisten = \"x:1884\"", "gateway.listen"),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nregistry = \"\"",
+                "gateway.registry",
+            ),
             (
                 "[dataplane]\ncoap_prefix = \"/much/too/long/a/prefix/for/the/data/plane\"",
                 "dataplane.coap_prefix",
@@ -352,5 +400,22 @@ mod tests {
         assert!(err("[dataplane]\nmqttsn_port = \"x\"").contains("mqttsn_port"));
         assert!(err("[dataplane]\nmqttsn_port = 70000").contains("mqttsn_port"));
         assert!(err("[nonsense]").contains("nonsense"));
+        assert!(err("[gateway]\nlisten = \"0.0.0.0:1\"\nport = 2").contains("port"));
+        assert!(err("[gateway]\nlisten = \"0.0.0.0:1\"\ngw_id = 300").contains("gw_id"));
+    }
+
+    #[test]
+    fn the_gateway_section() {
+        let c = DaemonConfig::from_toml("", "t.toml").unwrap();
+        assert_eq!(c.gateway, None);
+        let c = DaemonConfig::from_toml(
+            "[daemon]\nstate_dir = \"/var/lib/sc\"\n[gateway]\nlisten = \"198.18.1.1:1884\"",
+            "t.toml",
+        )
+        .unwrap();
+        let g = c.gateway.unwrap();
+        assert_eq!(g.listen, "198.18.1.1:1884".parse().unwrap());
+        assert_eq!(g.gw_id, 1);
+        assert_eq!(g.registry, PathBuf::from("/var/lib/sc/registry.redb"));
     }
 }

@@ -510,7 +510,22 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let tick = cfg.daemon.tick;
+        let gateway = cfg.gateway.clone();
         let mut daemon = Daemon::start(cfg)?;
+        // The gateway runs beside the tick loop on this thread, and stops
+        // with it.
+        let stop = std::rc::Rc::new(tokio::sync::Notify::new());
+        let gateway_task = {
+            let stop = stop.clone();
+            async move {
+                match gateway {
+                    None => Ok(()),
+                    Some(opts) => crate::gateway::serve(opts, async move { stop.notified().await }).await,
+                }
+            }
+        };
+        tokio::pin!(gateway_task);
+        let mut gateway_done = false;
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -527,7 +542,21 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                 }
                 _ = term.recv() => { info!("SIGTERM"); break; }
                 _ = int.recv() => { info!("SIGINT"); break; }
+                r = &mut gateway_task, if !gateway_done => {
+                    gateway_done = true;
+                    // A gateway that cannot serve (its address taken, its
+                    // registry unreadable) stops the daemon: the operator
+                    // asked for it.
+                    if let Err(e) = r {
+                        daemon.shutdown()?;
+                        return Err(e.context("the gateway stopped"));
+                    }
+                }
             }
+        }
+        stop.notify_one();
+        if !gateway_done {
+            gateway_task.await?;
         }
         daemon.shutdown()
     })

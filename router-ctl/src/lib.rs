@@ -6,7 +6,8 @@
 //! [`shardcast_planner`] and [`shardcast_sim`] the predictions, plans and
 //! simulations); this crate holds what ties them together on a router:
 //! the daemon's [`config`], the [`daemon`] itself, its [`history`] store,
-//! the [`state`] files the CLI and the daemon share, and the [`cli`].
+//! the MQTT-SN [`gateway`] it runs, the [`state`] files the CLI and the
+//! daemon share, and the [`cli`].
 //!
 //! ```no_run
 //! use shardcast_dataplane::{Dataplane, DEFAULT_PIN_ROOT};
@@ -21,5 +22,6 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod gateway;
 pub mod history;
 pub mod state;

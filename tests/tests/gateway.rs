@@ -437,3 +437,62 @@ fn qos1_publishes_reach_the_planned_shard_through_the_gateway() {
     let _ = Command::new("kill").arg(gw.id().to_string()).status();
     let _ = gw.wait();
 }
+
+/// The daemon with a `[gateway]` section runs the same gateway beside its
+/// tick: it installs the offered plan, and a QoS 1 publish reaches the
+/// planned shard through it; its registry lives in the state directory.
+#[test]
+fn the_daemon_runs_the_gateway() {
+    use integration_tests::lab::{Lab, LabShard};
+    let pub_tool = python_tool("mqtt-sn-12", "mqtt_sn_pub").unwrap();
+    let mut lab = Lab::new(2).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<_> = (1..=2).map(LabShard::numbered).collect();
+    let daemon = lab
+        .start_daemon_with("200ms", "[gateway]\nlisten = \"198.18.1.1:1884\"")
+        .unwrap();
+    lab.offer_plan(&Lab::plan_json(
+        1,
+        &shards,
+        &[("t/one", &[1]), ("t/two", &[2])],
+    ))
+    .unwrap();
+    lab.wait_generation(1).unwrap();
+    let groups = |s: &LabShard| vec![(std::net::IpAddr::V4(s.group_v4), 1884)];
+    let l1 = lab.listen(0, groups(&shards[0])).unwrap();
+    let l2 = lab.listen(1, groups(&shards[1])).unwrap();
+    // The plan's copy is written by the install: give the gateway a tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = in_ns(
+        &lab.publisher,
+        &pub_tool,
+        &[
+            "-h",
+            "198.18.1.1",
+            "-p",
+            "1884",
+            "-q",
+            "1",
+            "-t",
+            "t/two",
+            "-m",
+            "via-the-daemon",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got2 = l2.finish(Duration::from_millis(500)).unwrap();
+    let got1 = l1.finish(Duration::from_millis(10)).unwrap();
+    assert!(got1.is_empty(), "shard 1 got {} datagrams", got1.len());
+    assert_eq!(got2.len(), 1, "shard 2 got {}", got2.len());
+    assert!(
+        matches!(decode(&got2[0].payload).unwrap(), Message::Publish { data, .. } if data == b"via-the-daemon")
+    );
+    assert!(lab.daemon_state_dir().join("registry.redb").is_file());
+    drop(daemon);
+}
