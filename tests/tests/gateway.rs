@@ -173,10 +173,18 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     .unwrap();
     let _ = std::fs::remove_file(&pcap);
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
-    // Our one malformed datagram is the only frame Wireshark calls bad.
+    // Our one malformed datagram is the only frame Wireshark calls bad
+    // (malformed, or an expert finding at warning level or above; chat and
+    // notes are information).
+    let worst = |r: &Vec<&str>| {
+        r[2].split(',')
+            .filter_map(|s| s.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+    };
     let bad: Vec<_> = rows
         .iter()
-        .filter(|r| !r[1].is_empty() || !r[2].is_empty() || r[0].is_empty())
+        .filter(|r| !r[1].is_empty() || worst(r) >= 0x60_0000 || r[0].is_empty())
         .collect();
     assert_eq!(bad.len(), 1, "frames Wireshark flags: {bad:?}\n{out}");
     let types: std::collections::BTreeSet<u8> = rows
