@@ -84,8 +84,19 @@ pub async fn serve(opts: GatewayOptions, shutdown: impl Future<Output = ()>) -> 
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let rows: Vec<(SessionRecord, u64)> = records.iter().map(|r| (r.clone(), now)).collect();
-        if let Err(e) = registry.put_sessions(&rows) {
-            tracing::error!("{e}");
+        match registry.put_sessions(&rows) {
+            // Logged once committed: what a crash can no longer lose.
+            Ok(()) => {
+                for r in records {
+                    tracing::info!(
+                        client = r.client_id,
+                        status = r.status.label(),
+                        subscriptions = r.subscriptions.len(),
+                        "session"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("{e}"),
         }
     };
     let (_, stats) = service::serve(

@@ -173,48 +173,19 @@ fn udp_receivers(lab: &Lab, stop: &Arc<AtomicBool>) -> Result<Vec<JoinHandle<Res
             let mut r = Received::default();
             let mut bufs = vec![[0u8; 512]; 64];
             loop {
-                // SAFETY: the iovecs and headers point into `bufs`, which
-                // outlives the call.
-                let n = unsafe {
-                    let mut iov: Vec<libc::iovec> = bufs
-                        .iter_mut()
-                        .map(|b| libc::iovec {
-                            iov_base: b.as_mut_ptr().cast(),
-                            iov_len: b.len(),
-                        })
-                        .collect();
-                    let mut hdrs: Vec<libc::mmsghdr> = iov
-                        .iter_mut()
-                        .map(|v| {
-                            let mut h: libc::mmsghdr = std::mem::zeroed();
-                            h.msg_hdr.msg_iov = v;
-                            h.msg_hdr.msg_iovlen = 1;
-                            h
-                        })
-                        .collect();
-                    let n = libc::recvmmsg(
-                        fd,
-                        hdrs.as_mut_ptr(),
-                        hdrs.len() as u32,
-                        libc::MSG_WAITFORONE,
-                        std::ptr::null_mut(),
-                    );
-                    if n > 0 {
-                        let t = now_ns();
-                        for (h, b) in hdrs.iter().zip(&bufs).take(n as usize) {
-                            let len = h.msg_len as usize;
-                            // MQTT-SN PUBLISH (short form): 7-byte header.
-                            if let Some(at) = sent_at(&b[..len], 7) {
-                                r.messages += 1;
-                                if r.latencies_us.len() < SAMPLES {
-                                    r.latencies_us.push((t.saturating_sub(at) / 1000) as u32);
-                                }
-                            }
+                let lens = recv_batch(fd, &mut bufs);
+                let t = now_ns();
+                for (b, &len) in bufs.iter().zip(&lens) {
+                    // MQTT-SN PUBLISH (short form): 7-byte header.
+                    if let Some(at) = sent_at(&b[..len], 7) {
+                        r.messages += 1;
+                        if r.latencies_us.len() < SAMPLES {
+                            r.latencies_us.push((t.saturating_sub(at) / 1000) as u32);
                         }
                     }
-                    n
-                };
-                if n <= 0 && stop.load(Ordering::Relaxed) {
+                }
+                let n = lens.len();
+                if n == 0 && stop.load(Ordering::Relaxed) {
                     break;
                 }
             }
@@ -264,29 +235,9 @@ fn udp_sender(
                     )
                 })
                 .collect();
-            // SAFETY: iovecs point into `msgs`, alive across the call.
-            let n = unsafe {
-                let mut iov: Vec<libc::iovec> = msgs
-                    .iter()
-                    .map(|m| libc::iovec {
-                        iov_base: m.as_ptr() as *mut _,
-                        iov_len: m.len(),
-                    })
-                    .collect();
-                let mut hdrs: Vec<libc::mmsghdr> = iov
-                    .iter_mut()
-                    .map(|v| {
-                        let mut h: libc::mmsghdr = std::mem::zeroed();
-                        h.msg_hdr.msg_iov = v;
-                        h.msg_hdr.msg_iovlen = 1;
-                        h
-                    })
-                    .collect();
-                libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0)
-            };
-            if n > 0 {
-                sent += n as u64;
-            }
+            let batch: Vec<(&[u8], Option<&libc::sockaddr_in>)> =
+                msgs.iter().map(|m| (m.as_slice(), None)).collect();
+            sent += send_batch(fd, &batch) as u64;
         }
         Ok(sent)
     }))
@@ -343,83 +294,103 @@ fn relay(lab: &Lab, stop: &Arc<AtomicBool>) -> JoinHandle<Result<(f64, u64)>> {
         let (fd, ofd) = (sock.as_raw_fd(), out.as_raw_fd());
         let mut bufs = vec![[0u8; 512]; 64];
         while !stop.load(Ordering::Relaxed) {
-            // SAFETY: iovecs and headers point into buffers that outlive
-            // each call.
-            unsafe {
-                let mut iov: Vec<libc::iovec> = bufs
-                    .iter_mut()
-                    .map(|b| libc::iovec {
-                        iov_base: b.as_mut_ptr().cast(),
-                        iov_len: b.len(),
-                    })
-                    .collect();
-                let mut hdrs: Vec<libc::mmsghdr> = iov
-                    .iter_mut()
-                    .map(|v| {
-                        let mut h: libc::mmsghdr = std::mem::zeroed();
-                        h.msg_hdr.msg_iov = v;
-                        h.msg_hdr.msg_iovlen = 1;
-                        h
-                    })
-                    .collect();
-                let n = libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    64,
-                    libc::MSG_WAITFORONE,
-                    std::ptr::null_mut(),
-                );
-                if n <= 0 {
+            let lens = recv_batch(fd, &mut bufs);
+            let mut out: Vec<(&[u8], Option<&libc::sockaddr_in>)> = Vec::new();
+            for (b, &len) in bufs.iter().zip(&lens) {
+                let Ok(p) = mqttsn::parse_publish(&Head::<{ mqttsn::HEADER_READ }>::of(&b[..len]))
+                else {
                     continue;
-                }
-                let mut out_iov: Vec<libc::iovec> = Vec::new();
-                let mut out_to: Vec<*const libc::sockaddr_in> = Vec::new();
-                for (h, b) in hdrs.iter().zip(&bufs).take(n as usize) {
-                    let len = h.msg_len as usize;
-                    let Ok(p) =
-                        mqttsn::parse_publish(&Head::<{ mqttsn::HEADER_READ }>::of(&b[..len]))
-                    else {
-                        continue;
-                    };
-                    if let Some(groups) = routes.get(&p.id_index()) {
-                        for g in groups {
-                            out_iov.push(libc::iovec {
-                                iov_base: b.as_ptr() as *mut _,
-                                iov_len: len,
-                            });
-                            out_to.push(g);
-                        }
-                    }
-                }
-                let mut out_hdrs: Vec<libc::mmsghdr> = out_iov
-                    .iter_mut()
-                    .zip(&out_to)
-                    .map(|(v, &to)| {
-                        let mut h: libc::mmsghdr = std::mem::zeroed();
-                        h.msg_hdr.msg_iov = v;
-                        h.msg_hdr.msg_iovlen = 1;
-                        h.msg_hdr.msg_name = to as *mut _;
-                        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                        h
-                    })
-                    .collect();
-                let mut off = 0;
-                while off < out_hdrs.len() {
-                    let m = libc::sendmmsg(
-                        ofd,
-                        out_hdrs[off..].as_mut_ptr(),
-                        (out_hdrs.len() - off).min(1024) as u32,
-                        0,
-                    );
-                    if m <= 0 {
-                        break;
-                    }
-                    off += m as usize;
+                };
+                if let Some(groups) = routes.get(&p.id_index()) {
+                    out.extend(groups.iter().map(|g| (&b[..len], Some(g))));
                 }
             }
+            send_batch(ofd, &out);
         }
         Ok((thread_cpu() - cpu0, udp_rcvbuf_errors() - drops0))
     })
+}
+
+/// Receives up to `bufs.len()` datagrams with one `recvmmsg` (waiting for
+/// the first until the socket's read timeout); returns their lengths.
+fn recv_batch(fd: std::os::fd::RawFd, bufs: &mut [[u8; 512]]) -> Vec<usize> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: `mmsghdr` is plain old data.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    // SAFETY: the headers point into `iov` and `bufs`, alive across the
+    // call, each of the length it says.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as u32,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    hdrs.iter()
+        .take(n.max(0) as usize)
+        .map(|h| h.msg_len as usize)
+        .collect()
+}
+
+/// Sends every datagram (to its address, or the connected peer) with
+/// `sendmmsg`, as many calls as it takes; returns how many went.
+fn send_batch(fd: std::os::fd::RawFd, msgs: &[(&[u8], Option<&libc::sockaddr_in>)]) -> usize {
+    let mut iov: Vec<libc::iovec> = msgs
+        .iter()
+        .map(|(m, _)| libc::iovec {
+            iov_base: m.as_ptr() as *mut _,
+            iov_len: m.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .zip(msgs)
+        .map(|(v, (_, to))| {
+            // SAFETY: `mmsghdr` is plain old data.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            if let Some(to) = to {
+                h.msg_hdr.msg_name = (*to as *const libc::sockaddr_in) as *mut _;
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            }
+            h
+        })
+        .collect();
+    let mut off = 0;
+    while off < hdrs.len() {
+        // SAFETY: the headers point into `iov`, `msgs` and the addresses,
+        // alive across the call.
+        let m = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs[off..].as_mut_ptr(),
+                (hdrs.len() - off).min(1024) as u32,
+                0,
+            )
+        };
+        if m <= 0 {
+            break;
+        }
+        off += m as usize;
+    }
+    off
 }
 
 /// This thread's CPU time (seconds).
@@ -684,21 +655,8 @@ fn router_cpu(lab: &Lab, system: System, mosquitto: u32) -> f64 {
                 router_common::maps::names::PROG_FANOUT,
             ]
             .iter()
-            .filter_map(|name| {
-                let out = crate::sh(
-                    "bpftool",
-                    &[
-                        "-j",
-                        "prog",
-                        "show",
-                        "pinned",
-                        &dir.join(name).display().to_string(),
-                    ],
-                )
-                .ok()?;
-                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-                v["run_time_ns"].as_u64()
-            })
+            .filter_map(|name| crate::measure::prog_stats(&dir.join(name)).ok())
+            .map(|(ns, _)| ns)
             .sum::<u64>() as f64
                 * 1e-9
         }
@@ -786,14 +744,7 @@ pub fn bench() -> Result<String> {
         "mcast_querier",
         "1",
     ])?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = crate::measure::cpu_model();
     let mut out = format!(
         "End to end in the lab ({cpu}, {} CPUs; {}-second windows; MQTT-SN QoS 0 over UDP for shardcast and the relay, MQTT 3.1.1 QoS 0 for mosquitto; topic kN delivered to N of 8 shard groups / N subscriber connections over 3 subscriber namespaces):\n\n\
          | system | fan-out | payload | sent/s | delivered/s at saturation | delivered / shardcast's | router CPU-s per M delivered | CPU-s per M delivered (whole machine) | relay socket drops | subscriber socket drops | at 50% of peak: loss | p50 µs | p99 µs |\n\
@@ -853,16 +804,10 @@ pub fn bench() -> Result<String> {
         .collect();
     lab.apply(&Lab::plan_json(1, &shards, &refs))?;
     // The programs' run time, from the kernel's accounting while they run.
-    let was = crate::sh("sysctl", &["-n", "kernel.bpf_stats_enabled"])?
-        .trim()
-        .to_string();
-    crate::sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
-    let r = run_system(&lab, System::Shardcast, 0, &mut rows);
-    let _ = crate::sh(
-        "sysctl",
-        &["-q", "-w", &format!("kernel.bpf_stats_enabled={was}")],
-    );
-    r?;
+    {
+        let _stats = crate::measure::BpfStats::enable()?;
+        run_system(&lab, System::Shardcast, 0, &mut rows)?;
+    }
     let counters = lab.counters()?;
     lab.detach()?;
     let name = |s: System| match s {

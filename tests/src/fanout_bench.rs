@@ -12,7 +12,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use router_common::{
     build::{mqttsn_publish, qos0},
     maps::{LAYOUT_VERSION, names},
@@ -21,37 +21,16 @@ use router_common::{
 use shardcast_dataplane::{AttachOptions, Dataplane, Mode, RouterConfig, TcAttach};
 use shardcast_plan::Plan;
 
-use crate::{L3, NetNs, frame, measure::median, rawsock, sh, unique};
+use crate::{
+    L3, NetNs, frame,
+    measure::{BpfStats, cpu_model, median, prog_stats},
+    rawsock, unique,
+};
 
 /// Fan-outs measured; topic `kNN` is routed to shards 1..=NN.
 const FANOUTS: [u32; 5] = [1, 2, 4, 8, 16];
 /// Frames per fan-out per round.
 const FRAMES: usize = 20_000;
-
-/// Run time and run count of the program pinned at `path`.
-fn prog_stats(path: &std::path::Path) -> Result<(u64, u64)> {
-    let out = sh(
-        "bpftool",
-        &["-j", "prog", "show", "pinned", &path.display().to_string()],
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool's JSON")?;
-    Ok((
-        v["run_time_ns"].as_u64().unwrap_or(0),
-        v["run_cnt"].as_u64().unwrap_or(0),
-    ))
-}
-
-/// Restores `kernel.bpf_stats_enabled` on the way out.
-struct StatsOn(String);
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        let _ = sh(
-            "sysctl",
-            &["-q", "-w", &format!("kernel.bpf_stats_enabled={}", self.0)],
-        );
-    }
-}
 
 pub fn bench(rounds: usize) -> Result<String> {
     let ns = NetNs::new("scfob")?;
@@ -61,11 +40,7 @@ pub fn bench(rounds: usize) -> Result<String> {
         ns.ip(&["link", "set", b, "up"])?;
     }
     ns.sysctl("net.ipv6.conf.all.disable_ipv6=1")?;
-    let was = sh("sysctl", &["-n", "kernel.bpf_stats_enabled"])?
-        .trim()
-        .to_string();
-    sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
-    let _restore = StatsOn(was);
+    let _stats = BpfStats::enable()?;
     ns.run(move || run(rounds))?
 }
 
@@ -148,14 +123,7 @@ fn run(rounds: usize) -> Result<String> {
         if copies != want {
             bail!("{copies} copies counted, {want} sent for");
         }
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
-            .unwrap_or_default();
+        let cpu = cpu_model();
         let base = median(samples[0][0].clone());
         let mut out = format!(
             "Fan-out on the live path ({cpu}; {rounds} rounds of {FRAMES} frames per fan-out, medians; \

@@ -34,6 +34,45 @@ pub fn object() -> PathBuf {
         })
 }
 
+/// Starts `tshark` capturing `filter` on `iface` of namespace `ns` into
+/// `pcap`, and returns once the capture is live (dumpcap has opened the
+/// interface). Stop it with SIGINT.
+pub fn tshark_capture(
+    ns: &str,
+    iface: &str,
+    filter: &str,
+    pcap: &std::path::Path,
+) -> Result<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "tshark", "-i", iface, "-f", filter, "-w",
+        ])
+        .arg(pcap)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting tshark")?;
+    let mut err = std::io::BufReader::new(child.stderr.take().context("tshark stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("tshark exited before the capture started");
+        }
+        if line.contains("Capture started") {
+            // Keep reading: tshark writes its summary there when stopped.
+            std::thread::spawn(move || {
+                let mut rest = String::new();
+                while err.read_line(&mut rest).is_ok_and(|n| n > 0) {
+                    rest.clear();
+                }
+            });
+            return Ok(child);
+        }
+    }
+}
+
 /// A command-line tool from PyPI (`spec`, e.g. `mqtt-sn-12`), installed
 /// on first use into `target/test-venv` (Debian's python3-venv and PyPI):
 /// the third-party clients the tests speak to the router with.

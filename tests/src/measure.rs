@@ -83,3 +83,54 @@ pub fn bench_python(target: &Path, module: &str, spec: &str) -> Result<PathBuf> 
     }
     Ok(python)
 }
+
+/// The host's CPU model (`/proc/cpuinfo`): every benchmark table names it.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The kernel's run-time accounting of BPF programs
+/// (`kernel.bpf_stats_enabled`), on while this guard lives and set back to
+/// what it was when it drops.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        let was = crate::sh("sysctl", &["-n", "kernel.bpf_stats_enabled"])?
+            .trim()
+            .to_string();
+        crate::sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
+        Ok(BpfStats(was))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = crate::sh(
+            "sysctl",
+            &["-q", "-w", &format!("kernel.bpf_stats_enabled={}", self.0)],
+        );
+    }
+}
+
+/// (run time ns, run count) of the program pinned at `path`, from the
+/// kernel's accounting (`bpftool prog show`; see [`BpfStats`]).
+pub fn prog_stats(path: &Path) -> Result<(u64, u64)> {
+    let out = crate::sh(
+        "bpftool",
+        &["-j", "prog", "show", "pinned", &path.display().to_string()],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok((
+        v["run_time_ns"].as_u64().unwrap_or(0),
+        v["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}

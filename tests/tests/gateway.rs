@@ -25,52 +25,78 @@ fn in_ns(ns: &NetNs, cmd: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
+/// `router-ctl gateway` in `ns`, with its log read line by line: tests wait
+/// for what it says (listening, sessions committed) instead of sleeping.
+struct Gw {
+    child: std::process::Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Gw {
+    fn start(ns: &NetNs, state_dir: &std::path::Path, listen: &str) -> Gw {
+        let mut child = in_ns(
+            ns,
+            &ctl_binary(),
+            &[
+                "--state-dir",
+                &state_dir.display().to_string(),
+                "gateway",
+                "--listen",
+                listen,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let gw = Gw { child, log };
+        gw.wait_for(|l| l.contains("MQTT-SN gateway"), 1);
+        gw
+    }
+
+    /// Waits (at most 20 s) until `n` log lines match.
+    fn wait_for(&self, matches: impl Fn(&str) -> bool, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = 0;
+        while seen < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(l) if matches(&l) => seen += 1,
+                Ok(_) => {}
+                Err(_) => panic!("gateway log: {seen} of {n} lines expected"),
+            }
+        }
+    }
+
+    fn kill(mut self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     let pub_tool = python_tool("mqtt-sn-12", "mqtt_sn_pub").unwrap();
     let sub_tool = python_tool("mqtt-sn-12", "mqtt_sn_sub").unwrap();
     let ns = NetNs::new("scgw").unwrap();
     let state = std::env::temp_dir().join(integration_tests::unique("scgw"));
-    let mut gw = in_ns(
-        &ns,
-        &ctl_binary(),
-        &[
-            "--state-dir",
-            &state.display().to_string(),
-            "gateway",
-            "--listen",
-            "127.0.0.1:1884",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let gw = Gw::start(&ns, &state, "127.0.0.1:1884");
     // Every exchange captured, for Wireshark's MQTT-SN dissector below.
     let pcap = std::env::temp_dir().join(format!("{}.pcap", integration_tests::unique("scgwcap")));
-    let mut tshark = in_ns(
-        &ns,
-        std::path::Path::new("tshark"),
-        &["-i", "lo", "-f", "udp port 1884", "-w"],
-    )
-    .arg(&pcap)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    {
-        use std::io::BufRead;
-        let mut err = std::io::BufReader::new(tshark.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "tshark exited");
-            if line.contains("Capture started") {
-                break;
-            }
-        }
-    }
+    let mut tshark =
+        integration_tests::tshark_capture(&ns.name, "lo", "udp port 1884", &pcap).unwrap();
     // Bounded: a subscriber missing a message exits, failing the test.
     let sub = |topic: &str, count: u32| {
         in_ns(
@@ -97,7 +123,12 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     let wild = sub("sensors/+", 5);
     let plain = sub("sensors/t1", 2);
     let short = sub("ab", 1);
-    std::thread::sleep(Duration::from_millis(800));
+    // Publish once the three subscriptions are in (sessions are logged as
+    // they are committed).
+    gw.wait_for(
+        |l| l.contains("session") && l.contains("subscriptions=1"),
+        3,
+    );
     // A malformed datagram first: counted and ignored.
     ns.run(|| {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -199,8 +230,7 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
             "no message type {t:#04x} in the capture: {types:?}"
         );
     }
-    let _ = Command::new("kill").arg(gw.id().to_string()).status();
-    let _ = gw.wait();
+    gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -220,25 +250,7 @@ fn ask(sock: &UdpSocket, m: &Message) -> Message {
 fn registered_ids_and_sessions_survive_kill_dash_9() {
     let ns = NetNs::new("scgwk").unwrap();
     let state = std::env::temp_dir().join(integration_tests::unique("scgwk"));
-    let start = || {
-        let c = in_ns(
-            &ns,
-            &ctl_binary(),
-            &[
-                "--state-dir",
-                &state.display().to_string(),
-                "gateway",
-                "--listen",
-                "127.0.0.1:1884",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        c
-    };
+    let start = || Gw::start(&ns, &state, "127.0.0.1:1884");
     let connect = |sock: &UdpSocket, clean: bool| {
         let m = ask(
             sock,
@@ -273,7 +285,7 @@ fn registered_ids_and_sessions_survive_kill_dash_9() {
         } => topic_id,
         other => panic!("{other:?}"),
     };
-    let mut gw = start();
+    let gw = start();
     let ids = ns
         .run(move || {
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -301,13 +313,14 @@ fn registered_ids_and_sessions_survive_kill_dash_9() {
             ids
         })
         .unwrap();
-    // Sessions are committed within a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("kill")
-        .args(["-9", &gw.id().to_string()])
-        .status();
-    let _ = gw.wait();
-    gw = start();
+    // Sessions are committed within a second: wait for the commit's log
+    // line, then kill.
+    gw.wait_for(
+        |l| l.contains("session") && l.contains("subscriptions=1"),
+        1,
+    );
+    gw.kill("-9");
+    let gw = start();
     ns.run(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -351,8 +364,7 @@ fn registered_ids_and_sessions_survive_kill_dash_9() {
         );
     })
     .unwrap();
-    let _ = Command::new("kill").arg(gw.id().to_string()).status();
-    let _ = gw.wait();
+    gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -375,22 +387,7 @@ fn qos1_publishes_reach_the_planned_shard_through_the_gateway() {
         &[("t/one", &[1]), ("t/two", &[2])],
     ))
     .unwrap();
-    let mut gw = in_ns(
-        &lab.router,
-        &ctl_binary(),
-        &[
-            "--state-dir",
-            &lab.state_dir().display().to_string(),
-            "gateway",
-            "--listen",
-            "198.18.1.1:1884",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let gw = Gw::start(&lab.router, lab.state_dir(), "198.18.1.1:1884");
     let groups = |s: &LabShard| {
         vec![
             (std::net::IpAddr::V4(s.group_v4), 1884),
@@ -442,8 +439,7 @@ fn qos1_publishes_reach_the_planned_shard_through_the_gateway() {
         "CONNECT, REGISTER"
     );
     assert_eq!(n(router_common::reason::Reason::MqttSnQos), 1);
-    let _ = Command::new("kill").arg(gw.id().to_string()).status();
-    let _ = gw.wait();
+    gw.kill("-TERM");
 }
 
 /// The daemon with a `[gateway]` section runs the same gateway beside its
@@ -469,8 +465,13 @@ fn the_daemon_runs_the_gateway() {
     let groups = |s: &LabShard| vec![(std::net::IpAddr::V4(s.group_v4), 1884)];
     let l1 = lab.listen(0, groups(&shards[0])).unwrap();
     let l2 = lab.listen(1, groups(&shards[1])).unwrap();
-    // The plan's copy is written by the install: give the gateway a tick.
-    std::thread::sleep(Duration::from_millis(300));
+    // The gateway routes by the plan's copy, written after the install.
+    let copy = lab.daemon_state_dir().join("plan.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !copy.is_file() {
+        assert!(std::time::Instant::now() < deadline, "no plan copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = in_ns(
         &lab.publisher,
         &pub_tool,

@@ -6,9 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     net::{IpAddr, UdpSocket},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -345,33 +343,9 @@ fn coap_client_notls_publishes_reach_their_shard() {
 fn tshark_decodes_what_the_router_emits() {
     let (lab, shards) = lab3();
     let pcap = std::env::temp_dir().join(format!("{}.pcap", integration_tests::unique("sccap")));
-    let mut tshark = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.subscribers[0].ns.name,
-            "tshark",
-            "-i",
-            "eth0",
-            "-f",
-            "udp",
-            "-w",
-        ])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the capture is live (dumpcap has opened the interface).
-    let mut err = BufReader::new(tshark.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "tshark exited");
-        if line.contains("Capture started") {
-            break;
-        }
-    }
+    let mut tshark =
+        integration_tests::tshark_capture(&lab.subscribers[0].ns.name, "eth0", "udp", &pcap)
+            .unwrap();
     let l = lab.listen(0, groups_of(&shards[0])).unwrap();
     for v6 in [false, true] {
         lab.publish(v6, MQTTSN_PORT, vec![mqttsn("t1", b"m-body")])

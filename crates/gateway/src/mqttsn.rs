@@ -9,7 +9,11 @@
 //! types, string lengths) and names what is wrong; it never reads past the
 //! datagram and never allocates more than the datagram holds.
 
-use router_common::mqttsn::{LONG_LENGTH_MARK, TOPIC_NORMAL, TOPIC_PREDEFINED, TOPIC_SHORT};
+/// The QoS of the Flags octet: the data plane's own reading of it.
+pub use router_common::mqttsn::Qos;
+use router_common::mqttsn::{
+    LONG_LENGTH_MARK, MSG_PUBLISH, TOPIC_NORMAL, TOPIC_PREDEFINED, TOPIC_SHORT,
+};
 
 /// Message types (section 5.2.2).
 pub mod msg_type {
@@ -24,7 +28,7 @@ pub mod msg_type {
     pub const WILLMSG: u8 = 0x09;
     pub const REGISTER: u8 = 0x0A;
     pub const REGACK: u8 = 0x0B;
-    pub const PUBLISH: u8 = 0x0C;
+    pub const PUBLISH: u8 = super::MSG_PUBLISH;
     pub const PUBACK: u8 = 0x0D;
     pub const PUBCOMP: u8 = 0x0E;
     pub const PUBREC: u8 = 0x0F;
@@ -72,16 +76,6 @@ impl ReturnCode {
     }
 }
 
-/// QoS of a PUBLISH or SUBSCRIBE (Flags bits 6..5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Qos {
-    Zero,
-    One,
-    Two,
-    /// QoS -1 ("publish without connection"), PUBLISH only.
-    MinusOne,
-}
-
 /// The Flags octet (section 5.3.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flags {
@@ -112,12 +106,7 @@ impl Flags {
         }
         Ok(Flags {
             dup: b & 0x80 != 0,
-            qos: match (b >> 5) & 0b11 {
-                0 => Qos::Zero,
-                1 => Qos::One,
-                2 => Qos::Two,
-                _ => Qos::MinusOne,
-            },
+            qos: Qos::from_flags(b),
             retain: b & 0x10 != 0,
             will: b & 0x08 != 0,
             clean_session: b & 0x04 != 0,

@@ -529,15 +529,7 @@ fn bench(rounds: usize) -> Result<String> {
         }
     }
     let kernel = integration_tests::sh("uname", &["-r"])?.trim().to_string();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = integration_tests::measure::cpu_model();
     let mut out = format!(
         "kernel {kernel}, {cpu}; BPF_PROG_TEST_RUN {CALLS} calls x repeat {REPEAT} and {CALLS} x {SHORT} per case, median of {rounds} interleaved rounds; \
          router verified in {} instructions\n\n\
