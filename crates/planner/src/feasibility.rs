@@ -127,23 +127,9 @@ pub(crate) fn check(inst: &Instance, subscribers: &Subscribers) -> Option<Infeas
     // the classes' bounds.
     let nc = inst.class_names.len();
     if nc > 1 {
-        let mut seen = vec![u32::MAX; nt];
-        let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); nc];
-        for (d, &c) in inst.class.iter().enumerate() {
-            by_class[c as usize].push(d as u32);
-        }
         let mut need = 0u64;
         let mut most = (0u64, 0usize);
-        for (c, devices) in by_class.iter().enumerate() {
-            let mut total = 0.0;
-            for &d in devices {
-                for &t in inst.subscriptions(d as usize) {
-                    if seen[t as usize] != c as u32 {
-                        seen[t as usize] = c as u32;
-                        total += inst.rates[t as usize];
-                    }
-                }
-            }
+        for (c, &total) in inst.class_rate.iter().enumerate() {
             let k = (total / (inst.class_usable[c] * (1.0 + SLACK))).ceil() as u64;
             need += k.max(1);
             if k > most.0 {

@@ -138,7 +138,7 @@ impl<'a> Partition<'a> {
 
     pub(crate) fn new(inst: &'a Instance) -> Self {
         let n = inst.devices.len();
-        let mut p = Partition {
+        Partition {
             inst,
             w: inst.weights,
             cap: inst.resources.shard_capacity,
@@ -153,12 +153,10 @@ impl<'a> Partition<'a> {
             total: 0.0,
             together: vec![Vec::new(); inst.together.len()],
             together_pairs: vec![0; inst.together.len()],
-            class_limit: vec![usize::MAX; inst.class_names.len()],
+            class_limit: inst.class_limit.clone(),
             migrations: 0,
             deferred: 0,
-        };
-        p.limit_classes();
-        p
+        }
     }
 
     pub(crate) fn open(&mut self) -> u32 {
@@ -367,52 +365,6 @@ impl<'a> Partition<'a> {
                     .filter(|&s| self.members[s] > 0 && self.class[s] == c)
                     .count()
                     < self.class_limit[c as usize])
-    }
-
-    /// Sets each class's shard limit when `max_shards` is short for all
-    /// and the classes' priorities differ: classes in order of priority
-    /// reserve the shards their rate needs (padded like a fresh plan's),
-    /// each leaving one shard for every class after it. The others get
-    /// what is left, and overload first.
-    fn limit_classes(&mut self) {
-        let inst = self.inst;
-        let nc = inst.class_names.len();
-        if nc < 2 {
-            return;
-        }
-        let mut rate = vec![0.0; nc];
-        let mut seen = vec![NONE; inst.topics.len()];
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); nc];
-        for (d, &c) in inst.class.iter().enumerate() {
-            by_class[c as usize].push(d);
-        }
-        for (c, devices) in by_class.iter().enumerate() {
-            for &d in devices {
-                for &t in inst.subscriptions(d) {
-                    if seen[t as usize] != c as u32 {
-                        seen[t as usize] = c as u32;
-                        rate[c] += inst.rates[t as usize];
-                    }
-                }
-            }
-        }
-        let need: Vec<usize> = (0..nc)
-            .map(|c| ((rate[c] * GRAPH_LOAD_FACTOR / inst.class_usable[c]).ceil() as usize).max(1))
-            .collect();
-        let max = inst.resources.max_shards as usize;
-        let first = inst.class_priority[0];
-        if need.iter().sum::<usize>() <= max || inst.class_priority.iter().all(|&p| p == first) {
-            return;
-        }
-        let mut order: Vec<usize> = (0..nc).collect();
-        order.sort_by_key(|&c| (std::cmp::Reverse(inst.class_priority[c]), c));
-        let mut left = max;
-        for (i, &c) in order.iter().enumerate() {
-            let after = nc - i - 1;
-            let limit = left.saturating_sub(after).max(1);
-            self.class_limit[c] = limit;
-            left = left.saturating_sub(need[c].min(limit));
-        }
     }
 
     /// Usable capacity of a shard of class `c` (NONE: an empty shard).

@@ -195,6 +195,34 @@ pub struct Device {
     pub sla: Option<String>,
 }
 
+/// Each class's shard limit when `max_shards` is short for all (their
+/// rates, padded like a fresh plan's, need more) and the classes'
+/// priorities differ: classes in order of priority reserve the shards their
+/// rate needs, each leaving one shard for every class after it. The others
+/// get what is left, and overload first. `usize::MAX` otherwise.
+pub fn class_limits(rate: &[f64], usable: &[f64], priority: &[u32], max: usize) -> Vec<usize> {
+    let nc = usable.len();
+    let mut limit = vec![usize::MAX; nc];
+    if nc < 2 || rate.len() != nc || priority.iter().all(|&p| p == priority[0]) {
+        return limit;
+    }
+    let need: Vec<usize> = (0..nc)
+        .map(|c| ((rate[c] * crate::GRAPH_LOAD_FACTOR / usable[c]).ceil() as usize).max(1))
+        .collect();
+    if need.iter().sum::<usize>() <= max {
+        return limit;
+    }
+    let mut order: Vec<usize> = (0..nc).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(priority[c]), c));
+    let mut left = max;
+    for (i, &c) in order.iter().enumerate() {
+        let l = left.saturating_sub(nc - i - 1).max(1);
+        limit[c] = l;
+        left = left.saturating_sub(need[c].min(l));
+    }
+    limit
+}
+
 impl Device {
     /// The attributes the policy reads.
     pub fn attributes(&self) -> Attributes<'_> {
@@ -256,6 +284,13 @@ pub struct Instance {
     /// Priority of each class (higher: its shards first when `max_shards`
     /// is short).
     pub class_priority: Vec<u32>,
+    /// Messages/s each class carries: the rates of the distinct topics its
+    /// devices follow (the least its shards together hold). Empty with a
+    /// single class.
+    pub class_rate: Vec<f64>,
+    /// Most shards each class may open (`usize::MAX`: no limit); see
+    /// [`class_limits`].
+    pub class_limit: Vec<usize>,
     /// Soft preferences: each distinct value of the key in a shard costs
     /// the weight.
     pub together: Vec<Together>,
@@ -393,7 +428,7 @@ impl Workload {
         let mut class_names: Vec<String> = Vec::new();
         let mut class_of: HashMap<String, u32> = HashMap::new();
         let mut class_sla: Vec<&str> = Vec::new();
-        let class = self
+        let class: Vec<u32> = self
             .devices
             .iter()
             .map(|d| {
@@ -423,7 +458,32 @@ impl Workload {
             }
             class_usable.push(usable);
         }
-        let class_priority = class_sla.iter().map(|s| self.policy.priority(s)).collect();
+        let class_priority: Vec<u32> = class_sla.iter().map(|s| self.policy.priority(s)).collect();
+        let nc = class_names.len();
+        // Per class only where there are classes: one pass over every
+        // subscription, kept off the path of a fleet without boundaries.
+        let mut class_rate = Vec::new();
+        if nc > 1 {
+            class_rate = vec![0.0; nc];
+            let mut seen = vec![u32::MAX; self.topics.len()];
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_unstable_by_key(|&d| class[d]);
+            for &d in &order {
+                let c = class[d];
+                for &t in &subs[sub_start[d] as usize..sub_start[d + 1] as usize] {
+                    if seen[t as usize] != c {
+                        seen[t as usize] = c;
+                        class_rate[c as usize] += self.topics[t as usize].rate;
+                    }
+                }
+            }
+        }
+        let class_limit = class_limits(
+            &class_rate,
+            &class_usable,
+            &class_priority,
+            r.max_shards as usize,
+        );
         let together = checked
             .together
             .iter()
@@ -466,6 +526,8 @@ impl Workload {
             class_names,
             class_usable,
             class_priority,
+            class_rate,
+            class_limit,
             together,
             policy: self.policy.clone(),
         })
