@@ -7,8 +7,12 @@
 //!   machine (clients, topic ids, subscriptions, keep-alive, sleep, QoS 1
 //!   and 2, wills);
 //! - [`service`]: the state machine on a UDP socket;
-//! - [`registry`]: devices' sessions and the topic ids, on disk.
+//! - [`registry`]: devices' sessions and the topic ids, on disk;
+//! - [`control`]: the device protocol's messages and MACs;
+//! - [`membership`]: shard-aware devices' tokens and migrations.
 
+pub mod control;
+pub mod membership;
 pub mod mqttsn;
 pub mod registry;
 pub mod service;
