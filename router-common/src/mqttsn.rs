@@ -22,6 +22,10 @@ pub const LONG_LENGTH_MARK: u8 = 0x01;
 pub const TOPIC_NORMAL: u8 = 0b00;
 pub const TOPIC_PREDEFINED: u8 = 0b01;
 pub const TOPIC_SHORT: u8 = 0b10;
+/// The predefined topic id that names, for each client, its own control
+/// topic in shardcast's device protocol (docs/device-protocol.md): never
+/// a plan's predefined id.
+pub const CONTROL_ID: u16 = 0xFFFE;
 
 /// QoS as carried in Flags bits 6..5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! a shard-aware device learns its shard's group, its migration token and
 //! the migrate commands, over plain MQTT-SN.
 //!
-//! Each device has one control topic, `$sc/<client id>`, used both ways:
+//! Each device has one control topic, `$sc/<client id>`, named on the
+//! wire by the predefined id [`CONTROL_ID`], used both ways:
 //! the device publishes `hello` and `confirm` to it (QoS 1), the gateway
 //! publishes `assign`, `renew`, `migrate`, `ack` and `refused` to the
 //! device's address only (never through subscriptions: a `$sc/#`
@@ -18,6 +19,11 @@ use std::{fmt, net::IpAddr};
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
+
+/// The predefined topic id that names, for each client, its own control
+/// topic (predefined ids are agreed out of band; this one by this
+/// protocol, so no device spends a normal id on it).
+pub use router_common::mqttsn::CONTROL_ID;
 
 /// Control topics begin with this.
 pub const TOPIC_PREFIX: &str = "$sc/";

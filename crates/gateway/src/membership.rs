@@ -100,6 +100,12 @@ pub enum Event {
         client: String,
         reason: Refusal,
     },
+    /// A migrate command could not be sent: the device is not a member,
+    /// or its shard has no group of the device's address family.
+    Unreachable {
+        client: String,
+        generation: u64,
+    },
 }
 
 /// Why a migrate command could not be sent.

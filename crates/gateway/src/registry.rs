@@ -15,11 +15,17 @@ use std::{net::SocketAddr, path::Path};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::session::{SessionRecord, Status};
+use crate::{
+    control::{Attributes, Token},
+    membership::MemberRecord,
+    session::{SessionRecord, Status},
+};
 
 const TOPIC_IDS: TableDefinition<&str, u16> = TableDefinition::new("topic_ids");
 /// client id → `status \t address \t persistent \t subscription \t ...`
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
+/// client id → a member's token and attributes (see [`member_line`]).
+const MEMBERS: TableDefinition<&str, &str> = TableDefinition::new("members");
 /// client id → last seen (unix ms).
 const LAST_SEEN: TableDefinition<&str, u64> = TableDefinition::new("last_seen");
 
@@ -47,6 +53,74 @@ pub struct Registry {
 pub struct Restored {
     pub topic_ids: Vec<(String, u16)>,
     pub sessions: Vec<(SessionRecord, u64)>,
+    /// Shard-aware devices' tokens (expired ones included: the
+    /// membership expires them on its first tick).
+    pub members: Vec<MemberRecord>,
+}
+
+/// `address \t token \t expires \t next token \t next expires \t
+/// confirmed generation \t battery \t location \t type \t sla`, `-` for
+/// none.
+fn member_line(r: &MemberRecord) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let (nt, ne) = match r.next {
+        Some((t, e)) => (t.to_hex(), e.to_string()),
+        None => ("-".into(), "-".into()),
+    };
+    [
+        r.address.to_string(),
+        r.token.to_hex(),
+        r.expires_ms.to_string(),
+        nt,
+        ne,
+        r.confirmed_generation.to_string(),
+        r.attributes.battery.map_or("-".into(), |b| b.to_string()),
+        opt(&r.attributes.location),
+        opt(&r.attributes.kind),
+        opt(&r.attributes.sla),
+    ]
+    .join("\t")
+}
+
+fn parse_member(client: &str, line: &str) -> Option<MemberRecord> {
+    let f: Vec<&str> = line.split('\t').collect();
+    let [
+        address,
+        token,
+        expires,
+        nt,
+        ne,
+        confirmed,
+        battery,
+        location,
+        kind,
+        sla,
+    ] = f[..]
+    else {
+        return None;
+    };
+    let opt = |v: &str| (v != "-").then(|| v.to_string());
+    let next = match (nt, ne) {
+        ("-", "-") => None,
+        (t, e) => Some((Token::from_hex(t)?, e.parse().ok()?)),
+    };
+    Some(MemberRecord {
+        client: client.to_string(),
+        address: address.parse().ok()?,
+        token: Token::from_hex(token)?,
+        expires_ms: expires.parse().ok()?,
+        next,
+        confirmed_generation: confirmed.parse().ok()?,
+        attributes: Attributes {
+            battery: match battery {
+                "-" => None,
+                b => Some(b.parse().ok()?),
+            },
+            location: opt(location),
+            kind: opt(kind),
+            sla: opt(sla),
+        },
+    })
 }
 
 impl Registry {
@@ -62,6 +136,7 @@ impl Registry {
             txn.open_table(TOPIC_IDS).map_err(|e| open_err(&e))?;
             txn.open_table(SESSIONS).map_err(|e| open_err(&e))?;
             txn.open_table(LAST_SEEN).map_err(|e| open_err(&e))?;
+            txn.open_table(MEMBERS).map_err(|e| open_err(&e))?;
         }
         txn.commit().map_err(|e| open_err(&e))?;
         Ok(Registry { db })
@@ -102,6 +177,32 @@ impl Registry {
                     .insert(r.client_id.as_str(), line.as_str())
                     .map_err(db)?;
                 seen.insert(r.client_id.as_str(), *at).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Commits members' records (`None` deletes) in one transaction.
+    pub fn put_members(
+        &self,
+        records: &[(String, Option<MemberRecord>)],
+    ) -> Result<(), RegistryError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(MEMBERS).map_err(db)?;
+            for (client, r) in records {
+                match r {
+                    Some(r) => {
+                        t.insert(client.as_str(), member_line(r).as_str())
+                            .map_err(db)?;
+                    }
+                    None => {
+                        t.remove(client.as_str()).map_err(db)?;
+                    }
+                }
             }
         }
         txn.commit().map_err(db)
@@ -150,6 +251,17 @@ impl Registry {
                 at,
             ));
         }
+        for e in txn.open_table(MEMBERS).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = e.map_err(db)?;
+            let client = k.value();
+            out.members
+                .push(
+                    parse_member(client, v.value()).ok_or_else(|| RegistryError::Record {
+                        client: client.to_string(),
+                        reason: "membership record".into(),
+                    })?,
+                );
+        }
         Ok(out)
     }
 }
@@ -175,6 +287,27 @@ mod tests {
                 persistent: true,
             };
             r.put_sessions(&[(rec, 1234)]).unwrap();
+            let member = MemberRecord {
+                client: "dev-1".into(),
+                address: "[2001:db8::1]:4000".parse().unwrap(),
+                token: Token([7; 16]),
+                expires_ms: 99,
+                next: Some((Token([8; 16]), 199)),
+                attributes: Attributes {
+                    battery: Some(40),
+                    location: Some("s1/b2".into()),
+                    kind: None,
+                    sla: Some("premium".into()),
+                },
+                confirmed_generation: 12,
+            };
+            let gone = MemberRecord {
+                client: "dev-2".into(),
+                ..member.clone()
+            };
+            r.put_members(&[("dev-1".into(), Some(member)), ("dev-2".into(), Some(gone))])
+                .unwrap();
+            r.put_members(&[("dev-2".into(), None)]).unwrap();
         }
         let r = Registry::open(&path).unwrap();
         let got = r.restore().unwrap();
@@ -183,6 +316,13 @@ mod tests {
         let (s, at) = &got.sessions[0];
         assert_eq!((s.status, *at, s.persistent), (Status::Asleep, 1234, true));
         assert_eq!(s.subscriptions, ["a/+", "ab"]);
+        assert_eq!(got.members.len(), 1);
+        let m = &got.members[0];
+        assert_eq!(
+            (m.client.as_str(), m.token, m.next, m.confirmed_generation),
+            ("dev-1", Token([7; 16]), Some((Token([8; 16]), 199)), 12)
+        );
+        assert_eq!(m.attributes.location.as_deref(), Some("s1/b2"));
         // Not a registry: refused by name.
         std::fs::write(dir.join("junk"), b"not a database").unwrap();
         let e = Registry::open(&dir.join("junk")).err().unwrap().to_string();

@@ -1,17 +1,30 @@
-//! The gateway on a UDP socket: datagrams in, [`Gateway::handle`], effects
-//! out; [`Gateway::tick`] every second. Publishes the gateway accepts go
-//! to its own subscribers ([`Gateway::deliver`]) and to `on_publish` (the
-//! caller routes them to shard groups); topic ids it assigns go to
-//! `on_register` (for the plan and the registry).
+//! The gateway on a UDP socket: datagrams in (drained in batches of up to
+//! [`BATCH`]), [`Gateway::handle`] and [`Membership`], effects out;
+//! [`Gateway::tick`] and [`Membership::tick`] every second. Publishes the
+//! gateway accepts go to its own subscribers ([`Gateway::deliver`]) and to
+//! `on_publish` (the caller routes them to shard groups); topic ids it
+//! assigns go to `on_register`, membership records to `on_members`, both
+//! before any message that depends on them leaves: one commit per batch
+//! keeps registrations fast and every promise crash-safe.
 
-use std::{future::Future, io, net::SocketAddr, time::Instant};
+use std::{
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
-use tokio::net::UdpSocket;
+use tokio::{net::UdpSocket, sync::mpsc::UnboundedReceiver};
 
 use crate::{
+    control::Assignment,
+    membership::{Event, MemberRecord, Membership, Out},
     mqttsn::{decode, encode},
     session::{Effect, Gateway, SessionRecord},
 };
+
+/// Datagrams handled before their effects are committed and sent.
+pub const BATCH: usize = 256;
 
 /// What the service saw, for status and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,6 +33,8 @@ pub struct Stats {
     pub malformed: u64,
     pub sent: u64,
     pub published: u64,
+    /// Control messages from devices.
+    pub controls: u64,
 }
 
 /// A publish the gateway accepted.
@@ -35,6 +50,20 @@ pub struct Accepted<'a> {
     pub origin_v6: Option<bool>,
 }
 
+/// Move a device: sent to it as a `migrate` command with the group of
+/// its address family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrateCommand {
+    pub client: String,
+    pub generation: u64,
+    pub shard: u32,
+    pub group_v4: Option<Ipv4Addr>,
+    pub group_v6: Option<Ipv6Addr>,
+    pub port: u16,
+    /// Unix ms.
+    pub deadline_ms: u64,
+}
+
 /// Callbacks for what leaves the gateway's own state.
 pub struct Hooks<'a> {
     pub on_publish: &'a mut dyn FnMut(&Accepted),
@@ -43,15 +72,32 @@ pub struct Hooks<'a> {
     pub on_register: &'a mut dyn FnMut(&str, u16),
     /// Sessions changed since the last call (at most a second behind).
     pub on_sessions: &'a mut dyn FnMut(&[SessionRecord]),
+    /// Membership records to commit (`None`: delete), before the messages
+    /// that carry their tokens leave.
+    pub on_members: &'a mut dyn FnMut(&[(String, Option<MemberRecord>)]),
+    /// Membership events: joins, confirms, time-outs, expiries, refusals.
+    pub on_event: &'a mut dyn FnMut(&Event),
+    /// Where the installed plan places a device, in the group of the
+    /// family given (`true`: IPv6).
+    pub placement: &'a mut dyn FnMut(&str, bool) -> Option<Assignment>,
 }
 
-/// Serves MQTT-SN on `sock` until `shutdown` completes.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Serves MQTT-SN on `sock` until `shutdown` completes, sending the
+/// migrate commands that arrive on `commands`.
 pub async fn serve(
     sock: UdpSocket,
     mut gw: Gateway,
+    mut members: Membership,
     hooks: Hooks<'_>,
+    mut commands: Option<UnboundedReceiver<MigrateCommand>>,
     shutdown: impl Future<Output = ()>,
-) -> io::Result<(Gateway, Stats)> {
+) -> io::Result<(Gateway, Membership, Stats)> {
     let mut hooks = hooks;
     let mut changed: Vec<SessionRecord> = Vec::new();
     let start = Instant::now();
@@ -61,27 +107,41 @@ pub async fn serve(
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
-        let mut origin_v6 = None;
-        let effects = tokio::select! {
+        let mut batch = Batch::default();
+        tokio::select! {
             _ = &mut shutdown => {
                 (hooks.on_sessions)(&changed);
-                return Ok((gw, stats));
+                return Ok((gw, members, stats));
             }
             _ = tick.tick() => {
                 (hooks.on_sessions)(&changed);
                 changed.clear();
-                gw.tick(now())
+                batch.effects.push((None, gw.tick(now())));
+                batch.outs.extend(members.tick(unix_ms()));
+            }
+            c = async {
+                match &mut commands {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match c {
+                    Some(c) => migrate(&mut members, c, &mut batch.outs),
+                    None => commands = None,
+                }
+                // Every command queued: one batch.
+                while let Some(Ok(c)) = commands.as_mut().map(|rx| rx.try_recv()) {
+                    migrate(&mut members, c, &mut batch.outs);
+                }
             }
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = r?;
-                stats.received += 1;
-                origin_v6 = Some(from.is_ipv6());
-                match decode(&buf[..n]) {
-                    Ok(m) => gw.handle(from, now(), m),
-                    Err(e) => {
-                        stats.malformed += 1;
-                        tracing::debug!(%from, "malformed MQTT-SN datagram: {e}");
-                        Vec::new()
+                receive(&mut gw, &mut members, &buf[..n], from, now(), &mut batch, &mut stats);
+                while batch.datagrams < BATCH {
+                    match sock.try_recv_from(&mut buf) {
+                        Ok((n, from)) => receive(&mut gw, &mut members, &buf[..n], from, now(), &mut batch, &mut stats),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -89,9 +149,9 @@ pub async fn serve(
         apply(
             &sock,
             &mut gw,
-            effects,
+            &mut members,
+            batch,
             &mut hooks,
-            origin_v6,
             &mut changed,
             &mut stats,
         )
@@ -99,27 +159,131 @@ pub async fn serve(
     }
 }
 
+/// What a batch of datagrams (or a tick, or commands) asks for.
+#[derive(Default)]
+struct Batch {
+    datagrams: usize,
+    /// Each datagram's effects with the family it came by.
+    effects: Vec<(Option<bool>, Vec<Effect>)>,
+    outs: Vec<Out>,
+}
+
+fn receive(
+    gw: &mut Gateway,
+    members: &mut Membership,
+    datagram: &[u8],
+    from: SocketAddr,
+    now: u64,
+    batch: &mut Batch,
+    stats: &mut Stats,
+) {
+    stats.received += 1;
+    batch.datagrams += 1;
+    match decode(datagram) {
+        Ok(m) => {
+            batch
+                .effects
+                .push((Some(from.is_ipv6()), gw.handle(from, now, m)));
+            // Any message is a sign of life: renew the token past half.
+            if let Some(client) = gw.client_id(&from) {
+                batch.outs.extend(members.seen(client, from, unix_ms()));
+            }
+        }
+        Err(e) => {
+            stats.malformed += 1;
+            tracing::debug!(%from, "malformed MQTT-SN datagram: {e}");
+        }
+    }
+}
+
+fn migrate(members: &mut Membership, c: MigrateCommand, outs: &mut Vec<Out>) {
+    let now = unix_ms();
+    let group: Option<IpAddr> = match members.member(&c.client).map(|m| m.address.is_ipv6()) {
+        Some(true) => c.group_v6.map(IpAddr::V6),
+        Some(false) => c.group_v4.map(IpAddr::V4),
+        None => None,
+    };
+    let sent = group.and_then(|group| {
+        let to = Assignment {
+            generation: c.generation,
+            shard: c.shard,
+            group,
+            port: c.port,
+        };
+        members.migrate(&c.client, to, c.deadline_ms, now).ok()
+    });
+    match sent {
+        Some(o) => outs.extend(o),
+        None => outs.push(Out::Event(Event::Unreachable {
+            client: c.client,
+            generation: c.generation,
+        })),
+    }
+}
+
 async fn apply(
     sock: &UdpSocket,
     gw: &mut Gateway,
-    effects: Vec<Effect>,
+    members: &mut Membership,
+    batch: Batch,
     hooks: &mut Hooks<'_>,
-    origin_v6: Option<bool>,
     changed: &mut Vec<SessionRecord>,
     stats: &mut Stats,
 ) -> io::Result<()> {
+    let Batch {
+        effects, mut outs, ..
+    } = batch;
     // Ids first: a REGACK or SUBACK must not carry an id a crash could
-    // forget.
-    for e in &effects {
-        if let Effect::Registered { topic, id } = e {
-            (hooks.on_register)(topic, *id);
+    // forget. Control messages go to the membership now, so that its
+    // records are committed with the batch's.
+    let mut queue: Vec<(Option<bool>, Effect)> = Vec::new();
+    for (origin, fx) in effects {
+        for e in fx {
+            match e {
+                Effect::Registered { ref topic, id } => (hooks.on_register)(topic, id),
+                Effect::Control {
+                    ref client,
+                    from,
+                    ref data,
+                } => {
+                    stats.controls += 1;
+                    let placement = (hooks.placement)(client, from.is_ipv6());
+                    outs.extend(members.control(client, from, data, unix_ms(), placement));
+                    continue;
+                }
+                _ => {}
+            }
+            queue.push((origin, e));
         }
     }
-    let mut queue = effects;
+    let records: Vec<(String, Option<MemberRecord>)> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Out::Persist(c, r) => Some((c.clone(), r.clone())),
+            _ => None,
+        })
+        .collect();
+    if !records.is_empty() {
+        (hooks.on_members)(&records);
+    }
+    for o in outs {
+        match o {
+            Out::Persist(..) => {}
+            Out::Send { to, msg, .. } => {
+                let payload = msg.encode();
+                queue.extend(
+                    gw.send_control(to, payload.as_bytes())
+                        .into_iter()
+                        .map(|e| (None, e)),
+                );
+            }
+            Out::Event(e) => (hooks.on_event)(&e),
+        }
+    }
     let mut first_round = true;
     while !queue.is_empty() {
         let mut next = Vec::new();
-        for e in queue {
+        for (origin_v6, e) in queue {
             match e {
                 Effect::Send(to, m) => send(sock, to, &m, stats).await?,
                 Effect::Publish { topic, data, .. } => {
@@ -139,7 +303,7 @@ async fn apply(
                             origin_v6,
                         });
                     }
-                    next.extend(gw.deliver(&topic, &data));
+                    next.extend(gw.deliver(&topic, &data).into_iter().map(|e| (None, e)));
                 }
                 Effect::Registered { topic, id } => {
                     if !first_round {
@@ -150,6 +314,8 @@ async fn apply(
                     changed.retain(|c| c.client_id != r.client_id);
                     changed.push(r);
                 }
+                // Handled above (a delivery never makes one).
+                Effect::Control { .. } => {}
             }
         }
         queue = next;

@@ -16,6 +16,7 @@ use std::{
 
 use router_common::mqttsn::{TOPIC_NORMAL, TOPIC_PREDEFINED, TOPIC_SHORT};
 
+use crate::control;
 use crate::mqttsn::{Flags, Message, Qos, ReturnCode, TopicRef};
 
 /// Messages buffered for a sleeping client, at most.
@@ -42,6 +43,13 @@ pub enum Effect {
     /// A client's session changed (connected, subscribed, asleep, gone):
     /// what the device registry keeps.
     Session(SessionRecord),
+    /// A client published on its own control topic
+    /// ([`crate::control`]): for the membership, never routed.
+    Control {
+        client: String,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
 }
 
 /// A client's session as the registry keeps it.
@@ -158,6 +166,11 @@ pub struct Gateway {
 /// Whether topic `name` matches filter `filter` (`+` one level, `#` the
 /// rest, MQTT 3.1.1 section 4.7).
 pub fn matches(filter: &str, name: &str) -> bool {
+    // Section 4.7.2: a filter starting with a wildcard matches no `$`
+    // topic (the control topics are such).
+    if name.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
     let mut f = filter.split('/');
     let mut n = name.split('/');
     loop {
@@ -183,7 +196,13 @@ pub fn valid_filter(filter: &str) -> bool {
 }
 
 impl Gateway {
-    pub fn new(cfg: Config) -> Gateway {
+    pub fn new(mut cfg: Config) -> Gateway {
+        if cfg.predefined.remove(&control::CONTROL_ID).is_some() {
+            tracing::warn!(
+                id = control::CONTROL_ID,
+                "predefined topic id reserved for control topics: ignored"
+            );
+        }
         Gateway {
             cfg,
             clients: HashMap::new(),
@@ -271,6 +290,49 @@ impl Gateway {
 
     /// Handles one message from `from` at `now` (ms).
     pub fn handle(&mut self, from: SocketAddr, now: u64, msg: Message) -> Vec<Effect> {
+        let fx = self.handle_message(from, now, msg);
+        if !fx
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { topic, .. } if control::is_control(topic)))
+        {
+            return fx;
+        }
+        // A control topic is the device's own channel to the membership:
+        // its publishes there become [`Effect::Control`]; anybody else's
+        // are dropped (never routed, never delivered).
+        let own = self.clients.get(&from).map(|c| control::topic(&c.id));
+        fx.into_iter()
+            .filter_map(|e| match e {
+                Effect::Publish { topic, data, .. } if control::is_control(&topic) => {
+                    if own.as_deref() == Some(topic.as_str()) {
+                        Some(Effect::Control {
+                            client: topic[control::TOPIC_PREFIX.len()..].to_string(),
+                            from,
+                            data,
+                        })
+                    } else {
+                        tracing::debug!(%from, topic, "publish to another's control topic dropped");
+                        None
+                    }
+                }
+                e => Some(e),
+            })
+            .collect()
+    }
+
+    /// Sends `data` to the client at `to` on its control topic (the
+    /// predefined id [`control::CONTROL_ID`]; buffered while it sleeps). Nothing when no client is connected there.
+    pub fn send_control(&mut self, to: SocketAddr, data: &[u8]) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if let Some(c) = self.clients.get_mut(&to) {
+            let topic = control::topic(&c.id);
+            let id = control::CONTROL_ID;
+            Self::deliver_to(&mut fx, to, c, Named::Predefined(id), id, &topic, data);
+        }
+        fx
+    }
+
+    fn handle_message(&mut self, from: SocketAddr, now: u64, msg: Message) -> Vec<Effect> {
         let mut fx = Vec::new();
         let send = |fx: &mut Vec<Effect>, m: Message| fx.push(Effect::Send(from, m));
         if let Some(c) = self.clients.get_mut(&from) {
@@ -422,7 +484,13 @@ impl Gateway {
                 msg_id,
                 data,
             } => {
-                let topic = self.topic_of(flags.topic_id_type, topic_id);
+                let topic =
+                    if flags.topic_id_type == TOPIC_PREDEFINED && topic_id == control::CONTROL_ID {
+                        // Each client's own control topic.
+                        self.clients.get(&from).map(|c| control::topic(&c.id))
+                    } else {
+                        self.topic_of(flags.topic_id_type, topic_id)
+                    };
                 let connected = self.clients.contains_key(&from);
                 match flags.qos {
                     Qos::MinusOne => {
@@ -514,7 +582,7 @@ impl Gateway {
                     ..Flags::NONE
                 };
                 let (filter, topic_id, rc) = match topic {
-                    TopicRef::Name(name) if !valid_filter(&name) => {
+                    TopicRef::Name(name) if !valid_filter(&name) || control::is_control(&name) => {
                         (None, 0, ReturnCode::NotSupported)
                     }
                     TopicRef::Name(name) if name.contains(['+', '#']) => {
@@ -692,53 +760,66 @@ impl Gateway {
             let Some(&(_, named)) = c.subscriptions.iter().find(|(f, _)| matches(f, topic)) else {
                 continue;
             };
-            let mut msgs = Vec::new();
-            // In the id type the client subscribed with.
-            let (topic_id_type, topic_id) = match named {
-                Named::Short => (
-                    TOPIC_SHORT,
-                    u16::from_be_bytes(
-                        topic.as_bytes()[..2]
-                            .try_into()
-                            .expect("a short name is 2 bytes"),
-                    ),
-                ),
-                Named::Predefined(p) => (TOPIC_PREDEFINED, p),
-                Named::Name => (TOPIC_NORMAL, id),
-            };
-            if named == Named::Name && !c.known.contains(&id) {
-                let msg_id = c.next_msg_id;
-                c.next_msg_id = c.next_msg_id.wrapping_add(1).max(1);
-                msgs.push(Message::Register {
-                    topic_id: id,
-                    msg_id,
-                    topic_name: topic.to_string(),
-                });
-                c.known.push(id);
-            }
-            msgs.push(Message::Publish {
-                flags: Flags {
-                    topic_id_type,
-                    ..Flags::NONE
-                },
-                topic_id,
-                msg_id: 0,
-                data: data.to_vec(),
-            });
-            match c.state {
-                State::Asleep { .. } => {
-                    for m in msgs {
-                        if c.buffered.len() >= SLEEP_BUFFER {
-                            c.buffered.pop_front();
-                        }
-                        c.buffered.push_back(m);
-                    }
-                }
-                State::Active => fx.extend(msgs.into_iter().map(|m| Effect::Send(*addr, m))),
-                _ => {}
-            }
+            Self::deliver_to(&mut fx, *addr, c, named, id, topic, data);
         }
         fx
+    }
+
+    /// One client's delivery (see [`deliver`](Self::deliver)).
+    fn deliver_to(
+        fx: &mut Vec<Effect>,
+        addr: SocketAddr,
+        c: &mut Client,
+        named: Named,
+        id: u16,
+        topic: &str,
+        data: &[u8],
+    ) {
+        let mut msgs = Vec::new();
+        // In the id type the client subscribed with.
+        let (topic_id_type, topic_id) = match named {
+            Named::Short => (
+                TOPIC_SHORT,
+                u16::from_be_bytes(
+                    topic.as_bytes()[..2]
+                        .try_into()
+                        .expect("a short name is 2 bytes"),
+                ),
+            ),
+            Named::Predefined(p) => (TOPIC_PREDEFINED, p),
+            Named::Name => (TOPIC_NORMAL, id),
+        };
+        if named == Named::Name && !c.known.contains(&id) {
+            let msg_id = c.next_msg_id;
+            c.next_msg_id = c.next_msg_id.wrapping_add(1).max(1);
+            msgs.push(Message::Register {
+                topic_id: id,
+                msg_id,
+                topic_name: topic.to_string(),
+            });
+            c.known.push(id);
+        }
+        msgs.push(Message::Publish {
+            flags: Flags {
+                topic_id_type,
+                ..Flags::NONE
+            },
+            topic_id,
+            msg_id: 0,
+            data: data.to_vec(),
+        });
+        match c.state {
+            State::Asleep { .. } => {
+                for m in msgs {
+                    if c.buffered.len() >= SLEEP_BUFFER {
+                        c.buffered.pop_front();
+                    }
+                    c.buffered.push_back(m);
+                }
+            }
+            State::Active => fx.extend(msgs.into_iter().map(|m| Effect::Send(addr, m))),
+            _ => {}
+        }
     }
 
     /// How a publish of `topic` is named on the wire to shard groups: its

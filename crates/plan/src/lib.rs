@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod device;
 pub mod policy;
 pub mod text;
+pub mod transition;
 
 pub use device::{DeviceChecker, DeviceError, NAME_MAX};
 pub use policy::{Policy, PolicyError};
@@ -438,7 +439,13 @@ impl Plan {
                         .map(|&id| (AliasKind::MqttSnNormal, "registered", id)),
                 );
             for (kind, label, id) in aliases {
-                if id == 0 || id == 0xffff {
+                // 0xFFFE predefined names each device's control topic
+                // (the gateway's device protocol).
+                if id == 0
+                    || id == 0xffff
+                    || (kind == AliasKind::MqttSnPredefined
+                        && id == router_common::mqttsn::CONTROL_ID)
+                {
                     return Err(PlanError::ReservedTopicId { kind: label, id });
                 }
                 if let Some(other) = ids.insert((kind as u8, id), t.name.clone()) {
@@ -671,6 +678,10 @@ mod tests {
         assert!(matches!(
             err(|p| p.topics[1].mqttsn_predefined_id = Some(5)),
             PlanError::DuplicateTopicId { id: 5, .. }
+        ));
+        assert!(matches!(
+            err(|p| p.topics[1].mqttsn_predefined_id = Some(router_common::mqttsn::CONTROL_ID)),
+            PlanError::ReservedTopicId { id: 0xFFFE, .. }
         ));
         assert!(matches!(
             err(|p| p.topics[1].mqttsn_registered_ids = vec![0]),
