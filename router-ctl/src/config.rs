@@ -64,6 +64,10 @@ pub struct DaemonSection {
     pub state_dir: PathBuf,
     pub detach_on_exit: bool,
     pub incremental: bool,
+    /// Devices sent migrate commands at once (with a gateway).
+    pub migration_batch: usize,
+    /// How long a device has to confirm a migrate command.
+    pub migration_deadline: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +97,8 @@ struct RawGateway {
     listen: Option<String>,
     gw_id: Option<u8>,
     registry: Option<PathBuf>,
+    token_lifetime: Option<String>,
+    migrate_retry: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +126,8 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     detach_on_exit: Option<bool>,
     incremental: Option<bool>,
+    migration_batch: Option<usize>,
+    migration_deadline: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -256,6 +264,22 @@ impl DaemonConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             detach_on_exit: m.detach_on_exit.unwrap_or(false),
             incremental: m.incremental.unwrap_or(true),
+            migration_batch: match m.migration_batch {
+                None => 10_000,
+                Some(0) => {
+                    return Err(bad(
+                        "daemon.migration_batch",
+                        "is 0: no device could ever move".into(),
+                    ));
+                }
+                Some(n) => n,
+            },
+            migration_deadline: duration(
+                "daemon.migration_deadline",
+                m.migration_deadline,
+                "30s",
+                Duration::from_millis(100),
+            )?,
         };
 
         let h = raw.history;
@@ -321,6 +345,18 @@ impl DaemonConfig {
                         .registry
                         .unwrap_or_else(|| daemon.state_dir.join("registry.redb")),
                     state_dir: daemon.state_dir.clone(),
+                    token_lifetime: duration(
+                        "gateway.token_lifetime",
+                        g.token_lifetime,
+                        "1h",
+                        Duration::from_secs(1),
+                    )?,
+                    migrate_retry: duration(
+                        "gateway.migrate_retry",
+                        g.migrate_retry,
+                        "1s",
+                        Duration::from_millis(10),
+                    )?,
                 })
             }
         };
@@ -381,6 +417,15 @@ mod tests {
             ("[daemon]\nstate_dir = \"\"", "daemon.state_dir"),
             ("[dataplane]\npin_root = \"\"", "dataplane.pin_root"),
             ("[gateway]\ngw_id = 2", "gateway.listen"),
+            ("[daemon]\nmigration_batch = 0", "daemon.migration_batch"),
+            (
+                "[daemon]\nmigration_deadline = \"1ms\"",
+                "daemon.migration_deadline",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\ntoken_lifetime = \"0s\"",
+                "gateway.token_lifetime",
+            ),
             ("[gateway]\nlisten = \"198.18.1.1\"", "gateway.listen"),
             ("[gateway]\nlisten = \"x:1884\"", "gateway.listen"),
             (

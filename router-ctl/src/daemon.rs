@@ -28,9 +28,13 @@ use shardcast_dataplane::{
 };
 use shardcast_plan::{CompiledPlan, Plan};
 
+use shardcast_gateway::{membership::Event, service::MigrateCommand};
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::{
     config::DaemonConfig,
     history::{History, Settings},
+    migrate::Migration,
     state,
 };
 
@@ -61,6 +65,12 @@ pub struct Daemon {
     baseline: FxHashMap<(u32, u32), u64>,
     /// The open bucket: its start and (topic, group) → packets.
     open: Option<(u64, Bucket)>,
+    /// The installed plan's document (what a migration starts from).
+    document: Option<Plan>,
+    /// Where migrate commands go: the gateway running beside the daemon.
+    commands: Option<UnboundedSender<MigrateCommand>>,
+    /// The migration in progress, with when its batch was sent.
+    migration: Option<(Migration, Instant)>,
 }
 
 /// Packets per (topic counter slot, device group) in one bucket; named
@@ -151,6 +161,9 @@ impl Daemon {
             plan_seen: None,
             baseline,
             open: None,
+            document: None,
+            commands: None,
+            migration: None,
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
@@ -159,6 +172,7 @@ impl Daemon {
         {
             daemon.learn(&c);
             daemon.plan = Some(c);
+            daemon.document = Some(p);
         }
         info!(
             generation = meta.generation,
@@ -176,11 +190,28 @@ impl Daemon {
         }
     }
 
+    /// Sends migrate commands to the gateway on `commands`: new plans
+    /// that move devices are installed make-before-break
+    /// ([`crate::migrate`]).
+    pub fn link_gateway(&mut self, commands: UnboundedSender<MigrateCommand>) {
+        self.commands = Some(commands);
+    }
+
+    /// Whether a migration is in progress.
+    pub fn migrating(&self) -> bool {
+        self.migration.is_some()
+    }
+
     /// Installs the plan file if it changed and holds a newer generation.
     fn check_plan(&mut self, now: u64) -> Result<Option<u64>> {
         let Some(path) = self.cfg.daemon.plan.clone() else {
             return Ok(None);
         };
+        // The next plan waits for the migration in progress (bounded by its
+        // deadlines): devices move from one placement at a time.
+        if self.migration.is_some() {
+            return Ok(None);
+        }
         let seen = match std::fs::metadata(&path) {
             Ok(m) => (m.modified()?, m.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -195,9 +226,116 @@ impl Daemon {
         if plan.generation <= installed {
             return Ok(None);
         }
-        let compiled = plan
-            .compile()
+        plan.compile()
             .with_context(|| format!("plan {} is invalid", path.display()))?;
+        if self.commands.is_some()
+            && let Some(old) = &self.document
+        {
+            match Migration::new(old, &plan) {
+                Ok(Some(m)) => {
+                    let first = m.installable();
+                    let r = self.install_document(&first, false, now)?;
+                    info!(
+                        generation = plan.generation,
+                        moves = m.stats.moves,
+                        "migration: transition installed (old and new shards both served)"
+                    );
+                    self.migration = Some((m, Instant::now()));
+                    self.send_batch();
+                    return Ok(Some(r));
+                }
+                Ok(None) => {}
+                Err(e) => warn!(
+                    generation = plan.generation,
+                    "devices move without make-before-break: {e}"
+                ),
+            }
+        }
+        self.install_document(&plan, false, now).map(Some)
+    }
+
+    /// Sends the migration's next batch of commands.
+    fn send_batch(&mut self) {
+        let (Some((m, sent)), Some(tx)) = (&mut self.migration, &self.commands) else {
+            return;
+        };
+        let deadline = SystemTime::now() + self.cfg.daemon.migration_deadline;
+        let deadline_ms = deadline
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let batch = m.next_batch(
+            self.cfg.daemon.migration_batch,
+            deadline_ms,
+            self.cfg.dataplane.mqttsn_port,
+        );
+        info!(
+            generation = m.generation(),
+            devices = batch.len(),
+            "migration: migrate commands sent"
+        );
+        for c in batch {
+            if tx.send(c).is_err() {
+                warn!("the gateway is gone: migrate commands not sent");
+                break;
+            }
+        }
+        *sent = Instant::now();
+    }
+
+    /// A membership event from the gateway.
+    pub fn on_event(&mut self, e: &Event, now: u64) -> Result<()> {
+        if let Some((m, _)) = &mut self.migration
+            && m.event(e)
+        {
+            self.advance(now)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the migration on once its batch is resolved: the transition
+    /// without the shards nobody leaves any more and the next batch, or
+    /// the new plan. A batch the gateway never resolves (it is gone) is
+    /// given up a few seconds past its deadline.
+    fn advance(&mut self, now: u64) -> Result<()> {
+        let Some((m, sent)) = &mut self.migration else {
+            return Ok(());
+        };
+        if !m.batch_done() {
+            if sent.elapsed() < self.cfg.daemon.migration_deadline + Duration::from_secs(5) {
+                return Ok(());
+            }
+            warn!(
+                generation = m.generation(),
+                "migration: no answer from the gateway past the deadline; the batch is given up"
+            );
+            m.give_up_batch();
+        }
+        let plan = m.installable();
+        if !m.done() {
+            self.install_document(&plan, true, now)?;
+            self.send_batch();
+            return Ok(());
+        }
+        let (m, _) = self.migration.take().expect("checked above");
+        self.install_document(&plan, true, now)?;
+        let s = m.stats;
+        info!(
+            generation = m.generation(),
+            moves = s.moves,
+            confirmed = s.confirmed,
+            timed_out = s.timed_out,
+            unreachable = s.unreachable,
+            elapsed_ms = m.started.elapsed().as_millis() as u64,
+            "migration done: old routes removed"
+        );
+        Ok(())
+    }
+
+    /// Installs `plan` (a plan file's, or a migration's form of one),
+    /// keeps its copy and its names.
+    fn install_document(&mut self, plan: &Plan, force: bool, now: u64) -> Result<u64> {
+        let compiled = plan.compile().context("plan is invalid")?;
         // Group counters are kept by group index, and a plan with other
         // device groups gives the indices other names: what was counted
         // under the old plan is written under the old names first (the
@@ -207,12 +345,12 @@ impl Daemon {
             self.collect(now, &mut TickReport::default())?;
             self.flush(now)?;
         }
-        let r = self.dp.install(&compiled, false)?;
+        let r = self.dp.install(&compiled, force)?;
         // Keep the document beside the pins' state (names for `maps dump`
         // and for a restarted daemon), atomically. The plan is installed
         // whether or not that works: a failed save is logged as what it is,
         // never as a plan not installed.
-        if let Err(e) = state::save_plan(&self.cfg.daemon.state_dir, &plan) {
+        if let Err(e) = state::save_plan(&self.cfg.daemon.state_dir, plan) {
             error!(
                 generation = r.generation,
                 "plan installed, but its copy was not saved: {e:#}"
@@ -227,7 +365,8 @@ impl Daemon {
         );
         self.learn(&compiled);
         self.plan = Some(compiled);
-        Ok(Some(r.generation))
+        self.document = Some(plan.clone());
+        Ok(r.generation)
     }
 
     /// Reads the counters into the open bucket; writes the bucket out when
@@ -317,6 +456,9 @@ impl Daemon {
             Ok(g) => report.installed = g,
             // A bad plan is logged and skipped; the installed one stays.
             Err(e) => error!("plan not installed: {e:#}"),
+        }
+        if let Err(e) = self.advance(now) {
+            error!("migration: {e:#}");
         }
         let t = Instant::now();
         self.collect(now, &mut report)?;
@@ -513,14 +655,25 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let gateway = cfg.gateway.clone();
         let mut daemon = Daemon::start(cfg)?;
         // The gateway runs beside the tick loop on this thread, and stops
-        // with it.
+        // with it; migrate commands go to it, membership events come back.
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        if gateway.is_some() {
+            daemon.link_gateway(cmd_tx);
+        }
         let stop = std::rc::Rc::new(tokio::sync::Notify::new());
         let gateway_task = {
             let stop = stop.clone();
             async move {
                 match gateway {
                     None => Ok(()),
-                    Some(opts) => crate::gateway::serve(opts, async move { stop.notified().await }).await,
+                    Some(opts) => {
+                        let links = crate::gateway::Links {
+                            commands: Some(cmd_rx),
+                            events: Some(ev_tx),
+                        };
+                        crate::gateway::serve(opts, links, async move { stop.notified().await }).await
+                    }
                 }
             }
         };
@@ -538,6 +691,11 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                         }
                         Ok(_) => {}
                         Err(e) => warn!("tick failed: {e:#}"),
+                    }
+                }
+                Some(e) = ev_rx.recv() => {
+                    if let Err(e) = daemon.on_event(&e, now_unix()) {
+                        warn!("migration: {e:#}");
                     }
                 }
                 _ = term.recv() => { info!("SIGTERM"); break; }

@@ -3,14 +3,20 @@
 //! restored and kept, the installed plan's predefined and registered ids,
 //! and accepted publishes sent to the plan's shard groups.
 
-use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::PathBuf};
+use std::{
+    cell::RefCell, collections::BTreeMap, future::Future, net::SocketAddr, path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use shardcast_gateway::{
+    control::{Assignment, Refusal},
+    membership::{Event, MemberUpdate, Membership, MembershipConfig},
     registry::Registry,
-    service::{self, Accepted, Hooks},
+    service::{self, Accepted, Hooks, MigrateCommand},
     session::{Config, Gateway, SessionRecord},
 };
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::state;
 
@@ -23,10 +29,31 @@ pub struct GatewayOptions {
     pub registry: PathBuf,
     /// Where the installed plan's copy is (`router-ctl --state-dir`).
     pub state_dir: PathBuf,
+    /// How long a migration token is valid (renewed past half).
+    pub token_lifetime: Duration,
+    /// How long an unconfirmed migrate command waits before it is re-sent.
+    pub migrate_retry: Duration,
+}
+
+impl GatewayOptions {
+    pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_MIGRATE_RETRY: Duration = Duration::from_secs(1);
+}
+
+/// The daemon's lines to a running gateway: migrate commands in, the
+/// membership's events (confirms, time-outs) out.
+#[derive(Default)]
+pub struct Links {
+    pub commands: Option<UnboundedReceiver<MigrateCommand>>,
+    pub events: Option<UnboundedSender<Event>>,
 }
 
 /// Serves until `shutdown` completes.
-pub async fn serve(opts: GatewayOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn serve(
+    opts: GatewayOptions,
+    links: Links,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     // Predefined ids and the ids registered before come from the installed
     // plan's copy, when there is one.
     let plan = state::load_installed_plan(&opts.state_dir);
@@ -58,21 +85,31 @@ pub async fn serve(opts: GatewayOptions, shutdown: impl Future<Output = ()>) -> 
     for (session, _) in &restored.sessions {
         gw.restore_session(session);
     }
+    let mut members = Membership::new(MembershipConfig {
+        token_lifetime_ms: opts.token_lifetime.as_millis() as u64,
+        retry_ms: opts.migrate_retry.as_millis() as u64,
+    });
+    let restored_members = restored.members.len();
+    for m in restored.members {
+        members.restore(m);
+    }
     tracing::info!(
         registry = %opts.registry.display(),
         topic_ids = restored.topic_ids.len(),
         sessions = restored.sessions.len(),
+        members = restored_members,
         "device registry restored"
     );
     let sock = tokio::net::UdpSocket::bind(opts.listen)
         .await
         .with_context(|| format!("gateway: binding {}", opts.listen))?;
     tracing::info!(listen = %opts.listen, "MQTT-SN gateway");
-    let mut groups = ShardSender::new(opts.state_dir.clone(), opts.listen.port());
+    let groups = RefCell::new(ShardSender::new(opts.state_dir.clone(), opts.listen.port()));
     let mut on_publish = |p: &Accepted| {
-        let sent = groups.send(p);
+        let sent = groups.borrow_mut().send(p);
         tracing::debug!(topic = p.topic, bytes = p.data.len(), sent, "publish");
     };
+    let mut placement = |client: &str, v6: bool| groups.borrow_mut().placement(client, v6);
     let mut on_register = |topic: &str, id: u16| {
         tracing::info!(topic, id, "topic id assigned");
         if let Err(e) = registry.put_topic_id(topic, id) {
@@ -99,18 +136,64 @@ pub async fn serve(opts: GatewayOptions, shutdown: impl Future<Output = ()>) -> 
             Err(e) => tracing::error!("{e}"),
         }
     };
-    let (_, stats) = service::serve(
+    let mut on_members = |records: &[MemberUpdate]| {
+        if let Err(e) = registry.put_members(records) {
+            // Not committed: the tokens must not leave. The membership
+            // still holds them; the devices ask again.
+            tracing::error!("{e}");
+        }
+    };
+    let events = links.events;
+    let mut on_event = |e: &Event| {
+        match e {
+            Event::Refused { client, reason } => {
+                tracing::info!(client, reason = reason.label(), "control message refused")
+            }
+            Event::TimedOut { client, generation } => {
+                tracing::warn!(
+                    client,
+                    generation,
+                    "migration not confirmed by its deadline"
+                )
+            }
+            Event::Expired { client } => tracing::info!(client, "token expired: out of its shard"),
+            Event::Unreachable { client, generation } => {
+                tracing::warn!(client, generation, "migrate command not sent: not a member")
+            }
+            Event::Joined { client } => tracing::debug!(client, "member"),
+            Event::Confirmed {
+                client,
+                generation,
+                shard,
+            } => tracing::debug!(client, generation, shard, "migration confirmed"),
+        }
+        if let Some(tx) = &events {
+            let _ = tx.send(e.clone());
+        }
+    };
+    let (_, members, stats) = service::serve(
         sock,
         gw,
+        members,
         Hooks {
             on_publish: &mut on_publish,
             on_register: &mut on_register,
             on_sessions: &mut on_sessions,
+            on_members: &mut on_members,
+            on_event: &mut on_event,
+            placement: &mut placement,
         },
+        links.commands,
         shutdown,
     )
     .await?;
-    tracing::info!(?stats, "gateway stopped");
+    let refused: Vec<String> = Refusal::ALL
+        .iter()
+        .zip(members.refusals())
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{}={n}", r.label()))
+        .collect();
+    tracing::info!(?stats, refused = refused.join(" "), "gateway stopped");
     Ok(())
 }
 
@@ -124,6 +207,8 @@ struct ShardSender {
     state_dir: std::path::PathBuf,
     port: u16,
     plan: Option<(std::time::SystemTime, shardcast_plan::Plan)>,
+    /// Device id → index of its shard in the plan.
+    devices: std::collections::HashMap<String, usize>,
     /// (egress, v6) → socket.
     sockets: std::collections::HashMap<(String, bool), std::net::UdpSocket>,
 }
@@ -134,8 +219,25 @@ impl ShardSender {
             state_dir,
             port,
             plan: None,
+            devices: Default::default(),
             sockets: Default::default(),
         }
+    }
+
+    /// Where the installed plan places `client`: its shard's group of the
+    /// family given.
+    fn placement(&mut self, client: &str, v6: bool) -> Option<Assignment> {
+        self.refresh();
+        let (_, plan) = self.plan.as_ref()?;
+        let &shard = self.devices.get(client)?;
+        let s = &plan.shards[shard];
+        let group = if v6 { &s.group_v6 } else { &s.group_v4 };
+        Some(Assignment {
+            generation: plan.generation,
+            shard: s.id,
+            group: group.as_deref()?.parse().ok()?,
+            port: s.port.filter(|&p| p != 0).unwrap_or(self.port),
+        })
     }
 
     fn refresh(&mut self) {
@@ -148,6 +250,20 @@ impl ShardSender {
             return;
         }
         self.plan = state::load_installed_plan(&self.state_dir).map(|p| (mtime, p));
+        self.devices.clear();
+        if let Some((_, p)) = &self.plan {
+            let index: std::collections::HashMap<u32, usize> = p
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id, i))
+                .collect();
+            for d in &p.devices {
+                if let Some(&i) = index.get(&d.shard) {
+                    self.devices.insert(d.id.clone(), i);
+                }
+            }
+        }
     }
 
     /// Returns the copies sent: one per shard, to its group of the family

@@ -24,4 +24,5 @@ pub mod config;
 pub mod daemon;
 pub mod gateway;
 pub mod history;
+pub mod migrate;
 pub mod state;

@@ -60,6 +60,9 @@ pub struct MemberRecord {
     pub confirmed_generation: u64,
 }
 
+/// A record to commit (`None`: delete), by client id.
+pub type MemberUpdate = (String, Option<MemberRecord>);
+
 /// Something the caller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Out {

@@ -17,7 +17,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::{
     control::{Attributes, Token},
-    membership::MemberRecord,
+    membership::{MemberRecord, MemberUpdate},
     session::{SessionRecord, Status},
 };
 
@@ -183,10 +183,7 @@ impl Registry {
     }
 
     /// Commits members' records (`None` deletes) in one transaction.
-    pub fn put_members(
-        &self,
-        records: &[(String, Option<MemberRecord>)],
-    ) -> Result<(), RegistryError> {
+    pub fn put_members(&self, records: &[MemberUpdate]) -> Result<(), RegistryError> {
         if records.is_empty() {
             return Ok(());
         }

@@ -18,7 +18,7 @@ use tokio::{net::UdpSocket, sync::mpsc::UnboundedReceiver};
 
 use crate::{
     control::Assignment,
-    membership::{Event, MemberRecord, Membership, Out},
+    membership::{Event, MemberUpdate, Membership, Out},
     mqttsn::{decode, encode},
     session::{Effect, Gateway, SessionRecord},
 };
@@ -74,7 +74,7 @@ pub struct Hooks<'a> {
     pub on_sessions: &'a mut dyn FnMut(&[SessionRecord]),
     /// Membership records to commit (`None`: delete), before the messages
     /// that carry their tokens leave.
-    pub on_members: &'a mut dyn FnMut(&[(String, Option<MemberRecord>)]),
+    pub on_members: &'a mut dyn FnMut(&[MemberUpdate]),
     /// Membership events: joins, confirms, time-outs, expiries, refusals.
     pub on_event: &'a mut dyn FnMut(&Event),
     /// Where the installed plan places a device, in the group of the
@@ -256,7 +256,7 @@ async fn apply(
             queue.push((origin, e));
         }
     }
-    let records: Vec<(String, Option<MemberRecord>)> = outs
+    let records: Vec<MemberUpdate> = outs
         .iter()
         .filter_map(|o| match o {
             Out::Persist(c, r) => Some((c.clone(), r.clone())),

@@ -26,6 +26,10 @@ pub struct GatewayArgs {
     /// topic ids and sessions, restored at start.
     #[arg(long)]
     pub registry: Option<std::path::PathBuf>,
+    /// How long a device's migration token is valid (renewed on keep-alive
+    /// past half its life).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_lifetime: std::time::Duration,
 }
 
 pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
@@ -36,6 +40,8 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
             .registry
             .unwrap_or_else(|| g.state_dir.join("registry.redb")),
         state_dir: g.state_dir.clone(),
+        token_lifetime: a.token_lifetime,
+        migrate_retry: GatewayOptions::DEFAULT_MIGRATE_RETRY,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -50,6 +56,6 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        serve(opts, shutdown).await
+        serve(opts, Default::default(), shutdown).await
     })
 }

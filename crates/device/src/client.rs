@@ -1,0 +1,438 @@
+//! The device protocol on sockets: one UDP socket to the gateway (MQTT-SN
+//! CONNECT, keep-alive PINGREQs, control messages on the predefined
+//! control topic, QoS 1 with retries) and one multicast socket per group
+//! the device is in (bound to the group's address, so each receives its
+//! group only).
+
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    task::Poll,
+    time::Duration,
+};
+
+use shardcast_gateway::{
+    control::{Assignment, Attributes, CONTROL_ID, Control},
+    mqttsn::{Flags, Message, Qos, ReturnCode, decode, encode},
+};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol as SockProtocol, Socket, Type};
+use tokio::{io::ReadBuf, net::UdpSocket, time::Instant};
+
+use crate::{
+    dedup::Dedup,
+    protocol::{Action, DeviceStats, Protocol},
+};
+
+const TOPIC_PREDEFINED: u8 = 0b01;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {client}: {what}: {source}")]
+    Io {
+        client: String,
+        what: String,
+        source: io::Error,
+    },
+    #[error("device {client}: the gateway at {gateway} did not answer {what}")]
+    NoAnswer {
+        client: String,
+        gateway: SocketAddr,
+        what: &'static str,
+    },
+    #[error("device {client}: the gateway refused the connection ({rc:?})")]
+    Refused { client: String, rc: ReturnCode },
+}
+
+/// How a device runs.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    pub client_id: String,
+    pub gateway: SocketAddr,
+    /// MQTT-SN keep-alive; a PINGREQ goes out every half of it.
+    pub keep_alive: Duration,
+    pub attributes: Attributes,
+    /// The interface multicast groups are joined on (0: the kernel's
+    /// choice by route).
+    pub interface: u32,
+    /// A control message not acknowledged is re-sent after this long.
+    pub retry: Duration,
+    /// Publishes remembered for duplicate detection.
+    pub dedup_window: usize,
+}
+
+impl DeviceConfig {
+    pub fn new(client_id: &str, gateway: SocketAddr) -> DeviceConfig {
+        DeviceConfig {
+            client_id: client_id.to_string(),
+            gateway,
+            keep_alive: Duration::from_secs(60),
+            attributes: Attributes::default(),
+            interface: 0,
+            retry: Duration::from_millis(500),
+            dedup_window: 4096,
+        }
+    }
+}
+
+/// A publish received from a shard group (first copy only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic_id_type: u8,
+    pub topic_id: u16,
+    pub msg_id: u16,
+    pub data: Vec<u8>,
+    /// The shard whose group it came by.
+    pub shard: u32,
+}
+
+/// A connected device.
+pub struct Device {
+    cfg: DeviceConfig,
+    sock: UdpSocket,
+    proto: Protocol,
+    groups: Vec<(Assignment, UdpSocket)>,
+    dedup: Dedup,
+    /// Control messages to send, in order; the first is in flight once
+    /// `inflight` says so.
+    outbox: VecDeque<Control>,
+    inflight: Option<(u16, Vec<u8>, Instant, u32)>,
+    next_msg_id: u16,
+    last_sent: Instant,
+    /// Receive buffers (datagrams up to a jumbo frame), kept between calls.
+    buf: Vec<u8>,
+    gbuf: Vec<u8>,
+}
+
+impl Device {
+    /// Connects (clean session) and says `hello`; the assignment follows
+    /// as [`next`](Self::next) runs.
+    pub async fn connect(cfg: DeviceConfig) -> Result<Device, DeviceError> {
+        let bind: SocketAddr = if cfg.gateway.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let io_err = |what: &str| {
+            let client = cfg.client_id.clone();
+            let what = what.to_string();
+            move |source| DeviceError::Io {
+                client,
+                what,
+                source,
+            }
+        };
+        let sock = UdpSocket::bind(bind).await.map_err(io_err("binding"))?;
+        sock.connect(cfg.gateway)
+            .await
+            .map_err(io_err("connecting to the gateway"))?;
+        let mut d = Device {
+            proto: Protocol::new(&cfg.client_id),
+            dedup: Dedup::new(cfg.dedup_window),
+            cfg,
+            sock,
+            groups: Vec::new(),
+            outbox: VecDeque::new(),
+            inflight: None,
+            next_msg_id: 1,
+            last_sent: Instant::now(),
+            buf: vec![0; 9216],
+            gbuf: vec![0; 9216],
+        };
+        d.mqtt_connect().await?;
+        d.outbox
+            .push_back(Protocol::hello(d.cfg.attributes.clone()));
+        Ok(d)
+    }
+
+    async fn mqtt_connect(&mut self) -> Result<(), DeviceError> {
+        let connect = encode(&Message::Connect {
+            flags: Flags {
+                clean_session: true,
+                ..Flags::NONE
+            },
+            duration: self.cfg.keep_alive.as_secs().clamp(1, u16::MAX as u64) as u16,
+            client_id: self.cfg.client_id.clone(),
+        })
+        .expect("a CONNECT encodes");
+        let mut buf = [0u8; 2048];
+        for _ in 0..5 {
+            self.send_raw(&connect).await?;
+            let deadline = Instant::now() + self.cfg.retry * 2;
+            while let Ok(r) = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
+                let n = r.map_err(|source| self.io("receiving", source))?;
+                if let Ok(Message::ConnAck { rc }) = decode(&buf[..n]) {
+                    return match rc {
+                        ReturnCode::Accepted => Ok(()),
+                        rc => Err(DeviceError::Refused {
+                            client: self.cfg.client_id.clone(),
+                            rc,
+                        }),
+                    };
+                }
+            }
+        }
+        Err(DeviceError::NoAnswer {
+            client: self.cfg.client_id.clone(),
+            gateway: self.cfg.gateway,
+            what: "CONNECT",
+        })
+    }
+
+    fn io(&self, what: &str, source: io::Error) -> DeviceError {
+        DeviceError::Io {
+            client: self.cfg.client_id.clone(),
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.cfg.client_id
+    }
+
+    /// Where the device listens now.
+    pub fn assignment(&self) -> Option<Assignment> {
+        self.proto.assignment()
+    }
+
+    /// Groups joined now (two during a migration).
+    pub fn joined(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn stats(&self) -> DeviceStats {
+        self.proto.stats
+    }
+
+    async fn send_raw(&mut self, datagram: &[u8]) -> Result<(), DeviceError> {
+        self.last_sent = Instant::now();
+        match self.sock.send(datagram).await {
+            Ok(_) => Ok(()),
+            // The gateway not there yet (ICMP unreachable): retried.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(self.io("sending", e)),
+        }
+    }
+
+    /// Sends the next control message if none is in flight, re-sends the
+    /// one in flight past the retry period, pings the gateway every half
+    /// keep-alive.
+    async fn pump(&mut self) -> Result<(), DeviceError> {
+        if let Some((_, datagram, sent, tries)) = &mut self.inflight
+            && sent.elapsed() >= self.cfg.retry
+        {
+            if *tries >= 20 {
+                tracing::warn!(
+                    client = self.cfg.client_id,
+                    "control message never acknowledged: dropped"
+                );
+                self.inflight = None;
+            } else {
+                *tries += 1;
+                *sent = Instant::now();
+                let d = datagram.clone();
+                self.send_raw(&d).await?;
+            }
+        }
+        if self.inflight.is_none()
+            && let Some(c) = self.outbox.pop_front()
+        {
+            let msg_id = self.next_msg_id;
+            self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
+            let datagram = encode(&Message::Publish {
+                flags: Flags {
+                    qos: Qos::One,
+                    topic_id_type: TOPIC_PREDEFINED,
+                    ..Flags::NONE
+                },
+                topic_id: CONTROL_ID,
+                msg_id,
+                data: c.encode().into_bytes(),
+            })
+            .expect("a control publish encodes");
+            self.send_raw(&datagram).await?;
+            self.inflight = Some((msg_id, datagram, Instant::now(), 0));
+        }
+        if self.last_sent.elapsed() >= self.cfg.keep_alive / 2 {
+            let ping = encode(&Message::PingReq { client_id: None }).expect("PINGREQ encodes");
+            self.send_raw(&ping).await?;
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, actions: Vec<Action>) -> Result<(), DeviceError> {
+        for a in actions {
+            match a {
+                Action::Join(to) => {
+                    if !self.groups.iter().any(|(g, _)| *g == to) {
+                        let s = join(&to, self.cfg.interface).map_err(|e| {
+                            self.io(&format!("joining {}:{}", to.group, to.port), e)
+                        })?;
+                        self.groups.push((to, s));
+                    }
+                }
+                Action::Leave(old) => self.groups.retain(|(g, _)| *g != old),
+                Action::Send(c) => self.outbox.push_back(c),
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_gateway(&mut self, datagram: &[u8]) -> Result<(), DeviceError> {
+        match decode(datagram) {
+            Ok(Message::Publish {
+                flags,
+                topic_id: CONTROL_ID,
+                data,
+                ..
+            }) if flags.topic_id_type == TOPIC_PREDEFINED => match Control::decode(&data) {
+                Ok(c) => {
+                    let actions = self.proto.on_control(c, &self.cfg.attributes);
+                    self.act(actions)?;
+                }
+                Err(e) => tracing::debug!(client = self.cfg.client_id, "control message: {e}"),
+            },
+            Ok(Message::PubAck { msg_id, .. })
+                if self.inflight.as_ref().is_some_and(|(id, ..)| *id == msg_id) =>
+            {
+                self.inflight = None;
+            }
+            Ok(Message::Register {
+                topic_id, msg_id, ..
+            }) => {
+                let ack = encode(&Message::RegAck {
+                    topic_id,
+                    msg_id,
+                    rc: ReturnCode::Accepted,
+                })
+                .expect("REGACK encodes");
+                self.send_raw(&ack).await?;
+            }
+            // The gateway forgot us (restart, keep-alive): connect again,
+            // and say hello (the token comes back to the same host).
+            Ok(Message::Disconnect { .. }) => {
+                self.mqtt_connect().await?;
+                self.inflight = None;
+                self.outbox
+                    .push_front(Protocol::hello(self.cfg.attributes.clone()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs the protocol until the next publish arrives from a shard
+    /// group (duplicates dropped), or `until`.
+    pub async fn next(&mut self, until: Instant) -> Result<Option<Delivery>, DeviceError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut gbuf = std::mem::take(&mut self.gbuf);
+        let r = self.next_in(until, &mut buf, &mut gbuf).await;
+        self.buf = buf;
+        self.gbuf = gbuf;
+        r
+    }
+
+    async fn next_in(
+        &mut self,
+        until: Instant,
+        buf: &mut [u8],
+        gbuf: &mut [u8],
+    ) -> Result<Option<Delivery>, DeviceError> {
+        loop {
+            self.pump().await?;
+            let tick = Instant::now() + self.cfg.retry.min(self.cfg.keep_alive / 2);
+            let wake = tick.min(until);
+            let got = tokio::select! {
+                r = self.sock.recv(buf) => Some((None, r)),
+                r = recv_any(&self.groups, gbuf) => Some((Some(r.0), r.1)),
+                _ = tokio::time::sleep_until(wake) => None,
+            };
+            match got {
+                None if Instant::now() >= until => return Ok(None),
+                None => {}
+                Some((None, Err(e))) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Some((_, Err(e))) => return Err(self.io("receiving", e)),
+                Some((None, Ok(n))) => {
+                    let d = buf[..n].to_vec();
+                    self.handle_gateway(&d).await?;
+                }
+                Some((Some(i), Ok(n))) => {
+                    let Ok(Message::Publish {
+                        flags,
+                        topic_id,
+                        msg_id,
+                        data,
+                    }) = decode(&gbuf[..n])
+                    else {
+                        continue;
+                    };
+                    if !self
+                        .dedup
+                        .first(flags.topic_id_type, topic_id, msg_id, &data)
+                    {
+                        self.proto.stats.duplicates += 1;
+                        continue;
+                    }
+                    self.proto.stats.delivered += 1;
+                    return Ok(Some(Delivery {
+                        topic_id_type: flags.topic_id_type,
+                        topic_id,
+                        msg_id,
+                        data,
+                        shard: self.groups[i].0.shard,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The first datagram on any of `groups`' sockets: (index, length).
+async fn recv_any(
+    groups: &[(Assignment, UdpSocket)],
+    buf: &mut [u8],
+) -> (usize, io::Result<usize>) {
+    poll_fn(|cx| {
+        for (i, (_, s)) in groups.iter().enumerate() {
+            let mut rb = ReadBuf::new(buf);
+            if let Poll::Ready(r) = s.poll_recv(cx, &mut rb) {
+                return Poll::Ready((i, r.map(|_| rb.filled().len())));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A socket receiving `to`'s group on its port (bound to the group's
+/// address: no other group's traffic reaches it).
+fn join(to: &Assignment, interface: u32) -> io::Result<UdpSocket> {
+    let domain = if to.group.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(SockProtocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    match to.group {
+        IpAddr::V4(g) => {
+            let ifc = if interface == 0 {
+                InterfaceIndexOrAddress::Address(Ipv4Addr::UNSPECIFIED)
+            } else {
+                InterfaceIndexOrAddress::Index(interface)
+            };
+            s.join_multicast_v4_n(&g, &ifc)?;
+        }
+        IpAddr::V6(g) => {
+            s.set_only_v6(true)?;
+            s.join_multicast_v6(&g, interface)?;
+        }
+    }
+    s.bind(&SocketAddr::new(to.group, to.port).into())?;
+    s.set_recv_buffer_size(1 << 20)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
