@@ -202,6 +202,16 @@ impl Lab {
 
     /// A plan for `shards` (egress `r-out`) and `topics` (name → shard ids).
     pub fn plan_json(generation: u64, shards: &[LabShard], topics: &[(&str, &[u32])]) -> String {
+        Self::plan_json_with_devices(generation, shards, topics, &[])
+    }
+
+    /// [`Lab::plan_json`] placing devices (id → shard id).
+    pub fn plan_json_with_devices(
+        generation: u64,
+        shards: &[LabShard],
+        topics: &[(&str, &[u32])],
+        devices: &[(String, u32)],
+    ) -> String {
         let shards: Vec<_> = shards
             .iter()
             .map(|s| {
@@ -217,10 +227,15 @@ impl Lab {
             .iter()
             .map(|(name, shards)| serde_json::json!({"name": name, "shards": shards}))
             .collect();
+        let devices: Vec<_> = devices
+            .iter()
+            .map(|(id, shard)| serde_json::json!({"id": id, "shard": shard}))
+            .collect();
         serde_json::to_string_pretty(&serde_json::json!({
             "generation": generation,
             "shards": shards,
             "topics": topics,
+            "devices": devices,
         }))
         .expect("serialising a plan")
     }
@@ -454,6 +469,22 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
+    }
+}
+
+impl LabDaemon {
+    /// Waits (up to `timeout`) for a log line that `want` accepts; returns
+    /// it.
+    pub fn wait_log(&self, timeout: Duration, want: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if want(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("no such daemon log line within {timeout:?}"),
+            }
+        }
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Device {
     inflight: Option<(u16, Vec<u8>, Instant, u32)>,
     next_msg_id: u16,
     last_sent: Instant,
+    /// Datagrams drained from a group's socket as the device left it:
+    /// (shard, datagram), delivered before anything newer.
+    backlog: VecDeque<(u32, Vec<u8>)>,
     /// Receive buffers (datagrams up to a jumbo frame), kept between calls.
     buf: Vec<u8>,
     gbuf: Vec<u8>,
@@ -137,6 +140,7 @@ impl Device {
             inflight: None,
             next_msg_id: 1,
             last_sent: Instant::now(),
+            backlog: VecDeque::new(),
             buf: vec![0; 9216],
             gbuf: vec![0; 9216],
         };
@@ -273,7 +277,18 @@ impl Device {
                         self.groups.push((to, s));
                     }
                 }
-                Action::Leave(old) => self.groups.retain(|(g, _)| *g != old),
+                Action::Leave(old) => {
+                    // What the group's socket holds arrived before the
+                    // device left (some of it before it joined the new
+                    // group): delivered, not dropped with the socket.
+                    if let Some(i) = self.groups.iter().position(|(g, _)| *g == old) {
+                        let (a, s) = self.groups.remove(i);
+                        let mut buf = [0u8; 9216];
+                        while let Ok(n) = s.try_recv(&mut buf) {
+                            self.backlog.push_back((a.shard, buf[..n].to_vec()));
+                        }
+                    }
+                }
                 Action::Send(c) => self.outbox.push_back(c),
             }
         }
@@ -341,6 +356,11 @@ impl Device {
         gbuf: &mut [u8],
     ) -> Result<Option<Delivery>, DeviceError> {
         loop {
+            while let Some((shard, datagram)) = self.backlog.pop_front() {
+                if let Some(d) = self.accept(shard, &datagram) {
+                    return Ok(Some(d));
+                }
+            }
             self.pump().await?;
             let tick = Instant::now() + self.cfg.retry.min(self.cfg.keep_alive / 2);
             let wake = tick.min(until);
@@ -359,33 +379,42 @@ impl Device {
                     self.handle_gateway(&d).await?;
                 }
                 Some((Some(i), Ok(n))) => {
-                    let Ok(Message::Publish {
-                        flags,
-                        topic_id,
-                        msg_id,
-                        data,
-                    }) = decode(&gbuf[..n])
-                    else {
-                        continue;
-                    };
-                    if !self
-                        .dedup
-                        .first(flags.topic_id_type, topic_id, msg_id, &data)
-                    {
-                        self.proto.stats.duplicates += 1;
-                        continue;
+                    let shard = self.groups[i].0.shard;
+                    if let Some(d) = self.accept(shard, &gbuf[..n]) {
+                        return Ok(Some(d));
                     }
-                    self.proto.stats.delivered += 1;
-                    return Ok(Some(Delivery {
-                        topic_id_type: flags.topic_id_type,
-                        topic_id,
-                        msg_id,
-                        data,
-                        shard: self.groups[i].0.shard,
-                    }));
                 }
             }
         }
+    }
+
+    /// A publish from `shard`'s group, unless it is not one or a
+    /// duplicate.
+    fn accept(&mut self, shard: u32, datagram: &[u8]) -> Option<Delivery> {
+        let Ok(Message::Publish {
+            flags,
+            topic_id,
+            msg_id,
+            data,
+        }) = decode(datagram)
+        else {
+            return None;
+        };
+        if !self
+            .dedup
+            .first(flags.topic_id_type, topic_id, msg_id, &data)
+        {
+            self.proto.stats.duplicates += 1;
+            return None;
+        }
+        self.proto.stats.delivered += 1;
+        Some(Delivery {
+            topic_id_type: flags.topic_id_type,
+            topic_id,
+            msg_id,
+            data,
+            shard,
+        })
     }
 }
 

@@ -8,10 +8,12 @@
 //!
 //! - [`protocol`]: the device's side of the control protocol, pure;
 //! - [`dedup`]: duplicate detection;
-//! - [`client`]: the protocol on sockets (tokio).
+//! - [`client`]: the protocol on sockets (tokio);
+//! - [`fleet`]: many devices and a numbered publisher, with loss accounted.
 
 pub mod client;
 pub mod dedup;
+pub mod fleet;
 pub mod protocol;
 
 pub use client::{Delivery, Device, DeviceConfig, DeviceError};

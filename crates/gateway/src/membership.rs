@@ -161,6 +161,15 @@ impl Membership {
         self.members.values().map(|m| &m.rec)
     }
 
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     pub fn member(&self, client: &str) -> Option<&MemberRecord> {
         self.members.get(client).map(|m| &m.rec)
     }

@@ -105,6 +105,8 @@ pub async fn serve(
     let mut stats = Stats::default();
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // (members, pending migrations) as last logged.
+    let mut logged = (usize::MAX, usize::MAX);
     tokio::pin!(shutdown);
     loop {
         let mut batch = Batch::default();
@@ -118,6 +120,11 @@ pub async fn serve(
                 changed.clear();
                 batch.effects.push((None, gw.tick(now())));
                 batch.outs.extend(members.tick(unix_ms()));
+                let now_counts = (members.len(), members.pending());
+                if now_counts != logged {
+                    logged = now_counts;
+                    tracing::info!(members = now_counts.0, migrating = now_counts.1, "membership");
+                }
             }
             c = async {
                 match &mut commands {

@@ -15,6 +15,7 @@ use crate::state::DEFAULT_STATE_DIR;
 mod apply;
 mod attach;
 mod daemon;
+mod devsim;
 mod forecast;
 mod gateway;
 mod history;
@@ -86,6 +87,9 @@ pub enum Command {
     /// subscriptions, QoS 1/2, sleeping clients, a device registry;
     /// accepted publishes go to its subscribers and the plan's shard groups.
     Gateway(gateway::GatewayArgs),
+    /// Simulate shard-aware devices (the device protocol, migrations
+    /// included) with a numbered publisher; counts what each missed.
+    Devsim(devsim::DevsimArgs),
 }
 
 /// What every subcommand may need from the global flags.
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats => stats::run(&g),
         Command::Status => status::run(&g),
         Command::Daemon(a) => daemon::run(a),
+        Command::Devsim(a) => devsim::run(&g, a),
         Command::Forecast(a) => forecast::run(&g, a),
         Command::Plan(a) => plan::run(&g, a),
         Command::Simulate(a) => simulate::run(&g, a),

@@ -1,0 +1,145 @@
+//! Token-based migration on the live router (issue 19): a `devsim` fleet
+//! of shard-aware devices in a subscriber namespace registers with the
+//! daemon's gateway, and a numbered publisher sends continuously through
+//! the XDP router while the daemon installs plans that move every device
+//! to a shard its topic was not routed to before. Only make-before-break
+//! (the transition routes, the device joining before it confirms) lets a
+//! device miss nothing: each round the old shards leave the route.
+
+use std::{process::Stdio, time::Duration};
+
+use integration_tests::{
+    ctl_binary,
+    lab::{Lab, LabShard},
+};
+
+const DEVICES: usize = 100;
+const ROUNDS: u64 = 10;
+
+/// Round `g`'s placement: odd generations on shards 1-4, even ones on
+/// 5-8; topic `ab` routed only where the devices are.
+fn plan(g: u64, shards: &[LabShard]) -> String {
+    let base = if g % 2 == 1 { 0 } else { 4 };
+    let devices: Vec<(String, u32)> = (0..DEVICES)
+        .map(|i| (format!("dev-{i}"), base + (i as u32 + g as u32) % 4 + 1))
+        .collect();
+    let route: Vec<u32> = (base + 1..=base + 4).collect();
+    Lab::plan_json_with_devices(g, shards, &[("ab", &route)], &devices)
+}
+
+#[test]
+fn a_thousand_migrations_lose_no_message() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<LabShard> = (1..=8).map(LabShard::numbered).collect();
+    let daemon = lab
+        .start_daemon_with(
+            "100ms",
+            "migration_deadline = \"10s\"\n[gateway]\nlisten = \"198.18.1.1:1884\"\nmigrate_retry = \"300ms\"",
+        )
+        .unwrap();
+    lab.offer_plan(&plan(1, &shards)).unwrap();
+    lab.wait_generation(1).unwrap();
+    let report = lab.daemon_state_dir().join("devsim.json");
+    let stdout = lab.daemon_state_dir().join("devsim.out");
+    let mut devsim = integration_tests::Child {
+        child: std::process::Command::new(ctl_binary())
+            .args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
+            .args([
+                "--gateway",
+                "198.18.1.1:1884",
+                "--devices",
+                &DEVICES.to_string(),
+            ])
+            .args(["--duration", "120s", "--keep-alive", "10s"])
+            .args([
+                "--publish-to",
+                "198.18.1.1:1884",
+                "--publish-netns",
+                &lab.publisher.name,
+            ])
+            .args(["--rate", "500", "--grace", "1s"])
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    };
+    daemon
+        .wait_log(Duration::from_secs(30), |l| {
+            l.contains("membership") && l.contains(&format!("members={DEVICES}"))
+        })
+        .unwrap();
+    for g in 2..=ROUNDS + 1 {
+        lab.offer_plan(&plan(g, &shards)).unwrap();
+        let done = daemon
+            .wait_log(Duration::from_secs(30), |l| {
+                l.contains("migration done") && l.contains(&format!("generation={g}"))
+            })
+            .unwrap();
+        assert!(
+            done.contains(&format!("confirmed={DEVICES}")),
+            "round {g}: {done}"
+        );
+    }
+    // Stop the fleet: it reports.
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(devsim.pid() as i32, libc::SIGTERM) }, 0);
+    let status = devsim.child.wait().unwrap();
+    let summary = std::fs::read_to_string(&stdout).unwrap();
+    for ns in [&lab.router, &lab.lan, &lab.subscribers[0].ns] {
+        eprintln!(
+            "{}: {}",
+            ns.name,
+            ns.exec("ip", &["-s", "link"]).unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "softnet: {}",
+        std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default()
+    );
+    // Drops by the subscribers' kernel, if any (socket buffers).
+    eprintln!(
+        "{}",
+        lab.subscribers[0]
+            .ns
+            .exec(
+                "nstat",
+                &["-az", "UdpRcvbufErrors", "UdpInErrors", "Udp6RcvbufErrors"]
+            )
+            .unwrap_or_default()
+    );
+    eprintln!("{summary}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let missed: Vec<String> = r["per_device"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["missing"] != 0)
+        .take(8)
+        .map(|d| format!("{}: {}", d["id"], d["missed"]))
+        .collect();
+    assert!(status.success(), "devsim: {summary}\n{}", missed.join("\n"));
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["assigned"], DEVICES);
+    assert_eq!(r["missing"], 0, "{summary}");
+    assert!(r["sent"].as_u64().unwrap() > 1000, "{summary}");
+    assert_eq!(r["migrations"].as_u64().unwrap(), DEVICES as u64 * ROUNDS);
+    // Every device ends where the last plan put it.
+    let last = ROUNDS + 1;
+    let base = if last % 2 == 1 { 0 } else { 4 };
+    for d in r["per_device"].as_array().unwrap() {
+        let i: u32 = d["id"].as_str().unwrap()["dev-".len()..].parse().unwrap();
+        assert_eq!(d["shard"], base + (i + last as u32) % 4 + 1, "{d}");
+        assert_eq!(d["generation"], last);
+        assert!(d["received"].as_u64().unwrap() > 0);
+    }
+    // The installed plan is the last one itself: no transition routes left.
+    let installed =
+        shardcast_plan::Plan::from_file(&lab.daemon_state_dir().join("plan.json")).unwrap();
+    assert_eq!(installed.generation, last);
+    let route: Vec<u32> = (base + 1..=base + 4).collect();
+    assert_eq!(installed.topics[0].shards, route);
+    assert_eq!(installed.shards.len(), 8);
+}
