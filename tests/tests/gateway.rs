@@ -34,21 +34,18 @@ struct Gw {
 
 impl Gw {
     fn start(ns: &NetNs, state_dir: &std::path::Path, listen: &str) -> Gw {
-        let mut child = in_ns(
-            ns,
-            &ctl_binary(),
-            &[
-                "--state-dir",
-                &state_dir.display().to_string(),
-                "gateway",
-                "--listen",
-                listen,
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        Gw::start_with(ns, state_dir, listen, &[])
+    }
+
+    fn start_with(ns: &NetNs, state_dir: &std::path::Path, listen: &str, extra: &[&str]) -> Gw {
+        let state = state_dir.display().to_string();
+        let mut args = vec!["--state-dir", &state, "gateway", "--listen", listen];
+        args.extend_from_slice(extra);
+        let mut child = in_ns(ns, &ctl_binary(), &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let err = child.stderr.take().unwrap();
         let (tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -504,4 +501,163 @@ fn the_daemon_runs_the_gateway() {
     );
     assert!(lab.daemon_state_dir().join("registry.redb").is_file());
     drop(daemon);
+}
+
+/// Publishes `payload` on the control topic (QoS 1) from `sock` and
+/// returns the control messages the gateway answers within 300 ms (after
+/// checking the PUBACK).
+fn control(sock: &UdpSocket, payload: &str) -> Vec<shardcast_gateway::control::Control> {
+    use shardcast_gateway::control::{CONTROL_ID, Control};
+    let publish = Message::Publish {
+        flags: Flags {
+            qos: Qos::One,
+            topic_id_type: router_common::mqttsn::TOPIC_PREDEFINED,
+            ..Flags::NONE
+        },
+        topic_id: CONTROL_ID,
+        msg_id: 9,
+        data: payload.as_bytes().to_vec(),
+    };
+    sock.send_to(&encode(&publish).unwrap(), "127.0.0.1:1884")
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut acked = false;
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        match decode(&buf[..n]).unwrap() {
+            Message::PubAck { msg_id: 9, rc, .. } => {
+                assert_eq!(rc, ReturnCode::Accepted);
+                acked = true;
+            }
+            Message::Publish { topic_id, data, .. } if topic_id == CONTROL_ID => {
+                out.push(Control::decode(&data).unwrap())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(acked, "no PUBACK for {payload:?}");
+    out
+}
+
+fn connect_as(sock: &UdpSocket, client: &str) {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let m = ask(
+        sock,
+        &Message::Connect {
+            flags: Flags {
+                clean_session: true,
+                ..Flags::NONE
+            },
+            duration: 60,
+            client_id: client.into(),
+        },
+    );
+    assert_eq!(
+        m,
+        Message::ConnAck {
+            rc: ReturnCode::Accepted
+        }
+    );
+}
+
+/// The device protocol on the wire: `hello` issues a token, committed to
+/// the registry before it is sent, so a `kill -9` keeps it (the same token
+/// comes back to the same host); another host is refused it; forged and
+/// misdirected confirms are refused and change nothing; the token expires
+/// (the device is out) and a new `hello` gets a new one.
+#[test]
+fn tokens_survive_kill_dash_9_and_bad_control_messages_are_refused() {
+    use shardcast_gateway::control::{Control, Refusal, Token, confirm_tag};
+    let ns = NetNs::new("scgwt").unwrap();
+    let state = std::env::temp_dir().join(integration_tests::unique("scgwt"));
+    let start = || Gw::start_with(&ns, &state, "127.0.0.1:1884", &["--token-lifetime", "4s"]);
+    let gw = start();
+    let token = ns
+        .run(|| {
+            let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+            connect_as(&a, "dev-x");
+            let got = control(&a, "hello battery=80 location=s1/b2 sla=premium");
+            let [
+                Control::Assign {
+                    token, to: None, ..
+                },
+            ] = got[..]
+            else {
+                panic!("{got:?}")
+            };
+            // A confirm with a MAC under another key.
+            let forged = Control::Confirm {
+                generation: 1,
+                shard: 1,
+                tag: confirm_tag(&Token([1; 16]), "dev-x", 1, 1),
+            };
+            assert_eq!(
+                control(&a, &forged.encode()),
+                [Control::Refused(Refusal::BadMac)]
+            );
+            // A valid MAC, but no migration pending.
+            let unasked = Control::Confirm {
+                generation: 1,
+                shard: 1,
+                tag: confirm_tag(&token, "dev-x", 1, 1),
+            };
+            assert_eq!(
+                control(&a, &unasked.encode()),
+                [Control::Refused(Refusal::NotMigrating)]
+            );
+            // Another host taking the client id: no token for it, and its
+            // confirms are refused by source.
+            let b = UdpSocket::bind("127.0.0.2:0").unwrap();
+            connect_as(&b, "dev-x");
+            assert_eq!(control(&b, "hello"), [Control::Refused(Refusal::TokenHeld)]);
+            assert_eq!(
+                control(&b, &unasked.encode()),
+                [Control::Refused(Refusal::WrongSource)]
+            );
+            // Gateway-to-device verbs from a device are malformed.
+            assert_eq!(
+                control(&b, "ack 1 1"),
+                [Control::Refused(Refusal::Malformed)]
+            );
+            token
+        })
+        .unwrap();
+    gw.wait_for(|l| l.contains("control message refused"), 5);
+    gw.kill("-9");
+    let gw = start();
+    ns.run(move || {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        connect_as(&a, "dev-x");
+        let got = control(&a, "hello");
+        assert!(
+            matches!(got[..], [Control::Assign { token: t, .. }] if t == token),
+            "the token did not survive: {got:?}"
+        );
+    })
+    .unwrap();
+    // Silent past its lifetime: expired, out of the membership.
+    gw.wait_for(|l| l.contains("token expired"), 1);
+    ns.run(move || {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        connect_as(&a, "dev-x");
+        let stale = Control::Confirm {
+            generation: 1,
+            shard: 1,
+            tag: confirm_tag(&token, "dev-x", 1, 1),
+        };
+        assert_eq!(
+            control(&a, &stale.encode()),
+            [Control::Refused(Refusal::Expired)]
+        );
+        let got = control(&a, "hello");
+        assert!(
+            matches!(got[..], [Control::Assign { token: t, .. }] if t != token),
+            "{got:?}"
+        );
+    })
+    .unwrap();
+    gw.kill("-TERM");
+    let _ = std::fs::remove_dir_all(&state);
 }
