@@ -633,19 +633,7 @@ enum System {
 /// reports its own thread's).
 fn router_cpu(lab: &Lab, system: System, mosquitto: u32) -> f64 {
     match system {
-        System::Mosquitto => {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{mosquitto}/stat")).unwrap_or_default();
-            // Fields after the command's closing parenthesis; utime and
-            // stime are the 14th and 15th of the whole line.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            // After the state: ppid ... utime (11th) and stime (12th).
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            // SAFETY: sysconf has no preconditions.
-            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-            (field(11) + field(12)) as f64 / hz
-        }
+        System::Mosquitto => crate::measure::process_cpu_seconds(mosquitto),
         System::Shardcast => {
             let dir = lab
                 .pin_root()

@@ -20,6 +20,7 @@ pub mod fixtures;
 pub mod forecast_bench;
 pub mod lab;
 pub mod measure;
+pub mod migrate_bench;
 pub mod model;
 pub mod planner_bench;
 pub mod rawsock;

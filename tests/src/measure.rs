@@ -134,3 +134,16 @@ pub fn prog_stats(path: &Path) -> Result<(u64, u64)> {
         v["run_cnt"].as_u64().unwrap_or(0),
     ))
 }
+
+/// A process's CPU seconds so far (user and system, /proc/<pid>/stat).
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: the state, ppid ...
+    // utime (11th) and stime (12th).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (field(11) + field(12)) as f64 / hz
+}

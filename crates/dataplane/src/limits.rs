@@ -1,7 +1,8 @@
 //! Process limits the tools that open many sockets need raised.
 
-/// Raises the open-file limit to at least `want` (up to the hard limit);
-/// returns the limit in force.
+/// Raises the open-file limit to `want`: past the hard limit where the
+/// process may (CAP_SYS_RESOURCE), else to the hard limit. Returns the
+/// limit in force (the caller checks it is enough).
 pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
     // SAFETY: `rlimit` is plain old data; all zeroes is a valid value.
     let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -23,8 +24,17 @@ pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
         rlim_max: r.rlim_max.max(target),
     };
     // SAFETY: `new` is a valid rlimit for the call's duration.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+        return Ok(target);
+    }
+    // Root without CAP_SYS_RESOURCE (a container): up to the hard limit.
+    let hard = libc::rlimit {
+        rlim_cur: r.rlim_max,
+        rlim_max: r.rlim_max,
+    };
+    // SAFETY: `hard` is a valid rlimit for the call's duration.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &hard) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(target)
+    Ok(r.rlim_max)
 }

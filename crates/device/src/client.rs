@@ -60,6 +60,9 @@ pub struct DeviceConfig {
     pub retry: Duration,
     /// Publishes remembered for duplicate detection.
     pub dedup_window: usize,
+    /// How long a group is kept after the move that left it was
+    /// acknowledged (publishes to it still on their way arrive).
+    pub linger: Duration,
 }
 
 impl DeviceConfig {
@@ -72,6 +75,7 @@ impl DeviceConfig {
             interface: 0,
             retry: Duration::from_millis(500),
             dedup_window: 4096,
+            linger: Duration::from_millis(250),
         }
     }
 }
@@ -100,6 +104,10 @@ pub struct Device {
     inflight: Option<(u16, Vec<u8>, Instant, u32)>,
     next_msg_id: u16,
     last_sent: Instant,
+    /// When the last `hello` left.
+    hello_sent: Instant,
+    /// Groups to leave, and when.
+    leaving: Vec<(Instant, Assignment)>,
     /// Datagrams drained from a group's socket as the device left it:
     /// (shard, datagram), delivered before anything newer.
     backlog: VecDeque<(u32, Vec<u8>)>,
@@ -140,6 +148,8 @@ impl Device {
             inflight: None,
             next_msg_id: 1,
             last_sent: Instant::now(),
+            hello_sent: Instant::now(),
+            leaving: Vec::new(),
             backlog: VecDeque::new(),
             buf: vec![0; 9216],
             gbuf: vec![0; 9216],
@@ -224,6 +234,17 @@ impl Device {
     /// one in flight past the retry period, pings the gateway every half
     /// keep-alive.
     async fn pump(&mut self) -> Result<(), DeviceError> {
+        self.leave_due();
+        // The `assign` answering a `hello` is a datagram like any: lost,
+        // the device asks again (the same host gets the same token).
+        if self.proto.token_expires().is_none()
+            && self.inflight.is_none()
+            && self.outbox.is_empty()
+            && self.hello_sent.elapsed() >= self.cfg.retry * 2
+        {
+            self.outbox
+                .push_back(Protocol::hello(self.cfg.attributes.clone()));
+        }
         if let Some((_, datagram, sent, tries)) = &mut self.inflight
             && sent.elapsed() >= self.cfg.retry
         {
@@ -243,6 +264,10 @@ impl Device {
         if self.inflight.is_none()
             && let Some(c) = self.outbox.pop_front()
         {
+            if matches!(c, Control::Hello(_)) {
+                self.hello_sent = Instant::now();
+                self.proto.stats.hellos += 1;
+            }
             let msg_id = self.next_msg_id;
             self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
             let datagram = encode(&Message::Publish {
@@ -266,6 +291,27 @@ impl Device {
         Ok(())
     }
 
+    /// Leaves the groups whose linger is over; what their sockets hold is
+    /// delivered, not dropped with them.
+    fn leave_due(&mut self) {
+        let now = Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) = self.leaving.drain(..).partition(|(at, _)| *at <= now);
+        self.leaving = wait;
+        for (_, old) in due {
+            // Joined again meanwhile: stays.
+            if self.proto.assignment() == Some(old) {
+                continue;
+            }
+            if let Some(i) = self.groups.iter().position(|(g, _)| *g == old) {
+                let (a, s) = self.groups.remove(i);
+                let mut buf = [0u8; 9216];
+                while let Ok(n) = s.try_recv(&mut buf) {
+                    self.backlog.push_back((a.shard, buf[..n].to_vec()));
+                }
+            }
+        }
+    }
+
     fn act(&mut self, actions: Vec<Action>) -> Result<(), DeviceError> {
         for a in actions {
             match a {
@@ -277,18 +323,11 @@ impl Device {
                         self.groups.push((to, s));
                     }
                 }
-                Action::Leave(old) => {
-                    // What the group's socket holds arrived before the
-                    // device left (some of it before it joined the new
-                    // group): delivered, not dropped with the socket.
-                    if let Some(i) = self.groups.iter().position(|(g, _)| *g == old) {
-                        let (a, s) = self.groups.remove(i);
-                        let mut buf = [0u8; 9216];
-                        while let Ok(n) = s.try_recv(&mut buf) {
-                            self.backlog.push_back((a.shard, buf[..n].to_vec()));
-                        }
-                    }
-                }
+                // Not at once: a publish sent before the device joined the
+                // new group may still be on its way to the old one (it
+                // can be overtaken by the gateway's ack on another CPU's
+                // queue); the old group is kept `linger` longer.
+                Action::Leave(old) => self.leaving.push((Instant::now() + self.cfg.linger, old)),
                 Action::Send(c) => self.outbox.push_back(c),
             }
         }
@@ -362,7 +401,10 @@ impl Device {
                 }
             }
             self.pump().await?;
-            let tick = Instant::now() + self.cfg.retry.min(self.cfg.keep_alive / 2);
+            let mut tick = Instant::now() + self.cfg.retry.min(self.cfg.keep_alive / 2);
+            if let Some((at, _)) = self.leaving.iter().min_by_key(|(at, _)| *at) {
+                tick = tick.min(*at);
+            }
             let wake = tick.min(until);
             let got = tokio::select! {
                 r = self.sock.recv(buf) => Some((None, r)),

@@ -61,8 +61,12 @@ pub struct DeviceReport {
     pub duplicates: u64,
     pub migrations: u64,
     pub forged: u64,
+    pub hellos: u64,
+    pub assigns: u64,
     /// Numbered publishes sent after it joined and never received.
     pub missing: u64,
+    /// When it joined its first group, ms after the fleet started.
+    pub joined_ms: Option<u64>,
     /// The first few it missed (sequence numbers).
     pub missed: Vec<u64>,
     pub error: Option<String>,
@@ -79,6 +83,9 @@ pub struct FleetReport {
     pub duplicates: u64,
     pub migrations: u64,
     pub errors: usize,
+    /// When the last device joined its first group, ms after the start
+    /// (every device connected, said hello and was assigned).
+    pub all_joined_ms: Option<u64>,
     /// Devices per shard at the end.
     pub shards: BTreeMap<u32, usize>,
     pub per_device: Vec<DeviceReport>,
@@ -94,7 +101,8 @@ fn seq_of(data: &[u8]) -> Option<u64> {
 pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = ()>) -> FleetReport {
     // The last sequence number sent (0: none yet).
     let sent = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + cfg.duration;
+    let started = Instant::now();
+    let end = started + cfg.duration;
     // When devices stop listening: moved earlier if `stop` completes.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(end + cfg.grace);
     let mut tasks = Vec::with_capacity(cfg.devices);
@@ -104,7 +112,13 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
         dc.keep_alive = cfg.keep_alive;
         let sent = sent.clone();
         let topic = cfg.publisher.as_ref().map(|p| p.topic);
-        tasks.push(tokio::spawn(run_device(dc, sent, stop_rx.clone(), topic)));
+        tasks.push(tokio::spawn(run_device(
+            dc,
+            sent,
+            stop_rx.clone(),
+            topic,
+            started,
+        )));
     }
     let (end_tx, end_rx) = tokio::sync::watch::channel(end);
     let publisher = cfg.publisher.take().map(|p| {
@@ -150,6 +164,11 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
             d.missed = missed.into_iter().take(16).collect();
         }
         report.assigned += d.shard.is_some() as usize;
+        report.all_joined_ms = match (report.all_joined_ms, d.joined_ms) {
+            (_, None) => report.all_joined_ms,
+            (None, j) => j,
+            (Some(a), Some(b)) => Some(a.max(b)),
+        };
         report.delivered += d.received;
         report.missing += d.missing;
         report.duplicates += d.duplicates;
@@ -170,6 +189,7 @@ async fn run_device(
     sent: Arc<AtomicU64>,
     stop: tokio::sync::watch::Receiver<Instant>,
     topic: Option<[u8; 2]>,
+    started: Instant,
 ) -> (DeviceReport, Received) {
     let mut report = DeviceReport {
         id: cfg.client_id.clone(),
@@ -186,7 +206,16 @@ async fn run_device(
     let err = loop {
         // In slices, so that an earlier stop is seen.
         let until = (*stop.borrow()).min(Instant::now() + Duration::from_millis(200));
-        match d.next(until).await {
+        let r = d.next(until).await;
+        // Joined (inside `next`): count from the last publish sent before
+        // now; a publish `next` returns arrived after the join and counts
+        // too (it may be newer than the counter, which the publisher
+        // advances after its send).
+        if received.is_none() && d.joined() > 0 {
+            received = Some((sent.load(Ordering::SeqCst), Default::default()));
+            report.joined_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        match r {
             Ok(None) if Instant::now() >= *stop.borrow() => break None,
             Ok(None) => {}
             Ok(Some(p)) => {
@@ -200,10 +229,6 @@ async fn run_device(
             }
             Err(e) => break Some(e.to_string()),
         }
-        // Joined: count from the last publish sent before now.
-        if received.is_none() && d.joined() > 0 {
-            received = Some((sent.load(Ordering::SeqCst), Default::default()));
-        }
     };
     if received.is_none() && d.joined() > 0 {
         received = Some((sent.load(Ordering::SeqCst), Default::default()));
@@ -215,6 +240,8 @@ async fn run_device(
     report.duplicates = s.duplicates;
     report.migrations = s.migrations;
     report.forged = s.forged;
+    report.hellos = s.hellos;
+    report.assigns = s.assigns;
     report.error = err;
     (report, received)
 }

@@ -28,6 +28,9 @@ pub struct DeviceStats {
     /// Publishes dropped as duplicates.
     pub duplicates: u64,
     pub delivered: u64,
+    /// `hello`s sent and `assign`s received.
+    pub hellos: u64,
+    pub assigns: u64,
 }
 
 /// The protocol state of one device.
@@ -75,6 +78,7 @@ impl Protocol {
                 expires_ms,
                 to,
             } => {
+                self.stats.assigns += 1;
                 self.token = Some((token, expires_ms));
                 if let Some(to) = to
                     && self.current != Some(to)

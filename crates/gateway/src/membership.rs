@@ -332,8 +332,10 @@ impl Membership {
         }
         let m = self.members.get_mut(client).expect("checked above");
         m.pending = None;
+        // Kept with the member's next commit (a hello, a renewal): a
+        // restarted gateway has no migration pending, so a confirm
+        // replayed to it is refused whatever it remembers.
         m.rec.confirmed_generation = generation;
-        out.push(Out::Persist(client.to_string(), Some(m.rec.clone())));
         out.push(Out::Send {
             client: client.to_string(),
             to: from,

@@ -26,6 +26,45 @@ use crate::{
 /// Datagrams handled before their effects are committed and sent.
 pub const BATCH: usize = 256;
 
+/// The gateway's sends are paced: at most [`SEND_BURST`] back to back,
+/// then at [`SEND_RATE`] per second. A migration sends thousands of
+/// commands at once; unpaced, such a burst overruns the egress queue it
+/// shares with the data plane's redirected publishes (a veth's ring holds
+/// 256 frames; a NIC's TX ring a few thousand) and publishes are dropped.
+pub const SEND_BURST: f64 = 128.0;
+pub const SEND_RATE: f64 = 100_000.0;
+
+/// The gateway's socket, its sends paced by a token bucket.
+struct Paced<'a> {
+    sock: &'a UdpSocket,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Paced<'_> {
+    fn new(sock: &UdpSocket) -> Paced<'_> {
+        Paced {
+            sock,
+            tokens: SEND_BURST,
+            last: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * SEND_RATE).min(SEND_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / SEND_RATE;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// What the service saw, for status and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -103,6 +142,7 @@ pub async fn serve(
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let mut stats = Stats::default();
+    let mut paced = Paced::new(&sock);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     // (members, pending migrations) as last logged.
@@ -154,7 +194,7 @@ pub async fn serve(
             }
         };
         apply(
-            &sock,
+            &mut paced,
             &mut gw,
             &mut members,
             batch,
@@ -229,7 +269,7 @@ fn migrate(members: &mut Membership, c: MigrateCommand, outs: &mut Vec<Out>) {
 }
 
 async fn apply(
-    sock: &UdpSocket,
+    sock: &mut Paced<'_>,
     gw: &mut Gateway,
     members: &mut Membership,
     batch: Batch,
@@ -292,7 +332,10 @@ async fn apply(
         let mut next = Vec::new();
         for (origin_v6, e) in queue {
             match e {
-                Effect::Send(to, m) => send(sock, to, &m, stats).await?,
+                Effect::Send(to, m) => {
+                    sock.take().await;
+                    send(sock.sock, to, &m, stats).await?
+                }
                 Effect::Publish { topic, data, .. } => {
                     stats.published += 1;
                     let (wire, assigned) = gw.wire_id(&topic);

@@ -92,7 +92,8 @@ pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
         }),
         grace: a.grace,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Every core: thousands of devices each read their groups.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let report = rt.block_on(async {

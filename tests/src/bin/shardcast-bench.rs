@@ -93,12 +93,13 @@ fn run() -> Result<()> {
     };
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
-        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout", "e2e",
+        "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout",
+        "e2e", "migrate",
     ]
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout or e2e"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout, e2e or migrate"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -128,6 +129,12 @@ fn run() -> Result<()> {
     if which == "all" || which == "e2e" {
         println!("{}", integration_tests::e2e_bench::bench()?);
         if which == "e2e" {
+            return Ok(());
+        }
+    }
+    if which == "all" || which == "migrate" {
+        println!("{}", integration_tests::migrate_bench::bench()?);
+        if which == "migrate" {
             return Ok(());
         }
     }
