@@ -71,6 +71,12 @@ pub struct Daemon {
     commands: Option<UnboundedSender<MigrateCommand>>,
     /// The migration in progress, with when its batch was sent.
     migration: Option<(Migration, Instant)>,
+    /// Topic ids the gateway assigned, by topic: every plan installed
+    /// carries them (`mqttsn_registered_ids`), so that the data plane
+    /// routes QoS 0 publishes naming them instead of passing them up.
+    registered: BTreeMap<String, std::collections::BTreeSet<u16>>,
+    /// Ids learned since the installed plan was built.
+    registered_new: bool,
 }
 
 /// Packets per (topic counter slot, device group) in one bucket; named
@@ -164,6 +170,8 @@ impl Daemon {
             document: None,
             commands: None,
             migration: None,
+            registered: BTreeMap::new(),
+            registered_new: false,
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
@@ -283,6 +291,57 @@ impl Daemon {
         *sent = Instant::now();
     }
 
+    /// A topic id the gateway assigned: installed with the next plan, or
+    /// at the next tick into the installed one.
+    pub fn on_registered(&mut self, topic: String, id: u16) {
+        if self.registered.entry(topic).or_default().insert(id) {
+            self.registered_new = true;
+        }
+    }
+
+    /// `plan` with the ids the gateway assigned to its topics (an id a
+    /// plan already gives another topic stays that topic's).
+    fn with_registered(&self, plan: &Plan) -> Plan {
+        let mut plan = plan.clone();
+        let used: std::collections::BTreeSet<u16> = plan
+            .topics
+            .iter()
+            .flat_map(|t| t.mqttsn_registered_ids.iter().copied())
+            .collect();
+        for t in &mut plan.topics {
+            if let Some(ids) = self.registered.get(&t.name) {
+                for id in ids {
+                    if !used.contains(id) {
+                        t.mqttsn_registered_ids.push(*id);
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// Re-installs the installed plan with the ids the gateway assigned
+    /// since (same generation), unless a migration is in progress (its
+    /// installs carry them).
+    fn install_registered(&mut self, now: u64) -> Result<()> {
+        if !self.registered_new || self.migration.is_some() {
+            return Ok(());
+        }
+        self.registered_new = false;
+        let Some(doc) = self.document.clone() else {
+            return Ok(());
+        };
+        let merged = self.with_registered(&doc);
+        if merged != doc {
+            self.install_document(&merged, true, now)?;
+            info!(
+                generation = merged.generation,
+                "registered topic ids installed"
+            );
+        }
+        Ok(())
+    }
+
     /// A membership event from the gateway.
     pub fn on_event(&mut self, e: &Event, now: u64) -> Result<()> {
         if let Some((m, _)) = &mut self.migration
@@ -335,6 +394,7 @@ impl Daemon {
     /// Installs `plan` (a plan file's, or a migration's form of one),
     /// keeps its copy and its names.
     fn install_document(&mut self, plan: &Plan, force: bool, now: u64) -> Result<u64> {
+        let plan = &self.with_registered(plan);
         let compiled = plan.compile().context("plan is invalid")?;
         // Group counters are kept by group index, and a plan with other
         // device groups gives the indices other names: what was counted
@@ -459,6 +519,9 @@ impl Daemon {
         }
         if let Err(e) = self.advance(now) {
             error!("migration: {e:#}");
+        }
+        if let Err(e) = self.install_registered(now) {
+            error!("registered topic ids: {e:#}");
         }
         let t = Instant::now();
         self.collect(now, &mut report)?;
@@ -658,6 +721,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         // with it; migrate commands go to it, membership events come back.
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u16)>();
         if gateway.is_some() {
             daemon.link_gateway(cmd_tx);
         }
@@ -671,6 +735,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                         let links = crate::gateway::Links {
                             commands: Some(cmd_rx),
                             events: Some(ev_tx),
+                            registered: Some(reg_tx),
                         };
                         crate::gateway::serve(opts, links, async move { stop.notified().await }).await
                     }
@@ -693,6 +758,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                         Err(e) => warn!("tick failed: {e:#}"),
                     }
                 }
+                Some((topic, id)) = reg_rx.recv() => daemon.on_registered(topic, id),
                 Some(e) = ev_rx.recv() => {
                     if let Err(e) = daemon.on_event(&e, now_unix()) {
                         warn!("migration: {e:#}");

@@ -46,6 +46,9 @@ impl GatewayOptions {
 pub struct Links {
     pub commands: Option<UnboundedReceiver<MigrateCommand>>,
     pub events: Option<UnboundedSender<Event>>,
+    /// Topic ids the gateway assigned (those restored at start first), for
+    /// the data plane's `mqttsn_registered_ids`.
+    pub registered: Option<UnboundedSender<(String, u16)>>,
 }
 
 /// Serves until `shutdown` completes.
@@ -81,6 +84,9 @@ pub async fn serve(
     let restored = registry.restore()?;
     for (name, id) in &restored.topic_ids {
         gw.restore_topic(name, *id);
+        if let Some(tx) = &links.registered {
+            let _ = tx.send((name.clone(), *id));
+        }
     }
     for (session, _) in &restored.sessions {
         gw.restore_session(session);
@@ -110,10 +116,14 @@ pub async fn serve(
         tracing::debug!(topic = p.topic, bytes = p.data.len(), sent, "publish");
     };
     let mut placement = |client: &str, v6: bool| groups.borrow_mut().placement(client, v6);
+    let registered = links.registered;
     let mut on_register = |topic: &str, id: u16| {
         tracing::info!(topic, id, "topic id assigned");
         if let Err(e) = registry.put_topic_id(topic, id) {
             tracing::error!("{e}");
+        }
+        if let Some(tx) = &registered {
+            let _ = tx.send((topic.to_string(), id));
         }
     };
     let mut on_sessions = |records: &[SessionRecord]| {

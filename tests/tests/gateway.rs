@@ -661,3 +661,84 @@ fn tokens_survive_kill_dash_9_and_bad_control_messages_are_refused() {
     gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Topic ids the daemon's gateway assigns reach the data plane: a QoS 0
+/// publish naming a freshly registered id is first passed up (the gateway
+/// forwards it), then, once the daemon has installed the id into the plan
+/// (same generation), routed by XDP itself.
+#[test]
+fn registered_ids_are_installed_into_the_data_plane() {
+    use integration_tests::lab::{Lab, LabShard};
+    use router_common::reason::Reason;
+    let pub_tool = python_tool("mqtt-sn-12", "mqtt_sn_pub").unwrap();
+    let mut lab = Lab::new(1).unwrap();
+    lab.attach().unwrap();
+    let shards = [LabShard::numbered(1)];
+    let daemon = lab
+        .start_daemon_with("100ms", "[gateway]\nlisten = \"198.18.1.1:1884\"")
+        .unwrap();
+    lab.offer_plan(&Lab::plan_json(1, &shards, &[("t/reg", &[1])]))
+        .unwrap();
+    lab.wait_generation(1).unwrap();
+    daemon
+        .wait_log(Duration::from_secs(10), |l| l.contains("MQTT-SN gateway"))
+        .unwrap();
+    let l = lab
+        .listen(0, vec![(std::net::IpAddr::V4(shards[0].group_v4), 1884)])
+        .unwrap();
+    let publish = |m: &str| {
+        let out = in_ns(
+            &lab.publisher,
+            &pub_tool,
+            &[
+                "-h",
+                "198.18.1.1",
+                "-p",
+                "1884",
+                "-q",
+                "0",
+                "-t",
+                "t/reg",
+                "-m",
+                m,
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let redirected = || {
+        let c = lab.counters().unwrap();
+        c.reasons.get(&Reason::Redirected).map_or(0, |c| c.packets)
+    };
+    publish("first");
+    daemon
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("registered topic ids installed")
+        })
+        .unwrap();
+    let before = redirected();
+    publish("second");
+    let got = l.finish(Duration::from_millis(500)).unwrap();
+    let data: Vec<Vec<u8>> = got
+        .iter()
+        .map(|r| match decode(&r.payload).unwrap() {
+            Message::Publish { data, .. } => data,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(data, [b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(
+        redirected() - before,
+        1,
+        "the second publish was routed by XDP"
+    );
+    let installed =
+        shardcast_plan::Plan::from_file(&lab.daemon_state_dir().join("plan.json")).unwrap();
+    assert_eq!(installed.generation, 1);
+    assert_eq!(installed.topics[0].mqttsn_registered_ids.len(), 1);
+}
