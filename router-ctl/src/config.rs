@@ -99,6 +99,10 @@ struct RawGateway {
     registry: Option<PathBuf>,
     token_lifetime: Option<String>,
     migrate_retry: Option<String>,
+    relay_egress: Option<String>,
+    relay_iface: Option<String>,
+    relay_group: Option<String>,
+    relay_shard: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -338,7 +342,57 @@ impl DaemonConfig {
                         format!("{text:?} is not an address and port (e.g. \"198.18.1.1:1884\")"),
                     )
                 })?;
+                let relay = match (g.relay_egress, g.relay_iface) {
+                    (None, None) => None,
+                    (Some(egress), Some(iface)) => {
+                        let group = match g.relay_group {
+                            None => crate::gateway::RelayOptions::DEFAULT_GROUP,
+                            Some(t) => t
+                                .parse::<std::net::Ipv4Addr>()
+                                .ok()
+                                .filter(|a| a.is_multicast())
+                                .ok_or_else(|| {
+                                    bad(
+                                        "gateway.relay_group",
+                                        format!("{t:?} is not an IPv4 multicast group"),
+                                    )
+                                })?,
+                        };
+                        let shard = g
+                            .relay_shard
+                            .unwrap_or(crate::gateway::RelayOptions::DEFAULT_SHARD);
+                        if shard >= router_common::maps::MAX_SHARDS {
+                            return Err(bad(
+                                "gateway.relay_shard",
+                                format!(
+                                    "{shard} is not a shard id (below {})",
+                                    router_common::maps::MAX_SHARDS
+                                ),
+                            ));
+                        }
+                        Some(crate::gateway::RelayOptions {
+                            egress,
+                            iface,
+                            group,
+                            shard,
+                        })
+                    }
+                    (Some(_), None) => {
+                        return Err(bad(
+                            "gateway.relay_iface",
+                            "is missing: relay_egress needs the interface the gateway receives on"
+                                .into(),
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(bad(
+                            "gateway.relay_egress",
+                            "is missing: relay_iface needs the interface the data plane sends out of".into(),
+                        ));
+                    }
+                };
                 Some(crate::gateway::GatewayOptions {
+                    relay,
                     listen,
                     gw_id: g.gw_id.unwrap_or(1),
                     registry: g
@@ -425,6 +479,18 @@ mod tests {
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\ntoken_lifetime = \"0s\"",
                 "gateway.token_lifetime",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"",
+                "gateway.relay_iface",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_group = \"10.0.0.1\"",
+                "gateway.relay_group",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_shard = 5000",
+                "gateway.relay_shard",
             ),
             ("[gateway]\nlisten = \"198.18.1.1\"", "gateway.listen"),
             ("[gateway]\nlisten = \"x:1884\"", "gateway.listen"),

@@ -75,7 +75,10 @@ pub struct Daemon {
     /// carries them (`mqttsn_registered_ids`), so that the data plane
     /// routes QoS 0 publishes naming them instead of passing them up.
     registered: BTreeMap<String, std::collections::BTreeSet<u16>>,
-    /// Ids learned since the installed plan was built.
+    /// The topic filters the gateway's subscribers hold: with a relay,
+    /// every plan routes the topics they match to the relay's shard.
+    relay_filters: std::collections::BTreeSet<String>,
+    /// Ids or filters learned since the installed plan was built.
     registered_new: bool,
 }
 
@@ -171,6 +174,7 @@ impl Daemon {
             commands: None,
             migration: None,
             registered: BTreeMap::new(),
+            relay_filters: Default::default(),
             registered_new: false,
         };
         // The plan the data plane holds, if we kept it.
@@ -299,10 +303,41 @@ impl Daemon {
         }
     }
 
+    /// The filters the gateway's subscribers hold changed.
+    pub fn on_filters(&mut self, filters: std::collections::BTreeSet<String>) {
+        if filters != self.relay_filters {
+            self.relay_filters = filters;
+            self.registered_new = true;
+        }
+    }
+
     /// `plan` with the ids the gateway assigned to its topics (an id a
-    /// plan already gives another topic stays that topic's).
+    /// plan already gives another topic stays that topic's) and, with a
+    /// relay, the relay's shard on the routes of every topic a gateway
+    /// subscriber follows.
     fn with_registered(&self, plan: &Plan) -> Plan {
         let mut plan = plan.clone();
+        if let Some(relay) = self.cfg.gateway.as_ref().and_then(|g| g.relay.as_ref()) {
+            plan.shards.retain(|s| s.id != relay.shard);
+            plan.shards.push(relay.shard_spec());
+            for t in &mut plan.topics {
+                t.shards.retain(|s| *s != relay.shard);
+                let followed = self
+                    .relay_filters
+                    .iter()
+                    .any(|f| shardcast_gateway::session::matches(f, &t.name));
+                if followed {
+                    if t.shards.len() < router_common::maps::MAX_ROUTE_SHARDS {
+                        t.shards.push(relay.shard);
+                    } else {
+                        warn!(
+                            topic = t.name,
+                            "no room on the route for the relay: its gateway subscribers get only what the gateway accepts"
+                        );
+                    }
+                }
+            }
+        }
         let used: std::collections::BTreeSet<u16> = plan
             .topics
             .iter()
@@ -336,7 +371,7 @@ impl Daemon {
             self.install_document(&merged, true, now)?;
             info!(
                 generation = merged.generation,
-                "registered topic ids installed"
+                "registered topic ids and relay routes installed"
             );
         }
         Ok(())
@@ -722,6 +757,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u16)>();
+        let (filters_tx, mut filters_rx) = tokio::sync::mpsc::unbounded_channel();
         if gateway.is_some() {
             daemon.link_gateway(cmd_tx);
         }
@@ -736,6 +772,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                             commands: Some(cmd_rx),
                             events: Some(ev_tx),
                             registered: Some(reg_tx),
+                            filters: Some(filters_tx),
                         };
                         crate::gateway::serve(opts, links, async move { stop.notified().await }).await
                     }
@@ -759,6 +796,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                     }
                 }
                 Some((topic, id)) = reg_rx.recv() => daemon.on_registered(topic, id),
+                Some(f) = filters_rx.recv() => daemon.on_filters(f),
                 Some(e) = ev_rx.recv() => {
                     if let Err(e) = daemon.on_event(&e, now_unix()) {
                         warn!("migration: {e:#}");

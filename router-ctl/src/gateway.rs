@@ -33,6 +33,40 @@ pub struct GatewayOptions {
     pub token_lifetime: Duration,
     /// How long an unconfirmed migrate command waits before it is re-sent.
     pub migrate_retry: Duration,
+    /// Where the gateway receives the publishes it relays to its own
+    /// subscribers (standard clients), if anywhere.
+    pub relay: Option<RelayOptions>,
+}
+
+/// The relay: the data plane copies every topic a gateway subscriber
+/// follows to one more shard, `shard`, whose group is `group` out of
+/// `egress`, a veth whose peer `iface` the gateway listens on (in the
+/// router's namespace): the gateway receives the topics' traffic as any
+/// shard member does and sends each subscriber its copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayOptions {
+    pub egress: String,
+    pub iface: String,
+    pub group: std::net::Ipv4Addr,
+    pub shard: u32,
+}
+
+impl RelayOptions {
+    pub const DEFAULT_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 77, 1);
+    pub const DEFAULT_SHARD: u32 = 4095;
+
+    /// The relay's shard in a plan.
+    pub fn shard_spec(&self) -> shardcast_plan::ShardSpec {
+        shardcast_plan::ShardSpec {
+            id: self.shard,
+            group_v4: Some(self.group.to_string()),
+            group_v6: None,
+            egress: self.egress.clone(),
+            port: None,
+            capacity: None,
+            class: None,
+        }
+    }
 }
 
 impl GatewayOptions {
@@ -49,6 +83,9 @@ pub struct Links {
     /// Topic ids the gateway assigned (those restored at start first), for
     /// the data plane's `mqttsn_registered_ids`.
     pub registered: Option<UnboundedSender<(String, u16)>>,
+    /// The topic filters the gateway's subscribers hold (all of them, on
+    /// every change), for the relay's routes.
+    pub filters: Option<UnboundedSender<std::collections::BTreeSet<String>>>,
 }
 
 /// Serves until `shutdown` completes.
@@ -110,7 +147,26 @@ pub async fn serve(
         .await
         .with_context(|| format!("gateway: binding {}", opts.listen))?;
     tracing::info!(listen = %opts.listen, "MQTT-SN gateway");
-    let groups = RefCell::new(ShardSender::new(opts.state_dir.clone(), opts.listen.port()));
+    let relay = match &opts.relay {
+        None => None,
+        Some(r) => {
+            let idx = shardcast_dataplane::ifindex(&r.iface)
+                .with_context(|| format!("gateway.relay_iface {}", r.iface))?;
+            let s = shardcast_device::client::group_socket(
+                std::net::IpAddr::V4(r.group),
+                opts.listen.port(),
+                idx,
+            )
+            .with_context(|| format!("joining the relay group {} on {}", r.group, r.iface))?;
+            tracing::info!(group = %r.group, iface = r.iface, shard = r.shard, "relay");
+            Some(s)
+        }
+    };
+    let groups = RefCell::new(ShardSender::new(
+        opts.state_dir.clone(),
+        opts.listen.port(),
+        opts.relay.as_ref().map(|r| r.shard),
+    ));
     let mut on_publish = |p: &Accepted| {
         let sent = groups.borrow_mut().send(p);
         tracing::debug!(topic = p.topic, bytes = p.data.len(), sent, "publish");
@@ -126,7 +182,30 @@ pub async fn serve(
             let _ = tx.send((topic.to_string(), id));
         }
     };
+    // Each session's filters, while it is connected or asleep (its
+    // subscriptions then need the relay's copies).
+    let mut filters: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let filters_tx = links.filters;
     let mut on_sessions = |records: &[SessionRecord]| {
+        let mut changed = false;
+        for r in records {
+            use shardcast_gateway::session::Status;
+            let now = match r.status {
+                Status::Active | Status::Asleep => Some(&r.subscriptions),
+                Status::Disconnected | Status::Lost => None,
+            };
+            let was = filters.get(&r.client_id);
+            if was != now {
+                changed = true;
+                match now {
+                    Some(f) => filters.insert(r.client_id.clone(), f.clone()),
+                    None => filters.remove(&r.client_id),
+                };
+            }
+        }
+        if changed && let Some(tx) = &filters_tx {
+            let _ = tx.send(filters.values().flatten().cloned().collect());
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -194,6 +273,7 @@ pub async fn serve(
             placement: &mut placement,
         },
         links.commands,
+        relay,
         shutdown,
     )
     .await?;
@@ -216,6 +296,9 @@ pub async fn serve(
 struct ShardSender {
     state_dir: std::path::PathBuf,
     port: u16,
+    /// The relay's shard: the gateway's own subscribers get its accepted
+    /// publishes directly, not through the relay.
+    relay: Option<u32>,
     plan: Option<(std::time::SystemTime, shardcast_plan::Plan)>,
     /// Device id → index of its shard in the plan.
     devices: std::collections::HashMap<String, usize>,
@@ -224,10 +307,11 @@ struct ShardSender {
 }
 
 impl ShardSender {
-    fn new(state_dir: std::path::PathBuf, port: u16) -> Self {
+    fn new(state_dir: std::path::PathBuf, port: u16, relay: Option<u32>) -> Self {
         ShardSender {
             state_dir,
             port,
+            relay,
             plan: None,
             devices: Default::default(),
             sockets: Default::default(),
@@ -307,7 +391,11 @@ impl ShardSender {
             return 0;
         };
         let mut sent = 0;
-        for shard in plan.shards.iter().filter(|s| route.shards.contains(&s.id)) {
+        for shard in plan
+            .shards
+            .iter()
+            .filter(|s| route.shards.contains(&s.id) && Some(s.id) != self.relay)
+        {
             let port = shard.port.filter(|&p| p != 0).unwrap_or(self.port);
             let family_v6 = match v6 {
                 Some(v6) => v6,

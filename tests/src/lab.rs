@@ -200,6 +200,49 @@ impl Lab {
         self.ctl(&["--netns", &self.lan.name, "attach-pass", "--iface", "up0"])
     }
 
+    /// Attaches like [`Lab::attach`], with one more egress for the
+    /// gateway's relay: a veth pair `scgw0` (egress) / `scgw1` (where the
+    /// gateway listens, with the pass program) inside the router
+    /// namespace.
+    pub fn attach_with_relay(&mut self) -> Result<()> {
+        let r = &self.router;
+        r.ip(&[
+            "link", "add", "scgw0", "type", "veth", "peer", "name", "scgw1",
+        ])?;
+        r.ip(&["addr", "add", "198.18.3.1/24", "dev", "scgw0"])?;
+        r.ip(&["addr", "add", "198.18.3.2/24", "dev", "scgw1"])?;
+        r.ip(&["link", "set", "scgw0", "up"])?;
+        r.ip(&["link", "set", "scgw1", "up"])?;
+        // Copies arrive from the publisher's address on an interface that
+        // is not its route: no reverse-path filter on the relay's side.
+        r.sysctl("net.ipv4.conf.scgw1.rp_filter=0")?;
+        r.sysctl("net.ipv4.conf.all.rp_filter=0")?;
+        let object = crate::object();
+        self.ctl(&[
+            "--netns",
+            &self.router.name,
+            "attach",
+            "--ingress",
+            "r-in",
+            "--egress",
+            "r-out",
+            "--egress",
+            "scgw0",
+            "--mode",
+            "driver",
+            "--object",
+            &object.display().to_string(),
+        ])?;
+        self.ctl(&["--netns", &self.lan.name, "attach-pass", "--iface", "up0"])?;
+        self.ctl(&[
+            "--netns",
+            &self.router.name,
+            "attach-pass",
+            "--iface",
+            "scgw1",
+        ])
+    }
+
     /// A plan for `shards` (egress `r-out`) and `topics` (name → shard ids).
     pub fn plan_json(generation: u64, shards: &[LabShard], topics: &[(&str, &[u32])]) -> String {
         Self::plan_json_with_devices(generation, shards, topics, &[])

@@ -742,3 +742,106 @@ fn registered_ids_are_installed_into_the_data_plane() {
     assert_eq!(installed.generation, 1);
     assert_eq!(installed.topics[0].mqttsn_registered_ids.len(), 1);
 }
+
+/// A standard MQTT-SN client subscribed through the gateway gets the QoS 0
+/// publishes the data plane routes by itself: the daemon routes the topics
+/// the gateway's subscribers follow to the relay's shard as well, the
+/// gateway receives that shard's copies on its relay interface and sends
+/// each subscriber its own.
+#[test]
+fn standard_subscribers_get_xdp_routed_publishes_through_the_relay() {
+    use integration_tests::lab::{Lab, LabShard};
+    use router_common::reason::Reason;
+    let sub_tool = python_tool("mqtt-sn-12", "mqtt_sn_sub").unwrap();
+    let mut lab = Lab::new(1).unwrap();
+    lab.attach_with_relay().unwrap();
+    let shards = [LabShard::numbered(1)];
+    let daemon = lab
+        .start_daemon_with(
+            "100ms",
+            "[gateway]\nlisten = \"198.18.1.1:1884\"\nrelay_egress = \"scgw0\"\nrelay_iface = \"scgw1\"",
+        )
+        .unwrap();
+    lab.offer_plan(&Lab::plan_json(1, &shards, &[("ab", &[1]), ("cd", &[1])]))
+        .unwrap();
+    lab.wait_generation(1).unwrap();
+    daemon
+        .wait_log(Duration::from_secs(10), |l| l.contains("MQTT-SN gateway"))
+        .unwrap();
+    let sub = in_ns(
+        &lab.subscribers[0].ns,
+        std::path::Path::new("timeout"),
+        &[
+            // This mqtt_sn_sub ignores -C: it runs until the timeout.
+            "8",
+            &sub_tool.display().to_string(),
+            "-h",
+            "198.18.1.1",
+            "-p",
+            "1884",
+            "-t",
+            "ab",
+            "-C",
+            "2",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    daemon
+        .wait_log(Duration::from_secs(20), |l| {
+            l.contains("relay routes installed")
+        })
+        .unwrap();
+    let installed =
+        shardcast_plan::Plan::from_file(&lab.daemon_state_dir().join("plan.json")).unwrap();
+    let route = |n: &str| {
+        installed
+            .topics
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .shards
+            .clone()
+    };
+    assert_eq!(route("ab"), [1, 4095], "followed by a gateway subscriber");
+    assert_eq!(route("cd"), [1], "followed by nobody at the gateway");
+    let before = lab.counters().unwrap();
+    let publish = |topic: &[u8; 2], m: &[u8]| {
+        encode(&Message::Publish {
+            flags: Flags {
+                topic_id_type: router_common::mqttsn::TOPIC_SHORT,
+                ..Flags::NONE
+            },
+            topic_id: u16::from_be_bytes(*topic),
+            msg_id: 0,
+            data: m.to_vec(),
+        })
+        .unwrap()
+    };
+    lab.publish(
+        false,
+        1884,
+        vec![
+            publish(b"ab", b"one"),
+            publish(b"cd", b"other"),
+            publish(b"ab", b"two"),
+        ],
+    )
+    .unwrap();
+    let out = sub.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["one", "two"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Routed by the data plane (never passed up to the gateway).
+    let after = lab.counters().unwrap();
+    let n =
+        |c: &shardcast_dataplane::Counters, r: Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
+    assert!(n(&after, Reason::Redirected) >= n(&before, Reason::Redirected) + 3);
+    assert_eq!(n(&after, Reason::MqttSnQos), n(&before, Reason::MqttSnQos));
+}

@@ -317,9 +317,10 @@ impl Device {
             match a {
                 Action::Join(to) => {
                     if !self.groups.iter().any(|(g, _)| *g == to) {
-                        let s = join(&to, self.cfg.interface).map_err(|e| {
-                            self.io(&format!("joining {}:{}", to.group, to.port), e)
-                        })?;
+                        let s =
+                            group_socket(to.group, to.port, self.cfg.interface).map_err(|e| {
+                                self.io(&format!("joining {}:{}", to.group, to.port), e)
+                            })?;
                         self.groups.push((to, s));
                     }
                 }
@@ -477,10 +478,11 @@ async fn recv_any(
     .await
 }
 
-/// A socket receiving `to`'s group on its port (bound to the group's
-/// address: no other group's traffic reaches it).
-fn join(to: &Assignment, interface: u32) -> io::Result<UdpSocket> {
-    let domain = if to.group.is_ipv6() {
+/// A socket receiving `group` on `port` (bound to the group's address: no
+/// other group's traffic reaches it), joined on interface index
+/// `interface` (0: by route). Several may be bound to the same group.
+pub fn group_socket(group: IpAddr, port: u16, interface: u32) -> io::Result<UdpSocket> {
+    let domain = if group.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
@@ -488,7 +490,7 @@ fn join(to: &Assignment, interface: u32) -> io::Result<UdpSocket> {
     let s = Socket::new(domain, Type::DGRAM, Some(SockProtocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
-    match to.group {
+    match group {
         IpAddr::V4(g) => {
             let ifc = if interface == 0 {
                 InterfaceIndexOrAddress::Address(Ipv4Addr::UNSPECIFIED)
@@ -502,7 +504,7 @@ fn join(to: &Assignment, interface: u32) -> io::Result<UdpSocket> {
             s.join_multicast_v6(&g, interface)?;
         }
     }
-    s.bind(&SocketAddr::new(to.group, to.port).into())?;
+    s.bind(&SocketAddr::new(group, port).into())?;
     s.set_recv_buffer_size(1 << 20)?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s.into())

@@ -74,6 +74,9 @@ pub struct Stats {
     pub published: u64,
     /// Control messages from devices.
     pub controls: u64,
+    /// Publishes received from the shard groups and relayed to the
+    /// gateway's own subscribers.
+    pub relayed: u64,
 }
 
 /// A publish the gateway accepted.
@@ -128,13 +131,16 @@ fn unix_ms() -> u64 {
 }
 
 /// Serves MQTT-SN on `sock` until `shutdown` completes, sending the
-/// migrate commands that arrive on `commands`.
+/// migrate commands that arrive on `commands` and relaying the publishes
+/// that arrive on `relay` (a socket in a shard group the data plane copies
+/// the topics of the gateway's subscribers to) to its subscribers.
 pub async fn serve(
     sock: UdpSocket,
     mut gw: Gateway,
     mut members: Membership,
     hooks: Hooks<'_>,
     mut commands: Option<UnboundedReceiver<MigrateCommand>>,
+    relay: Option<UdpSocket>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<(Gateway, Membership, Stats)> {
     let mut hooks = hooks;
@@ -144,6 +150,7 @@ pub async fn serve(
     let mut stats = Stats::default();
     let mut paced = Paced::new(&sock);
     let mut buf = vec![0u8; 65_536];
+    let mut rbuf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     // (members, pending migrations) as last logged.
     let mut logged = (usize::MAX, usize::MAX);
@@ -179,6 +186,23 @@ pub async fn serve(
                 // Every command queued: one batch.
                 while let Some(Ok(c)) = commands.as_mut().map(|rx| rx.try_recv()) {
                     migrate(&mut members, c, &mut batch.outs);
+                }
+            }
+            r = async {
+                match &relay {
+                    Some(r) => r.recv(&mut rbuf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let n = r?;
+                relay_one(&mut gw, &rbuf[..n], &mut batch, &mut stats);
+                while batch.datagrams < BATCH {
+                    let Some(r) = &relay else { break };
+                    match r.try_recv(&mut rbuf) {
+                        Ok(n) => relay_one(&mut gw, &rbuf[..n], &mut batch, &mut stats),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             r = sock.recv_from(&mut buf) => {
@@ -240,6 +264,25 @@ fn receive(
             stats.malformed += 1;
             tracing::debug!(%from, "malformed MQTT-SN datagram: {e}");
         }
+    }
+}
+
+/// A datagram from the relay's shard group: a publish, delivered to the
+/// gateway's subscribers (never routed again: it came from the routes).
+fn relay_one(gw: &mut Gateway, datagram: &[u8], batch: &mut Batch, stats: &mut Stats) {
+    batch.datagrams += 1;
+    let Ok(crate::mqttsn::Message::Publish {
+        flags,
+        topic_id,
+        data,
+        ..
+    }) = decode(datagram)
+    else {
+        return;
+    };
+    if let Some(topic) = gw.topic_name(flags.topic_id_type, topic_id) {
+        stats.relayed += 1;
+        batch.effects.push((None, gw.deliver(&topic, &data)));
     }
 }
 

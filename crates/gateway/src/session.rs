@@ -280,6 +280,12 @@ impl Gateway {
         }
     }
 
+    /// The topic a publish names by id type and id (normal ids this
+    /// gateway assigned, predefined ids, short names).
+    pub fn topic_name(&self, topic_id_type: u8, id: u16) -> Option<String> {
+        self.topic_of(topic_id_type, id)
+    }
+
     pub fn client_id(&self, addr: &SocketAddr) -> Option<&str> {
         self.clients.get(addr).map(|c| c.id.as_str())
     }

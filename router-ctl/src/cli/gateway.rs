@@ -42,6 +42,8 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
         state_dir: g.state_dir.clone(),
         token_lifetime: a.token_lifetime,
         migrate_retry: GatewayOptions::DEFAULT_MIGRATE_RETRY,
+        // The relay's routes are the daemon's to install.
+        relay: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
