@@ -103,6 +103,7 @@ struct RawGateway {
     relay_iface: Option<String>,
     relay_group: Option<String>,
     relay_shard: Option<u32>,
+    coap_listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -391,8 +392,20 @@ impl DaemonConfig {
                         ));
                     }
                 };
+                let coap_listen = match g.coap_listen {
+                    None => None,
+                    Some(t) => Some(t.parse::<std::net::SocketAddr>().map_err(|_| {
+                        bad(
+                            "gateway.coap_listen",
+                            format!("{t:?} is not an address and port (e.g. \"198.18.1.1:5683\")"),
+                        )
+                    })?),
+                };
                 Some(crate::gateway::GatewayOptions {
                     relay,
+                    coap_listen,
+                    coap_prefix: dataplane.coap_prefix.clone(),
+                    coap_port: dataplane.coap_port,
                     listen,
                     gw_id: g.gw_id.unwrap_or(1),
                     registry: g
@@ -479,6 +492,10 @@ mod tests {
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\ntoken_lifetime = \"0s\"",
                 "gateway.token_lifetime",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\ncoap_listen = \"x\"",
+                "gateway.coap_listen",
             ),
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"",

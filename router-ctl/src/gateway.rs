@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use shardcast_gateway::{
+    coap::CoapGateway,
     control::{Assignment, Refusal},
     membership::{Event, MemberUpdate, Membership, MembershipConfig},
     registry::Registry,
@@ -36,6 +37,11 @@ pub struct GatewayOptions {
     /// Where the gateway receives the publishes it relays to its own
     /// subscribers (standard clients), if anywhere.
     pub relay: Option<RelayOptions>,
+    /// Serve CoAP here too (Observe, CON PUT/POST, discovery).
+    pub coap_listen: Option<SocketAddr>,
+    /// The data plane's CoAP topic prefix and port.
+    pub coap_prefix: String,
+    pub coap_port: u16,
 }
 
 /// The relay: the data plane copies every topic a gateway subscriber
@@ -162,6 +168,32 @@ pub async fn serve(
             Some(s)
         }
     };
+    let relay_coap = match (&opts.relay, opts.coap_listen) {
+        (Some(r), Some(_)) if opts.coap_port != 0 => Some(
+            shardcast_device::client::group_socket(
+                std::net::IpAddr::V4(r.group),
+                opts.coap_port,
+                shardcast_dataplane::ifindex(&r.iface)?,
+            )
+            .with_context(|| {
+                format!("joining the relay group {} (CoAP) on {}", r.group, r.iface)
+            })?,
+        ),
+        _ => None,
+    };
+    let coap = match opts.coap_listen {
+        None => None,
+        Some(addr) => {
+            let s = tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("gateway: binding CoAP {addr}"))?;
+            let topics = plan
+                .iter()
+                .flat_map(|p| p.topics.iter().map(|t| t.name.clone()));
+            tracing::info!(listen = %addr, "CoAP gateway");
+            Some((s, CoapGateway::new(&opts.coap_prefix, topics)))
+        }
+    };
     let groups = RefCell::new(ShardSender::new(
         opts.state_dir.clone(),
         opts.listen.port(),
@@ -172,6 +204,7 @@ pub async fn serve(
         tracing::debug!(topic = p.topic, bytes = p.data.len(), sent, "publish");
     };
     let mut placement = |client: &str, v6: bool| groups.borrow_mut().placement(client, v6);
+    let mut coap_topics = || groups.borrow_mut().topics_if_changed();
     let registered = links.registered;
     let mut on_register = |topic: &str, id: u16| {
         tracing::info!(topic, id, "topic id assigned");
@@ -184,8 +217,21 @@ pub async fn serve(
     };
     // Each session's filters, while it is connected or asleep (its
     // subscriptions then need the relay's copies).
-    let mut filters: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let filters: RefCell<std::collections::HashMap<String, Vec<String>>> = Default::default();
+    let observed: RefCell<std::collections::BTreeSet<String>> = Default::default();
     let filters_tx = links.filters;
+    let send_filters = || {
+        if let Some(tx) = &filters_tx {
+            let mut all: std::collections::BTreeSet<String> =
+                filters.borrow().values().flatten().cloned().collect();
+            all.extend(observed.borrow().iter().cloned());
+            let _ = tx.send(all);
+        }
+    };
+    let mut on_observed = |topics: &std::collections::BTreeSet<String>| {
+        *observed.borrow_mut() = topics.clone();
+        send_filters();
+    };
     let mut on_sessions = |records: &[SessionRecord]| {
         let mut changed = false;
         for r in records {
@@ -194,6 +240,7 @@ pub async fn serve(
                 Status::Active | Status::Asleep => Some(&r.subscriptions),
                 Status::Disconnected | Status::Lost => None,
             };
+            let mut filters = filters.borrow_mut();
             let was = filters.get(&r.client_id);
             if was != now {
                 changed = true;
@@ -203,8 +250,8 @@ pub async fn serve(
                 };
             }
         }
-        if changed && let Some(tx) = &filters_tx {
-            let _ = tx.send(filters.values().flatten().cloned().collect());
+        if changed {
+            send_filters();
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -271,9 +318,15 @@ pub async fn serve(
             on_members: &mut on_members,
             on_event: &mut on_event,
             placement: &mut placement,
+            on_observed: &mut on_observed,
+            coap_topics: &mut coap_topics,
         },
         links.commands,
-        relay,
+        service::Extra {
+            relay,
+            relay_coap,
+            coap,
+        },
         shutdown,
     )
     .await?;
@@ -302,6 +355,8 @@ struct ShardSender {
     plan: Option<(std::time::SystemTime, shardcast_plan::Plan)>,
     /// Device id → index of its shard in the plan.
     devices: std::collections::HashMap<String, usize>,
+    /// The plan's mtime when its topics were last handed out.
+    topics_seen: Option<std::time::SystemTime>,
     /// (egress, v6) → socket.
     sockets: std::collections::HashMap<(String, bool), std::net::UdpSocket>,
 }
@@ -314,8 +369,21 @@ impl ShardSender {
             relay,
             plan: None,
             devices: Default::default(),
+            topics_seen: None,
             sockets: Default::default(),
         }
+    }
+
+    /// The installed plan's topics, if the plan changed since the last
+    /// call.
+    fn topics_if_changed(&mut self) -> Option<Vec<String>> {
+        self.refresh();
+        let (mtime, plan) = self.plan.as_ref()?;
+        if self.topics_seen == Some(*mtime) {
+            return None;
+        }
+        self.topics_seen = Some(*mtime);
+        Some(plan.topics.iter().map(|t| t.name.clone()).collect())
     }
 
     /// Where the installed plan places `client`: its shard's group of the

@@ -845,3 +845,97 @@ fn standard_subscribers_get_xdp_routed_publishes_through_the_relay() {
     assert!(n(&after, Reason::Redirected) >= n(&before, Reason::Redirected) + 3);
     assert_eq!(n(&after, Reason::MqttSnQos), n(&before, Reason::MqttSnQos));
 }
+
+/// The gateway's CoAP side with libcoap's client: discovery lists the
+/// plan's topics in CoRE Link Format, an Observe registration gets every
+/// publish of its topic (CON PUTs from another client, and an MQTT-SN
+/// QoS 1 publish: one pub/sub across both protocols) with increasing
+/// Observe numbers, CON PUTs are acknowledged 2.04, an unknown topic is
+/// 4.04.
+#[test]
+fn coap_clients_observe_and_publish_through_the_gateway() {
+    let pub_tool = python_tool("mqtt-sn-12", "mqtt_sn_pub").unwrap();
+    let ns = NetNs::new("scgwc").unwrap();
+    let state = std::env::temp_dir().join(integration_tests::unique("scgwc"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("plan.json"),
+        r#"{"generation": 1, "shards": [{"id": 1, "group_v4": "239.1.1.1", "egress": "lo"}],
+            "topics": [{"name": "t1", "shards": [1]}, {"name": "t2", "shards": [1]}]}"#,
+    )
+    .unwrap();
+    let gw = Gw::start_with(
+        &ns,
+        &state,
+        "127.0.0.1:1884",
+        &["--coap-listen", "127.0.0.1:5683"],
+    );
+    let coap = |args: &[&str]| {
+        let mut c = in_ns(&ns, std::path::Path::new("coap-client-notls"), args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let out = coap(&["-m", "get", "coap://127.0.0.1/.well-known/core"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("</ps/data/t1>;obs") && text.contains("</ps/data/t2>;obs"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Observe t1 for 5 s.
+    let observer = coap(&["-m", "get", "-s", "5", "coap://127.0.0.1/ps/data/t1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for v in ["21.5", "22.0"] {
+        let out = coap(&["-m", "put", "-e", v, "coap://127.0.0.1/ps/data/t1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = in_ns(
+        &ns,
+        &pub_tool,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1884",
+            "-q",
+            "1",
+            "-t",
+            "t1",
+            "-m",
+            "from-mqtt-sn",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = coap(&["-m", "put", "-e", "x", "coap://127.0.0.1/ps/data/nope"])
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("4.04"), "{err}");
+    let seen = observer.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&seen.stdout);
+    // coap-client prints each payload as it comes, without separators.
+    assert!(
+        text.trim_end().ends_with("21.522.0from-mqtt-sn"),
+        "{text} {}",
+        String::from_utf8_lossy(&seen.stderr)
+    );
+    gw.kill("-TERM");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -17,6 +17,7 @@ use std::{
 use tokio::{net::UdpSocket, sync::mpsc::UnboundedReceiver};
 
 use crate::{
+    coap::{CoapEffect, CoapGateway},
     control::Assignment,
     membership::{Event, MemberUpdate, Membership, Out},
     mqttsn::{decode, encode},
@@ -122,6 +123,11 @@ pub struct Hooks<'a> {
     /// Where the installed plan places a device, in the group of the
     /// family given (`true`: IPv6).
     pub placement: &'a mut dyn FnMut(&str, bool) -> Option<Assignment>,
+    /// The topics CoAP clients observe, when they change.
+    pub on_observed: &'a mut dyn FnMut(&std::collections::BTreeSet<String>),
+    /// The topics CoAP requests may name, when they changed (polled every
+    /// second).
+    pub coap_topics: &'a mut dyn FnMut() -> Option<Vec<String>>,
 }
 
 fn unix_ms() -> u64 {
@@ -140,9 +146,21 @@ pub async fn serve(
     mut members: Membership,
     hooks: Hooks<'_>,
     mut commands: Option<UnboundedReceiver<MigrateCommand>>,
-    relay: Option<UdpSocket>,
+    extra: Extra,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<(Gateway, Membership, Stats)> {
+    let Extra {
+        relay,
+        relay_coap,
+        coap,
+    } = extra;
+    let (coap_sock, mut coap) = match coap {
+        Some((s, g)) => (Some(s), Some(g)),
+        None => (None, None),
+    };
+    let mut observed = std::collections::BTreeSet::new();
+    let mut cbuf = vec![0u8; 65_536];
+    let mut crbuf = vec![0u8; 65_536];
     let mut hooks = hooks;
     let mut changed: Vec<SessionRecord> = Vec::new();
     let start = Instant::now();
@@ -163,6 +181,9 @@ pub async fn serve(
                 return Ok((gw, members, stats));
             }
             _ = tick.tick() => {
+                if let (Some(c), Some(t)) = (&mut coap, (hooks.coap_topics)()) {
+                    c.set_topics(t);
+                }
                 (hooks.on_sessions)(&changed);
                 changed.clear();
                 batch.effects.push((None, gw.tick(now())));
@@ -195,13 +216,43 @@ pub async fn serve(
                 }
             } => {
                 let n = r?;
-                relay_one(&mut gw, &rbuf[..n], &mut batch, &mut stats);
+                relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats);
                 while batch.datagrams < BATCH {
                     let Some(r) = &relay else { break };
                     match r.try_recv(&mut rbuf) {
-                        Ok(n) => relay_one(&mut gw, &rbuf[..n], &mut batch, &mut stats),
+                        Ok(n) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
+                    }
+                }
+            }
+            r = async {
+                match &relay_coap {
+                    Some(r) => r.recv(&mut crbuf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let n = r?;
+                relay_coap_one(&mut gw, coap.as_mut(), &crbuf[..n], &mut batch, &mut stats);
+            }
+            r = async {
+                match &coap_sock {
+                    Some(s) => s.recv_from(&mut cbuf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (n, from) = r?;
+                stats.received += 1;
+                batch.datagrams += 1;
+                if let Some(c) = &mut coap {
+                    for e in c.handle(from, &cbuf[..n]) {
+                        match e {
+                            CoapEffect::Send(to, d) => batch.coap_out.push((to, d)),
+                            CoapEffect::Publish { topic, data } => batch.effects.push((
+                                Some(from.is_ipv6()),
+                                vec![Effect::Publish { topic, data, retain: false }],
+                            )),
+                        }
                     }
                 }
             }
@@ -217,9 +268,9 @@ pub async fn serve(
                 }
             }
         };
-        apply(
+        let coap_out = apply(
             &mut paced,
-            &mut gw,
+            (&mut gw, coap.as_mut()),
             &mut members,
             batch,
             &mut hooks,
@@ -227,7 +278,35 @@ pub async fn serve(
             &mut stats,
         )
         .await?;
+        if let Some(s) = &coap_sock {
+            for (to, d) in coap_out {
+                paced.take().await;
+                if let Err(e) = s.send_to(&d, to).await {
+                    tracing::debug!(%to, "CoAP send: {e}");
+                } else {
+                    stats.sent += 1;
+                }
+            }
+        }
+        if let Some(c) = &coap {
+            let now_observed = c.observed();
+            if now_observed != observed {
+                observed = now_observed;
+                (hooks.on_observed)(&observed);
+            }
+        }
     }
+}
+
+/// The gateway's other sockets.
+#[derive(Default)]
+pub struct Extra {
+    /// In the relay's shard group, on the MQTT-SN port.
+    pub relay: Option<UdpSocket>,
+    /// In the relay's shard group, on the CoAP port.
+    pub relay_coap: Option<UdpSocket>,
+    /// The CoAP side: its socket and state.
+    pub coap: Option<(UdpSocket, CoapGateway)>,
 }
 
 /// What a batch of datagrams (or a tick, or commands) asks for.
@@ -237,6 +316,8 @@ struct Batch {
     /// Each datagram's effects with the family it came by.
     effects: Vec<(Option<bool>, Vec<Effect>)>,
     outs: Vec<Out>,
+    /// CoAP datagrams to send.
+    coap_out: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 fn receive(
@@ -269,7 +350,13 @@ fn receive(
 
 /// A datagram from the relay's shard group: a publish, delivered to the
 /// gateway's subscribers (never routed again: it came from the routes).
-fn relay_one(gw: &mut Gateway, datagram: &[u8], batch: &mut Batch, stats: &mut Stats) {
+fn relay_one(
+    gw: &mut Gateway,
+    coap: Option<&mut CoapGateway>,
+    datagram: &[u8],
+    batch: &mut Batch,
+    stats: &mut Stats,
+) {
     batch.datagrams += 1;
     let Ok(crate::mqttsn::Message::Publish {
         flags,
@@ -283,7 +370,37 @@ fn relay_one(gw: &mut Gateway, datagram: &[u8], batch: &mut Batch, stats: &mut S
     if let Some(topic) = gw.topic_name(flags.topic_id_type, topic_id) {
         stats.relayed += 1;
         batch.effects.push((None, gw.deliver(&topic, &data)));
+        if let Some(c) = coap {
+            coap_sends(c.deliver(&topic, &data), batch);
+        }
     }
+}
+
+fn coap_sends(fx: Vec<CoapEffect>, batch: &mut Batch) {
+    for e in fx {
+        if let CoapEffect::Send(to, d) = e {
+            batch.coap_out.push((to, d));
+        }
+    }
+}
+
+/// A CoAP publish from the relay's shard group (the data plane keeps a
+/// publish's protocol): delivered to both kinds of subscriber.
+fn relay_coap_one(
+    gw: &mut Gateway,
+    coap: Option<&mut CoapGateway>,
+    datagram: &[u8],
+    batch: &mut Batch,
+    stats: &mut Stats,
+) {
+    batch.datagrams += 1;
+    let Some(c) = coap else { return };
+    let Some((topic, data)) = c.publish_of(datagram) else {
+        return;
+    };
+    stats.relayed += 1;
+    batch.effects.push((None, gw.deliver(&topic, &data)));
+    coap_sends(c.deliver(&topic, &data), batch);
 }
 
 fn migrate(members: &mut Membership, c: MigrateCommand, outs: &mut Vec<Out>) {
@@ -313,15 +430,18 @@ fn migrate(members: &mut Membership, c: MigrateCommand, outs: &mut Vec<Out>) {
 
 async fn apply(
     sock: &mut Paced<'_>,
-    gw: &mut Gateway,
+    (gw, mut coap): (&mut Gateway, Option<&mut CoapGateway>),
     members: &mut Membership,
     batch: Batch,
     hooks: &mut Hooks<'_>,
     changed: &mut Vec<SessionRecord>,
     stats: &mut Stats,
-) -> io::Result<()> {
+) -> io::Result<Vec<(SocketAddr, Vec<u8>)>> {
     let Batch {
-        effects, mut outs, ..
+        effects,
+        mut outs,
+        mut coap_out,
+        ..
     } = batch;
     // Ids first: a REGACK or SUBACK must not carry an id a crash could
     // forget. Control messages go to the membership now, so that its
@@ -397,6 +517,13 @@ async fn apply(
                         });
                     }
                     next.extend(gw.deliver(&topic, &data).into_iter().map(|e| (None, e)));
+                    if let Some(c) = coap.as_deref_mut() {
+                        for e in c.deliver(&topic, &data) {
+                            if let CoapEffect::Send(to, d) = e {
+                                coap_out.push((to, d));
+                            }
+                        }
+                    }
                 }
                 Effect::Registered { topic, id } => {
                     if !first_round {
@@ -414,7 +541,7 @@ async fn apply(
         queue = next;
         first_round = false;
     }
-    Ok(())
+    Ok(coap_out)
 }
 
 async fn send(

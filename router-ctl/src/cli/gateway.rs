@@ -30,6 +30,13 @@ pub struct GatewayArgs {
     /// past half its life).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub token_lifetime: std::time::Duration,
+    /// Serve CoAP on this address and port too (Observe, CON PUT/POST,
+    /// `/.well-known/core`).
+    #[arg(long)]
+    pub coap_listen: Option<SocketAddr>,
+    /// The CoAP topic prefix (the data plane's).
+    #[arg(long, default_value = "ps/data/")]
+    pub coap_prefix: String,
 }
 
 pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
@@ -44,6 +51,9 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
         migrate_retry: GatewayOptions::DEFAULT_MIGRATE_RETRY,
         // The relay's routes are the daemon's to install.
         relay: None,
+        coap_listen: a.coap_listen,
+        coap_prefix: a.coap_prefix,
+        coap_port: 0,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
