@@ -939,3 +939,60 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
     gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// aiocoap's client: discovery, CON PUT (acknowledged 2.04) and GET of
+/// the last value. (Its command-line client cancels an observation once
+/// the first response is in, in the release PyPI serves: Observe is
+/// tested with libcoap's client above.)
+#[test]
+fn aiocoap_publishes_and_reads_through_the_gateway() {
+    let client = python_tool("aiocoap", "aiocoap-client").unwrap();
+    let ns = NetNs::new("scgwa").unwrap();
+    let state = std::env::temp_dir().join(integration_tests::unique("scgwa"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("plan.json"),
+        r#"{"generation": 1, "shards": [{"id": 1, "group_v4": "239.1.1.1", "egress": "lo"}],
+            "topics": [{"name": "room/t", "shards": [1]}]}"#,
+    )
+    .unwrap();
+    let gw = Gw::start_with(
+        &ns,
+        &state,
+        "127.0.0.1:1884",
+        &["--coap-listen", "127.0.0.1:5683"],
+    );
+    gw.wait_for(|l| l.contains("CoAP gateway"), 1);
+    let run = |args: &[&str]| {
+        let out = in_ns(&ns, &client, args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text, err) = run(&["coap://127.0.0.1/.well-known/core"]);
+    assert!(ok && text.contains("/ps/data/room/t"), "{text} {err}");
+    for v in ["a1", "a2"] {
+        let (ok, text, err) = run(&[
+            "-m",
+            "PUT",
+            "--payload",
+            v,
+            "coap://127.0.0.1/ps/data/room/t",
+        ]);
+        assert!(ok, "{text} {err}");
+    }
+    let (ok, text, err) = run(&["coap://127.0.0.1/ps/data/room/t"]);
+    assert!(ok && text.trim() == "a2", "{text} {err}");
+    let (ok, text, err) = run(&[
+        "-m",
+        "PUT",
+        "--payload",
+        "x",
+        "coap://127.0.0.1/ps/data/elsewhere",
+    ]);
+    assert!(!ok && (text + &err).contains("4.04"));
+    gw.kill("-TERM");
+    let _ = std::fs::remove_dir_all(&state);
+}

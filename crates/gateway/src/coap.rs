@@ -288,6 +288,8 @@ impl CoapGateway {
             n.header.code = MessageClass::Response(ResponseType::Content);
             n.set_token(token);
             n.set_observe_value(seq);
+            // Publishes are opaque bytes; clients print text/plain as is.
+            n.set_content_format(ContentFormat::TextPlain);
             n.payload = data.to_vec();
             if let Ok(b) = n.to_bytes() {
                 fx.push(CoapEffect::Send(addr, b));
