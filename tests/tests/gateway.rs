@@ -718,7 +718,7 @@ fn registered_ids_are_installed_into_the_data_plane() {
     publish("first");
     daemon
         .wait_log(Duration::from_secs(10), |l| {
-            l.contains("registered topic ids installed")
+            l.contains("registered topic ids and relay routes installed")
         })
         .unwrap();
     let before = redirected();

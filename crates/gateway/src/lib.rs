@@ -8,10 +8,12 @@
 //!   and 2, wills);
 //! - [`service`]: the state machine on a UDP socket;
 //! - [`registry`]: devices' sessions and the topic ids, on disk;
+//! - [`batch`]: paced, batched sends (`sendmmsg`, adaptive chunks);
 //! - [`coap`]: the CoAP side (Observe, CON publishes, discovery);
 //! - [`control`]: the device protocol's messages and MACs;
 //! - [`membership`]: shard-aware devices' tokens and migrations.
 
+pub mod batch;
 pub mod coap;
 pub mod control;
 pub mod membership;

@@ -1,4 +1,4 @@
-//! The gateway on a UDP socket: datagrams in (drained in batches of up to
+//! The gateway on a UDP socket (sends batched and paced: [`crate::batch`]): datagrams in (drained in batches of up to
 //! [`BATCH`]), [`Gateway::handle`] and [`Membership`], effects out;
 //! [`Gateway::tick`] and [`Membership::tick`] every second. Publishes the
 //! gateway accepts go to its own subscribers ([`Gateway::deliver`]) and to
@@ -17,6 +17,7 @@ use std::{
 use tokio::{net::UdpSocket, sync::mpsc::UnboundedReceiver};
 
 use crate::{
+    batch::Sender,
     coap::{CoapEffect, CoapGateway},
     control::Assignment,
     membership::{Event, MemberUpdate, Membership, Out},
@@ -26,45 +27,6 @@ use crate::{
 
 /// Datagrams handled before their effects are committed and sent.
 pub const BATCH: usize = 256;
-
-/// The gateway's sends are paced: at most [`SEND_BURST`] back to back,
-/// then at [`SEND_RATE`] per second. A migration sends thousands of
-/// commands at once; unpaced, such a burst overruns the egress queue it
-/// shares with the data plane's redirected publishes (a veth's ring holds
-/// 256 frames; a NIC's TX ring a few thousand) and publishes are dropped.
-pub const SEND_BURST: f64 = 128.0;
-pub const SEND_RATE: f64 = 100_000.0;
-
-/// The gateway's socket, its sends paced by a token bucket.
-struct Paced<'a> {
-    sock: &'a UdpSocket,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Paced<'_> {
-    fn new(sock: &UdpSocket) -> Paced<'_> {
-        Paced {
-            sock,
-            tokens: SEND_BURST,
-            last: Instant::now(),
-        }
-    }
-
-    async fn take(&mut self) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * SEND_RATE).min(SEND_BURST);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / SEND_RATE;
-            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
-        }
-        self.tokens -= 1.0;
-    }
-}
 
 /// What the service saw, for status and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,7 +128,8 @@ pub async fn serve(
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let mut stats = Stats::default();
-    let mut paced = Paced::new(&sock);
+    let mut paced = Sender::new(&sock);
+    let mut coap_sender = coap_sock.as_ref().map(Sender::new);
     let mut buf = vec![0u8; 65_536];
     let mut rbuf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -278,15 +241,11 @@ pub async fn serve(
             &mut stats,
         )
         .await?;
-        if let Some(s) = &coap_sock {
-            for (to, d) in coap_out {
-                paced.take().await;
-                if let Err(e) = s.send_to(&d, to).await {
-                    tracing::debug!(%to, "CoAP send: {e}");
-                } else {
-                    stats.sent += 1;
-                }
-            }
+        if let Some(s) = &mut coap_sender {
+            let mut q = coap_out;
+            let before = s.stats.datagrams;
+            s.send_all(&mut q).await?;
+            stats.sent += s.stats.datagrams - before;
         }
         if let Some(c) = &coap {
             let now_observed = c.observed();
@@ -429,7 +388,7 @@ fn migrate(members: &mut Membership, c: MigrateCommand, outs: &mut Vec<Out>) {
 }
 
 async fn apply(
-    sock: &mut Paced<'_>,
+    sock: &mut Sender<'_>,
     (gw, mut coap): (&mut Gateway, Option<&mut CoapGateway>),
     members: &mut Membership,
     batch: Batch,
@@ -490,15 +449,18 @@ async fn apply(
             Out::Event(e) => (hooks.on_event)(&e),
         }
     }
+    // Everything this batch sends, handed to the kernel at the end in
+    // `sendmmsg` chunks.
+    let mut outq: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut first_round = true;
     while !queue.is_empty() {
         let mut next = Vec::new();
         for (origin_v6, e) in queue {
             match e {
-                Effect::Send(to, m) => {
-                    sock.take().await;
-                    send(sock.sock, to, &m, stats).await?
-                }
+                Effect::Send(to, m) => match encode(&m) {
+                    Ok(d) => outq.push((to, d)),
+                    Err(e) => tracing::warn!(%to, "cannot encode {m:?}: {e}"),
+                },
                 Effect::Publish { topic, data, .. } => {
                     stats.published += 1;
                     let (wire, assigned) = gw.wire_id(&topic);
@@ -541,26 +503,8 @@ async fn apply(
         queue = next;
         first_round = false;
     }
+    let before = sock.stats.datagrams;
+    sock.send_all(&mut outq).await?;
+    stats.sent += sock.stats.datagrams - before;
     Ok(coap_out)
-}
-
-async fn send(
-    sock: &UdpSocket,
-    to: SocketAddr,
-    m: &crate::mqttsn::Message,
-    stats: &mut Stats,
-) -> io::Result<()> {
-    match encode(m) {
-        Ok(d) => {
-            // A client gone away (ICMP unreachable) is not the gateway's
-            // failure.
-            if let Err(e) = sock.send_to(&d, to).await {
-                tracing::debug!(%to, "send: {e}");
-            } else {
-                stats.sent += 1;
-            }
-        }
-        Err(e) => tracing::warn!(%to, "cannot encode {m:?}: {e}"),
-    }
-    Ok(())
 }
