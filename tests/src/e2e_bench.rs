@@ -836,3 +836,230 @@ pub fn bench() -> Result<String> {
     ));
     Ok(out)
 }
+
+/// `k` standard MQTT-SN clients of the gateway (connection `i` from
+/// subscriber `i % 3`), subscribed to the short topic `topic`; each counts
+/// the PUBLISHes the gateway relays until `stop`.
+fn gateway_receivers(
+    lab: &Lab,
+    topic: [u8; 2],
+    k: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<Result<Received>>>> {
+    use shardcast_gateway::mqttsn::{Flags, Message, TopicRef, decode, encode};
+    let mut handles = Vec::new();
+    for i in 0..k as usize {
+        let stop = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        handles.push(in_ns(&lab.subscribers[i % 3].ns.name, move || {
+            let setup = || -> Result<UdpSocket> {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(SocketAddrV4::new(ROUTER_V4, MQTTSN_PORT))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let ask = |m: Message| -> Result<Message> {
+                    s.send(&encode(&m)?)?;
+                    let mut b = [0u8; 256];
+                    let n = s.recv(&mut b)?;
+                    Ok(decode(&b[..n])?)
+                };
+                let m = ask(Message::Connect {
+                    flags: Flags {
+                        clean_session: true,
+                        ..Flags::NONE
+                    },
+                    duration: 600,
+                    client_id: format!("std{i}"),
+                })?;
+                if !matches!(m, Message::ConnAck { .. }) {
+                    bail!("CONNECT: {m:?}");
+                }
+                let m = ask(Message::Subscribe {
+                    flags: Flags::NONE,
+                    msg_id: 1,
+                    topic: TopicRef::Short(topic),
+                })?;
+                if !matches!(m, Message::SubAck { .. }) {
+                    bail!("SUBSCRIBE: {m:?}");
+                }
+                s.set_read_timeout(Some(Duration::from_millis(20)))?;
+                Ok(s)
+            };
+            let s = match setup() {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let drops0 = udp_rcvbuf_errors();
+            let mut r = Received::default();
+            let mut bufs = vec![[0u8; 512]; 64];
+            loop {
+                let lens = recv_batch(s.as_raw_fd(), &mut bufs);
+                let t = now_ns();
+                for (b, &len) in bufs.iter().zip(&lens) {
+                    if let Some(at) = sent_at(&b[..len], 7) {
+                        r.messages += 1;
+                        if r.latencies_us.len() < SAMPLES {
+                            r.latencies_us.push((t.saturating_sub(at) / 1000) as u32);
+                        }
+                    }
+                }
+                if lens.is_empty() && stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            r.socket_drops = udp_rcvbuf_errors() - drops0;
+            Ok(r)
+        }));
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("gateway subscriber {i}: {e}"),
+            Err(_) => bail!("gateway subscriber {i} did not start"),
+        }
+    }
+    Ok(handles)
+}
+
+/// Subscriber counts and publish rates of the relay benchmark.
+const RELAY_SUBSCRIBERS: [u32; 2] = [10, 100];
+const RELAY_RATES: [f64; 2] = [200.0, 800.0];
+
+/// `SHARDCAST_BENCH=relay`: standard clients subscribed through the
+/// gateway (MQTT-SN over UDP, the relay's unicast copies of what XDP
+/// routes) against mosquitto's subscribers (MQTT over TCP), the same
+/// numbers of subscriber connections over the same 3 namespaces, the same
+/// offered publish rates and 21-byte bodies. Per row: deliveries/s, the
+/// server's CPU µs per delivery (the daemon process with its gateway; the
+/// mosquitto process), p50/p99 latency, loss, and the batch the gateway's
+/// sender chose (datagrams per `sendmmsg`).
+pub fn relay_bench() -> Result<String> {
+    use std::fmt::Write as _;
+    let mut lab = Lab::new(3)?;
+    let cpu = crate::measure::cpu_model();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "Relay to standard clients ({cpu}; {}-second windows, 21-byte bodies):\n\n\
+         | system | subscribers | publishes/s offered | deliveries/s | server CPU µs/delivery | p50 µs | p99 µs | lost | datagrams per sendmmsg |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        WINDOW.as_secs()
+    )?;
+    // mosquitto, on the router's address (TCP).
+    let conf = std::env::temp_dir().join(format!("{}.conf", crate::unique("scmosq")));
+    std::fs::write(
+        &conf,
+        format!("listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true\nmax_queued_messages 0\n"),
+    )?;
+    let conf2 = conf.clone();
+    let mut child = join(in_ns(&lab.router.name, move || {
+        Ok(std::process::Command::new("mosquitto")
+            .args(["-c", &conf2.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting mosquitto (cargo xtask setup installs it)")?)
+    }))?;
+    let ready = join(in_ns(&lab.router.name, || {
+        for _ in 0..100 {
+            if TcpStream::connect((ROUTER_V4, MQTT_PORT)).is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
+    }))?;
+    let mosq = (|| -> Result<()> {
+        if !ready {
+            bail!("mosquitto did not listen on {ROUTER_V4}:{MQTT_PORT}");
+        }
+        for &k in &RELAY_SUBSCRIBERS {
+            for &rate in &RELAY_RATES {
+                let stop = Arc::new(AtomicBool::new(false));
+                let receivers = mqtt_receivers(&lab, "k1", k, &stop)?;
+                std::thread::sleep(Duration::from_millis(100));
+                let cpu0 = crate::measure::process_cpu_seconds(child.id());
+                let sent = mqtt_senders(&lab, "k1", 21, Some(rate))?;
+                std::thread::sleep(Duration::from_millis(300));
+                let cpu_s = crate::measure::process_cpu_seconds(child.id()) - cpu0;
+                stop.store(true, Ordering::Relaxed);
+                let (delivered, _, mut lat) = collect(receivers)?;
+                let want = sent * k as u64;
+                writeln!(
+                    out,
+                    "| mosquitto | {k} | {rate:.0} | {:.0} | {:.2} | {} | {} | {} | - |",
+                    delivered as f64 / WINDOW.as_secs_f64(),
+                    cpu_s / delivered.max(1) as f64 * 1e6,
+                    percentile(&mut lat, 0.5),
+                    percentile(&mut lat, 0.99),
+                    want.saturating_sub(delivered),
+                )?;
+            }
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&conf);
+    mosq?;
+    // shardcast: the XDP router, the daemon's gateway with its relay.
+    lab.attach_with_relay()?;
+    let shards: Vec<LabShard> = (1..=1).map(LabShard::numbered).collect();
+    lab.offer_plan(&Lab::plan_json(1, &shards, &[("k1", &[1])]))?;
+    for &k in &RELAY_SUBSCRIBERS {
+        for &rate in &RELAY_RATES {
+            let daemon = lab.start_daemon_with(
+                "100ms",
+                "[gateway]\nlisten = \"198.18.1.1:1884\"\nrelay_egress = \"scgw0\"\nrelay_iface = \"scgw1\"",
+            )?;
+            daemon.wait_log(Duration::from_secs(10), |l| l.contains("MQTT-SN gateway"))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let receivers = gateway_receivers(&lab, *b"k1", k, &stop)?;
+            daemon.wait_log(Duration::from_secs(10), |l| {
+                l.contains("relay routes installed")
+            })?;
+            std::thread::sleep(Duration::from_millis(200));
+            let pid = daemon.child.pid();
+            let cpu0 = crate::measure::process_cpu_seconds(pid);
+            let sent = udp_sender(
+                &lab,
+                SocketAddrV4::new(ROUTER_V4, MQTTSN_PORT),
+                *b"k1",
+                21,
+                Some(rate),
+            )?;
+            std::thread::sleep(Duration::from_millis(300));
+            let cpu_s = crate::measure::process_cpu_seconds(pid) - cpu0;
+            stop.store(true, Ordering::Relaxed);
+            let (delivered, _, mut lat) = collect(receivers)?;
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let stopped = daemon.wait_log(Duration::from_secs(10), |l| l.contains("gateway stopped"))?;
+            let field = |key: &str| -> f64 {
+                stopped
+                    .split(&format!("{key}: "))
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let per_call = field("sent") / field("send_calls").max(1.0);
+            let want = sent * k as u64;
+            writeln!(
+                out,
+                "| shardcast relay | {k} | {rate:.0} | {:.0} | {:.2} | {} | {} | {} | {per_call:.1} |",
+                delivered as f64 / WINDOW.as_secs_f64(),
+                cpu_s / delivered.max(1) as f64 * 1e6,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.99),
+                want.saturating_sub(delivered),
+            )?;
+            drop(daemon);
+        }
+    }
+    lab.detach()?;
+    Ok(out)
+}

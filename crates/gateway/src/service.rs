@@ -40,6 +40,9 @@ pub struct Stats {
     /// Publishes received from the shard groups and relayed to the
     /// gateway's own subscribers.
     pub relayed: u64,
+    /// `sendmmsg` calls on the MQTT-SN socket (`sent / send_calls`: the
+    /// batch size the sender chose, on average).
+    pub send_calls: u64,
 }
 
 /// A publish the gateway accepted.
@@ -141,6 +144,7 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => {
                 (hooks.on_sessions)(&changed);
+                stats.send_calls = paced.stats.calls;
                 return Ok((gw, members, stats));
             }
             _ = tick.tick() => {

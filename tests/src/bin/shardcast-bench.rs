@@ -99,7 +99,7 @@ fn run() -> Result<()> {
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout, e2e or migrate"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout, e2e, migrate or relay"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -129,6 +129,12 @@ fn run() -> Result<()> {
     if which == "all" || which == "e2e" {
         println!("{}", integration_tests::e2e_bench::bench()?);
         if which == "e2e" {
+            return Ok(());
+        }
+    }
+    if which == "all" || which == "relay" {
+        println!("{}", integration_tests::e2e_bench::relay_bench()?);
+        if which == "relay" {
             return Ok(());
         }
     }
