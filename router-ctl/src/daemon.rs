@@ -77,7 +77,10 @@ pub struct Daemon {
     registered: BTreeMap<String, std::collections::BTreeSet<u16>>,
     /// The topic filters the gateway's subscribers hold: with a relay,
     /// every plan routes the topics they match to the relay's shard.
-    relay_filters: std::collections::BTreeSet<String>,
+    /// `None` until the gateway first reports them: until then the relay
+    /// routes a plan already has are kept (a restarted daemon must not
+    /// drop them before it knows who subscribes).
+    relay_filters: Option<std::collections::BTreeSet<String>>,
     /// Ids or filters learned since the installed plan was built.
     registered_new: bool,
 }
@@ -174,7 +177,7 @@ impl Daemon {
             commands: None,
             migration: None,
             registered: BTreeMap::new(),
-            relay_filters: Default::default(),
+            relay_filters: None,
             registered_new: false,
         };
         // The plan the data plane holds, if we kept it.
@@ -305,8 +308,8 @@ impl Daemon {
 
     /// The filters the gateway's subscribers hold changed.
     pub fn on_filters(&mut self, filters: std::collections::BTreeSet<String>) {
-        if filters != self.relay_filters {
-            self.relay_filters = filters;
+        if self.relay_filters.as_ref() != Some(&filters) {
+            self.relay_filters = Some(filters);
             self.registered_new = true;
         }
     }
@@ -320,20 +323,21 @@ impl Daemon {
         if let Some(relay) = self.cfg.gateway.as_ref().and_then(|g| g.relay.as_ref()) {
             plan.shards.retain(|s| s.id != relay.shard);
             plan.shards.push(relay.shard_spec());
-            for t in &mut plan.topics {
-                t.shards.retain(|s| *s != relay.shard);
-                let followed = self
-                    .relay_filters
-                    .iter()
-                    .any(|f| shardcast_gateway::session::matches(f, &t.name));
-                if followed {
-                    if t.shards.len() < router_common::maps::MAX_ROUTE_SHARDS {
-                        t.shards.push(relay.shard);
-                    } else {
-                        warn!(
-                            topic = t.name,
-                            "no room on the route for the relay: its gateway subscribers get only what the gateway accepts"
-                        );
+            if let Some(filters) = &self.relay_filters {
+                for t in &mut plan.topics {
+                    t.shards.retain(|s| *s != relay.shard);
+                    let followed = filters
+                        .iter()
+                        .any(|f| shardcast_gateway::session::matches(f, &t.name));
+                    if followed {
+                        if t.shards.len() < router_common::maps::MAX_ROUTE_SHARDS {
+                            t.shards.push(relay.shard);
+                        } else {
+                            warn!(
+                                topic = t.name,
+                                "no room on the route for the relay: its gateway subscribers get only what the gateway accepts"
+                            );
+                        }
                     }
                 }
             }
@@ -369,9 +373,21 @@ impl Daemon {
         let merged = self.with_registered(&doc);
         if merged != doc {
             self.install_document(&merged, true, now)?;
+            let relay_topics = self
+                .cfg
+                .gateway
+                .as_ref()
+                .and_then(|g| g.relay.as_ref())
+                .map_or(0, |r| {
+                    merged
+                        .topics
+                        .iter()
+                        .filter(|t| t.shards.contains(&r.shard))
+                        .count()
+                });
             info!(
                 generation = merged.generation,
-                "registered topic ids and relay routes installed"
+                relay_topics, "registered topic ids and relay routes installed"
             );
         }
         Ok(())

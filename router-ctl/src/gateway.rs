@@ -94,6 +94,10 @@ pub struct Links {
     pub filters: Option<UnboundedSender<std::collections::BTreeSet<String>>>,
 }
 
+/// The gateway's sockets' receive buffers: 8 MiB, ~10,000 small
+/// datagrams of burst.
+const RECV_BUFFER: usize = 8 << 20;
+
 /// Serves until `shutdown` completes.
 pub async fn serve(
     opts: GatewayOptions,
@@ -152,6 +156,7 @@ pub async fn serve(
     let sock = tokio::net::UdpSocket::bind(opts.listen)
         .await
         .with_context(|| format!("gateway: binding {}", opts.listen))?;
+    shardcast_gateway::batch::deepen(&sock, RECV_BUFFER);
     tracing::info!(listen = %opts.listen, "MQTT-SN gateway");
     let relay = match &opts.relay {
         None => None,
@@ -164,6 +169,7 @@ pub async fn serve(
                 idx,
             )
             .with_context(|| format!("joining the relay group {} on {}", r.group, r.iface))?;
+            shardcast_gateway::batch::deepen(&s, RECV_BUFFER);
             tracing::info!(group = %r.group, iface = r.iface, shard = r.shard, "relay");
             Some(s)
         }
@@ -228,6 +234,16 @@ pub async fn serve(
             let _ = tx.send(all);
         }
     };
+    // What the restored persistent sessions follow, reported at once: the
+    // relay's routes for them stay while they are away.
+    for (session, _) in &restored.sessions {
+        if session.persistent {
+            filters
+                .borrow_mut()
+                .insert(session.client_id.clone(), session.subscriptions.clone());
+        }
+    }
+    send_filters();
     let mut on_observed = |topics: &std::collections::BTreeSet<String>| {
         *observed.borrow_mut() = topics.clone();
         send_filters();
@@ -236,8 +252,11 @@ pub async fn serve(
         let mut changed = false;
         for r in records {
             use shardcast_gateway::session::Status;
+            // A persistent session's subscriptions outlive its connection
+            // (its messages wait for it): its topics keep the relay.
             let now = match r.status {
                 Status::Active | Status::Asleep => Some(&r.subscriptions),
+                Status::Disconnected | Status::Lost if r.persistent => Some(&r.subscriptions),
                 Status::Disconnected | Status::Lost => None,
             };
             let mut filters = filters.borrow_mut();

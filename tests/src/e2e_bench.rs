@@ -742,37 +742,7 @@ pub fn bench() -> Result<String> {
     );
     // mosquitto first (TCP: the XDP router would pass it anyway), then the
     // relay, then shardcast attached.
-    let conf = std::env::temp_dir().join(format!("{}.conf", crate::unique("scmosq")));
-    std::fs::write(
-        &conf,
-        format!("listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true\nmax_queued_messages 0\n"),
-    )?;
-    let router_ns = lab.router.name.clone();
-    let conf2 = conf.clone();
-    let child = join(in_ns(&router_ns, move || {
-        let c = std::process::Command::new("mosquitto")
-            .args(["-c", &conf2.display().to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting mosquitto (cargo xtask setup installs it)")?;
-        Ok(c)
-    }))?;
-    let mut child = child;
-    // Wait for its port.
-    let ready = join(in_ns(&router_ns, || {
-        for _ in 0..100 {
-            if TcpStream::connect((ROUTER_V4, MQTT_PORT)).is_ok() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(false)
-    }))?;
-    if !ready {
-        let _ = child.kill();
-        bail!("mosquitto did not listen on {ROUTER_V4}:{MQTT_PORT}");
-    }
+    let (mut child, conf) = start_mosquitto(&lab)?;
     let mut rows: Vec<Row> = Vec::new();
     let r = run_system(&lab, System::Mosquitto, child.id(), &mut rows);
     let _ = child.kill();
@@ -924,6 +894,41 @@ fn gateway_receivers(
     Ok(handles)
 }
 
+/// mosquitto (the Debian package) on the router's address in the lab,
+/// listening: the process and its config file.
+fn start_mosquitto(lab: &Lab) -> Result<(std::process::Child, std::path::PathBuf)> {
+    let conf = std::env::temp_dir().join(format!("{}.conf", crate::unique("scmosq")));
+    std::fs::write(
+        &conf,
+        format!("listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true\nmax_queued_messages 0\n"),
+    )?;
+    let conf2 = conf.clone();
+    let mut child = join(in_ns(&lab.router.name, move || {
+        std::process::Command::new("mosquitto")
+            .args(["-c", &conf2.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting mosquitto (cargo xtask setup installs it)")
+    }))?;
+    let ready = join(in_ns(&lab.router.name, || {
+        for _ in 0..100 {
+            if TcpStream::connect((ROUTER_V4, MQTT_PORT)).is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(false)
+    }))?;
+    if !ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&conf);
+        bail!("mosquitto did not listen on {ROUTER_V4}:{MQTT_PORT}");
+    }
+    Ok((child, conf))
+}
+
 /// Subscriber counts and publish rates of the relay benchmark.
 const RELAY_SUBSCRIBERS: [u32; 2] = [10, 100];
 const RELAY_RATES: [f64; 2] = [200.0, 800.0];
@@ -949,33 +954,8 @@ pub fn relay_bench() -> Result<String> {
         WINDOW.as_secs()
     )?;
     // mosquitto, on the router's address (TCP).
-    let conf = std::env::temp_dir().join(format!("{}.conf", crate::unique("scmosq")));
-    std::fs::write(
-        &conf,
-        format!("listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true\nmax_queued_messages 0\n"),
-    )?;
-    let conf2 = conf.clone();
-    let mut child = join(in_ns(&lab.router.name, move || {
-        Ok(std::process::Command::new("mosquitto")
-            .args(["-c", &conf2.display().to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting mosquitto (cargo xtask setup installs it)")?)
-    }))?;
-    let ready = join(in_ns(&lab.router.name, || {
-        for _ in 0..100 {
-            if TcpStream::connect((ROUTER_V4, MQTT_PORT)).is_ok() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(false)
-    }))?;
+    let (mut child, conf) = start_mosquitto(&lab)?;
     let mosq = (|| -> Result<()> {
-        if !ready {
-            bail!("mosquitto did not listen on {ROUTER_V4}:{MQTT_PORT}");
-        }
         for &k in &RELAY_SUBSCRIBERS {
             for &rate in &RELAY_RATES {
                 let stop = Arc::new(AtomicBool::new(false));
@@ -1019,7 +999,7 @@ pub fn relay_bench() -> Result<String> {
             let stop = Arc::new(AtomicBool::new(false));
             let receivers = gateway_receivers(&lab, *b"k1", k, &stop)?;
             daemon.wait_log(Duration::from_secs(10), |l| {
-                l.contains("relay routes installed")
+                l.contains("relay routes installed") && l.contains("relay_topics=1")
             })?;
             std::thread::sleep(Duration::from_millis(200));
             let pid = daemon.child.pid();
@@ -1037,7 +1017,8 @@ pub fn relay_bench() -> Result<String> {
             let (delivered, _, mut lat) = collect(receivers)?;
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            let stopped = daemon.wait_log(Duration::from_secs(10), |l| l.contains("gateway stopped"))?;
+            let stopped =
+                daemon.wait_log(Duration::from_secs(10), |l| l.contains("gateway stopped"))?;
             let field = |key: &str| -> f64 {
                 stopped
                     .split(&format!("{key}: "))
@@ -1060,6 +1041,26 @@ pub fn relay_bench() -> Result<String> {
             drop(daemon);
         }
     }
+    // Where copies were lost, if anywhere: the router namespace's UDP
+    // counters (the gateway's sockets) and the data plane's reasons.
+    eprintln!(
+        "relay bench: router UDP {}",
+        lab.router
+            .exec(
+                "nstat",
+                &["-az", "UdpRcvbufErrors", "UdpInErrors", "UdpInDatagrams"]
+            )
+            .unwrap_or_default()
+    );
+    let c = lab.counters()?;
+    eprintln!("relay bench: data plane reasons {:?}", c.reasons);
+    eprintln!(
+        "relay bench: publisher link {}\nrouter ingress {}",
+        lab.publisher
+            .exec("ip", &["-s", "link", "show", "p0"])
+            .unwrap_or_default(),
+        lab.router.exec("ip", &["-s", "link"]).unwrap_or_default()
+    );
     lab.detach()?;
     Ok(out)
 }

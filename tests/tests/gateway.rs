@@ -791,7 +791,7 @@ fn standard_subscribers_get_xdp_routed_publishes_through_the_relay() {
     .unwrap();
     daemon
         .wait_log(Duration::from_secs(20), |l| {
-            l.contains("relay routes installed")
+            l.contains("relay routes installed") && l.contains("relay_topics=1")
         })
         .unwrap();
     let installed =

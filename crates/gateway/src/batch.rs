@@ -156,6 +156,18 @@ impl<'a> Sender<'a> {
     }
 }
 
+/// Gives `sock` a receive buffer of `bytes` (past `net.core.rmem_max`
+/// where the process may: root), so that bursts (a publish relayed to
+/// thousands, a migration's confirms) wait in the kernel instead of being
+/// dropped while the gateway works through the previous batch. Returns
+/// whether the forced size was taken.
+pub fn deepen(sock: &UdpSocket, bytes: usize) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(sock, sockopt::RcvBufForce, &bytes)
+        .or_else(|_| setsockopt(sock, sockopt::RcvBuf, &bytes))
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,7 +94,7 @@ fn run() -> Result<()> {
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
         "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout",
-        "e2e", "migrate",
+        "e2e", "migrate", "relay",
     ]
     .contains(&which.as_str())
     {
