@@ -8,7 +8,10 @@
 //! error. And a `kill -9` of the gateway keeps its topic ids and
 //! persistent sessions (the device registry); and in the lab, a QoS 1
 //! publish goes through the data plane's pass-up and the gateway into the
-//! planned shard's group.
+//! planned shard's group. The device protocol on the wire (tokens across
+//! `kill -9`, every refusal), registered ids installed into the data
+//! plane, the relay to standard clients, and CoAP with libcoap's and
+//! aiocoap's clients (tshark decoding the CoAP exchanges too).
 
 use std::{
     net::UdpSocket,
@@ -870,6 +873,9 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
         "127.0.0.1:1884",
         &["--coap-listen", "127.0.0.1:5683"],
     );
+    let pcap = std::env::temp_dir().join(integration_tests::unique("scgwc.pcap"));
+    let mut tshark =
+        integration_tests::tshark_capture(&ns.name, "lo", "udp port 5683", &pcap).unwrap();
     let coap = |args: &[&str]| {
         let mut c = in_ns(&ns, std::path::Path::new("coap-client-notls"), args);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -935,6 +941,58 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
         text.trim_end().ends_with("21.522.0from-mqtt-sn"),
         "{text} {}",
         String::from_utf8_lossy(&seen.stderr)
+    );
+    // Wireshark's CoAP dissector decodes every exchange without a
+    // malformed frame or a warning: requests, ACKs, 4.04, notifications.
+    let _ = Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    let _ = tshark.wait();
+    let out = integration_tests::sh(
+        "tshark",
+        &[
+            "-r",
+            &pcap.display().to_string(),
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "coap.code",
+            "-e",
+            "_ws.malformed",
+            "-e",
+            "_ws.expert.severity",
+            "-e",
+            "coap.opt.observe",
+        ],
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
+    let worst = |r: &Vec<&str>| {
+        r[2].split(',')
+            .filter_map(|s| s.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r[0].is_empty() || !r[1].is_empty() || worst(r) >= 0x60_0000)
+        .collect();
+    assert!(bad.is_empty(), "frames Wireshark flags: {bad:?}\n{out}");
+    let codes: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
+    // GET, PUT, 2.04, 2.05, 4.04 (Wireshark's code numbers).
+    for c in ["1", "3", "68", "69", "132"] {
+        assert!(
+            codes.contains(c),
+            "no CoAP code {c} in the capture: {codes:?}"
+        );
+    }
+    let observed = rows.iter().filter(|r| !r[3].is_empty()).count();
+    assert!(
+        observed >= 4,
+        "registration, its answer and notifications: {out}"
     );
     gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
