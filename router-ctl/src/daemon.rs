@@ -82,7 +82,7 @@ pub struct Daemon {
     /// drop them before it knows who subscribes).
     relay_filters: Option<std::collections::BTreeSet<String>>,
     /// Ids or filters learned since the installed plan was built.
-    registered_new: bool,
+    gateway_changed: bool,
 }
 
 /// Packets per (topic counter slot, device group) in one bucket; named
@@ -178,7 +178,7 @@ impl Daemon {
             migration: None,
             registered: BTreeMap::new(),
             relay_filters: None,
-            registered_new: false,
+            gateway_changed: false,
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
@@ -302,7 +302,7 @@ impl Daemon {
     /// at the next tick into the installed one.
     pub fn on_registered(&mut self, topic: String, id: u16) {
         if self.registered.entry(topic).or_default().insert(id) {
-            self.registered_new = true;
+            self.gateway_changed = true;
         }
     }
 
@@ -310,7 +310,7 @@ impl Daemon {
     pub fn on_filters(&mut self, filters: std::collections::BTreeSet<String>) {
         if self.relay_filters.as_ref() != Some(&filters) {
             self.relay_filters = Some(filters);
-            self.registered_new = true;
+            self.gateway_changed = true;
         }
     }
 
@@ -363,10 +363,10 @@ impl Daemon {
     /// since (same generation), unless a migration is in progress (its
     /// installs carry them).
     fn install_registered(&mut self, now: u64) -> Result<()> {
-        if !self.registered_new || self.migration.is_some() {
+        if !self.gateway_changed || self.migration.is_some() {
             return Ok(());
         }
-        self.registered_new = false;
+        self.gateway_changed = false;
         let Some(doc) = self.document.clone() else {
             return Ok(());
         };

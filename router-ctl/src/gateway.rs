@@ -94,6 +94,9 @@ pub struct Links {
     pub filters: Option<UnboundedSender<std::collections::BTreeSet<String>>>,
 }
 
+/// How stale the gateway's view of the installed plan may be.
+const PLAN_CHECK: Duration = Duration::from_millis(100);
+
 /// The gateway's sockets' receive buffers: 8 MiB, ~10,000 small
 /// datagrams of burst.
 const RECV_BUFFER: usize = 8 << 20;
@@ -374,6 +377,10 @@ struct ShardSender {
     plan: Option<(std::time::SystemTime, shardcast_plan::Plan)>,
     /// Device id → index of its shard in the plan.
     devices: std::collections::HashMap<String, usize>,
+    /// Topic name → index in the plan.
+    topics: std::collections::HashMap<String, usize>,
+    /// When the plan's copy was last looked at.
+    checked: Option<std::time::Instant>,
     /// The plan's mtime when its topics were last handed out.
     topics_seen: Option<std::time::SystemTime>,
     /// (egress, v6) → socket.
@@ -388,6 +395,8 @@ impl ShardSender {
             relay,
             plan: None,
             devices: Default::default(),
+            topics: Default::default(),
+            checked: None,
             topics_seen: None,
             sockets: Default::default(),
         }
@@ -422,6 +431,17 @@ impl ShardSender {
     }
 
     fn refresh(&mut self) {
+        // At most one stat per 100 ms while a plan is loaded: this runs for
+        // every publish the gateway routes and every hello it answers.
+        let now = std::time::Instant::now();
+        if self.plan.is_some()
+            && self
+                .checked
+                .is_some_and(|t| now.duration_since(t) < PLAN_CHECK)
+        {
+            return;
+        }
+        self.checked = Some(now);
         let file = state::plan_file(&self.state_dir);
         let Ok(mtime) = std::fs::metadata(&file).and_then(|m| m.modified()) else {
             self.plan = None;
@@ -432,6 +452,13 @@ impl ShardSender {
         }
         self.plan = state::load_installed_plan(&self.state_dir).map(|p| (mtime, p));
         self.devices.clear();
+        self.topics = self.plan.as_ref().map_or_else(Default::default, |(_, p)| {
+            p.topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect()
+        });
         if let Some((_, p)) = &self.plan {
             let index: std::collections::HashMap<u32, usize> = p
                 .shards
@@ -463,7 +490,7 @@ impl ShardSender {
         let Some((_, plan)) = &self.plan else {
             return 0;
         };
-        let Some(route) = plan.topics.iter().find(|t| t.name == topic) else {
+        let Some(route) = self.topics.get(topic).map(|&i| &plan.topics[i]) else {
             return 0;
         };
         let Ok(datagram) = encode(&Message::Publish {

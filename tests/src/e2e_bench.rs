@@ -929,6 +929,29 @@ fn start_mosquitto(lab: &Lab) -> Result<(std::process::Child, std::path::PathBuf
     Ok((child, conf))
 }
 
+/// One row of the relay table: `sent` publishes to `k` subscribers each.
+#[allow(clippy::too_many_arguments)]
+fn relay_row(
+    system: &str,
+    k: u32,
+    rate: f64,
+    sent: u64,
+    delivered: u64,
+    cpu_s: f64,
+    mut lat: Vec<u32>,
+    per_call: Option<f64>,
+) -> String {
+    format!(
+        "| {system} | {k} | {rate:.0} | {:.0} | {:.2} | {} | {} | {} | {} |\n",
+        delivered as f64 / WINDOW.as_secs_f64(),
+        cpu_s / delivered.max(1) as f64 * 1e6,
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99),
+        (sent * k as u64).saturating_sub(delivered),
+        per_call.map_or("-".to_string(), |p| format!("{p:.1}")),
+    )
+}
+
 /// Subscriber counts and publish rates of the relay benchmark.
 const RELAY_SUBSCRIBERS: [u32; 2] = [10, 100];
 const RELAY_RATES: [f64; 2] = [200.0, 800.0];
@@ -966,17 +989,17 @@ pub fn relay_bench() -> Result<String> {
                 std::thread::sleep(Duration::from_millis(300));
                 let cpu_s = crate::measure::process_cpu_seconds(child.id()) - cpu0;
                 stop.store(true, Ordering::Relaxed);
-                let (delivered, _, mut lat) = collect(receivers)?;
-                let want = sent * k as u64;
-                writeln!(
-                    out,
-                    "| mosquitto | {k} | {rate:.0} | {:.0} | {:.2} | {} | {} | {} | - |",
-                    delivered as f64 / WINDOW.as_secs_f64(),
-                    cpu_s / delivered.max(1) as f64 * 1e6,
-                    percentile(&mut lat, 0.5),
-                    percentile(&mut lat, 0.99),
-                    want.saturating_sub(delivered),
-                )?;
+                let (delivered, _, lat) = collect(receivers)?;
+                out.push_str(&relay_row(
+                    "mosquitto",
+                    k,
+                    rate,
+                    sent,
+                    delivered,
+                    cpu_s,
+                    lat,
+                    None,
+                ));
             }
         }
         Ok(())
@@ -1014,7 +1037,7 @@ pub fn relay_bench() -> Result<String> {
             std::thread::sleep(Duration::from_millis(300));
             let cpu_s = crate::measure::process_cpu_seconds(pid) - cpu0;
             stop.store(true, Ordering::Relaxed);
-            let (delivered, _, mut lat) = collect(receivers)?;
+            let (delivered, _, lat) = collect(receivers)?;
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             let stopped =
@@ -1028,16 +1051,16 @@ pub fn relay_bench() -> Result<String> {
                     .unwrap_or(0.0)
             };
             let per_call = field("sent") / field("send_calls").max(1.0);
-            let want = sent * k as u64;
-            writeln!(
-                out,
-                "| shardcast relay | {k} | {rate:.0} | {:.0} | {:.2} | {} | {} | {} | {per_call:.1} |",
-                delivered as f64 / WINDOW.as_secs_f64(),
-                cpu_s / delivered.max(1) as f64 * 1e6,
-                percentile(&mut lat, 0.5),
-                percentile(&mut lat, 0.99),
-                want.saturating_sub(delivered),
-            )?;
+            out.push_str(&relay_row(
+                "shardcast relay",
+                k,
+                rate,
+                sent,
+                delivered,
+                cpu_s,
+                lat,
+                Some(per_call),
+            ));
             drop(daemon);
         }
     }

@@ -183,20 +183,19 @@ impl Lab {
     /// Attaches the router to `r-in` (egress `r-out`) and the pass program
     /// to `up0`, both in native (driver) mode.
     pub fn attach(&mut self) -> Result<()> {
-        let object = crate::object();
-        self.ctl(&[
-            "--netns",
-            &self.router.name,
-            "attach",
-            "--ingress",
-            "r-in",
-            "--egress",
-            "r-out",
-            "--mode",
-            "driver",
-            "--object",
-            &object.display().to_string(),
-        ])?;
+        self.attach_egress(&["r-out"])
+    }
+
+    /// Attaches the router on `r-in` with these egress interfaces, and the
+    /// pass program on the LAN side of `r-out`.
+    fn attach_egress(&mut self, egress: &[&str]) -> Result<()> {
+        let object = crate::object().display().to_string();
+        let mut args = vec!["--netns", &self.router.name, "attach", "--ingress", "r-in"];
+        for e in egress {
+            args.extend(["--egress", e]);
+        }
+        args.extend(["--mode", "driver", "--object", &object]);
+        self.ctl(&args)?;
         self.ctl(&["--netns", &self.lan.name, "attach-pass", "--iface", "up0"])
     }
 
@@ -217,23 +216,7 @@ impl Lab {
         // is not its route: no reverse-path filter on the relay's side.
         r.sysctl("net.ipv4.conf.scgw1.rp_filter=0")?;
         r.sysctl("net.ipv4.conf.all.rp_filter=0")?;
-        let object = crate::object();
-        self.ctl(&[
-            "--netns",
-            &self.router.name,
-            "attach",
-            "--ingress",
-            "r-in",
-            "--egress",
-            "r-out",
-            "--egress",
-            "scgw0",
-            "--mode",
-            "driver",
-            "--object",
-            &object.display().to_string(),
-        ])?;
-        self.ctl(&["--netns", &self.lan.name, "attach-pass", "--iface", "up0"])?;
+        self.attach_egress(&["r-out", "scgw0"])?;
         self.ctl(&[
             "--netns",
             &self.router.name,

@@ -95,8 +95,7 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     let gw = Gw::start(&ns, &state, "127.0.0.1:1884");
     // Every exchange captured, for Wireshark's MQTT-SN dissector below.
     let pcap = std::env::temp_dir().join(format!("{}.pcap", integration_tests::unique("scgwcap")));
-    let mut tshark =
-        integration_tests::tshark_capture(&ns.name, "lo", "udp port 1884", &pcap).unwrap();
+    let tshark = integration_tests::tshark_capture(&ns.name, "lo", "udp port 1884", &pcap).unwrap();
     // Bounded: a subscriber missing a message exits, failing the test.
     let sub = |topic: &str, count: u32| {
         in_ns(
@@ -178,46 +177,21 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     assert_eq!(lines(&got_wild), ["a", "b", "c", "d", "e"], "{got_wild}");
     assert_eq!(lines(&got_plain), ["a", "b"], "{got_plain}");
     assert_eq!(lines(&got_short), ["z"], "{got_short}");
-    let _ = Command::new("kill")
-        .args(["-INT", &tshark.id().to_string()])
-        .status();
-    let _ = tshark.wait();
-    let out = integration_tests::sh(
-        "tshark",
-        &[
-            "-r",
-            &pcap.display().to_string(),
-            "-d",
-            "udp.port==1884,mqttsn",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "mqttsn.msg.type",
-            "-e",
-            "_ws.malformed",
-            "-e",
-            "_ws.expert.severity",
-        ],
-    )
-    .unwrap();
-    let _ = std::fs::remove_file(&pcap);
-    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
-    // Our one malformed datagram is the only frame Wireshark calls bad
-    // (malformed, or an expert finding at warning level or above; chat and
-    // notes are information).
-    let worst = |r: &Vec<&str>| {
-        r[2].split(',')
-            .filter_map(|s| s.parse::<u32>().ok())
-            .max()
-            .unwrap_or(0)
-    };
-    let bad: Vec<_> = rows
-        .iter()
-        .filter(|r| !r[1].is_empty() || worst(r) >= 0x60_0000 || r[0].is_empty())
-        .collect();
-    assert_eq!(bad.len(), 1, "frames Wireshark flags: {bad:?}\n{out}");
+    // Our one malformed datagram is the only frame Wireshark flags.
+    let d = decode_capture(
+        tshark,
+        &pcap,
+        Some("udp.port==1884,mqttsn"),
+        &["mqttsn.msg.type"],
+    );
+    assert_eq!(
+        d.flagged.len(),
+        1,
+        "frames Wireshark flags: {:?}\n{}",
+        d.flagged,
+        d.text
+    );
+    let rows = d.rows;
     let types: std::collections::BTreeSet<u8> = rows
         .iter()
         .filter_map(|r| u8::from_str_radix(r[0].trim_start_matches("0x"), 16).ok())
@@ -232,6 +206,63 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     }
     gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A stopped capture, decoded: per frame the fields asked for, and the
+/// frames Wireshark flags (the first field missing, malformed, or an
+/// expert finding at warning level or above: chat and notes are
+/// information).
+struct Decoded {
+    text: String,
+    rows: Vec<Vec<String>>,
+    flagged: Vec<Vec<String>>,
+}
+
+/// Stops `tshark` (SIGINT) and decodes `pcap` (removed after), reading
+/// `decode_as` (e.g. `udp.port==1884,mqttsn`) if given.
+fn decode_capture(
+    mut tshark: std::process::Child,
+    pcap: &std::path::Path,
+    decode_as: Option<&str>,
+    fields: &[&str],
+) -> Decoded {
+    let _ = Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    let _ = tshark.wait();
+    let file = pcap.display().to_string();
+    let mut args = vec!["-r", file.as_str()];
+    if let Some(d) = decode_as {
+        args.extend(["-d", d]);
+    }
+    args.extend(["-T", "fields", "-E", "separator=|"]);
+    for f in ["_ws.malformed", "_ws.expert.severity"]
+        .iter()
+        .chain(fields)
+    {
+        args.extend(["-e", f]);
+    }
+    let text = integration_tests::sh("tshark", &args).unwrap();
+    let _ = std::fs::remove_file(pcap);
+    let (mut rows, mut flagged) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let cols: Vec<String> = line.split('|').map(str::to_string).collect();
+        let worst = cols[1]
+            .split(',')
+            .filter_map(|s| s.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        let row = cols[2..].to_vec();
+        if !cols[0].is_empty() || worst >= 0x60_0000 || row[0].is_empty() {
+            flagged.push(row.clone());
+        }
+        rows.push(row);
+    }
+    Decoded {
+        text,
+        rows,
+        flagged,
+    }
 }
 
 /// One request/answer exchange with the gateway over UDP, in the caller's
@@ -874,8 +905,7 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
         &["--coap-listen", "127.0.0.1:5683"],
     );
     let pcap = std::env::temp_dir().join(integration_tests::unique("scgwc.pcap"));
-    let mut tshark =
-        integration_tests::tshark_capture(&ns.name, "lo", "udp port 5683", &pcap).unwrap();
+    let tshark = integration_tests::tshark_capture(&ns.name, "lo", "udp port 5683", &pcap).unwrap();
     let coap = |args: &[&str]| {
         let mut c = in_ns(&ns, std::path::Path::new("coap-client-notls"), args);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -944,44 +974,15 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
     );
     // Wireshark's CoAP dissector decodes every exchange without a
     // malformed frame or a warning: requests, ACKs, 4.04, notifications.
-    let _ = Command::new("kill")
-        .args(["-INT", &tshark.id().to_string()])
-        .status();
-    let _ = tshark.wait();
-    let out = integration_tests::sh(
-        "tshark",
-        &[
-            "-r",
-            &pcap.display().to_string(),
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "coap.code",
-            "-e",
-            "_ws.malformed",
-            "-e",
-            "_ws.expert.severity",
-            "-e",
-            "coap.opt.observe",
-        ],
-    )
-    .unwrap();
-    let _ = std::fs::remove_file(&pcap);
-    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('|').collect()).collect();
-    let worst = |r: &Vec<&str>| {
-        r[2].split(',')
-            .filter_map(|s| s.parse::<u32>().ok())
-            .max()
-            .unwrap_or(0)
-    };
-    let bad: Vec<_> = rows
-        .iter()
-        .filter(|r| r[0].is_empty() || !r[1].is_empty() || worst(r) >= 0x60_0000)
-        .collect();
-    assert!(bad.is_empty(), "frames Wireshark flags: {bad:?}\n{out}");
-    let codes: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
+    let d = decode_capture(tshark, &pcap, None, &["coap.code", "coap.opt.observe"]);
+    let out = &d.text;
+    assert!(
+        d.flagged.is_empty(),
+        "frames Wireshark flags: {:?}\n{out}",
+        d.flagged
+    );
+    let rows = d.rows;
+    let codes: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     // GET, PUT, 2.04, 2.05, 4.04 (Wireshark's code numbers).
     for c in ["1", "3", "68", "69", "132"] {
         assert!(
@@ -989,7 +990,7 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
             "no CoAP code {c} in the capture: {codes:?}"
         );
     }
-    let observed = rows.iter().filter(|r| !r[3].is_empty()).count();
+    let observed = rows.iter().filter(|r| !r[1].is_empty()).count();
     assert!(
         observed >= 4,
         "registration, its answer and notifications: {out}"

@@ -48,14 +48,14 @@ pub enum ControlError {
     #[error("unknown control message {0:?}")]
     Unknown(String),
     #[error("control message {verb}: {what}")]
-    Field { verb: &'static str, what: String },
+    Field { verb: String, what: String },
     #[error("the OS random generator failed: {0}")]
     Random(String),
 }
 
-fn field(verb: &'static str, what: impl Into<String>) -> ControlError {
+fn field(verb: &str, what: impl Into<String>) -> ControlError {
     ControlError::Field {
-        verb,
+        verb: verb.to_string(),
         what: what.into(),
     }
 }
@@ -94,9 +94,9 @@ impl fmt::Debug for Token {
 /// An HMAC-SHA256 tag.
 pub type Tag = [u8; 32];
 
-/// The MAC of `parts` (joined by NUL, so no two field lists collide)
-/// keyed by `token`.
-fn tag(token: &Token, parts: &[&str]) -> Tag {
+/// The HMAC of `parts` (joined by NUL, so no two field lists collide)
+/// keyed by `token`, not yet finalised.
+fn mac(token: &Token, parts: &[&str]) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(&token.0).expect("HMAC takes any key length");
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -104,19 +104,16 @@ fn tag(token: &Token, parts: &[&str]) -> Tag {
         }
         m.update(p.as_bytes());
     }
-    m.finalize().into_bytes().into()
+    m
+}
+
+fn tag(token: &Token, parts: &[&str]) -> Tag {
+    mac(token, parts).finalize().into_bytes().into()
 }
 
 /// Constant-time check of `got` against the MAC of `parts`.
 fn check(token: &Token, parts: &[&str], got: &Tag) -> bool {
-    let mut m = Hmac::<Sha256>::new_from_slice(&token.0).expect("HMAC takes any key length");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            m.update(&[0]);
-        }
-        m.update(p.as_bytes());
-    }
-    m.verify_slice(got).is_ok()
+    mac(token, parts).verify_slice(got).is_ok()
 }
 
 /// Where a device listens: its shard's group and port, in a plan
@@ -249,6 +246,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// In declaration order: counters index by `reason as usize`.
     pub const ALL: [Refusal; 7] = [
         Refusal::TokenHeld,
         Refusal::BadMac,
@@ -516,19 +514,7 @@ impl Control {
             other => return Err(ControlError::Unknown(other.chars().take(32).collect())),
         };
         if let Some(extra) = w.next() {
-            return Err(ControlError::Field {
-                verb: match verb {
-                    "hello" => "hello",
-                    "confirm" => "confirm",
-                    "renewed" => "renewed",
-                    "assign" => "assign",
-                    "renew" => "renew",
-                    "migrate" => "migrate",
-                    "ack" => "ack",
-                    _ => "refused",
-                },
-                what: format!("unexpected {extra:?} at the end"),
-            });
+            return Err(field(verb, format!("unexpected {extra:?} at the end")));
         }
         Ok(msg)
     }
@@ -636,6 +622,13 @@ mod tests {
         assert!(!check_renew(&n, "dev-1", &n, 5, &r));
         // Secrets are not printed.
         assert_eq!(format!("{t:?}"), "Token(..)");
+    }
+
+    #[test]
+    fn refusals_are_listed_in_declaration_order() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
     }
 
     #[test]

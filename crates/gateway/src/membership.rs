@@ -187,7 +187,7 @@ impl Membership {
     }
 
     fn refuse(&mut self, out: &mut Vec<Out>, client: &str, to: SocketAddr, reason: Refusal) {
-        self.refused[Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0)] += 1;
+        self.refused[reason as usize] += 1;
         tracing::debug!(client, %to, reason = reason.label(), "control message refused");
         out.push(Out::Send {
             client: client.to_string(),
@@ -292,6 +292,16 @@ impl Membership {
         }));
     }
 
+    /// The member a device-to-gateway message comes from: it must hold a
+    /// valid token and speak from its session's address.
+    fn sender(&self, client: &str, from: SocketAddr, now_ms: u64) -> Result<&Member, Refusal> {
+        match self.members.get(client) {
+            Some(m) if m.rec.expires_ms > now_ms && m.rec.address == from => Ok(m),
+            Some(m) if m.rec.expires_ms > now_ms => Err(Refusal::WrongSource),
+            _ => Err(Refusal::Expired),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn confirm(
         &mut self,
@@ -303,14 +313,12 @@ impl Membership {
         now_ms: u64,
         out: &mut Vec<Out>,
     ) {
-        let reason = match self.members.get(client) {
-            None => Some(Refusal::Expired),
-            Some(m) if m.rec.expires_ms <= now_ms => Some(Refusal::Expired),
-            Some(m) if m.rec.address != from => Some(Refusal::WrongSource),
-            Some(m) if !check_confirm(&m.rec.token, client, generation, shard, tag) => {
+        let reason = match self.sender(client, from, now_ms) {
+            Err(r) => Some(r),
+            Ok(m) if !check_confirm(&m.rec.token, client, generation, shard, tag) => {
                 Some(Refusal::BadMac)
             }
-            Some(m) => match &m.pending {
+            Ok(m) => match &m.pending {
                 Some(p) if p.to.generation == generation && p.to.shard == shard => None,
                 Some(p) if generation < p.to.generation => Some(Refusal::Replayed),
                 // A repeated confirm (our ack was lost): ack again.
@@ -357,11 +365,9 @@ impl Membership {
         now_ms: u64,
         out: &mut Vec<Out>,
     ) {
-        let reason = match self.members.get(client) {
-            None => Some(Refusal::Expired),
-            Some(m) if m.rec.expires_ms <= now_ms => Some(Refusal::Expired),
-            Some(m) if m.rec.address != from => Some(Refusal::WrongSource),
-            Some(m) => match m.rec.next {
+        let reason = match self.sender(client, from, now_ms) {
+            Err(r) => Some(r),
+            Ok(m) => match m.rec.next {
                 Some((next, exp))
                     if exp == expires_ms && check_renewed(&next, client, expires_ms, tag) =>
                 {

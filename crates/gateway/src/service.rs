@@ -176,13 +176,8 @@ pub async fn serve(
                     migrate(&mut members, c, &mut batch.outs);
                 }
             }
-            r = async {
-                match &relay {
-                    Some(r) => r.recv(&mut rbuf).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let n = r?;
+            r = recv_from(relay.as_ref(), &mut rbuf) => {
+                let (n, _) = r?;
                 relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats);
                 while batch.datagrams < BATCH {
                     let Some(r) = &relay else { break };
@@ -193,21 +188,11 @@ pub async fn serve(
                     }
                 }
             }
-            r = async {
-                match &relay_coap {
-                    Some(r) => r.recv(&mut crbuf).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let n = r?;
+            r = recv_from(relay_coap.as_ref(), &mut crbuf) => {
+                let (n, _) = r?;
                 relay_coap_one(&mut gw, coap.as_mut(), &crbuf[..n], &mut batch, &mut stats);
             }
-            r = async {
-                match &coap_sock {
-                    Some(s) => s.recv_from(&mut cbuf).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            r = recv_from(coap_sock.as_ref(), &mut cbuf) => {
                 let (n, from) = r?;
                 stats.received += 1;
                 batch.datagrams += 1;
@@ -258,6 +243,15 @@ pub async fn serve(
                 (hooks.on_observed)(&observed);
             }
         }
+    }
+}
+
+/// A datagram from `sock`, or never when there is no such socket (a
+/// `select!` branch for an optional socket).
+async fn recv_from(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 
