@@ -39,6 +39,11 @@ pub struct DaemonConfig {
     pub history: HistorySection,
     /// The MQTT-SN gateway the daemon runs (absent: none).
     pub gateway: Option<crate::gateway::GatewayOptions>,
+    /// The control cycle (absent: the daemon installs plan files only).
+    pub cycle: Option<crate::cycle::CycleConfig>,
+    /// Where the Prometheus endpoint listens (`metrics.listen`; absent:
+    /// none).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +83,9 @@ pub struct HistorySection {
     pub downsample_to: Duration,
 }
 
+/// History buckets the cycle keeps in memory per topic.
+pub const MAX_CYCLE_BUCKETS: u64 = 20_000;
+
 // What the file holds, before validation.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +97,30 @@ struct RawFile {
     #[serde(default)]
     history: RawHistory,
     gateway: Option<RawGateway>,
+    cycle: Option<RawCycle>,
+    metrics: Option<RawMetrics>,
+    /// Shard boundary policy of the cycle's plans (`docs/workload-format.md`).
+    policy: Option<shardcast_planner::workload::Policy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCycle {
+    mode: Option<String>,
+    period: Option<String>,
+    lead: Option<String>,
+    season: Option<String>,
+    window: Option<String>,
+    horizons: Option<Vec<String>>,
+    seed: Option<u64>,
+    resources: Option<shardcast_planner::workload::Resources>,
+    cost: Option<shardcast_planner::workload::CostWeights>,
 }
 
 #[derive(Deserialize, Default)]
@@ -427,11 +459,101 @@ impl DaemonConfig {
                 })
             }
         };
+        if raw.policy.is_some() && raw.cycle.is_none() {
+            return Err(bad(
+                "policy",
+                "is given without a [cycle] section: only the cycle's plans follow it".into(),
+            ));
+        }
+        let cycle = match raw.cycle {
+            None => None,
+            Some(c) => {
+                let mode = c
+                    .mode
+                    .as_deref()
+                    .unwrap_or("predictive")
+                    .parse()
+                    .map_err(|e| bad("cycle.mode", e))?;
+                let period = duration("cycle.period", c.period, "5m", daemon.tick)?;
+                let lead = duration("cycle.lead", c.lead, "10m", Duration::ZERO)?;
+                let season = duration("cycle.season", c.season, "1d", bucket)?;
+                let window = duration("cycle.window", c.window, "3d", bucket)?;
+                let buckets = window.as_secs() / bucket.as_secs();
+                if buckets > MAX_CYCLE_BUCKETS {
+                    return Err(bad(
+                        "cycle.window",
+                        format!(
+                            "{} is {buckets} history buckets; at most {MAX_CYCLE_BUCKETS} are kept in memory (a longer history.bucket, or a shorter window)",
+                            humantime::format_duration(window)
+                        ),
+                    ));
+                }
+                let mut horizons = Vec::new();
+                for h in c
+                    .horizons
+                    .unwrap_or_else(|| vec!["5m".into(), "1h".into(), "24h".into()])
+                {
+                    let d = duration("cycle.horizons", Some(h.clone()), "", bucket)?;
+                    if d > window {
+                        return Err(bad(
+                            "cycle.horizons",
+                            format!("{h:?} is beyond cycle.window: nothing to forecast it from"),
+                        ));
+                    }
+                    horizons.push((h, d));
+                }
+                if horizons.len() > 8 {
+                    return Err(bad("cycle.horizons", "more than 8 horizons".into()));
+                }
+                let resources = c.resources.ok_or_else(|| {
+                    bad(
+                        "cycle.resources",
+                        "is missing: the shards' capacity and egress (shard_capacity, max_shards, egress)".into(),
+                    )
+                })?;
+                resources
+                    .validate()
+                    .map_err(|e| bad("cycle.resources", e.to_string()))?;
+                let policy = raw.policy.unwrap_or_default();
+                policy.check().map_err(|e| bad("policy", e.to_string()))?;
+                Some(crate::cycle::CycleConfig {
+                    mode,
+                    period,
+                    lead,
+                    season,
+                    window,
+                    horizons,
+                    resources,
+                    cost: c.cost.unwrap_or_default(),
+                    policy,
+                    seed: c.seed.unwrap_or(1),
+                })
+            }
+        };
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => {
+                let text = m.listen.ok_or_else(|| {
+                    bad(
+                        "metrics.listen",
+                        "is missing: the address and port to serve /metrics on (e.g. \"127.0.0.1:9464\")".into(),
+                    )
+                })?;
+                Some(text.parse().map_err(|_| {
+                    bad(
+                        "metrics.listen",
+                        format!("{text:?} is not an address and port (e.g. \"127.0.0.1:9464\")"),
+                    )
+                })?)
+            }
+        };
         Ok(DaemonConfig {
             dataplane,
             daemon,
             history,
             gateway,
+            cycle,
+            metrics,
         })
     }
 }

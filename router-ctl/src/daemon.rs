@@ -33,7 +33,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     config::DaemonConfig,
+    cycle::{CycleConfig, Decision, Mode, Trigger},
     history::{History, Settings},
+    load::LoadSeries,
     migrate::Migration,
     state,
 };
@@ -83,6 +85,72 @@ pub struct Daemon {
     relay_filters: Option<std::collections::BTreeSet<String>>,
     /// Ids or filters learned since the installed plan was built.
     gateway_changed: bool,
+    /// The control cycle, with a `[cycle]` section.
+    cycle: Option<CycleState>,
+    /// Installs by this daemon, and how long the last took.
+    installs: u64,
+    last_install: Duration,
+    migrations: MigrationCounts,
+}
+
+/// Device migrations by outcome, since the daemon started.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct MigrationCounts {
+    pub started: u64,
+    pub confirmed: u64,
+    pub timed_out: u64,
+    pub unreachable: u64,
+}
+
+/// What the metrics and `status` show of a running daemon.
+pub struct View {
+    pub generation: u64,
+    pub installs: u64,
+    pub last_install: Duration,
+    pub shards: Vec<crate::cycle::ShardLoad>,
+    pub reasons: Vec<(&'static str, u64)>,
+    pub migrations: MigrationCounts,
+    pub migrating: bool,
+    pub cycle: Option<CycleView>,
+}
+
+/// The control cycle's part of a [`View`].
+pub struct CycleView {
+    pub mode: Mode,
+    pub counts: CycleCounts,
+    pub devices: usize,
+    pub last: Option<Decision>,
+}
+
+/// What the control cycle keeps between cycles.
+pub struct CycleState {
+    pub cfg: CycleConfig,
+    /// Recent load per topic (complete buckets and the one under way).
+    pub load: LoadSeries,
+    /// The shard-aware devices, as the gateway reports them.
+    pub devices: BTreeMap<String, shardcast_planner::workload::Device>,
+    /// The mode in force (`cycle.mode`, or the run-time override).
+    pub mode: Mode,
+    /// The override file's mtime when last read.
+    mode_seen: Option<SystemTime>,
+    /// When the last cycle ran (unix seconds).
+    last_run: Option<u64>,
+    /// The newest bucket checked for a measured overload.
+    overload_checked: Option<u64>,
+    /// The last decision (for the metrics and `status`).
+    pub last: Option<Decision>,
+    pub counts: CycleCounts,
+}
+
+/// Counters of the cycle's work (for the metrics).
+#[derive(Clone, Debug, Default)]
+pub struct CycleCounts {
+    pub cycles: u64,
+    pub installs: u64,
+    pub advised: u64,
+    pub created: u64,
+    pub merged: u64,
+    pub failed: u64,
 }
 
 /// Packets per (topic counter slot, device group) in one bucket; named
@@ -98,6 +166,8 @@ pub struct TickReport {
     pub flushed: bool,
     pub read: Duration,
     pub write: Duration,
+    /// The control cycle's decision, when one ran.
+    pub decision: Option<Decision>,
 }
 
 impl Daemon {
@@ -163,6 +233,37 @@ impl Daemon {
             .into_iter()
             .collect();
         let bucket_secs = history.settings().bucket.as_secs();
+        let cycle = match &cfg.cycle {
+            None => None,
+            Some(c) => {
+                let cap = (c.window.as_secs() / bucket_secs).max(1) as usize;
+                let mut load = LoadSeries::new(bucket_secs, cap);
+                let since = now_unix().saturating_sub(c.window.as_secs());
+                let mut rows = history.rows()?;
+                rows.retain(|r| r.ts >= since);
+                rows.sort_by_key(|r| r.ts);
+                for r in &rows {
+                    load.add(r.ts, &r.topic, r.count as f64);
+                }
+                info!(
+                    buckets = load.len(),
+                    mode = c.mode.label(),
+                    period = %humantime::format_duration(c.period),
+                    "control cycle: load history loaded"
+                );
+                Some(CycleState {
+                    cfg: c.clone(),
+                    load,
+                    devices: BTreeMap::new(),
+                    mode: c.mode,
+                    mode_seen: None,
+                    last_run: None,
+                    overload_checked: None,
+                    last: None,
+                    counts: CycleCounts::default(),
+                })
+            }
+        };
         let mut daemon = Daemon {
             cfg,
             dp,
@@ -179,6 +280,10 @@ impl Daemon {
             registered: BTreeMap::new(),
             relay_filters: None,
             gateway_changed: false,
+            cycle,
+            installs: 0,
+            last_install: Duration::ZERO,
+            migrations: MigrationCounts::default(),
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
@@ -243,6 +348,12 @@ impl Daemon {
         }
         plan.compile()
             .with_context(|| format!("plan {} is invalid", path.display()))?;
+        self.offer(plan, now).map(Some)
+    }
+
+    /// Installs `plan` (a newer generation), make-before-break when it
+    /// moves devices and a gateway carries the migrate commands.
+    fn offer(&mut self, plan: Plan, now: u64) -> Result<u64> {
         if self.commands.is_some()
             && let Some(old) = &self.document
         {
@@ -250,6 +361,7 @@ impl Daemon {
                 Ok(Some(m)) => {
                     let first = m.installable();
                     let r = self.install_document(&first, false, now)?;
+                    self.migrations.started += m.stats.moves as u64;
                     info!(
                         generation = plan.generation,
                         moves = m.stats.moves,
@@ -257,7 +369,7 @@ impl Daemon {
                     );
                     self.migration = Some((m, Instant::now()));
                     self.send_batch();
-                    return Ok(Some(r));
+                    return Ok(r);
                 }
                 Ok(None) => {}
                 Err(e) => warn!(
@@ -266,7 +378,7 @@ impl Daemon {
                 ),
             }
         }
-        self.install_document(&plan, false, now).map(Some)
+        self.install_document(&plan, false, now)
     }
 
     /// Sends the migration's next batch of commands.
@@ -430,6 +542,9 @@ impl Daemon {
         let (m, _) = self.migration.take().expect("checked above");
         self.install_document(&plan, true, now)?;
         let s = m.stats;
+        self.migrations.confirmed += s.confirmed as u64;
+        self.migrations.timed_out += s.timed_out as u64;
+        self.migrations.unreachable += s.unreachable as u64;
         info!(
             generation = m.generation(),
             moves = s.moves,
@@ -457,6 +572,8 @@ impl Daemon {
             self.flush(now)?;
         }
         let r = self.dp.install(&compiled, force)?;
+        self.installs += 1;
+        self.last_install = r.total;
         // Keep the document beside the pins' state (names for `maps dump`
         // and for a restarted daemon), atomically. The plan is installed
         // whether or not that works: a failed save is logged as what it is,
@@ -532,6 +649,17 @@ impl Daemon {
             .into_iter()
             .map(|(k, s)| (s, k))
             .collect();
+        if let Some(c) = &mut self.cycle {
+            let mut per_topic: FxHashMap<u32, u64> = FxHashMap::default();
+            for ((slot, _), n) in &cells {
+                *per_topic.entry(*slot).or_default() += n;
+            }
+            for (slot, n) in per_topic {
+                if let Some(name) = slots.get(&slot).and_then(|k| self.names.get(k)) {
+                    c.load.add(start, name, n as f64);
+                }
+            }
+        }
         self.writer.send(Job::Bucket {
             start,
             now,
@@ -577,7 +705,255 @@ impl Daemon {
         let t = Instant::now();
         self.collect(now, &mut report)?;
         report.write = t.elapsed().saturating_sub(report.read);
+        match self.maybe_cycle(now) {
+            Ok(Some(d)) => report.decision = Some(d),
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(c) = &mut self.cycle {
+                    c.counts.failed += 1;
+                }
+                error!("control cycle: {e:#}");
+            }
+        }
         Ok(report)
+    }
+
+    /// A device update from the gateway.
+    pub fn on_device(&mut self, (client, device): crate::devices::DeviceUpdate) {
+        if let Some(c) = &mut self.cycle {
+            match device {
+                Some(d) => {
+                    c.devices.insert(client, d);
+                }
+                None => {
+                    c.devices.remove(&client);
+                }
+            }
+        }
+    }
+
+    /// The daemon's state for the metrics: the installed plan's shards
+    /// with their load over the last complete bucket (and what the last
+    /// cycle planned them for), the data plane's counters by reason.
+    pub fn view(&self) -> Result<View> {
+        let now = now_unix();
+        let counters = self.dp.counters()?;
+        let base = self.planning_base();
+        let planned: HashMap<u32, f64> = self
+            .cycle
+            .as_ref()
+            .and_then(|c| c.last.as_ref())
+            .map(|d| d.shards.iter().map(|s| (s.id, s.planned)).collect())
+            .unwrap_or_default();
+        let shards = base
+            .iter()
+            .flat_map(|p| {
+                p.shards.iter().map(|s| {
+                    let measured = self.cycle.as_ref().map_or(0.0, |c| {
+                        p.topics
+                            .iter()
+                            .filter(|t| t.shards.contains(&s.id))
+                            .map(|t| c.load.last_rate(&t.name, now))
+                            .sum()
+                    });
+                    let (capacity, headroom) = self.cycle.as_ref().map_or((0.0, 0.0), |c| {
+                        (c.cfg.resources.shard_capacity, c.cfg.resources.headroom)
+                    });
+                    crate::cycle::ShardLoad {
+                        id: s.id,
+                        devices: p.devices.iter().filter(|d| d.shard == s.id).count(),
+                        measured,
+                        planned: planned.get(&s.id).copied().unwrap_or(0.0),
+                        usable: s.capacity.unwrap_or(capacity) * (1.0 - headroom),
+                    }
+                })
+            })
+            .collect();
+        Ok(View {
+            generation: self.dp.meta()?.generation,
+            installs: self.installs,
+            last_install: self.last_install,
+            shards,
+            reasons: counters
+                .reasons
+                .iter()
+                .map(|(r, c)| (r.label(), c.packets))
+                .collect(),
+            migrations: self.migrations,
+            migrating: self.migration.is_some(),
+            cycle: self.cycle.as_ref().map(|c| CycleView {
+                mode: c.mode,
+                counts: c.counts.clone(),
+                devices: c.devices.len(),
+                last: c.last.clone(),
+            }),
+        })
+    }
+
+    /// The control cycle's state (with a `[cycle]` section).
+    pub fn cycle(&self) -> Option<&CycleState> {
+        self.cycle.as_ref()
+    }
+
+    /// The installed plan as the planner should see it: without the
+    /// relay's shard and routes (the daemon adds those to every plan).
+    fn planning_base(&self) -> Option<Plan> {
+        let mut p = self.document.clone()?;
+        if let Some(relay) = self.cfg.gateway.as_ref().and_then(|g| g.relay.as_ref()) {
+            p.shards.retain(|s| s.id != relay.shard);
+            for t in &mut p.topics {
+                t.shards.retain(|s| *s != relay.shard);
+            }
+            p.topics.retain(|t| !t.shards.is_empty());
+        }
+        for t in &mut p.topics {
+            t.mqttsn_registered_ids.clear();
+        }
+        Some(p)
+    }
+
+    /// Runs a cycle when one is due: the period elapsed, a shard ran over
+    /// its usable capacity in the bucket just completed, or devices wait
+    /// for a placement (at most every tenth of the period). Never during a
+    /// migration: devices move from one placement at a time.
+    fn maybe_cycle(&mut self, now: u64) -> Result<Option<Decision>> {
+        let base = self.planning_base();
+        let Some(c) = &mut self.cycle else {
+            return Ok(None);
+        };
+        // The run-time mode override.
+        let file = state::mode_file(&self.cfg.daemon.state_dir);
+        let seen = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        if seen != c.mode_seen {
+            c.mode_seen = seen;
+            let mode = match std::fs::read_to_string(&file) {
+                Ok(text) => match text.trim().parse::<Mode>() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        error!(file = %file.display(), "mode override ignored: {e}");
+                        c.cfg.mode
+                    }
+                },
+                Err(_) => c.cfg.mode,
+            };
+            if mode != c.mode {
+                info!(
+                    from = c.mode.label(),
+                    to = mode.label(),
+                    "control cycle: mode changed"
+                );
+                c.mode = mode;
+            }
+        }
+        if self.migration.is_some() {
+            return Ok(None);
+        }
+        let period = c.cfg.period.as_secs().max(1);
+        let mut trigger = None;
+        if c.last_run.is_none_or(|t| now >= t + period) {
+            trigger = Some(Trigger::Period);
+        }
+        // The bucket just completed, measured against the installed routes.
+        let complete = now - now % c.load.bucket_secs();
+        let last_complete = complete.checked_sub(c.load.bucket_secs());
+        if trigger.is_none()
+            && last_complete.is_some()
+            && c.overload_checked != last_complete
+            && let Some(base) = &base
+        {
+            c.overload_checked = last_complete;
+            let usable = c.cfg.resources.usable_capacity();
+            for s in &base.shards {
+                let rate: f64 = base
+                    .topics
+                    .iter()
+                    .filter(|t| t.shards.contains(&s.id))
+                    .map(|t| c.load.last_rate(&t.name, now))
+                    .sum();
+                let usable = s
+                    .capacity
+                    .map_or(usable, |cap| cap * (1.0 - c.cfg.resources.headroom));
+                if rate > usable {
+                    trigger = Some(Trigger::Overload {
+                        shard: s.id,
+                        rate,
+                        usable,
+                    });
+                    break;
+                }
+            }
+        }
+        if trigger.is_none() && c.last_run.is_none_or(|t| now >= t + (period / 10).max(1)) {
+            let placed: std::collections::HashSet<&str> = base
+                .iter()
+                .flat_map(|p| p.devices.iter().map(|d| d.id.as_str()))
+                .collect();
+            let unplaced = c
+                .devices
+                .keys()
+                .filter(|d| !placed.contains(d.as_str()))
+                .count();
+            if unplaced > 0 {
+                trigger = Some(Trigger::Unplaced { devices: unplaced });
+            }
+        }
+        let Some(trigger) = trigger else {
+            return Ok(None);
+        };
+        let mode = c.mode;
+        let mut d = crate::cycle::decide(
+            &c.cfg,
+            crate::cycle::Inputs {
+                now,
+                mode,
+                trigger,
+                load: &c.load,
+                devices: &c.devices,
+                installed: base.as_ref(),
+            },
+        )?;
+        c.last_run = Some(now);
+        c.counts.cycles += 1;
+        match d.action {
+            "install" => {
+                c.counts.installs += 1;
+                c.counts.created += d.created as u64;
+                c.counts.merged += d.merged as u64;
+            }
+            "advise" => c.counts.advised += 1,
+            _ => {}
+        }
+        // The plan carries on from the data plane's generation (a plan
+        // file may have installed past the document's).
+        let installed = self.dp.meta()?.generation;
+        if let Some(p) = &mut d.plan {
+            p.generation = p.generation.max(installed + 1);
+            d.generation = Some(p.generation);
+        }
+        let line = serde_json::to_string(&d)?;
+        if let Err(e) = state::append_decision(&self.cfg.daemon.state_dir, &line) {
+            error!("decision log: {e:#}");
+        }
+        info!(
+            mode = mode.label(),
+            trigger = %d.trigger,
+            action = d.action,
+            generation = d.generation,
+            forecast_ms = d.forecast_ms,
+            plan_ms = d.plan_ms,
+            "control cycle: {}",
+            d.reason
+        );
+        let plan = (d.action == "install").then(|| d.plan.clone()).flatten();
+        if let Some(c) = &mut self.cycle {
+            let mut kept = d.clone();
+            kept.plan = None;
+            c.last = Some(kept);
+        }
+        if let Some(plan) = plan {
+            self.offer(plan, now)?;
+        }
+        Ok(Some(d))
     }
 
     /// Writes the open bucket; detaches if configured to.
@@ -767,13 +1143,25 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let tick = cfg.daemon.tick;
         let gateway = cfg.gateway.clone();
+        // Bound before the data plane is touched: a taken port is named
+        // at once.
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let mut daemon = Daemon::start(cfg)?;
+        let (scrape_tx, mut scrape_rx) = tokio::sync::mpsc::channel::<crate::metrics::Scrape>(16);
+        if let Some(l) = metrics {
+            info!(listen = %l.local_addr()?, "metrics endpoint");
+            tokio::spawn(crate::metrics::serve(l, scrape_tx));
+        }
         // The gateway runs beside the tick loop on this thread, and stops
         // with it; migrate commands go to it, membership events come back.
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u16)>();
         let (filters_tx, mut filters_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (dev_tx, mut dev_rx) = tokio::sync::mpsc::unbounded_channel();
         if gateway.is_some() {
             daemon.link_gateway(cmd_tx);
         }
@@ -785,6 +1173,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                     None => Ok(()),
                     Some(opts) => {
                         let links = crate::gateway::Links {
+                            devices: Some(dev_tx),
                             commands: Some(cmd_rx),
                             events: Some(ev_tx),
                             registered: Some(reg_tx),
@@ -813,6 +1202,14 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                 }
                 Some((topic, id)) = reg_rx.recv() => daemon.on_registered(topic, id),
                 Some(f) = filters_rx.recv() => daemon.on_filters(f),
+                Some(u) = dev_rx.recv() => daemon.on_device(u),
+                Some(reply) = scrape_rx.recv() => {
+                    let text = crate::metrics::render(&daemon).unwrap_or_else(|e| {
+                        warn!("metrics: {e:#}");
+                        format!("# metrics unavailable: {e:#}\n# EOF\n")
+                    });
+                    let _ = reply.send(text);
+                }
                 Some(e) = ev_rx.recv() => {
                     if let Err(e) = daemon.on_event(&e, now_unix()) {
                         warn!("migration: {e:#}");

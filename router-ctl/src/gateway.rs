@@ -92,6 +92,9 @@ pub struct Links {
     /// The topic filters the gateway's subscribers hold (all of them, on
     /// every change), for the relay's routes.
     pub filters: Option<UnboundedSender<std::collections::BTreeSet<String>>>,
+    /// The shard-aware devices as the planner sees them (every member at
+    /// start, then each change), for the control cycle's workload.
+    pub devices: Option<UnboundedSender<crate::devices::DeviceUpdate>>,
 }
 
 /// How stale the gateway's view of the installed plan may be.
@@ -146,8 +149,19 @@ pub async fn serve(
         retry_ms: opts.migrate_retry.as_millis() as u64,
     });
     let restored_members = restored.members.len();
+    let book = RefCell::new(crate::devices::DeviceBook::default());
+    for (session, _) in &restored.sessions {
+        book.borrow_mut().session(session);
+    }
     for m in restored.members {
+        book.borrow_mut().member(&m.client.clone(), Some(&m));
         members.restore(m);
+    }
+    let devices_tx = links.devices;
+    if let Some(tx) = &devices_tx {
+        for u in book.borrow().all() {
+            let _ = tx.send(u);
+        }
     }
     tracing::info!(
         registry = %opts.registry.display(),
@@ -229,10 +243,17 @@ pub async fn serve(
     let filters: RefCell<std::collections::HashMap<String, Vec<String>>> = Default::default();
     let observed: RefCell<std::collections::BTreeSet<String>> = Default::default();
     let filters_tx = links.filters;
+    // Shard-aware devices' filters say what they follow; their group
+    // carries it, not the relay.
     let send_filters = || {
         if let Some(tx) = &filters_tx {
-            let mut all: std::collections::BTreeSet<String> =
-                filters.borrow().values().flatten().cloned().collect();
+            let book = book.borrow();
+            let mut all: std::collections::BTreeSet<String> = filters
+                .borrow()
+                .iter()
+                .filter(|(c, _)| !book.is_member(c))
+                .flat_map(|(_, f)| f.iter().cloned())
+                .collect();
             all.extend(observed.borrow().iter().cloned());
             let _ = tx.send(all);
         }
@@ -272,6 +293,13 @@ pub async fn serve(
                 };
             }
         }
+        for r in records {
+            if let Some(u) = book.borrow_mut().session(r)
+                && let Some(tx) = &devices_tx
+            {
+                let _ = tx.send(u);
+            }
+        }
         if changed {
             send_filters();
         }
@@ -299,6 +327,18 @@ pub async fn serve(
             // Not committed: the tokens must not leave. The membership
             // still holds them; the devices ask again.
             tracing::error!("{e}");
+        }
+        let mut joined_or_left = false;
+        for (client, r) in records {
+            joined_or_left |= book.borrow().is_member(client) != r.is_some();
+            if let Some(u) = book.borrow_mut().member(client, r.as_ref())
+                && let Some(tx) = &devices_tx
+            {
+                let _ = tx.send(u);
+            }
+        }
+        if joined_or_left {
+            send_filters();
         }
     };
     let events = links.events;

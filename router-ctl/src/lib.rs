@@ -5,7 +5,8 @@
 //! [`shardcast_plan`] the routing-state document, [`shardcast_forecast`],
 //! [`shardcast_planner`] and [`shardcast_sim`] the predictions, plans and
 //! simulations); this crate holds what ties them together on a router:
-//! the daemon's [`config`], the [`daemon`] itself, its [`history`] store,
+//! the daemon's [`config`], the [`daemon`] itself, the [`devices`] its
+//! gateway reports, its [`history`] store,
 //! the MQTT-SN [`gateway`] it runs, the [`state`] files the CLI and the
 //! daemon share, and the [`cli`].
 //!
@@ -21,8 +22,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod cycle;
 pub mod daemon;
+pub mod devices;
 pub mod gateway;
 pub mod history;
+pub mod load;
+pub mod metrics;
 pub mod migrate;
 pub mod state;

@@ -43,6 +43,37 @@ pub fn load_installed_plan(dir: &Path) -> Option<Plan> {
     Plan::from_file(&plan_file(dir)).ok()
 }
 
+/// The run-time mode of the control cycle (`router-ctl cycle --mode`),
+/// overriding `cycle.mode` while it exists.
+pub fn mode_file(dir: &Path) -> PathBuf {
+    dir.join("cycle-mode")
+}
+
+/// The control cycle's decision log: one JSON object per cycle.
+pub fn decisions_file(dir: &Path) -> PathBuf {
+    dir.join("decisions.jsonl")
+}
+
+/// The decision log is rotated (to `decisions.jsonl.1`) past this size.
+pub const DECISIONS_MAX_BYTES: u64 = 64 << 20;
+
+/// Appends one line to the decision log, rotating it first when full.
+pub fn append_decision(dir: &Path, line: &str) -> Result<()> {
+    let path = decisions_file(dir);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= DECISIONS_MAX_BYTES) {
+        std::fs::rename(&path, path.with_extension("jsonl.1"))
+            .with_context(|| format!("rotating {}", path.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // One write per line: a reader never sees half a decision.
+    f.write_all(format!("{line}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Removes the installed plan's copy (after a detach).
 pub fn forget_plan(dir: &Path) {
     let _ = std::fs::remove_file(plan_file(dir));

@@ -15,7 +15,7 @@ use std::{
 
 use shardcast_gateway::{
     control::{Assignment, Attributes, CONTROL_ID, Control},
-    mqttsn::{Flags, Message, Qos, ReturnCode, decode, encode},
+    mqttsn::{Flags, Message, Qos, ReturnCode, TopicRef, decode, encode},
 };
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol as SockProtocol, Socket, Type};
 use tokio::{io::ReadBuf, net::UdpSocket, time::Instant};
@@ -63,6 +63,11 @@ pub struct DeviceConfig {
     /// How long a group is kept after the move that left it was
     /// acknowledged (publishes to it still on their way arrive).
     pub linger: Duration,
+    /// Topic names (or `+`/`#` filters) the device follows: subscribed
+    /// through the gateway after `hello`, so that the registry, and the
+    /// planner placing the device, know what it listens to. Its publishes
+    /// still come from its shard's group, never as unicast copies.
+    pub subscriptions: Vec<String>,
 }
 
 impl DeviceConfig {
@@ -76,8 +81,19 @@ impl DeviceConfig {
             retry: Duration::from_millis(500),
             dedup_window: 4096,
             linger: Duration::from_millis(250),
+            subscriptions: Vec::new(),
         }
     }
+}
+
+/// What the device sends reliably, one at a time, re-sent until
+/// acknowledged.
+#[derive(Clone, Debug)]
+enum Request {
+    /// A control message (PUBACK acknowledges it).
+    Control(Control),
+    /// A SUBSCRIBE by name (SUBACK acknowledges it).
+    Subscribe(String),
 }
 
 /// A publish received from a shard group (first copy only).
@@ -100,7 +116,7 @@ pub struct Device {
     dedup: Dedup,
     /// Control messages to send, in order; the first is in flight once
     /// `inflight` says so.
-    outbox: VecDeque<Control>,
+    outbox: VecDeque<Request>,
     inflight: Option<(u16, Vec<u8>, Instant, u32)>,
     next_msg_id: u16,
     last_sent: Instant,
@@ -156,8 +172,17 @@ impl Device {
         };
         d.mqtt_connect().await?;
         d.outbox
-            .push_back(Protocol::hello(d.cfg.attributes.clone()));
+            .push_back(Request::Control(Protocol::hello(d.cfg.attributes.clone())));
+        d.subscribe_all();
         Ok(d)
+    }
+
+    /// Queues a SUBSCRIBE for every topic the device follows (after a
+    /// clean-session CONNECT the gateway knows none).
+    fn subscribe_all(&mut self) {
+        for t in &self.cfg.subscriptions {
+            self.outbox.push_back(Request::Subscribe(t.clone()));
+        }
     }
 
     async fn mqtt_connect(&mut self) -> Result<(), DeviceError> {
@@ -242,8 +267,9 @@ impl Device {
             && self.outbox.is_empty()
             && self.hello_sent.elapsed() >= self.cfg.retry * 2
         {
-            self.outbox
-                .push_back(Protocol::hello(self.cfg.attributes.clone()));
+            self.outbox.push_back(Request::Control(Protocol::hello(
+                self.cfg.attributes.clone(),
+            )));
         }
         if let Some((_, datagram, sent, tries)) = &mut self.inflight
             && sent.elapsed() >= self.cfg.retry
@@ -262,25 +288,34 @@ impl Device {
             }
         }
         if self.inflight.is_none()
-            && let Some(c) = self.outbox.pop_front()
+            && let Some(r) = self.outbox.pop_front()
         {
-            if matches!(c, Control::Hello(_)) {
-                self.hello_sent = Instant::now();
-                self.proto.stats.hellos += 1;
-            }
             let msg_id = self.next_msg_id;
             self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
-            let datagram = encode(&Message::Publish {
-                flags: Flags {
-                    qos: Qos::One,
-                    topic_id_type: TOPIC_PREDEFINED,
-                    ..Flags::NONE
+            let msg = match r {
+                Request::Control(c) => {
+                    if matches!(c, Control::Hello(_)) {
+                        self.hello_sent = Instant::now();
+                        self.proto.stats.hellos += 1;
+                    }
+                    Message::Publish {
+                        flags: Flags {
+                            qos: Qos::One,
+                            topic_id_type: TOPIC_PREDEFINED,
+                            ..Flags::NONE
+                        },
+                        topic_id: CONTROL_ID,
+                        msg_id,
+                        data: c.encode().into_bytes(),
+                    }
+                }
+                Request::Subscribe(name) => Message::Subscribe {
+                    flags: Flags::NONE,
+                    msg_id,
+                    topic: TopicRef::Name(name),
                 },
-                topic_id: CONTROL_ID,
-                msg_id,
-                data: c.encode().into_bytes(),
-            })
-            .expect("a control publish encodes");
+            };
+            let datagram = encode(&msg).expect("a control publish or SUBSCRIBE encodes");
             self.send_raw(&datagram).await?;
             self.inflight = Some((msg_id, datagram, Instant::now(), 0));
         }
@@ -329,7 +364,7 @@ impl Device {
                 // can be overtaken by the gateway's ack on another CPU's
                 // queue); the old group is kept `linger` longer.
                 Action::Leave(old) => self.leaving.push((Instant::now() + self.cfg.linger, old)),
-                Action::Send(c) => self.outbox.push_back(c),
+                Action::Send(c) => self.outbox.push_back(Request::Control(c)),
             }
         }
         Ok(())
@@ -349,7 +384,7 @@ impl Device {
                 }
                 Err(e) => tracing::debug!(client = self.cfg.client_id, "control message: {e}"),
             },
-            Ok(Message::PubAck { msg_id, .. })
+            Ok(Message::PubAck { msg_id, .. } | Message::SubAck { msg_id, .. })
                 if self.inflight.as_ref().is_some_and(|(id, ..)| *id == msg_id) =>
             {
                 self.inflight = None;
@@ -370,8 +405,12 @@ impl Device {
             Ok(Message::Disconnect { .. }) => {
                 self.mqtt_connect().await?;
                 self.inflight = None;
-                self.outbox
-                    .push_front(Protocol::hello(self.cfg.attributes.clone()));
+                self.outbox.push_front(Request::Control(Protocol::hello(
+                    self.cfg.attributes.clone(),
+                )));
+                // The new session knows no subscription (a repeat of one
+                // still queued is harmless).
+                self.subscribe_all();
             }
             _ => {}
         }

@@ -49,6 +49,12 @@ pub struct FleetConfig {
     /// After the publisher stops, how long devices keep listening for
     /// publishes in flight.
     pub grace: Duration,
+    /// Topics the devices follow: device `i` subscribes to
+    /// `subscriptions[i % len]` (none: the devices subscribe to nothing
+    /// and expect the publisher's topic from whatever group they are in).
+    /// A device expects the numbered publishes only if it follows the
+    /// publisher's topic.
+    pub subscriptions: Vec<String>,
 }
 
 /// One device's account.
@@ -70,6 +76,9 @@ pub struct DeviceReport {
     /// The first few it missed (sequence numbers).
     pub missed: Vec<u64>,
     pub error: Option<String>,
+    /// Whether it follows the numbered publishes' topic (else `missing`
+    /// is not counted).
+    pub expects: bool,
 }
 
 /// The fleet's account.
@@ -110,8 +119,13 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
         let mut dc = DeviceConfig::new(&format!("{}{i}", cfg.prefix), cfg.gateway);
         dc.interface = cfg.interface;
         dc.keep_alive = cfg.keep_alive;
+        if !cfg.subscriptions.is_empty() {
+            dc.subscriptions = vec![cfg.subscriptions[i % cfg.subscriptions.len()].clone()];
+        }
         let sent = sent.clone();
-        let topic = cfg.publisher.as_ref().map(|p| p.topic);
+        let topic = cfg.publisher.as_ref().map(|p| p.topic).filter(|t| {
+            dc.subscriptions.is_empty() || dc.subscriptions.iter().any(|s| s.as_bytes() == t)
+        });
         tasks.push(tokio::spawn(run_device(
             dc,
             sent,
@@ -157,7 +171,7 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
                 None,
             ),
         };
-        if let Some((from, got)) = received {
+        if let (Some((from, got)), true) = (received, d.expects) {
             // Sent after it joined (`from` was the last sent then).
             let missed: Vec<u64> = (from + 1..=last).filter(|s| !got.contains(s)).collect();
             d.missing = missed.len() as u64;
@@ -193,6 +207,7 @@ async fn run_device(
 ) -> (DeviceReport, Received) {
     let mut report = DeviceReport {
         id: cfg.client_id.clone(),
+        expects: topic.is_some(),
         ..Default::default()
     };
     let mut d = match connect(cfg, &stop).await {

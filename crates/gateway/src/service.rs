@@ -123,6 +123,9 @@ pub async fn serve(
         Some((s, g)) => (Some(s), Some(g)),
         None => (None, None),
     };
+    for m in members.members() {
+        gw.set_kernel_served(&m.client, true);
+    }
     let mut observed = std::collections::BTreeSet::new();
     let mut cbuf = vec![0u8; 65_536];
     let mut crbuf = vec![0u8; 65_536];
@@ -435,7 +438,7 @@ async fn apply(
     }
     for o in outs {
         match o {
-            Out::Persist(..) => {}
+            Out::Persist(client, r) => gw.set_kernel_served(&client, r.is_some()),
             Out::Send { to, msg, .. } => {
                 let payload = msg.encode();
                 queue.extend(

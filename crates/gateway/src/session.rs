@@ -10,7 +10,7 @@
 //! specification is tested here without a network.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
 };
 
@@ -161,6 +161,11 @@ pub struct Gateway {
     /// Persistent sessions of clients not connected: their subscriptions
     /// come back when they connect without the clean flag.
     offline: HashMap<String, Vec<(String, Named)>>,
+    /// Shard-aware devices (members of the device protocol): they receive
+    /// their topics from their shard's group, straight from the kernel, so
+    /// their subscriptions say what they follow (for the planner) and
+    /// never bring unicast copies.
+    kernel_served: HashSet<String>,
 }
 
 /// Whether topic `name` matches filter `filter` (`+` one level, `#` the
@@ -210,6 +215,7 @@ impl Gateway {
             names: BTreeMap::new(),
             next_id: 1,
             offline: HashMap::new(),
+            kernel_served: HashSet::new(),
         }
     }
 
@@ -742,7 +748,26 @@ impl Gateway {
         fx
     }
 
-    /// Delivers a publish of `topic` to every client subscribed to it:
+    /// Marks `client` as served by its shard's group (a member of the
+    /// device protocol) or not (no longer a member): see
+    /// `kernel_served`.
+    pub fn set_kernel_served(&mut self, client: &str, served: bool) {
+        if served {
+            if !self.kernel_served.contains(client) {
+                self.kernel_served.insert(client.to_string());
+            }
+        } else {
+            self.kernel_served.remove(client);
+        }
+    }
+
+    /// Whether `client` is served by its shard's group.
+    pub fn kernel_served(&self, client: &str) -> bool {
+        self.kernel_served.contains(client)
+    }
+
+    /// Delivers a publish of `topic` to every client subscribed to it
+    /// (shard-aware devices excepted: their group carries it):
     /// awake clients at once (a REGISTER first when the client does not
     /// know the topic's id), sleeping ones into their buffer (the oldest
     /// dropped past [`SLEEP_BUFFER`]).
@@ -763,6 +788,9 @@ impl Gateway {
             return fx;
         };
         for (addr, c) in &mut self.clients {
+            if self.kernel_served.contains(&c.id) {
+                continue;
+            }
             let Some(&(_, named)) = c.subscriptions.iter().find(|(f, _)| matches(f, topic)) else {
                 continue;
             };

@@ -635,12 +635,7 @@ impl Predictor {
                 };
                 let error = nowcast[t] * per_bucket - expected_now;
                 let window = &p[from.min(last)..to.clamp(from.min(last) + 1, p.len())];
-                let peak = window.iter().fold(0.0f64, |a, &b| a.max(b));
-                let mean = window.iter().sum::<f64>() / window.len() as f64;
-                // The largest of a few noisy counts overshoots by about one
-                // Poisson sigma: a peak counts only beyond that.
-                let ahead = (peak - peak.sqrt()).max(mean) + error;
-                ahead.max(0.0) / per_bucket
+                forecast::peak_ahead(window, error) / per_bucket
             })
             .collect()
     }

@@ -49,6 +49,11 @@ pub struct DevsimArgs {
     /// How long devices keep listening after the publisher stops.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// Topics the devices follow (comma-separated names): device `i`
+    /// subscribes to the `i mod n`-th; only those following `--topic`
+    /// expect the numbered publishes.
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
     /// Write the per-device report here (JSON).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -59,6 +64,11 @@ pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
         a.topic.as_bytes().try_into().map_err(|_| {
             anyhow::anyhow!("--topic {:?} is not a two-byte short topic name", a.topic)
         })?;
+    for t in &a.subscribe {
+        if !shardcast_gateway::session::valid_filter(t) || t.starts_with('$') || t.len() > 1024 {
+            bail!("--subscribe: {t:?} is not a topic name or filter");
+        }
+    }
     let interface = match &a.interface {
         Some(i) => shardcast_dataplane::ifindex(i)?,
         None => 0,
@@ -91,6 +101,7 @@ pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
             rate: a.rate,
         }),
         grace: a.grace,
+        subscriptions: a.subscribe,
     };
     // Every core: thousands of devices each read their groups.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -14,6 +14,7 @@ use crate::state::DEFAULT_STATE_DIR;
 
 mod apply;
 mod attach;
+mod cycle;
 mod daemon;
 mod devsim;
 mod forecast;
@@ -70,8 +71,12 @@ pub enum Command {
     },
     /// Counters: per verdict/reason, per topic, unrouted topics.
     Stats,
-    /// Installed generation, shards, routes and counter totals.
-    Status,
+    /// Installed generation, shards, routes and counter totals, and the
+    /// control cycle's last decision (`--watch`: live).
+    Status(status::StatusArgs),
+    /// The control cycle: its last decisions; `--mode` switches the
+    /// running daemon between predictive, reactive and advise.
+    Cycle(cycle::CycleArgs),
     /// Run the control daemon (docs/config.md).
     Daemon(daemon::DaemonArgs),
     /// Predict load per topic x device group (docs/forecasting.md).
@@ -140,7 +145,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(a) => apply::check(&g, a),
         Command::Maps { command } => maps::run(&g, command),
         Command::Stats => stats::run(&g),
-        Command::Status => status::run(&g),
+        Command::Status(a) => status::run(&g, a),
+        Command::Cycle(a) => cycle::run(&g, a),
         Command::Daemon(a) => daemon::run(a),
         Command::Devsim(a) => devsim::run(&g, a),
         Command::Forecast(a) => forecast::run(&g, a),
@@ -162,6 +168,9 @@ mod tests {
         assert_eq!(cli.state_dir, cfg.daemon.state_dir);
         // --json is one flag for every command, before or after it.
         assert!(Cli::parse_from(["router-ctl", "--json", "status"]).json);
+        assert!(
+            Cli::try_parse_from(["router-ctl", "status", "--watch", "--interval", "0s"]).is_err()
+        );
         assert!(Cli::parse_from(["router-ctl", "stats", "--json"]).json);
         // Durations are checked when the arguments are read.
         assert!(

@@ -9,6 +9,16 @@ use shardcast_dataplane::{Dataplane, PinPaths};
 
 use super::Globals;
 
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Refresh until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch.
+    #[arg(long, default_value = "1s", value_parser = super::values::positive_duration)]
+    pub interval: std::time::Duration,
+}
+
 #[derive(Serialize)]
 struct Status {
     pins: PathBuf,
@@ -36,6 +46,12 @@ struct Status {
     /// when the copy is missing).
     policy: Option<shardcast_plan::Policy>,
     shards_by_class: std::collections::BTreeMap<String, usize>,
+    /// Devices per shard in the installed plan.
+    devices_by_shard: std::collections::BTreeMap<u32, usize>,
+    /// The control cycle's run-time mode override, if any.
+    cycle_mode_override: Option<String>,
+    /// The control cycle's last decision (from its log in the state dir).
+    last_decision: Option<serde_json::Value>,
 }
 
 impl fmt::Display for Status {
@@ -65,6 +81,34 @@ impl fmt::Display for Status {
             "packets: {} redirected (copies of {} fanned out included), {} passed to the stack; {} topics counted, {} unrouted keys",
             self.redirected, self.fanned_out, self.passed, self.topics_counted, self.unrouted_keys
         )?;
+        if !self.devices_by_shard.is_empty() {
+            let by: Vec<String> = self
+                .devices_by_shard
+                .iter()
+                .map(|(s, n)| format!("{s}:{n}"))
+                .collect();
+            writeln!(f, "devices by shard: {}", by.join(" "))?;
+        }
+        if let Some(m) = &self.cycle_mode_override {
+            writeln!(f, "control cycle mode: {m} (set at run time)")?;
+        }
+        if let Some(d) = &self.last_decision {
+            writeln!(f, "last decision: {}", super::cycle::summary(d))?;
+            if let Some(shards) = d.get("shards").and_then(|s| s.as_array()) {
+                for s in shards {
+                    let n = |k: &str| s.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                    writeln!(
+                        f,
+                        "  shard {:>4}: {:>6} devices, measured {:>9.1} msg/s, planned {:>9.1}, usable {:>9.1}",
+                        n("id"),
+                        n("devices"),
+                        n("measured"),
+                        n("planned"),
+                        n("usable")
+                    )?;
+                }
+            }
+        }
         match &self.policy {
             None => writeln!(f, "policy: unknown (no copy of the installed plan)"),
             Some(p) => {
@@ -83,7 +127,21 @@ impl fmt::Display for Status {
     }
 }
 
-pub fn run(g: &Globals) -> Result<()> {
+pub fn run(g: &Globals, a: StatusArgs) -> Result<()> {
+    if !a.watch {
+        return once(g);
+    }
+    loop {
+        // Clear the screen and home the cursor, then the status.
+        if !g.json {
+            print!("\x1b[2J\x1b[H");
+        }
+        once(g)?;
+        std::thread::sleep(a.interval);
+    }
+}
+
+fn once(g: &Globals) -> Result<()> {
     let dp = Dataplane::open(&g.pin_root)?;
     let s = dp.snapshot()?;
     let c = dp.counters()?;
@@ -95,7 +153,16 @@ pub fn run(g: &Globals) -> Result<()> {
             .sum()
     };
     let plan = crate::state::load_plan(&g.state_dir, s.meta.generation);
+    let mut devices_by_shard = std::collections::BTreeMap::new();
+    for d in plan.iter().flat_map(|p| &p.devices) {
+        *devices_by_shard.entry(d.shard).or_insert(0) += 1;
+    }
     g.print(&Status {
+        devices_by_shard,
+        cycle_mode_override: std::fs::read_to_string(crate::state::mode_file(&g.state_dir))
+            .ok()
+            .map(|t| t.trim().to_string()),
+        last_decision: super::cycle::last_decisions(&g.state_dir, 1)?.pop(),
         shards_by_class: plan
             .as_ref()
             .map(|p| p.shards_by_class())

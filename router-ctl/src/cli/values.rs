@@ -25,6 +25,16 @@ pub fn span(text: &str) -> Result<Span, String> {
     })
 }
 
+/// clap value parser for a positive duration (`500ms`, `2s`).
+pub fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 500ms or 2s ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("{text:?} is not positive"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,759 @@
+//! The control cycle's decision: from the recent load per topic (the
+//! daemon's [`LoadSeries`]), the shard-aware devices the gateway knows
+//! (their subscriptions, battery, connectivity, attributes) and the
+//! installed plan, forecast what each topic will carry until the next
+//! cycle's plan can take effect, plan against the installed plan and say
+//! what to do and why. Pure: the daemon gathers the inputs, installs what
+//! is decided and starts the migrations ([`crate::daemon`]).
+//!
+//! Modes:
+//! - `predictive` plans each topic for the larger of its last bucket's
+//!   rate and the forecast's peak over the next `period + lead` (the
+//!   forecaster's chosen model per topic, [`shardcast_forecast`]), so
+//!   shards exist before a peak and merge only when the forecast stays
+//!   quiet;
+//! - `reactive` plans for the last bucket's rate (threshold scaling: the
+//!   baseline predictive is compared against);
+//! - `advise` decides as `predictive` does and installs nothing: the
+//!   decision log says what would have happened.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use shardcast_forecast as forecast;
+use shardcast_plan::Plan;
+use shardcast_planner::{
+    self as planner, Options,
+    workload::{CostWeights, Device, Policy, Resources, TopicLoad, Workload},
+};
+
+use crate::load::LoadSeries;
+
+/// How the daemon plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Predictive,
+    Reactive,
+    Advise,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Predictive, Mode::Reactive, Mode::Advise];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Predictive => "predictive",
+            Mode::Reactive => "reactive",
+            Mode::Advise => "advise",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.label() == s)
+            .ok_or_else(|| format!("{s:?} is not a mode: predictive, reactive or advise"))
+    }
+}
+
+/// The `[cycle]` section, validated (`docs/config.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CycleConfig {
+    pub mode: Mode,
+    /// Time between cycles.
+    pub period: Duration,
+    /// How long a plan takes to take effect (install and migrations): the
+    /// forecast looks `period + lead` ahead.
+    pub lead: Duration,
+    /// The load's season (a day; shorter in a compressed-time lab).
+    pub season: Duration,
+    /// Load history kept in memory for the forecast.
+    pub window: Duration,
+    /// Horizons the decision log and the metrics report forecasts at.
+    pub horizons: Vec<(String, Duration)>,
+    pub resources: Resources,
+    pub cost: CostWeights,
+    pub policy: Policy,
+    pub seed: u64,
+}
+
+/// What started a cycle.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// The period elapsed (or the first cycle).
+    Period,
+    /// A shard carried more than its usable capacity in the last bucket.
+    Overload { shard: u32, rate: f64, usable: f64 },
+    /// Devices the installed plan does not place.
+    Unplaced { devices: usize },
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Period => write!(f, "period"),
+            Trigger::Overload {
+                shard,
+                rate,
+                usable,
+            } => write!(
+                f,
+                "shard {shard} measured {rate:.1} msg/s over its usable {usable:.1}"
+            ),
+            Trigger::Unplaced { devices } => write!(f, "{devices} device(s) not placed"),
+        }
+    }
+}
+
+/// What the cycle sees.
+pub struct Inputs<'a> {
+    pub now: u64,
+    pub mode: Mode,
+    pub trigger: Trigger,
+    pub load: &'a LoadSeries,
+    pub devices: &'a BTreeMap<String, Device>,
+    /// The installed plan, without routes the daemon adds itself (the
+    /// relay's shard).
+    pub installed: Option<&'a Plan>,
+}
+
+/// One shard in a decision.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShardLoad {
+    pub id: u32,
+    pub devices: usize,
+    /// Messages/s routed to it in the last bucket.
+    pub measured: f64,
+    /// Messages/s the plan carries it for (the forecast's, in
+    /// predictive and advise mode).
+    pub planned: f64,
+    pub usable: f64,
+}
+
+/// One topic's rates in a decision.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopicRate {
+    pub topic: String,
+    pub measured: f64,
+    pub planned: f64,
+    /// Forecast rate at each configured horizon (predictive and advise).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub horizons: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'static str>,
+}
+
+/// What a cycle decided, and why (one line of the decision log).
+#[derive(Clone, Debug, Serialize)]
+pub struct Decision {
+    pub at: u64,
+    pub mode: Mode,
+    pub trigger: Trigger,
+    /// `install`, `advise` (would install) or `none`.
+    pub action: &'static str,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    pub shards_before: usize,
+    pub shards_after: usize,
+    pub created: usize,
+    pub merged: usize,
+    /// Devices the new plan moves to another shard.
+    pub moves: usize,
+    /// Devices placed for the first time.
+    pub placed: usize,
+    /// The installed plan's shards above usable capacity at the planned
+    /// rates: what the plan had to fix.
+    pub over_before: Vec<ShardLoad>,
+    /// The new plan's shards.
+    pub shards: Vec<ShardLoad>,
+    /// The busiest topics (at most [`TOP_TOPICS`]).
+    pub topics: Vec<TopicRate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub forecast_ms: f64,
+    pub plan_ms: f64,
+    /// Every topic's (measured, planned) rate, for the metrics.
+    #[serde(skip)]
+    pub rates: Vec<TopicRate>,
+    /// The plan to install (`action` install or advise).
+    #[serde(skip)]
+    pub plan: Option<Plan>,
+}
+
+/// Topics a decision's log line names.
+pub const TOP_TOPICS: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("workload: {0}")]
+    Workload(#[from] shardcast_planner::workload::WorkloadError),
+    #[error("planner: {0}")]
+    Planner(#[from] shardcast_planner::PlannerError),
+}
+
+/// Whether a subscription is a filter (matched against known topics).
+fn is_filter(s: &str) -> bool {
+    s.contains(['+', '#'])
+}
+
+/// Topic names unnamed in the history (`key:…`, `slot:…`: seen by the
+/// kernel, named by no plan) cannot be routed by name.
+fn routable(name: &str) -> bool {
+    !(name.starts_with("key:") || name.starts_with("slot:") || name.starts_with('$'))
+}
+
+/// Runs one cycle's decision.
+pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
+    // Topics: measured ones, the installed plan's and every concrete name
+    // a device follows; filters match among those.
+    let mut names: BTreeSet<String> = inp
+        .load
+        .topics()
+        .filter(|t| routable(t))
+        .map(str::to_string)
+        .collect();
+    let mut predefined: HashMap<&str, u16> = HashMap::new();
+    for t in inp.installed.iter().flat_map(|p| &p.topics) {
+        names.insert(t.name.clone());
+        if let Some(id) = t.mqttsn_predefined_id {
+            predefined.insert(&t.name, id);
+        }
+    }
+    for d in inp.devices.values() {
+        for s in &d.subscriptions {
+            if !is_filter(s) && routable(s) {
+                names.insert(s.clone());
+            }
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+
+    // Rates.
+    let t0 = Instant::now();
+    let predictive = inp.mode != Mode::Reactive;
+    let rates = rates(cfg, inp.load, inp.now, &names, predictive);
+    let forecast_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    // The workload: the devices as the gateway knows them, subscriptions
+    // resolved to topic names.
+    let mut resources = cfg.resources.clone();
+    if predictive {
+        // Hysteresis guards a planner that cannot see ahead from merging
+        // into a rise; the forecast does that here, so predictive merges
+        // up to a third of the way closer to capacity (as the simulator's
+        // predictive strategy does).
+        resources.merge_below += (1.0 - resources.merge_below) / 3.0;
+    }
+    let devices: Vec<Device> = inp
+        .devices
+        .values()
+        .map(|d| {
+            let mut d = d.clone();
+            let mut subs: BTreeSet<String> = BTreeSet::new();
+            for s in &d.subscriptions {
+                if is_filter(s) {
+                    subs.extend(
+                        names
+                            .iter()
+                            .filter(|n| shardcast_gateway::session::matches(s, n))
+                            .cloned(),
+                    );
+                } else if routable(s) {
+                    subs.insert(s.clone());
+                }
+            }
+            d.subscriptions = subs.into_iter().collect();
+            d
+        })
+        .collect();
+    let w = Workload {
+        resources,
+        cost: cfg.cost,
+        topics: names
+            .iter()
+            .zip(&rates)
+            .map(|(n, r)| TopicLoad {
+                name: n.clone(),
+                rate: r.planned,
+                mqttsn_predefined_id: predefined.get(n.as_str()).copied(),
+            })
+            .collect(),
+        devices,
+        policy: cfg.policy.clone(),
+    };
+    let usable = w.resources.usable_capacity();
+    let planned_of: HashMap<&str, f64> = rates
+        .iter()
+        .map(|r| (r.topic.as_str(), r.planned))
+        .collect();
+    let measured_of: HashMap<&str, f64> = rates
+        .iter()
+        .map(|r| (r.topic.as_str(), r.measured))
+        .collect();
+    let loads_of = |plan: &Plan| -> Vec<ShardLoad> {
+        plan.shards
+            .iter()
+            .map(|s| {
+                let on = |rate: &HashMap<&str, f64>| {
+                    plan.topics
+                        .iter()
+                        .filter(|t| t.shards.contains(&s.id))
+                        .map(|t| rate.get(t.name.as_str()).copied().unwrap_or(0.0))
+                        .sum::<f64>()
+                };
+                ShardLoad {
+                    id: s.id,
+                    devices: plan.devices.iter().filter(|d| d.shard == s.id).count(),
+                    measured: on(&measured_of),
+                    planned: on(&planned_of),
+                    usable: s
+                        .capacity
+                        .map_or(usable, |c| c * (1.0 - w.resources.headroom)),
+                }
+            })
+            .collect()
+    };
+    let over_before: Vec<ShardLoad> = inp
+        .installed
+        .map(&loads_of)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.planned > s.usable)
+        .collect();
+    let mut top: Vec<TopicRate> = rates.clone();
+    top.sort_by(|a, b| b.planned.total_cmp(&a.planned).then(a.topic.cmp(&b.topic)));
+    top.truncate(TOP_TOPICS);
+    let shards_before = inp.installed.map_or(0, |p| p.shards.len());
+    let mut d = Decision {
+        at: inp.now,
+        mode: inp.mode,
+        trigger: inp.trigger,
+        action: "none",
+        reason: String::new(),
+        generation: None,
+        shards_before,
+        shards_after: shards_before,
+        created: 0,
+        merged: 0,
+        moves: 0,
+        placed: 0,
+        over_before,
+        shards: Vec::new(),
+        topics: top,
+        warnings: Vec::new(),
+        forecast_ms,
+        plan_ms: 0.0,
+        rates: rates.clone(),
+        plan: None,
+    };
+    if w.devices.is_empty() {
+        d.reason = "no shard-aware device is registered: nothing to plan".into();
+        return Ok(d);
+    }
+    let inst = w.index()?;
+    let t1 = Instant::now();
+    let out = planner::plan(
+        &inst,
+        inp.installed,
+        Options {
+            seed: cfg.seed,
+            rounds: 4,
+            best_effort: true,
+        },
+    )?;
+    d.plan_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let new = out.plan;
+    d.shards = loads_of(&new);
+    d.shards_after = new.shards.len();
+    d.created = out.created;
+    d.merged = out.merged;
+    d.warnings = out.warnings;
+    let before: HashMap<&str, u32> = inp
+        .installed
+        .iter()
+        .flat_map(|p| p.devices.iter().map(|d| (d.id.as_str(), d.shard)))
+        .collect();
+    for dev in &new.devices {
+        match before.get(dev.id.as_str()) {
+            Some(&s) if s != dev.shard => d.moves += 1,
+            Some(_) => {}
+            None => d.placed += 1,
+        }
+    }
+    let routes = |p: &Plan| -> BTreeMap<String, BTreeSet<u32>> {
+        p.topics
+            .iter()
+            .map(|t| (t.name.clone(), t.shards.iter().copied().collect()))
+            .collect()
+    };
+    let removed = inp
+        .installed
+        .map_or(0, |p| p.devices.len() + d.placed - new.devices.len());
+    let changed = match inp.installed {
+        None => true,
+        Some(p) => {
+            d.created > 0
+                || d.merged > 0
+                || d.moves > 0
+                || d.placed > 0
+                || removed > 0
+                || routes(p) != routes(&new)
+                || p.shards.iter().map(|s| s.id).collect::<Vec<_>>()
+                    != new.shards.iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    let busiest = d
+        .shards
+        .iter()
+        .max_by(|a, b| a.planned.total_cmp(&b.planned))
+        .map(|s| (s.id, s.planned, s.usable));
+    let ahead = humantime::format_duration(cfg.period + cfg.lead);
+    let mut why = Vec::new();
+    if let Some(s) = d.over_before.first() {
+        why.push(format!(
+            "shard {} would carry {:.1} msg/s over its usable {:.1} within {ahead}{}",
+            s.id,
+            s.planned,
+            s.usable,
+            if d.over_before.len() > 1 {
+                format!(" ({} shards over)", d.over_before.len())
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if d.created > 0 {
+        why.push(format!("{} shard(s) created", d.created));
+    }
+    if d.merged > 0 {
+        why.push(format!(
+            "{} shard(s) merged: the load planned for the next {ahead} fits in fewer",
+            d.merged
+        ));
+    }
+    if d.moves > 0 {
+        why.push(format!("{} device(s) move", d.moves));
+    }
+    if d.placed > 0 {
+        why.push(format!("{} device(s) placed", d.placed));
+    }
+    if removed > 0 {
+        why.push(format!("{removed} device(s) gone"));
+    }
+    if let Some((id, load, usable)) = busiest {
+        why.push(format!(
+            "busiest shard {id} planned at {load:.1} of {usable:.1} msg/s usable"
+        ));
+    }
+    if changed {
+        d.action = if inp.mode == Mode::Advise {
+            "advise"
+        } else {
+            "install"
+        };
+        d.generation = Some(new.generation);
+        if why.len() == 1 && busiest.is_some() {
+            why.insert(0, "routes changed".into());
+        }
+        d.plan = Some(new);
+    } else {
+        why.insert(0, "no change".into());
+    }
+    d.reason = why.join("; ");
+    Ok(d)
+}
+
+/// Each topic's measured rate (last complete bucket) and the rate to plan
+/// for; with `predictive`, the forecast's (its peak over the next
+/// `period + lead`, never below the measured rate), forecast in parallel
+/// over the available cores.
+fn rates(
+    cfg: &CycleConfig,
+    load: &LoadSeries,
+    now: u64,
+    names: &[String],
+    predictive: bool,
+) -> Vec<TopicRate> {
+    let bucket = load.bucket_secs();
+    let measured: Vec<f64> = names.iter().map(|n| load.last_rate(n, now)).collect();
+    if !predictive {
+        return names
+            .iter()
+            .zip(measured)
+            .map(|(n, m)| TopicRate {
+                topic: n.clone(),
+                measured: m,
+                planned: m,
+                horizons: BTreeMap::new(),
+                model: None,
+            })
+            .collect();
+    }
+    let buckets = |d: Duration| (d.as_secs().div_ceil(bucket) as usize).max(1);
+    let plan_h = buckets(cfg.period + cfg.lead);
+    let mut leads: Vec<usize> = cfg.horizons.iter().map(|(_, h)| buckets(*h)).collect();
+    leads.push(plan_h);
+    let cal = forecast::Calendar::new(buckets(cfg.season));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = names.len().div_ceil(threads).max(1);
+    let mut out: Vec<TopicRate> = Vec::with_capacity(names.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .zip(measured.chunks(chunk))
+            .map(|(names, measured)| {
+                let cal = &cal;
+                let leads = &leads;
+                scope.spawn(move || {
+                    names
+                        .iter()
+                        .zip(measured)
+                        .map(|(n, &m)| {
+                            let y = load.complete(n, now);
+                            let f = forecast::forecast_series(&y, cal, leads);
+                            let last = leads.len() - 1;
+                            let ahead = forecast::peak_ahead(&f.paths[last], 0.0) / bucket as f64;
+                            TopicRate {
+                                topic: n.clone(),
+                                measured: m,
+                                planned: ahead.max(m),
+                                horizons: cfg
+                                    .horizons
+                                    .iter()
+                                    .zip(&f.values)
+                                    .map(|((label, _), v)| (label.clone(), v[0] / bucket as f64))
+                                    .collect(),
+                                model: Some(f.chosen[last].name()),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            out.extend(h.join().expect("a forecast thread panicked"));
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUCKET: u64 = 10;
+
+    fn cfg() -> CycleConfig {
+        CycleConfig {
+            mode: Mode::Predictive,
+            period: Duration::from_secs(30),
+            lead: Duration::from_secs(20),
+            season: Duration::from_secs(400),
+            window: Duration::from_secs(4000),
+            horizons: vec![("1m".into(), Duration::from_secs(60))],
+            resources: serde_json::from_str(
+                r#"{"shard_capacity": 100, "max_shards": 8, "egress": "veth0", "headroom": 0.2}"#,
+            )
+            .unwrap(),
+            cost: CostWeights::default(),
+            policy: Policy::default(),
+            seed: 1,
+        }
+    }
+
+    /// `topics` topics, each followed by `per` devices of its own; the
+    /// rate of every topic follows `rate(bucket index)` over `n` buckets.
+    fn lab(
+        topics: usize,
+        per: usize,
+        n: u64,
+        rate: impl Fn(u64) -> f64,
+    ) -> (LoadSeries, BTreeMap<String, Device>) {
+        let mut load = LoadSeries::new(BUCKET, 1000);
+        for b in 0..n {
+            for t in 0..topics {
+                load.add(b * BUCKET, &format!("t/{t}"), rate(b) * BUCKET as f64);
+            }
+        }
+        let mut devices = BTreeMap::new();
+        for t in 0..topics {
+            for k in 0..per {
+                let id = format!("d{t}-{k}");
+                devices.insert(
+                    id.clone(),
+                    Device {
+                        id,
+                        group: None,
+                        address: None,
+                        subscriptions: vec![format!("t/{t}")],
+                        connected: true,
+                        battery: 1.0,
+                        location: None,
+                        kind: None,
+                        sla: None,
+                    },
+                );
+            }
+        }
+        (load, devices)
+    }
+
+    fn run(
+        cfg: &CycleConfig,
+        mode: Mode,
+        load: &LoadSeries,
+        devices: &BTreeMap<String, Device>,
+        installed: Option<&Plan>,
+        now: u64,
+    ) -> Decision {
+        decide(
+            cfg,
+            Inputs {
+                now,
+                mode,
+                trigger: Trigger::Period,
+                load,
+                devices,
+                installed,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A diurnal load: 4 topics at 5 msg/s each at night, 35 at the peak
+    /// (season 40 buckets, peak at buckets 20..30 of each season).
+    fn diurnal(b: u64) -> f64 {
+        if (20..30).contains(&(b % 40)) {
+            35.0
+        } else {
+            5.0
+        }
+    }
+
+    #[test]
+    fn predictive_creates_shards_before_the_peak_reactive_after() {
+        let cfg = cfg();
+        // Three seasons and a half of history (season: 40 buckets): the
+        // fourth season's peak starts at bucket 140, past the planning
+        // span (period + lead = 5 buckets: 134..=138) of a cycle at 134.
+        let (load, devices) = lab(4, 3, 134, diurnal);
+        let now = 134 * BUCKET;
+        let first = run(&cfg, Mode::Predictive, &load, &devices, None, now);
+        assert_eq!(first.action, "install");
+        let quiet = first.plan.unwrap();
+        // Night: 4 x 5 msg/s fit one shard of 80 usable.
+        assert_eq!(quiet.shards.len(), 1, "{}", first.reason);
+        assert_eq!(first.placed, 12);
+        // Four buckets on, the peak is within period + lead (138..=142);
+        // the last bucket measured is still a night's.
+        let (load, _) = lab(4, 3, 138, diurnal);
+        let now = 138 * BUCKET;
+        let r = run(&cfg, Mode::Reactive, &load, &devices, Some(&quiet), now);
+        assert_eq!(
+            r.action, "none",
+            "reactive sees nothing coming: {}",
+            r.reason
+        );
+        let p = run(&cfg, Mode::Predictive, &load, &devices, Some(&quiet), now);
+        assert_eq!(p.action, "install", "{}", p.reason);
+        assert!(p.created >= 1, "{}", p.reason);
+        assert!(p.moves > 0);
+        assert_eq!(p.over_before.len(), 1);
+        assert!(p.reason.contains("would carry"), "{}", p.reason);
+        assert!(
+            p.shards.iter().all(|s| s.planned <= s.usable),
+            "{:?}",
+            p.shards
+        );
+        // Advise decides the same and says it would install.
+        let a = run(&cfg, Mode::Advise, &load, &devices, Some(&quiet), now);
+        assert_eq!((a.action, a.created), ("advise", p.created));
+        assert!(a.plan.is_some());
+        // The log line is JSON naming the trigger, the action and why.
+        let line = serde_json::to_string(&p).unwrap();
+        assert!(
+            line.contains("\"action\":\"install\"") && line.contains("\"kind\":\"period\""),
+            "{line}"
+        );
+        // At the peak, reactive creates them too (late).
+        let (load, _) = lab(4, 3, 142, diurnal);
+        let r = run(
+            &cfg,
+            Mode::Reactive,
+            &load,
+            &devices,
+            Some(&quiet),
+            142 * BUCKET,
+        );
+        assert!(r.created >= 1, "{}", r.reason);
+    }
+
+    #[test]
+    fn a_quiet_night_merges_and_a_steady_state_changes_nothing() {
+        let cfg = cfg();
+        // In the third season's peak (buckets 100..110) the plan needs
+        // several shards.
+        let (load, devices) = lab(4, 3, 105, diurnal);
+        let peak = run(&cfg, Mode::Reactive, &load, &devices, None, 105 * BUCKET);
+        let busy = peak.plan.unwrap();
+        assert!(busy.shards.len() >= 2, "{}", peak.reason);
+        // At night, with another night forecast, they merge.
+        let (load, _) = lab(4, 3, 112, diurnal);
+        let night = run(
+            &cfg,
+            Mode::Predictive,
+            &load,
+            &devices,
+            Some(&busy),
+            112 * BUCKET,
+        );
+        assert_eq!(night.action, "install", "{}", night.reason);
+        assert!(night.merged >= 1, "{}", night.reason);
+        let calm = night.plan.unwrap();
+        let again = run(
+            &cfg,
+            Mode::Predictive,
+            &load,
+            &devices,
+            Some(&calm),
+            112 * BUCKET,
+        );
+        assert_eq!(again.action, "none", "{}", again.reason);
+        assert!(again.reason.starts_with("no change"));
+    }
+
+    #[test]
+    fn filters_resolve_against_known_topics_and_nobody_means_no_plan() {
+        let cfg = cfg();
+        let (load, mut devices) = lab(3, 1, 10, |_| 1.0);
+        let empty = BTreeMap::new();
+        let none = run(&cfg, Mode::Predictive, &load, &empty, None, 100);
+        assert_eq!(none.action, "none");
+        assert!(none.plan.is_none());
+        devices.get_mut("d0-0").unwrap().subscriptions = vec!["t/+".into()];
+        let d = run(&cfg, Mode::Reactive, &load, &devices, None, 100);
+        let plan = d.plan.unwrap();
+        for t in ["t/0", "t/1", "t/2"] {
+            let route = plan.topics.iter().find(|x| x.name == t).unwrap();
+            let d0 = plan.devices.iter().find(|x| x.id == "d0-0").unwrap().shard;
+            assert!(route.shards.contains(&d0), "{t}");
+        }
+    }
+
+    #[test]
+    fn modes_parse_and_name_themselves() {
+        for m in Mode::ALL {
+            assert_eq!(m.label().parse::<Mode>().unwrap(), m);
+        }
+        assert!("fast".parse::<Mode>().unwrap_err().contains("predictive"));
+    }
+}
