@@ -92,8 +92,9 @@ pub enum Trigger {
     Period,
     /// A shard carried more than its usable capacity in the last bucket.
     Overload { shard: u32, rate: f64, usable: f64 },
-    /// Devices the installed plan does not place.
-    Unplaced { devices: usize },
+    /// Devices the installed plan does not place, or whose shard does not
+    /// receive a topic they follow.
+    Unserved { devices: usize },
 }
 
 impl std::fmt::Display for Trigger {
@@ -108,7 +109,12 @@ impl std::fmt::Display for Trigger {
                 f,
                 "shard {shard} measured {rate:.1} msg/s over its usable {usable:.1}"
             ),
-            Trigger::Unplaced { devices } => write!(f, "{devices} device(s) not placed"),
+            Trigger::Unserved { devices } => {
+                write!(
+                    f,
+                    "{devices} device(s) not placed or not sent a topic they follow"
+                )
+            }
         }
     }
 }
@@ -194,9 +200,9 @@ pub const TOP_TOPICS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
-    #[error("workload: {0}")]
+    #[error("workload")]
     Workload(#[from] shardcast_planner::workload::WorkloadError),
-    #[error("planner: {0}")]
+    #[error("planner")]
     Planner(#[from] shardcast_planner::PlannerError),
 }
 
@@ -308,7 +314,9 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
                         .iter()
                         .filter(|t| t.shards.contains(&s.id))
                         .map(|t| rate.get(t.name.as_str()).copied().unwrap_or(0.0))
+                        // An empty sum is -0.0: shown as 0.
                         .sum::<f64>()
+                        + 0.0
                 };
                 ShardLoad {
                     id: s.id,

@@ -137,6 +137,8 @@ pub struct CycleState {
     last_run: Option<u64>,
     /// The newest bucket checked for a measured overload.
     overload_checked: Option<u64>,
+    /// Devices changed since the last check for unserved ones.
+    devices_changed: bool,
     /// The last decision (for the metrics and `status`).
     pub last: Option<Decision>,
     pub counts: CycleCounts,
@@ -259,6 +261,7 @@ impl Daemon {
                     mode_seen: None,
                     last_run: None,
                     overload_checked: None,
+                    devices_changed: false,
                     last: None,
                     counts: CycleCounts::default(),
                 })
@@ -354,9 +357,17 @@ impl Daemon {
     /// Installs `plan` (a newer generation), make-before-break when it
     /// moves devices and a gateway carries the migrate commands.
     fn offer(&mut self, plan: Plan, now: u64) -> Result<u64> {
-        if self.commands.is_some()
-            && let Some(old) = &self.document
-        {
+        if self.commands.is_some() {
+            // With nothing installed before, every device the plan places
+            // is told its shard (a join).
+            let empty = Plan {
+                generation: 0,
+                shards: Vec::new(),
+                devices: Vec::new(),
+                topics: Vec::new(),
+                policy: Default::default(),
+            };
+            let old = self.document.as_ref().unwrap_or(&empty);
             match Migration::new(old, &plan) {
                 Ok(Some(m)) => {
                     let first = m.installable();
@@ -721,6 +732,7 @@ impl Daemon {
     /// A device update from the gateway.
     pub fn on_device(&mut self, (client, device): crate::devices::DeviceUpdate) {
         if let Some(c) = &mut self.cycle {
+            c.devices_changed = true;
             match device {
                 Some(d) => {
                     c.devices.insert(client, d);
@@ -883,24 +895,22 @@ impl Daemon {
                 }
             }
         }
-        if trigger.is_none() && c.last_run.is_none_or(|t| now >= t + (period / 10).max(1)) {
-            let placed: std::collections::HashSet<&str> = base
-                .iter()
-                .flat_map(|p| p.devices.iter().map(|d| d.id.as_str()))
-                .collect();
-            let unplaced = c
-                .devices
-                .keys()
-                .filter(|d| !placed.contains(d.as_str()))
-                .count();
-            if unplaced > 0 {
-                trigger = Some(Trigger::Unplaced { devices: unplaced });
+        if trigger.is_none()
+            && c.devices_changed
+            && c.last_run.is_none_or(|t| now >= t + (period / 10).max(1))
+        {
+            c.devices_changed = false;
+            let unserved = unserved(&c.devices, base.as_ref());
+            if unserved > 0 {
+                trigger = Some(Trigger::Unserved { devices: unserved });
             }
         }
         let Some(trigger) = trigger else {
             return Ok(None);
         };
         let mode = c.mode;
+        // A cycle that fails is tried again a period later, not every tick.
+        c.last_run = Some(now);
         let mut d = crate::cycle::decide(
             &c.cfg,
             crate::cycle::Inputs {
@@ -912,7 +922,6 @@ impl Daemon {
                 installed: base.as_ref(),
             },
         )?;
-        c.last_run = Some(now);
         c.counts.cycles += 1;
         match d.action {
             "install" => {
@@ -968,6 +977,36 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Devices `plan` does not place, or whose shard it does not send a topic
+/// they follow by name (filters are matched when the cycle plans).
+fn unserved(
+    devices: &BTreeMap<String, shardcast_planner::workload::Device>,
+    plan: Option<&Plan>,
+) -> usize {
+    let Some(plan) = plan else {
+        return devices.len();
+    };
+    let shard: HashMap<&str, u32> = plan
+        .devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.shard))
+        .collect();
+    let routes: HashMap<&str, &[u32]> = plan
+        .topics
+        .iter()
+        .map(|t| (t.name.as_str(), t.shards.as_slice()))
+        .collect();
+    devices
+        .values()
+        .filter(|d| match shard.get(d.id.as_str()) {
+            None => true,
+            Some(s) => d.subscriptions.iter().any(|t| {
+                !t.contains(['+', '#']) && !routes.get(t.as_str()).is_some_and(|r| r.contains(s))
+            }),
+        })
+        .count()
 }
 
 /// Work for the writer thread.

@@ -18,7 +18,7 @@ use std::{
 use shardcast_gateway::{membership::Event, service::MigrateCommand};
 use shardcast_plan::{
     Plan,
-    transition::{Move, TransitionError, moves, transition},
+    transition::{Move, TransitionError, joins, moves, transition},
 };
 
 /// Counts, for the log and `status`.
@@ -44,7 +44,10 @@ pub struct Migration {
 impl Migration {
     /// The migration from `old` to `new`, if `new` moves any device.
     pub fn new(old: &Plan, new: &Plan) -> Result<Option<Migration>, TransitionError> {
-        let m = moves(old, new);
+        // Devices placed for the first time are told their shard the same
+        // way (a migrate command to it, confirmed).
+        let mut m = moves(old, new);
+        m.extend(joins(old, new));
         if m.is_empty() {
             return Ok(None);
         }

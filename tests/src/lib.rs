@@ -19,6 +19,7 @@ pub mod fanout_bench;
 pub mod fixtures;
 pub mod forecast_bench;
 pub mod lab;
+pub mod load_gen;
 pub mod measure;
 pub mod migrate_bench;
 pub mod model;

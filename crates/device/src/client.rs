@@ -171,9 +171,12 @@ impl Device {
             gbuf: vec![0; 9216],
         };
         d.mqtt_connect().await?;
+        // Subscriptions first: when the gateway learns of the member, it
+        // knows what the member follows, and the first plan placing it
+        // routes those topics to its shard.
+        d.subscribe_all();
         d.outbox
             .push_back(Request::Control(Protocol::hello(d.cfg.attributes.clone())));
-        d.subscribe_all();
         Ok(d)
     }
 
@@ -200,7 +203,16 @@ impl Device {
             self.send_raw(&connect).await?;
             let deadline = Instant::now() + self.cfg.retry * 2;
             while let Ok(r) = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await {
-                let n = r.map_err(|source| self.io("receiving", source))?;
+                let n = match r {
+                    Ok(n) => n,
+                    // The gateway not listening yet (ICMP port
+                    // unreachable): the device boots first, and asks again.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                    Err(source) => return Err(self.io("receiving", source)),
+                };
                 if let Ok(Message::ConnAck { rc }) = decode(&buf[..n]) {
                     return match rc {
                         ReturnCode::Accepted => Ok(()),
@@ -405,12 +417,14 @@ impl Device {
             Ok(Message::Disconnect { .. }) => {
                 self.mqtt_connect().await?;
                 self.inflight = None;
+                // The new session knows no subscription: they go first,
+                // then `hello` (a repeat of one still queued is harmless).
                 self.outbox.push_front(Request::Control(Protocol::hello(
                     self.cfg.attributes.clone(),
                 )));
-                // The new session knows no subscription (a repeat of one
-                // still queued is harmless).
-                self.subscribe_all();
+                for t in self.cfg.subscriptions.iter().rev() {
+                    self.outbox.push_front(Request::Subscribe(t.clone()));
+                }
             }
             _ => {}
         }

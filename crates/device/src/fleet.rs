@@ -171,11 +171,20 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
                 None,
             ),
         };
-        if let (Some((from, got)), true) = (received, d.expects) {
-            // Sent after it joined (`from` was the last sent then).
-            let missed: Vec<u64> = (from + 1..=last).filter(|s| !got.contains(s)).collect();
-            d.missing = missed.len() as u64;
-            d.missed = missed.into_iter().take(16).collect();
+        match (received, d.expects) {
+            (Some((from, got)), true) => {
+                // Sent after it joined (`from` was the last sent then).
+                let missed: Vec<u64> = (from + 1..=last).filter(|s| !got.contains(s)).collect();
+                d.missing = missed.len() as u64;
+                d.missed = missed.into_iter().take(16).collect();
+            }
+            // Never told a shard while the publisher ran: it missed them
+            // all.
+            (None, true) if d.error.is_none() => {
+                d.missing = last;
+                d.missed = (1..=last).take(16).collect();
+            }
+            _ => {}
         }
         report.assigned += d.shard.is_some() as usize;
         report.all_joined_ms = match (report.all_joined_ms, d.joined_ms) {

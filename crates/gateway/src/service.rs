@@ -434,6 +434,13 @@ async fn apply(
         })
         .collect();
     if !records.is_empty() {
+        // A member's session (what it subscribed to before its `hello`)
+        // is committed and reported first: whoever places the member
+        // sees what it follows.
+        if !changed.is_empty() {
+            (hooks.on_sessions)(changed);
+            changed.clear();
+        }
         (hooks.on_members)(&records);
     }
     for o in outs {

@@ -60,10 +60,35 @@ pub fn moves(old: &Plan, new: &Plan) -> Vec<Move> {
     out
 }
 
+/// The devices `new` places and `old` does not: each must be told its
+/// shard (a device registered after `old` was made). Written as moves
+/// from their new shard to itself (`from == to`): there is no old route
+/// to keep for them.
+pub fn joins(old: &Plan, new: &Plan) -> Vec<Move> {
+    let before: BTreeSet<&str> = old.devices.iter().map(|d| d.id.as_str()).collect();
+    let mut out: Vec<Move> = new
+        .devices
+        .iter()
+        .filter(|d| !before.contains(d.id.as_str()))
+        .map(|d| Move {
+            device: d.id.clone(),
+            from: d.shard,
+            to: d.shard,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// `new`, with every topic also routed to the shards `moving` devices
-/// leave, where `old` routed it there. Same generation as `new`.
+/// leave, where `old` routed it there. Same generation as `new`. Joins
+/// (`from == to`) leave nothing.
 pub fn transition(old: &Plan, new: &Plan, moving: &[Move]) -> Result<Plan, TransitionError> {
-    let sources: BTreeSet<u32> = moving.iter().map(|m| m.from).collect();
+    let sources: BTreeSet<u32> = moving
+        .iter()
+        .filter(|m| m.from != m.to)
+        .map(|m| m.from)
+        .collect();
     let mut out = new.clone();
     if sources.is_empty() {
         return Ok(out);
@@ -172,6 +197,24 @@ mod tests {
                 .collect(),
             policy: Default::default(),
         }
+    }
+
+    #[test]
+    fn devices_placed_for_the_first_time_join_and_keep_no_old_route() {
+        let old = plan(1, &[("a", 1)], &[("t", &[1]), ("u", &[2])]);
+        let new = plan(2, &[("a", 1), ("b", 2)], &[("t", &[1, 2]), ("u", &[3])]);
+        let j = joins(&old, &new);
+        assert_eq!(
+            j,
+            [Move {
+                device: "b".into(),
+                from: 2,
+                to: 2
+            }]
+        );
+        assert!(moves(&old, &new).is_empty());
+        // A join leaves no shard: `u` is not routed to 2 any more.
+        assert_eq!(transition(&old, &new, &j).unwrap(), new);
     }
 
     #[test]
