@@ -160,12 +160,13 @@ listen = "127.0.0.1:9464"
             if ahead.is_none() && !busy(at) && d["created"].as_u64().unwrap() > 0 {
                 ahead = Some(d.clone());
             }
-            if ahead.is_some() && merged.is_none() && !busy(at) && d["merged"].as_u64().unwrap() > 0
+            if let Some(a) = &ahead
+                && merged.is_none()
+                && !busy(at)
+                && d["merged"].as_u64().unwrap() > 0
+                && at > a["at"].as_u64().unwrap() + SEASON / 2
             {
-                let a = ahead.as_ref().unwrap()["at"].as_u64().unwrap();
-                if at > a + SEASON / 2 {
-                    merged = Some(d.clone());
-                }
+                merged = Some(d.clone());
             }
         }
     }
