@@ -87,6 +87,9 @@ pub struct Daemon {
     gateway_changed: bool,
     /// The control cycle, with a `[cycle]` section.
     cycle: Option<CycleState>,
+    /// A migration a killed daemon left under way (its transition
+    /// installed), resumed once the gateway is linked.
+    resume: Option<state::MigrationRecord>,
     /// Installs by this daemon, and how long the last took.
     installs: u64,
     last_install: Duration,
@@ -284,6 +287,7 @@ impl Daemon {
             relay_filters: None,
             gateway_changed: false,
             cycle,
+            resume: None,
             installs: 0,
             last_install: Duration::ZERO,
             migrations: MigrationCounts::default(),
@@ -296,6 +300,19 @@ impl Daemon {
             daemon.learn(&c);
             daemon.plan = Some(c);
             daemon.document = Some(p);
+        }
+        // A migration a killed daemon left under way.
+        match state::load_migration(&daemon.cfg.daemon.state_dir) {
+            Ok(Some(rec)) if rec.new.generation == meta.generation => {
+                info!(
+                    generation = meta.generation,
+                    "migration under way when the daemon stopped: resumed once the gateway runs"
+                );
+                daemon.resume = Some(rec);
+            }
+            Ok(Some(_)) => state::forget_migration(&daemon.cfg.daemon.state_dir),
+            Ok(None) => {}
+            Err(e) => warn!("{e:#}; the migration it described is not resumed"),
         }
         info!(
             generation = meta.generation,
@@ -318,6 +335,23 @@ impl Daemon {
     /// ([`crate::migrate`]).
     pub fn link_gateway(&mut self, commands: UnboundedSender<MigrateCommand>) {
         self.commands = Some(commands);
+        // Every command again: devices that confirmed before the daemon
+        // stopped confirm again (they are in the group already), the
+        // others move now; the transition routes are still installed.
+        if let Some(rec) = self.resume.take() {
+            match Migration::new(&rec.old, &rec.new) {
+                Ok(Some(m)) => {
+                    info!(
+                        generation = rec.new.generation,
+                        moves = m.stats.moves,
+                        "migration resumed"
+                    );
+                    self.migration = Some((m, Instant::now()));
+                    self.send_batch();
+                }
+                _ => state::forget_migration(&self.cfg.daemon.state_dir),
+            }
+        }
     }
 
     /// Whether a migration is in progress.
@@ -371,6 +405,13 @@ impl Daemon {
             match Migration::new(old, &plan) {
                 Ok(Some(m)) => {
                     let first = m.installable();
+                    // Recorded before the transition is: a daemon killed
+                    // after the install finds it.
+                    if let Err(e) = state::save_migration(&self.cfg.daemon.state_dir, old, &plan) {
+                        error!(
+                            "the migration's record was not saved (a restart would not resume it): {e:#}"
+                        );
+                    }
                     let r = self.install_document(&first, false, now)?;
                     self.migrations.started += m.stats.moves as u64;
                     info!(
@@ -552,6 +593,7 @@ impl Daemon {
         }
         let (m, _) = self.migration.take().expect("checked above");
         self.install_document(&plan, true, now)?;
+        state::forget_migration(&self.cfg.daemon.state_dir);
         let s = m.stats;
         self.migrations.confirmed += s.confirmed as u64;
         self.migrations.timed_out += s.timed_out as u64;

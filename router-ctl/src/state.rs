@@ -74,6 +74,48 @@ pub fn append_decision(dir: &Path, line: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The migration in progress: the plan devices move from and the one
+/// they move to. Kept from the transition's install until the last batch
+/// resolves, so that a daemon killed in between picks the migration up
+/// where the data plane is (the transition installed) and sends the
+/// commands again.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct MigrationRecord {
+    pub old: Plan,
+    pub new: Plan,
+}
+
+pub fn migration_file(dir: &Path) -> PathBuf {
+    dir.join("migration.json")
+}
+
+pub fn save_migration(dir: &Path, old: &Plan, new: &Plan) -> Result<()> {
+    let rec = MigrationRecord {
+        old: old.clone(),
+        new: new.clone(),
+    };
+    write_atomically(&migration_file(dir), |w| {
+        serde_json::to_writer(w, &rec).map_err(std::io::Error::other)
+    })
+}
+
+/// The migration record in `dir`, if any (a record that does not parse
+/// is an error: it is not silently dropped).
+pub fn load_migration(dir: &Path) -> Result<Option<MigrationRecord>> {
+    let path = migration_file(dir);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .with_context(|| format!("{} is not a migration record", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn forget_migration(dir: &Path) {
+    let _ = std::fs::remove_file(migration_file(dir));
+}
+
 /// Removes the installed plan's copy (after a detach).
 pub fn forget_plan(dir: &Path) {
     let _ = std::fs::remove_file(plan_file(dir));

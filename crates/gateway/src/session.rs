@@ -340,6 +340,23 @@ impl Gateway {
             let topic = control::topic(&c.id);
             let id = control::CONTROL_ID;
             Self::deliver_to(&mut fx, to, c, Named::Predefined(id), id, &topic, data);
+        } else {
+            // No session at that address (this gateway restarted and the
+            // device has not spoken since): the control topic is a
+            // predefined id, so a QoS 0 publish needs none, and a migrate
+            // command reaches a device that only pings.
+            fx.push(Effect::Send(
+                to,
+                Message::Publish {
+                    flags: Flags {
+                        topic_id_type: TOPIC_PREDEFINED,
+                        ..Flags::NONE
+                    },
+                    topic_id: control::CONTROL_ID,
+                    msg_id: 0,
+                    data: data.to_vec(),
+                },
+            ));
         }
         fx
     }
@@ -658,6 +675,11 @@ impl Gateway {
                         fx.extend(buffered.into_iter().map(|m| Effect::Send(from, m)));
                     }
                     send(&mut fx, Message::PingResp);
+                } else {
+                    // Not connected (this gateway restarted, or the client
+                    // was expired): DISCONNECT tells it to connect again,
+                    // where a PINGRESP would keep it believing it is.
+                    send(&mut fx, Message::Disconnect { duration: None });
                 }
             }
             Message::Disconnect { duration } => {
