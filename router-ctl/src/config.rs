@@ -118,6 +118,7 @@ struct RawCycle {
     season: Option<String>,
     window: Option<String>,
     horizons: Option<Vec<String>>,
+    refit: Option<String>,
     seed: Option<u64>,
     resources: Option<shardcast_planner::workload::Resources>,
     cost: Option<shardcast_planner::workload::CostWeights>,
@@ -488,6 +489,7 @@ impl DaemonConfig {
                         ),
                     ));
                 }
+                let refit = duration("cycle.refit", c.refit, "1h", period)?;
                 let mut horizons = Vec::new();
                 for h in c
                     .horizons
@@ -523,6 +525,7 @@ impl DaemonConfig {
                     season,
                     window,
                     horizons,
+                    refit,
                     resources,
                     cost: c.cost.unwrap_or_default(),
                     policy,

@@ -78,6 +78,9 @@ pub struct CycleConfig {
     pub window: Duration,
     /// Horizons the decision log and the metrics report forecasts at.
     pub horizons: Vec<(String, Duration)>,
+    /// Every topic's forecast is refitted once per this long (a share of
+    /// them each cycle).
+    pub refit: Duration,
     pub resources: Resources,
     pub cost: CostWeights,
     pub policy: Policy,
@@ -129,6 +132,8 @@ pub struct Inputs<'a> {
     /// The installed plan, without routes the daemon adds itself (the
     /// relay's shard).
     pub installed: Option<&'a Plan>,
+    /// The forecasts kept between cycles.
+    pub forecasts: &'a mut Forecasts,
 }
 
 /// One shard in a decision.
@@ -246,7 +251,7 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
     // Rates.
     let t0 = Instant::now();
     let predictive = inp.mode != Mode::Reactive;
-    let rates = rates(cfg, inp.load, inp.now, &names, predictive);
+    let rates = rates(cfg, inp.load, inp.now, &names, predictive, inp.forecasts);
     let forecast_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     // The workload: the devices as the gateway knows them, subscriptions
@@ -480,16 +485,59 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
     Ok(d)
 }
 
+/// The forecaster's paths per topic, kept between cycles: a fit of 10k
+/// topics costs seconds, and the load's shape does not change every five
+/// minutes. Each cycle refits the topics whose fit is oldest, a share
+/// such that every topic is refitted once per `cycle.refit` (new topics
+/// and paths run out are fitted at once), and reads the others' paths
+/// from where they now are, corrected by how far the last bucket measured
+/// is from what the path said (a flash under way, a level shift).
+#[derive(Debug, Default)]
+pub struct Forecasts {
+    fits: HashMap<String, Fit>,
+}
+
+#[derive(Clone, Debug)]
+struct Fit {
+    /// Start (unix seconds) of the first bucket the path forecasts.
+    origin: u64,
+    model: &'static str,
+    /// Messages per bucket, from `origin` on.
+    path: Vec<f64>,
+    /// Rates at the configured horizons, as of the fit.
+    horizons: BTreeMap<String, f64>,
+}
+
+impl Forecasts {
+    /// Topics with a fit.
+    pub fn len(&self) -> usize {
+        self.fits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fits.is_empty()
+    }
+
+    /// Forgets topics not in `names`.
+    fn retain(&mut self, names: &[String]) {
+        if self.fits.len() > names.len() {
+            let keep: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+            self.fits.retain(|k, _| keep.contains(k.as_str()));
+        }
+    }
+}
+
 /// Each topic's measured rate (last complete bucket) and the rate to plan
 /// for; with `predictive`, the forecast's (its peak over the next
-/// `period + lead`, never below the measured rate), forecast in parallel
-/// over the available cores.
+/// `period + lead`, never below the measured rate). Refits run in
+/// parallel over the available cores.
 fn rates(
     cfg: &CycleConfig,
     load: &LoadSeries,
     now: u64,
     names: &[String],
     predictive: bool,
+    cache: &mut Forecasts,
 ) -> Vec<TopicRate> {
     let bucket = load.bucket_secs();
     let measured: Vec<f64> = names.iter().map(|n| load.last_rate(n, now)).collect();
@@ -506,52 +554,99 @@ fn rates(
             })
             .collect();
     }
+    cache.retain(names);
     let buckets = |d: Duration| (d.as_secs().div_ceil(bucket) as usize).max(1);
     let plan_h = buckets(cfg.period + cfg.lead);
+    let refit_b = buckets(cfg.refit);
+    // The path a fit keeps: until its next refit, plus the plan's span.
+    let keep = refit_b + plan_h;
+    // The bucket the forecasts start at: the one under way.
+    let origin = now - now % bucket;
+    let offset = |f: &Fit| (origin.saturating_sub(f.origin) / bucket) as usize;
+    // Due: no fit, a path that ends before the plan's span, and the
+    // oldest share of the rest.
+    let mut due: Vec<usize> = Vec::new();
+    let mut aged: Vec<(u64, usize)> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match cache.fits.get(n) {
+            Some(f) if offset(f) + plan_h <= f.path.len() && f.origin <= origin => {
+                aged.push((f.origin, i))
+            }
+            _ => due.push(i),
+        }
+    }
+    let share = (names.len() * cfg.period.as_secs() as usize)
+        .div_ceil(cfg.refit.as_secs().max(1) as usize)
+        .max(1);
+    if due.len() < share {
+        aged.sort_unstable();
+        due.extend(aged.iter().take(share - due.len()).map(|&(_, i)| i));
+    }
+    // Refit what is due, in parallel.
     let mut leads: Vec<usize> = cfg.horizons.iter().map(|(_, h)| buckets(*h)).collect();
-    leads.push(plan_h);
+    leads.push(keep);
     let cal = forecast::Calendar::new(buckets(cfg.season));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = names.len().div_ceil(threads).max(1);
-    let mut out: Vec<TopicRate> = Vec::with_capacity(names.len());
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = names
+    let chunk = due.len().div_ceil(threads).max(1);
+    let fitted: Vec<(usize, Fit)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = due
             .chunks(chunk)
-            .zip(measured.chunks(chunk))
-            .map(|(names, measured)| {
-                let cal = &cal;
-                let leads = &leads;
+            .map(|part| {
+                let (cal, leads) = (&cal, &leads);
                 scope.spawn(move || {
-                    names
-                        .iter()
-                        .zip(measured)
-                        .map(|(n, &m)| {
-                            let y = load.complete(n, now);
+                    part.iter()
+                        .map(|&i| {
+                            let y = load.complete(&names[i], now);
                             let f = forecast::forecast_series(&y, cal, leads);
                             let last = leads.len() - 1;
-                            let ahead = forecast::peak_ahead(&f.paths[last], 0.0) / bucket as f64;
-                            TopicRate {
-                                topic: n.clone(),
-                                measured: m,
-                                planned: ahead.max(m),
+                            let fit = Fit {
+                                origin,
+                                model: f.chosen[last].name(),
+                                path: f.paths[last].clone(),
                                 horizons: cfg
                                     .horizons
                                     .iter()
                                     .zip(&f.values)
                                     .map(|((label, _), v)| (label.clone(), v[0] / bucket as f64))
                                     .collect(),
-                                model: Some(f.chosen[last].name()),
-                            }
+                            };
+                            (i, fit)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        for h in handles {
-            out.extend(h.join().expect("a forecast thread panicked"));
-        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a forecast thread panicked"))
+            .collect()
     });
-    out
+    for (i, fit) in fitted {
+        cache.fits.insert(names[i].clone(), fit);
+    }
+    names
+        .iter()
+        .zip(measured)
+        .map(|(n, m)| {
+            let f = &cache.fits[n];
+            let off = offset(f);
+            // How far the last bucket measured is from the path (nothing
+            // to compare for a fit made this cycle).
+            let correction = match off {
+                0 => 0.0,
+                k => m * bucket as f64 - f.path[k - 1],
+            };
+            let window = &f.path[off..(off + plan_h).min(f.path.len())];
+            let ahead = forecast::peak_ahead(window, correction) / bucket as f64;
+            TopicRate {
+                topic: n.clone(),
+                measured: m,
+                planned: ahead.max(m),
+                horizons: f.horizons.clone(),
+                model: Some(f.model),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -568,6 +663,7 @@ mod tests {
             season: Duration::from_secs(400),
             window: Duration::from_secs(4000),
             horizons: vec![("1m".into(), Duration::from_secs(60))],
+            refit: Duration::from_secs(30),
             resources: serde_json::from_str(
                 r#"{"shard_capacity": 100, "max_shards": 8, "egress": "veth0", "headroom": 0.2}"#,
             )
@@ -632,6 +728,7 @@ mod tests {
                 load,
                 devices,
                 installed,
+                forecasts: &mut Forecasts::default(),
             },
         )
         .unwrap()

@@ -132,6 +132,8 @@ pub struct CycleState {
     pub load: LoadSeries,
     /// The shard-aware devices, as the gateway reports them.
     pub devices: BTreeMap<String, shardcast_planner::workload::Device>,
+    /// The forecaster's paths, refitted a share per cycle.
+    forecasts: crate::cycle::Forecasts,
     /// The mode in force (`cycle.mode`, or the run-time override).
     pub mode: Mode,
     /// The override file's mtime when last read.
@@ -260,6 +262,7 @@ impl Daemon {
                     cfg: c.clone(),
                     load,
                     devices: BTreeMap::new(),
+                    forecasts: Default::default(),
                     mode: c.mode,
                     mode_seen: None,
                     last_run: None,
@@ -962,6 +965,7 @@ impl Daemon {
                 load: &c.load,
                 devices: &c.devices,
                 installed: base.as_ref(),
+                forecasts: &mut c.forecasts,
             },
         )?;
         c.counts.cycles += 1;

@@ -94,12 +94,12 @@ fn run() -> Result<()> {
     let which = std::env::var("SHARDCAST_BENCH").unwrap_or_else(|_| "all".into());
     if ![
         "all", "xdp", "control", "tick", "planner", "shapes", "policy", "forecast", "fanout",
-        "e2e", "migrate", "relay",
+        "e2e", "migrate", "relay", "cycle",
     ]
     .contains(&which.as_str())
     {
         bail!(
-            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout, e2e, migrate or relay"
+            "SHARDCAST_BENCH={which:?}: expected all, xdp, control, tick, planner, shapes, policy, forecast, fanout, e2e, migrate, relay or cycle"
         );
     }
     // target/<profile>/shardcast-bench -> target/
@@ -158,6 +158,12 @@ fn run() -> Result<()> {
     if which == "tick" {
         println!("{}", ns.run(tick_bench)??);
         return Ok(());
+    }
+    if which == "all" || which == "cycle" {
+        println!("{}", ns.run(integration_tests::cycle_bench::bench)??);
+        if which == "cycle" {
+            return Ok(());
+        }
     }
     if which != "control" {
         let table = ns.run(move || bench(rounds))??;
