@@ -648,6 +648,38 @@ mod tests {
             let e = err(text);
             assert!(e.contains(key), "{text:?}: {e}");
         }
+        let res = "[cycle.resources]\nshard_capacity = 100.0\nmax_shards = 4\negress = \"eth1\"\n";
+        for (text, key) in [
+            ("[cycle]\nperiod = \"1m\"".to_string(), "cycle.resources"),
+            ("[policy]\nseparate_by = [\"sla\"]".into(), "policy"),
+            (format!("[cycle]\nmode = \"fast\"\n{res}"), "cycle.mode"),
+            (format!("[cycle]\nperiod = \"1ms\"\n{res}"), "cycle.period"),
+            (format!("[cycle]\nwindow = \"365d\"\n{res}"), "cycle.window"),
+            (
+                format!("[cycle]\nhorizons = [\"7d\"]\n{res}"),
+                "cycle.horizons",
+            ),
+            (format!("[cycle]\nrefit = \"1s\"\n{res}"), "cycle.refit"),
+            (
+                "[cycle.resources]\nshard_capacity = -1.0\nmax_shards = 4\negress = \"eth1\""
+                    .into(),
+                "cycle.resources",
+            ),
+            (
+                format!("[cycle]\n{res}[policy]\nseparate_by = [\"colour\"]"),
+                "policy",
+            ),
+            ("[metrics]\nlisten = \"x\"".into(), "metrics.listen"),
+            ("[metrics]".into(), "metrics.listen"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        let c = DaemonConfig::from_toml(&format!("[cycle]\n{res}"), "t.toml").unwrap();
+        let cycle = c.cycle.unwrap();
+        assert_eq!(cycle.mode, crate::cycle::Mode::Predictive);
+        assert_eq!(cycle.period, Duration::from_secs(300));
+        assert_eq!(cycle.horizons.len(), 3);
         // Unknown keys and wrong types: the TOML parser names the key.
         assert!(err("[daemon]\ntik = \"1s\"").contains("tik"));
         assert!(err("[dataplane]\nmqttsn_port = \"x\"").contains("mqttsn_port"));
