@@ -13,6 +13,7 @@ use etherparse::PacketBuilder;
 
 pub use router_common::build;
 
+pub mod closed_loop;
 pub mod cycle_bench;
 pub mod differential;
 pub mod e2e_bench;

@@ -1,0 +1,479 @@
+//! The closed loop on the live router, as the demo tells it: a lab with a
+//! `devsim` fleet of shard-aware devices (subscribing through the daemon's
+//! gateway), a second fleet joining and leaving midway, a load generator
+//! playing a compressed day (a smooth diurnal cycle per topic and a flash
+//! event) through the XDP router, and the daemon running its control
+//! cycle in one mode. Measured from outside the daemon, once a second,
+//! through its metrics endpoint: per shard the load routed into it over
+//! the last complete bucket against its usable capacity (overload-seconds:
+//! shard-seconds above it) and the shards holding devices (shard-seconds).
+//! Deliveries are the fleet's own account: every device following the
+//! numbered publisher's topic says what it missed.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{ctl_binary, lab::Lab, load_gen::Generator};
+
+/// What one run plays.
+#[derive(Clone, Debug)]
+pub struct Story {
+    /// `predictive` or `reactive`.
+    pub mode: &'static str,
+    pub devices: usize,
+    /// Devices joining a third into the measured day and leaving at two
+    /// thirds.
+    pub visitors: usize,
+    /// The compressed day, seconds.
+    pub season: u64,
+    /// Days played before the measured one (the forecaster's history).
+    pub warmup: f64,
+    pub topics: usize,
+    /// Per topic, messages/s at night and at the peak.
+    pub night: f64,
+    pub peak: f64,
+    /// A flash on one topic: (start, length) in seconds into the measured
+    /// day, and its extra rate.
+    pub flash: (u64, u64, f64),
+    pub shard_capacity: f64,
+    pub headroom: f64,
+    /// The numbered publisher's rate (loss is counted on its topic).
+    pub numbered: u32,
+}
+
+impl Story {
+    /// The demo's story: 2,000 devices, twelve topics, a 30-second day.
+    pub fn demo(mode: &'static str) -> Story {
+        Story {
+            mode,
+            devices: 2000,
+            visitors: 200,
+            season: 30,
+            warmup: 1.4,
+            topics: 12,
+            night: 2.0,
+            peak: 12.0,
+            flash: (20, 4, 30.0),
+            shard_capacity: 50.0,
+            headroom: 0.2,
+            numbered: 10,
+        }
+    }
+
+    fn usable(&self) -> f64 {
+        self.shard_capacity * (1.0 - self.headroom)
+    }
+
+    /// Topic `i`'s name (a two-character short name: `a0`, `a1`, …).
+    fn topic(i: usize) -> String {
+        format!("{}{}", (b'a' + (i / 10) as u8) as char, i % 10)
+    }
+}
+
+/// One second of the measured day.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub t: f64,
+    /// (shard, load msg/s, usable msg/s) of every shard holding devices.
+    pub shards: Vec<(u32, f64, f64)>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub mode: &'static str,
+    pub overload_seconds: u64,
+    pub shard_seconds: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub migrations: u64,
+    pub devices_assigned: u64,
+    pub created: u64,
+    pub merged: u64,
+    pub cycles: u64,
+    pub installs: u64,
+    /// Mean absolute error of the 5-second forecasts of the busiest
+    /// topics against what was then measured, over the mean rate.
+    pub forecast_error: Option<f64>,
+    pub samples: Vec<Sample>,
+    pub load_sent: u64,
+}
+
+fn unix_f() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `GET /metrics` from inside the router's namespace: sample line →
+/// value.
+pub fn scrape(lab: &Lab, port: u16) -> Result<BTreeMap<String, f64>> {
+    let text = lab.router.run(move || -> Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no HTTP head in the metrics answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("metrics: {head}");
+    }
+    let mut m = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.rsplit_once(' ')
+            && let Ok(v) = v.parse::<f64>()
+        {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Ok(m)
+}
+
+/// The shard id in a `…{shard="N"}` sample name.
+fn shard_of(key: &str) -> Option<u32> {
+    key.split("shard=\"").nth(1)?.split('"').next()?.parse().ok()
+}
+
+fn devsim(
+    lab: &Lab,
+    story: &Story,
+    prefix: &str,
+    devices: usize,
+    duration: Duration,
+    numbered: bool,
+    report: &std::path::Path,
+) -> Result<crate::Child> {
+    let topics: Vec<String> = (0..story.topics).map(Story::topic).collect();
+    let mut cmd = std::process::Command::new(ctl_binary());
+    cmd.args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
+        .args(["--gateway", "198.18.1.1:1884", "--prefix", prefix])
+        .args(["--devices", &devices.to_string()])
+        .args(["--subscribe", &topics.join(",")])
+        .args(["--duration", &format!("{}s", duration.as_secs())])
+        .args(["--keep-alive", "20s", "--grace", "1s"])
+        .arg("--report")
+        .arg(report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if numbered {
+        cmd.args(["--topic", &Story::topic(0)])
+            .args(["--publish-to", "198.18.1.1:1884"])
+            .args(["--publish-netns", &lab.publisher.name])
+            .args(["--rate", &story.numbered.to_string()]);
+    }
+    Ok(crate::Child {
+        child: cmd.spawn().context("starting devsim")?,
+    })
+}
+
+fn stop(child: &mut crate::Child) -> Result<()> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+    child.child.wait()?;
+    Ok(())
+}
+
+/// Plays `story` on a fresh lab; `tick` is called once a second with the
+/// fraction done.
+pub fn run(story: &Story, mut tick: impl FnMut(f64)) -> Result<Outcome> {
+    let mut lab = Lab::new(1)?;
+    lab.attach()?;
+    let port = 9464;
+    let config = format!(
+        r#"migration_deadline = "5s"
+[gateway]
+listen = "198.18.1.1:1884"
+migrate_retry = "300ms"
+token_lifetime = "20s"
+[cycle]
+mode = "{mode}"
+period = "2s"
+lead = "3s"
+season = "{season}s"
+window = "{window}s"
+horizons = ["5s", "15s"]
+refit = "10s"
+[cycle.resources]
+shard_capacity = {cap:.1}
+headroom = {headroom}
+max_shards = 16
+egress = "r-out"
+group_v4_base = "239.1.2.0"
+[metrics]
+listen = "127.0.0.1:{port}"
+"#,
+        mode = story.mode,
+        season = story.season,
+        window = story.season * 4,
+        cap = story.shard_capacity,
+        headroom = story.headroom,
+    );
+    let daemon = lab.start_daemon_with("200ms", &config)?;
+    let state = lab.daemon_state_dir();
+    std::fs::create_dir_all(&state)?;
+    let warm = (story.warmup * story.season as f64) as u64;
+    let total = warm + story.season;
+    let report = state.join("fleet.json");
+    let mut fleet = devsim(
+        &lab,
+        story,
+        "dev-",
+        story.devices,
+        Duration::from_secs(total + 30),
+        true,
+        &report,
+    )?;
+    // Every device placed before the day starts.
+    let placed = Instant::now();
+    loop {
+        let m = scrape(&lab, port).unwrap_or_default();
+        let shards: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("shardcast_shard_devices{"))
+            .map(|(_, v)| v)
+            .sum();
+        if shards as usize >= story.devices {
+            break;
+        }
+        if placed.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "{} of {} devices placed after 60 s",
+                shards,
+                story.devices
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let t0 = unix_f();
+    let s = story.clone();
+    let flash_topic = 3 % story.topics;
+    let load = Generator::start(
+        &lab.publisher.name,
+        "198.18.1.1:1884".parse()?,
+        (0..story.topics)
+            .map(|i| {
+                let n = Story::topic(i);
+                [n.as_bytes()[0], n.as_bytes()[1]]
+            })
+            .collect(),
+        Arc::new(move |i, t| {
+            let el = t - t0;
+            let phase = (el / s.season as f64).fract();
+            // Topics peak at slightly different times of day.
+            let shifted = (phase + 0.02 * i as f64).fract();
+            let day = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * shifted).cos();
+            let mut r = s.night + (s.peak - s.night) * day;
+            let into = el - warm as f64;
+            if i == flash_topic && into >= s.flash.0 as f64 && into < (s.flash.0 + s.flash.1) as f64
+            {
+                r += s.flash.2;
+            }
+            r
+        }),
+    );
+    let mut out = Outcome {
+        mode: story.mode,
+        ..Default::default()
+    };
+    let visitors_report = state.join("visitors.json");
+    let mut visitors: Option<crate::Child> = None;
+    let mut next = Instant::now();
+    loop {
+        next += Duration::from_secs(1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let el = unix_f() - t0;
+        tick((el / total as f64).min(1.0));
+        if el >= total as f64 {
+            break;
+        }
+        let into = el - warm as f64;
+        if visitors.is_none() && story.visitors > 0 && into >= story.season as f64 / 3.0 {
+            visitors = Some(devsim(
+                &lab,
+                story,
+                "visitor-",
+                story.visitors,
+                Duration::from_secs(story.season / 3),
+                false,
+                &visitors_report,
+            )?);
+        }
+        if into < 0.0 {
+            continue;
+        }
+        let m = scrape(&lab, port)?;
+        let mut sample = Sample {
+            t: into,
+            ..Default::default()
+        };
+        for (k, v) in &m {
+            if k.starts_with("shardcast_shard_devices{")
+                && *v > 0.0
+                && let Some(id) = shard_of(k)
+            {
+                let load = m
+                    .get(&format!(
+                        "shardcast_shard_load_messages_per_second{{shard=\"{id}\"}}"
+                    ))
+                    .copied()
+                    .unwrap_or(0.0);
+                sample.shards.push((id, load, story.usable()));
+            }
+        }
+        out.shard_seconds += sample.shards.len() as u64;
+        out.overload_seconds += sample.shards.iter().filter(|s| s.1 > s.2).count() as u64;
+        out.samples.push(sample);
+    }
+    out.load_sent = load.stop()?.iter().sum();
+    let m = scrape(&lab, port)?;
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0) as u64;
+    out.created = get("shardcast_cycle_shards_total{change=\"created\"}");
+    out.merged = get("shardcast_cycle_shards_total{change=\"merged\"}");
+    out.installs = get("shardcast_cycles_total{action=\"install\"}");
+    out.cycles = out.installs
+        + get("shardcast_cycles_total{action=\"none\"}")
+        + get("shardcast_cycles_total{action=\"advise\"}");
+    if let Some(mut v) = visitors.take() {
+        let _ = v.child.wait();
+    }
+    stop(&mut fleet)?;
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
+    )?;
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    out.sent = n("sent");
+    out.delivered = n("delivered");
+    out.missing = n("missing");
+    out.duplicates = n("duplicates");
+    out.migrations = n("migrations");
+    out.devices_assigned = n("assigned");
+    out.forecast_error = forecast_error(&state.join("decisions.jsonl"), t0 + warm as f64);
+    drop(daemon);
+    Ok(out)
+}
+
+/// Mean absolute error of the logged 5-second forecasts of the busiest
+/// topics against the rate measured in the cycle about 5 s later, over
+/// the mean measured rate (from `since` on).
+fn forecast_error(log: &std::path::Path, since: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    // topic → [(at, measured, forecast at 5 s)]
+    let mut by_topic: BTreeMap<String, Vec<(u64, f64, Option<f64>)>> = BTreeMap::new();
+    for line in text.lines() {
+        let d: serde_json::Value = serde_json::from_str(line).ok()?;
+        let at = d["at"].as_u64()?;
+        if (at as f64) < since {
+            continue;
+        }
+        for t in d["topics"].as_array()? {
+            by_topic
+                .entry(t["topic"].as_str()?.to_string())
+                .or_default()
+                .push((
+                    at,
+                    t["measured"].as_f64()?,
+                    t["horizons"]["5s"].as_f64(),
+                ));
+        }
+    }
+    let (mut err, mut sum, mut n) = (0.0, 0.0, 0usize);
+    for rows in by_topic.values() {
+        for (at, _, f) in rows {
+            let Some(f) = f else { continue };
+            if let Some((_, m, _)) = rows.iter().find(|(a, _, _)| *a >= at + 5 && *a <= at + 6) {
+                err += (f - m).abs();
+                sum += m;
+                n += 1;
+            }
+        }
+    }
+    (n > 0 && sum > 0.0).then(|| err / sum)
+}
+
+/// An SVG of each run's busiest shard's load over its usable capacity and
+/// its shard count, second by second.
+pub fn plot(runs: &[Outcome], path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(300);
+    let tmax = runs
+        .iter()
+        .flat_map(|r| r.samples.iter().map(|s| s.t))
+        .fold(1.0f64, f64::max);
+    let umax = runs
+        .iter()
+        .flat_map(|r| r.samples.iter().flat_map(|s| s.shards.iter().map(|x| x.1 / x.2)))
+        .fold(1.2f64, f64::max);
+    let colors = [RED, BLUE];
+    let mut chart = ChartBuilder::on(&top)
+        .caption("busiest shard: load / usable capacity", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0.0..tmax, 0.0..umax)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the day")
+        .draw()?;
+    chart.draw_series(LineSeries::new([(0.0, 1.0), (tmax, 1.0)], BLACK.mix(0.5)))?;
+    for (r, c) in runs.iter().zip(colors) {
+        let pts: Vec<(f64, f64)> = r
+            .samples
+            .iter()
+            .map(|s| {
+                let u = s.shards.iter().map(|x| x.1 / x.2).fold(0.0, f64::max);
+                (s.t, u)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, c))?
+            .label(r.mode)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
+    }
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+    let smax = runs
+        .iter()
+        .flat_map(|r| r.samples.iter().map(|s| s.shards.len()))
+        .max()
+        .unwrap_or(1) as f64
+        + 1.0;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("shards holding devices", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(0.0..tmax, 0.0..smax)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the day")
+        .draw()?;
+    for (r, c) in runs.iter().zip(colors) {
+        let pts: Vec<(f64, f64)> = r
+            .samples
+            .iter()
+            .map(|s| (s.t, s.shards.len() as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts, c))?
+            .label(r.mode)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c));
+    }
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
