@@ -637,7 +637,7 @@ fn rates(
                 k => m * bucket as f64 - f.path[k - 1],
             };
             let window = &f.path[off..(off + plan_h).min(f.path.len())];
-            let ahead = forecast::peak_ahead(window, correction) / bucket as f64;
+            let ahead = forecast::peak_ahead(window, correction, 0.0) / bucket as f64;
             TopicRate {
                 topic: n.clone(),
                 measured: m,

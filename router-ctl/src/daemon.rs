@@ -90,6 +90,12 @@ pub struct Daemon {
     /// A migration a killed daemon left under way (its transition
     /// installed), resumed once the gateway is linked.
     resume: Option<state::MigrationRecord>,
+    /// Every route in force during the open bucket (the installed plan's
+    /// at its start, and every plan installed since): topic → shards.
+    bucket_routes: HashMap<String, std::collections::BTreeSet<u32>>,
+    /// Messages/s delivered into each shard's group in the last bucket
+    /// written: (bucket start, shard → rate).
+    delivered: Option<(u64, BTreeMap<u32, f64>)>,
     /// Installs by this daemon, and how long the last took.
     installs: u64,
     last_install: Duration,
@@ -108,6 +114,10 @@ pub struct MigrationCounts {
 /// What the metrics and `status` show of a running daemon.
 pub struct View {
     pub generation: u64,
+    /// Messages/s delivered into each shard's group in the last bucket
+    /// written, under the routes in force during it: (bucket start,
+    /// shard → rate).
+    pub delivered: Option<(u64, BTreeMap<u32, f64>)>,
     pub installs: u64,
     pub last_install: Duration,
     pub shards: Vec<crate::cycle::ShardLoad>,
@@ -291,6 +301,8 @@ impl Daemon {
             gateway_changed: false,
             cycle,
             resume: None,
+            bucket_routes: HashMap::new(),
+            delivered: None,
             installs: 0,
             last_install: Duration::ZERO,
             migrations: MigrationCounts::default(),
@@ -304,6 +316,7 @@ impl Daemon {
             daemon.plan = Some(c);
             daemon.document = Some(p);
         }
+        daemon.bucket_routes = routes_of(daemon.document.as_ref());
         // A migration a killed daemon left under way.
         match state::load_migration(&daemon.cfg.daemon.state_dir) {
             Ok(Some(rec)) if rec.new.generation == meta.generation => {
@@ -649,6 +662,9 @@ impl Daemon {
         );
         self.learn(&compiled);
         self.plan = Some(compiled);
+        for (t, shards) in routes_of(Some(plan)) {
+            self.bucket_routes.entry(t).or_default().extend(shards);
+        }
         self.document = Some(plan.clone());
         Ok(r.generation)
     }
@@ -705,17 +721,30 @@ impl Daemon {
             .into_iter()
             .map(|(k, s)| (s, k))
             .collect();
-        if let Some(c) = &mut self.cycle {
-            let mut per_topic: FxHashMap<u32, u64> = FxHashMap::default();
-            for ((slot, _), n) in &cells {
-                *per_topic.entry(*slot).or_default() += n;
+        let mut per_topic: FxHashMap<u32, u64> = FxHashMap::default();
+        for ((slot, _), n) in &cells {
+            *per_topic.entry(*slot).or_default() += n;
+        }
+        // Messages delivered into each shard's group in the bucket: every
+        // topic's count on every shard it was routed to during it.
+        let mut delivered: BTreeMap<u32, f64> = BTreeMap::new();
+        for (slot, n) in &per_topic {
+            let Some(name) = slots.get(slot).and_then(|k| self.names.get(k)) else {
+                continue;
+            };
+            if let Some(c) = &mut self.cycle {
+                c.load.add(start, name, *n as f64);
             }
-            for (slot, n) in per_topic {
-                if let Some(name) = slots.get(&slot).and_then(|k| self.names.get(k)) {
-                    c.load.add(start, name, n as f64);
-                }
+            for s in self.bucket_routes.get(name).into_iter().flatten() {
+                *delivered.entry(*s).or_default() += *n as f64 / self.bucket_secs as f64;
             }
         }
+        for s in self.bucket_routes.values().flatten() {
+            delivered.entry(*s).or_default();
+        }
+        self.delivered = Some((start, delivered));
+        // The next bucket starts with the routes in force now.
+        self.bucket_routes = routes_of(self.document.as_ref());
         self.writer.send(Job::Bucket {
             start,
             now,
@@ -827,6 +856,7 @@ impl Daemon {
             })
             .collect();
         Ok(View {
+            delivered: self.delivered.clone(),
             generation: self.dp.meta()?.generation,
             installs: self.installs,
             last_install: self.last_install,
@@ -1023,6 +1053,14 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Topic → shards of `plan`.
+fn routes_of(plan: Option<&Plan>) -> HashMap<String, std::collections::BTreeSet<u32>> {
+    plan.iter()
+        .flat_map(|p| &p.topics)
+        .map(|t| (t.name.clone(), t.shards.iter().copied().collect()))
+        .collect()
 }
 
 /// Devices `plan` does not place, or whose shard it does not send a topic

@@ -98,12 +98,29 @@ pub fn render(d: &Daemon) -> Result<String> {
     family(
         &mut reg,
         "shardcast_shard_load_messages_per_second",
-        "Messages/s routed into each shard's group over the last complete bucket (one delivery per message into the group)",
+        "Messages/s the last complete bucket's topics would route into each shard under the installed plan's routes",
         v.shards
             .iter()
             .map(|s| (label("shard", s.id), s.measured))
             .collect(),
     );
+    if let Some((start, delivered)) = &v.delivered {
+        family(
+            &mut reg,
+            "shardcast_shard_delivered_messages_per_second",
+            "Messages/s delivered into each shard's group over the last bucket written, under the routes in force during it (a migration's transition routes included)",
+            delivered
+                .iter()
+                .map(|(s, r)| (label("shard", s), *r))
+                .collect(),
+        );
+        gauge(
+            &mut reg,
+            "shardcast_delivered_bucket_timestamp_seconds",
+            "Start of the bucket the delivered rates are of (unix time)",
+            *start as f64,
+        );
+    }
     family(
         &mut reg,
         "shardcast_shard_predicted_messages_per_second",

@@ -5,8 +5,10 @@
 //! event) through the XDP router, and the daemon running its control
 //! cycle in one mode. Measured from outside the daemon, once a second,
 //! through its metrics endpoint: per shard the load routed into it over
-//! the last complete bucket against its usable capacity (overload-seconds:
-//! shard-seconds above it) and the shards holding devices (shard-seconds).
+//! the last complete bucket against its capacity (overload-seconds:
+//! shard-seconds above it, as the simulator counts overload-minutes; the
+//! planner keeps the headroom below it) and the shards holding devices
+//! (shard-seconds).
 //! Deliveries are the fleet's own account: every device following the
 //! numbered publisher's topic says what it missed.
 
@@ -56,19 +58,15 @@ impl Story {
             devices: 2000,
             visitors: 200,
             season: 30,
-            warmup: 1.4,
+            warmup: 1.0,
             topics: 12,
             night: 2.0,
             peak: 12.0,
-            flash: (20, 4, 30.0),
+            flash: (20, 4, 20.0),
             shard_capacity: 50.0,
             headroom: 0.2,
             numbered: 10,
         }
-    }
-
-    fn usable(&self) -> f64 {
-        self.shard_capacity * (1.0 - self.headroom)
     }
 
     /// Topic `i`'s name (a two-character short name: `a0`, `a1`, …).
@@ -81,7 +79,7 @@ impl Story {
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub t: f64,
-    /// (shard, load msg/s, usable msg/s) of every shard holding devices.
+    /// (shard, load msg/s, capacity msg/s) of every shard holding devices.
     pub shards: Vec<(u32, f64, f64)>,
 }
 
@@ -106,6 +104,11 @@ pub struct Outcome {
     pub forecast_error: Option<f64>,
     pub samples: Vec<Sample>,
     pub load_sent: u64,
+    /// A few devices that missed publishes: id, count, first sequence
+    /// numbers.
+    pub missed: Vec<String>,
+    /// When the measured day's load started (unix seconds, fractional).
+    pub t0: f64,
 }
 
 fn unix_f() -> f64 {
@@ -113,6 +116,19 @@ fn unix_f() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// The day's shape, 0 (night) to 1 (peak), at `phase` in 0..1: night
+/// until 0.3, a steep morning rise (shift start) to 0.38, the working day,
+/// a slower evening decline from 0.7 to 0.9.
+pub fn shape(phase: f64) -> f64 {
+    match phase {
+        p if p < 0.30 => 0.0,
+        p if p < 0.38 => (p - 0.30) / 0.08,
+        p if p < 0.70 => 1.0,
+        p if p < 0.90 => 1.0 - (p - 0.70) / 0.20,
+        _ => 0.0,
+    }
 }
 
 /// `GET /metrics` from inside the router's namespace: sample line →
@@ -145,7 +161,12 @@ pub fn scrape(lab: &Lab, port: u16) -> Result<BTreeMap<String, f64>> {
 
 /// The shard id in a `…{shard="N"}` sample name.
 fn shard_of(key: &str) -> Option<u32> {
-    key.split("shard=\"").nth(1)?.split('"').next()?.parse().ok()
+    key.split("shard=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn devsim(
@@ -189,7 +210,11 @@ fn stop(child: &mut crate::Child) -> Result<()> {
 
 /// Plays `story` on a fresh lab; `tick` is called once a second with the
 /// fraction done.
-pub fn run(story: &Story, mut tick: impl FnMut(f64)) -> Result<Outcome> {
+pub fn run(
+    story: &Story,
+    keep: Option<&std::path::Path>,
+    mut tick: impl FnMut(f64),
+) -> Result<Outcome> {
     let mut lab = Lab::new(1)?;
     lab.attach()?;
     let port = 9464;
@@ -250,11 +275,7 @@ listen = "127.0.0.1:{port}"
             break;
         }
         if placed.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "{} of {} devices placed after 60 s",
-                shards,
-                story.devices
-            );
+            bail!("{} of {} devices placed after 60 s", shards, story.devices);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -272,11 +293,9 @@ listen = "127.0.0.1:{port}"
             .collect(),
         Arc::new(move |i, t| {
             let el = t - t0;
-            let phase = (el / s.season as f64).fract();
-            // Topics peak at slightly different times of day.
-            let shifted = (phase + 0.02 * i as f64).fract();
-            let day = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * shifted).cos();
-            let mut r = s.night + (s.peak - s.night) * day;
+            // Topics start their day slightly apart.
+            let phase = (el / s.season as f64 + 0.01 * i as f64).fract();
+            let mut r = s.night + (s.peak - s.night) * shape(phase);
             let into = el - warm as f64;
             if i == flash_topic && into >= s.flash.0 as f64 && into < (s.flash.0 + s.flash.1) as f64
             {
@@ -292,8 +311,9 @@ listen = "127.0.0.1:{port}"
     let visitors_report = state.join("visitors.json");
     let mut visitors: Option<crate::Child> = None;
     let mut next = Instant::now();
+    let mut last_bucket = 0.0;
     loop {
-        next += Duration::from_secs(1);
+        next += Duration::from_millis(400);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let el = unix_f() - t0;
         tick((el / total as f64).min(1.0));
@@ -316,22 +336,32 @@ listen = "127.0.0.1:{port}"
             continue;
         }
         let m = scrape(&lab, port)?;
+        // One sample per bucket the daemon wrote (the rates delivered
+        // under the routes in force during it).
+        let bucket = m
+            .get("shardcast_delivered_bucket_timestamp_seconds")
+            .copied()
+            .unwrap_or(0.0);
+        if bucket <= last_bucket || bucket < t0 + warm as f64 - 1.0 {
+            continue;
+        }
+        last_bucket = bucket;
         let mut sample = Sample {
-            t: into,
+            t: bucket - t0 - warm as f64,
             ..Default::default()
         };
         for (k, v) in &m {
-            if k.starts_with("shardcast_shard_devices{")
-                && *v > 0.0
-                && let Some(id) = shard_of(k)
-            {
-                let load = m
-                    .get(&format!(
-                        "shardcast_shard_load_messages_per_second{{shard=\"{id}\"}}"
-                    ))
+            let Some(id) = shard_of(k) else { continue };
+            if k.starts_with("shardcast_shard_delivered_messages_per_second{") {
+                let members = m
+                    .get(&format!("shardcast_shard_devices{{shard=\"{id}\"}}"))
                     .copied()
                     .unwrap_or(0.0);
-                sample.shards.push((id, load, story.usable()));
+                // Shards holding devices, and any other carrying load (a
+                // shard being left, during a migration).
+                if members > 0.0 || *v > 0.0 {
+                    sample.shards.push((id, *v, story.shard_capacity));
+                }
             }
         }
         out.shard_seconds += sample.shards.len() as u64;
@@ -362,7 +392,37 @@ listen = "127.0.0.1:{port}"
     out.migrations = n("migrations");
     out.devices_assigned = n("assigned");
     out.forecast_error = forecast_error(&state.join("decisions.jsonl"), t0 + warm as f64);
+    out.missed = r["per_device"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| d["missing"].as_u64().unwrap_or(0) > 0)
+                .take(5)
+                .map(|d| format!("{}: {} {}", d["id"], d["missing"], d["missed"]))
+                .collect()
+        })
+        .unwrap_or_default();
     drop(daemon);
+    // Kept for the reader: the decision log, the fleet's report, the
+    // daemon's plan.
+    if let Some(dir) = keep {
+        std::fs::create_dir_all(dir)?;
+        for (f, to) in [
+            ("decisions.jsonl", "decisions.jsonl"),
+            ("fleet.json", "fleet.json"),
+            ("plan.json", "plan.json"),
+        ] {
+            let _ = std::fs::copy(state.join(f), dir.join(format!("{}-{to}", story.mode)));
+        }
+        out.t0 = t0;
+        let mut csv = String::from("t,shard,delivered_per_s,capacity\n");
+        for smp in &out.samples {
+            for (id, load, cap) in &smp.shards {
+                csv.push_str(&format!("{:.0},{id},{load:.1},{cap:.1}\n", smp.t));
+            }
+        }
+        std::fs::write(dir.join(format!("{}-shards.csv", story.mode)), csv)?;
+    }
     Ok(out)
 }
 
@@ -383,11 +443,7 @@ fn forecast_error(log: &std::path::Path, since: f64) -> Option<f64> {
             by_topic
                 .entry(t["topic"].as_str()?.to_string())
                 .or_default()
-                .push((
-                    at,
-                    t["measured"].as_f64()?,
-                    t["horizons"]["5s"].as_f64(),
-                ));
+                .push((at, t["measured"].as_f64()?, t["horizons"]["5s"].as_f64()));
         }
     }
     let (mut err, mut sum, mut n) = (0.0, 0.0, 0usize);
@@ -417,11 +473,15 @@ pub fn plot(runs: &[Outcome], path: &std::path::Path) -> Result<()> {
         .fold(1.0f64, f64::max);
     let umax = runs
         .iter()
-        .flat_map(|r| r.samples.iter().flat_map(|s| s.shards.iter().map(|x| x.1 / x.2)))
+        .flat_map(|r| {
+            r.samples
+                .iter()
+                .flat_map(|s| s.shards.iter().map(|x| x.1 / x.2))
+        })
         .fold(1.2f64, f64::max);
     let colors = [RED, BLUE];
     let mut chart = ChartBuilder::on(&top)
-        .caption("busiest shard: load / usable capacity", ("sans-serif", 18))
+        .caption("busiest shard: load / capacity", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(40)

@@ -43,6 +43,10 @@ pub const PUBLISHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2
 pub const MQTTSN_PORT: u16 = 1884;
 pub const COAP_PORT: u16 = 5683;
 
+/// Whether daemons' log lines are echoed to stderr (tests: yes; the demo
+/// turns it off and reports from the daemon's files instead).
+pub static ECHO_DAEMON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// A shard of the lab: its id and groups (both families).
 #[derive(Clone, Debug)]
 pub struct LabShard {
@@ -457,7 +461,9 @@ impl Lab {
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("daemon: {line}");
+                if ECHO_DAEMON.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("daemon: {line}");
+                }
                 if tx.send(line).is_err() {
                     break;
                 }

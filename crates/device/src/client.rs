@@ -126,7 +126,7 @@ pub struct Device {
     leaving: Vec<(Instant, Assignment)>,
     /// Datagrams drained from a group's socket as the device left it:
     /// (shard, datagram), delivered before anything newer.
-    backlog: VecDeque<(u32, Vec<u8>)>,
+    backlog: VecDeque<(u32, Option<SocketAddr>, Vec<u8>)>,
     /// Receive buffers (datagrams up to a jumbo frame), kept between calls.
     buf: Vec<u8>,
     gbuf: Vec<u8>,
@@ -352,8 +352,9 @@ impl Device {
             if let Some(i) = self.groups.iter().position(|(g, _)| *g == old) {
                 let (a, s) = self.groups.remove(i);
                 let mut buf = [0u8; 9216];
-                while let Ok(n) = s.try_recv(&mut buf) {
-                    self.backlog.push_back((a.shard, buf[..n].to_vec()));
+                while let Ok((n, from)) = s.try_recv_from(&mut buf) {
+                    self.backlog
+                        .push_back((a.shard, Some(from), buf[..n].to_vec()));
                 }
             }
         }
@@ -449,8 +450,8 @@ impl Device {
         gbuf: &mut [u8],
     ) -> Result<Option<Delivery>, DeviceError> {
         loop {
-            while let Some((shard, datagram)) = self.backlog.pop_front() {
-                if let Some(d) = self.accept(shard, &datagram) {
+            while let Some((shard, from, datagram)) = self.backlog.pop_front() {
+                if let Some(d) = self.accept(shard, from, &datagram) {
                     return Ok(Some(d));
                 }
             }
@@ -461,8 +462,8 @@ impl Device {
             }
             let wake = tick.min(until);
             let got = tokio::select! {
-                r = self.sock.recv(buf) => Some((None, r)),
-                r = recv_any(&self.groups, gbuf) => Some((Some(r.0), r.1)),
+                r = self.sock.recv(buf) => Some((None, r.map(|n| (n, None)))),
+                r = recv_any(&self.groups, gbuf) => Some((Some(r.0), r.1.map(|(n, from)| (n, Some(from))))),
                 _ = tokio::time::sleep_until(wake) => None,
             };
             match got {
@@ -470,13 +471,13 @@ impl Device {
                 None => {}
                 Some((None, Err(e))) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Some((_, Err(e))) => return Err(self.io("receiving", e)),
-                Some((None, Ok(n))) => {
+                Some((None, Ok((n, _)))) => {
                     let d = buf[..n].to_vec();
                     self.handle_gateway(&d).await?;
                 }
-                Some((Some(i), Ok(n))) => {
+                Some((Some(i), Ok((n, from)))) => {
                     let shard = self.groups[i].0.shard;
-                    if let Some(d) = self.accept(shard, &gbuf[..n]) {
+                    if let Some(d) = self.accept(shard, from, &gbuf[..n]) {
                         return Ok(Some(d));
                     }
                 }
@@ -486,7 +487,12 @@ impl Device {
 
     /// A publish from `shard`'s group, unless it is not one or a
     /// duplicate.
-    fn accept(&mut self, shard: u32, datagram: &[u8]) -> Option<Delivery> {
+    fn accept(
+        &mut self,
+        shard: u32,
+        from: Option<SocketAddr>,
+        datagram: &[u8],
+    ) -> Option<Delivery> {
         let Ok(Message::Publish {
             flags,
             topic_id,
@@ -498,7 +504,7 @@ impl Device {
         };
         if !self
             .dedup
-            .first(flags.topic_id_type, topic_id, msg_id, &data)
+            .first(from, flags.topic_id_type, topic_id, msg_id, &data)
         {
             self.proto.stats.duplicates += 1;
             return None;
@@ -514,16 +520,17 @@ impl Device {
     }
 }
 
-/// The first datagram on any of `groups`' sockets: (index, length).
+/// The first datagram on any of `groups`' sockets: (index, (length,
+/// source)).
 async fn recv_any(
     groups: &[(Assignment, UdpSocket)],
     buf: &mut [u8],
-) -> (usize, io::Result<usize>) {
+) -> (usize, io::Result<(usize, SocketAddr)>) {
     poll_fn(|cx| {
         for (i, (_, s)) in groups.iter().enumerate() {
             let mut rb = ReadBuf::new(buf);
-            if let Poll::Ready(r) = s.poll_recv(cx, &mut rb) {
-                return Poll::Ready((i, r.map(|_| rb.filled().len())));
+            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                return Poll::Ready((i, r.map(|from| (rb.filled().len(), from))));
             }
         }
         Poll::Pending

@@ -1,13 +1,17 @@
 //! Duplicate detection for publishes a device may receive twice while it
-//! is in two groups (a migration). A publish is known by its topic and
-//! message id, or, when the publisher left the id 0 (QoS 0 publishes
-//! usually do), by its topic and payload; the last [`Dedup::new`]`(n)`
-//! keys are remembered. Publishers whose QoS 0 payloads repeat within that
-//! window should number their publishes (msg id or payload).
+//! is in two groups (a migration). A publish is known by its publisher
+//! (the datagram's source address: the router rewrites where a copy goes,
+//! never where it came from), its topic and message id (message ids are
+//! per client: two publishers' ids collide), or, when the publisher left
+//! the id 0 (QoS 0 publishes usually do), by its publisher, topic and
+//! payload; the last [`Dedup::new`]`(n)` keys are remembered. Publishers
+//! whose QoS 0 payloads repeat within that window should number their
+//! publishes (msg id or payload).
 
 use std::{
     collections::{HashSet, VecDeque},
     hash::{BuildHasher, Hash, Hasher},
+    net::SocketAddr,
 };
 
 /// The last `capacity` publishes seen.
@@ -30,9 +34,16 @@ impl Dedup {
     }
 
     /// True the first time a publish is seen within the window.
-    pub fn first(&mut self, topic_id_type: u8, topic_id: u16, msg_id: u16, data: &[u8]) -> bool {
+    pub fn first(
+        &mut self,
+        from: Option<SocketAddr>,
+        topic_id_type: u8,
+        topic_id: u16,
+        msg_id: u16,
+        data: &[u8],
+    ) -> bool {
         let mut h = self.hasher.build_hasher();
-        (topic_id_type, topic_id).hash(&mut h);
+        (from, topic_id_type, topic_id).hash(&mut h);
         if msg_id != 0 {
             (0u8, msg_id).hash(&mut h);
         } else {
@@ -58,13 +69,16 @@ mod tests {
 
     #[test]
     fn duplicates_are_dropped_within_the_window() {
-        let mut d = Dedup::new(2);
-        assert!(d.first(2, 1, 7, b"x"));
-        assert!(!d.first(2, 1, 7, b"y"), "same msg id");
-        assert!(d.first(2, 2, 7, b"x"), "another topic");
-        assert!(d.first(2, 1, 0, b"p"));
-        assert!(!d.first(2, 1, 0, b"p"), "same payload, no msg id");
-        // Out of the window of 2: forgotten.
-        assert!(d.first(2, 1, 7, b"x"));
+        let a: Option<SocketAddr> = Some("198.18.1.2:4000".parse().unwrap());
+        let b: Option<SocketAddr> = Some("198.18.1.3:4000".parse().unwrap());
+        let mut d = Dedup::new(3);
+        assert!(d.first(a, 2, 1, 7, b"x"));
+        assert!(!d.first(a, 2, 1, 7, b"y"), "same msg id");
+        assert!(d.first(b, 2, 1, 7, b"x"), "another publisher's msg id 7");
+        assert!(d.first(a, 2, 2, 7, b"x"), "another topic");
+        assert!(d.first(a, 2, 1, 0, b"p"));
+        assert!(!d.first(a, 2, 1, 0, b"p"), "same payload, no msg id");
+        // Out of the window of 3: forgotten.
+        assert!(d.first(a, 2, 1, 7, b"x"));
     }
 }

@@ -232,9 +232,8 @@ async fn run_device(
         let until = (*stop.borrow()).min(Instant::now() + Duration::from_millis(200));
         let r = d.next(until).await;
         // Joined (inside `next`): count from the last publish sent before
-        // now; a publish `next` returns arrived after the join and counts
-        // too (it may be newer than the counter, which the publisher
-        // advances after its send).
+        // now (the publisher advances the counter before each send, so
+        // nothing older can still be on its way).
         if received.is_none() && d.joined() > 0 {
             received = Some((sent.load(Ordering::SeqCst), Default::default()));
             report.joined_ms = Some(started.elapsed().as_millis() as u64);
@@ -329,12 +328,15 @@ async fn publish(
                 data,
             })
             .expect("a publish encodes");
+            // Counted before it leaves: a device that joins reads the
+            // counter, and must not be held to a publish that was on the
+            // wire before it joined.
+            sent.store(seq, Ordering::SeqCst);
             match sock.send(&msg).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e),
             }
-            sent.store(seq, Ordering::SeqCst);
         }
     }
     Ok(())

@@ -187,18 +187,21 @@ pub fn forecast_path(y: &[f64], cal: &Calendar, h: usize) -> (Model, Vec<f64>) {
 
 /// The load (messages per bucket) a plan should carry through `window`, a
 /// forecast path's buckets over the span the plan must last: its peak
-/// less one Poisson sigma (the largest of a few noisy counts overshoots
-/// by about that), never below the window's mean, plus `correction` (the
-/// forecast's current error against what is measured: a flash under way,
-/// a level shift), at least 0. The simulator's predictive strategy and the
-/// daemon's control cycle both plan with it.
-pub fn peak_ahead(window: &[f64], correction: f64) -> f64 {
+/// less `sigmas` Poisson sigmas (the largest of a few noisy counts
+/// overshoots by about one), never below the window's mean, plus
+/// `correction` (the forecast's current error against what is measured:
+/// a flash under way, a level shift), at least 0. The simulator's
+/// predictive strategy plans with one sigma off (minute counts of
+/// thousands: a sigma is a few percent); the daemon's cycle with none
+/// (its buckets may be seconds long, where a sigma is a third of a small
+/// count, and the planner's headroom absorbs the noise).
+pub fn peak_ahead(window: &[f64], correction: f64, sigmas: f64) -> f64 {
     if window.is_empty() {
         return correction.max(0.0);
     }
     let peak = window.iter().fold(0.0f64, |a, &b| a.max(b));
     let mean = window.iter().sum::<f64>() / window.len() as f64;
-    ((peak - peak.sqrt()).max(mean) + correction).max(0.0)
+    ((peak - sigmas * peak.sqrt()).max(mean) + correction).max(0.0)
 }
 
 /// The predicted load matrix: `values[[series, horizon, k]]` with `k` = 0

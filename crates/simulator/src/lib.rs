@@ -635,7 +635,7 @@ impl Predictor {
                 };
                 let error = nowcast[t] * per_bucket - expected_now;
                 let window = &p[from.min(last)..to.clamp(from.min(last) + 1, p.len())];
-                forecast::peak_ahead(window, error) / per_bucket
+                forecast::peak_ahead(window, error, 1.0) / per_bucket
             })
             .collect()
     }
