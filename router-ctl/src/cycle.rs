@@ -855,6 +855,32 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_holds_in_the_cycles_plans() {
+        // `[policy] separate_by = ["sla"]`: premium and best-effort
+        // devices following the same topics never share a shard.
+        let mut cfg = cfg();
+        cfg.policy.separate_by = vec!["sla".into()];
+        let (load, mut devices) = lab(4, 4, 10, |_| 5.0);
+        for (i, d) in devices.values_mut().enumerate() {
+            d.sla = Some(if i % 2 == 0 { "premium" } else { "best-effort" }.into());
+        }
+        let d = run(&cfg, Mode::Predictive, &load, &devices, None, 100);
+        let plan = d.plan.expect("a plan");
+        assert_eq!(plan.policy.separate_by, ["sla"]);
+        let mut class_of: BTreeMap<u32, &str> = BTreeMap::new();
+        for dev in &plan.devices {
+            let sla = devices[&dev.id].sla.as_deref().unwrap();
+            assert_eq!(
+                *class_of.entry(dev.shard).or_insert(sla),
+                sla,
+                "shard {}",
+                dev.shard
+            );
+        }
+        assert!(class_of.len() >= 2);
+    }
+
+    #[test]
     fn modes_parse_and_name_themselves() {
         for m in Mode::ALL {
             assert_eq!(m.label().parse::<Mode>().unwrap(), m);
