@@ -192,6 +192,10 @@ pub struct Decision {
     pub warnings: Vec<String>,
     pub forecast_ms: f64,
     pub plan_ms: f64,
+    /// The live forecast error (MASE over the last season; predictive and
+    /// advise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mase: Option<f64>,
     /// Every topic's (measured, planned) rate, for the metrics.
     #[serde(skip)]
     pub rates: Vec<TopicRate>,
@@ -251,7 +255,19 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
     // Rates.
     let t0 = Instant::now();
     let predictive = inp.mode != Mode::Reactive;
-    let rates = rates(cfg, inp.load, inp.now, &names, predictive, inp.forecasts);
+    let rates = rates(
+        cfg,
+        inp.load,
+        inp.now,
+        &names,
+        predictive,
+        &mut *inp.forecasts,
+    );
+    let mase = if predictive {
+        inp.forecasts.mase()
+    } else {
+        None
+    };
     let forecast_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     // The workload: the devices as the gateway knows them, subscriptions
@@ -365,6 +381,7 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
         warnings: Vec::new(),
         forecast_ms,
         plan_ms: 0.0,
+        mase,
         rates: rates.clone(),
         plan: None,
     };
@@ -495,6 +512,12 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
 #[derive(Debug, Default)]
 pub struct Forecasts {
     fits: HashMap<String, Fit>,
+    /// The one-bucket-ahead forecast each cycle made for the bucket then
+    /// under way, per topic, scored once that bucket is complete.
+    pending: Vec<(u64, Vec<(String, f64)>)>,
+    /// Per scored bucket: (its start, Σ |forecast − actual|, Σ |actual −
+    /// actual one season before|), over the last season.
+    scores: std::collections::VecDeque<(u64, f64, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -516,6 +539,43 @@ impl Forecasts {
 
     pub fn is_empty(&self) -> bool {
         self.fits.is_empty()
+    }
+
+    /// The live forecast error: MASE of the one-bucket-ahead forecasts
+    /// over the last season (the forecasts' absolute error over seasonal
+    /// naive's), all topics together; `None` before a season of scores.
+    pub fn mase(&self) -> Option<f64> {
+        let (e, n) = self
+            .scores
+            .iter()
+            .fold((0.0, 0.0), |(e, n), s| (e + s.1, n + s.2));
+        (!self.scores.is_empty() && n > 0.0).then(|| e / n)
+    }
+
+    /// Scores the forecasts made for buckets now complete.
+    fn score(&mut self, load: &LoadSeries, now: u64, season: u64) {
+        let bucket = load.bucket_secs();
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(b, _)| b + bucket <= now);
+        self.pending = wait;
+        for (b, forecasts) in done {
+            let (mut e, mut n) = (0.0, 0.0);
+            for (topic, f) in &forecasts {
+                let (Some(a), Some(before)) = (
+                    load.at(topic, b),
+                    b.checked_sub(season).and_then(|s| load.at(topic, s)),
+                ) else {
+                    continue;
+                };
+                e += (f - a).abs();
+                n += (a - before).abs();
+            }
+            self.scores.push_back((b, e, n));
+        }
+        while self.scores.front().is_some_and(|(b, ..)| b + season < now) {
+            self.scores.pop_front();
+        }
     }
 
     /// Forgets topics not in `names`.
@@ -555,6 +615,7 @@ fn rates(
             .collect();
     }
     cache.retain(names);
+    cache.score(load, now, cfg.season.as_secs());
     let buckets = |d: Duration| (d.as_secs().div_ceil(bucket) as usize).max(1);
     let plan_h = buckets(cfg.period + cfg.lead);
     let refit_b = buckets(cfg.refit);
@@ -623,6 +684,19 @@ fn rates(
     });
     for (i, fit) in fitted {
         cache.fits.insert(names[i].clone(), fit);
+    }
+    // What each topic's path says of the bucket under way, scored when
+    // it is complete (one entry per bucket: a second cycle in the same
+    // bucket keeps the first's).
+    if cache.pending.last().is_none_or(|(b, _)| *b != origin) {
+        let next: Vec<(String, f64)> = names
+            .iter()
+            .filter_map(|n| {
+                let f = &cache.fits[n];
+                f.path.get(offset(f)).map(|v| (n.clone(), *v))
+            })
+            .collect();
+        cache.pending.push((origin, next));
     }
     names
         .iter()
@@ -878,6 +952,40 @@ mod tests {
             );
         }
         assert!(class_of.len() >= 2);
+    }
+
+    #[test]
+    fn the_live_forecast_error_is_scored_as_buckets_complete() {
+        let cfg = cfg();
+        // A day shape on a rising trend: seasonal naive is off by the
+        // trend's growth over a season, every bucket.
+        let rate = |b: u64| diurnal(b) + 0.1 * b as f64;
+        let (load, devices) = lab(2, 1, 200, rate);
+        let mut forecasts = Forecasts::default();
+        let mut last = None;
+        for b in 150..190 {
+            let d = decide(
+                &cfg,
+                Inputs {
+                    now: b * BUCKET,
+                    mode: Mode::Predictive,
+                    trigger: Trigger::Period,
+                    load: &load,
+                    devices: &devices,
+                    installed: None,
+                    forecasts: &mut forecasts,
+                },
+            )
+            .unwrap();
+            last = d.mase;
+        }
+        let m = last.expect("scored");
+        assert!(m.is_finite() && m >= 0.0, "{m}");
+        assert_eq!(forecasts.mase(), Some(m));
+        // Reactive forecasts nothing: no score.
+        let (load, devices) = lab(2, 1, 20, rate);
+        let r = run(&cfg, Mode::Reactive, &load, &devices, None, 200);
+        assert_eq!(r.mase, None);
     }
 
     #[test]

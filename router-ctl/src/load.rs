@@ -120,6 +120,17 @@ impl LoadSeries {
         s.iter().take(n).copied().collect()
     }
 
+    /// Messages of `topic` in the bucket starting at `start`, if held.
+    pub fn at(&self, topic: &str, start: u64) -> Option<f64> {
+        let last = *self.starts.back()?;
+        if start > last || !start.is_multiple_of(self.bucket) {
+            return None;
+        }
+        let back = ((last - start) / self.bucket) as usize;
+        let i = self.starts.len().checked_sub(1 + back)?;
+        Some(self.topics.get(topic).map_or(0.0, |s| s[i]))
+    }
+
     /// Messages/s of `topic` over the last complete bucket.
     pub fn last_rate(&self, topic: &str, now: u64) -> f64 {
         self.complete(topic, now)
@@ -144,6 +155,13 @@ mod tests {
         // The bucket under way is not complete.
         assert_eq!(l.complete("b", 125), [0.0, 0.0]);
         assert_eq!(l.last_rate("b", 130), 0.2);
+        assert_eq!(l.at("b", 120), Some(2.0));
+        assert_eq!(l.at("a", 100), Some(6.0));
+        assert_eq!(l.at("zz", 100), Some(0.0));
+        assert_eq!(
+            (l.at("a", 90), l.at("a", 130), l.at("a", 101)),
+            (None, None, None)
+        );
         // Late counts for a held bucket add up; older ones are dropped.
         l.add(111, "a", 3.0);
         assert_eq!(l.complete("a", 130), [6.0, 3.0, 0.0]);

@@ -229,6 +229,14 @@ pub fn render(d: &Daemon) -> Result<String> {
                     (label("phase", "plan"), last.plan_ms / 1e3),
                 ],
             );
+            if let Some(m) = last.mase {
+                gauge(
+                    &mut reg,
+                    "shardcast_forecast_mase",
+                    "Live forecast error: MASE of the one-bucket-ahead forecasts of every topic over the last season (below 1: better than seasonal naive)",
+                    m,
+                );
+            }
             gauge(
                 &mut reg,
                 "shardcast_cycle_last_run_timestamp_seconds",

@@ -99,9 +99,9 @@ pub struct Outcome {
     pub merged: u64,
     pub cycles: u64,
     pub installs: u64,
-    /// Mean absolute error of the 5-second forecasts of the busiest
-    /// topics against what was then measured, over the mean rate.
-    pub forecast_error: Option<f64>,
+    /// The daemon's live forecast error at the end (MASE of its
+    /// one-bucket-ahead forecasts over the last day; predictive only).
+    pub forecast_mase: Option<f64>,
     pub samples: Vec<Sample>,
     pub load_sent: u64,
     /// A few devices that missed publishes: id, count, first sequence
@@ -391,7 +391,7 @@ listen = "127.0.0.1:{port}"
     out.duplicates = n("duplicates");
     out.migrations = n("migrations");
     out.devices_assigned = n("assigned");
-    out.forecast_error = forecast_error(&state.join("decisions.jsonl"), t0 + warm as f64);
+    out.forecast_mase = m.get("shardcast_forecast_mase").copied();
     out.missed = r["per_device"]
         .as_array()
         .map(|a| {
@@ -424,40 +424,6 @@ listen = "127.0.0.1:{port}"
         std::fs::write(dir.join(format!("{}-shards.csv", story.mode)), csv)?;
     }
     Ok(out)
-}
-
-/// Mean absolute error of the logged 5-second forecasts of the busiest
-/// topics against the rate measured in the cycle about 5 s later, over
-/// the mean measured rate (from `since` on).
-fn forecast_error(log: &std::path::Path, since: f64) -> Option<f64> {
-    let text = std::fs::read_to_string(log).ok()?;
-    // topic → [(at, measured, forecast at 5 s)]
-    let mut by_topic: BTreeMap<String, Vec<(u64, f64, Option<f64>)>> = BTreeMap::new();
-    for line in text.lines() {
-        let d: serde_json::Value = serde_json::from_str(line).ok()?;
-        let at = d["at"].as_u64()?;
-        if (at as f64) < since {
-            continue;
-        }
-        for t in d["topics"].as_array()? {
-            by_topic
-                .entry(t["topic"].as_str()?.to_string())
-                .or_default()
-                .push((at, t["measured"].as_f64()?, t["horizons"]["5s"].as_f64()));
-        }
-    }
-    let (mut err, mut sum, mut n) = (0.0, 0.0, 0usize);
-    for rows in by_topic.values() {
-        for (at, _, f) in rows {
-            let Some(f) = f else { continue };
-            if let Some((_, m, _)) = rows.iter().find(|(a, _, _)| *a >= at + 5 && *a <= at + 6) {
-                err += (f - m).abs();
-                sum += m;
-                n += 1;
-            }
-        }
-    }
-    (n > 0 && sum > 0.0).then(|| err / sum)
 }
 
 /// An SVG of each run's busiest shard's load over its usable capacity and

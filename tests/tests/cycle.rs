@@ -214,6 +214,13 @@ listen = "127.0.0.1:9464"
             && k.contains("horizon=\"5s\"")
     ));
     assert!(m["shardcast_packets_total{reason=\"redirected\"}"] > 0.0);
+    // A season of one-bucket-ahead forecasts scored.
+    let mase = m["shardcast_forecast_mase"];
+    assert!(mase.is_finite() && mase >= 0.0, "{mase}");
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("shardcast_shard_delivered_messages_per_second{"))
+    );
 
     // Advise: decisions go on, nothing is installed.
     let out = std::process::Command::new(ctl_binary())

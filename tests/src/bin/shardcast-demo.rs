@@ -330,7 +330,7 @@ fn closed_loop() -> Result<bool> {
         "created",
         "merged",
         "cycles",
-        "fc. error"
+        "fc. MASE"
     );
     let mut ok = true;
     for r in &runs {
@@ -347,15 +347,15 @@ fn closed_loop() -> Result<bool> {
             r.created,
             r.merged,
             r.cycles,
-            r.forecast_error
-                .map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0)),
+            r.forecast_mase
+                .map_or("-".to_string(), |e| format!("{e:.2}")),
         );
         ok &= r.missing == 0 && r.devices_assigned == Story::demo(r.mode).devices as u64;
     }
     println!(
         "  (overload-s: shard-seconds above capacity; shard-s: shard-seconds; sent/lost: the numbered \
          publisher's messages and those a device following them missed; dups: second copies dropped by devices; \
-         fc. error: 5-second forecasts of the busiest topics against what was measured)"
+         fc. MASE: the daemon's one-bucket-ahead forecasts over the last day against seasonal naive's, below 1 is better)"
     );
     if let [p, re] = &runs[..]
         && re.overload_seconds > 0
