@@ -13,6 +13,11 @@ use shardcast_gateway::{
 };
 use shardcast_planner::workload::Device;
 
+/// Whether a session is up (connected or asleep).
+fn live(s: &SessionRecord) -> bool {
+    matches!(s.status, Status::Active | Status::Asleep)
+}
+
 /// A device as the planner should see it now (`None`: gone, not a member
 /// any more).
 pub type DeviceUpdate = (String, Option<Device>);
@@ -39,6 +44,9 @@ impl DeviceBook {
             }
             None => {
                 self.members.remove(client);
+                if self.sessions.get(client).is_some_and(|s| !live(s)) {
+                    self.sessions.remove(client);
+                }
             }
         }
         self.changed(client, before)
@@ -47,7 +55,14 @@ impl DeviceBook {
     /// A session's record changed.
     pub fn session(&mut self, rec: &SessionRecord) -> Option<DeviceUpdate> {
         let before = self.device(&rec.client_id);
-        self.sessions.insert(rec.client_id.clone(), rec.clone());
+        // A standard client's session that ended is forgotten (the book
+        // does not grow with every client ever seen); a member's is kept
+        // (what it follows is still what it is placed by).
+        if !self.is_member(&rec.client_id) && !live(rec) {
+            self.sessions.remove(&rec.client_id);
+        } else {
+            self.sessions.insert(rec.client_id.clone(), rec.clone());
+        }
         self.changed(&rec.client_id, before)
     }
 
@@ -127,6 +142,11 @@ mod tests {
         // A session alone (a standard client) is nobody's business here.
         assert_eq!(b.session(&session("std", Status::Active, &["a"])), None);
         assert!(!b.is_member("std"));
+        b.session(&session("std", Status::Lost, &["a"]));
+        assert!(
+            b.sessions.is_empty(),
+            "a standard client's ended session is forgotten"
+        );
         let (id, d) = b.member("dev", Some(&member("dev", Some(40)))).unwrap();
         assert_eq!(id, "dev");
         let d = d.unwrap();
