@@ -543,7 +543,9 @@ impl Forecasts {
 
     /// The live forecast error: MASE of the one-bucket-ahead forecasts
     /// over the last season (the forecasts' absolute error over seasonal
-    /// naive's), all topics together; `None` before a season of scores.
+    /// naive's), all topics together; `None` before any score, or while
+    /// seasonal naive made no error (an exactly repeating season: MASE is
+    /// undefined).
     pub fn mase(&self) -> Option<f64> {
         let (e, n) = self
             .scores

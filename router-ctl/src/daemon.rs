@@ -8,7 +8,11 @@
 //! the finished one is handed to a writer thread, which commits it to the
 //! history store together with the counter readings it accounts for, so a
 //! daemon killed at any moment and started again neither loses nor
-//! double-counts a packet. SIGTERM and SIGINT end it
+//! double-counts a packet. With a `[cycle]` section each tick may also run
+//! the control cycle ([`crate::cycle`]): forecast, plan against the
+//! installed plan, install make-before-break and migrate, each decision
+//! logged; with `[metrics]` a scrape is answered from the loop
+//! ([`crate::metrics`]). SIGTERM and SIGINT end it
 //! after writing the open bucket; the data plane keeps forwarding unless
 //! `daemon.detach_on_exit` says otherwise.
 
@@ -111,7 +115,7 @@ pub struct MigrationCounts {
     pub unreachable: u64,
 }
 
-/// What the metrics and `status` show of a running daemon.
+/// What the metrics endpoint shows of a running daemon.
 pub struct View {
     pub generation: u64,
     /// Messages/s delivered into each shard's group in the last bucket
@@ -154,7 +158,7 @@ pub struct CycleState {
     overload_checked: Option<u64>,
     /// Devices changed since the last check for unserved ones.
     devices_changed: bool,
-    /// The last decision (for the metrics and `status`).
+    /// The last decision (for the metrics; `status` reads the log).
     pub last: Option<Decision>,
     pub counts: CycleCounts,
 }
