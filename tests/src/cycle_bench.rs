@@ -96,7 +96,6 @@ pub fn bench() -> Result<String> {
             let mut steady = Vec::new();
             for k in 0..cycles {
                 let now = start + k * 300;
-                let fitted_before = forecasts.len();
                 let t = Instant::now();
                 let d = decide(
                     &cfg,
@@ -156,7 +155,6 @@ pub fn bench() -> Result<String> {
                         d.shards_after,
                     )
                 };
-                let _ = fitted_before;
                 if k == 0 {
                     out.push_str(&row("first (fits all)"));
                 } else {
