@@ -154,7 +154,7 @@ pub struct CycleState {
     mode_seen: Option<SystemTime>,
     /// When the last cycle ran (unix seconds).
     last_run: Option<u64>,
-    /// The newest bucket checked for a measured overload.
+    /// Start of the newest bucket checked for a measured overload.
     overload_checked: Option<u64>,
     /// Devices changed since the last check for unserved ones.
     devices_changed: bool,
@@ -908,7 +908,6 @@ impl Daemon {
     /// for a placement (at most every tenth of the period). Never during a
     /// migration: devices move from one placement at a time.
     fn maybe_cycle(&mut self, now: u64) -> Result<Option<Decision>> {
-        let base = self.planning_base();
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
@@ -944,29 +943,34 @@ impl Daemon {
         if c.last_run.is_none_or(|t| now >= t + period) {
             trigger = Some(Trigger::Period);
         }
-        // The bucket just completed, measured against the installed routes.
-        let complete = now - now % c.load.bucket_secs();
-        let last_complete = complete.checked_sub(c.load.bucket_secs());
+        // The bucket just written: what each shard's group received in it
+        // (under the routes in force then), against its usable capacity.
+        let relay = self
+            .cfg
+            .gateway
+            .as_ref()
+            .and_then(|g| g.relay.as_ref())
+            .map(|r| r.shard);
         if trigger.is_none()
-            && last_complete.is_some()
-            && c.overload_checked != last_complete
-            && let Some(base) = &base
+            && let Some((start, rates)) = &self.delivered
+            && c.overload_checked != Some(*start)
         {
-            c.overload_checked = last_complete;
+            c.overload_checked = Some(*start);
             let usable = c.cfg.resources.usable_capacity();
-            for s in &base.shards {
-                let rate: f64 = base
-                    .topics
+            for (&shard, &rate) in rates {
+                if Some(shard) == relay {
+                    continue;
+                }
+                let usable = self
+                    .document
                     .iter()
-                    .filter(|t| t.shards.contains(&s.id))
-                    .map(|t| c.load.last_rate(&t.name, now))
-                    .sum();
-                let usable = s
-                    .capacity
+                    .flat_map(|p| &p.shards)
+                    .find(|s| s.id == shard)
+                    .and_then(|s| s.capacity)
                     .map_or(usable, |cap| cap * (1.0 - c.cfg.resources.headroom));
                 if rate > usable {
                     trigger = Some(Trigger::Overload {
-                        shard: s.id,
+                        shard,
                         rate,
                         usable,
                     });
@@ -979,12 +983,18 @@ impl Daemon {
             && c.last_run.is_none_or(|t| now >= t + (period / 10).max(1))
         {
             c.devices_changed = false;
-            let unserved = unserved(&c.devices, base.as_ref());
+            let unserved = unserved(&c.devices, self.document.as_ref());
             if unserved > 0 {
                 trigger = Some(Trigger::Unserved { devices: unserved });
             }
         }
         let Some(trigger) = trigger else {
+            return Ok(None);
+        };
+        // Only now the installed plan is copied (without the relay's
+        // routes): a tick with no cycle due copies nothing.
+        let base = self.planning_base();
+        let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
         let mode = c.mode;

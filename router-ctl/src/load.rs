@@ -112,12 +112,7 @@ impl LoadSeries {
         let Some(s) = self.topics.get(topic) else {
             return Vec::new();
         };
-        let n = self
-            .starts
-            .iter()
-            .take_while(|&&b| b + self.bucket <= now)
-            .count();
-        s.iter().take(n).copied().collect()
+        s.iter().take(self.complete_len(now)).copied().collect()
     }
 
     /// Messages of `topic` in the bucket starting at `start`, if held.
@@ -131,11 +126,22 @@ impl LoadSeries {
         Some(self.topics.get(topic).map_or(0.0, |s| s[i]))
     }
 
-    /// Messages/s of `topic` over the last complete bucket.
+    /// Buckets held that ended at or before `now`.
+    fn complete_len(&self, now: u64) -> usize {
+        // Buckets are consecutive: the count follows from the first.
+        self.starts.front().map_or(0, |&first| {
+            ((now.saturating_sub(first) / self.bucket) as usize).min(self.starts.len())
+        })
+    }
+
+    /// Messages/s of `topic` over the last complete bucket (read in place:
+    /// called per topic per cycle).
     pub fn last_rate(&self, topic: &str, now: u64) -> f64 {
-        self.complete(topic, now)
-            .last()
-            .map_or(0.0, |c| c / self.bucket as f64)
+        let n = self.complete_len(now);
+        match (self.topics.get(topic), n) {
+            (Some(s), 1..) => s[n - 1] / self.bucket as f64,
+            _ => 0.0,
+        }
     }
 }
 

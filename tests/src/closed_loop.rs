@@ -201,13 +201,6 @@ fn devsim(
     })
 }
 
-fn stop(child: &mut crate::Child) -> Result<()> {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
-    child.child.wait()?;
-    Ok(())
-}
-
 /// Plays `story` on a fresh lab; `tick` is called once a second with the
 /// fraction done.
 pub fn run(
@@ -380,7 +373,7 @@ listen = "127.0.0.1:{port}"
     if let Some(mut v) = visitors.take() {
         let _ = v.child.wait();
     }
-    stop(&mut fleet)?;
+    fleet.terminate()?;
     let r: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&report).with_context(|| format!("reading {}", report.display()))?,
     )?;

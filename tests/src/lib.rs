@@ -139,6 +139,20 @@ impl Child {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Asks it to end (SIGTERM: `devsim` then writes its report) and
+    /// waits for it.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own, not yet reaped child's pid.
+        if unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) } != 0 {
+            bail!(
+                "SIGTERM to {}: {}",
+                self.pid(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(self.child.wait()?)
+    }
 }
 
 impl Drop for Child {

@@ -278,9 +278,7 @@ listen = "127.0.0.1:9464"
     // The fleet: nothing missed.
     let sent = load.stop().unwrap();
     assert!(sent.iter().all(|&n| n > 500), "{sent:?}");
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(devsim.pid() as i32, libc::SIGTERM) }, 0);
-    let status = devsim.child.wait().unwrap();
+    let status = devsim.terminate().unwrap();
     let summary = std::fs::read_to_string(&stdout).unwrap();
     eprintln!("{summary}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();

@@ -122,9 +122,7 @@ fn a_thousand_migrations_lose_no_message() {
         assert!(!lab.daemon_state_dir().join("migration.json").exists());
     }
     // Stop the fleet: it reports.
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(devsim.pid() as i32, libc::SIGTERM) }, 0);
-    let status = devsim.child.wait().unwrap();
+    let status = devsim.terminate().unwrap();
     let summary = std::fs::read_to_string(&stdout).unwrap();
     for ns in [&lab.router, &lab.lan, &lab.subscribers[0].ns] {
         eprintln!(
