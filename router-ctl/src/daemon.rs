@@ -161,6 +161,36 @@ pub struct CycleState {
     /// The last decision (for the metrics; `status` reads the log).
     pub last: Option<Decision>,
     pub counts: CycleCounts,
+    /// Messages/s per topic in the last bucket written (the metrics read
+    /// these: the series may be away with a cycle).
+    last_rates: HashMap<String, f64>,
+    /// The cycle being decided on its own thread, if one is.
+    running: Option<Running>,
+}
+
+/// A cycle deciding on its own thread. The decision (forecast and plan: a
+/// second and more at 100k devices) must not hold up the loop the gateway
+/// shares, so the series, forecasts and devices go to the thread (moved,
+/// not copied) and come back with the decision; what arrives meanwhile
+/// (buckets, device updates) waits here and is applied on their return.
+struct Running {
+    done: mpsc::Receiver<Decided>,
+    /// The installed plan's generation the decision plans against: a plan
+    /// installed meanwhile (a plan file) makes the decision stale.
+    base: Option<u64>,
+    mode: Mode,
+    /// Devices known when the cycle started (for the metrics).
+    known: usize,
+    buckets: Vec<(u64, String, f64)>,
+    devices: Vec<crate::devices::DeviceUpdate>,
+}
+
+/// What a cycle's thread hands back.
+struct Decided {
+    decision: Result<Decision>,
+    load: LoadSeries,
+    forecasts: crate::cycle::Forecasts,
+    devices: BTreeMap<String, shardcast_planner::workload::Device>,
 }
 
 /// Counters of the cycle's work (for the metrics).
@@ -284,6 +314,8 @@ impl Daemon {
                     devices_changed: false,
                     last: None,
                     counts: CycleCounts::default(),
+                    last_rates: HashMap::new(),
+                    running: None,
                 })
             }
         };
@@ -732,12 +764,20 @@ impl Daemon {
         // Messages delivered into each shard's group in the bucket: every
         // topic's count on every shard it was routed to during it.
         let mut delivered: BTreeMap<u32, f64> = BTreeMap::new();
+        if let Some(c) = &mut self.cycle {
+            c.last_rates.clear();
+        }
         for (slot, n) in &per_topic {
             let Some(name) = slots.get(slot).and_then(|k| self.names.get(k)) else {
                 continue;
             };
             if let Some(c) = &mut self.cycle {
-                c.load.add(start, name, *n as f64);
+                match &mut c.running {
+                    Some(r) => r.buckets.push((start, name.clone(), *n as f64)),
+                    None => c.load.add(start, name, *n as f64),
+                }
+                *c.last_rates.entry(name.clone()).or_default() +=
+                    *n as f64 / self.bucket_secs as f64;
             }
             for s in self.bucket_routes.get(name).into_iter().flatten() {
                 *delivered.entry(*s).or_default() += *n as f64 / self.bucket_secs as f64;
@@ -811,6 +851,10 @@ impl Daemon {
     pub fn on_device(&mut self, (client, device): crate::devices::DeviceUpdate) {
         if let Some(c) = &mut self.cycle {
             c.devices_changed = true;
+            if let Some(r) = &mut c.running {
+                r.devices.push((client, device));
+                return;
+            }
             match device {
                 Some(d) => {
                     c.devices.insert(client, d);
@@ -826,7 +870,6 @@ impl Daemon {
     /// with their load over the last complete bucket (and what the last
     /// cycle planned them for), the data plane's counters by reason.
     pub fn view(&self) -> Result<View> {
-        let now = now_unix();
         let counters = self.dp.counters()?;
         let base = self.planning_base();
         let planned: HashMap<u32, f64> = self
@@ -843,7 +886,7 @@ impl Daemon {
                         p.topics
                             .iter()
                             .filter(|t| t.shards.contains(&s.id))
-                            .map(|t| c.load.last_rate(&t.name, now))
+                            .filter_map(|t| c.last_rates.get(&t.name))
                             .sum()
                     });
                     let (capacity, headroom) = self.cycle.as_ref().map_or((0.0, 0.0), |c| {
@@ -875,7 +918,8 @@ impl Daemon {
             cycle: self.cycle.as_ref().map(|c| CycleView {
                 mode: c.mode,
                 counts: c.counts.clone(),
-                devices: c.devices.len(),
+                // The devices are away with a running cycle.
+                devices: c.running.as_ref().map_or(c.devices.len(), |r| r.known),
                 last: c.last.clone(),
             }),
         })
@@ -934,6 +978,9 @@ impl Daemon {
                 );
                 c.mode = mode;
             }
+        }
+        if c.running.is_some() {
+            return self.collect_decision(now, Duration::ZERO);
         }
         if self.migration.is_some() {
             return Ok(None);
@@ -994,24 +1041,132 @@ impl Daemon {
         // Only now the installed plan is copied (without the relay's
         // routes): a tick with no cycle due copies nothing.
         let base = self.planning_base();
+        let base_generation = self.document.as_ref().map(|p| p.generation);
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
         let mode = c.mode;
         // A cycle that fails is tried again a period later, not every tick.
         c.last_run = Some(now);
-        let mut d = crate::cycle::decide(
-            &c.cfg,
-            crate::cycle::Inputs {
-                now,
-                mode,
-                trigger,
-                load: &c.load,
-                devices: &c.devices,
-                installed: base.as_ref(),
-                forecasts: &mut c.forecasts,
-            },
-        )?;
+        let cfg = c.cfg.clone();
+        let bucket = c.load.bucket_secs();
+        let cap = c.cfg.window.as_secs() / bucket;
+        let load = std::mem::replace(&mut c.load, LoadSeries::new(bucket, cap as usize));
+        let mut forecasts = std::mem::take(&mut c.forecasts);
+        let devices = std::mem::take(&mut c.devices);
+        let known = devices.len();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("shardcast-cycle".into())
+            .spawn(move || {
+                // A panic in the decision must not take the series with
+                // it: it comes back with an error (and no forecasts, whose
+                // state it may have left half-updated).
+                let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::cycle::decide(
+                        &cfg,
+                        crate::cycle::Inputs {
+                            now,
+                            mode,
+                            trigger,
+                            load: &load,
+                            devices: &devices,
+                            installed: base.as_ref(),
+                            forecasts: &mut forecasts,
+                        },
+                    )
+                }));
+                let decision = match decision {
+                    Ok(d) => d.map_err(anyhow::Error::from),
+                    Err(p) => {
+                        forecasts = Default::default();
+                        let what = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(anyhow::anyhow!("the decision panicked: {what}"))
+                    }
+                };
+                let _ = tx.send(Decided {
+                    decision,
+                    load,
+                    forecasts,
+                    devices,
+                });
+            });
+        if let Err(e) = spawned {
+            // No thread: everything is still ours. Try again next period.
+            return Err(anyhow::Error::from(e).context("starting the cycle's thread"));
+        }
+        c.running = Some(Running {
+            done: rx,
+            base: base_generation,
+            mode,
+            known,
+            buckets: Vec::new(),
+            devices: Vec::new(),
+        });
+        // A short decision (a small fleet) is taken up within this tick.
+        self.collect_decision(now, Duration::from_millis(50))
+    }
+
+    /// Takes up the running cycle's decision if it is made: puts back the
+    /// series, forecasts and devices with what arrived meanwhile, logs the
+    /// decision and installs its plan.
+    fn collect_decision(&mut self, now: u64, wait: Duration) -> Result<Option<Decision>> {
+        let Some(c) = &mut self.cycle else {
+            return Ok(None);
+        };
+        let Some(r) = &c.running else {
+            return Ok(None);
+        };
+        let done = match r.done.recv_timeout(wait) {
+            Ok(d) => d,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Unreachable unless the thread died outside the decision:
+                // start from an empty series rather than never again.
+                let r = c.running.take().expect("checked");
+                let bucket = c.load.bucket_secs();
+                for (start, topic, n) in r.buckets {
+                    c.load.add(start, &topic, n);
+                }
+                for (client, d) in r.devices {
+                    self.on_device((client, d));
+                }
+                bail!("the cycle's thread ended without a decision (bucket {bucket} s)");
+            }
+        };
+        let r = c.running.take().expect("checked");
+        c.load = done.load;
+        for (start, topic, n) in &r.buckets {
+            c.load.add(*start, topic, *n);
+        }
+        c.forecasts = done.forecasts;
+        c.devices = done.devices;
+        for (client, d) in r.devices {
+            self.on_device((client, d));
+        }
+        let mut d = done.decision?;
+        let Some(c) = &mut self.cycle else {
+            return Ok(None);
+        };
+        let mode = r.mode;
+        let current = self.document.as_ref().map(|p| p.generation);
+        if current != r.base || c.mode != mode {
+            // A plan installed (or the mode changed) while the cycle was
+            // deciding: its plan would undo what is installed now. Decide
+            // again from what is in force.
+            info!(
+                planned_against = r.base,
+                installed = current,
+                mode = c.mode.label(),
+                "control cycle: decision dropped, the installed plan or the mode changed meanwhile"
+            );
+            c.last_run = None;
+            return Ok(None);
+        }
         c.counts.cycles += 1;
         match d.action {
             "install" => {
