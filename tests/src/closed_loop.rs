@@ -10,7 +10,10 @@
 //! planner keeps the headroom below it) and the shards holding devices
 //! (shard-seconds).
 //! Deliveries are the fleet's own account: every device following the
-//! numbered publisher's topic says what it missed.
+//! numbered publisher's topic says what it missed. Beside the fleet, a few
+//! standard clients (mqtt-sn-12's `mqtt_sn_sub`, libcoap's `coap-client`
+//! observing) follow load topics through the gateway's relay; the load's
+//! payloads are numbered per topic, so each says what it missed too.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +22,8 @@ use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -109,6 +114,100 @@ pub struct Outcome {
     pub missed: Vec<String>,
     /// When the measured day's load started (unix seconds, fractional).
     pub t0: f64,
+    /// The standard clients' account.
+    pub standard: Vec<Standard>,
+}
+
+/// A standard client following one load topic through the gateway's relay
+/// from before the load started until after it stopped: it should have
+/// every publish of the topic.
+#[derive(Clone, Debug, Default)]
+pub struct Standard {
+    pub client: &'static str,
+    pub topic: String,
+    pub sent: u64,
+    pub received: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+}
+
+impl Standard {
+    /// Counts the `load <i> <seq> <t>` records of topic `i` in a client's
+    /// output (lines, or payloads printed back to back).
+    fn count(client: &'static str, topic: usize, sent: u64, output: &str) -> Standard {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut received = 0;
+        for record in output.split("load ").skip(1) {
+            let mut f = record.split_whitespace();
+            let (Some(i), Some(seq)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if i.parse::<usize>().ok() != Some(topic) {
+                continue;
+            }
+            if let Ok(seq) = seq.parse::<u64>() {
+                received += 1;
+                seen.insert(seq);
+            }
+        }
+        let distinct = seen.range(1..=sent).count() as u64;
+        Standard {
+            client,
+            topic: Story::topic(topic),
+            sent,
+            received,
+            missing: sent - distinct,
+            duplicates: received - seen.len() as u64,
+        }
+    }
+}
+
+/// The standard clients: (label, topic index, whether CoAP). `mqtt_sn_sub`
+/// reads one datagram per 100 ms (10 msg/s at most; the queue drains at
+/// night) and drops what arrives while it waits for a PINGRESP: it follows
+/// topics without the flash and pings only once an hour. libcoap's client
+/// follows the flash's topic.
+const STANDARD: [(&str, usize, bool); 3] = [
+    ("mqtt_sn_sub (mqtt-sn-12)", 1, false),
+    ("mqtt_sn_sub (mqtt-sn-12)", 2, false),
+    ("coap-client (libcoap)", 3, true),
+];
+
+/// Starts the standard clients in the subscribers' namespace, each
+/// writing what it receives to a file in `dir` (not a pipe: nobody reads
+/// it until the end).
+fn standard_clients(lab: &Lab, dir: &std::path::Path) -> Result<Vec<(crate::Child, PathBuf)>> {
+    let sub = crate::python_tool("mqtt-sn-12", "mqtt_sn_sub")?;
+    let ns = &lab.subscribers[0].ns.name;
+    let mut out = Vec::new();
+    for (n, (_, topic, coap)) in STANDARD.iter().enumerate() {
+        let file = dir.join(format!("standard-{n}.out"));
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        let name = Story::topic(*topic);
+        if *coap {
+            // Unbuffered: payloads are printed without a newline, and the
+            // client is ended by a signal.
+            cmd.args(["stdbuf", "-o0", "coap-client-notls", "-m", "get"])
+                .args(["-s", "3600"])
+                .arg(format!("coap://198.18.1.1/ps/data/{name}"));
+        } else {
+            cmd.arg(&sub)
+                .args(["-h", "198.18.1.1", "-p", "1884", "-k", "3600", "-t", &name])
+                .env("PYTHONUNBUFFERED", "1");
+        }
+        cmd.stdout(std::fs::File::create(&file)?)
+            .stderr(Stdio::null());
+        out.push((
+            crate::Child {
+                child: cmd
+                    .spawn()
+                    .with_context(|| format!("starting {}", STANDARD[n].0))?,
+            },
+            file,
+        ));
+    }
+    Ok(out)
 }
 
 fn unix_f() -> f64 {
@@ -208,13 +307,20 @@ pub fn run(
     keep: Option<&std::path::Path>,
     mut tick: impl FnMut(f64),
 ) -> Result<Outcome> {
+    anyhow::ensure!(
+        story.topics >= 4,
+        "the story needs at least 4 topics (the standard clients follow 1, 2 and 3)"
+    );
     let mut lab = Lab::new(1)?;
-    lab.attach()?;
+    lab.attach_with_relay()?;
     let port = 9464;
     let config = format!(
         r#"migration_deadline = "5s"
 [gateway]
 listen = "198.18.1.1:1884"
+coap_listen = "198.18.1.1:5683"
+relay_egress = "scgw0"
+relay_iface = "scgw1"
 migrate_retry = "300ms"
 token_lifetime = "20s"
 [cycle]
@@ -272,9 +378,33 @@ listen = "127.0.0.1:{port}"
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The standard clients subscribe; the load starts once the daemon
+    // routes their topics to the relay.
+    let mut standard = standard_clients(&lab, &state)?;
+    let relay = router_ctl::gateway::RelayOptions::DEFAULT_SHARD;
+    let routed = Instant::now();
+    loop {
+        let followed = shardcast_plan::Plan::from_file(&state.join("plan.json"))
+            .map(|p| {
+                STANDARD.iter().all(|(_, i, _)| {
+                    p.topics
+                        .iter()
+                        .any(|t| t.name == Story::topic(*i) && t.shards.contains(&relay))
+                })
+            })
+            .unwrap_or(false);
+        if followed {
+            break;
+        }
+        if routed.elapsed() > Duration::from_secs(30) {
+            bail!("the standard clients' topics not routed to the gateway's relay after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let t0 = unix_f();
     let s = story.clone();
-    let flash_topic = 3 % story.topics;
+    // The flash's topic (followed by the CoAP client, not by `mqtt_sn_sub`).
+    let flash_topic = 3;
     let load = Generator::start(
         &lab.publisher.name,
         "198.18.1.1:1884".parse()?,
@@ -345,6 +475,10 @@ listen = "127.0.0.1:{port}"
         };
         for (k, v) in &m {
             let Some(id) = shard_of(k) else { continue };
+            if id == relay {
+                // The gateway's relay: no devices, not planned.
+                continue;
+            }
             if k.starts_with("shardcast_shard_delivered_messages_per_second{") {
                 let members = m
                     .get(&format!("shardcast_shard_devices{{shard=\"{id}\"}}"))
@@ -361,7 +495,37 @@ listen = "127.0.0.1:{port}"
         out.overload_seconds += sample.shards.iter().filter(|s| s.1 > s.2).count() as u64;
         out.samples.push(sample);
     }
-    out.load_sent = load.stop()?.iter().sum();
+    let per_topic = load.stop()?;
+    out.load_sent = per_topic.iter().sum();
+    // The clients end once what is queued for them is read (their
+    // output stops growing).
+    let drained = Instant::now();
+    let mut sizes = Vec::new();
+    let mut still = Instant::now();
+    while drained.elapsed() < Duration::from_secs(30)
+        && still.elapsed() < Duration::from_millis(1500)
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        let now: Vec<u64> = standard
+            .iter()
+            .map(|(_, f)| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .collect();
+        if now != sizes {
+            sizes = now;
+            still = Instant::now();
+        }
+    }
+    for (n, (mut c, file)) in standard.drain(..).enumerate() {
+        let _ = c.terminate();
+        let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let (client, topic, _) = STANDARD[n];
+        out.standard.push(Standard::count(
+            client,
+            topic,
+            per_topic[topic],
+            &String::from_utf8_lossy(&text),
+        ));
+    }
     let m = scrape(&lab, port)?;
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0) as u64;
     out.created = get("shardcast_cycle_shards_total{change=\"created\"}");

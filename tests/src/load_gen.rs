@@ -2,7 +2,9 @@
 //! MQTT-SN QoS 0 publishes on short topic names, sent from a namespace
 //! (the publisher's side of the router), each topic at a rate that is a
 //! function of unix time, so that the load's phases line up with the
-//! daemon's history buckets and its forecaster's season.
+//! daemon's history buckets and its forecaster's season. Payloads are
+//! text, `load <topic index> <sequence number> <unix time>`, readable by
+//! any client.
 
 use std::{
     net::SocketAddr,
@@ -66,7 +68,9 @@ impl Generator {
                             },
                             topic_id: u16::from_be_bytes(*topic),
                             msg_id,
-                            data: format!("load {i} {t:.3}").into_bytes(),
+                            // Numbered per topic (from 1): a standard client
+                            // following a topic can tell what it missed.
+                            data: format!("load {i} {} {t:.3}", sent[i] + 1).into_bytes(),
                         })
                         .expect("a publish encodes");
                         match sock.send(&m) {

@@ -352,6 +352,19 @@ fn closed_loop() -> Result<bool> {
         );
         ok &= r.missing == 0 && r.devices_assigned == Story::demo(r.mode).devices as u64;
     }
+    println!();
+    println!(
+        "  standard clients through the gateway's relay (each follows one load topic, numbered per topic):"
+    );
+    for r in &runs {
+        for c in &r.standard {
+            println!(
+                "  {:<11} {:<26} topic {:<3} sent {:>5}  received {:>5}  lost {:>3}  dups {:>3}",
+                r.mode, c.client, c.topic, c.sent, c.received, c.missing, c.duplicates
+            );
+            ok &= c.missing == 0 && c.sent > 0;
+        }
+    }
     println!(
         "  (overload-s: shard-seconds above capacity; shard-s: shard-seconds; sent/lost: the numbered \
          publisher's messages and those a device following them missed; dups: second copies dropped by devices; \
@@ -372,7 +385,9 @@ fn closed_loop() -> Result<bool> {
     story::plot(&runs, &svg)?;
     println!("  plots: {}", svg.display());
     if !ok {
-        println!("  LOST: a device missed a publish the plan promised it, or was never placed");
+        println!(
+            "  LOST: a device or a standard client missed a publish the plan promised it, or a device was never placed"
+        );
         for r in &runs {
             for m in &r.missed {
                 println!("    {}: {m}", r.mode);
