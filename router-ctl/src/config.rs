@@ -44,6 +44,18 @@ pub struct DaemonConfig {
     /// Where the Prometheus endpoint listens (`metrics.listen`; absent:
     /// none).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Latency probes through the data plane (`[probe]`; absent: none).
+    pub probe: Option<ProbeSection>,
+}
+
+/// `[probe]`: the daemon sends, every `every`, one probe per shard out of
+/// `iface`, an interface whose far end is an ingress the XDP program
+/// serves (in the lab a veth pair inside the router's namespace); the
+/// gateway's relay receives the copies (`crate::probe`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSection {
+    pub iface: String,
+    pub every: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +111,7 @@ struct RawFile {
     gateway: Option<RawGateway>,
     cycle: Option<RawCycle>,
     metrics: Option<RawMetrics>,
+    probe: Option<RawProbe>,
     /// Shard boundary policy of the cycle's plans (`docs/workload-format.md`).
     policy: Option<shardcast_planner::workload::Policy>,
 }
@@ -107,6 +120,13 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    iface: Option<String>,
+    every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -550,6 +570,27 @@ impl DaemonConfig {
                 })?)
             }
         };
+        let probe = match raw.probe {
+            None => None,
+            Some(p) => {
+                let iface = p.iface.filter(|i| !i.is_empty()).ok_or_else(|| {
+                    bad(
+                        "probe.iface",
+                        "is missing: the interface probes leave by (its far end an ingress of the router)".into(),
+                    )
+                })?;
+                if gateway.as_ref().and_then(|g| g.relay.as_ref()).is_none() {
+                    return Err(bad(
+                        "probe",
+                        "needs the gateway's relay (gateway.relay_egress, gateway.relay_iface): the probes come back through it".into(),
+                    ));
+                }
+                Some(ProbeSection {
+                    iface,
+                    every: duration("probe.every", p.every, "1s", Duration::from_millis(10))?,
+                })
+            }
+        };
         Ok(DaemonConfig {
             dataplane,
             daemon,
@@ -557,6 +598,7 @@ impl DaemonConfig {
             gateway,
             cycle,
             metrics,
+            probe,
         })
     }
 }
@@ -671,6 +713,13 @@ mod tests {
             ),
             ("[metrics]\nlisten = \"x\"".into(), "metrics.listen"),
             ("[metrics]".into(), "metrics.listen"),
+            ("[probe]\nevery = \"1s\"".into(), "probe.iface"),
+            ("[probe]\niface = \"p0\"".into(), "probe"),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\n[probe]\niface = \"p0\"\nevery = \"1ms\""
+                    .into(),
+                "probe.every",
+            ),
         ] {
             let e = err(&text);
             assert!(e.contains(key), "{text:?}: {e}");

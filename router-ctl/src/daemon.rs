@@ -104,6 +104,8 @@ pub struct Daemon {
     installs: u64,
     last_install: Duration,
     migrations: MigrationCounts,
+    /// The latency probes (`[probe]`).
+    prober: Option<crate::probe::Prober>,
 }
 
 /// Device migrations by outcome, since the daemon started.
@@ -319,6 +321,17 @@ impl Daemon {
                 })
             }
         };
+        let prober = match &cfg.probe {
+            None => None,
+            Some(p) => Some(crate::probe::Prober::open(
+                &p.iface,
+                cfg.dataplane.mqttsn_port,
+                cfg.gateway
+                    .as_ref()
+                    .and_then(|g| g.relay.as_ref())
+                    .map(|r| r.iface.as_str()),
+            )?),
+        };
         let mut daemon = Daemon {
             cfg,
             dp,
@@ -342,6 +355,7 @@ impl Daemon {
             installs: 0,
             last_install: Duration::ZERO,
             migrations: MigrationCounts::default(),
+            prober,
         };
         // The plan the data plane holds, if we kept it.
         if meta.generation != 0
@@ -555,6 +569,42 @@ impl Daemon {
                             );
                         }
                     }
+                }
+            }
+        }
+        // A probe topic per shard, to the shard and the relay (the relay
+        // gives the copies back to the daemon).
+        if let (Some(relay), Some(_)) = (
+            self.cfg.gateway.as_ref().and_then(|g| g.relay.as_ref()),
+            &self.prober,
+        ) {
+            use shardcast_gateway::probe;
+            plan.topics.retain(|t| !t.name.starts_with(probe::PREFIX));
+            let taken: std::collections::BTreeSet<u16> = plan
+                .topics
+                .iter()
+                .filter_map(|t| t.mqttsn_predefined_id)
+                .collect();
+            let shards: Vec<u32> = plan
+                .shards
+                .iter()
+                .map(|s| s.id)
+                .filter(|&s| s != relay.shard)
+                .collect();
+            for shard in shards {
+                match probe::topic_id(shard) {
+                    Some(id) if !taken.contains(&id) => {
+                        plan.topics.push(shardcast_plan::TopicSpec {
+                            name: probe::topic_name(shard),
+                            shards: vec![shard, relay.shard],
+                            mqttsn_predefined_id: Some(id),
+                            mqttsn_registered_ids: Vec::new(),
+                        })
+                    }
+                    _ => warn!(
+                        shard,
+                        "no latency probe for this shard: its probe topic id is the plan's own predefined id"
+                    ),
                 }
             }
         }
@@ -866,6 +916,38 @@ impl Daemon {
         }
     }
 
+    /// Sends a latency probe to every shard of the installed plan.
+    pub fn send_probes(&mut self) {
+        let relay = self
+            .cfg
+            .gateway
+            .as_ref()
+            .and_then(|g| g.relay.as_ref())
+            .map(|r| r.shard);
+        let shards: Vec<u32> = self
+            .document
+            .iter()
+            .flat_map(|p| &p.shards)
+            .map(|s| s.id)
+            .filter(|&s| Some(s) != relay)
+            .collect();
+        if let Some(p) = &mut self.prober {
+            p.send(shards);
+        }
+    }
+
+    /// A probe back through the gateway's relay.
+    pub fn on_probe(&mut self, (probe, arrived_ns): (shardcast_gateway::probe::Probe, u64)) {
+        if let Some(p) = &mut self.prober {
+            p.on_probe(probe, arrived_ns);
+        }
+    }
+
+    /// The latency probes, with `[probe]`.
+    pub fn prober(&self) -> Option<&crate::probe::Prober> {
+        self.prober.as_ref()
+    }
+
     /// The daemon's state for the metrics: the installed plan's shards
     /// with their load over the last complete bucket (and what the last
     /// cycle planned them for), the data plane's counters by reason.
@@ -941,6 +1023,9 @@ impl Daemon {
             }
             p.topics.retain(|t| !t.shards.is_empty());
         }
+        // The probes' topics are the daemon's own, added to every install.
+        p.topics
+            .retain(|t| !t.name.starts_with(shardcast_gateway::probe::PREFIX));
         for t in &mut p.topics {
             t.mqttsn_registered_ids.clear();
         }
@@ -1454,6 +1539,11 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u16)>();
         let (filters_tx, mut filters_rx) = tokio::sync::mpsc::unbounded_channel();
         let (dev_tx, mut dev_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut probe_every = tokio::time::interval(
+            daemon.cfg.probe.as_ref().map_or(Duration::from_secs(3600), |p| p.every),
+        );
+        probe_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if gateway.is_some() {
             daemon.link_gateway(cmd_tx);
         }
@@ -1470,6 +1560,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                             events: Some(ev_tx),
                             registered: Some(reg_tx),
                             filters: Some(filters_tx),
+                            probes: Some(probe_tx),
                         };
                         crate::gateway::serve(opts, links, async move { stop.notified().await }).await
                     }
@@ -1495,6 +1586,8 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                 Some((topic, id)) = reg_rx.recv() => daemon.on_registered(topic, id),
                 Some(f) = filters_rx.recv() => daemon.on_filters(f),
                 Some(u) = dev_rx.recv() => daemon.on_device(u),
+                Some(p) = probe_rx.recv() => daemon.on_probe(p),
+                _ = probe_every.tick(), if daemon.prober.is_some() => daemon.send_probes(),
                 Some(reply) = scrape_rx.recv() => {
                     let text = crate::metrics::render(&daemon).unwrap_or_else(|e| {
                         warn!("metrics: {e:#}");

@@ -95,6 +95,9 @@ pub struct Links {
     /// The shard-aware devices as the planner sees them (every member at
     /// start, then each change), for the control cycle's workload.
     pub devices: Option<UnboundedSender<crate::devices::DeviceUpdate>>,
+    /// Latency probes arriving through the relay, with their arrival time
+    /// (unix ns), for the daemon's metrics.
+    pub probes: Option<UnboundedSender<(shardcast_gateway::probe::Probe, u64)>>,
 }
 
 /// How stale the gateway's view of the installed plan may be.
@@ -210,9 +213,12 @@ pub async fn serve(
             let s = tokio::net::UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("gateway: binding CoAP {addr}"))?;
-            let topics = plan
-                .iter()
-                .flat_map(|p| p.topics.iter().map(|t| t.name.clone()));
+            let topics = plan.iter().flat_map(|p| {
+                p.topics
+                    .iter()
+                    .filter(|t| !t.name.starts_with('$'))
+                    .map(|t| t.name.clone())
+            });
             tracing::info!(listen = %addr, "CoAP gateway");
             Some((s, CoapGateway::new(&opts.coap_prefix, topics)))
         }
@@ -388,6 +394,7 @@ pub async fn serve(
             relay,
             relay_coap,
             coap,
+            probes: links.probes,
         },
         shutdown,
     )
@@ -451,7 +458,14 @@ impl ShardSender {
             return None;
         }
         self.topics_seen = Some(*mtime);
-        Some(plan.topics.iter().map(|t| t.name.clone()).collect())
+        // `$`-names are the router's own (the latency probes' topics).
+        Some(
+            plan.topics
+                .iter()
+                .filter(|t| !t.name.starts_with('$'))
+                .map(|t| t.name.clone())
+                .collect(),
+        )
     }
 
     /// Where the installed plan places `client`: its shard's group of the

@@ -7,7 +7,7 @@
 //! simulations); this crate holds what ties them together on a router:
 //! the daemon's [`config`], the [`daemon`] itself, the [`devices`] its
 //! gateway reports, its [`history`] store,
-//! the MQTT-SN [`gateway`] it runs, the [`state`] files the CLI and the
+//! the MQTT-SN [`gateway`] it runs, its latency [`probe`]s, the [`state`] files the CLI and the
 //! daemon share, and the [`cli`].
 //!
 //! ```no_run
@@ -30,4 +30,5 @@ pub mod history;
 pub mod load;
 pub mod metrics;
 pub mod migrate;
+pub mod probe;
 pub mod state;

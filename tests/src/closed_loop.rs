@@ -116,6 +116,48 @@ pub struct Outcome {
     pub t0: f64,
     /// The standard clients' account.
     pub standard: Vec<Standard>,
+    /// The daemon's latency probes through the data plane, all shards:
+    /// (received, lost, p50, p99 upper bounds in seconds).
+    pub probes: Option<(u64, u64, f64, f64)>,
+}
+
+/// Probes received and lost, and the median's and the 99th percentile's
+/// histogram bucket bounds, from a scrape (all shards together).
+pub fn probe_latency(m: &BTreeMap<String, f64>) -> Option<(u64, u64, f64, f64)> {
+    let mut cum: BTreeMap<u64, f64> = BTreeMap::new();
+    for (k, v) in m {
+        let Some(rest) = k.strip_prefix("shardcast_probe_latency_seconds_bucket{") else {
+            continue;
+        };
+        let Some(le) = rest.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        // Keyed by the bound's bits (ordered for positive floats).
+        *cum.entry(le.to_bits()).or_default() += v;
+    }
+    let total = *cum.values().last()?;
+    let sum = |p: &str| -> u64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(p))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    };
+    let q = |f: f64| {
+        cum.iter()
+            .find(|(_, c)| **c >= f * total)
+            .map_or(f64::INFINITY, |(b, _)| f64::from_bits(*b))
+    };
+    Some((
+        sum("shardcast_probes_received_total{"),
+        sum("shardcast_probes_lost_total{"),
+        q(0.5),
+        q(0.99),
+    ))
 }
 
 /// A standard client following one load topic through the gateway's relay
@@ -339,6 +381,9 @@ egress = "r-out"
 group_v4_base = "239.1.2.0"
 [metrics]
 listen = "127.0.0.1:{port}"
+[probe]
+iface = "scpr0"
+every = "200ms"
 "#,
         mode = story.mode,
         season = story.season,
@@ -549,6 +594,7 @@ listen = "127.0.0.1:{port}"
     out.migrations = n("migrations");
     out.devices_assigned = n("assigned");
     out.forecast_mase = m.get("shardcast_forecast_mase").copied();
+    out.probes = probe_latency(&m);
     out.missed = r["per_device"]
         .as_array()
         .map(|a| {

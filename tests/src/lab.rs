@@ -187,14 +187,17 @@ impl Lab {
     /// Attaches the router to `r-in` (egress `r-out`) and the pass program
     /// to `up0`, both in native (driver) mode.
     pub fn attach(&mut self) -> Result<()> {
-        self.attach_egress(&["r-out"])
+        self.attach_egress(&["r-in"], &["r-out"])
     }
 
-    /// Attaches the router on `r-in` with these egress interfaces, and the
+    /// Attaches the router on these ingress and egress interfaces, and the
     /// pass program on the LAN side of `r-out`.
-    fn attach_egress(&mut self, egress: &[&str]) -> Result<()> {
+    fn attach_egress(&mut self, ingress: &[&str], egress: &[&str]) -> Result<()> {
         let object = crate::object().display().to_string();
-        let mut args = vec!["--netns", &self.router.name, "attach", "--ingress", "r-in"];
+        let mut args = vec!["--netns", &self.router.name, "attach"];
+        for i in ingress {
+            args.extend(["--ingress", i]);
+        }
         for e in egress {
             args.extend(["--egress", e]);
         }
@@ -206,7 +209,8 @@ impl Lab {
     /// Attaches like [`Lab::attach`], with one more egress for the
     /// gateway's relay: a veth pair `scgw0` (egress) / `scgw1` (where the
     /// gateway listens, with the pass program) inside the router
-    /// namespace.
+    /// namespace; and one more ingress for the daemon's latency probes: a
+    /// veth pair `scpr0` (`probe.iface`) / `scpr1` (served by the router).
     pub fn attach_with_relay(&mut self) -> Result<()> {
         let r = &self.router;
         r.ip(&[
@@ -220,7 +224,15 @@ impl Lab {
         // is not its route: no reverse-path filter on the relay's side.
         r.sysctl("net.ipv4.conf.scgw1.rp_filter=0")?;
         r.sysctl("net.ipv4.conf.all.rp_filter=0")?;
-        self.attach_egress(&["r-out", "scgw0"])?;
+        // The daemon's probes come back from the router's own address.
+        r.sysctl("net.ipv4.conf.scgw1.accept_local=1")?;
+        r.ip(&[
+            "link", "add", "scpr0", "type", "veth", "peer", "name", "scpr1",
+        ])?;
+        r.ip(&["addr", "add", "198.18.4.1/24", "dev", "scpr0"])?;
+        r.ip(&["link", "set", "scpr0", "up"])?;
+        r.ip(&["link", "set", "scpr1", "up"])?;
+        self.attach_egress(&["r-in", "scpr1"], &["r-out", "scgw0"])?;
         self.ctl(&[
             "--netns",
             &self.router.name,

@@ -63,7 +63,7 @@ pub use error::DataplaneError;
 pub use install::{InstallReport, routes_capacity};
 pub use lifecycle::{AttachOptions, TcAttach};
 pub use limits::raise_fd_limit;
-pub use netdev::{ifindex, is_root, mac_address, multicast_socket};
+pub use netdev::{ifindex, is_root, mac_address, multicast_socket, udp_no_checksum};
 pub use object::find_object;
 pub use pins::PinPaths;
 #[cfg(feature = "test-helpers")]

@@ -144,3 +144,29 @@ pub fn multicast_socket(iface: &str, v6: bool, ttl: u32) -> Result<std::net::Udp
     }
     Ok(sock)
 }
+
+/// Has an IPv4 UDP socket send without a UDP checksum (zero: "none", RFC
+/// 768; `SO_NO_CHECK`). A locally sent datagram otherwise leaves with its
+/// checksum only started, for the NIC to finish; over a veth that
+/// metadata does not survive an XDP redirect, and the rewritten copy
+/// arrives with a wrong checksum. A zero checksum stays zero through the
+/// router's rewrite (the latency probes use this).
+pub fn udp_no_checksum(sock: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the caller owns, with a pointer
+    // to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

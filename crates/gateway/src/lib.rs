@@ -11,13 +11,15 @@
 //! - [`batch`]: paced, batched sends (`sendmmsg`, adaptive chunks);
 //! - [`coap`]: the CoAP side (Observe, CON publishes, discovery);
 //! - [`control`]: the device protocol's messages and MACs;
-//! - [`membership`]: shard-aware devices' tokens and migrations.
+//! - [`membership`]: shard-aware devices' tokens and migrations;
+//! - [`probe`]: latency probes through the data plane.
 
 pub mod batch;
 pub mod coap;
 pub mod control;
 pub mod membership;
 pub mod mqttsn;
+pub mod probe;
 pub mod registry;
 pub mod service;
 pub mod session;

@@ -118,6 +118,7 @@ pub async fn serve(
         relay,
         relay_coap,
         coap,
+        probes,
     } = extra;
     let (coap_sock, mut coap) = match coap {
         Some((s, g)) => (Some(s), Some(g)),
@@ -181,11 +182,11 @@ pub async fn serve(
             }
             r = recv_from(relay.as_ref(), &mut rbuf) => {
                 let (n, _) = r?;
-                relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats);
+                relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats, probes.as_ref());
                 while batch.datagrams < BATCH {
                     let Some(r) = &relay else { break };
                     match r.try_recv(&mut rbuf) {
-                        Ok(n) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats),
+                        Ok(n) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats, probes.as_ref()),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
                     }
@@ -267,6 +268,9 @@ pub struct Extra {
     pub relay_coap: Option<UdpSocket>,
     /// The CoAP side: its socket and state.
     pub coap: Option<(UdpSocket, CoapGateway)>,
+    /// Where latency probes arriving through the relay go, with when they
+    /// arrived (unix ns); without it they are dropped.
+    pub probes: Option<tokio::sync::mpsc::UnboundedSender<(crate::probe::Probe, u64)>>,
 }
 
 /// What a batch of datagrams (or a tick, or commands) asks for.
@@ -309,15 +313,26 @@ fn receive(
 }
 
 /// A datagram from the relay's shard group: a publish, delivered to the
-/// gateway's subscribers (never routed again: it came from the routes).
+/// gateway's subscribers (never routed again: it came from the routes),
+/// or a latency probe, handed over with its arrival time.
 fn relay_one(
     gw: &mut Gateway,
     coap: Option<&mut CoapGateway>,
     datagram: &[u8],
     batch: &mut Batch,
     stats: &mut Stats,
+    probes: Option<&tokio::sync::mpsc::UnboundedSender<(crate::probe::Probe, u64)>>,
 ) {
     batch.datagrams += 1;
+    if let Some(p) = crate::probe::Probe::decode(datagram) {
+        if let Some(tx) = probes {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let _ = tx.send((p, now));
+        }
+        return;
+    }
     let Ok(crate::mqttsn::Message::Publish {
         flags,
         topic_id,

@@ -353,6 +353,19 @@ fn closed_loop() -> Result<bool> {
         ok &= r.missing == 0 && r.devices_assigned == Story::demo(r.mode).devices as u64;
     }
     println!();
+    println!("  latency through the data plane (the daemon's probes, every shard, every 200 ms):");
+    for r in &runs {
+        match r.probes {
+            Some((received, lost, p50, p99)) => println!(
+                "  {:<11} {received} probes back, {lost} lost; p50 ≤ {:.0} µs, p99 ≤ {:.0} µs (histogram bounds)",
+                r.mode,
+                p50 * 1e6,
+                p99 * 1e6
+            ),
+            None => println!("  {:<11} no probe came back", r.mode),
+        }
+    }
+    println!();
     println!(
         "  standard clients through the gateway's relay (each follows one load topic, numbered per topic):"
     );
