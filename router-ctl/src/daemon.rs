@@ -837,6 +837,19 @@ impl Daemon {
             delivered.entry(*s).or_default();
         }
         self.delivered = Some((start, delivered));
+        if let Some(p) = &self.prober {
+            let report = crate::probe::ProbeReport {
+                at: now,
+                shards: p.shards.clone(),
+            };
+            let file = state::probes_file(&self.cfg.daemon.state_dir);
+            if let Err(e) = serde_json::to_vec(&report)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| state::write_atomically(&file, |w| w.write_all(&b)))
+            {
+                warn!(file = %file.display(), "probe report: {e:#}");
+            }
+        }
         // The next bucket starts with the routes in force now.
         self.bucket_routes = routes_of(self.document.as_ref());
         self.writer.send(Job::Bucket {

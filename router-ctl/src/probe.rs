@@ -29,14 +29,41 @@ fn buckets() -> impl Iterator<Item = f64> {
 
 pub type Labels = Vec<(String, String)>;
 
+/// Latencies kept per shard for `router-ctl status` (recent percentiles).
+const RECENT: usize = 64;
+
 /// What one shard's probes did.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ShardProbes {
     pub sent: u64,
     pub received: u64,
     pub lost: u64,
     /// The last one's latency, seconds.
     pub last: Option<f64>,
+    /// The last [`RECENT`] latencies, seconds.
+    pub recent: VecDeque<f64>,
+}
+
+impl ShardProbes {
+    /// The `q` quantile (0..=1) of the recent latencies, seconds.
+    pub fn recent_quantile(&self, q: f64) -> Option<f64> {
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(v[i])
+    }
+}
+
+/// What `<state_dir>/probes.json` holds (written by the daemon each
+/// bucket, read by `router-ctl status`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProbeReport {
+    /// When written (unix seconds).
+    pub at: u64,
+    pub shards: BTreeMap<u32, ShardProbes>,
 }
 
 pub struct Prober {
@@ -136,6 +163,10 @@ impl Prober {
         let s = self.shards.entry(shard).or_default();
         s.received += 1;
         s.last = Some(secs);
+        if s.recent.len() == RECENT {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(secs);
         self.latency
             .get_or_create(&vec![("shard".to_string(), shard.to_string())])
             .observe(secs);

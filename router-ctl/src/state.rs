@@ -85,6 +85,11 @@ pub struct MigrationRecord {
     pub new: Plan,
 }
 
+/// The latency probes' last report (`crate::probe::ProbeReport`).
+pub fn probes_file(dir: &Path) -> PathBuf {
+    dir.join("probes.json")
+}
+
 pub fn migration_file(dir: &Path) -> PathBuf {
     dir.join("migration.json")
 }

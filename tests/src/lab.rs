@@ -493,6 +493,25 @@ impl Lab {
         self.state_dir.join("daemon")
     }
 
+    /// The `router-ctl` binary's output for `args`, on this lab's pins and
+    /// the daemon's state dir (as an operator runs it beside the daemon).
+    pub fn ctl_output(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(crate::ctl_binary())
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .arg("--state-dir")
+            .arg(self.daemon_state_dir())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "router-ctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Writes the daemon's plan file atomically (rename).
     pub fn offer_plan(&self, plan: &str) -> Result<()> {
         std::fs::create_dir_all(&self.state_dir)?;

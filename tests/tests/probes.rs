@@ -80,6 +80,19 @@ fn probes_measure_each_shards_latency_through_the_data_plane() {
         // last moments before the scrape).
         assert!(sent - received <= 3.0, "shard {s}: {received} of {sent}");
     }
+    // `router-ctl status` shows them (the daemon's report, each bucket).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = lab.ctl_output(&["status"]).unwrap_or_default();
+        if out.contains("latency probes")
+            && out.contains("shard    1: p50 ")
+            && out.contains("shard    2: p50 ")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // The relay's shard has no probe of its own.
     assert!(
         !m.contains_key("shardcast_probes_sent_total{shard=\"4095\"}"),

@@ -52,6 +52,8 @@ struct Status {
     cycle_mode_override: Option<String>,
     /// The control cycle's last decision (from its log in the state dir).
     last_decision: Option<serde_json::Value>,
+    /// The daemon's latency probes (its last report in the state dir).
+    probes: Option<crate::probe::ProbeReport>,
 }
 
 impl fmt::Display for Status {
@@ -109,6 +111,28 @@ impl fmt::Display for Status {
                 }
             }
         }
+        if let Some(p) = &self.probes {
+            writeln!(
+                f,
+                "latency probes (one-way through the data plane, last {} per shard):",
+                p.shards.values().map(|s| s.recent.len()).max().unwrap_or(0)
+            )?;
+            for (id, s) in &p.shards {
+                let ms = |q: f64| {
+                    s.recent_quantile(q)
+                        .map_or("-".to_string(), |v| format!("{:.3} ms", v * 1e3))
+                };
+                writeln!(
+                    f,
+                    "  shard {id:>4}: p50 {}, p99 {}; sent {}, back {}, lost {}",
+                    ms(0.5),
+                    ms(0.99),
+                    s.sent,
+                    s.received,
+                    s.lost
+                )?;
+            }
+        }
         match &self.policy {
             None => writeln!(f, "policy: unknown (no copy of the installed plan)"),
             Some(p) => {
@@ -163,6 +187,9 @@ fn once(g: &Globals) -> Result<()> {
             .ok()
             .map(|t| t.trim().to_string()),
         last_decision: super::cycle::last_decisions(&g.state_dir, 1)?.pop(),
+        probes: std::fs::read(crate::state::probes_file(&g.state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
         shards_by_class: plan
             .as_ref()
             .map(|p| p.shards_by_class())
