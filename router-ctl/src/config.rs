@@ -155,6 +155,7 @@ struct RawGateway {
     relay_egress: Option<String>,
     relay_iface: Option<String>,
     relay_group: Option<String>,
+    relay_group_v6: Option<String>,
     relay_shard: Option<u32>,
     coap_listen: Option<String>,
 }
@@ -424,10 +425,24 @@ impl DaemonConfig {
                                 ),
                             ));
                         }
+                        let group_v6 = match g.relay_group_v6 {
+                            None => crate::gateway::RelayOptions::DEFAULT_GROUP_V6,
+                            Some(t) => t
+                                .parse::<std::net::Ipv6Addr>()
+                                .ok()
+                                .filter(|a| a.is_multicast())
+                                .ok_or_else(|| {
+                                    bad(
+                                        "gateway.relay_group_v6",
+                                        format!("{t:?} is not an IPv6 multicast group"),
+                                    )
+                                })?,
+                        };
                         Some(crate::gateway::RelayOptions {
                             egress,
                             iface,
                             group,
+                            group_v6,
                             shard,
                         })
                     }
@@ -671,6 +686,10 @@ mod tests {
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_group = \"10.0.0.1\"",
                 "gateway.relay_group",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_group_v6 = \"2001:db8::1\"",
+                "gateway.relay_group_v6",
             ),
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_shard = 5000",

@@ -45,20 +45,26 @@ pub struct GatewayOptions {
 }
 
 /// The relay: the data plane copies every topic a gateway subscriber
-/// follows to one more shard, `shard`, whose group is `group` out of
-/// `egress`, a veth whose peer `iface` the gateway listens on (in the
-/// router's namespace): the gateway receives the topics' traffic as any
-/// shard member does and sends each subscriber its copy.
+/// follows to one more shard, `shard`, whose groups are `group` (IPv4)
+/// and `group_v6` out of `egress`, a veth whose peer `iface` the gateway
+/// listens on (in the router's namespace): the gateway receives the
+/// topics' traffic as any shard member does, whichever family a publish
+/// came in by (the data plane keeps it), and sends each subscriber its
+/// copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayOptions {
     pub egress: String,
     pub iface: String,
     pub group: std::net::Ipv4Addr,
+    pub group_v6: std::net::Ipv6Addr,
     pub shard: u32,
 }
 
 impl RelayOptions {
     pub const DEFAULT_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 77, 1);
+    /// Transient, site-local scope ("sc" in the low bits).
+    pub const DEFAULT_GROUP_V6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0x7363, 1);
     pub const DEFAULT_SHARD: u32 = 4095;
 
     /// The relay's shard in a plan.
@@ -66,7 +72,7 @@ impl RelayOptions {
         shardcast_plan::ShardSpec {
             id: self.shard,
             group_v4: Some(self.group.to_string()),
-            group_v6: None,
+            group_v6: Some(self.group_v6.to_string()),
             egress: self.egress.clone(),
             port: None,
             capacity: None,
@@ -194,18 +200,38 @@ pub async fn serve(
             Some(s)
         }
     };
-    let relay_coap = match (&opts.relay, opts.coap_listen) {
-        (Some(r), Some(_)) if opts.coap_port != 0 => Some(
-            shardcast_device::client::group_socket(
-                std::net::IpAddr::V4(r.group),
-                opts.coap_port,
+    // The IPv6 group: publishes that came in over IPv6 are copied to it.
+    let relay_v6 = match &opts.relay {
+        None => None,
+        Some(r) => {
+            let s = shardcast_device::client::group_socket(
+                std::net::IpAddr::V6(r.group_v6),
+                opts.listen.port(),
                 shardcast_dataplane::ifindex(&r.iface)?,
             )
             .with_context(|| {
-                format!("joining the relay group {} (CoAP) on {}", r.group, r.iface)
-            })?,
-        ),
-        _ => None,
+                format!(
+                    "joining the relay group {} on {} (IPv6 on the interface?)",
+                    r.group_v6, r.iface
+                )
+            })?;
+            shardcast_gateway::batch::deepen(&s, RECV_BUFFER);
+            Some(s)
+        }
+    };
+    let (relay_coap, relay_coap_v6) = match (&opts.relay, opts.coap_listen) {
+        (Some(r), Some(_)) if opts.coap_port != 0 => {
+            let idx = shardcast_dataplane::ifindex(&r.iface)?;
+            let join = |g: std::net::IpAddr| {
+                shardcast_device::client::group_socket(g, opts.coap_port, idx)
+                    .with_context(|| format!("joining the relay group {g} (CoAP) on {}", r.iface))
+            };
+            (
+                Some(join(std::net::IpAddr::V4(r.group))?),
+                Some(join(std::net::IpAddr::V6(r.group_v6))?),
+            )
+        }
+        _ => (None, None),
     };
     let coap = match opts.coap_listen {
         None => None,
@@ -392,7 +418,9 @@ pub async fn serve(
         links.commands,
         service::Extra {
             relay,
+            relay_v6,
             relay_coap,
+            relay_coap_v6,
             coap,
             probes: links.probes,
         },

@@ -116,7 +116,9 @@ pub async fn serve(
 ) -> io::Result<(Gateway, Membership, Stats)> {
     let Extra {
         relay,
+        relay_v6,
         relay_coap,
+        relay_coap_v6,
         coap,
         probes,
     } = extra;
@@ -130,6 +132,8 @@ pub async fn serve(
     let mut observed = std::collections::BTreeSet::new();
     let mut cbuf = vec![0u8; 65_536];
     let mut crbuf = vec![0u8; 65_536];
+    let mut r6buf = vec![0u8; 65_536];
+    let mut cr6buf = vec![0u8; 65_536];
     let mut hooks = hooks;
     let mut changed: Vec<SessionRecord> = Vec::new();
     let start = Instant::now();
@@ -192,9 +196,17 @@ pub async fn serve(
                     }
                 }
             }
+            r = recv_from(relay_v6.as_ref(), &mut r6buf) => {
+                let (n, _) = r?;
+                relay_one(&mut gw, coap.as_mut(), &r6buf[..n], &mut batch, &mut stats, probes.as_ref());
+            }
             r = recv_from(relay_coap.as_ref(), &mut crbuf) => {
                 let (n, _) = r?;
                 relay_coap_one(&mut gw, coap.as_mut(), &crbuf[..n], &mut batch, &mut stats);
+            }
+            r = recv_from(relay_coap_v6.as_ref(), &mut cr6buf) => {
+                let (n, _) = r?;
+                relay_coap_one(&mut gw, coap.as_mut(), &cr6buf[..n], &mut batch, &mut stats);
             }
             r = recv_from(coap_sock.as_ref(), &mut cbuf) => {
                 let (n, from) = r?;
@@ -264,8 +276,12 @@ async fn recv_from(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usiz
 pub struct Extra {
     /// In the relay's shard group, on the MQTT-SN port.
     pub relay: Option<UdpSocket>,
+    /// In the relay's IPv6 group, on the MQTT-SN port.
+    pub relay_v6: Option<UdpSocket>,
     /// In the relay's shard group, on the CoAP port.
     pub relay_coap: Option<UdpSocket>,
+    /// In the relay's IPv6 group, on the CoAP port.
+    pub relay_coap_v6: Option<UdpSocket>,
     /// The CoAP side: its socket and state.
     pub coap: Option<(UdpSocket, CoapGateway)>,
     /// Where latency probes arriving through the relay go, with when they
