@@ -152,6 +152,7 @@ struct RawGateway {
     registry: Option<PathBuf>,
     token_lifetime: Option<String>,
     migrate_retry: Option<String>,
+    send_rate: Option<f64>,
     relay_egress: Option<String>,
     relay_iface: Option<String>,
     relay_group: Option<String>,
@@ -492,6 +493,18 @@ impl DaemonConfig {
                         "1s",
                         Duration::from_millis(10),
                     )?,
+                    send_rate: match g.send_rate {
+                        None => shardcast_gateway::batch::SEND_RATE,
+                        Some(r) if r.is_finite() && (100.0..=1e8).contains(&r) => r,
+                        Some(r) => {
+                            return Err(bad(
+                                "gateway.send_rate",
+                                format!(
+                                    "{r} is not a rate between 100 and 100,000,000 datagrams/s"
+                                ),
+                            ));
+                        }
+                    },
                 })
             }
         };
@@ -686,6 +699,10 @@ mod tests {
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_group = \"10.0.0.1\"",
                 "gateway.relay_group",
+            ),
+            (
+                "[gateway]\nlisten = \"0.0.0.0:1884\"\nsend_rate = 0.5",
+                "gateway.send_rate",
             ),
             (
                 "[gateway]\nlisten = \"0.0.0.0:1884\"\nrelay_egress = \"a\"\nrelay_iface = \"b\"\nrelay_group_v6 = \"2001:db8::1\"",

@@ -34,6 +34,10 @@ pub struct GatewayOptions {
     pub token_lifetime: Duration,
     /// How long an unconfirmed migrate command waits before it is re-sent.
     pub migrate_retry: Duration,
+    /// What the gateway's egress takes, datagrams/s: its sends (relayed
+    /// copies, commands) are paced to it, in chunks no larger than it
+    /// drains within the batch latency target.
+    pub send_rate: f64,
     /// Where the gateway receives the publishes it relays to its own
     /// subscribers (standard clients), if anywhere.
     pub relay: Option<RelayOptions>,
@@ -423,6 +427,7 @@ pub async fn serve(
             relay_coap_v6,
             coap,
             probes: links.probes,
+            send_rate: Some(opts.send_rate),
         },
         shutdown,
     )

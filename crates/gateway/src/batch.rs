@@ -2,14 +2,17 @@
 //! kernel many datagrams per `sendmmsg(2)`, paced, in chunks whose size
 //! adapts.
 //!
-//! - **Pacing:** a token bucket ([`SEND_BURST`] back to back, then
-//!   [`SEND_RATE`] per second). A migration sends thousands of commands at
+//! - **Pacing:** a token bucket: at most the egress's capacity per second
+//!   (`gateway.send_rate`, [`SEND_RATE`] by default), in bursts of what
+//!   that capacity drains in [`BURST_WINDOW`] ([`SEND_BURST`] datagrams
+//!   at the default). A migration sends thousands of commands at
 //!   once and the relay thousands of copies per publish; unpaced, such a
 //!   burst overruns the egress queue it shares with the data plane's
 //!   redirected publishes (a veth's ring holds 256 frames; a NIC's TX
 //!   ring a few thousand) and publishes are dropped.
 //! - **Chunk size:** as large as the queue (a short queue goes at once: no
-//!   waiting to fill a batch), at most `cap`; `cap` halves when one
+//!   waiting to fill a batch), at most `cap` and never more than a burst
+//!   (a slower egress gets smaller chunks); `cap` halves when one
 //!   `sendmmsg` takes longer than [`LATENCY_TARGET`] (the last datagram of
 //!   a chunk waits for the whole chunk) and grows while chunks are full
 //!   and fast: the batch follows the queue depth and what the kernel
@@ -25,8 +28,12 @@ use std::{
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use tokio::{io::Interest, net::UdpSocket, time::Instant};
 
-pub const SEND_BURST: f64 = 128.0;
+/// The default capacity, datagrams per second.
 pub const SEND_RATE: f64 = 100_000.0;
+/// A burst is what the capacity drains in this long.
+pub const BURST_WINDOW: Duration = Duration::from_micros(1280);
+/// The burst at the default capacity.
+pub const SEND_BURST: f64 = SEND_RATE * 0.00128;
 /// One `sendmmsg` call should take at most this long.
 pub const LATENCY_TARGET: Duration = Duration::from_micros(500);
 /// Chunk sizes stay within these.
@@ -45,6 +52,9 @@ pub struct SendStats {
 /// A socket's paced, batched sender.
 pub struct Sender<'a> {
     sock: &'a UdpSocket,
+    /// Capacity (datagrams/s) and burst.
+    rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
     cap: usize,
@@ -53,11 +63,24 @@ pub struct Sender<'a> {
 
 impl<'a> Sender<'a> {
     pub fn new(sock: &'a UdpSocket) -> Sender<'a> {
+        Sender::with_rate(sock, SEND_RATE)
+    }
+
+    /// A sender for an egress that takes `rate` datagrams per second.
+    pub fn with_rate(sock: &'a UdpSocket, rate: f64) -> Sender<'a> {
+        let rate = if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            SEND_RATE
+        };
+        let burst = (rate * BURST_WINDOW.as_secs_f64()).max(CAP_MIN as f64);
         Sender {
             sock,
-            tokens: SEND_BURST,
+            rate,
+            burst,
+            tokens: burst,
             last: Instant::now(),
-            cap: 64,
+            cap: 64.min(burst as usize),
             stats: SendStats::default(),
         }
     }
@@ -72,15 +95,15 @@ impl<'a> Sender<'a> {
     async fn tokens(&mut self, want: usize) -> usize {
         loop {
             let now = Instant::now();
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * SEND_RATE)
-                .min(SEND_BURST);
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+                .min(self.burst);
             self.last = now;
             if self.tokens >= 1.0 {
                 let n = (self.tokens as usize).min(want);
                 self.tokens -= n as f64;
                 return n;
             }
-            let wait = (1.0 - self.tokens) / SEND_RATE;
+            let wait = (1.0 - self.tokens) / self.rate;
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
         }
     }
@@ -108,7 +131,9 @@ impl<'a> Sender<'a> {
             if took > LATENCY_TARGET {
                 self.cap = (self.cap / 2).max(CAP_MIN);
             } else if n == self.cap {
-                self.cap = (self.cap + self.cap / 4).min(CAP_MAX);
+                self.cap = (self.cap + self.cap / 4)
+                    .min(CAP_MAX)
+                    .min(self.burst as usize);
             }
         }
         queue.clear();
@@ -171,6 +196,33 @@ pub fn deepen(sock: &UdpSocket, bytes: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_slower_egress_gets_smaller_chunks_at_its_rate() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // 2,000 datagrams/s: bursts of 8 (the least chunk), then one per
+        // half millisecond.
+        let mut s = Sender::with_rate(&tx, 2_000.0);
+        let mut q: Vec<(SocketAddr, Vec<u8>)> = (0..108u32)
+            .map(|i| (to, i.to_be_bytes().to_vec()))
+            .collect();
+        let t = std::time::Instant::now();
+        s.send_all(&mut q).await.unwrap();
+        // The bucket cannot give 100 tokens beyond the burst in less than
+        // 100 / 2,000 s.
+        assert!(
+            t.elapsed() >= Duration::from_millis(49),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(s.stats.datagrams, 108);
+        assert!(s.cap() <= 8 && s.stats.calls >= 108 / 8, "{:?}", s.stats);
+        // A bad rate falls back to the default.
+        assert_eq!(Sender::with_rate(&tx, f64::NAN).burst, SEND_BURST);
+        assert_eq!(Sender::with_rate(&tx, -1.0).rate, SEND_RATE);
+    }
 
     #[tokio::test]
     async fn every_datagram_arrives_in_order_and_the_chunk_adapts() {

@@ -121,7 +121,9 @@ pub async fn serve(
         relay_coap_v6,
         coap,
         probes,
+        send_rate,
     } = extra;
+    let rate = send_rate.unwrap_or(crate::batch::SEND_RATE);
     let (coap_sock, mut coap) = match coap {
         Some((s, g)) => (Some(s), Some(g)),
         None => (None, None),
@@ -139,8 +141,8 @@ pub async fn serve(
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let mut stats = Stats::default();
-    let mut paced = Sender::new(&sock);
-    let mut coap_sender = coap_sock.as_ref().map(Sender::new);
+    let mut paced = Sender::with_rate(&sock, rate);
+    let mut coap_sender = coap_sock.as_ref().map(|s| Sender::with_rate(s, rate));
     let mut buf = vec![0u8; 65_536];
     let mut rbuf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -284,6 +286,8 @@ pub struct Extra {
     pub relay_coap_v6: Option<UdpSocket>,
     /// The CoAP side: its socket and state.
     pub coap: Option<(UdpSocket, CoapGateway)>,
+    /// What the egress takes, datagrams/s (`None`: [`crate::batch::SEND_RATE`]).
+    pub send_rate: Option<f64>,
     /// Where latency probes arriving through the relay go, with when they
     /// arrived (unix ns); without it they are dropped.
     pub probes: Option<tokio::sync::mpsc::UnboundedSender<(crate::probe::Probe, u64)>>,

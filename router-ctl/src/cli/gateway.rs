@@ -49,6 +49,7 @@ pub fn run(g: &Globals, a: GatewayArgs) -> Result<()> {
         state_dir: g.state_dir.clone(),
         token_lifetime: a.token_lifetime,
         migrate_retry: GatewayOptions::DEFAULT_MIGRATE_RETRY,
+        send_rate: shardcast_gateway::batch::SEND_RATE,
         // The relay's routes are the daemon's to install.
         relay: None,
         coap_listen: a.coap_listen,
