@@ -3,8 +3,9 @@
 //! probe topic (predefined id [`BASE`]` + shard`) into an ingress the XDP
 //! program serves; the plan routes that id to the shard's group and to the
 //! gateway's relay, and the gateway, receiving the relay's copy, reads the
-//! send time from the payload: one-way latency through the router (parse,
-//! route, copy, rewrite, egress), on one clock, with no sync between hosts.
+//! send time from the payload and the kernel's receive time from the
+//! socket: one-way latency through the router (parse, route, copy,
+//! rewrite, egress), on one clock, with no sync between hosts.
 //! Shard-aware devices receive the shard's copy too and ignore it.
 
 use crate::mqttsn::{Flags, Message, decode, encode};

@@ -14,7 +14,10 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{net::UdpSocket, sync::mpsc::UnboundedReceiver};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::MsgFlags;
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc::UnboundedReceiver};
 
 use crate::{
     batch::Sender,
@@ -124,6 +127,12 @@ pub async fn serve(
         send_rate,
     } = extra;
     let rate = send_rate.unwrap_or(crate::batch::SEND_RATE);
+    if let Some(r) = &relay {
+        // Kernel receive times for the probes (best effort: without them
+        // a probe is timed when the gateway reads it).
+        let _ =
+            nix::sys::socket::setsockopt(r, nix::sys::socket::sockopt::ReceiveTimestampns, &true);
+    }
     let (coap_sock, mut coap) = match coap {
         Some((s, g)) => (Some(s), Some(g)),
         None => (None, None),
@@ -186,13 +195,12 @@ pub async fn serve(
                     migrate(&mut members, c, &mut batch.outs);
                 }
             }
-            r = recv_from(relay.as_ref(), &mut rbuf) => {
-                let (n, _) = r?;
-                relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats, probes.as_ref());
+            r = readable(relay.as_ref()) => {
+                r?;
                 while batch.datagrams < BATCH {
                     let Some(r) = &relay else { break };
-                    match r.try_recv(&mut rbuf) {
-                        Ok(n) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], &mut batch, &mut stats, probes.as_ref()),
+                    match try_recv_stamped(r, &mut rbuf) {
+                        Ok((n, at)) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], at, &mut batch, &mut stats, probes.as_ref()),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
                     }
@@ -200,7 +208,7 @@ pub async fn serve(
             }
             r = recv_from(relay_v6.as_ref(), &mut r6buf) => {
                 let (n, _) = r?;
-                relay_one(&mut gw, coap.as_mut(), &r6buf[..n], &mut batch, &mut stats, probes.as_ref());
+                relay_one(&mut gw, coap.as_mut(), &r6buf[..n], None, &mut batch, &mut stats, probes.as_ref());
             }
             r = recv_from(relay_coap.as_ref(), &mut crbuf) => {
                 let (n, _) = r?;
@@ -266,6 +274,41 @@ pub async fn serve(
 
 /// A datagram from `sock`, or never when there is no such socket (a
 /// `select!` branch for an optional socket).
+/// Waits until `sock` (if any) has a datagram.
+async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
+    match sock {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One datagram from `sock`, without waiting, with the time the kernel
+/// received it (unix ns; `SO_TIMESTAMPNS`, asked for on the relay's
+/// socket): a probe's latency then leaves out the gateway's own wake-up.
+fn try_recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    use nix::sys::socket::{ControlMessageOwned, recvmsg};
+    sock.try_io(Interest::READABLE, || {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let at = msg.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|c| match c {
+                ControlMessageOwned::ScmTimestampns(t) => {
+                    Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+                }
+                _ => None,
+            })
+        });
+        Ok((msg.bytes, at))
+    })
+}
+
 async fn recv_from(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     match sock {
         Some(s) => s.recv_from(buf).await,
@@ -339,6 +382,7 @@ fn relay_one(
     gw: &mut Gateway,
     coap: Option<&mut CoapGateway>,
     datagram: &[u8],
+    arrived_ns: Option<u64>,
     batch: &mut Batch,
     stats: &mut Stats,
     probes: Option<&tokio::sync::mpsc::UnboundedSender<(crate::probe::Probe, u64)>>,
@@ -346,9 +390,11 @@ fn relay_one(
     batch.datagrams += 1;
     if let Some(p) = crate::probe::Probe::decode(datagram) {
         if let Some(tx) = probes {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+            let now = arrived_ns.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
             let _ = tx.send((p, now));
         }
         return;
