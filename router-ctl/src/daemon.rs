@@ -929,14 +929,18 @@ impl Daemon {
         }
     }
 
-    /// Sends a latency probe to every shard of the installed plan.
-    pub fn send_probes(&mut self) {
-        let relay = self
-            .cfg
+    /// The relay's shard, with a relay.
+    fn relay_shard(&self) -> Option<u32> {
+        self.cfg
             .gateway
             .as_ref()
             .and_then(|g| g.relay.as_ref())
-            .map(|r| r.shard);
+            .map(|r| r.shard)
+    }
+
+    /// Sends a latency probe to every shard of the installed plan.
+    pub fn send_probes(&mut self) {
+        let relay = self.relay_shard();
         let shards: Vec<u32> = self
             .document
             .iter()
@@ -1050,6 +1054,7 @@ impl Daemon {
     /// for a placement (at most every tenth of the period). Never during a
     /// migration: devices move from one placement at a time.
     fn maybe_cycle(&mut self, now: u64) -> Result<Option<Decision>> {
+        let relay = self.relay_shard();
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
@@ -1090,12 +1095,6 @@ impl Daemon {
         }
         // The bucket just written: what each shard's group received in it
         // (under the routes in force then), against its usable capacity.
-        let relay = self
-            .cfg
-            .gateway
-            .as_ref()
-            .and_then(|g| g.relay.as_ref())
-            .map(|r| r.shard);
         if trigger.is_none()
             && let Some((start, rates)) = &self.delivered
             && c.overload_checked != Some(*start)

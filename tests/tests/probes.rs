@@ -67,7 +67,10 @@ fn probes_measure_each_shards_latency_through_the_data_plane() {
         let count = m[&k("shardcast_probe_latency_seconds_count")];
         let sum = m[&k("shardcast_probe_latency_seconds_sum")];
         let mean = sum / count;
-        eprintln!("shard {s}: {count} probes, mean one-way latency {:.1} µs", mean * 1e6);
+        eprintln!(
+            "shard {s}: {count} probes, mean one-way latency {:.1} µs",
+            mean * 1e6
+        );
         // Through a veth lab on one host: well under a second, above zero.
         assert!(mean > 0.0 && mean < 0.5, "shard {s}: mean {mean} s");
         let sent = m[&k("shardcast_probes_sent_total")];

@@ -124,4 +124,19 @@ mod tests {
         assert_eq!(Probe::decode(&other), None);
         assert_eq!(Probe::decode(&d[..d.len() - 1]), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_probe_round_trips(shard in 0u32..4096, seq: u64, sent_ns: u64) {
+            let p = Probe { shard, seq, sent_ns };
+            proptest::prop_assert_eq!(Probe::decode(&p.encode().unwrap()), Some(p));
+        }
+
+        #[test]
+        fn any_datagram_decodes_without_panic(d in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            if let Some(p) = Probe::decode(&d) {
+                proptest::prop_assert!(p.shard < 4096);
+            }
+        }
+    }
 }
