@@ -186,3 +186,85 @@ fn a_thousand_migrations_lose_no_message() {
     assert_eq!(installed.topics[0].shards, route);
     assert_eq!(installed.shards.len(), 8);
 }
+
+/// The CoAP variant of the device protocol (docs/device-protocol.md):
+/// devices observe their control resource `sc/<id>` on the gateway's CoAP
+/// side and POST their messages there; they register, are placed, and
+/// migrate through rounds of plans like MQTT-SN devices, missing nothing
+/// of the numbered publisher's stream.
+#[test]
+fn coap_devices_register_and_migrate_without_loss() {
+    const COAP_DEVICES: usize = 40;
+    const COAP_ROUNDS: u64 = 4;
+    let mut lab = Lab::new(1).unwrap();
+    lab.attach().unwrap();
+    let shards: Vec<LabShard> = (1..=8).map(LabShard::numbered).collect();
+    let config = "migration_deadline = \"10s\"\n[gateway]\nlisten = \"198.18.1.1:1884\"\ncoap_listen = \"198.18.1.1:5683\"\nmigrate_retry = \"300ms\"";
+    let daemon = lab.start_daemon_with("100ms", config).unwrap();
+    let plan = |g: u64| {
+        let base = if g % 2 == 1 { 0 } else { 4 };
+        let devices: Vec<(String, u32)> = (0..COAP_DEVICES)
+            .map(|i| (format!("dev-{i}"), base + (i as u32 + g as u32) % 4 + 1))
+            .collect();
+        let route: Vec<u32> = (base + 1..=base + 4).collect();
+        Lab::plan_json_with_devices(g, &shards, &[("ab", &route)], &devices)
+    };
+    lab.offer_plan(&plan(1)).unwrap();
+    lab.wait_generation(1).unwrap();
+    daemon
+        .wait_log(Duration::from_secs(10), |l| l.contains("CoAP gateway"))
+        .unwrap();
+    let report = lab.daemon_state_dir().join("devsim-coap.json");
+    let mut devsim = integration_tests::Child {
+        child: std::process::Command::new(ctl_binary())
+            .args(["--netns", &lab.subscribers[0].ns.name, "devsim", "--coap"])
+            .args(["--gateway", "198.18.1.1:5683"])
+            .args(["--devices", &COAP_DEVICES.to_string()])
+            .args(["--duration", "120s", "--keep-alive", "10s"])
+            .args([
+                "--publish-to",
+                "198.18.1.1:1884",
+                "--publish-netns",
+                &lab.publisher.name,
+            ])
+            .args(["--rate", "200", "--grace", "1s"])
+            .arg("--report")
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    };
+    daemon
+        .wait_log(Duration::from_secs(30), |l| {
+            l.contains("membership") && l.contains(&format!("members={COAP_DEVICES}"))
+        })
+        .unwrap();
+    for g in 2..=COAP_ROUNDS + 1 {
+        lab.offer_plan(&plan(g)).unwrap();
+        let done = daemon
+            .wait_log(Duration::from_secs(30), |l| {
+                l.contains("migration done") && l.contains(&format!("generation={g}"))
+            })
+            .unwrap();
+        assert!(
+            done.contains(&format!("confirmed={COAP_DEVICES}")),
+            "round {g}: {done}"
+        );
+    }
+    let status = devsim.terminate().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(status.success());
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["assigned"], COAP_DEVICES);
+    assert_eq!(r["missing"], 0, "{r}");
+    assert!(r["sent"].as_u64().unwrap() > 200, "{r}");
+    assert_eq!(r["migrations"], COAP_DEVICES as u64 * COAP_ROUNDS);
+    let last = COAP_ROUNDS + 1;
+    let base = if last % 2 == 1 { 0 } else { 4 };
+    for d in r["per_device"].as_array().unwrap() {
+        let i: u32 = d["id"].as_str().unwrap()["dev-".len()..].parse().unwrap();
+        assert_eq!(d["shard"], base + (i + last as u32) % 4 + 1, "{d}");
+        assert!(d["received"].as_u64().unwrap() > 0, "{d}");
+    }
+}

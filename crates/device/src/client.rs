@@ -68,6 +68,23 @@ pub struct DeviceConfig {
     /// planner placing the device, know what it listens to. Its publishes
     /// still come from its shard's group, never as unicast copies.
     pub subscriptions: Vec<String>,
+    /// How the device talks to the gateway (`gateway` is its MQTT-SN or
+    /// its CoAP address accordingly).
+    pub transport: Transport,
+}
+
+/// The device protocol's two carriers (docs/device-protocol.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The control topic over an MQTT-SN session.
+    #[default]
+    MqttSn,
+    /// The control resource `sc/<client id>` over CoAP: observed for the
+    /// gateway's messages (re-registered every half keep-alive), POSTed
+    /// (confirmable) for the device's. No session and no subscriptions
+    /// through the gateway: the planner places such a device by its
+    /// attributes.
+    Coap,
 }
 
 impl DeviceConfig {
@@ -82,6 +99,7 @@ impl DeviceConfig {
             dedup_window: 4096,
             linger: Duration::from_millis(250),
             subscriptions: Vec::new(),
+            transport: Transport::MqttSn,
         }
     }
 }
@@ -170,11 +188,15 @@ impl Device {
             buf: vec![0; 9216],
             gbuf: vec![0; 9216],
         };
-        d.mqtt_connect().await?;
-        // Subscriptions first: when the gateway learns of the member, it
-        // knows what the member follows, and the first plan placing it
-        // routes those topics to its shard.
-        d.subscribe_all();
+        if d.cfg.transport == Transport::Coap {
+            d.observe_control().await?;
+        } else {
+            d.mqtt_connect().await?;
+            // Subscriptions first: when the gateway learns of the member,
+            // it knows what the member follows, and the first plan placing
+            // it routes those topics to its shard.
+            d.subscribe_all();
+        }
         d.outbox
             .push_back(Request::Control(Protocol::hello(d.cfg.attributes.clone())));
         Ok(d)
@@ -186,6 +208,52 @@ impl Device {
         for t in &self.cfg.subscriptions {
             self.outbox.push_back(Request::Subscribe(t.clone()));
         }
+    }
+
+    /// The next message id (MQTT-SN msg id or CoAP message id).
+    fn next_id(&mut self) -> u16 {
+        let id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// A CoAP request on the device's control resource.
+    fn coap_request(
+        &self,
+        mid: u16,
+        method: coap_lite::RequestType,
+        observe: Option<u32>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut p = coap_lite::Packet::new();
+        p.header.set_type(coap_lite::MessageType::Confirmable);
+        p.header.code = coap_lite::MessageClass::Request(method);
+        p.header.message_id = mid;
+        // One token for the observation and every POST: the gateway's
+        // notifications carry it.
+        p.set_token(b"sc".to_vec());
+        let path = format!(
+            "{}{}",
+            shardcast_gateway::coap::CONTROL_PATH,
+            self.cfg.client_id
+        );
+        for seg in path.split('/') {
+            p.add_option(coap_lite::CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        if let Some(o) = observe {
+            p.set_observe_value(o);
+        }
+        p.payload = payload.to_vec();
+        p.to_bytes().expect("a control request encodes")
+    }
+
+    /// (Re-)registers the observation of the control resource: the
+    /// gateway's messages come as its notifications, and each
+    /// registration tells the gateway the device is alive.
+    async fn observe_control(&mut self) -> Result<(), DeviceError> {
+        let mid = self.next_id();
+        let d = self.coap_request(mid, coap_lite::RequestType::Get, Some(0), b"");
+        self.send_raw(&d).await
     }
 
     async fn mqtt_connect(&mut self) -> Result<(), DeviceError> {
@@ -282,6 +350,10 @@ impl Device {
             self.outbox.push_back(Request::Control(Protocol::hello(
                 self.cfg.attributes.clone(),
             )));
+            if self.cfg.transport == Transport::Coap {
+                // The observation may be what was lost.
+                self.observe_control().await?;
+            }
         }
         if let Some((_, datagram, sent, tries)) = &mut self.inflight
             && sent.elapsed() >= self.cfg.retry
@@ -299,11 +371,30 @@ impl Device {
                 self.send_raw(&d).await?;
             }
         }
+        if self.cfg.transport == Transport::Coap
+            && self.inflight.is_none()
+            && let Some(r) = self.outbox.pop_front()
+            // Only control messages are queued over CoAP.
+            && let Request::Control(c) = r
+        {
+            if matches!(c, Control::Hello(_)) {
+                self.hello_sent = Instant::now();
+                self.proto.stats.hellos += 1;
+            }
+            let mid = self.next_id();
+            let datagram = self.coap_request(
+                mid,
+                coap_lite::RequestType::Post,
+                None,
+                c.encode().as_bytes(),
+            );
+            self.send_raw(&datagram).await?;
+            self.inflight = Some((mid, datagram, Instant::now(), 0));
+        }
         if self.inflight.is_none()
             && let Some(r) = self.outbox.pop_front()
         {
-            let msg_id = self.next_msg_id;
-            self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
+            let msg_id = self.next_id();
             let msg = match r {
                 Request::Control(c) => {
                     if matches!(c, Control::Hello(_)) {
@@ -332,8 +423,12 @@ impl Device {
             self.inflight = Some((msg_id, datagram, Instant::now(), 0));
         }
         if self.last_sent.elapsed() >= self.cfg.keep_alive / 2 {
-            let ping = encode(&Message::PingReq { client_id: None }).expect("PINGREQ encodes");
-            self.send_raw(&ping).await?;
+            if self.cfg.transport == Transport::Coap {
+                self.observe_control().await?;
+            } else {
+                let ping = encode(&Message::PingReq { client_id: None }).expect("PINGREQ encodes");
+                self.send_raw(&ping).await?;
+            }
         }
         Ok(())
     }
@@ -383,7 +478,50 @@ impl Device {
         Ok(())
     }
 
+    /// A CoAP datagram from the gateway: the ACK of the control message
+    /// in flight, or a notification of the control resource carrying a
+    /// control message.
+    async fn handle_coap(&mut self, datagram: &[u8]) -> Result<(), DeviceError> {
+        use coap_lite::{MessageClass, MessageType, Packet};
+        let Ok(p) = Packet::from_bytes(datagram) else {
+            return Ok(());
+        };
+        let ty = p.header.get_type();
+        if ty == MessageType::Acknowledgement
+            && self
+                .inflight
+                .as_ref()
+                .is_some_and(|(id, ..)| *id == p.header.message_id)
+        {
+            self.inflight = None;
+        }
+        if ty == MessageType::Confirmable {
+            let mut ack = Packet::new();
+            ack.header.set_type(MessageType::Acknowledgement);
+            ack.header.message_id = p.header.message_id;
+            if let Ok(b) = ack.to_bytes() {
+                self.send_raw(&b).await?;
+            }
+        }
+        if matches!(p.header.code, MessageClass::Response(_))
+            && p.get_observe_value().is_some()
+            && !p.payload.is_empty()
+        {
+            match Control::decode(&p.payload) {
+                Ok(c) => {
+                    let actions = self.proto.on_control(c, &self.cfg.attributes);
+                    self.act(actions)?;
+                }
+                Err(e) => tracing::debug!(client = self.cfg.client_id, "control message: {e}"),
+            }
+        }
+        Ok(())
+    }
+
     async fn handle_gateway(&mut self, datagram: &[u8]) -> Result<(), DeviceError> {
+        if self.cfg.transport == Transport::Coap {
+            return self.handle_coap(datagram).await;
+        }
         match decode(datagram) {
             Ok(Message::Publish {
                 flags,

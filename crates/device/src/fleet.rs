@@ -55,6 +55,8 @@ pub struct FleetConfig {
     /// A device expects the numbered publishes only if it follows the
     /// publisher's topic.
     pub subscriptions: Vec<String>,
+    /// How the devices talk to the gateway.
+    pub transport: crate::client::Transport,
 }
 
 /// One device's account.
@@ -119,6 +121,7 @@ pub async fn run(mut cfg: FleetConfig, stop: impl std::future::Future<Output = (
         let mut dc = DeviceConfig::new(&format!("{}{i}", cfg.prefix), cfg.gateway);
         dc.interface = cfg.interface;
         dc.keep_alive = cfg.keep_alive;
+        dc.transport = cfg.transport;
         if !cfg.subscriptions.is_empty() {
             dc.subscriptions = vec![cfg.subscriptions[i % cfg.subscriptions.len()].clone()];
         }

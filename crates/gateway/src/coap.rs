@@ -35,6 +35,25 @@ pub enum CoapEffect {
     Send(SocketAddr, Vec<u8>),
     /// A publish it accepted: route it and deliver it to every subscriber.
     Publish { topic: String, data: Vec<u8> },
+    /// A shard-aware device's control message (POST to its control
+    /// resource, docs/device-protocol.md): for the membership.
+    Control {
+        client: String,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A device (re-)registered on its control resource: it is alive.
+    Seen { client: String, from: SocketAddr },
+}
+
+/// Shard-aware devices' control resources: `sc/<client id>`.
+pub const CONTROL_PATH: &str = "sc/";
+
+/// A client id as the device protocol takes it (as MQTT-SN's, at most 23
+/// bytes, here also without a path separator).
+fn control_client(path: &str) -> Option<&str> {
+    let c = path.strip_prefix(CONTROL_PATH)?;
+    (!c.is_empty() && c.len() <= 23 && !c.contains('/')).then_some(c)
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +79,9 @@ pub struct CoapGateway {
     notified: HashMap<(SocketAddr, u16), String>,
     notified_order: VecDeque<(SocketAddr, u16)>,
     next_mid: u16,
+    /// Devices observing their control resource: client → (endpoint,
+    /// observer).
+    controls: HashMap<String, (SocketAddr, Observer)>,
 }
 
 fn uri_path(p: &Packet) -> String {
@@ -87,6 +109,7 @@ impl CoapGateway {
             notified: HashMap::new(),
             notified_order: VecDeque::new(),
             next_mid: 1,
+            controls: HashMap::new(),
         }
     }
 
@@ -174,6 +197,17 @@ impl CoapGateway {
         };
         resp.set_token(req.get_token().to_vec());
         let path = uri_path(&req);
+        if let Some(client) = control_client(&path) {
+            let code = self.control_request(&req, client, from, &mut resp, &mut fx);
+            resp.header.code = MessageClass::Response(code);
+            if let Ok(b) = resp.to_bytes() {
+                if ty == MessageType::Confirmable {
+                    self.remember((from, mid), b.clone());
+                }
+                fx.push(CoapEffect::Send(from, b));
+            }
+            return fx;
+        }
         let topic = path
             .strip_prefix(&self.prefix)
             .filter(|t| !t.is_empty())
@@ -241,6 +275,92 @@ impl CoapGateway {
             }
         }
         fx
+    }
+
+    /// A request on a device's control resource: GET with Observe 0
+    /// registers the endpoint for the device's control messages (again:
+    /// a keep-alive), Observe 1 deregisters; POST (or PUT) carries a
+    /// control message from the device.
+    fn control_request(
+        &mut self,
+        req: &Packet,
+        client: &str,
+        from: SocketAddr,
+        resp: &mut Packet,
+        fx: &mut Vec<CoapEffect>,
+    ) -> ResponseType {
+        match req.header.code {
+            MessageClass::Request(RequestType::Get) => {
+                match req.get_observe_value() {
+                    Some(Ok(0)) => {
+                        let known = self.controls.contains_key(client);
+                        if known || self.controls.len() < MAX_OBSERVERS {
+                            let seq = self.controls.get(client).map_or(1, |(_, o)| o.seq);
+                            self.controls.insert(
+                                client.to_string(),
+                                (
+                                    from,
+                                    Observer {
+                                        token: req.get_token().to_vec(),
+                                        seq,
+                                    },
+                                ),
+                            );
+                            resp.set_observe_value(seq);
+                        }
+                        fx.push(CoapEffect::Seen {
+                            client: client.to_string(),
+                            from,
+                        });
+                    }
+                    Some(Ok(1)) if self.controls.get(client).is_some_and(|(a, _)| *a == from) => {
+                        self.controls.remove(client);
+                    }
+                    _ => {}
+                }
+                ResponseType::Content
+            }
+            MessageClass::Request(RequestType::Post | RequestType::Put) => {
+                fx.push(CoapEffect::Control {
+                    client: client.to_string(),
+                    from,
+                    data: req.payload.clone(),
+                });
+                ResponseType::Changed
+            }
+            _ => ResponseType::MethodNotAllowed,
+        }
+    }
+
+    /// A control message for `client` at `to`, as a notification of its
+    /// control resource, if the device observes it from there (else the
+    /// message goes by MQTT-SN).
+    pub fn control_notification(
+        &mut self,
+        client: &str,
+        to: SocketAddr,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let mid = self.mid();
+        let (addr, o) = self.controls.get_mut(client)?;
+        if *addr != to {
+            return None;
+        }
+        o.seq = (o.seq + 1) & 0xFF_FFFF;
+        let mut n = Packet::new();
+        n.header.set_type(MessageType::NonConfirmable);
+        n.header.message_id = mid;
+        n.header.code = MessageClass::Response(ResponseType::Content);
+        n.set_token(o.token.clone());
+        n.set_observe_value(o.seq);
+        n.set_content_format(ContentFormat::TextPlain);
+        n.payload = payload.to_vec();
+        n.to_bytes().ok()
+    }
+
+    /// Whether `client` observes its control resource (a CoAP device).
+    pub fn is_control_observer(&self, client: &str) -> bool {
+        self.controls.contains_key(client)
     }
 
     /// The topic and payload of a CoAP publish as the data plane forwards
@@ -339,6 +459,115 @@ mod tests {
         match p.header.code {
             MessageClass::Response(r) => r,
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_device_observes_its_control_resource_and_posts_control_messages() {
+        let a: SocketAddr = "198.18.0.5:40000".parse().unwrap();
+        let b: SocketAddr = "198.18.0.6:40000".parse().unwrap();
+        let mut g = CoapGateway::new("ps/data/", ["t1".to_string()]);
+        // Nobody observes: control messages go by MQTT-SN.
+        assert!(g.control_notification("dev-1", a, b"assign").is_none());
+        let fx = g.handle(
+            a,
+            &req(
+                MessageType::Confirmable,
+                RequestType::Get,
+                7,
+                "sc/dev-1",
+                Some(0),
+                b"",
+            ),
+        );
+        assert!(fx.contains(&CoapEffect::Seen {
+            client: "dev-1".into(),
+            from: a
+        }));
+        let r = &sent(&fx)[0];
+        assert_eq!(code(r), ResponseType::Content);
+        assert_eq!(r.header.message_id, 7);
+        assert_eq!(r.get_observe_value(), Some(Ok(1)));
+        assert!(g.is_control_observer("dev-1"));
+        // Control messages to it: notifications with its token and
+        // increasing Observe numbers; only to the address it observes from.
+        let n1 =
+            Packet::from_bytes(&g.control_notification("dev-1", a, b"assign x").unwrap()).unwrap();
+        let n2 =
+            Packet::from_bytes(&g.control_notification("dev-1", a, b"ack 2 1").unwrap()).unwrap();
+        assert_eq!(n1.get_token(), [0xAB, 7]);
+        assert_eq!(n1.payload, b"assign x");
+        assert!(
+            n2.get_observe_value().unwrap().unwrap() > n1.get_observe_value().unwrap().unwrap()
+        );
+        assert!(g.control_notification("dev-1", b, b"x").is_none());
+        // A POST carries a control message, acknowledged 2.04; a repeat
+        // (same message id) is answered again, not handed over twice.
+        let post = req(
+            MessageType::Confirmable,
+            RequestType::Post,
+            8,
+            "sc/dev-1",
+            None,
+            b"hello",
+        );
+        let fx = g.handle(a, &post);
+        assert!(fx.contains(&CoapEffect::Control {
+            client: "dev-1".into(),
+            from: a,
+            data: b"hello".to_vec()
+        }));
+        assert_eq!(code(&sent(&fx)[0]), ResponseType::Changed);
+        let again = g.handle(a, &post);
+        assert!(
+            !again
+                .iter()
+                .any(|e| matches!(e, CoapEffect::Control { .. }))
+        );
+        assert_eq!(code(&sent(&again)[0]), ResponseType::Changed);
+        // Another endpoint cannot deregister it; the device itself can.
+        g.handle(
+            b,
+            &req(
+                MessageType::Confirmable,
+                RequestType::Get,
+                9,
+                "sc/dev-1",
+                Some(1),
+                b"",
+            ),
+        );
+        assert!(g.is_control_observer("dev-1"));
+        g.handle(
+            a,
+            &req(
+                MessageType::Confirmable,
+                RequestType::Get,
+                10,
+                "sc/dev-1",
+                Some(1),
+                b"",
+            ),
+        );
+        assert!(!g.is_control_observer("dev-1"));
+        // Bad control paths are not control resources.
+        for path in ["sc/", "sc/a/b", "sc/aaaaaaaaaaaaaaaaaaaaaaaa"] {
+            let fx = g.handle(
+                a,
+                &req(
+                    MessageType::Confirmable,
+                    RequestType::Post,
+                    11,
+                    path,
+                    None,
+                    b"hello",
+                ),
+            );
+            assert!(
+                !fx.iter().any(|e| matches!(e, CoapEffect::Control { .. })),
+                "{path}"
+            );
+            assert_eq!(code(&sent(&fx)[0]), ResponseType::NotFound, "{path}");
         }
     }
 

@@ -230,6 +230,14 @@ pub async fn serve(
                                 Some(from.is_ipv6()),
                                 vec![Effect::Publish { topic, data, retain: false }],
                             )),
+                            // A CoAP device's control message: the same
+                            // membership as MQTT-SN devices'.
+                            CoapEffect::Control { client, from, data } => {
+                                batch.effects.push((None, vec![Effect::Control { client, from, data }]))
+                            }
+                            CoapEffect::Seen { client, from } => {
+                                batch.outs.extend(members.seen(&client, from, unix_ms()))
+                            }
                         }
                     }
                 }
@@ -527,8 +535,17 @@ async fn apply(
     for o in outs {
         match o {
             Out::Persist(client, r) => gw.set_kernel_served(&client, r.is_some()),
-            Out::Send { to, msg, .. } => {
+            Out::Send { to, msg, client } => {
                 let payload = msg.encode();
+                // A CoAP device observing its control resource gets it as
+                // a notification; any other by MQTT-SN.
+                if let Some(d) = coap
+                    .as_deref_mut()
+                    .and_then(|c| c.control_notification(&client, to, payload.as_bytes()))
+                {
+                    coap_out.push((to, d));
+                    continue;
+                }
                 queue.extend(
                     gw.send_control(to, payload.as_bytes())
                         .into_iter()

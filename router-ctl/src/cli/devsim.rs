@@ -57,6 +57,10 @@ pub struct DevsimArgs {
     /// Write the per-device report here (JSON).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Speak the device protocol over CoAP (the control resource
+    /// `sc/<id>`): `--gateway` is then the gateway's CoAP address.
+    #[arg(long)]
+    pub coap: bool,
 }
 
 pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
@@ -64,6 +68,9 @@ pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
         a.topic.as_bytes().try_into().map_err(|_| {
             anyhow::anyhow!("--topic {:?} is not a two-byte short topic name", a.topic)
         })?;
+    if a.coap && !a.subscribe.is_empty() {
+        bail!("--subscribe needs MQTT-SN sessions: CoAP devices (--coap) subscribe through none");
+    }
     for t in &a.subscribe {
         if !shardcast_gateway::session::valid_filter(t) || t.starts_with('$') || t.len() > 1024 {
             bail!("--subscribe: {t:?} is not a topic name or filter");
@@ -102,6 +109,11 @@ pub fn run(g: &Globals, a: DevsimArgs) -> Result<()> {
         }),
         grace: a.grace,
         subscriptions: a.subscribe,
+        transport: if a.coap {
+            shardcast_device::client::Transport::Coap
+        } else {
+            shardcast_device::client::Transport::MqttSn
+        },
     };
     // Every core: thousands of devices each read their groups.
     let rt = tokio::runtime::Builder::new_multi_thread()
