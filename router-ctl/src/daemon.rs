@@ -187,6 +187,19 @@ struct Running {
     devices: Vec<crate::devices::DeviceUpdate>,
 }
 
+/// What a cycle's thread is given.
+struct CycleJob {
+    cfg: CycleConfig,
+    now: u64,
+    mode: Mode,
+    trigger: Trigger,
+    load: LoadSeries,
+    devices: BTreeMap<String, shardcast_planner::workload::Device>,
+    /// The installed plan as the planner sees it.
+    base: Option<Plan>,
+    forecasts: crate::cycle::Forecasts,
+}
+
 /// What a cycle's thread hands back.
 struct Decided {
     decision: Result<Decision>,
@@ -1145,17 +1158,27 @@ impl Daemon {
         let mode = c.mode;
         // A cycle that fails is tried again a period later, not every tick.
         c.last_run = Some(now);
-        let cfg = c.cfg.clone();
-        let bucket = c.load.bucket_secs();
-        let cap = c.cfg.window.as_secs() / bucket;
-        let load = std::mem::replace(&mut c.load, LoadSeries::new(bucket, cap as usize));
-        let mut forecasts = std::mem::take(&mut c.forecasts);
-        let devices = std::mem::take(&mut c.devices);
-        let known = devices.len();
+        // The thread first, holding nothing of ours: if it cannot start,
+        // or ends before taking the job, the series, forecasts and devices
+        // are still here (a failed send hands the job back).
+        let (job_tx, job_rx) = mpsc::sync_channel::<CycleJob>(1);
         let (tx, rx) = mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new()
             .name("shardcast-cycle".into())
             .spawn(move || {
+                let Ok(job) = job_rx.recv() else {
+                    return;
+                };
+                let CycleJob {
+                    cfg,
+                    now,
+                    mode,
+                    trigger,
+                    load,
+                    devices,
+                    base,
+                    mut forecasts,
+                } = job;
                 // A panic in the decision must not take the series with
                 // it: it comes back with an error (and no forecasts, whose
                 // state it may have left half-updated).
@@ -1193,8 +1216,26 @@ impl Daemon {
                 });
             });
         if let Err(e) = spawned {
-            // No thread: everything is still ours. Try again next period.
             return Err(anyhow::Error::from(e).context("starting the cycle's thread"));
+        }
+        let bucket = c.load.bucket_secs();
+        let cap = (c.cfg.window.as_secs() / bucket).max(1) as usize;
+        let job = CycleJob {
+            cfg: c.cfg.clone(),
+            now,
+            mode,
+            trigger,
+            load: std::mem::replace(&mut c.load, LoadSeries::new(bucket, cap)),
+            devices: std::mem::take(&mut c.devices),
+            base,
+            forecasts: std::mem::take(&mut c.forecasts),
+        };
+        let known = job.devices.len();
+        if let Err(mpsc::SendError(job)) = job_tx.send(job) {
+            c.load = job.load;
+            c.devices = job.devices;
+            c.forecasts = job.forecasts;
+            bail!("the cycle's thread ended before taking the cycle");
         }
         c.running = Some(Running {
             done: rx,
