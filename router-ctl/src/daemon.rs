@@ -158,6 +158,11 @@ pub struct CycleState {
     last_run: Option<u64>,
     /// Start of the newest bucket checked for a measured overload.
     overload_checked: Option<u64>,
+    /// A measured overload a cycle judged needs no change: (shard, rate).
+    /// The same shard triggers again only above that rate (+5%), until the
+    /// next periodic cycle: a shard a little over its usable capacity
+    /// every bucket must not make a cycle every bucket.
+    overload_judged: Option<(u32, f64)>,
     /// Devices changed since the last check for unserved ones.
     devices_changed: bool,
     /// The last decision (for the metrics; `status` reads the log).
@@ -326,6 +331,7 @@ impl Daemon {
                     mode_seen: None,
                     last_run: None,
                     overload_checked: None,
+                    overload_judged: None,
                     devices_changed: false,
                     last: None,
                     counts: CycleCounts::default(),
@@ -834,6 +840,12 @@ impl Daemon {
             let Some(name) = slots.get(slot).and_then(|k| self.names.get(k)) else {
                 continue;
             };
+            // The router's own topics (the latency probes) are no one's
+            // load: not forecast, not planned, not counted against a
+            // shard's capacity.
+            if name.starts_with('$') {
+                continue;
+            }
             if let Some(c) = &mut self.cycle {
                 match &mut c.running {
                     Some(r) => r.buckets.push((start, name.clone(), *n as f64)),
@@ -1125,7 +1137,10 @@ impl Daemon {
                     .find(|s| s.id == shard)
                     .and_then(|s| s.capacity)
                     .map_or(usable, |cap| cap * (1.0 - c.cfg.resources.headroom));
-                if rate > usable {
+                let judged = c
+                    .overload_judged
+                    .is_some_and(|(s, r)| s == shard && rate <= r * 1.05);
+                if rate > usable && !judged {
                     trigger = Some(Trigger::Overload {
                         shard,
                         rate,
@@ -1306,6 +1321,13 @@ impl Daemon {
             return Ok(None);
         }
         c.counts.cycles += 1;
+        match (&d.trigger, d.action) {
+            (Trigger::Overload { shard, rate, .. }, "none") => {
+                c.overload_judged = Some((*shard, *rate))
+            }
+            (Trigger::Period, _) | (_, "install") => c.overload_judged = None,
+            _ => {}
+        }
         match d.action {
             "install" => {
                 c.counts.installs += 1;

@@ -76,6 +76,14 @@ fn probes_measure_each_shards_latency_through_the_data_plane() {
         let sent = m[&k("shardcast_probes_sent_total")];
         let received = m[&k("shardcast_probes_received_total")];
         assert_eq!(m[&k("shardcast_probes_lost_total")], 0.0, "shard {s}");
+        // Probes are the router's own traffic: no shard's load.
+        assert_eq!(
+            m.get(&k("shardcast_shard_delivered_messages_per_second"))
+                .copied()
+                .unwrap_or(0.0),
+            0.0,
+            "shard {s}"
+        );
         assert!(
             received >= count && received <= sent,
             "{received} of {sent}"
