@@ -335,3 +335,60 @@ pub fn frame_v4_options(options: &[u8], dport: u16, payload: &[u8]) -> Vec<u8> {
         .expect("writing to a Vec");
     out
 }
+
+/// A stopped capture, decoded: per frame the fields asked for, and the
+/// frames Wireshark flags (the first field missing, malformed, or an
+/// expert finding at warning level or above: chat and notes are
+/// information).
+pub struct Decoded {
+    pub text: String,
+    pub rows: Vec<Vec<String>>,
+    pub flagged: Vec<Vec<String>>,
+}
+
+/// Stops `tshark` (SIGINT) and decodes `pcap` (removed after), reading
+/// `decode_as` (e.g. `udp.port==1884,mqttsn`) if given.
+pub fn decode_capture(
+    mut tshark: std::process::Child,
+    pcap: &std::path::Path,
+    decode_as: Option<&str>,
+    fields: &[&str],
+) -> Decoded {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    let _ = tshark.wait();
+    let file = pcap.display().to_string();
+    let mut args = vec!["-r", file.as_str()];
+    if let Some(d) = decode_as {
+        args.extend(["-d", d]);
+    }
+    args.extend(["-T", "fields", "-E", "separator=|"]);
+    for f in ["_ws.malformed", "_ws.expert.severity"]
+        .iter()
+        .chain(fields)
+    {
+        args.extend(["-e", f]);
+    }
+    let text = sh("tshark", &args).unwrap();
+    let _ = std::fs::remove_file(pcap);
+    let (mut rows, mut flagged) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let cols: Vec<String> = line.split('|').map(str::to_string).collect();
+        let worst = cols[1]
+            .split(',')
+            .filter_map(|s| s.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        let row = cols[2..].to_vec();
+        if !cols[0].is_empty() || worst >= 0x60_0000 || row[0].is_empty() {
+            flagged.push(row.clone());
+        }
+        rows.push(row);
+    }
+    Decoded {
+        text,
+        rows,
+        flagged,
+    }
+}

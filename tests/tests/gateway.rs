@@ -178,7 +178,7 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     assert_eq!(lines(&got_plain), ["a", "b"], "{got_plain}");
     assert_eq!(lines(&got_short), ["z"], "{got_short}");
     // Our one malformed datagram is the only frame Wireshark flags.
-    let d = decode_capture(
+    let d = integration_tests::decode_capture(
         tshark,
         &pcap,
         Some("udp.port==1884,mqttsn"),
@@ -206,63 +206,6 @@ fn mqtt_sn_clients_subscribe_and_publish_through_the_gateway() {
     }
     gw.kill("-TERM");
     let _ = std::fs::remove_dir_all(&state);
-}
-
-/// A stopped capture, decoded: per frame the fields asked for, and the
-/// frames Wireshark flags (the first field missing, malformed, or an
-/// expert finding at warning level or above: chat and notes are
-/// information).
-struct Decoded {
-    text: String,
-    rows: Vec<Vec<String>>,
-    flagged: Vec<Vec<String>>,
-}
-
-/// Stops `tshark` (SIGINT) and decodes `pcap` (removed after), reading
-/// `decode_as` (e.g. `udp.port==1884,mqttsn`) if given.
-fn decode_capture(
-    mut tshark: std::process::Child,
-    pcap: &std::path::Path,
-    decode_as: Option<&str>,
-    fields: &[&str],
-) -> Decoded {
-    let _ = Command::new("kill")
-        .args(["-INT", &tshark.id().to_string()])
-        .status();
-    let _ = tshark.wait();
-    let file = pcap.display().to_string();
-    let mut args = vec!["-r", file.as_str()];
-    if let Some(d) = decode_as {
-        args.extend(["-d", d]);
-    }
-    args.extend(["-T", "fields", "-E", "separator=|"]);
-    for f in ["_ws.malformed", "_ws.expert.severity"]
-        .iter()
-        .chain(fields)
-    {
-        args.extend(["-e", f]);
-    }
-    let text = integration_tests::sh("tshark", &args).unwrap();
-    let _ = std::fs::remove_file(pcap);
-    let (mut rows, mut flagged) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let cols: Vec<String> = line.split('|').map(str::to_string).collect();
-        let worst = cols[1]
-            .split(',')
-            .filter_map(|s| s.parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
-        let row = cols[2..].to_vec();
-        if !cols[0].is_empty() || worst >= 0x60_0000 || row[0].is_empty() {
-            flagged.push(row.clone());
-        }
-        rows.push(row);
-    }
-    Decoded {
-        text,
-        rows,
-        flagged,
-    }
 }
 
 /// One request/answer exchange with the gateway over UDP, in the caller's
@@ -975,7 +918,8 @@ fn coap_clients_observe_and_publish_through_the_gateway() {
     );
     // Wireshark's CoAP dissector decodes every exchange without a
     // malformed frame or a warning: requests, ACKs, 4.04, notifications.
-    let d = decode_capture(tshark, &pcap, None, &["coap.code", "coap.opt.observe"]);
+    let d =
+        integration_tests::decode_capture(tshark, &pcap, None, &["coap.code", "coap.opt.observe"]);
     let out = &d.text;
     assert!(
         d.flagged.is_empty(),
