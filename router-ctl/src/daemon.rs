@@ -1054,6 +1054,11 @@ impl Daemon {
         self.cycle.as_ref()
     }
 
+    /// Whether a cycle is deciding on its thread now.
+    pub fn cycle_running(&self) -> bool {
+        self.cycle.as_ref().is_some_and(|c| c.running.is_some())
+    }
+
     /// The installed plan as the planner should see it: without the
     /// relay's shard and routes (the daemon adds those to every plan).
     fn planning_base(&self) -> Option<Plan> {
