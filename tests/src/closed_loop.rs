@@ -219,10 +219,17 @@ const STANDARD: [(&str, usize, bool); 3] = [
 /// writing what it receives to a file in `dir` (not a pipe: nobody reads
 /// it until the end).
 fn standard_clients(lab: &Lab, dir: &std::path::Path) -> Result<Vec<(crate::Child, PathBuf)>> {
+    (0..STANDARD.len())
+        .map(|n| standard_client(lab, dir, n))
+        .collect()
+}
+
+/// Starts standard client `n` (its output file truncated).
+fn standard_client(lab: &Lab, dir: &std::path::Path, n: usize) -> Result<(crate::Child, PathBuf)> {
     let sub = crate::python_tool("mqtt-sn-12", "mqtt_sn_sub")?;
     let ns = &lab.subscribers[0].ns.name;
-    let mut out = Vec::new();
-    for (n, (_, topic, coap)) in STANDARD.iter().enumerate() {
+    {
+        let (_, topic, coap) = &STANDARD[n];
         let file = dir.join(format!("standard-{n}.out"));
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", ns]);
@@ -236,20 +243,22 @@ fn standard_clients(lab: &Lab, dir: &std::path::Path) -> Result<Vec<(crate::Chil
         } else {
             cmd.arg(&sub)
                 .args(["-h", "198.18.1.1", "-p", "1884", "-k", "3600", "-t", &name])
+                // Give up on a lost CONNACK or SUBACK in 5 s, not 60: the
+                // demo starts it again.
+                .args(["--timeout", "5"])
                 .env("PYTHONUNBUFFERED", "1");
         }
         cmd.stdout(std::fs::File::create(&file)?)
-            .stderr(Stdio::null());
-        out.push((
+            .stderr(std::fs::File::create(file.with_extension("err"))?);
+        Ok((
             crate::Child {
                 child: cmd
                     .spawn()
                     .with_context(|| format!("starting {}", STANDARD[n].0))?,
             },
             file,
-        ));
+        ))
     }
-    Ok(out)
 }
 
 fn unix_f() -> f64 {
@@ -428,7 +437,29 @@ every = "200ms"
     let mut standard = standard_clients(&lab, &state)?;
     let relay = router_ctl::gateway::RelayOptions::DEFAULT_SHARD;
     let routed = Instant::now();
+    let mut restarts = 0;
     loop {
+        // mqtt-sn-12's client sends CONNECT once and gives up when no
+        // CONNACK comes (the gateway busy with 2,000 devices' joins): a
+        // client that ended before the load starts is started again.
+        for n in 0..standard.len() {
+            if let Ok(Some(status)) = standard[n].0.child.try_wait() {
+                let said = std::fs::read_to_string(standard[n].1.with_extension("err"))
+                    .unwrap_or_default();
+                anyhow::ensure!(
+                    restarts < 3,
+                    "{} ended before the load ({status}): {said}",
+                    STANDARD[n].0
+                );
+                restarts += 1;
+                eprintln!(
+                    "  ({} ended before the load ({status}), started again: {})",
+                    STANDARD[n].0,
+                    said.lines().last().unwrap_or("")
+                );
+                standard[n] = standard_client(&lab, &state, n)?;
+            }
+        }
         let followed = shardcast_plan::Plan::from_file(&state.join("plan.json"))
             .map(|p| {
                 STANDARD.iter().all(|(_, i, _)| {
@@ -441,8 +472,23 @@ every = "200ms"
         if followed {
             break;
         }
-        if routed.elapsed() > Duration::from_secs(30) {
-            bail!("the standard clients' topics not routed to the gateway's relay after 30 s");
+        if routed.elapsed() > Duration::from_secs(45) {
+            let routed: Vec<String> = shardcast_plan::Plan::from_file(&state.join("plan.json"))
+                .map(|p| {
+                    p.topics
+                        .iter()
+                        .filter(|t| t.shards.contains(&relay))
+                        .map(|t| t.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let errs: Vec<String> = standard
+                .iter()
+                .map(|(_, f)| std::fs::read_to_string(f.with_extension("err")).unwrap_or_default())
+                .collect();
+            bail!(
+                "the standard clients' topics not routed to the gateway's relay after 45 s (routed: {routed:?}; clients said: {errs:?})"
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
