@@ -191,6 +191,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_interface_or_setting_is_named_at_start() {
+        let e = format!(
+            "{:#}",
+            Prober::open("lo", 1884, Some("no-such-if0")).err().unwrap()
+        );
+        assert!(
+            e.contains("no-such-if0") && e.contains("accept_local"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            Prober::open("no-such-if0", 1884, None).err().unwrap()
+        );
+        assert!(e.contains("probe.iface no-such-if0"), "{e}");
+    }
+
+    #[test]
     fn probes_back_are_timed_once_and_the_others_are_lost_in_time() {
         let mut p = Prober::open("lo", 1884, None).unwrap();
         let t0 = 1_800_000_000_000_000_000u64;
