@@ -15,7 +15,7 @@ use router_common::maps::Config;
 use shardcast_dataplane::{DEFAULT_PIN_ROOT, Mode};
 use shardcast_plan::normalize_prefix;
 
-use crate::state::DEFAULT_STATE_DIR;
+use crate::{gateway::RelayOptions, state::DEFAULT_STATE_DIR};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -197,6 +197,25 @@ struct RawHistory {
     bucket: Option<String>,
     retention: Option<String>,
     downsample_to: Option<String>,
+}
+
+/// A multicast group of `default`'s family given as `text`, or `default`.
+fn multicast<A>(text: Option<String>, default: A) -> Result<A, String>
+where
+    A: std::str::FromStr + Into<std::net::IpAddr> + Copy,
+{
+    let Some(t) = text else {
+        return Ok(default);
+    };
+    let family = if default.into().is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    t.parse::<A>()
+        .ok()
+        .filter(|a| (*a).into().is_multicast())
+        .ok_or_else(|| format!("{t:?} is not an {family} multicast group"))
 }
 
 impl DaemonConfig {
@@ -401,22 +420,11 @@ impl DaemonConfig {
                 let relay = match (g.relay_egress, g.relay_iface) {
                     (None, None) => None,
                     (Some(egress), Some(iface)) => {
-                        let group = match g.relay_group {
-                            None => crate::gateway::RelayOptions::DEFAULT_GROUP,
-                            Some(t) => t
-                                .parse::<std::net::Ipv4Addr>()
-                                .ok()
-                                .filter(|a| a.is_multicast())
-                                .ok_or_else(|| {
-                                    bad(
-                                        "gateway.relay_group",
-                                        format!("{t:?} is not an IPv4 multicast group"),
-                                    )
-                                })?,
-                        };
-                        let shard = g
-                            .relay_shard
-                            .unwrap_or(crate::gateway::RelayOptions::DEFAULT_SHARD);
+                        let group = multicast(g.relay_group, RelayOptions::DEFAULT_GROUP)
+                            .map_err(|e| bad("gateway.relay_group", e))?;
+                        let group_v6 = multicast(g.relay_group_v6, RelayOptions::DEFAULT_GROUP_V6)
+                            .map_err(|e| bad("gateway.relay_group_v6", e))?;
+                        let shard = g.relay_shard.unwrap_or(RelayOptions::DEFAULT_SHARD);
                         if shard >= router_common::maps::MAX_SHARDS {
                             return Err(bad(
                                 "gateway.relay_shard",
@@ -426,20 +434,7 @@ impl DaemonConfig {
                                 ),
                             ));
                         }
-                        let group_v6 = match g.relay_group_v6 {
-                            None => crate::gateway::RelayOptions::DEFAULT_GROUP_V6,
-                            Some(t) => t
-                                .parse::<std::net::Ipv6Addr>()
-                                .ok()
-                                .filter(|a| a.is_multicast())
-                                .ok_or_else(|| {
-                                    bad(
-                                        "gateway.relay_group_v6",
-                                        format!("{t:?} is not an IPv6 multicast group"),
-                                    )
-                                })?,
-                        };
-                        Some(crate::gateway::RelayOptions {
+                        Some(RelayOptions {
                             egress,
                             iface,
                             group,

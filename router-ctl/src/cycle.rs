@@ -223,7 +223,7 @@ fn is_filter(s: &str) -> bool {
 /// Topic names unnamed in the history (`key:…`, `slot:…`: seen by the
 /// kernel, named by no plan) cannot be routed by name.
 fn routable(name: &str) -> bool {
-    !(name.starts_with("key:") || name.starts_with("slot:") || name.starts_with('$'))
+    crate::load::is_load(name) && !(name.starts_with("key:") || name.starts_with("slot:"))
 }
 
 /// Runs one cycle's decision.

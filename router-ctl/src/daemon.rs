@@ -840,10 +840,7 @@ impl Daemon {
             let Some(name) = slots.get(slot).and_then(|k| self.names.get(k)) else {
                 continue;
             };
-            // The router's own topics (the latency probes) are no one's
-            // load: not forecast, not planned, not counted against a
-            // shard's capacity.
-            if name.starts_with('$') {
+            if !crate::load::is_load(name) {
                 continue;
             }
             if let Some(c) = &mut self.cycle {
@@ -1113,7 +1110,7 @@ impl Daemon {
             }
         }
         if c.running.is_some() {
-            return self.collect_decision(now, Duration::ZERO);
+            return self.collect_decision(now);
         }
         if self.migration.is_some() {
             return Ok(None);
@@ -1265,35 +1262,34 @@ impl Daemon {
             buckets: Vec::new(),
             devices: Vec::new(),
         });
-        // A short decision (a small fleet) is taken up within this tick.
-        self.collect_decision(now, Duration::from_millis(50))
+        // Taken up by a later tick: the loop never waits for a decision.
+        Ok(None)
     }
 
     /// Takes up the running cycle's decision if it is made: puts back the
     /// series, forecasts and devices with what arrived meanwhile, logs the
     /// decision and installs its plan.
-    fn collect_decision(&mut self, now: u64, wait: Duration) -> Result<Option<Decision>> {
+    fn collect_decision(&mut self, now: u64) -> Result<Option<Decision>> {
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
         let Some(r) = &c.running else {
             return Ok(None);
         };
-        let done = match r.done.recv_timeout(wait) {
+        let done = match r.done.try_recv() {
             Ok(d) => d,
-            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(mpsc::TryRecvError::Empty) => return Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => {
                 // Unreachable unless the thread died outside the decision:
-                // start from an empty series rather than never again.
+                // go on from an empty series rather than never again.
                 let r = c.running.take().expect("checked");
-                let bucket = c.load.bucket_secs();
                 for (start, topic, n) in r.buckets {
                     c.load.add(start, &topic, n);
                 }
                 for (client, d) in r.devices {
                     self.on_device((client, d));
                 }
-                bail!("the cycle's thread ended without a decision (bucket {bucket} s)");
+                bail!("the cycle's thread ended without a decision");
             }
         };
         let r = c.running.take().expect("checked");
@@ -1620,6 +1616,8 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         let (filters_tx, mut filters_rx) = tokio::sync::mpsc::unbounded_channel();
         let (dev_tx, mut dev_rx) = tokio::sync::mpsc::unbounded_channel();
         let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
+        // The gateway times relayed datagrams only for probes.
+        let probe_tx = daemon.cfg.probe.is_some().then_some(probe_tx);
         let mut probe_every = tokio::time::interval(
             daemon.cfg.probe.as_ref().map_or(Duration::from_secs(3600), |p| p.every),
         );
@@ -1640,7 +1638,7 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
                             events: Some(ev_tx),
                             registered: Some(reg_tx),
                             filters: Some(filters_tx),
-                            probes: Some(probe_tx),
+                            probes: probe_tx,
                         };
                         crate::gateway::serve(opts, links, async move { stop.notified().await }).await
                     }

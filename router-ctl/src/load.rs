@@ -5,6 +5,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Whether a topic's publishes are load: the router's own `$` topics (the
+/// latency probes) are no one's, so they are neither kept here, forecast
+/// nor counted against a shard's capacity.
+pub fn is_load(topic: &str) -> bool {
+    !topic.starts_with('$')
+}
+
 /// Messages per bucket per topic (all device groups together) over the
 /// last `cap` buckets, aligned: every topic's series has one value per
 /// bucket in `starts`.
@@ -51,6 +58,9 @@ impl LoadSeries {
     /// (the daemon was not counting, or nothing was published); a bucket
     /// older than the window is ignored.
     pub fn add(&mut self, ts: u64, topic: &str, count: f64) {
+        if !is_load(topic) {
+            return;
+        }
         let start = ts - ts % self.bucket;
         let Some(i) = self.slot(start) else {
             return;
@@ -148,6 +158,15 @@ impl LoadSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_routers_own_topics_are_not_load() {
+        let mut l = LoadSeries::new(10, 4);
+        l.add(100, "$probe/1", 5.0);
+        assert!(l.is_empty() && l.topics().next().is_none());
+        l.add(100, "a", 1.0);
+        assert_eq!(l.topics().collect::<Vec<_>>(), ["a"]);
+    }
 
     #[test]
     fn buckets_align_gaps_read_zero_and_the_window_slides() {

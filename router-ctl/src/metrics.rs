@@ -290,33 +290,30 @@ pub fn render(d: &Daemon) -> Result<String> {
             "One-way latency of the daemon's probes through the data plane, per shard: sent into an ingress of the router, received from the shard's route by the gateway's relay (one clock)",
             p.latency.clone(),
         );
-        for (name, help, get) in [
-            (
-                "shardcast_probes_sent",
-                "Latency probes sent, per shard",
-                (|s: &crate::probe::ShardProbes| s.sent) as fn(&crate::probe::ShardProbes) -> u64,
-            ),
-            (
-                "shardcast_probes_received",
-                "Latency probes back through the relay, per shard",
-                |s| s.received,
-            ),
-            (
-                "shardcast_probes_lost",
-                "Latency probes not back within 2 s, per shard (dropped on the way)",
-                |s| s.lost,
-            ),
-        ] {
-            counter_family(
-                &mut reg,
-                name,
-                help,
-                p.shards
-                    .iter()
-                    .map(|(id, s)| (label("shard", id), get(s)))
-                    .collect(),
-            );
-        }
+        let per_shard = |get: fn(&crate::probe::ShardProbes) -> u64| {
+            p.shards
+                .iter()
+                .map(|(id, s)| (label("shard", id), get(s)))
+                .collect()
+        };
+        counter_family(
+            &mut reg,
+            "shardcast_probes_sent",
+            "Latency probes sent, per shard",
+            per_shard(|s| s.sent),
+        );
+        counter_family(
+            &mut reg,
+            "shardcast_probes_received",
+            "Latency probes back through the relay, per shard",
+            per_shard(|s| s.received),
+        );
+        counter_family(
+            &mut reg,
+            "shardcast_probes_lost",
+            "Latency probes not back within 2 s, per shard (dropped on the way)",
+            per_shard(|s| s.lost),
+        );
     }
     let mut out = String::new();
     encode(&mut out, &reg).context("encoding the metrics")?;

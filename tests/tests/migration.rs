@@ -10,7 +10,7 @@ use std::{process::Stdio, time::Duration};
 
 use integration_tests::{
     ctl_binary,
-    lab::{Lab, LabShard},
+    lab::{Lab, LabDaemon, LabShard},
 };
 
 const DEVICES: usize = 100;
@@ -19,15 +19,87 @@ const ROUNDS: u64 = 10;
 /// migration half done, and started again.
 const KILLED: u64 = 2;
 
-/// Round `g`'s placement: odd generations on shards 1-4, even ones on
-/// 5-8; topic `ab` routed only where the devices are.
-fn plan(g: u64, shards: &[LabShard]) -> String {
+/// Device `i`'s shard in round `g`: odd generations on shards 1-4, even
+/// ones on 5-8, each round a shard its topic was not routed to before.
+fn home(i: usize, g: u64) -> u32 {
     let base = if g % 2 == 1 { 0 } else { 4 };
-    let devices: Vec<(String, u32)> = (0..DEVICES)
-        .map(|i| (format!("dev-{i}"), base + (i as u32 + g as u32) % 4 + 1))
+    base + (i as u32 + g as u32) % 4 + 1
+}
+
+/// Round `g`'s route of topic `ab`: only where the devices are.
+fn route(g: u64) -> Vec<u32> {
+    let base = if g % 2 == 1 { 0 } else { 4 };
+    (base + 1..=base + 4).collect()
+}
+
+/// Round `g`'s plan for `devices` devices.
+fn plan(g: u64, devices: usize, shards: &[LabShard]) -> String {
+    let placed: Vec<(String, u32)> = (0..devices)
+        .map(|i| (format!("dev-{i}"), home(i, g)))
         .collect();
-    let route: Vec<u32> = (base + 1..=base + 4).collect();
-    Lab::plan_json_with_devices(g, shards, &[("ab", &route)], &devices)
+    Lab::plan_json_with_devices(g, shards, &[("ab", &route(g))], &placed)
+}
+
+/// `router-ctl devsim`: `devices` devices in the subscriber namespace
+/// talking to `gateway` (over CoAP with `coap`), a numbered publisher at
+/// 500/s through the XDP router.
+fn devsim(
+    lab: &Lab,
+    devices: usize,
+    coap: bool,
+    gateway: &str,
+    report: &std::path::Path,
+    stdout: Stdio,
+) -> integration_tests::Child {
+    let mut cmd = std::process::Command::new(ctl_binary());
+    cmd.args(["--netns", &lab.subscribers[0].ns.name, "devsim"]);
+    if coap {
+        cmd.arg("--coap");
+    }
+    integration_tests::Child {
+        child: cmd
+            .args(["--gateway", gateway, "--devices", &devices.to_string()])
+            .args(["--duration", "180s", "--keep-alive", "10s"])
+            .args([
+                "--publish-to",
+                "198.18.1.1:1884",
+                "--publish-netns",
+                &lab.publisher.name,
+            ])
+            .args(["--rate", "500", "--grace", "1s"])
+            .arg("--report")
+            .arg(report)
+            .stdout(stdout)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    }
+}
+
+/// Offers round `g`'s plan and waits for its migration to end with every
+/// device confirmed.
+fn migrate(lab: &Lab, daemon: &LabDaemon, g: u64, devices: usize, shards: &[LabShard]) {
+    lab.offer_plan(&plan(g, devices, shards)).unwrap();
+    let done = daemon
+        .wait_log(Duration::from_secs(30), |l| {
+            l.contains("migration done") && l.contains(&format!("generation={g}"))
+        })
+        .unwrap();
+    assert!(
+        done.contains(&format!("confirmed={devices}")),
+        "round {g}: {done}"
+    );
+}
+
+/// Every device in the fleet's report ends where round `last` put it,
+/// having received publishes.
+fn check_homes(r: &serde_json::Value, last: u64) {
+    for d in r["per_device"].as_array().unwrap() {
+        let i: usize = d["id"].as_str().unwrap()["dev-".len()..].parse().unwrap();
+        assert_eq!(d["shard"], home(i, last), "{d}");
+        assert_eq!(d["generation"], last, "{d}");
+        assert!(d["received"].as_u64().unwrap() > 0, "{d}");
+    }
 }
 
 #[test]
@@ -38,57 +110,32 @@ fn a_thousand_migrations_lose_no_message() {
     // Batches of 10: a migration takes ten, so a kill lands in one.
     let config = "migration_deadline = \"10s\"\nmigration_batch = 10\n[gateway]\nlisten = \"198.18.1.1:1884\"\nmigrate_retry = \"300ms\"";
     let mut daemon = lab.start_daemon_with("100ms", config).unwrap();
-    lab.offer_plan(&plan(1, &shards)).unwrap();
+    lab.offer_plan(&plan(1, DEVICES, &shards)).unwrap();
     lab.wait_generation(1).unwrap();
     let report = lab.daemon_state_dir().join("devsim.json");
     let stdout = lab.daemon_state_dir().join("devsim.out");
-    let mut devsim = integration_tests::Child {
-        child: std::process::Command::new(ctl_binary())
-            .args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
-            .args([
-                "--gateway",
-                "198.18.1.1:1884",
-                "--devices",
-                &DEVICES.to_string(),
-            ])
-            .args(["--duration", "180s", "--keep-alive", "10s"])
-            .args([
-                "--publish-to",
-                "198.18.1.1:1884",
-                "--publish-netns",
-                &lab.publisher.name,
-            ])
-            .args(["--rate", "500", "--grace", "1s"])
-            .arg("--report")
-            .arg(&report)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    };
+    let mut devsim = devsim(
+        &lab,
+        DEVICES,
+        false,
+        "198.18.1.1:1884",
+        &report,
+        std::fs::File::create(&stdout).unwrap().into(),
+    );
     daemon
         .wait_log(Duration::from_secs(30), |l| {
             l.contains("membership") && l.contains(&format!("members={DEVICES}"))
         })
         .unwrap();
     for g in 2..=ROUNDS + 1 {
-        lab.offer_plan(&plan(g, &shards)).unwrap();
-        let done = daemon
-            .wait_log(Duration::from_secs(30), |l| {
-                l.contains("migration done") && l.contains(&format!("generation={g}"))
-            })
-            .unwrap();
-        assert!(
-            done.contains(&format!("confirmed={DEVICES}")),
-            "round {g}: {done}"
-        );
+        migrate(&lab, &daemon, g, DEVICES, &shards);
     }
     // Killed in the middle: the transition is installed, the first batch
     // of commands out, then `kill -9`. The data plane goes on forwarding
     // both routes; the restarted daemon finds the migration's record and
     // sends every command again.
     for g in ROUNDS + 2..=ROUNDS + 1 + KILLED {
-        lab.offer_plan(&plan(g, &shards)).unwrap();
+        lab.offer_plan(&plan(g, DEVICES, &shards)).unwrap();
         daemon
             .wait_log(Duration::from_secs(30), |l| {
                 l.contains("migrate commands sent") && l.contains(&format!("generation={g}"))
@@ -171,19 +218,12 @@ fn a_thousand_migrations_lose_no_message() {
     );
     // Every device ends where the last plan put it.
     let last = ROUNDS + 1 + KILLED;
-    let base = if last % 2 == 1 { 0 } else { 4 };
-    for d in r["per_device"].as_array().unwrap() {
-        let i: u32 = d["id"].as_str().unwrap()["dev-".len()..].parse().unwrap();
-        assert_eq!(d["shard"], base + (i + last as u32) % 4 + 1, "{d}");
-        assert_eq!(d["generation"], last);
-        assert!(d["received"].as_u64().unwrap() > 0);
-    }
+    check_homes(&r, last);
     // The installed plan is the last one itself: no transition routes left.
     let installed =
         shardcast_plan::Plan::from_file(&lab.daemon_state_dir().join("plan.json")).unwrap();
     assert_eq!(installed.generation, last);
-    let route: Vec<u32> = (base + 1..=base + 4).collect();
-    assert_eq!(installed.topics[0].shards, route);
+    assert_eq!(installed.topics[0].shards, route(last));
     assert_eq!(installed.shards.len(), 8);
 }
 
@@ -201,15 +241,7 @@ fn coap_devices_register_and_migrate_without_loss() {
     let shards: Vec<LabShard> = (1..=8).map(LabShard::numbered).collect();
     let config = "migration_deadline = \"10s\"\n[gateway]\nlisten = \"198.18.1.1:1884\"\ncoap_listen = \"198.18.1.1:5683\"\nmigrate_retry = \"300ms\"";
     let daemon = lab.start_daemon_with("100ms", config).unwrap();
-    let plan = |g: u64| {
-        let base = if g % 2 == 1 { 0 } else { 4 };
-        let devices: Vec<(String, u32)> = (0..COAP_DEVICES)
-            .map(|i| (format!("dev-{i}"), base + (i as u32 + g as u32) % 4 + 1))
-            .collect();
-        let route: Vec<u32> = (base + 1..=base + 4).collect();
-        Lab::plan_json_with_devices(g, &shards, &[("ab", &route)], &devices)
-    };
-    lab.offer_plan(&plan(1)).unwrap();
+    lab.offer_plan(&plan(1, COAP_DEVICES, &shards)).unwrap();
     lab.wait_generation(1).unwrap();
     daemon
         .wait_log(Duration::from_secs(10), |l| l.contains("CoAP gateway"))
@@ -224,42 +256,21 @@ fn coap_devices_register_and_migrate_without_loss() {
         &pcap,
     )
     .unwrap();
-    let mut devsim = integration_tests::Child {
-        child: std::process::Command::new(ctl_binary())
-            .args(["--netns", &lab.subscribers[0].ns.name, "devsim", "--coap"])
-            .args(["--gateway", "198.18.1.1:5683"])
-            .args(["--devices", &COAP_DEVICES.to_string()])
-            .args(["--duration", "120s", "--keep-alive", "10s"])
-            .args([
-                "--publish-to",
-                "198.18.1.1:1884",
-                "--publish-netns",
-                &lab.publisher.name,
-            ])
-            .args(["--rate", "500", "--grace", "1s"])
-            .arg("--report")
-            .arg(&report)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    };
+    let mut devsim = devsim(
+        &lab,
+        COAP_DEVICES,
+        true,
+        "198.18.1.1:5683",
+        &report,
+        Stdio::null(),
+    );
     daemon
         .wait_log(Duration::from_secs(30), |l| {
             l.contains("membership") && l.contains(&format!("members={COAP_DEVICES}"))
         })
         .unwrap();
     for g in 2..=COAP_ROUNDS + 1 {
-        lab.offer_plan(&plan(g)).unwrap();
-        let done = daemon
-            .wait_log(Duration::from_secs(30), |l| {
-                l.contains("migration done") && l.contains(&format!("generation={g}"))
-            })
-            .unwrap();
-        assert!(
-            done.contains(&format!("confirmed={COAP_DEVICES}")),
-            "round {g}: {done}"
-        );
+        migrate(&lab, &daemon, g, COAP_DEVICES, &shards);
     }
     let status = devsim.terminate().unwrap();
     // Wireshark's CoAP dissector reads every exchange without a malformed
@@ -297,11 +308,5 @@ fn coap_devices_register_and_migrate_without_loss() {
     // Publishing all along (the rounds take about a second).
     assert!(r["sent"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["migrations"], COAP_DEVICES as u64 * COAP_ROUNDS);
-    let last = COAP_ROUNDS + 1;
-    let base = if last % 2 == 1 { 0 } else { 4 };
-    for d in r["per_device"].as_array().unwrap() {
-        let i: u32 = d["id"].as_str().unwrap()["dev-".len()..].parse().unwrap();
-        assert_eq!(d["shard"], base + (i + last as u32) % 4 + 1, "{d}");
-        assert!(d["received"].as_u64().unwrap() > 0, "{d}");
-    }
+    check_homes(&r, COAP_ROUNDS + 1);
 }

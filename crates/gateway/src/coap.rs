@@ -46,6 +46,21 @@ pub enum CoapEffect {
     Seen { client: String, from: SocketAddr },
 }
 
+/// A NON 2.05 notification of an observation (`token`, Observe `seq`)
+/// carrying `payload` as text/plain: publishes are opaque bytes, which
+/// clients print as is.
+fn notification(mid: u16, token: Vec<u8>, seq: u32, payload: &[u8]) -> Packet {
+    let mut n = Packet::new();
+    n.header.set_type(MessageType::NonConfirmable);
+    n.header.message_id = mid;
+    n.header.code = MessageClass::Response(ResponseType::Content);
+    n.set_token(token);
+    n.set_observe_value(seq);
+    n.set_content_format(ContentFormat::TextPlain);
+    n.payload = payload.to_vec();
+    n
+}
+
 /// Shard-aware devices' control resources: `sc/<client id>`.
 pub const CONTROL_PATH: &str = "sc/";
 
@@ -347,15 +362,9 @@ impl CoapGateway {
             return None;
         }
         o.seq = (o.seq + 1) & 0xFF_FFFF;
-        let mut n = Packet::new();
-        n.header.set_type(MessageType::NonConfirmable);
-        n.header.message_id = mid;
-        n.header.code = MessageClass::Response(ResponseType::Content);
-        n.set_token(o.token.clone());
-        n.set_observe_value(o.seq);
-        n.set_content_format(ContentFormat::TextPlain);
-        n.payload = payload.to_vec();
-        n.to_bytes().ok()
+        notification(mid, o.token.clone(), o.seq, payload)
+            .to_bytes()
+            .ok()
     }
 
     /// Whether `client` observes its control resource (a CoAP device).
@@ -394,24 +403,16 @@ impl CoapGateway {
             mids.push((*addr, o.token.clone(), o.seq));
         }
         for (addr, token, seq) in mids {
-            let mut n = Packet::new();
-            n.header.set_type(MessageType::NonConfirmable);
-            n.header.message_id = self.mid();
+            let mid = self.mid();
             if self.notified_order.len() >= DEDUP
                 && let Some(old) = self.notified_order.pop_front()
             {
                 self.notified.remove(&old);
             }
-            let key = (addr, n.header.message_id);
+            let key = (addr, mid);
             self.notified_order.push_back(key);
             self.notified.insert(key, topic.to_string());
-            n.header.code = MessageClass::Response(ResponseType::Content);
-            n.set_token(token);
-            n.set_observe_value(seq);
-            // Publishes are opaque bytes; clients print text/plain as is.
-            n.set_content_format(ContentFormat::TextPlain);
-            n.payload = data.to_vec();
-            if let Ok(b) = n.to_bytes() {
+            if let Ok(b) = notification(mid, token, seq, data).to_bytes() {
                 fx.push(CoapEffect::Send(addr, b));
             }
         }

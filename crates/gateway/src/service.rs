@@ -127,11 +127,17 @@ pub async fn serve(
         send_rate,
     } = extra;
     let rate = send_rate.unwrap_or(crate::batch::SEND_RATE);
-    if let Some(r) = &relay {
+    if probes.is_some() {
         // Kernel receive times for the probes (best effort: without them
-        // a probe is timed when the gateway reads it).
-        let _ =
-            nix::sys::socket::setsockopt(r, nix::sys::socket::sockopt::ReceiveTimestampns, &true);
+        // a probe is timed when the gateway reads it). Only then: reading
+        // a timestamp with each datagram is not free.
+        for r in relay.iter().chain(&relay_v6) {
+            let _ = nix::sys::socket::setsockopt(
+                r,
+                nix::sys::socket::sockopt::ReceiveTimestampns,
+                &true,
+            );
+        }
     }
     let (coap_sock, mut coap) = match coap {
         Some((s, g)) => (Some(s), Some(g)),
@@ -197,18 +203,15 @@ pub async fn serve(
             }
             r = readable(relay.as_ref()) => {
                 r?;
-                while batch.datagrams < BATCH {
-                    let Some(r) = &relay else { break };
-                    match try_recv_stamped(r, &mut rbuf) {
-                        Ok((n, at)) => relay_one(&mut gw, coap.as_mut(), &rbuf[..n], at, &mut batch, &mut stats, probes.as_ref()),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
+                if let Some(s) = &relay {
+                    relay_drain(s, &mut rbuf, &mut gw, coap.as_mut(), &mut batch, &mut stats, probes.as_ref())?;
                 }
             }
-            r = recv_from(relay_v6.as_ref(), &mut r6buf) => {
-                let (n, _) = r?;
-                relay_one(&mut gw, coap.as_mut(), &r6buf[..n], None, &mut batch, &mut stats, probes.as_ref());
+            r = readable(relay_v6.as_ref()) => {
+                r?;
+                if let Some(s) = &relay_v6 {
+                    relay_drain(s, &mut r6buf, &mut gw, coap.as_mut(), &mut batch, &mut stats, probes.as_ref())?;
+                }
             }
             r = recv_from(relay_coap.as_ref(), &mut crbuf) => {
                 let (n, _) = r?;
@@ -282,6 +285,32 @@ pub async fn serve(
 
 /// A datagram from `sock`, or never when there is no such socket (a
 /// `select!` branch for an optional socket).
+/// Relays what the relay's socket `sock` holds, up to a batch; with
+/// probes, each datagram read with its kernel receive time.
+fn relay_drain(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    gw: &mut Gateway,
+    mut coap: Option<&mut CoapGateway>,
+    batch: &mut Batch,
+    stats: &mut Stats,
+    probes: Option<&tokio::sync::mpsc::UnboundedSender<(crate::probe::Probe, u64)>>,
+) -> io::Result<()> {
+    while batch.datagrams < BATCH {
+        let r = if probes.is_some() {
+            try_recv_stamped(sock, buf)
+        } else {
+            sock.try_recv(buf).map(|n| (n, None))
+        };
+        match r {
+            Ok((n, at)) => relay_one(gw, coap.as_deref_mut(), &buf[..n], at, batch, stats, probes),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Waits until `sock` (if any) has a datagram.
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
     match sock {
