@@ -16,7 +16,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
 /// CoAP parser's constant, sized here into `Config`.
@@ -69,8 +69,83 @@ pub const MAX_UNROUTED: u32 = 4096;
 /// Device source addresses mapped to a device group (not preallocated).
 pub const MAX_DEVICES: u32 = 1 << 20;
 /// (topic slot, device group) counters tracked (LRU; shared by the CPUs,
-/// added to atomically: see `SC_GROUP_STATS` in router-ebpf).
+/// added to atomically: see `SC_GROUP_STATS` in router-ebpf): where a
+/// counter goes when its CPU's line of [`GroupCellLine`]s is full.
 pub const MAX_GROUP_STATS: u32 = 1 << 18;
+
+/// Entries of the direct-mapped device table (`SC_DEVICE_INDEX`): the
+/// fast way from a source address to its device group (see
+/// [`device_index`]). 24 MiB, allocated once.
+pub const DEVICE_INDEX_ENTRIES: u32 = 1 << 20;
+/// `SC_DEVICE_INDEX`'s flags: the control plane writes it through a
+/// shared mapping.
+pub const DEVICE_INDEX_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// Where a device's entry goes in `SC_DEVICE_INDEX`: the low 20 bits of
+/// the address's last 32 bits (an IPv4 address's host part, an IPv6
+/// interface identifier's tail). Fleets are numbered from pools, so
+/// devices of one IPv4 /12 never share an entry; a device whose entry
+/// another holds is found in `SC_DEVICES` (the hash map every device is
+/// in) instead, at the cost of a hash lookup.
+#[inline(always)]
+pub fn device_index(addr: &[u8; 16]) -> u32 {
+    u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]) & (DEVICE_INDEX_ENTRIES - 1)
+}
+
+/// One entry of `SC_DEVICE_INDEX`. All zero: free (an address `::` then
+/// matches with group 0, "unknown", which is what it is).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub addr: DeviceAddr,
+    pub group: u32,
+    pub _pad: u32,
+}
+
+/// Cells per line of the per-CPU (topic slot, device group) counter table
+/// `SC_GROUP_CELLS`: a line is one 64-byte cache line, four keys then
+/// their four counts.
+pub const GROUP_CELL_WAYS: usize = 4;
+/// Lines per CPU in `SC_GROUP_CELLS` (2 MiB per CPU): room for 131,072
+/// (topic, group) counters on every CPU before pairs spill to the LRU.
+pub const GROUP_CELL_LINES_BITS: u32 = 15;
+pub const GROUP_CELL_LINES: u32 = 1 << GROUP_CELL_LINES_BITS;
+/// `SC_GROUP_CELLS`'s flags: the control plane reads it through a shared
+/// mapping (one memory scan a tick, no syscall per counter).
+pub const GROUP_CELLS_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// One line of `SC_GROUP_CELLS`: up to [`GROUP_CELL_WAYS`] (topic slot,
+/// device group) counters of one CPU. A key is [`group_cell_key`]; 0 is a
+/// free cell. Only its CPU writes a line, so counts are plain adds.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCellLine {
+    pub keys: [u64; GROUP_CELL_WAYS],
+    pub packets: [u64; GROUP_CELL_WAYS],
+}
+
+/// The cell key of (topic slot, device group): never 0 (a free cell).
+#[inline(always)]
+pub fn group_cell_key(slot: u32, group: u32) -> u64 {
+    ((slot as u64 + 1) << 32) | group as u64
+}
+
+/// (topic slot, device group) of a cell key.
+#[inline(always)]
+pub fn group_cell_of(key: u64) -> GroupStatKey {
+    GroupStatKey {
+        slot: ((key >> 32) as u32).wrapping_sub(1),
+        group: key as u32,
+    }
+}
+
+/// The line a cell key lives in within its CPU's lines (a multiplicative
+/// hash: slots and groups are small consecutive numbers, which a plain
+/// mask would crowd into few lines).
+#[inline(always)]
+pub fn group_cell_line(key: u64) -> u32 {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GROUP_CELL_LINES_BITS)) as u32
+}
 /// `BPF_F_NO_PREALLOC`, the route map's flags (inner maps created by the
 /// control plane must match the template's flags exactly).
 pub const ROUTES_MAP_FLAGS: u32 = 1;
@@ -90,6 +165,8 @@ pub mod names {
     pub const SLOTS: &str = "SC_SLOTS";
     pub const DEVICES: &str = "SC_DEVICES";
     pub const GROUP_STATS: &str = "SC_GROUP_STATS";
+    pub const DEVICE_INDEX: &str = "SC_DEVICE_INDEX";
+    pub const GROUP_CELLS: &str = "SC_GROUP_CELLS";
     /// Egress slot → ifindex, for the fan-out program (a TC program
     /// cannot read the XDP device map `SC_EGRESS`).
     pub const EGRESS_IF: &str = "SC_EGRESS_IF";
@@ -301,6 +378,8 @@ mod pod {
     unsafe impl aya::Pod for super::DeviceAddr {}
     unsafe impl aya::Pod for super::GroupStatKey {}
     unsafe impl aya::Pod for super::GroupStatRecord {}
+    unsafe impl aya::Pod for super::DeviceEntry {}
+    unsafe impl aya::Pod for super::GroupCellLine {}
     unsafe impl aya::Pod for crate::topic::TopicKey {}
 }
 
@@ -308,6 +387,45 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn cell_keys_round_trip_are_never_free_and_lines_stay_in_range() {
+        for (slot, group) in [(0, 0), (0, 1), (MAX_TOPICS - 1, u32::MAX), (7, 3)] {
+            let k = group_cell_key(slot, group);
+            assert_ne!(k, 0, "0 marks a free cell");
+            assert_eq!(group_cell_of(k), GroupStatKey { slot, group });
+            assert!(group_cell_line(k) < GROUP_CELL_LINES);
+        }
+    }
+
+    #[test]
+    fn consecutive_groups_of_a_topic_spread_over_the_lines() {
+        // Groups are numbered 1..=G: one topic's G groups must not crowd a
+        // line (a line holds four before pairs spill to the shared map).
+        for slot in [0, 1, 1000, MAX_TOPICS - 1] {
+            let mut per_line = [0u8; GROUP_CELL_LINES as usize];
+            for g in 1..=GROUP_CELL_LINES {
+                per_line[group_cell_line(group_cell_key(slot, g)) as usize] += 1;
+            }
+            let worst = per_line.iter().max().copied().unwrap_or(0);
+            assert!(worst <= 3, "slot {slot}: a line wanted by {worst} groups");
+        }
+    }
+
+    #[test]
+    fn device_index_is_the_low_bits_of_the_last_word() {
+        let a = DeviceAddr::v4([198, 18, 0, 1]);
+        assert_eq!(device_index(&a.addr), 0x2_0001);
+        // 198.34.0.1 shares 198.18.0.1's low 20 bits.
+        assert_eq!(
+            device_index(&DeviceAddr::v4([198, 34, 0, 1]).addr),
+            0x2_0001
+        );
+        let mut v6 = [0u8; 16];
+        v6[12..].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(device_index(&v6), 0xd_beef);
+        assert!(device_index(&[0xff; 16]) < DEVICE_INDEX_ENTRIES);
+    }
 
     #[test]
     fn layouts_have_no_hidden_padding() {
@@ -326,6 +444,8 @@ mod tests {
         assert_eq!(size_of::<Shard>(), 4 + 16 + 4 + 2 + 2 + 6 + 2 + 4);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<GroupStatRecord>(), 24);
+        assert_eq!(size_of::<DeviceEntry>(), 24);
+        assert_eq!(size_of::<GroupCellLine>(), 64);
         // XDP metadata: at most 32 bytes, a multiple of 4.
         assert_eq!(size_of::<FanoutMeta>(), 16);
     }

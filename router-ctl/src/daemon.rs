@@ -795,15 +795,15 @@ impl Daemon {
             .open
             .get_or_insert_with(|| (bucket, Bucket::default()))
             .1;
-        for (k, c) in counters {
+        for (k, packets) in counters {
             let cell = (k.slot, k.group);
-            let prev = self.baseline.insert(cell, c.packets).unwrap_or(0);
+            let prev = self.baseline.insert(cell, packets).unwrap_or(0);
             // A counter below its last reading was reset (evicted from the
             // LRU, or its slot given to another topic): count from zero.
-            let delta = if c.packets >= prev {
-                c.packets - prev
+            let delta = if packets >= prev {
+                packets - prev
             } else {
-                c.packets
+                packets
             };
             if delta != 0 {
                 report.packets += delta;

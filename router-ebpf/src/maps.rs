@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use router_common::{
     maps::{
-        Config, Counter, DeviceAddr, GroupStatKey, IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS,
-        MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta,
-        ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
+        Config, Counter, DEVICE_INDEX_ENTRIES, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
+        GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey, IDS_MAP_FLAGS,
+        MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED,
+        MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
     },
     reason::REASON_COUNT,
     topic::TopicKey,
@@ -78,3 +79,24 @@ pub(crate) static SC_DEVICES: HashMap<
 #[btf_map]
 pub(crate) static SC_GROUP_STATS: LruHashMap<GroupStatKey, Counter, { MAX_GROUP_STATS as usize }> =
     LruHashMap::new();
+/// Direct-mapped source address → device group (entry at
+/// `router_common::maps::device_index`): an array lookup and a compare
+/// where `SC_DEVICES` takes a hash of 16 bytes and a bucket walk. A
+/// device whose entry another device holds is only in `SC_DEVICES`.
+#[btf_map]
+pub(crate) static SC_DEVICE_INDEX: Array<
+    DeviceEntry,
+    { DEVICE_INDEX_ENTRIES as usize },
+    { DEVICE_INDEX_FLAGS as usize },
+> = Array::new();
+/// (topic slot, device group) counters, `GROUP_CELL_LINES` lines per CPU
+/// (CPU `c`'s lines start at `c * GROUP_CELL_LINES`; the loader sizes the
+/// map for the host's CPUs). Only its CPU writes a line: plain adds, no
+/// locked instruction, no shared cache line. Pairs a full line has no room
+/// for go to `SC_GROUP_STATS`.
+#[btf_map]
+pub(crate) static SC_GROUP_CELLS: Array<
+    GroupCellLine,
+    { GROUP_CELL_LINES as usize },
+    { GROUP_CELLS_FLAGS as usize },
+> = Array::new();

@@ -212,20 +212,28 @@ pub fn udp_at(ctx: &XdpContext, off: usize) -> Option<(u16, usize)> {
     }
 }
 
-/// The source address of the IPv4 header at `off`.
+/// The source address of the IPv4 header at `off`, as `SC_DEVICE_INDEX`
+/// keys it (`::ffff:a.b.c.d`): two native-order words.
 #[inline(always)]
-pub fn saddr_v4(ctx: &XdpContext, off: usize) -> Option<[u8; 4]> {
+pub fn saddr_v4_words(ctx: &XdpContext, off: usize) -> Option<[u64; 2]> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    Some(unsafe { (*ip).saddr })
+    // SAFETY: bounds checked by `ptr_at`. Bytes 8..16 of `::ffff:a.b.c.d`
+    // are 0, 0, 0xff, 0xff, a, b, c, d: in a little-endian word the
+    // address's own four bytes are its high half.
+    let s = unsafe { word::load32((&raw const (*ip).saddr).cast()) };
+    Some([0, 0xffff_0000 | (s as u64) << 32])
 }
 
-/// The source address of the IPv6 header at `off`.
+/// The source address of the IPv6 header at `off`: two native-order
+/// words.
 #[inline(always)]
-pub fn saddr_v6(ctx: &XdpContext, off: usize) -> Option<[u8; 16]> {
+pub fn saddr_v6_words(ctx: &XdpContext, off: usize) -> Option<[u64; 2]> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by `ptr_at`.
-    Some(unsafe { (*ip).saddr })
+    unsafe {
+        let p: *const u8 = (&raw const (*ip).saddr).cast();
+        Some([word::load64(p), word::load64(p.add(8))])
+    }
 }
 
 /// Pointer to a `T` at `off` in the packet, if all of it lies before

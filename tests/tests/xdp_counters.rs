@@ -7,9 +7,10 @@ use integration_tests::{
     L3, build,
     fixtures::{self},
     frame,
-    xdp::{lab, repeatable_publish, routed, short_publish},
+    xdp::{lab, repeatable_publish, repeatable_publish_from, routed, short_publish},
 };
 use router_common::{
+    maps::{GroupStatKey, group_cell_key, group_cell_line},
     reason::Reason,
     topic::{TopicKey, topic_key},
 };
@@ -92,12 +93,9 @@ fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
             ((slot("alerts"), north), 2 * 254),
         ]
         .into();
-        let read = |v: Vec<(
-            router_common::maps::GroupStatKey,
-            router_common::maps::Counter,
-        )>| {
+        let read = |v: Vec<(GroupStatKey, u64)>| {
             v.into_iter()
-                .map(|(k, c)| ((k.slot, k.group), c.packets))
+                .map(|(k, n)| ((k.slot, k.group), n))
                 .collect::<BTreeMap<_, _>>()
         };
         // The product reads with the iterator where the kernel runs it and
@@ -145,15 +143,194 @@ fn sampled_group_counters_estimate_the_publish_count() {
             K,
             "every run was routed"
         );
-        let total: u64 = dp
-            .group_counters()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| c.packets)
-            .sum();
+        let total: u64 = dp.group_counters().unwrap().iter().map(|(_, n)| n).sum();
         assert!(total.is_multiple_of(4), "each counted publish weighs 4");
         // Binomial(K, 1/4) x 4: standard deviation ~110; six of them.
         assert!(total.abs_diff(K) < 660, "estimate {total} for {K}");
+    })
+    .unwrap();
+}
+
+/// Per (topic, group) counts of `dp`, by (slot, group).
+fn group_counts(dp: &shardcast_dataplane::Dataplane) -> BTreeMap<(u32, u32), u64> {
+    dp.group_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(k, n)| ((k.slot, k.group), n))
+        .collect()
+}
+
+fn device(id: &str, address: std::net::IpAddr, group: &str) -> shardcast_plan::DeviceSpec {
+    shardcast_plan::DeviceSpec {
+        id: id.into(),
+        address: Some(address.to_string()),
+        shard: 1,
+        group: Some(group.into()),
+    }
+}
+
+/// Pins this thread to its current CPU: `BPF_PROG_TEST_RUN` runs the
+/// program on the caller's CPU, and each CPU counts in its own lines.
+fn stay_on_this_cpu() {
+    // SAFETY: plain libc calls on this thread's own affinity.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+#[test]
+fn devices_sharing_a_direct_entry_are_told_apart_and_the_entry_follows_the_plan() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let ns = lab();
+    ns.run(|| {
+        let mut dp = routed(RouterConfig {
+            group_stats: true,
+            ..RouterConfig::default()
+        });
+        // The direct table indexes by the low 20 bits of an address's last
+        // 32: these three IPv6 addresses share an entry; the IPv4 device
+        // and the second unknown source have entries of their own.
+        let v6 = |s: &str| IpAddr::V6(s.parse::<Ipv6Addr>().unwrap());
+        let (a, b, stranger) = (
+            v6("2001:db8::10:5"),
+            v6("2001:db8::20:5"),
+            v6("2001:db8::30:5"),
+        );
+        let (c, unknown) = (IpAddr::from(integration_tests::SRC_V4), v6("2001:db8::99"));
+        let mut plan = fixtures::plan("sc0", 2);
+        plan.devices = vec![
+            device("a", a, "ga"),
+            device("b", b, "gb"),
+            device("c", c, "gc"),
+        ];
+        dp.install(&plan.compile().unwrap(), false).unwrap();
+        assert!(dp.device_indexed(a), "first in plan order takes the entry");
+        assert!(!dp.device_indexed(b), "b shares a's entry: found by hash");
+        assert!(dp.device_indexed(c));
+        let slot = dp
+            .slot_table()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == topic_key(b"temp/room1"))
+            .unwrap()
+            .1;
+        let send = |dp: &shardcast_dataplane::Dataplane, src: IpAddr, n: u32| {
+            let f = repeatable_publish_from(src, 1, 5);
+            assert_eq!(dp.test_run(&f, n).unwrap().action, action::REDIRECT);
+        };
+        for (src, n) in [(a, 3), (b, 5), (c, 7), (stranger, 2), (unknown, 4)] {
+            send(&dp, src, n);
+        }
+        // Groups by sorted name: ga 1, gb 2, gc 3; 0 is unknown.
+        let want: BTreeMap<(u32, u32), u64> = [
+            ((slot, 1), 3),
+            ((slot, 2), 5),
+            ((slot, 3), 7),
+            ((slot, 0), 6),
+        ]
+        .into();
+        assert_eq!(group_counts(&dp), want);
+
+        // a leaves: b takes the entry; c moves to a new group "gd".
+        plan.generation = 3;
+        plan.devices = vec![device("b", b, "gb"), device("c", c, "gd")];
+        dp.install(&plan.compile().unwrap(), false).unwrap();
+        assert!(!dp.device_indexed(a));
+        assert!(dp.device_indexed(b), "the freed entry goes to b");
+        for (src, n) in [(a, 1), (b, 2), (c, 3)] {
+            send(&dp, src, n);
+        }
+        // Groups now: gb 1, gd 2. Counters are per (slot, group index):
+        // a's publish counts as unknown, b's under index 1 (ga's before),
+        // c's under index 2.
+        let want: BTreeMap<(u32, u32), u64> = [
+            ((slot, 1), 3 + 2),
+            ((slot, 2), 5 + 3),
+            ((slot, 3), 7),
+            ((slot, 0), 6 + 1),
+        ]
+        .into();
+        assert_eq!(group_counts(&dp), want);
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_full_line_of_cells_spills_to_the_shared_counters_and_nothing_is_lost() {
+    use std::net::{IpAddr, Ipv4Addr};
+    const GROUPS: u32 = 1 << 15;
+    const TOPICS: u16 = 8;
+    let ns = lab();
+    ns.run(|| {
+        stay_on_this_cpu();
+        let mut dp = routed(RouterConfig {
+            group_stats: true,
+            ..RouterConfig::default()
+        });
+        // One device per group, from 198.18.0.0 up, and eight topics
+        // (predefined ids 10..18): enough (topic, group) pairs that some
+        // line of cells is wanted by six of them. (Consecutive groups of
+        // one topic spread evenly over the lines: that is the hash's job.)
+        let addr = |i: u32| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i));
+        let mut plan = fixtures::plan("sc0", 2);
+        plan.devices = (0..GROUPS)
+            .map(|i| device(&format!("d{i}"), addr(i), &format!("g{i:05}")))
+            .collect();
+        for t in 0..TOPICS {
+            plan.topics.push(shardcast_plan::TopicSpec {
+                name: format!("spill/{t}"),
+                shards: vec![1],
+                mqttsn_predefined_id: Some(10 + t),
+                mqttsn_registered_ids: vec![],
+            });
+        }
+        dp.install(&plan.compile().unwrap(), false).unwrap();
+        let slots: BTreeMap<TopicKey, u32> = dp.slot_table().unwrap().into_iter().collect();
+        // Device i is in group g{i:05}, index i + 1.
+        let mut by_line: BTreeMap<u32, Vec<(u16, u32)>> = BTreeMap::new();
+        for t in 0..TOPICS {
+            let slot = slots[&topic_key(format!("spill/{t}").as_bytes())];
+            for i in 0..GROUPS {
+                by_line
+                    .entry(group_cell_line(group_cell_key(slot, i + 1)))
+                    .or_default()
+                    .push((t, i));
+            }
+        }
+        let crowded = by_line
+            .values()
+            .find(|v| v.len() >= 6)
+            .expect("some line wanted by six pairs")[..6]
+            .to_vec();
+        let mut want = BTreeMap::new();
+        for (n, (t, i)) in crowded.iter().enumerate() {
+            let f = repeatable_publish_from(addr(*i), 1, 10 + t);
+            let runs = 10 + n as u32;
+            assert_eq!(dp.test_run(&f, runs).unwrap().action, action::REDIRECT);
+            let slot = slots[&topic_key(format!("spill/{t}").as_bytes())];
+            want.insert((slot, i + 1), runs as u64);
+        }
+        assert_eq!(
+            dp.group_cells_used().0,
+            4,
+            "four pairs in the line's cells, two spilled"
+        );
+        assert_eq!(group_counts(&dp), want, "cells and spilled counters");
+        let batched: BTreeMap<(u32, u32), u64> = dp
+            .group_counters_batched()
+            .unwrap()
+            .into_iter()
+            .map(|(k, n)| ((k.slot, k.group), n))
+            .collect();
+        assert_eq!(batched, want, "spilled counters read in batches");
     })
     .unwrap();
 }

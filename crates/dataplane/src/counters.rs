@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, os::fd::AsFd};
 
 use aya::maps::PerCpuValues;
 use router_common::{
-    maps::{Counter, GroupStatKey, GroupStatRecord, MAX_TOPICS, Meta, Route, Shard, names},
+    maps::{
+        Counter, GROUP_CELL_WAYS, GroupCellLine, GroupStatKey, GroupStatRecord, MAX_TOPICS, Meta,
+        Route, Shard, device_index, group_cell_of, names,
+    },
     reason::Reason,
     topic::TopicKey,
 };
@@ -94,23 +97,87 @@ impl Dataplane {
         })
     }
 
-    /// Routed publishes per (topic counter slot, device group), read with
-    /// the map iterator (or in batches without it: a tick with 100k topics
-    /// must stay cheap). Counters only grow; the caller takes differences
-    /// between reads.
+    /// Routed publishes per (topic counter slot, device group): the
+    /// per-CPU cells (`SC_GROUP_CELLS`, read from memory) plus the shared
+    /// LRU counters a full line spilled to, read with the map iterator (or
+    /// in batches without it: a tick with 100k topics must stay cheap).
+    /// Counters only grow; the caller takes differences between reads.
     ///
     /// Some kernels load the iterator program but refuse to run it (an
     /// LSM or a lockdown policy answering EPERM when the iterator is
     /// created): the first such refusal switches this data plane to
     /// batched reads for good, with a warning, and the read is answered.
-    pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
+    pub fn group_counters(&self) -> Result<Vec<(GroupStatKey, u64)>> {
+        let shared = self.group_counters_shared()?;
+        Ok(self.merge_cells(shared.into_iter().map(|(k, c)| (k, c.packets))))
+    }
+
+    /// [`Dataplane::group_counters`] with the shared counters read in
+    /// batches (`BPF_MAP_LOOKUP_BATCH`): the way on kernels without BTF,
+    /// and the reference the iterator is tested against.
+    pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, u64)>> {
+        let shared = self.group_stats_batched()?;
+        Ok(self.merge_cells(shared.into_iter().map(|(k, c)| (k, c.packets))))
+    }
+
+    /// How many (topic, device group) counters the per-CPU cells hold, and
+    /// how many they have room for (over all CPUs).
+    pub fn group_cells_used(&self) -> (usize, usize) {
+        let lines = self.group_cells.len();
+        let used = (0..lines)
+            .map(|i| {
+                self.group_cells
+                    .get(i)
+                    .keys
+                    .iter()
+                    .filter(|k| **k != 0)
+                    .count()
+            })
+            .sum();
+        (used, lines * GROUP_CELL_WAYS)
+    }
+
+    /// Whether the router finds `addr`'s device group by its entry in the
+    /// direct-mapped device table (the fast path) rather than by a hash
+    /// lookup (a device whose entry another device holds, or no device).
+    pub fn device_indexed(&self, addr: std::net::IpAddr) -> bool {
+        let addr = crate::install::device_addr(addr);
+        let e = self.device_index.get(device_index(&addr.addr) as usize);
+        e.addr == addr
+    }
+
+    /// Adds every CPU's cells to the shared counters, per key.
+    fn merge_cells(
+        &self,
+        shared: impl Iterator<Item = (GroupStatKey, u64)>,
+    ) -> Vec<(GroupStatKey, u64)> {
+        let mut all: StdHashMap<GroupStatKey, u64> = shared.collect();
+        for i in 0..self.group_cells.len() {
+            let line: GroupCellLine = self.group_cells.get(i);
+            if line.keys[0] == 0 {
+                // Cells fill from the front: an empty first cell, an empty
+                // line.
+                continue;
+            }
+            for (k, n) in line.keys.iter().zip(line.packets) {
+                if *k != 0 {
+                    *all.entry(group_cell_of(*k)).or_default() += n;
+                }
+            }
+        }
+        all.into_iter().collect()
+    }
+
+    /// The shared LRU counters (`SC_GROUP_STATS`), with the iterator where
+    /// it runs.
+    fn group_counters_shared(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
         let read = match &*self.group_dump.borrow() {
             GroupReader::Iterator(prog) => iter::dump_map(
                 prog.as_fd(),
                 self.raw_group_stats.fd().as_fd(),
                 |r: GroupStatRecord| (r.key, r.counter),
             ),
-            GroupReader::Batched(_) => return self.group_counters_batched(),
+            GroupReader::Batched(_) => return self.group_stats_batched(),
         };
         match read {
             Ok(v) => Ok(v),
@@ -123,7 +190,7 @@ impl Dataplane {
                 let why = format!("the kernel refused to run the iterator ({e})");
                 tracing::warn!("{why}: group counters will be read in batches");
                 *self.group_dump.borrow_mut() = GroupReader::Batched(why);
-                self.group_counters_batched()
+                self.group_stats_batched()
             }
             Err(source) => Err(DataplaneError::Iter {
                 name: names::GROUP_STATS,
@@ -147,10 +214,8 @@ impl Dataplane {
         }
     }
 
-    /// [`Dataplane::group_counters`] with `BPF_MAP_LOOKUP_BATCH`: the way
-    /// on kernels without BTF, and the reference the iterator is tested
-    /// against.
-    pub fn group_counters_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
+    /// The shared LRU counters read with `BPF_MAP_LOOKUP_BATCH`.
+    fn group_stats_batched(&self) -> Result<Vec<(GroupStatKey, Counter)>> {
         batch::TypedMap::<GroupStatKey, Counter>::new(self.raw_group_stats.fd().as_fd())
             .and_then(|m| m.lookup())
             .map_err(|e| batch_err(names::GROUP_STATS, e))

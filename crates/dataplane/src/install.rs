@@ -10,8 +10,9 @@ use std::{
 use aya::maps::{Array, MapData, PerCpuValues};
 use router_common::{
     maps::{
-        Counter, DeviceAddr, IDS_MAP_FLAGS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MQTTSN_ID_ROUTES,
-        Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, names,
+        Counter, DeviceAddr, DeviceEntry, IDS_MAP_FLAGS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS,
+        MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
+        device_index, names,
     },
     topic::TopicKey,
 };
@@ -586,6 +587,58 @@ impl Dataplane {
             .map_err(|e| batch_err(names::DEVICES, e))?;
         devices
             .delete(&gone)
-            .map_err(|e| batch_err(names::DEVICES, e))
+            .map_err(|e| batch_err(names::DEVICES, e))?;
+        self.set_device_index(plan, &want, &gone);
+        Ok(())
+    }
+
+    /// Brings `SC_DEVICE_INDEX` (the direct-mapped table the fast path
+    /// tries before `SC_DEVICES`) in line with the plan's devices. An entry
+    /// another wanted device holds stays with it (that device keeps its
+    /// fast path); of two new devices for one entry the first in plan order
+    /// takes it, and the other is found in `SC_DEVICES`.
+    fn set_device_index(
+        &mut self,
+        plan: &CompiledPlan,
+        want: &StdHashMap<DeviceAddr, u32>,
+        gone: &[DeviceAddr],
+    ) {
+        let table = &mut self.device_index;
+        for g in gone {
+            let i = device_index(&g.addr) as usize;
+            if table.get(i).addr == *g {
+                table.set(i, DeviceEntry::default());
+            }
+        }
+        for d in &plan.devices {
+            let addr = device_addr(d.address);
+            let i = device_index(&addr.addr) as usize;
+            let held = table.get(i);
+            let entry = DeviceEntry {
+                addr,
+                group: d.group,
+                _pad: 0,
+            };
+            if held.addr == addr {
+                if held.group != d.group {
+                    // A reader sees the old group or the new one.
+                    table.set(i, entry);
+                }
+            } else if held.addr == DeviceAddr::default() || !want.contains_key(&held.addr) {
+                // Free, or held by a device no longer in any plan. The
+                // group goes in under a cleared address first: a reader
+                // that catches the second write half done matches no
+                // device, and one that matches sees this device's group.
+                table.set(
+                    i,
+                    DeviceEntry {
+                        addr: DeviceAddr::default(),
+                        ..entry
+                    },
+                );
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+                table.set(i, entry);
+            }
+        }
     }
 }

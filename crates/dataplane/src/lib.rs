@@ -35,7 +35,7 @@ use aya::{
     maps::{Array, ArrayOfMaps, DevMap, HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use router_common::{
-    maps::{Config, Counter, Meta, Route, Shard},
+    maps::{Config, Counter, DeviceEntry, GroupCellLine, Meta, Route, Shard},
     topic::TopicKey,
 };
 
@@ -136,6 +136,10 @@ pub struct Dataplane {
     raw_group_stats: MapData,
     /// `SC_SLOTS`, mapped (see `mmap`).
     slots: mmap::ArrayMmap<TopicKey>,
+    /// `SC_DEVICE_INDEX`, mapped: the direct-mapped device table.
+    device_index: mmap::ArrayMmap<DeviceEntry>,
+    /// `SC_GROUP_CELLS`, mapped: the per-CPU (topic, group) counters.
+    group_cells: mmap::ArrayMmap<GroupCellLine>,
     /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
     /// (it needs the kernel's BTF); without it counters are read in batches.
     group_dump: std::cell::RefCell<GroupReader>,

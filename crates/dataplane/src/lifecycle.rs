@@ -16,7 +16,10 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use router_common::{
-    maps::{Counter, DeviceAddr, GroupStatKey, MAX_EGRESS, Meta, names},
+    maps::{
+        Counter, DeviceAddr, DeviceEntry, GROUP_CELL_LINES, GroupCellLine, GroupStatKey,
+        MAX_EGRESS, Meta, names,
+    },
     topic::TopicKey,
 };
 
@@ -161,7 +164,20 @@ impl Dataplane {
                 path: object.into(),
             });
         }
+        // One line table per CPU the kernel may run the program on.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Load {
+            path: object.into(),
+            reason: format!("counting the possible CPUs: {e}"),
+        })?;
+        let cells = u32::try_from(cpus)
+            .ok()
+            .and_then(|c| c.checked_mul(GROUP_CELL_LINES))
+            .ok_or_else(|| DataplaneError::Load {
+                path: object.into(),
+                reason: format!("{cpus} possible CPUs: too many for the group counter table"),
+            })?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::GROUP_CELLS, cells)
             .load_file(object)
             .map_err(|e| DataplaneError::Load {
                 path: object.into(),
@@ -200,6 +216,12 @@ impl Dataplane {
         // SC_SLOTS: counter slot → topic name key (hash 0: free).
         let (_, raw_slots): (Array<MapData, TopicKey>, _) = take_raw(&mut ebpf, names::SLOTS, p)?;
         let slots = map_slots(&raw_slots)?;
+        let (_, raw_index): (Array<MapData, DeviceEntry>, _) =
+            take_raw(&mut ebpf, names::DEVICE_INDEX, p)?;
+        let device_index = map_device_index(&raw_index)?;
+        let (_, raw_cells): (Array<MapData, GroupCellLine>, _) =
+            take_raw(&mut ebpf, names::GROUP_CELLS, p)?;
+        let group_cells = map_group_cells(&raw_cells)?;
         let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
             take_raw(&mut ebpf, names::ROUTES, p)?;
         let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
@@ -216,6 +238,8 @@ impl Dataplane {
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
             raw_devices,
             slots,
+            device_index,
+            group_cells,
             raw_group_stats,
             group_dump: group_dump.into(),
             raw_routes,
@@ -260,6 +284,14 @@ impl Dataplane {
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
             slots: map_slots(&open_raw::<Array<MapData, TopicKey>>(&pins, names::SLOTS)?)?,
+            device_index: map_device_index(&open_raw::<Array<MapData, DeviceEntry>>(
+                &pins,
+                names::DEVICE_INDEX,
+            )?)?,
+            group_cells: map_group_cells(&open_raw::<Array<MapData, GroupCellLine>>(
+                &pins,
+                names::GROUP_CELLS,
+            )?)?,
             raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
             raw_group_stats: open_raw::<HashMap<MapData, GroupStatKey, Counter>>(
                 &pins,

@@ -74,6 +74,11 @@ impl<T: Pod> ArrayMmap<T> {
         })
     }
 
+    /// Elements mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// Element `i` (another process may be writing it: read once).
     pub fn get(&self, i: usize) -> T {
         assert!(i < self.len, "index {i} out of {}", self.len);

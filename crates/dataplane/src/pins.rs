@@ -12,7 +12,7 @@ use aya::{
     maps::{Map, MapData, MapError},
 };
 use router_common::{
-    maps::{LAYOUT_VERSION, MAX_TOPICS, names},
+    maps::{DEVICE_INDEX_ENTRIES, DeviceEntry, GroupCellLine, LAYOUT_VERSION, MAX_TOPICS, names},
     topic::TopicKey,
 };
 
@@ -188,6 +188,29 @@ pub(crate) fn second_handle(map: &Map, name: &'static str) -> Result<MapData> {
     };
     let id = data.info().map_err(map_err(name))?.id();
     MapData::from_id(id).map_err(map_err(name))
+}
+
+/// Maps `SC_DEVICE_INDEX` (which the object declares `BPF_F_MMAPABLE`).
+pub(crate) fn map_device_index(map: &MapData) -> Result<mmap::ArrayMmap<DeviceEntry>> {
+    mmap::ArrayMmap::new(map.fd().as_fd(), DEVICE_INDEX_ENTRIES as usize).map_err(|source| {
+        DataplaneError::Mmap {
+            name: names::DEVICE_INDEX,
+            source,
+        }
+    })
+}
+
+/// Maps `SC_GROUP_CELLS` whole: `GROUP_CELL_LINES` lines for each CPU the
+/// loader sized it for.
+pub(crate) fn map_group_cells(map: &MapData) -> Result<mmap::ArrayMmap<GroupCellLine>> {
+    let err = |source| DataplaneError::Mmap {
+        name: names::GROUP_CELLS,
+        source,
+    };
+    let len = crate::batch::map_info(map.fd().as_fd())
+        .map_err(err)?
+        .max_entries as usize;
+    mmap::ArrayMmap::new(map.fd().as_fd(), len).map_err(err)
 }
 
 /// Maps `SC_SLOTS` (which the object declares `BPF_F_MMAPABLE`).

@@ -344,9 +344,70 @@ fn tick_bench() -> Result<String> {
     result
 }
 
+/// A device sharing `SRC_V4`'s entry in the direct-mapped device table
+/// (the same low 20 bits).
+const SHARED_ENTRY_SRC: [u8; 4] = [198, 34, 0, 1];
+
+/// The fixture plan with a fleet for group telemetry: the test frames'
+/// IPv4 and IPv6 sources, a device sharing the IPv4 source's direct entry,
+/// and 20,000 more in 100 groups.
+fn telemetry_fleet_plan() -> Result<shardcast_plan::CompiledPlan> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let device = |id: String, address: IpAddr, group: String| shardcast_plan::DeviceSpec {
+        id,
+        address: Some(address.to_string()),
+        shard: 1,
+        group: Some(group),
+    };
+    let mut plan = fixtures::plan("sc0", 1);
+    plan.devices = vec![
+        device("v4".into(), integration_tests::SRC_V4.into(), "g000".into()),
+        device("v6".into(), integration_tests::SRC_V6.into(), "g001".into()),
+        device("shared".into(), SHARED_ENTRY_SRC.into(), "g002".into()),
+    ];
+    let base = u32::from(Ipv4Addr::new(198, 18, 1, 0));
+    plan.devices.extend((0..20_000u32).map(|i| {
+        device(
+            format!("d{i}"),
+            IpAddr::V4(Ipv4Addr::from(base + i)),
+            format!("g{:03}", i % 100),
+        )
+    }));
+    Ok(plan.compile()?)
+}
+
+/// An IPv4 frame with its source address replaced (the IPv4 and UDP
+/// checksums patched).
+fn with_source_v4(frame: &[u8], src: [u8; 4]) -> Vec<u8> {
+    let mut p = etherparse::SlicedPacket::from_ethernet(frame)
+        .ok()
+        .and_then(|s| match s.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) => Some(ip.header().to_header()),
+            _ => None,
+        })
+        .expect("an untagged IPv4 frame");
+    p.source = src;
+    let udp = etherparse::UdpHeader::from_slice(&frame[14 + p.header_len()..])
+        .expect("a UDP header")
+        .0;
+    let payload = &frame[14 + p.header_len() + 8..];
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(integration_tests::SRC_MAC, integration_tests::DST_MAC)
+        .ipv4(src, p.destination, p.time_to_live)
+        .udp(udp.source_port, udp.destination_port)
+        .write(&mut out, payload)
+        .expect("writing to a Vec");
+    out
+}
+
 fn bench(rounds: usize) -> Result<String> {
     let mut dp = Dataplane::load(&object(), &RouterConfig::default())?;
     dp.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+    // Group telemetry counts against a fleet: the frames' sources and
+    // 20,000 other devices in 100 groups, one of them (198.34.0.1) sharing
+    // the IPv4 source's entry in the direct-mapped device table, so found
+    // by a hash lookup.
+    let fleet = telemetry_fleet_plan()?;
     let mut dpg = Dataplane::load(
         &object(),
         &RouterConfig {
@@ -354,7 +415,7 @@ fn bench(rounds: usize) -> Result<String> {
             ..RouterConfig::default()
         },
     )?;
-    dpg.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+    dpg.install(&fleet, false)?;
     let mut dps = Dataplane::load(
         &object(),
         &RouterConfig {
@@ -363,7 +424,12 @@ fn bench(rounds: usize) -> Result<String> {
             ..RouterConfig::default()
         },
     )?;
-    dps.install(&fixtures::plan("sc0", 1).compile()?, false)?;
+    dps.install(&fleet, false)?;
+    ensure!(
+        dpg.device_indexed(std::net::IpAddr::from(integration_tests::SRC_V4))
+            && !dpg.device_indexed(std::net::IpAddr::from(SHARED_ENTRY_SRC)),
+        "the bench fleet's direct-mapped device table is not as the cases assume"
+    );
     // An older build of the router to compare against, side by side.
     let baseline = match std::env::var_os("SHARDCAST_BENCH_BASELINE") {
         Some(path) => {
@@ -433,6 +499,17 @@ fn bench(rounds: usize) -> Result<String> {
         fixture(
             typical::MQTTSN_V4,
             "router + group telemetry: MQTT-SN v4 publish",
+            Prog::RouterGroups,
+        ),
+        Case {
+            name: "router + group telemetry: MQTT-SN v4 publish, source's device found by hash",
+            prog: Prog::RouterGroups,
+            packet: with_source_v4(&m4, SHARED_ENTRY_SRC),
+            want: action::REDIRECT,
+        },
+        fixture(
+            typical::MQTTSN_V6,
+            "router + group telemetry: MQTT-SN v6 publish",
             Prog::RouterGroups,
         ),
         fixture(
