@@ -205,11 +205,13 @@ pub struct Config {
     pub prefix_start: crate::coap::PrefixStart,
 }
 
-/// Count routed publishes per (topic, device group) too: one lookup of the
-/// source address in `SC_DEVICES` and one LRU counter update per packet
-/// (about 65 ns, BENCHMARKS.md), for the forecaster's topic × group load;
-/// [`Config::group_sample`] trades exactness for that cost. Off by default
-/// (`attach`); the daemon's config turns it on.
+/// Count routed publishes per (topic, device group) too, for the
+/// forecaster's topic × group load: the source's group from
+/// `SC_DEVICE_INDEX` (or `SC_DEVICES` for a device sharing its entry) and
+/// a count in this CPU's `SC_GROUP_CELLS` (or the shared `SC_GROUP_STATS`
+/// when its line is full): about +3 ns per publish (BENCHMARKS.md).
+/// [`Config::group_sample`] counts one publish in N instead. Off by
+/// default (`attach`); the daemon's config turns it on.
 pub const CONFIG_GROUP_STATS: u32 = 1;
 
 impl Config {

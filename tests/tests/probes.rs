@@ -91,13 +91,23 @@ fn probes_measure_each_shards_latency_through_the_data_plane() {
             "{received} of {sent}"
         );
     }
-    // `router-ctl status` shows them (the daemon's report, each bucket).
+    // `router-ctl status` shows them (the daemon's report, each bucket),
+    // and the group counter cells the routed probes took (group
+    // telemetry is the daemon's default).
+    let cells_in_use = |out: &str| -> usize {
+        out.lines()
+            .find_map(|l| l.strip_prefix("group counters: "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = lab.ctl_output(&["status"]).unwrap_or_default();
         if out.contains("latency probes")
             && out.contains("shard    1: p50 ")
             && out.contains("shard    2: p50 ")
+            && cells_in_use(&out) > 0
         {
             break;
         }

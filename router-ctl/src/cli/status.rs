@@ -33,8 +33,13 @@ struct Status {
     coap_port: u16,
     coap_prefix: String,
     group_stats: bool,
-    /// How group counters are read: `iterator`, or `batches (why)`.
+    /// How the shared group counters are read: `iterator`, or `batches
+    /// (why)`.
     group_reader: String,
+    /// Per-CPU (topic, device group) cells in use and in all (every CPU's
+    /// lines); pairs a full line has no room for are shared counters.
+    group_cells_used: usize,
+    group_cells: usize,
     /// Packets out: single-shard redirects and the fan-out's copies.
     redirected: u64,
     /// Multi-shard publishes handed to the fan-out program.
@@ -77,7 +82,11 @@ impl fmt::Display for Status {
             self.coap_prefix,
             if self.group_stats { "on" } else { "off" }
         )?;
-        writeln!(f, "group counters read by {}", self.group_reader)?;
+        writeln!(
+            f,
+            "group counters: {} of {} per-CPU cells in use; shared counters read by {}",
+            self.group_cells_used, self.group_cells, self.group_reader
+        )?;
         writeln!(
             f,
             "packets: {} redirected (copies of {} fanned out included), {} passed to the stack; {} topics counted, {} unrouted keys",
@@ -207,6 +216,8 @@ fn once(g: &Globals) -> Result<()> {
         coap_port: s.config.coap_port,
         coap_prefix: s.config.coap_prefix.clone(),
         group_stats: s.config.group_stats,
+        group_cells_used: dp.group_cells_used().0,
+        group_cells: dp.group_cells_used().1,
         group_reader: match dp.group_iterator_refused() {
             None => "iterator".into(),
             Some(why) => format!("batches ({why})"),
