@@ -1,7 +1,7 @@
 //! The counters the XDP program leaves: per topic, per (topic, device
 //! group) read by the iterator or in batches, and sampled group counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use integration_tests::{
     L3, build,
@@ -333,4 +333,145 @@ fn a_full_line_of_cells_spills_to_the_shared_counters_and_nothing_is_lost() {
         assert_eq!(batched, want, "spilled counters read in batches");
     })
     .unwrap();
+}
+
+/// How a generated fleet's addresses are laid out.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// One IPv4 pool, numbered from its start: no two devices share a
+    /// direct-table entry.
+    V4Pool,
+    /// IPv4 addresses from many /12s whose low 20 bits fall in a small
+    /// range: most devices share their entry with others.
+    V4Crowded,
+    /// IPv6 with random interface identifiers, a third of them forced to
+    /// share their low 20 bits.
+    V6Random,
+    /// Both families.
+    Mixed,
+}
+
+fn fleet_address(rng: &mut rand_pcg::Pcg64Mcg, shape: Shape, i: u32) -> std::net::IpAddr {
+    use rand::Rng;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match shape {
+        Shape::V4Pool => IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i)),
+        Shape::V4Crowded => {
+            let high: u32 = rng.random_range(1..0xdff);
+            IpAddr::V4(Ipv4Addr::from(high << 20 | rng.random_range(0..256u32)))
+        }
+        Shape::V6Random => {
+            let mut iid: u64 = rng.random();
+            if rng.random_bool(0.33) {
+                iid = (iid & !0xf_ffff) | rng.random_range(0..64u64);
+            }
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_u128 << 64 | iid as u128,
+            ))
+        }
+        Shape::Mixed => {
+            if rng.random_bool(0.5) {
+                fleet_address(rng, Shape::V4Pool, i)
+            } else {
+                fleet_address(rng, Shape::V6Random, i)
+            }
+        }
+    }
+}
+
+#[test]
+fn group_counts_are_exact_for_fleets_of_many_shapes() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashSet;
+    for (seed, shape) in [
+        (1, Shape::V4Pool),
+        (2, Shape::V4Crowded),
+        (3, Shape::V6Random),
+        (4, Shape::Mixed),
+    ] {
+        let ns = lab();
+        ns.run(move || {
+            let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+            let mut dp = routed(RouterConfig {
+                group_stats: true,
+                ..RouterConfig::default()
+            });
+            let groups: u32 = rng.random_range(1..60);
+            let topics: u16 = rng.random_range(1..24);
+            let mut plan = fixtures::plan("sc0", 2);
+            let mut seen = HashSet::new();
+            let mut devices = Vec::new();
+            for i in 0..3000u32 {
+                let a = fleet_address(&mut rng, shape, i);
+                if seen.insert(a) {
+                    // Group g{n:03} has index n + 1 (names sort as numbers).
+                    let g = rng.random_range(0..groups);
+                    devices.push((a, g + 1));
+                    plan.devices
+                        .push(device(&format!("d{i}"), a, &format!("g{g:03}")));
+                }
+            }
+            for t in 0..topics {
+                plan.topics.push(shardcast_plan::TopicSpec {
+                    name: format!("shape/{t}"),
+                    shards: vec![1],
+                    mqttsn_predefined_id: Some(10 + t),
+                    mqttsn_registered_ids: vec![],
+                });
+            }
+            let compiled = plan.compile().unwrap();
+            dp.install(&compiled, false).unwrap();
+            let slots: BTreeMap<TopicKey, u32> = dp.slot_table().unwrap().into_iter().collect();
+            let shared = devices
+                .iter()
+                .filter(|(a, _)| !dp.device_indexed(*a))
+                .count();
+            // Publishes from devices and from strangers (some sharing a
+            // device's entry), on every topic, each run 1 to 3 times.
+            let mut want: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+            for _ in 0..4000 {
+                let (src, group) = if rng.random_bool(0.9) {
+                    devices[rng.random_range(0..devices.len())]
+                } else {
+                    let i = 100_000 + rng.random_range(0..1000);
+                    let a = fleet_address(&mut rng, shape, i);
+                    match devices.iter().find(|(d, _)| *d == a) {
+                        Some(d) => *d,
+                        None => (a, 0),
+                    }
+                };
+                let t = rng.random_range(0..topics);
+                let runs = rng.random_range(1..4u32);
+                let f = repeatable_publish_from(src, 1, 10 + t);
+                // Runs of one (a call repeating the program installs it
+                // in the kernel's XDP dispatcher first: ~10 ms a call).
+                for _ in 0..runs {
+                    assert_eq!(dp.test_run(&f, 1).unwrap().action, action::REDIRECT);
+                }
+                let slot = slots[&topic_key(format!("shape/{t}").as_bytes())];
+                *want.entry((slot, group)).or_default() += runs as u64;
+            }
+            let got = group_counts(&dp);
+            let differ: Vec<String> = want
+                .keys()
+                .chain(got.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| want.get(k) != got.get(k))
+                .take(8)
+                .map(|k| format!("{k:?}: router {:?}, sent {:?}", got.get(k), want.get(k)))
+                .collect();
+            assert!(
+                differ.is_empty(),
+                "{shape:?}: {} devices in {groups} groups, {shared} behind a shared entry, {topics} topics; (slot, group) counts differ: {differ:?}",
+                devices.len()
+            );
+            match shape {
+                Shape::V4Pool => assert_eq!(shared, 0, "a pool's devices have entries of their own"),
+                Shape::V4Crowded => assert!(shared > devices.len() / 2, "{shared}"),
+                _ => assert!(shared > 0, "{shared}"),
+            }
+        })
+        .unwrap();
+    }
 }
