@@ -11,6 +11,8 @@
 //!   swap: `router_common::maps`);
 //! - [`route`]: one frame's way through the headers, the plan and the
 //!   shard;
+//! - [`fast`]: the same way for the most common frame (untagged IPv4 or
+//!   IPv6, an MQTT-SN publish to one shard), at fixed offsets;
 //! - [`rewrite`]: the header rewrite, the XDP program's only packet writes;
 //! - [`fanout`]: multi-shard publishes, handed from XDP to the TC program
 //!   `shardcast_fanout`, which sends one rewritten copy per shard;
@@ -25,6 +27,7 @@
 
 mod counters;
 mod fanout;
+mod fast;
 mod iterator;
 mod maps;
 mod packet;

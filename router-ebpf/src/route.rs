@@ -13,7 +13,7 @@ use router_common::{
 
 use crate::{
     counters::{self, count, count_unrouted},
-    fanout,
+    fanout, fast,
     maps::{SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_IDS, SC_ROUTES, SC_SCRATCH},
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
@@ -29,6 +29,11 @@ const IPPROTO_UDP: u8 = 17;
 #[inline(always)]
 pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
     let cfg = SC_CONFIG.get(0).ok_or(Reason::NoConfig)?;
+    // The common frame first, at fixed offsets; anything it leaves comes
+    // here untouched.
+    if let Some(action) = fast::mqttsn(ctx, cfg) {
+        return Ok(action);
+    }
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
 
     let (l3, tagged) = l2_l3(ctx)?;

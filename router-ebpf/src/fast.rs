@@ -1,0 +1,199 @@
+//! The fast path: an untagged IPv4 frame without options, or an untagged
+//! IPv6 frame without extension headers, carrying an MQTT-SN PUBLISH
+//! (short length form) whose route names one shard: the most common
+//! frame a router of sensors sees.
+//!
+//! Every header sits at a fixed offset, so the shared helpers (the
+//! MQTT-SN parser, the counters, the rewrite) are inlined here with
+//! constant offsets and the frame's layout never has to be carried in
+//! registers or on the stack. It decides nothing on its own: any frame it
+//! does not finish (another shape, a check that fails, a route to none or
+//! to several shards, a missing egress) it leaves exactly as it found it,
+//! uncounted, and [`route`](crate::route::route) takes it from the start.
+//! What it finishes, it finishes exactly as that path would: the same
+//! counters, the same bytes out, the same verdict (the fixture and
+//! differential tests hold the router to the host model frame by frame,
+//! whichever path a frame takes).
+
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
+use router_common::{
+    maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6},
+    mqttsn,
+    payload::Head,
+    reason::Reason,
+};
+
+use crate::{
+    counters::{self, count},
+    maps::{SC_ACTIVE, SC_EGRESS, SC_IDS},
+    packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, word},
+    rewrite,
+};
+
+const IP: usize = ETH_HLEN;
+const UDP_V4: usize = IP + 20;
+const UDP_V6: usize = IP + Ipv6Hdr::LEN;
+/// Version 4, header length 20 (no options).
+const VER_IHL_NO_OPTIONS: u8 = 0x45;
+/// The fragment offset and more-fragments bits of the big-endian flags
+/// word, as a little-endian load sees them.
+const FRAGMENT_BITS_LE: u16 = 0xff3f;
+const IPPROTO_UDP: u8 = 17;
+
+/// "Not mine" (a BPF function returns one register).
+const NOT_HANDLED: u64 = u64::MAX;
+
+/// `Some(action)`: routed here (or, unreachably, failed after the publish
+/// was counted: then counted by reason and passed up, as the general path
+/// does). `None`: not this path's frame, or not one it finishes; untouched
+/// and uncounted.
+#[inline(always)]
+pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
+    match mqttsn_call(ctx.ctx, cfg) {
+        NOT_HANDLED => None,
+        action => Some(action as u32),
+    }
+}
+
+/// A function of its own, not inlined: LLVM would otherwise merge its
+/// blocks with the general path's (the same parser, counters and rewrite)
+/// and with them that path's register pressure, spilling what this path
+/// keeps in registers.
+#[inline(never)]
+fn mqttsn_call(raw: *mut xdp_md, cfg: &Config) -> u64 {
+    let ctx = XdpContext::new(raw);
+    let done = match packet::be16_at(&ctx, 12) {
+        Some(0x0800) => v4(&ctx, cfg),
+        Some(0x86dd) => v6(&ctx, cfg),
+        _ => Ok(None),
+    };
+    match done {
+        Ok(None) => NOT_HANDLED,
+        Ok(Some(action)) => action as u64,
+        Err(reason) => {
+            count(reason, (ctx.data_end() - ctx.data()) as u64);
+            xdp_action::XDP_PASS as u64
+        }
+    }
+}
+
+/// The headers and the MQTT-SN header's first bytes, one bounds check for
+/// all (a shorter frame takes the general path).
+const V4_HEAD: usize = UDP_V4 + UdpHdr::LEN + mqttsn::HEADER_READ;
+const V6_HEAD: usize = UDP_V6 + UdpHdr::LEN + mqttsn::HEADER_READ;
+
+#[inline(always)]
+fn v4(ctx: &XdpContext, cfg: &Config) -> Result<Option<u32>, Reason> {
+    let Some(h) = packet::ptr_at::<[u8; V4_HEAD]>(ctx, 0) else {
+        return Ok(None);
+    };
+    let h = h as *mut u8;
+    // SAFETY: `ptr_at` checked these bytes lie in the frame.
+    let ttl = unsafe {
+        if *h.add(IP) != VER_IHL_NO_OPTIONS
+            || word::load16(h.add(IP + 6)) & FRAGMENT_BITS_LE != 0
+            || *h.add(IP + 9) != IPPROTO_UDP
+        {
+            return Ok(None);
+        }
+        *h.add(IP + 8)
+    };
+    let l3 = L3::V4 { off: IP, ihl: 20 };
+    publish(ctx, cfg, h, l3, UDP_V4, ttl, SHARD_HAS_V4)
+}
+
+#[inline(always)]
+fn v6(ctx: &XdpContext, cfg: &Config) -> Result<Option<u32>, Reason> {
+    let Some(h) = packet::ptr_at::<[u8; V6_HEAD]>(ctx, 0) else {
+        return Ok(None);
+    };
+    let h = h as *mut u8;
+    // SAFETY: `ptr_at` checked these bytes lie in the frame.
+    let hops = unsafe {
+        if *h.add(IP) >> 4 != 6
+            || *h.add(IP + 6) != IPPROTO_UDP
+        {
+            return Ok(None);
+        }
+        *h.add(IP + 7)
+    };
+    publish(ctx, cfg, h, L3::V6 { off: IP }, UDP_V6, hops, SHARD_HAS_V6)
+}
+
+/// From the UDP header on, both families: `h` points at the frame, whose
+/// first `udp + 8 + HEADER_READ` bytes were checked in bounds.
+#[inline(always)]
+fn publish(
+    ctx: &XdpContext,
+    cfg: &Config,
+    h: *mut u8,
+    l3: L3,
+    udp: usize,
+    ttl: u8,
+    family: u16,
+) -> Result<Option<u32>, Reason> {
+    let payload = udp + UdpHdr::LEN;
+    // SAFETY: inside the bytes the caller checked.
+    let (dport, udp_len, word) = unsafe {
+        let p = h.add(payload);
+        (
+            u16::from_be(word::load16(h.add(udp + 2))),
+            u16::from_be(word::load16(h.add(udp + 4))) as usize,
+            // What `packet::mqttsn_head` reads.
+            word::load32(p) as u64
+                | (word::load16(p.add(4)) as u64) << 32
+                | (*p.add(6) as u64) << 48,
+        )
+    };
+    // The long length form (messages over 255 bytes) takes the general
+    // path; without it the parser's offsets are constants.
+    if dport == 0
+        || dport != cfg.mqttsn_port
+        || udp_len < UdpHdr::LEN
+        || word as u8 == mqttsn::LONG_LENGTH_MARK
+    {
+        return Ok(None);
+    }
+    let payload_len = udp_len - UdpHdr::LEN;
+    if !packet::payload_fits(ctx, payload, payload_len) {
+        return Ok(None);
+    }
+    let Some(parity) = SC_ACTIVE.get(0) else {
+        return Ok(None);
+    };
+    let parity = *parity & 1;
+    let head = Head::<{ mqttsn::HEADER_READ }> {
+        word,
+        len: payload_len,
+    };
+    let Ok(publish) = mqttsn::parse_publish(&head) else {
+        return Ok(None);
+    };
+    let Some(route) = SC_IDS
+        .get(parity)
+        .and_then(|ids| ids.get(publish.id_index()))
+    else {
+        return Ok(None);
+    };
+    let shard = &route.first;
+    // The rewrite's and the redirect's preconditions, before anything is
+    // counted or written (the helper only records the target).
+    if route.shard_count != 1
+        || shard.flags & family == 0
+        || ttl <= 1
+        || SC_EGRESS.redirect(shard.egress_slot, xdp_action::XDP_PASS as u64)
+            != Ok(xdp_action::XDP_REDIRECT)
+    {
+        return Ok(None);
+    }
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    counters::routed(ctx, cfg, l3, route.stats_slot, frame_len);
+    // SAFETY: inside the bytes the caller checked.
+    let udp = unsafe { h.add(udp) } as *mut UdpHdr;
+    rewrite::frame(ctx, l3, false, udp, shard)?;
+    count(Reason::Redirected, frame_len);
+    Ok(Some(xdp_action::XDP_REDIRECT))
+}
