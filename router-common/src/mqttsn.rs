@@ -95,11 +95,24 @@ const fn publish_header_len(length_field: usize) -> usize {
 #[inline(always)]
 pub fn parse_publish<P: Payload + ?Sized>(p: &P) -> Result<Publish, Reason> {
     let first = p.byte(0).ok_or(Reason::MqttSnBadLength)?;
-    let (length, length_field) = if first == LONG_LENGTH_MARK {
-        (p.be16(1).ok_or(Reason::MqttSnBadLength)? as usize, 3usize)
+    if first == LONG_LENGTH_MARK {
+        let length = p.be16(1).ok_or(Reason::MqttSnBadLength)? as usize;
+        parse_publish_after_length(p, length, 3)
     } else {
-        (first as usize, 1usize)
-    };
+        parse_publish_after_length(p, first as usize, 1)
+    }
+}
+
+/// [`parse_publish`] once the Length field is read: `length` is its value
+/// and `length_field` its size (1, or 3 in the long form). The XDP fast
+/// path, which takes only the short form, calls it with a constant 1, so
+/// every offset below is a constant there.
+#[inline(always)]
+pub fn parse_publish_after_length<P: Payload + ?Sized>(
+    p: &P,
+    length: usize,
+    length_field: usize,
+) -> Result<Publish, Reason> {
     let msg_type = p.byte(length_field).ok_or(Reason::MqttSnBadLength)?;
     if msg_type != MSG_PUBLISH {
         return Err(Reason::MqttSnControl);

@@ -169,7 +169,8 @@ fn publish(
         word,
         len: payload_len,
     };
-    let Ok(publish) = mqttsn::parse_publish(&head) else {
+    // The short form: the Length field is the first byte.
+    let Ok(publish) = mqttsn::parse_publish_after_length(&head, word as u8 as usize, 1) else {
         return Ok(None);
     };
     let Some(route) = SC_IDS
@@ -191,9 +192,9 @@ fn publish(
     }
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     counters::routed(ctx, cfg, l3, route.stats_slot, frame_len);
-    // SAFETY: inside the bytes the caller checked.
-    let udp = unsafe { h.add(udp) } as *mut UdpHdr;
-    rewrite::frame(ctx, l3, false, udp, shard)?;
+    // SAFETY: the MACs, the IP header and the UDP header lie inside the
+    // bytes the caller checked.
+    unsafe { rewrite::frame_at(h.add(IP), l3, h, h.add(udp).cast(), shard)? };
     count(Reason::Redirected, frame_len);
     Ok(Some(xdp_action::XDP_REDIRECT))
 }

@@ -23,25 +23,48 @@ pub(crate) fn frame(
     udp: *mut UdpHdr,
     shard: &Shard,
 ) -> Result<(), Reason> {
-    let dst_mac = match l3 {
-        L3::V4 { off, .. } => rewrite_v4(ctx, off, udp, shard)?,
-        L3::V6 { off } => rewrite_v6(ctx, off, udp, shard)?,
-    };
+    let ip: *mut u8 = match l3 {
+        L3::V4 { off, .. } => ptr_at::<Ipv4Hdr>(ctx, off).map(|p| p.cast()),
+        L3::V6 { off } => ptr_at::<Ipv6Hdr>(ctx, off).map(|p| p.cast()),
+    }
+    .ok_or(Reason::Truncated)?;
     let mac_off = if tagged { VLAN_HLEN } else { 0 };
     let macs: *mut [u8; 12] = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
-    let src = shard.src_mac;
-    // SAFETY: bounds checked by `ptr_at` (the 12 MAC bytes precede the
-    // inner EtherType, which lies within the checked span).
+    // SAFETY: every pointer checked in bounds just above (`udp` by the
+    // caller).
+    unsafe { frame_at(ip, l3, macs.cast(), udp, shard) }
+}
+
+/// [`frame`] with the headers already found: the fast path's are at
+/// constant offsets within bytes it checked once.
+///
+/// # Safety
+/// `ip` must point to a whole IP header of `l3`'s family, `macs` to the
+/// frame's 12 MAC bytes and `udp` to a whole UDP header, all within the
+/// packet (checked against `data_end` in the form the verifier tracks).
+#[inline(always)]
+pub(crate) unsafe fn frame_at(
+    ip: *mut u8,
+    l3: L3,
+    macs: *mut u8,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<(), Reason> {
+    // SAFETY: per the function's contract.
+    let dst_mac = unsafe {
+        match l3 {
+            L3::V4 { .. } => rewrite_v4(ip.cast(), udp, shard)?,
+            L3::V6 { .. } => rewrite_v6(ip.cast(), udp, shard)?,
+        }
+    };
+    // SAFETY: per the function's contract. The source MAC is read as two
+    // words (at offsets 4- and 2-aligned within the 8-aligned `Shard`)
+    // instead of six bytes.
     unsafe {
-        let macs = macs as *mut u8;
-        word::store64(
-            macs,
-            dst_mac | (u16::from_ne_bytes([src[0], src[1]]) as u64) << 48,
-        );
-        word::store32(
-            macs.add(8),
-            u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
-        );
+        let src: *const u8 = (&raw const shard.src_mac).cast();
+        let (s0, s1) = (word::load32(src) as u64, word::load16(src.add(4)) as u64);
+        word::store64(macs, dst_mac | (s0 & 0xffff) << 48);
+        word::store32(macs.add(8), (s0 >> 16 | s1 << 16) as u32);
     }
     Ok(())
 }
@@ -88,18 +111,15 @@ fn shard_port(shard: &Shard, old: u16) -> u16 {
 /// IPv4: destination → group, TTL − 1, port, both checksums patched.
 /// Returns the destination MAC (the group's, RFC 1112) as the low 48 bits
 /// of a native word, ready to store.
+///
+/// # Safety
+/// `ip` and `udp` must point to whole headers within the packet.
 #[inline(always)]
-fn rewrite_v4(
-    ctx: &XdpContext,
-    off: usize,
-    udp: *mut UdpHdr,
-    shard: &Shard,
-) -> Result<u64, Reason> {
+unsafe fn rewrite_v4(ip: *mut Ipv4Hdr, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
     if shard.flags & SHARD_HAS_V4 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
-    // SAFETY: bounds checked by `ptr_at` (here and in the caller for `udp`).
+    // SAFETY: per the function's contract.
     unsafe {
         let ttl = (*ip).ttl;
         if ttl <= 1 {
@@ -137,18 +157,15 @@ fn rewrite_v4(
 /// IPv6: destination → group, hop limit − 1, port, UDP checksum patched.
 /// Returns the destination MAC (33:33 and the group's low 32 bits, RFC
 /// 2464) as the low 48 bits of a native word.
+///
+/// # Safety
+/// `ip` and `udp` must point to whole headers within the packet.
 #[inline(always)]
-fn rewrite_v6(
-    ctx: &XdpContext,
-    off: usize,
-    udp: *mut UdpHdr,
-    shard: &Shard,
-) -> Result<u64, Reason> {
+unsafe fn rewrite_v6(ip: *mut Ipv6Hdr, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
     if shard.flags & SHARD_HAS_V6 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
-    let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::Truncated)?;
-    // SAFETY: bounds checked by `ptr_at` (here and in the caller for `udp`).
+    // SAFETY: per the function's contract.
     unsafe {
         let hops = (*ip).hop_limit;
         if hops <= 1 {
