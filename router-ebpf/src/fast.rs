@@ -42,6 +42,9 @@ const VER_IHL_NO_OPTIONS: u8 = 0x45;
 /// word, as a little-endian load sees them.
 const FRAGMENT_BITS_LE: u16 = 0xff3f;
 const IPPROTO_UDP: u8 = 17;
+/// The EtherTypes, little-endian as loaded (bytes 0x08 0x00, 0x86 0xdd).
+const ETH_P_IP_LE: u16 = 0x0008;
+const ETH_P_IPV6_LE: u16 = 0xdd86;
 
 /// "Not mine" (a BPF function returns one register).
 const NOT_HANDLED: u64 = u64::MAX;
@@ -65,10 +68,19 @@ pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
 #[inline(never)]
 fn mqttsn_call(raw: *mut xdp_md, cfg: &Config) -> u64 {
     let ctx = XdpContext::new(raw);
-    let done = match packet::be16_at(&ctx, 12) {
-        Some(0x0800) => v4(&ctx, cfg),
-        Some(0x86dd) => v6(&ctx, cfg),
-        _ => Ok(None),
+    // The IPv4 span is the shorter: checked once, it also holds the
+    // EtherType.
+    let done = match packet::ptr_at::<[u8; V4_HEAD]>(&ctx, 0) {
+        Some(h) => {
+            let h = h as *mut u8;
+            // SAFETY: within the bytes just checked.
+            match unsafe { word::load16(h.add(12)) } {
+                ETH_P_IP_LE => v4(&ctx, cfg, h),
+                ETH_P_IPV6_LE => v6(&ctx, cfg),
+                _ => Ok(None),
+            }
+        }
+        None => Ok(None),
     };
     match done {
         Ok(None) => NOT_HANDLED,
@@ -85,13 +97,10 @@ fn mqttsn_call(raw: *mut xdp_md, cfg: &Config) -> u64 {
 const V4_HEAD: usize = UDP_V4 + UdpHdr::LEN + mqttsn::HEADER_READ;
 const V6_HEAD: usize = UDP_V6 + UdpHdr::LEN + mqttsn::HEADER_READ;
 
+/// `h`: the frame, its first `V4_HEAD` bytes checked in bounds.
 #[inline(always)]
-fn v4(ctx: &XdpContext, cfg: &Config) -> Result<Option<u32>, Reason> {
-    let Some(h) = packet::ptr_at::<[u8; V4_HEAD]>(ctx, 0) else {
-        return Ok(None);
-    };
-    let h = h as *mut u8;
-    // SAFETY: `ptr_at` checked these bytes lie in the frame.
+fn v4(ctx: &XdpContext, cfg: &Config, h: *mut u8) -> Result<Option<u32>, Reason> {
+    // SAFETY: within the bytes the caller checked.
     let ttl = unsafe {
         if *h.add(IP) != VER_IHL_NO_OPTIONS
             || word::load16(h.add(IP + 6)) & FRAGMENT_BITS_LE != 0
