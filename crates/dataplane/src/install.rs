@@ -556,9 +556,11 @@ impl Dataplane {
         }
     }
 
-    /// Makes `SC_DEVICES` hold exactly the plan's devices (address → group).
-    /// Not generational: a device briefly counted under its old group while
-    /// a plan lands is harmless, and devices change rarely.
+    /// Makes `SC_DEVICES` hold exactly the plan's devices (address → group),
+    /// and `SC_DEVICE_INDEX` as many of them as have an entry to themselves.
+    /// Not generational: a device briefly counted under its old group (or
+    /// as unknown, while its direct entry changes hands) while a plan lands
+    /// is harmless, and devices change rarely.
     pub(crate) fn set_devices(&mut self, plan: &CompiledPlan) -> Result<()> {
         let want: StdHashMap<DeviceAddr, u32> = plan
             .devices
