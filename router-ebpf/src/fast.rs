@@ -49,10 +49,11 @@ const ETH_P_IPV6_LE: u16 = 0xdd86;
 /// "Not mine" (a BPF function returns one register).
 const NOT_HANDLED: u64 = u64::MAX;
 
-/// `Some(action)`: routed here (or, unreachably, failed after the publish
-/// was counted: then counted by reason and passed up, as the general path
-/// does). `None`: not this path's frame, or not one it finishes; untouched
-/// and uncounted.
+/// `Some(action)`: routed here, or failed after the publish was counted
+/// (an IPv6 datagram without a UDP checksum, which the rewrite refuses):
+/// then counted by reason and passed up, as the general path does.
+/// `None`: not this path's frame, or not one it finishes; untouched and
+/// uncounted.
 #[inline(always)]
 pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
     match mqttsn_call(ctx.ctx, cfg) {
