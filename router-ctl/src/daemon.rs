@@ -131,6 +131,9 @@ pub struct View {
     pub migrations: MigrationCounts,
     pub migrating: bool,
     pub cycle: Option<CycleView>,
+    /// Per-CPU (topic, device group) cells in use at the last tick, and
+    /// in all.
+    pub group_cells: (usize, usize),
 }
 
 /// The control cycle's part of a [`View`].
@@ -1025,6 +1028,7 @@ impl Daemon {
             })
             .collect();
         Ok(View {
+            group_cells: self.dp.group_cells_read(),
             delivered: self.delivered.clone(),
             generation: self.dp.meta()?.generation,
             installs: self.installs,

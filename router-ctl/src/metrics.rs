@@ -91,6 +91,18 @@ pub fn render(d: &Daemon) -> Result<String> {
     );
     gauge(
         &mut reg,
+        "shardcast_group_cells_in_use",
+        "Per-CPU (topic, device group) counter cells in use at the last tick (every CPU's); pairs a full line has no room for are counted in a shared map, more slowly",
+        v.group_cells.0 as f64,
+    );
+    gauge(
+        &mut reg,
+        "shardcast_group_cells",
+        "Per-CPU (topic, device group) counter cells, every CPU's",
+        v.group_cells.1 as f64,
+    );
+    gauge(
+        &mut reg,
         "shardcast_shards",
         "Shards in the installed plan",
         v.shards.len() as f64,

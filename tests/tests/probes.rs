@@ -77,6 +77,10 @@ fn probes_measure_each_shards_latency_through_the_data_plane() {
         let sent = m[&k("shardcast_probes_sent_total")];
         let received = m[&k("shardcast_probes_received_total")];
         assert_eq!(m[&k("shardcast_probes_lost_total")], 0.0, "shard {s}");
+        // Routed probes took group counter cells (the daemon counts per
+        // device group by default), and the metrics say how many.
+        assert!(m["shardcast_group_cells_in_use"] > 0.0, "{m:?}");
+        assert!(m["shardcast_group_cells"] >= m["shardcast_group_cells_in_use"]);
         // Probes are the router's own traffic: no shard's load.
         assert_eq!(
             m.get(&k("shardcast_shard_delivered_messages_per_second"))

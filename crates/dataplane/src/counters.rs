@@ -137,6 +137,16 @@ impl Dataplane {
         (used, lines * GROUP_CELL_WAYS)
     }
 
+    /// [`Dataplane::group_cells_used`] as of the last
+    /// [`Dataplane::group_counters`] read, without reading the cells again
+    /// (the daemon's metrics).
+    pub fn group_cells_read(&self) -> (usize, usize) {
+        (
+            self.cells_in_use.get(),
+            self.group_cells.len() * GROUP_CELL_WAYS,
+        )
+    }
+
     /// Whether the router finds `addr`'s device group by its entry in the
     /// direct-mapped device table (the fast path) rather than by a hash
     /// lookup (a device whose entry another device holds, or no device).
@@ -152,6 +162,7 @@ impl Dataplane {
         shared: impl Iterator<Item = (GroupStatKey, u64)>,
     ) -> Vec<(GroupStatKey, u64)> {
         let mut all: StdHashMap<GroupStatKey, u64> = shared.collect();
+        let mut in_use = 0;
         for i in 0..self.group_cells.len() {
             let line: GroupCellLine = self.group_cells.get(i);
             if line.keys[0] == 0 {
@@ -161,10 +172,12 @@ impl Dataplane {
             }
             for (k, n) in line.keys.iter().zip(line.packets) {
                 if *k != 0 {
+                    in_use += 1;
                     *all.entry(group_cell_of(*k)).or_default() += n;
                 }
             }
         }
+        self.cells_in_use.set(in_use);
         all.into_iter().collect()
     }
 

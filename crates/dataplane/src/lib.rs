@@ -140,6 +140,8 @@ pub struct Dataplane {
     device_index: mmap::ArrayMmap<DeviceEntry>,
     /// `SC_GROUP_CELLS`, mapped: the per-CPU (topic, group) counters.
     group_cells: mmap::ArrayMmap<GroupCellLine>,
+    /// Cells in use at the last [`Dataplane::group_counters`] read.
+    cells_in_use: std::cell::Cell<usize>,
     /// The `SC_GROUP_STATS` iterator program, when the kernel could load it
     /// (it needs the kernel's BTF); without it counters are read in batches.
     group_dump: std::cell::RefCell<GroupReader>,

@@ -240,6 +240,7 @@ impl Dataplane {
             slots,
             device_index,
             group_cells,
+            cells_in_use: Default::default(),
             raw_group_stats,
             group_dump: group_dump.into(),
             raw_routes,
@@ -292,6 +293,7 @@ impl Dataplane {
                 &pins,
                 names::GROUP_CELLS,
             )?)?,
+            cells_in_use: Default::default(),
             raw_devices: open_raw::<HashMap<MapData, DeviceAddr, u32>>(&pins, names::DEVICES)?,
             raw_group_stats: open_raw::<HashMap<MapData, GroupStatKey, Counter>>(
                 &pins,
