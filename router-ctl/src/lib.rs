@@ -20,6 +20,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+mod bucket_routes;
 pub mod cli;
 pub mod config;
 pub mod cycle;
