@@ -224,6 +224,39 @@ fn standard_clients(lab: &Lab, dir: &std::path::Path) -> Result<Vec<(crate::Chil
         .collect()
 }
 
+/// Waits (30 s at most) until the gateway's CoAP resource directory
+/// lists `topic`, asked with libcoap's client from the subscribers'
+/// namespace.
+fn coap_topic_served(lab: &Lab, topic: &str) -> Result<()> {
+    let ns = &lab.subscribers[0].ns.name;
+    let want = format!("</ps/data/{topic}>");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "coap-client-notls",
+                "-m",
+                "get",
+                "-B",
+                "2",
+            ])
+            .arg("coap://198.18.1.1/.well-known/core")
+            .output()
+            .context("asking the gateway's /.well-known/core with coap-client-notls")?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        if listed.contains(&want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway's CoAP resources did not list {topic} within 30 s: {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Starts standard client `n` (its output file truncated).
 fn standard_client(lab: &Lab, dir: &std::path::Path, n: usize) -> Result<(crate::Child, PathBuf)> {
     let sub = crate::python_tool("mqtt-sn-12", "mqtt_sn_sub")?;
@@ -433,7 +466,16 @@ every = "200ms"
         std::thread::sleep(Duration::from_millis(250));
     }
     // The standard clients subscribe; the load starts once the daemon
-    // routes their topics to the relay.
+    // routes their topics to the relay. The CoAP client observes a topic
+    // the gateway serves once it is in the installed plan (the gateway
+    // re-reads the plan each second): it starts when the gateway's
+    // /.well-known/core lists its topic, as an operator would check, not
+    // into a 4.04.
+    for (_, topic, coap) in STANDARD {
+        if coap {
+            coap_topic_served(&lab, &Story::topic(topic))?;
+        }
+    }
     let mut standard = standard_clients(&lab, &state)?;
     let relay = router_ctl::gateway::RelayOptions::DEFAULT_SHARD;
     let routed = Instant::now();
