@@ -3,7 +3,7 @@
 //! (raw `bpf()` attributes, the mmap'ed slot table, interface ioctls).
 //!
 //! It loads the XDP object, pins programs, maps and links under
-//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v5/`) so
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v6/`) so
 //! forwarding outlives the process, adopts those pins later, installs plan
 //! generations atomically, and reads counters.
 //!
