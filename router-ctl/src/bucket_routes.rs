@@ -9,9 +9,9 @@
 
 use std::collections::BTreeSet;
 
-use router_common::topic::{TopicKey, topic_key};
+use router_common::topic::TopicKey;
 use rustc_hash::FxHashMap;
-use shardcast_plan::Plan;
+use shardcast_plan::CompiledPlan;
 
 /// One topic's routes during the bucket.
 #[derive(Clone, Debug, Default)]
@@ -33,7 +33,7 @@ pub struct BucketRoutes {
 
 impl BucketRoutes {
     /// The routes of `plan` alone.
-    pub fn of(plan: Option<&Plan>) -> Self {
+    pub fn of(plan: Option<&CompiledPlan>) -> Self {
         let mut r = Self::default();
         if let Some(p) = plan {
             r.extend(p);
@@ -41,22 +41,26 @@ impl BucketRoutes {
         r
     }
 
-    /// Adds `plan`'s routes to those already in force.
-    pub fn extend(&mut self, plan: &Plan) {
+    /// Adds `plan`'s routes to those already in force: each topic's under
+    /// its name key, as the compiled plan holds it (MQTT-SN id aliases
+    /// count under the name's slot, so they are left out).
+    pub fn extend(&mut self, plan: &CompiledPlan) {
         self.by_key.reserve(plan.topics.len());
-        for t in &plan.topics {
-            let e = self
-                .by_key
-                .entry(topic_key(t.name.as_bytes()))
-                .or_insert_with(|| BucketRoute {
-                    load: crate::load::is_load(&t.name),
-                    shards: Vec::new(),
-                });
-            for s in &t.shards {
-                if let Err(i) = e.shards.binary_search(s) {
-                    e.shards.insert(i, *s);
+        for r in plan
+            .routes
+            .iter()
+            .filter(|r| r.key == plan.name_keys[r.topic])
+        {
+            let e = self.by_key.entry(r.key).or_insert_with(|| BucketRoute {
+                load: crate::load::is_load(&plan.topics[r.topic]),
+                shards: Vec::new(),
+            });
+            for &i in &r.shards {
+                let s = plan.shards[i as usize].id;
+                if let Err(at) = e.shards.binary_search(&s) {
+                    e.shards.insert(at, s);
                 }
-                self.shards.insert(*s);
+                self.shards.insert(s);
             }
         }
     }
@@ -75,7 +79,10 @@ impl BucketRoutes {
 mod tests {
     use super::*;
 
-    fn plan(generation: u64, topics: &[(&str, &[u32])]) -> Plan {
+    use router_common::topic::topic_key;
+    use shardcast_plan::Plan;
+
+    fn plan(generation: u64, topics: &[(&str, &[u32])]) -> CompiledPlan {
         let text = format!(
             r#"{{"generation": {generation}, "shards": [{}], "topics": [{}]}}"#,
             (1..=4)
@@ -88,7 +95,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        Plan::from_json(&text).unwrap()
+        Plan::from_json(&text).unwrap().compile().unwrap()
     }
 
     #[test]

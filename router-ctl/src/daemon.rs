@@ -396,7 +396,7 @@ impl Daemon {
             daemon.plan = Some(c);
             daemon.document = Some(p);
         }
-        daemon.bucket_routes = BucketRoutes::of(daemon.document.as_ref());
+        daemon.bucket_routes = BucketRoutes::of(daemon.plan.as_ref());
         // A migration a killed daemon left under way.
         match state::load_migration(&daemon.cfg.daemon.state_dir) {
             Ok(Some(rec)) if rec.new.generation == meta.generation => {
@@ -777,8 +777,8 @@ impl Daemon {
             "plan installed"
         );
         self.learn(&compiled);
+        self.bucket_routes.extend(&compiled);
         self.plan = Some(compiled);
-        self.bucket_routes.extend(plan);
         self.routes_changed = true;
         self.document = Some(plan.clone());
         Ok(r.generation)
@@ -894,7 +894,7 @@ impl Daemon {
         // The next bucket starts with the routes in force now (the same
         // as this one's unless a plan was installed during it).
         if self.routes_changed {
-            self.bucket_routes = BucketRoutes::of(self.document.as_ref());
+            self.bucket_routes = BucketRoutes::of(self.plan.as_ref());
             self.routes_changed = false;
         }
         self.writer.send(Job::Bucket {

@@ -270,26 +270,44 @@ pub fn reference_object() -> PathBuf {
         })
 }
 
-/// Ethernet(+VLAN)/IP/UDP around `payload`, checksums correct.
-pub fn frame(l3: L3, vlan: Option<u16>, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+/// Untagged Ethernet/IP/UDP from `src` (its family) to the test
+/// destination around `payload`, checksums correct: a publish from a
+/// device other than the fixtures' source.
+pub fn frame_from(src: std::net::IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
     let mut out = Vec::new();
-    match (l3, vlan) {
-        (L3::V4, None) => eth
+    match src {
+        std::net::IpAddr::V4(a) => eth
+            .ipv4(a.octets(), DST_V4, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        std::net::IpAddr::V6(a) => eth
+            .ipv6(a.octets(), DST_V6, 64)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+    }
+    .expect("writing to a Vec");
+    out
+}
+
+/// Ethernet(+VLAN)/IP/UDP around `payload`, checksums correct.
+pub fn frame(l3: L3, vlan: Option<u16>, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let Some(id) = vlan else {
+        let src = match l3 {
+            L3::V4 => SRC_V4.into(),
+            L3::V6 => SRC_V6.into(),
+        };
+        return frame_from(src, sport, dport, payload);
+    };
+    let tagged =
+        PacketBuilder::ethernet2(SRC_MAC, DST_MAC).single_vlan(id.try_into().expect("vlan id"));
+    let mut out = Vec::new();
+    match l3 {
+        L3::V4 => tagged
             .ipv4(SRC_V4, DST_V4, 64)
             .udp(sport, dport)
             .write(&mut out, payload),
-        (L3::V6, None) => eth
-            .ipv6(SRC_V6, DST_V6, 64)
-            .udp(sport, dport)
-            .write(&mut out, payload),
-        (L3::V4, Some(id)) => eth
-            .single_vlan(id.try_into().expect("vlan id"))
-            .ipv4(SRC_V4, DST_V4, 64)
-            .udp(sport, dport)
-            .write(&mut out, payload),
-        (L3::V6, Some(id)) => eth
-            .single_vlan(id.try_into().expect("vlan id"))
+        L3::V6 => tagged
             .ipv6(SRC_V6, DST_V6, 64)
             .udp(sport, dport)
             .write(&mut out, payload),

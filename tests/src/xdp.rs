@@ -48,21 +48,12 @@ pub fn repeatable_publish(l3: L3, flags: u8, id: u16) -> Vec<u8> {
 
 /// [`repeatable_publish`] of IPv4 or IPv6 from `src`.
 pub fn repeatable_publish_from(src: std::net::IpAddr, flags: u8, id: u16) -> Vec<u8> {
-    let payload = build::mqttsn_publish(false, flags, id.to_be_bytes(), 0, b"x");
-    let eth = etherparse::PacketBuilder::ethernet2(crate::SRC_MAC, crate::DST_MAC);
-    let mut out = Vec::new();
-    match src {
-        std::net::IpAddr::V4(a) => eth
-            .ipv4(a.octets(), crate::DST_V4, 64)
-            .udp(1, fixtures::MQTTSN)
-            .write(&mut out, &payload),
-        std::net::IpAddr::V6(a) => eth
-            .ipv6(a.octets(), crate::DST_V6, 64)
-            .udp(1, fixtures::MQTTSN)
-            .write(&mut out, &payload),
-    }
-    .expect("writing to a Vec");
-    crate::max_ttl(out)
+    crate::max_ttl(crate::frame_from(
+        src,
+        1,
+        fixtures::MQTTSN,
+        &build::mqttsn_publish(false, flags, id.to_be_bytes(), 0, b"x"),
+    ))
 }
 
 /// Loads the router in a fresh lab with `plan`, runs every frame (each

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use integration_tests::{
     L3, build,
-    fixtures::{self},
+    fixtures::{self, device},
     frame,
     xdp::{lab, repeatable_publish, repeatable_publish_from, routed, short_publish},
 };
@@ -58,17 +58,10 @@ fn per_topic_counters_count_packets_and_bytes() {
 fn group_counters_count_per_topic_and_source_group_and_both_readers_agree() {
     let ns = lab();
     ns.run(|| {
-        let mut dp = routed(RouterConfig {
-            group_stats: true,
-            ..RouterConfig::default()
-        });
+        let mut dp = counting_groups();
         let mut plan = fixtures::plan("sc0", 2);
-        plan.devices.push(shardcast_plan::DeviceSpec {
-            id: "d1".into(),
-            address: Some(std::net::Ipv4Addr::from(integration_tests::SRC_V4).to_string()),
-            shard: 1,
-            group: Some("north".into()),
-        });
+        plan.devices
+            .push(device("d1", integration_tests::SRC_V4.into(), "north"));
         let compiled = plan.compile().unwrap();
         assert_eq!(compiled.groups, ["north"]);
         dp.install(&compiled, false).unwrap();
@@ -151,6 +144,14 @@ fn sampled_group_counters_estimate_the_publish_count() {
     .unwrap();
 }
 
+/// The router with the fixture plan, counting per device group.
+fn counting_groups() -> shardcast_dataplane::Dataplane {
+    routed(RouterConfig {
+        group_stats: true,
+        ..RouterConfig::default()
+    })
+}
+
 /// Per (topic, group) counts of `dp`, by (slot, group).
 fn group_counts(dp: &shardcast_dataplane::Dataplane) -> BTreeMap<(u32, u32), u64> {
     dp.group_counters()
@@ -158,15 +159,6 @@ fn group_counts(dp: &shardcast_dataplane::Dataplane) -> BTreeMap<(u32, u32), u64
         .into_iter()
         .map(|(k, n)| ((k.slot, k.group), n))
         .collect()
-}
-
-fn device(id: &str, address: std::net::IpAddr, group: &str) -> shardcast_plan::DeviceSpec {
-    shardcast_plan::DeviceSpec {
-        id: id.into(),
-        address: Some(address.to_string()),
-        shard: 1,
-        group: Some(group.into()),
-    }
 }
 
 /// Pins this thread to its current CPU: `BPF_PROG_TEST_RUN` runs the
@@ -191,10 +183,7 @@ fn devices_sharing_a_direct_entry_are_told_apart_and_the_entry_follows_the_plan(
     use std::net::{IpAddr, Ipv6Addr};
     let ns = lab();
     ns.run(|| {
-        let mut dp = routed(RouterConfig {
-            group_stats: true,
-            ..RouterConfig::default()
-        });
+        let mut dp = counting_groups();
         // The direct table indexes by the low 20 bits of an address's last
         // 32: these three IPv6 addresses share an entry; the IPv4 device
         // and the second unknown source have entries of their own.
@@ -271,10 +260,7 @@ fn a_full_line_of_cells_spills_to_the_shared_counters_and_nothing_is_lost() {
     let ns = lab();
     ns.run(|| {
         stay_on_this_cpu();
-        let mut dp = routed(RouterConfig {
-            group_stats: true,
-            ..RouterConfig::default()
-        });
+        let mut dp = counting_groups();
         // One device per group, from 198.18.0.0 up, and eight topics
         // (predefined ids 10..18): enough (topic, group) pairs that some
         // line of cells is wanted by six of them. (Consecutive groups of
@@ -392,10 +378,7 @@ fn group_counts_are_exact_for_fleets_of_many_shapes() {
         let ns = lab();
         ns.run(move || {
             let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
-            let mut dp = routed(RouterConfig {
-                group_stats: true,
-                ..RouterConfig::default()
-            });
+            let mut dp = counting_groups();
             let groups: u32 = rng.random_range(1..60);
             let topics: u16 = rng.random_range(1..24);
             let mut plan = fixtures::plan("sc0", 2);

@@ -121,20 +121,22 @@ impl Dataplane {
     }
 
     /// How many (topic, device group) counters the per-CPU cells hold, and
-    /// how many they have room for (over all CPUs).
+    /// how many they have room for (over all CPUs): one scan of the cells.
     pub fn group_cells_used(&self) -> (usize, usize) {
-        let lines = self.group_cells.len();
-        let used = (0..lines)
-            .map(|i| {
-                self.group_cells
-                    .get(i)
-                    .keys
-                    .iter()
-                    .filter(|k| **k != 0)
-                    .count()
-            })
-            .sum();
-        (used, lines * GROUP_CELL_WAYS)
+        (
+            self.cells().count(),
+            self.group_cells.len() * GROUP_CELL_WAYS,
+        )
+    }
+
+    /// Every cell in use on every CPU: (key, packets).
+    fn cells(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.group_cells.len())
+            .map(|i| self.group_cells.get(i))
+            // Cells fill from the front: an empty first cell, an empty line.
+            .filter(|line: &GroupCellLine| line.keys[0] != 0)
+            .flat_map(|line| line.keys.into_iter().zip(line.packets))
+            .filter(|(k, _)| *k != 0)
     }
 
     /// [`Dataplane::group_cells_used`] as of the last
@@ -163,19 +165,9 @@ impl Dataplane {
     ) -> Vec<(GroupStatKey, u64)> {
         let mut all: StdHashMap<GroupStatKey, u64> = shared.collect();
         let mut in_use = 0;
-        for i in 0..self.group_cells.len() {
-            let line: GroupCellLine = self.group_cells.get(i);
-            if line.keys[0] == 0 {
-                // Cells fill from the front: an empty first cell, an empty
-                // line.
-                continue;
-            }
-            for (k, n) in line.keys.iter().zip(line.packets) {
-                if *k != 0 {
-                    in_use += 1;
-                    *all.entry(group_cell_of(*k)).or_default() += n;
-                }
-            }
+        for (k, n) in self.cells() {
+            in_use += 1;
+            *all.entry(group_cell_of(k)).or_default() += n;
         }
         self.cells_in_use.set(in_use);
         all.into_iter().collect()

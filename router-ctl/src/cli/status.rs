@@ -190,6 +190,7 @@ fn once(g: &Globals) -> Result<()> {
     for d in plan.iter().flat_map(|p| &p.devices) {
         *devices_by_shard.entry(d.shard).or_insert(0) += 1;
     }
+    let cells = dp.group_cells_used();
     g.print(&Status {
         devices_by_shard,
         cycle_mode_override: std::fs::read_to_string(crate::state::mode_file(&g.state_dir))
@@ -216,8 +217,8 @@ fn once(g: &Globals) -> Result<()> {
         coap_port: s.config.coap_port,
         coap_prefix: s.config.coap_prefix.clone(),
         group_stats: s.config.group_stats,
-        group_cells_used: dp.group_cells_used().0,
-        group_cells: dp.group_cells_used().1,
+        group_cells_used: cells.0,
+        group_cells: cells.1,
         group_reader: match dp.group_iterator_refused() {
             None => "iterator".into(),
             Some(why) => format!("batches ({why})"),

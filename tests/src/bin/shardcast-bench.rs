@@ -352,52 +352,23 @@ const SHARED_ENTRY_SRC: [u8; 4] = [198, 34, 0, 1];
 /// IPv4 and IPv6 sources, a device sharing the IPv4 source's direct entry,
 /// and 20,000 more in 100 groups.
 fn telemetry_fleet_plan() -> Result<shardcast_plan::CompiledPlan> {
+    use fixtures::device;
     use std::net::{IpAddr, Ipv4Addr};
-    let device = |id: String, address: IpAddr, group: String| shardcast_plan::DeviceSpec {
-        id,
-        address: Some(address.to_string()),
-        shard: 1,
-        group: Some(group),
-    };
     let mut plan = fixtures::plan("sc0", 1);
     plan.devices = vec![
-        device("v4".into(), integration_tests::SRC_V4.into(), "g000".into()),
-        device("v6".into(), integration_tests::SRC_V6.into(), "g001".into()),
-        device("shared".into(), SHARED_ENTRY_SRC.into(), "g002".into()),
+        device("v4", integration_tests::SRC_V4.into(), "g000"),
+        device("v6", integration_tests::SRC_V6.into(), "g001"),
+        device("shared", SHARED_ENTRY_SRC.into(), "g002"),
     ];
     let base = u32::from(Ipv4Addr::new(198, 18, 1, 0));
     plan.devices.extend((0..20_000u32).map(|i| {
         device(
-            format!("d{i}"),
+            &format!("d{i}"),
             IpAddr::V4(Ipv4Addr::from(base + i)),
-            format!("g{:03}", i % 100),
+            &format!("g{:03}", i % 100),
         )
     }));
     Ok(plan.compile()?)
-}
-
-/// An IPv4 frame with its source address replaced (the IPv4 and UDP
-/// checksums patched).
-fn with_source_v4(frame: &[u8], src: [u8; 4]) -> Vec<u8> {
-    let mut p = etherparse::SlicedPacket::from_ethernet(frame)
-        .ok()
-        .and_then(|s| match s.net {
-            Some(etherparse::NetSlice::Ipv4(ip)) => Some(ip.header().to_header()),
-            _ => None,
-        })
-        .expect("an untagged IPv4 frame");
-    p.source = src;
-    let udp = etherparse::UdpHeader::from_slice(&frame[14 + p.header_len()..])
-        .expect("a UDP header")
-        .0;
-    let payload = &frame[14 + p.header_len() + 8..];
-    let mut out = Vec::new();
-    etherparse::PacketBuilder::ethernet2(integration_tests::SRC_MAC, integration_tests::DST_MAC)
-        .ipv4(src, p.destination, p.time_to_live)
-        .udp(udp.source_port, udp.destination_port)
-        .write(&mut out, payload)
-        .expect("writing to a Vec");
-    out
 }
 
 fn bench(rounds: usize) -> Result<String> {
@@ -504,7 +475,14 @@ fn bench(rounds: usize) -> Result<String> {
         Case {
             name: "router + group telemetry: MQTT-SN v4 publish, source's device found by hash",
             prog: Prog::RouterGroups,
-            packet: with_source_v4(&m4, SHARED_ENTRY_SRC),
+            // The typical reading from the other device (the port the
+            // fixture frames use; `max_ttl` is applied to every case).
+            packet: integration_tests::frame_from(
+                SHARED_ENTRY_SRC.into(),
+                40000,
+                fixtures::MQTTSN,
+                &typical::mqttsn_reading(),
+            ),
             want: action::REDIRECT,
         },
         fixture(
