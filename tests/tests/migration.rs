@@ -307,6 +307,17 @@ fn coap_devices_register_and_migrate_without_loss() {
     assert_eq!(r["missing"], 0, "{r}");
     // Publishing all along (the rounds take about a second).
     assert!(r["sent"].as_u64().unwrap() > 100, "{r}");
-    assert_eq!(r["migrations"], COAP_DEVICES as u64 * COAP_ROUNDS);
+    // The daemon confirmed every device in every round (`migrate`). A
+    // device whose observe registration is answered again while a round
+    // is under way (a retransmitted CON GET on a loaded machine) learns
+    // its new shard from that `assign` rather than from the migrate
+    // command, which devsim does not count as a migration: as for
+    // MQTT-SN devices above, a range.
+    let migrations = r["migrations"].as_u64().unwrap();
+    let rounds = COAP_DEVICES as u64 * COAP_ROUNDS;
+    assert!(
+        (rounds - COAP_DEVICES as u64..=rounds).contains(&migrations),
+        "{migrations} of {rounds}: {r}"
+    );
     check_homes(&r, COAP_ROUNDS + 1);
 }
