@@ -95,6 +95,16 @@ pub enum Trigger {
     Period,
     /// A shard carried more than its usable capacity in the last bucket.
     Overload { shard: u32, rate: f64, usable: f64 },
+    /// Predictive and advise: in the bucket under way, topics running
+    /// clearly above the rate planned for them put a shard on course to
+    /// carry more than its usable capacity (`into`: seconds of the bucket
+    /// counted so far).
+    Nowcast {
+        shard: u32,
+        rate: f64,
+        usable: f64,
+        into: f64,
+    },
     /// Devices the installed plan does not place, or whose shard does not
     /// receive a topic they follow.
     Unserved { devices: usize },
@@ -111,6 +121,16 @@ impl std::fmt::Display for Trigger {
             } => write!(
                 f,
                 "shard {shard} measured {rate:.1} msg/s over its usable {usable:.1}"
+            ),
+            Trigger::Nowcast {
+                shard,
+                rate,
+                usable,
+                into,
+            } => write!(
+                f,
+                "shard {shard} on course for {rate:.1} msg/s over its usable {usable:.1} \
+                 ({into:.1} s into the bucket)"
             ),
             Trigger::Unserved { devices } => {
                 write!(
@@ -134,6 +154,28 @@ pub struct Inputs<'a> {
     pub installed: Option<&'a Plan>,
     /// The forecasts kept between cycles.
     pub forecasts: &'a mut Forecasts,
+    /// Topics running clearly above their planned rate in the bucket under
+    /// way, with that rate (msg/s; see [`surging`]): predictive and advise
+    /// plan for at least it.
+    pub nowcast: &'a HashMap<String, f64>,
+}
+
+/// Whether `count` messages, where a topic planned at some rate was
+/// expected to send `expected` in the same time, show it running above
+/// that rate rather than a random excess: over two standard deviations
+/// of a Poisson count and two messages besides. A paced sender a third
+/// over its rate passes within a few tenths of a second at tens of
+/// messages per second; the noise of a random one seldom does.
+pub fn surging(count: u64, expected: f64) -> bool {
+    let e = expected.max(0.0);
+    count as f64 > e + 2.0 * e.sqrt() + 2.0
+}
+
+/// Whether a bucket's `count` differs from the `expected` count, either
+/// way, by more than counting noise (the same bounds as [`surging`]).
+fn beyond_noise(count: f64, expected: f64) -> bool {
+    let e = expected.max(0.0);
+    (count - e).abs() > 2.0 * e.sqrt() + 2.0
 }
 
 /// One shard in a decision.
@@ -260,7 +302,7 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
         inp.load,
         inp.now,
         &names,
-        predictive,
+        predictive.then_some(inp.nowcast),
         &mut *inp.forecasts,
     );
     let mase = if predictive {
@@ -590,20 +632,21 @@ impl Forecasts {
 }
 
 /// Each topic's measured rate (last complete bucket) and the rate to plan
-/// for; with `predictive`, the forecast's (its peak over the next
-/// `period + lead`, never below the measured rate). Refits run in
-/// parallel over the available cores.
+/// for; with `nowcast` (predictive), the forecast's (its peak over the
+/// next `period + lead`, corrected by the last bucket's departure from it
+/// and never below the measured rate, where those are beyond counting
+/// noise, nor below a surge under way). Refits run in parallel over the available cores.
 fn rates(
     cfg: &CycleConfig,
     load: &LoadSeries,
     now: u64,
     names: &[String],
-    predictive: bool,
+    nowcast: Option<&HashMap<String, f64>>,
     cache: &mut Forecasts,
 ) -> Vec<TopicRate> {
     let bucket = load.bucket_secs();
     let measured: Vec<f64> = names.iter().map(|n| load.last_rate(n, now)).collect();
-    if !predictive {
+    let Some(nowcast) = nowcast else {
         return names
             .iter()
             .zip(measured)
@@ -615,7 +658,7 @@ fn rates(
                 model: None,
             })
             .collect();
-    }
+    };
     cache.retain(names);
     cache.score(load, now, cfg.season.as_secs());
     let buckets = |d: Duration| (d.as_secs().div_ceil(bucket) as usize).max(1);
@@ -707,17 +750,29 @@ fn rates(
             let f = &cache.fits[n];
             let off = offset(f);
             // How far the last bucket measured is from the path (nothing
-            // to compare for a fit made this cycle).
+            // to compare for a fit made this cycle), when beyond what
+            // counting noise explains: a level shift, a flash. Within it,
+            // the correction and the measured rate would only add their
+            // noise to the plan (and every plan is the higher of several
+            // numbers, so the noise pushes it up: shards created for it).
+            let count = m * bucket as f64;
             let correction = match off {
                 0 => 0.0,
-                k => m * bucket as f64 - f.path[k - 1],
+                k if beyond_noise(count, f.path[k - 1]) => count - f.path[k - 1],
+                _ => 0.0,
             };
             let window = &f.path[off..(off + plan_h).min(f.path.len())];
             let ahead = forecast::peak_ahead(window, correction, 0.0) / bucket as f64;
+            let measured = if beyond_noise(count, ahead * bucket as f64) {
+                m
+            } else {
+                0.0
+            };
+            let surge = nowcast.get(n).copied().unwrap_or(0.0);
             TopicRate {
                 topic: n.clone(),
                 measured: m,
-                planned: ahead.max(m),
+                planned: ahead.max(measured).max(surge),
                 horizons: f.horizons.clone(),
                 model: Some(f.model),
             }
@@ -805,6 +860,7 @@ mod tests {
                 devices,
                 installed,
                 forecasts: &mut Forecasts::default(),
+                nowcast: &HashMap::new(),
             },
         )
         .unwrap()
@@ -976,6 +1032,7 @@ mod tests {
                     devices: &devices,
                     installed: None,
                     forecasts: &mut forecasts,
+                    nowcast: &HashMap::new(),
                 },
             )
             .unwrap();
@@ -988,6 +1045,99 @@ mod tests {
         let (load, devices) = lab(2, 1, 20, rate);
         let r = run(&cfg, Mode::Reactive, &load, &devices, None, 200);
         assert_eq!(r.mase, None);
+    }
+
+    #[test]
+    fn a_surge_is_told_from_noise() {
+        // Nothing expected: a couple of messages are not yet a surge.
+        assert!(!surging(2, 0.0));
+        assert!(surging(3, 0.0));
+        // A flash: 12 msg/s planned, 32 running, 0.4 s into the bucket.
+        assert!(surging(13, 12.0 * 0.4));
+        // The same topic at its planned rate, or a little over it.
+        assert!(!surging(5, 12.0 * 0.4));
+        assert!(!surging(8, 12.0 * 0.4));
+        // Poisson noise at the planned rate passes about 2% of the time.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for expected in [1.0f64, 5.0, 20.0, 200.0] {
+            let trials = 20_000;
+            let mut passed = 0;
+            for _ in 0..trials {
+                // Knuth's Poisson draw (products of uniforms) in chunks of
+                // at most 20 expected, to stay within f64.
+                let mut n = 0u64;
+                let mut left = expected;
+                while left > 0.0 {
+                    let l = (-left.min(20.0)).exp();
+                    left -= 20.0;
+                    let mut p = 1.0;
+                    loop {
+                        p *= uniform();
+                        if p <= l {
+                            break;
+                        }
+                        n += 1;
+                    }
+                }
+                passed += surging(n, expected) as u32;
+            }
+            let share = passed as f64 / trials as f64;
+            assert!(share < 0.03, "expected {expected}: {share}");
+        }
+    }
+
+    #[test]
+    fn a_surge_under_way_is_planned_for_in_predictive_mode_only() {
+        let cfg = cfg();
+        let (load, devices) = lab(4, 3, 134, diurnal);
+        let now = 134 * BUCKET;
+        let first = run(&cfg, Mode::Predictive, &load, &devices, None, now);
+        let quiet = first.plan.unwrap();
+        // At night one topic runs at 70 msg/s: far above what the
+        // forecast says, and its shard (80 usable) on course for 85.
+        let topic = quiet.topics[0].name.clone();
+        let nowcast = HashMap::from([(topic.clone(), 70.0)]);
+        let decide_with = |mode| {
+            decide(
+                &cfg,
+                Inputs {
+                    now,
+                    mode,
+                    trigger: Trigger::Nowcast {
+                        shard: quiet.shards[0].id,
+                        rate: 85.0,
+                        usable: 80.0,
+                        into: 3.0,
+                    },
+                    load: &load,
+                    devices: &devices,
+                    installed: Some(&quiet),
+                    forecasts: &mut Forecasts::default(),
+                    nowcast: &nowcast,
+                },
+            )
+            .unwrap()
+        };
+        let p = decide_with(Mode::Predictive);
+        let rate = p.rates.iter().find(|r| r.topic == topic).unwrap();
+        assert_eq!(rate.planned, 70.0);
+        assert!(rate.measured < 10.0);
+        assert_eq!(p.action, "install", "{}", p.reason);
+        assert!(p.created >= 1, "{}", p.reason);
+        assert!(p.over_before.iter().any(|s| s.planned > s.usable));
+        let line = serde_json::to_string(&p).unwrap();
+        assert!(line.contains(r#""kind":"nowcast""#), "{line}");
+        assert!(p.trigger.to_string().contains("on course for 85.0"));
+        // Reactive plans from the last complete bucket alone.
+        let r = decide_with(Mode::Reactive);
+        assert_eq!(r.action, "none", "{}", r.reason);
+        assert!(r.rates.iter().all(|r| r.planned < 10.0));
     }
 
     #[test]

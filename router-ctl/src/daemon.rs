@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use router_common::topic::TopicKey;
 
-use crate::bucket_routes::BucketRoutes;
+use crate::tick_routes::TickRoutes;
 use rustc_hash::FxHashMap;
 use tracing::{error, info, warn};
 
@@ -96,14 +96,30 @@ pub struct Daemon {
     /// A migration a killed daemon left under way (its transition
     /// installed), resumed once the gateway is linked.
     resume: Option<state::MigrationRecord>,
-    /// Every route in force during the open bucket (the installed plan's
-    /// at its start, and every plan installed since): topic → shards.
-    bucket_routes: crate::bucket_routes::BucketRoutes,
-    /// A plan was installed during the open bucket: `bucket_routes` holds
-    /// more than the installed plan's routes, and the next bucket starts
+    /// Every route in force since the last counter reading (the installed
+    /// plan's then, and every plan installed since): topic → shards. Each
+    /// reading charges what it counted to these, so a topic moved off a
+    /// shard mid-bucket is charged to it only until it left (to within a
+    /// tick), not for the whole bucket.
+    tick_routes: TickRoutes,
+    /// A plan was installed since the last reading: `tick_routes` holds
+    /// more than the installed plan's routes, and the next reading starts
     /// from those alone (rebuilding them costs ~40 ms at 100k topics, so
     /// only then).
     routes_changed: bool,
+    /// Counter slot → topic key, as of the last install (only installs
+    /// assign slots; refreshed with every bucket written too, for plans
+    /// another process installed).
+    slot_keys: FxHashMap<u32, TopicKey>,
+    /// Messages charged to each shard's group in the open bucket (every
+    /// shard a route named during it, even at 0).
+    open_shards: BTreeMap<u32, u64>,
+    /// Messages per topic counter slot in the open bucket (the nowcast's).
+    open_slots: FxHashMap<u32, u64>,
+    /// When the open bucket's counting started (the reading before its
+    /// first), and when the last reading was: the span its counts cover.
+    open_from: Option<Instant>,
+    last_read: Option<Instant>,
     /// Messages/s delivered into each shard's group in the last bucket
     /// written: (bucket start, shard → rate).
     delivered: Option<(u64, BTreeMap<u32, f64>)>,
@@ -213,6 +229,8 @@ struct CycleJob {
     /// The installed plan as the planner sees it.
     base: Option<Plan>,
     forecasts: crate::cycle::Forecasts,
+    /// Topics surging in the bucket under way (predictive and advise).
+    nowcast: HashMap<String, f64>,
 }
 
 /// What a cycle's thread hands back.
@@ -379,8 +397,13 @@ impl Daemon {
             gateway_changed: false,
             cycle,
             resume: None,
-            bucket_routes: Default::default(),
+            tick_routes: Default::default(),
             routes_changed: false,
+            slot_keys: FxHashMap::default(),
+            open_shards: BTreeMap::new(),
+            open_slots: FxHashMap::default(),
+            open_from: None,
+            last_read: None,
             delivered: None,
             installs: 0,
             last_install: Duration::ZERO,
@@ -396,7 +419,8 @@ impl Daemon {
             daemon.plan = Some(c);
             daemon.document = Some(p);
         }
-        daemon.bucket_routes = BucketRoutes::of(daemon.plan.as_ref());
+        daemon.tick_routes = TickRoutes::of(daemon.plan.as_ref());
+        daemon.refresh_slot_keys()?;
         // A migration a killed daemon left under way.
         match state::load_migration(&daemon.cfg.daemon.state_dir) {
             Ok(Some(rec)) if rec.new.generation == meta.generation => {
@@ -777,7 +801,7 @@ impl Daemon {
             "plan installed"
         );
         self.learn(&compiled);
-        self.bucket_routes.extend(&compiled);
+        self.tick_routes.extend(&compiled);
         self.plan = Some(compiled);
         self.routes_changed = true;
         self.document = Some(plan.clone());
@@ -801,10 +825,15 @@ impl Daemon {
             flushed_in = f.elapsed();
             report.flushed = true;
         }
+        let read_at = Instant::now();
+        if self.open.is_none() {
+            self.open_from = Some(self.last_read.unwrap_or(read_at));
+        }
         let open = &mut self
             .open
             .get_or_insert_with(|| (bucket, Bucket::default()))
             .1;
+        let mut per_slot: FxHashMap<u32, u64> = FxHashMap::default();
         for (k, packets) in counters {
             let cell = (k.slot, k.group);
             let prev = self.baseline.insert(cell, packets).unwrap_or(0);
@@ -818,9 +847,54 @@ impl Daemon {
             if delta != 0 {
                 report.packets += delta;
                 *open.entry(cell).or_default() += delta;
+                *per_slot.entry(k.slot).or_default() += delta;
             }
         }
+        self.charge(&per_slot)?;
+        self.last_read = Some(read_at);
         report.read = t.elapsed().saturating_sub(flushed_in);
+        Ok(())
+    }
+
+    /// Charges what one reading counted to every shard each topic was
+    /// routed to since the previous reading; then the routes start over
+    /// from the installed plan's.
+    fn charge(&mut self, per_slot: &FxHashMap<u32, u64>) -> Result<()> {
+        for s in self.tick_routes.shards() {
+            self.open_shards.entry(s).or_default();
+        }
+        for (slot, n) in per_slot {
+            *self.open_slots.entry(*slot).or_default() += n;
+            let Some(route) = self
+                .slot_keys
+                .get(slot)
+                .and_then(|k| self.tick_routes.get(k))
+            else {
+                continue;
+            };
+            if !route.load {
+                continue;
+            }
+            for s in &route.shards {
+                *self.open_shards.entry(*s).or_default() += n;
+            }
+        }
+        if self.routes_changed {
+            self.tick_routes = TickRoutes::of(self.plan.as_ref());
+            self.routes_changed = false;
+            self.refresh_slot_keys()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the slot table into `slot_keys`.
+    fn refresh_slot_keys(&mut self) -> Result<()> {
+        self.slot_keys = self
+            .dp
+            .slot_table()?
+            .into_iter()
+            .map(|(k, s)| (s, k))
+            .collect();
         Ok(())
     }
 
@@ -830,19 +904,12 @@ impl Daemon {
         let Some((start, cells)) = self.open.take() else {
             return Ok(());
         };
-        let slots: FxHashMap<u32, TopicKey> = self
-            .dp
-            .slot_table()?
-            .into_iter()
-            .map(|(k, s)| (s, k))
-            .collect();
+        self.refresh_slot_keys()?;
+        let slots = self.slot_keys.clone();
         let mut per_topic: FxHashMap<u32, u64> = FxHashMap::default();
         for ((slot, _), n) in &cells {
             *per_topic.entry(*slot).or_default() += n;
         }
-        // Messages delivered into each shard's group in the bucket: every
-        // topic's count on every shard it was routed to during it.
-        let mut delivered: BTreeMap<u32, f64> = BTreeMap::new();
         if let Some(c) = &mut self.cycle {
             c.last_rates.clear();
         }
@@ -850,10 +917,6 @@ impl Daemon {
             let Some(key) = slots.get(slot) else {
                 continue;
             };
-            let route = self.bucket_routes.get(key);
-            if route.is_some_and(|r| !r.load) {
-                continue;
-            }
             // The names only for the cycle's series: a topic with routes
             // came with a plan, whose names the daemon learned.
             if let Some(c) = &mut self.cycle {
@@ -870,14 +933,16 @@ impl Daemon {
                 *c.last_rates.entry(name.clone()).or_default() +=
                     *n as f64 / self.bucket_secs as f64;
             }
-            for s in route.map_or(&[][..], |r| &r.shards) {
-                *delivered.entry(*s).or_default() += *n as f64 / self.bucket_secs as f64;
-            }
         }
-        for s in self.bucket_routes.shards() {
-            delivered.entry(s).or_default();
-        }
+        // Messages delivered into each shard's group in the bucket, as
+        // each reading charged them.
+        let delivered = std::mem::take(&mut self.open_shards)
+            .into_iter()
+            .map(|(s, n)| (s, n as f64 / self.bucket_secs as f64))
+            .collect();
         self.delivered = Some((start, delivered));
+        self.open_from = None;
+        self.open_slots.clear();
         if let Some(p) = &self.prober {
             let report = crate::probe::ProbeReport {
                 at: now,
@@ -890,12 +955,6 @@ impl Daemon {
             {
                 warn!(file = %file.display(), "probe report: {e:#}");
             }
-        }
-        // The next bucket starts with the routes in force now (the same
-        // as this one's unless a plan was installed during it).
-        if self.routes_changed {
-            self.bucket_routes = BucketRoutes::of(self.plan.as_ref());
-            self.routes_changed = false;
         }
         self.writer.send(Job::Bucket {
             start,
@@ -1100,6 +1159,112 @@ impl Daemon {
         Some(p)
     }
 
+    /// Predictive and advise: the bucket under way, once two readings'
+    /// worth of it are counted: the seconds counted, and the topics
+    /// running clearly above the rate the last cycle planned for them
+    /// (else their last bucket's; see [`crate::cycle::surging`]), with the
+    /// rate they run at.
+    fn surges(&self) -> Option<(f64, HashMap<String, f64>)> {
+        let c = self.cycle.as_ref()?;
+        if c.mode == Mode::Reactive {
+            return None;
+        }
+        let into = self
+            .last_read?
+            .saturating_duration_since(self.open_from?)
+            .as_secs_f64();
+        if into < 1.5 * self.cfg.daemon.tick.as_secs_f64() {
+            return None;
+        }
+        let planned: HashMap<&str, f64> = c
+            .last
+            .iter()
+            .flat_map(|d| d.rates.iter().map(|r| (r.topic.as_str(), r.planned)))
+            .collect();
+        let mut out = HashMap::new();
+        for (slot, &n) in &self.open_slots {
+            let Some(name) = self.slot_keys.get(slot).and_then(|k| self.names.get(k)) else {
+                continue;
+            };
+            if !crate::load::is_load(name) {
+                continue;
+            }
+            let base = planned
+                .get(name.as_str())
+                .or_else(|| c.last_rates.get(name))
+                .copied()
+                .unwrap_or(0.0);
+            if crate::cycle::surging(n, base * into) {
+                out.insert(name.clone(), n as f64 / into);
+            }
+        }
+        Some((into, out))
+    }
+
+    /// Predictive and advise, between the buckets' own checks: a shard
+    /// whose count so far in the bucket under way runs above its usable
+    /// capacity, and which topics surging there put on course to carry
+    /// more than it (its topics at the rates planned for them, the
+    /// surging ones at theirs). Cheap unless a shard runs over: the
+    /// topics are looked at only then.
+    fn nowcast_trigger(&self) -> Option<Trigger> {
+        let c = self.cycle.as_ref()?;
+        let relay = self.relay_shard();
+        let into = self
+            .last_read?
+            .saturating_duration_since(self.open_from?)
+            .as_secs_f64();
+        let over: Vec<(u32, f64)> = self
+            .open_shards
+            .iter()
+            .filter(|(s, _)| Some(**s) != relay)
+            .map(|(&s, &n)| (s, n, usable_of(&c.cfg, self.document.as_ref(), s)))
+            .filter(|&(_, n, usable)| n as f64 > usable * into)
+            .map(|(s, _, usable)| (s, usable))
+            .collect();
+        if over.is_empty() {
+            return None;
+        }
+        let (into, surging) = self.surges()?;
+        if surging.is_empty() {
+            return None;
+        }
+        let planned: HashMap<&str, f64> = c
+            .last
+            .iter()
+            .flat_map(|d| d.rates.iter().map(|r| (r.topic.as_str(), r.planned)))
+            .collect();
+        let plan = self.document.as_ref()?;
+        for (shard, usable) in over {
+            let mut rate = 0.0;
+            let mut surges = false;
+            for t in plan.topics.iter().filter(|t| t.shards.contains(&shard)) {
+                if let Some(r) = surging.get(&t.name) {
+                    rate += r;
+                    surges = true;
+                } else {
+                    rate += planned
+                        .get(t.name.as_str())
+                        .or_else(|| c.last_rates.get(&t.name))
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+            let judged = c
+                .overload_judged
+                .is_some_and(|(s, r)| s == shard && rate <= r * 1.05);
+            if surges && rate > usable && !judged {
+                return Some(Trigger::Nowcast {
+                    shard,
+                    rate,
+                    usable,
+                    into,
+                });
+            }
+        }
+        None
+    }
+
     /// Runs a cycle when one is due: the period elapsed, a shard ran over
     /// its usable capacity in the bucket just completed, or devices wait
     /// for a placement (at most every tenth of the period). Never during a
@@ -1151,18 +1316,11 @@ impl Daemon {
             && c.overload_checked != Some(*start)
         {
             c.overload_checked = Some(*start);
-            let usable = c.cfg.resources.usable_capacity();
             for (&shard, &rate) in rates {
                 if Some(shard) == relay {
                     continue;
                 }
-                let usable = self
-                    .document
-                    .iter()
-                    .flat_map(|p| &p.shards)
-                    .find(|s| s.id == shard)
-                    .and_then(|s| s.capacity)
-                    .map_or(usable, |cap| cap * (1.0 - c.cfg.resources.headroom));
+                let usable = usable_of(&c.cfg, self.document.as_ref(), shard);
                 let judged = c
                     .overload_judged
                     .is_some_and(|(s, r)| s == shard && rate <= r * 1.05);
@@ -1176,6 +1334,12 @@ impl Daemon {
                 }
             }
         }
+        if trigger.is_none() {
+            trigger = self.nowcast_trigger();
+        }
+        let Some(c) = &mut self.cycle else {
+            return Ok(None);
+        };
         if trigger.is_none()
             && c.devices_changed
             && c.last_run.is_none_or(|t| now >= t + (period / 10).max(1))
@@ -1193,6 +1357,7 @@ impl Daemon {
         // routes): a tick with no cycle due copies nothing.
         let base = self.planning_base();
         let base_generation = self.document.as_ref().map(|p| p.generation);
+        let nowcast = self.surges().map(|(_, s)| s).unwrap_or_default();
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
@@ -1219,6 +1384,7 @@ impl Daemon {
                     devices,
                     base,
                     mut forecasts,
+                    nowcast,
                 } = job;
                 // A panic in the decision must not take the series with
                 // it: it comes back with an error (and no forecasts, whose
@@ -1234,6 +1400,7 @@ impl Daemon {
                             devices: &devices,
                             installed: base.as_ref(),
                             forecasts: &mut forecasts,
+                            nowcast: &nowcast,
                         },
                     )
                 }));
@@ -1270,6 +1437,7 @@ impl Daemon {
             devices: std::mem::take(&mut c.devices),
             base,
             forecasts: std::mem::take(&mut c.forecasts),
+            nowcast,
         };
         let known = job.devices.len();
         if let Err(mpsc::SendError(job)) = job_tx.send(job) {
@@ -1347,9 +1515,10 @@ impl Daemon {
         }
         c.counts.cycles += 1;
         match (&d.trigger, d.action) {
-            (Trigger::Overload { shard, rate, .. }, "none") => {
-                c.overload_judged = Some((*shard, *rate))
-            }
+            (
+                Trigger::Overload { shard, rate, .. } | Trigger::Nowcast { shard, rate, .. },
+                "none",
+            ) => c.overload_judged = Some((*shard, *rate)),
             (Trigger::Period, _) | (_, "install") => c.overload_judged = None,
             _ => {}
         }
@@ -1714,4 +1883,16 @@ pub fn run(cfg: DaemonConfig) -> Result<()> {
         }
         daemon.shutdown()
     })
+}
+
+/// A shard's usable capacity: its own capacity if the plan gives one,
+/// else the cycle's, less the headroom.
+fn usable_of(cfg: &CycleConfig, plan: Option<&Plan>, shard: u32) -> f64 {
+    plan.iter()
+        .flat_map(|p| &p.shards)
+        .find(|s| s.id == shard)
+        .and_then(|s| s.capacity)
+        .map_or(cfg.resources.usable_capacity(), |cap| {
+            cap * (1.0 - cfg.resources.headroom)
+        })
 }

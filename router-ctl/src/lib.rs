@@ -20,7 +20,6 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
-mod bucket_routes;
 pub mod cli;
 pub mod config;
 pub mod cycle;
@@ -33,3 +32,4 @@ pub mod metrics;
 pub mod migrate;
 pub mod probe;
 pub mod state;
+mod tick_routes;

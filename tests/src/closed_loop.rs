@@ -399,7 +399,7 @@ pub fn run(
     lab.attach_with_relay()?;
     let port = 9464;
     let config = format!(
-        r#"migration_deadline = "5s"
+        r#"migration_deadline = "1s"
 [gateway]
 listen = "198.18.1.1:1884"
 coap_listen = "198.18.1.1:5683"
@@ -409,8 +409,8 @@ migrate_retry = "300ms"
 token_lifetime = "20s"
 [cycle]
 mode = "{mode}"
-period = "2s"
-lead = "3s"
+period = "1s"
+lead = "1s"
 season = "{season}s"
 window = "{window}s"
 horizons = ["5s", "15s"]
@@ -433,7 +433,7 @@ every = "200ms"
         cap = story.shard_capacity,
         headroom = story.headroom,
     );
-    let daemon = lab.start_daemon_with("200ms", &config)?;
+    let daemon = lab.start_daemon_with("100ms", &config)?;
     let state = lab.daemon_state_dir();
     std::fs::create_dir_all(&state)?;
     let warm = (story.warmup * story.season as f64) as u64;

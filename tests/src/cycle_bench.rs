@@ -107,6 +107,7 @@ pub fn bench() -> Result<String> {
                         devices: &fleet,
                         installed: installed.as_ref(),
                         forecasts: &mut forecasts,
+                        nowcast: &Default::default(),
                     },
                 )?;
                 let decided = t.elapsed();

@@ -112,6 +112,16 @@ pub fn python_tool(spec: &str, exe: &str) -> Result<PathBuf> {
 /// The `router-ctl` binary: `SHARDCAST_CTL`, else the one cargo built
 /// beside this test binary (`cargo build -p router-ctl`; `cargo xtask test`
 /// does it).
+/// The daemon's decision log (`decisions.jsonl` in its state dir), one
+/// JSON value per cycle; empty while it does not exist.
+pub fn decisions(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a decision log line is JSON"))
+        .collect()
+}
+
 pub fn ctl_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("SHARDCAST_CTL") {
         return PathBuf::from(p);

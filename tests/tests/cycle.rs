@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use integration_tests::{ctl_binary, lab::Lab, load_gen::Generator};
+use integration_tests::{ctl_binary, decisions, lab::Lab, load_gen::Generator};
 
 const DEVICES: usize = 40;
 const SEASON: u64 = 20;
@@ -31,14 +31,6 @@ fn unix() -> u64 {
 /// Busy in the second half of every season.
 fn busy(t: u64) -> bool {
     (t % SEASON) >= SEASON / 2
-}
-
-fn decisions(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// `GET /metrics` from inside the router's namespace: (name, labels) →

@@ -1,9 +1,11 @@
-//! The routes in force during the open bucket, by topic key: what the
-//! daemon charges each topic's count to when it works out the messages
-//! delivered into each shard's group.
+//! The routes in force since the last counter reading, by topic key: what
+//! the daemon charges each topic's count to when it works out the
+//! messages delivered into each shard's group. Charged per reading (a
+//! tick), not per bucket: a topic a migration moves off a shard mid-bucket
+//! costs that shard what it sent before it left, not the whole bucket.
 //!
 //! Keyed by the data plane's topic key (what the counters name), with the
-//! shards inline, so that folding a bucket of 100k topics costs one hash
+//! shards inline, so that charging a reading of 100k topics costs one hash
 //! lookup per topic; keyed by name (a string hash, a key compare and a
 //! tree node each on the heap) the fold took ~70 ms of a tick.
 
@@ -13,25 +15,25 @@ use router_common::topic::TopicKey;
 use rustc_hash::FxHashMap;
 use shardcast_plan::CompiledPlan;
 
-/// One topic's routes during the bucket.
+/// One topic's routes since the last reading.
 #[derive(Clone, Debug, Default)]
-pub struct BucketRoute {
+pub struct TickRoute {
     /// False for the router's own `$` topics (the probes): no one's load.
     pub load: bool,
     /// Shards, ascending, each once.
     pub shards: Vec<u32>,
 }
 
-/// Every route in force during the open bucket: the installed plan's at
-/// its start and every plan's installed since.
+/// Every route in force since the last reading: the installed plan's then
+/// and every plan's installed since.
 #[derive(Clone, Debug, Default)]
-pub struct BucketRoutes {
-    by_key: FxHashMap<TopicKey, BucketRoute>,
+pub struct TickRoutes {
+    by_key: FxHashMap<TopicKey, TickRoute>,
     /// Every shard any of them names.
     shards: BTreeSet<u32>,
 }
 
-impl BucketRoutes {
+impl TickRoutes {
     /// The routes of `plan` alone.
     pub fn of(plan: Option<&CompiledPlan>) -> Self {
         let mut r = Self::default();
@@ -51,7 +53,7 @@ impl BucketRoutes {
             .iter()
             .filter(|r| r.key == plan.name_keys[r.topic])
         {
-            let e = self.by_key.entry(r.key).or_insert_with(|| BucketRoute {
+            let e = self.by_key.entry(r.key).or_insert_with(|| TickRoute {
                 load: crate::load::is_load(&plan.topics[r.topic]),
                 shards: Vec::new(),
             });
@@ -65,7 +67,7 @@ impl BucketRoutes {
         }
     }
 
-    pub fn get(&self, key: &TopicKey) -> Option<&BucketRoute> {
+    pub fn get(&self, key: &TopicKey) -> Option<&TickRoute> {
         self.by_key.get(key)
     }
 
@@ -100,7 +102,7 @@ mod tests {
 
     #[test]
     fn routes_union_over_the_bucket_and_probes_are_no_load() {
-        let mut r = BucketRoutes::of(Some(&plan(1, &[("a", &[2, 1]), ("$probe/1", &[1])])));
+        let mut r = TickRoutes::of(Some(&plan(1, &[("a", &[2, 1]), ("$probe/1", &[1])])));
         r.extend(&plan(2, &[("a", &[3, 1]), ("b", &[4])]));
         let a = r.get(&topic_key(b"a")).unwrap();
         assert!(a.load);
@@ -109,6 +111,6 @@ mod tests {
         assert!(!r.get(&topic_key(b"$probe/1")).unwrap().load);
         assert!(r.get(&topic_key(b"c")).is_none());
         assert_eq!(r.shards().collect::<Vec<_>>(), [1, 2, 3, 4]);
-        assert!(BucketRoutes::of(None).shards().next().is_none());
+        assert!(TickRoutes::of(None).shards().next().is_none());
     }
 }
