@@ -1141,6 +1141,22 @@ mod tests {
     }
 
     #[test]
+    fn a_last_bucket_within_counting_noise_of_the_forecast_is_not_planned_for() {
+        let cfg = cfg();
+        let planned = |last: f64| {
+            // 20 msg/s (200 a bucket) for 120 buckets, then `last`.
+            let (load, devices) = lab(1, 2, 121, |b| if b == 120 { last } else { 20.0 });
+            let d = run(&cfg, Mode::Predictive, &load, &devices, None, 121 * BUCKET);
+            d.rates[0].planned
+        };
+        // 210 where 200 was expected: noise (2 sigmas are 28).
+        assert!((planned(21.0) - 20.0).abs() < 0.5, "{}", planned(21.0));
+        assert!((planned(19.0) - 20.0).abs() < 0.5, "{}", planned(19.0));
+        // 300: a shift, planned for.
+        assert!(planned(30.0) >= 30.0, "{}", planned(30.0));
+    }
+
+    #[test]
     fn modes_parse_and_name_themselves() {
         for m in Mode::ALL {
             assert_eq!(m.label().parse::<Mode>().unwrap(), m);
