@@ -34,7 +34,10 @@
 //!    opening a shard when every candidate would be overloaded;
 //! 2. **create**: a shard predicted above usable capacity is split, a
 //!    contiguous run of its members in cluster order moving to a new shard
-//!    until the two loads balance;
+//!    until the two loads balance; a member no shard of its topics has
+//!    room for goes to any shard with room before a new one is opened (a
+//!    copy more rather than a shard more: a shard opened for a sliver of
+//!    load stays until merging, whose hysteresis keeps it);
 //! 3. **refine**: label-propagation rounds move single devices to the
 //!    neighbouring shard (one holding one of its topics) that lowers the
 //!    cost most, within the migration budget; then **net moves**: the few
@@ -762,6 +765,62 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("above usable capacity"))
         );
+    }
+
+    /// Shard 1 holds `a` (50) and `b` (30), shard 2 `c` (30); `b` rises
+    /// to 60 and shard 1 must split. No shard holds `b` but shard 1, yet
+    /// shard 2 has room for it: `b`'s followers go there, and no third
+    /// shard opens for a load two shards carry.
+    #[test]
+    fn a_split_fills_a_shard_with_room_before_opening_one() {
+        let devices: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|t| {
+                (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "subscriptions": ["{t}"]}}"#))
+            })
+            .collect();
+        let inst = serde_json::from_str::<Workload>(&format!(
+            r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
+                  "egress": "eth1"}},
+                "topics": [{{"name": "a", "rate": 50}}, {{"name": "b", "rate": 60}},
+                           {{"name": "c", "rate": 30}}],
+                "devices": [{}]}}"#,
+            devices.join(",")
+        ))
+        .unwrap()
+        .index()
+        .unwrap();
+        let placed = ["a", "b", "c"]
+            .iter()
+            .flat_map(|t| {
+                let shard = if *t == "c" { 2 } else { 1 };
+                (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "shard": {shard}}}"#))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let current = shardcast_plan::Plan::from_json(&format!(
+            r#"{{"generation": 1,
+                "shards": [{{"id": 1, "group_v4": "239.1.1.1", "egress": "eth1"}},
+                           {{"id": 2, "group_v4": "239.1.1.2", "egress": "eth1"}}],
+                "topics": [{{"name": "a", "shards": [1]}}, {{"name": "b", "shards": [1]}},
+                           {{"name": "c", "shards": [2]}}],
+                "devices": [{placed}]}}"#
+        ))
+        .unwrap();
+        let out = plan(&inst, Some(&current), Options::default()).unwrap();
+        assert_eq!(out.plan.shards.len(), 2, "{:?}", out.plan.topics);
+        assert_eq!(out.created, 0);
+        assert_eq!(out.cost.overloaded_shards, 0, "{:?}", out.cost);
+        let shards_of = |t: &str| {
+            out.plan
+                .topics
+                .iter()
+                .find(|x| x.name == t)
+                .unwrap()
+                .shards
+                .clone()
+        };
+        assert_ne!(shards_of("a"), shards_of("b"));
     }
 
     #[test]

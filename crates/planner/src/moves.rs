@@ -139,6 +139,27 @@ impl<'a> Partition<'a> {
             if !home_fits && !may_migrate {
                 self.deferred += 1;
             }
+            // No shard of its topics has room: any shard that has, before
+            // a new one (a copy more rather than a shard more: a shard
+            // opened for a sliver of load is not merged again while its
+            // partners are busy).
+            if fitting.is_none() && !home_fits && may_migrate {
+                for s in 0..self.load.len() as u32 {
+                    if self.members[s as usize] == 0
+                        || over[s as usize]
+                        || s == home
+                        || cands.contains(&s)
+                    {
+                        continue;
+                    }
+                    if let Some((c, after)) = self.delta(d, s)
+                        && !self.over_for(d, after)
+                        && fitting.is_none_or(|b| c < b.0)
+                    {
+                        fitting = Some((c, s));
+                    }
+                }
+            }
             let target = match (fitting, any) {
                 _ if home_fits => home,
                 (Some((_, s)), _) => s,
