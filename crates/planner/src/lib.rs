@@ -823,6 +823,46 @@ mod tests {
         assert_ne!(shards_of("a"), shards_of("b"));
     }
 
+    /// One shard holding `a` (50), `b` (60) and `c` (60): the split opens
+    /// a shard for `b`, then `c` fits neither and looks at every shard,
+    /// the one just opened included, before opening a third.
+    #[test]
+    fn a_split_that_opens_shards_looks_at_them_too() {
+        let devices: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|t| {
+                (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "subscriptions": ["{t}"]}}"#))
+            })
+            .collect();
+        let inst = serde_json::from_str::<Workload>(&format!(
+            r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
+                  "egress": "eth1"}},
+                "topics": [{{"name": "a", "rate": 50}}, {{"name": "b", "rate": 60}},
+                           {{"name": "c", "rate": 60}}],
+                "devices": [{}]}}"#,
+            devices.join(",")
+        ))
+        .unwrap()
+        .index()
+        .unwrap();
+        let placed = ["a", "b", "c"]
+            .iter()
+            .flat_map(|t| (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "shard": 1}}"#)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let current = shardcast_plan::Plan::from_json(&format!(
+            r#"{{"generation": 1,
+                "shards": [{{"id": 1, "group_v4": "239.1.1.1", "egress": "eth1"}}],
+                "topics": [{{"name": "a", "shards": [1]}}, {{"name": "b", "shards": [1]}},
+                           {{"name": "c", "shards": [1]}}],
+                "devices": [{placed}]}}"#
+        ))
+        .unwrap();
+        let out = plan(&inst, Some(&current), Options::default()).unwrap();
+        assert_eq!(out.plan.shards.len(), 3, "{:?}", out.plan.topics);
+        assert_eq!(out.cost.overloaded_shards, 0, "{:?}", out.cost);
+    }
+
     #[test]
     fn a_group_base_at_the_top_is_an_error_not_a_wrap() {
         let w: Workload = serde_json::from_str(

@@ -145,8 +145,9 @@ impl<'a> Partition<'a> {
             // partners are busy).
             if fitting.is_none() && !home_fits && may_migrate {
                 for s in 0..self.load.len() as u32 {
+                    // `over` predates the shards this layout opened.
                     if self.members[s as usize] == 0
-                        || over[s as usize]
+                        || over.get(s as usize).copied().unwrap_or(false)
                         || s == home
                         || cands.contains(&s)
                     {
