@@ -15,10 +15,7 @@
 //! differential tests hold the router to the host model frame by frame,
 //! whichever path a frame takes).
 
-use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use router_common::{
     maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6},
     mqttsn,
@@ -46,49 +43,33 @@ const IPPROTO_UDP: u8 = 17;
 const ETH_P_IP_LE: u16 = 0x0008;
 const ETH_P_IPV6_LE: u16 = 0xdd86;
 
-/// "Not mine" (a BPF function returns one register).
-const NOT_HANDLED: u64 = u64::MAX;
-
 /// `Some(action)`: routed here, or failed after the publish was counted
 /// (an IPv6 datagram without a UDP checksum, which the rewrite refuses):
 /// then counted by reason and passed up, as the general path does.
 /// `None`: not this path's frame, or not one it finishes; untouched and
 /// uncounted.
+///
+/// Inlined into the program itself, while the general path is a BPF
+/// function of its own (`route::general_call`): a frame this path
+/// finishes makes no BPF-to-BPF call, whose return goes through the
+/// kernel's return thunk on hosts with that mitigation (Intel here:
+/// "indirect_target_selection: Aligned branch/return thunks").
 #[inline(always)]
 pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
-    match mqttsn_call(ctx.ctx, cfg) {
-        NOT_HANDLED => None,
-        action => Some(action as u32),
-    }
-}
-
-/// A function of its own, not inlined: LLVM would otherwise merge its
-/// blocks with the general path's (the same parser, counters and rewrite)
-/// and with them that path's register pressure, spilling what this path
-/// keeps in registers.
-#[inline(never)]
-fn mqttsn_call(raw: *mut xdp_md, cfg: &Config) -> u64 {
-    let ctx = XdpContext::new(raw);
     // The IPv4 span is the shorter: checked once, it also holds the
     // EtherType.
-    let done = match packet::ptr_at::<[u8; V4_HEAD]>(&ctx, 0) {
-        Some(h) => {
-            let h = h as *mut u8;
-            // SAFETY: within the bytes just checked.
-            match unsafe { word::load16(h.add(12)) } {
-                ETH_P_IP_LE => v4(&ctx, cfg, h),
-                ETH_P_IPV6_LE => v6(&ctx, cfg),
-                _ => Ok(None),
-            }
-        }
-        None => Ok(None),
+    let h = packet::ptr_at::<[u8; V4_HEAD]>(ctx, 0)? as *mut u8;
+    // SAFETY: within the bytes just checked.
+    let done = match unsafe { word::load16(h.add(12)) } {
+        ETH_P_IP_LE => v4(ctx, cfg, h),
+        ETH_P_IPV6_LE => v6(ctx, cfg),
+        _ => Ok(None),
     };
     match done {
-        Ok(None) => NOT_HANDLED,
-        Ok(Some(action)) => action as u64,
+        Ok(action) => action,
         Err(reason) => {
             count(reason, (ctx.data_end() - ctx.data()) as u64);
-            xdp_action::XDP_PASS as u64
+            Some(xdp_action::XDP_PASS)
         }
     }
 }

@@ -42,13 +42,7 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn shardcast_router(ctx: XdpContext) -> u32 {
-    match route::route(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            counters::count(reason, (ctx.data_end() - ctx.data()) as u64);
-            xdp_action::XDP_PASS
-        }
-    }
+    route::route(&ctx)
 }
 
 /// The fan-out of multi-shard publishes (TC ingress of the router's

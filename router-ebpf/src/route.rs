@@ -2,7 +2,10 @@
 //! in the active plan generation, counted, rewritten for its shard and
 //! redirected; or the reason it goes to the stack instead.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
 use router_common::{
     coap,
     maps::{Config, FANOUT_BY_ID, FANOUT_BY_NAME, Route, Shard},
@@ -26,14 +29,39 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_UDP: u8 = 17;
 
+/// One frame's verdict: the common frame at fixed offsets first
+/// ([`fast`]), anything it leaves untouched then the general path.
 #[inline(always)]
-pub(crate) fn route(ctx: &XdpContext) -> Result<u32, Reason> {
-    let cfg = SC_CONFIG.get(0).ok_or(Reason::NoConfig)?;
-    // The common frame first, at fixed offsets; anything it leaves comes
-    // here untouched.
+pub(crate) fn route(ctx: &XdpContext) -> u32 {
+    let Some(cfg) = SC_CONFIG.get(0) else {
+        count(Reason::NoConfig, (ctx.data_end() - ctx.data()) as u64);
+        return xdp_action::XDP_PASS;
+    };
     if let Some(action) = fast::mqttsn(ctx, cfg) {
-        return Ok(action);
+        return action;
     }
+    general_call(ctx.ctx, cfg) as u32
+}
+
+/// The general path, a BPF function of its own: LLVM would otherwise
+/// merge its blocks with the fast path's (the same parser, counters and
+/// rewrite) and with them its register pressure, spilling what the fast
+/// path keeps in registers. What it refuses is counted by reason and
+/// passed up.
+#[inline(never)]
+fn general_call(raw: *mut xdp_md, cfg: &Config) -> u64 {
+    let ctx = XdpContext::new(raw);
+    match general(&ctx, cfg) {
+        Ok(action) => action as u64,
+        Err(reason) => {
+            count(reason, (ctx.data_end() - ctx.data()) as u64);
+            xdp_action::XDP_PASS as u64
+        }
+    }
+}
+
+#[inline(always)]
+fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
 
     let (l3, tagged) = l2_l3(ctx)?;
