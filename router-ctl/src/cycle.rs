@@ -171,6 +171,14 @@ pub fn surging(count: u64, expected: f64) -> bool {
     count as f64 > e + 2.0 * e.sqrt() + 2.0
 }
 
+/// Whether a topic expected at `rate` msg/s ran above it in every one of
+/// `readings` (seconds covered, messages counted), by a message at least:
+/// a burst (a sender catching up after a stall) lifts a bucket's count as
+/// a surge does, but shows in one reading only.
+pub fn lasting(mut readings: impl Iterator<Item = (f64, u64)>, rate: f64) -> bool {
+    readings.all(|(span, n)| span > 0.0 && n as f64 > rate * span + 1.0)
+}
+
 /// Whether a bucket's `count` differs from the `expected` count, either
 /// way, by more than counting noise (the same bounds as [`surging`]).
 fn beyond_noise(count: f64, expected: f64) -> bool {
@@ -1090,6 +1098,18 @@ mod tests {
             let share = passed as f64 / trials as f64;
             assert!(share < 0.03, "expected {expected}: {share}");
         }
+    }
+
+    #[test]
+    fn a_surge_lasts_a_burst_does_not() {
+        // 12 msg/s expected, readings of 0.1 s.
+        // A flash at 32 msg/s: above in both readings.
+        assert!(lasting([(0.1, 3), (0.1, 4)].into_iter(), 12.0));
+        // A burst of 40 in one reading, then the usual rate.
+        assert!(!lasting([(0.1, 40), (0.1, 1)].into_iter(), 12.0));
+        assert!(!lasting([(0.1, 1), (0.1, 40)].into_iter(), 12.0));
+        // No reading yet (a daemon just started): nothing lasts.
+        assert!(!lasting([(0.0, 0), (0.1, 40)].into_iter(), 12.0));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct Daemon {
     open_shards: BTreeMap<u32, u64>,
     /// Messages per topic counter slot in the open bucket (the nowcast's).
     open_slots: FxHashMap<u32, u64>,
+    /// The last two readings, older first: the seconds each covered and
+    /// what it counted per slot (a surge must show in both).
+    recent: [(f64, FxHashMap<u32, u64>); 2],
     /// When the open bucket's counting started (the reading before its
     /// first), and when the last reading was: the span its counts cover.
     open_from: Option<Instant>,
@@ -199,6 +202,26 @@ pub struct CycleState {
     last_rates: HashMap<String, f64>,
     /// The cycle being decided on its own thread, if one is.
     running: Option<Running>,
+}
+
+impl CycleState {
+    /// Each topic's rate as the last cycle planned it, else as the last
+    /// bucket measured it (0 for a topic neither knows): what the
+    /// nowcast measures a surge against.
+    fn expected_rates(&self) -> impl Fn(&str) -> f64 + '_ {
+        let planned: HashMap<&str, f64> = self
+            .last
+            .iter()
+            .flat_map(|d| d.rates.iter().map(|r| (r.topic.as_str(), r.planned)))
+            .collect();
+        move |t| {
+            planned
+                .get(t)
+                .or_else(|| self.last_rates.get(t))
+                .copied()
+                .unwrap_or(0.0)
+        }
+    }
 }
 
 /// A cycle deciding on its own thread. The decision (forecast and plan: a
@@ -402,6 +425,7 @@ impl Daemon {
             slot_keys: FxHashMap::default(),
             open_shards: BTreeMap::new(),
             open_slots: FxHashMap::default(),
+            recent: Default::default(),
             open_from: None,
             last_read: None,
             delivered: None,
@@ -851,6 +875,11 @@ impl Daemon {
             }
         }
         self.charge(&per_slot)?;
+        let span = self
+            .last_read
+            .map_or(0.0, |l| read_at.saturating_duration_since(l).as_secs_f64());
+        self.recent.rotate_left(1);
+        self.recent[1] = (span, per_slot);
         self.last_read = Some(read_at);
         report.read = t.elapsed().saturating_sub(flushed_in);
         Ok(())
@@ -1159,28 +1188,31 @@ impl Daemon {
         Some(p)
     }
 
+    /// Seconds the open bucket's counts cover (from the reading before
+    /// its first to the last).
+    fn open_into(&self) -> Option<f64> {
+        Some(
+            self.last_read?
+                .saturating_duration_since(self.open_from?)
+                .as_secs_f64(),
+        )
+    }
+
     /// Predictive and advise: the bucket under way, once two readings'
     /// worth of it are counted: the seconds counted, and the topics
     /// running clearly above the rate the last cycle planned for them
-    /// (else their last bucket's; see [`crate::cycle::surging`]), with the
-    /// rate they run at.
+    /// (else their last bucket's; see [`crate::cycle::surging`]) and above
+    /// it in each of the last two readings, with the rate they run at.
     fn surges(&self) -> Option<(f64, HashMap<String, f64>)> {
         let c = self.cycle.as_ref()?;
         if c.mode == Mode::Reactive {
             return None;
         }
-        let into = self
-            .last_read?
-            .saturating_duration_since(self.open_from?)
-            .as_secs_f64();
+        let into = self.open_into()?;
         if into < 1.5 * self.cfg.daemon.tick.as_secs_f64() {
             return None;
         }
-        let planned: HashMap<&str, f64> = c
-            .last
-            .iter()
-            .flat_map(|d| d.rates.iter().map(|r| (r.topic.as_str(), r.planned)))
-            .collect();
+        let expected = c.expected_rates();
         let mut out = HashMap::new();
         for (slot, &n) in &self.open_slots {
             let Some(name) = self.slot_keys.get(slot).and_then(|k| self.names.get(k)) else {
@@ -1189,12 +1221,12 @@ impl Daemon {
             if !crate::load::is_load(name) {
                 continue;
             }
-            let base = planned
-                .get(name.as_str())
-                .or_else(|| c.last_rates.get(name))
-                .copied()
-                .unwrap_or(0.0);
-            if crate::cycle::surging(n, base * into) {
+            let e = expected(name);
+            let readings = self
+                .recent
+                .iter()
+                .map(|(span, counted)| (*span, counted.get(slot).copied().unwrap_or(0)));
+            if crate::cycle::lasting(readings, e) && crate::cycle::surging(n, e * into) {
                 out.insert(name.clone(), n as f64 / into);
             }
         }
@@ -1210,10 +1242,7 @@ impl Daemon {
     fn nowcast_trigger(&self) -> Option<Trigger> {
         let c = self.cycle.as_ref()?;
         let relay = self.relay_shard();
-        let into = self
-            .last_read?
-            .saturating_duration_since(self.open_from?)
-            .as_secs_f64();
+        let into = self.open_into()?;
         let over: Vec<(u32, f64)> = self
             .open_shards
             .iter()
@@ -1229,11 +1258,7 @@ impl Daemon {
         if surging.is_empty() {
             return None;
         }
-        let planned: HashMap<&str, f64> = c
-            .last
-            .iter()
-            .flat_map(|d| d.rates.iter().map(|r| (r.topic.as_str(), r.planned)))
-            .collect();
+        let expected = c.expected_rates();
         let plan = self.document.as_ref()?;
         for (shard, usable) in over {
             let mut rate = 0.0;
@@ -1243,11 +1268,7 @@ impl Daemon {
                     rate += r;
                     surges = true;
                 } else {
-                    rate += planned
-                        .get(t.name.as_str())
-                        .or_else(|| c.last_rates.get(&t.name))
-                        .copied()
-                        .unwrap_or(0.0);
+                    rate += expected(&t.name);
                 }
             }
             let judged = c

@@ -535,6 +535,77 @@ impl Lab {
     }
 }
 
+/// A `router-ctl devsim` fleet for the control cycle's lab tests, in the
+/// lab's first subscriber namespace, registering through the gateway at
+/// 198.18.1.1:1884: devices following aa, ab, ac, ad in turn, and the
+/// numbered publisher sending on aa from the publisher's namespace (the
+/// devices following aa count what they miss). Its report and output go
+/// to the daemon's state dir.
+pub struct Fleet {
+    child: crate::Child,
+    report: PathBuf,
+    stdout: PathBuf,
+}
+
+impl Fleet {
+    /// Starts `devices` devices for `duration`, the numbered publisher at
+    /// `rate` messages/s.
+    pub fn start(lab: &Lab, devices: usize, rate: u32, duration: &str) -> Result<Fleet> {
+        let state = lab.daemon_state_dir();
+        std::fs::create_dir_all(&state)?;
+        let (report, stdout) = (state.join("devsim.json"), state.join("devsim.out"));
+        let child = std::process::Command::new(crate::ctl_binary())
+            .args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
+            .args(["--gateway", "198.18.1.1:1884"])
+            .args(["--devices", &devices.to_string()])
+            .args(["--subscribe", "aa,ab,ac,ad", "--topic", "aa"])
+            .args(["--duration", duration, "--keep-alive", "10s"])
+            .args(["--publish-to", "198.18.1.1:1884"])
+            .args(["--publish-netns", &lab.publisher.name])
+            .args(["--rate", &rate.to_string(), "--grace", "1s"])
+            .arg("--report")
+            .arg(&report)
+            .stdout(std::fs::File::create(&stdout)?)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting devsim")?;
+        Ok(Fleet {
+            child: crate::Child { child },
+            report,
+            stdout,
+        })
+    }
+
+    /// Waits until the daemon's installed plan (`plan.json` in its state
+    /// dir) places `devices` devices.
+    pub fn wait_placed(lab: &Lab, devices: usize, within: Duration) -> Result<()> {
+        let plan = lab.daemon_state_dir().join("plan.json");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let placed = shardcast_plan::Plan::from_file(&plan).map_or(0, |p| p.devices.len());
+            if placed == devices {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{placed} of {devices} devices placed after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Ends the fleet (SIGTERM: it writes its report): its report, and
+    /// its summary (printed); an error if it failed.
+    pub fn finish(mut self) -> Result<serde_json::Value> {
+        let status = self.child.terminate()?;
+        let summary = std::fs::read_to_string(&self.stdout)?;
+        eprintln!("{summary}");
+        if !status.success() {
+            bail!("devsim: {status}: {summary}");
+        }
+        Ok(serde_json::from_slice(&std::fs::read(&self.report)?)?)
+    }
+}
+
 impl LabDaemon {
     /// Waits (up to `timeout`) for a log line that `want` accepts; returns
     /// it.

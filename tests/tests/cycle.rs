@@ -11,12 +11,15 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use integration_tests::{ctl_binary, decisions, lab::Lab, load_gen::Generator};
+use integration_tests::{
+    ctl_binary, decisions,
+    lab::{Fleet, Lab},
+    load_gen::Generator,
+};
 
 const DEVICES: usize = 40;
 const SEASON: u64 = 20;
@@ -91,42 +94,11 @@ listen = "127.0.0.1:9464"
     let state = lab.daemon_state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let log = state.join("decisions.jsonl");
-    let report = state.join("devsim.json");
-    let stdout = state.join("devsim.out");
-    // The fleet: devices follow aa..ad in turn; the numbered publisher
-    // sends on aa, 20/s, and the devices following aa count what they
-    // miss.
-    let mut devsim = integration_tests::Child {
-        child: std::process::Command::new(ctl_binary())
-            .args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
-            .args(["--gateway", "198.18.1.1:1884"])
-            .args(["--devices", &DEVICES.to_string()])
-            .args(["--subscribe", "aa,ab,ac,ad", "--topic", "aa"])
-            .args(["--duration", "300s", "--keep-alive", "10s"])
-            .args(["--publish-to", "198.18.1.1:1884"])
-            .args(["--publish-netns", &lab.publisher.name])
-            .args(["--rate", "20", "--grace", "1s"])
-            .arg("--report")
-            .arg(&report)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    };
+    // The fleet: the numbered publisher sends on aa at 20/s.
+    let devsim = Fleet::start(&lab, DEVICES, 20, "300s").unwrap();
     // The cycle places every device as it registers.
-    let placed = Instant::now();
-    loop {
-        let plan = shardcast_plan::Plan::from_file(&state.join("plan.json")).ok();
-        if plan.is_some_and(|p| p.devices.len() == DEVICES) {
-            break;
-        }
-        assert!(
-            placed.elapsed() < Duration::from_secs(30),
-            "devices not all placed: {:?}",
-            decisions(&log).last()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}: {:?}", decisions(&log).last()));
     // The compressed day on ab, ac and ad: 10 msg/s each when quiet, 70
     // when busy (aa: the numbered 20/s). Quiet fits one shard of 80
     // usable; busy needs four.
@@ -270,14 +242,10 @@ listen = "127.0.0.1:9464"
     // The fleet: nothing missed.
     let sent = load.stop().unwrap();
     assert!(sent.iter().all(|&n| n > 500), "{sent:?}");
-    let status = devsim.terminate().unwrap();
-    let summary = std::fs::read_to_string(&stdout).unwrap();
-    eprintln!("{summary}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert!(status.success(), "devsim: {summary}");
+    let r = devsim.finish().unwrap();
     assert_eq!(r["errors"], 0);
     assert_eq!(r["assigned"], DEVICES);
-    assert_eq!(r["missing"], 0, "{summary}");
-    assert!(r["migrations"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(r["missing"], 0, "{r}");
+    assert!(r["migrations"].as_u64().unwrap() > 0, "{r}");
     drop(daemon);
 }

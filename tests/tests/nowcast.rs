@@ -5,7 +5,6 @@
 //! Devices migrate with nothing missed either way.
 
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -13,7 +12,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use integration_tests::{ctl_binary, decisions, lab::Lab, load_gen::Generator};
+use integration_tests::{
+    ctl_binary, decisions,
+    lab::{Fleet, Lab},
+    load_gen::Generator,
+};
 
 const DEVICES: usize = 40;
 
@@ -102,40 +105,10 @@ group_v4_base = "239.1.2.0"
     let state = lab.daemon_state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let log = state.join("decisions.jsonl");
-    let report = state.join("devsim.json");
-    let stdout = state.join("devsim.out");
-    // Devices follow aa..ad in turn; the numbered publisher sends on aa,
-    // 10/s, and the devices following it count what they miss.
-    let mut devsim = integration_tests::Child {
-        child: std::process::Command::new(ctl_binary())
-            .args(["--netns", &lab.subscribers[0].ns.name, "devsim"])
-            .args(["--gateway", "198.18.1.1:1884"])
-            .args(["--devices", &DEVICES.to_string()])
-            .args(["--subscribe", "aa,ab,ac,ad", "--topic", "aa"])
-            .args(["--duration", "120s", "--keep-alive", "10s"])
-            .args(["--publish-to", "198.18.1.1:1884"])
-            .args(["--publish-netns", &lab.publisher.name])
-            .args(["--rate", "10", "--grace", "1s"])
-            .arg("--report")
-            .arg(&report)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    };
-    let placed = Instant::now();
-    loop {
-        let plan = shardcast_plan::Plan::from_file(&state.join("plan.json")).ok();
-        if plan.is_some_and(|p| p.devices.len() == DEVICES) {
-            break;
-        }
-        assert!(
-            placed.elapsed() < Duration::from_secs(30),
-            "devices not all placed: {:?}",
-            decisions(&log).last()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The numbered publisher sends on aa at 10/s.
+    let devsim = Fleet::start(&lab, DEVICES, 10, "120s").unwrap();
+    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}: {:?}", decisions(&log).last()));
     // ab, ac, ad at 10 msg/s each: with aa, 40 msg/s, one shard of 80
     // usable. A surge: a topic at a higher rate from a whole second on
     // (the buckets' boundaries).
@@ -222,12 +195,8 @@ group_v4_base = "239.1.2.0"
     // Nothing missed.
     let sent = load.stop().unwrap();
     assert!(sent.iter().all(|&n| n > 100), "{sent:?}");
-    let status = devsim.terminate().unwrap();
-    let summary = std::fs::read_to_string(&stdout).unwrap();
-    eprintln!("{summary}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert!(status.success(), "devsim: {summary}");
+    let r = devsim.finish().unwrap();
     assert_eq!(r["errors"], 0);
-    assert_eq!(r["missing"], 0, "{summary}");
+    assert_eq!(r["missing"], 0, "{r}");
     drop(daemon);
 }

@@ -767,13 +767,12 @@ mod tests {
         );
     }
 
-    /// Shard 1 holds `a` (50) and `b` (30), shard 2 `c` (30); `b` rises
-    /// to 60 and shard 1 must split. No shard holds `b` but shard 1, yet
-    /// shard 2 has room for it: `b`'s followers go there, and no third
-    /// shard opens for a load two shards carry.
-    #[test]
-    fn a_split_fills_a_shard_with_room_before_opening_one() {
-        let devices: Vec<String> = ["a", "b", "c"]
+    /// Topics `a`, `b`, `c` at `rates`, each followed by three devices of
+    /// its own; shards of 100 without headroom; the current plan (shards
+    /// 1 ..= the highest named) holds each topic's followers in `homes`.
+    fn abc(rates: [f64; 3], homes: [u32; 3]) -> (Instance, shardcast_plan::Plan) {
+        let topics = ["a", "b", "c"];
+        let devices: Vec<String> = topics
             .iter()
             .flat_map(|t| {
                 (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "subscriptions": ["{t}"]}}"#))
@@ -782,31 +781,50 @@ mod tests {
         let inst = serde_json::from_str::<Workload>(&format!(
             r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
                   "egress": "eth1"}},
-                "topics": [{{"name": "a", "rate": 50}}, {{"name": "b", "rate": 60}},
-                           {{"name": "c", "rate": 30}}],
+                "topics": [{}],
                 "devices": [{}]}}"#,
+            topics
+                .iter()
+                .zip(rates)
+                .map(|(t, r)| format!(r#"{{"name": "{t}", "rate": {r}}}"#))
+                .collect::<Vec<_>>()
+                .join(","),
             devices.join(",")
         ))
         .unwrap()
         .index()
         .unwrap();
-        let placed = ["a", "b", "c"]
+        let shards = (1..=*homes.iter().max().unwrap())
+            .map(|s| format!(r#"{{"id": {s}, "group_v4": "239.1.1.{s}", "egress": "eth1"}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let routes = topics
             .iter()
-            .flat_map(|t| {
-                let shard = if *t == "c" { 2 } else { 1 };
-                (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "shard": {shard}}}"#))
-            })
+            .zip(homes)
+            .map(|(t, s)| format!(r#"{{"name": "{t}", "shards": [{s}]}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let placed = topics
+            .iter()
+            .zip(homes)
+            .flat_map(|(t, s)| (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "shard": {s}}}"#)))
             .collect::<Vec<_>>()
             .join(",");
         let current = shardcast_plan::Plan::from_json(&format!(
-            r#"{{"generation": 1,
-                "shards": [{{"id": 1, "group_v4": "239.1.1.1", "egress": "eth1"}},
-                           {{"id": 2, "group_v4": "239.1.1.2", "egress": "eth1"}}],
-                "topics": [{{"name": "a", "shards": [1]}}, {{"name": "b", "shards": [1]}},
-                           {{"name": "c", "shards": [2]}}],
+            r#"{{"generation": 1, "shards": [{shards}], "topics": [{routes}],
                 "devices": [{placed}]}}"#
         ))
         .unwrap();
+        (inst, current)
+    }
+
+    /// Shard 1 holds `a` (50) and `b` (30), shard 2 `c` (30); `b` rises
+    /// to 60 and shard 1 must split. No shard holds `b` but shard 1, yet
+    /// shard 2 has room for it: `b`'s followers go there, and no third
+    /// shard opens for a load two shards carry.
+    #[test]
+    fn a_split_fills_a_shard_with_room_before_opening_one() {
+        let (inst, current) = abc([50.0, 60.0, 30.0], [1, 1, 2]);
         let out = plan(&inst, Some(&current), Options::default()).unwrap();
         assert_eq!(out.plan.shards.len(), 2, "{:?}", out.plan.topics);
         assert_eq!(out.created, 0);
@@ -828,36 +846,7 @@ mod tests {
     /// the one just opened included, before opening a third.
     #[test]
     fn a_split_that_opens_shards_looks_at_them_too() {
-        let devices: Vec<String> = ["a", "b", "c"]
-            .iter()
-            .flat_map(|t| {
-                (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "subscriptions": ["{t}"]}}"#))
-            })
-            .collect();
-        let inst = serde_json::from_str::<Workload>(&format!(
-            r#"{{"resources": {{"shard_capacity": 100, "max_shards": 4, "headroom": 0,
-                  "egress": "eth1"}},
-                "topics": [{{"name": "a", "rate": 50}}, {{"name": "b", "rate": 60}},
-                           {{"name": "c", "rate": 60}}],
-                "devices": [{}]}}"#,
-            devices.join(",")
-        ))
-        .unwrap()
-        .index()
-        .unwrap();
-        let placed = ["a", "b", "c"]
-            .iter()
-            .flat_map(|t| (0..3).map(move |i| format!(r#"{{"id": "{t}{i}", "shard": 1}}"#)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let current = shardcast_plan::Plan::from_json(&format!(
-            r#"{{"generation": 1,
-                "shards": [{{"id": 1, "group_v4": "239.1.1.1", "egress": "eth1"}}],
-                "topics": [{{"name": "a", "shards": [1]}}, {{"name": "b", "shards": [1]}},
-                           {{"name": "c", "shards": [1]}}],
-                "devices": [{placed}]}}"#
-        ))
-        .unwrap();
+        let (inst, current) = abc([50.0, 60.0, 60.0], [1, 1, 1]);
         let out = plan(&inst, Some(&current), Options::default()).unwrap();
         assert_eq!(out.plan.shards.len(), 3, "{:?}", out.plan.topics);
         assert_eq!(out.cost.overloaded_shards, 0, "{:?}", out.cost);
