@@ -107,18 +107,20 @@ pub struct Daemon {
     /// from those alone (rebuilding them costs ~40 ms at 100k topics, so
     /// only then).
     routes_changed: bool,
-    /// Counter slot → topic key, as of the last install (only installs
-    /// assign slots; refreshed with every bucket written too, for plans
-    /// another process installed).
+    /// Counter slot → topic key, as of the data plane's `Meta` kept beside
+    /// it (only installs assign slots, and each rewrites `Meta`).
     slot_keys: FxHashMap<u32, TopicKey>,
+    slot_keys_meta: Option<router_common::maps::Meta>,
+    /// `tick_routes` by slot.
+    slot_routes: crate::tick_routes::SlotRoutes,
     /// Messages charged to each shard's group in the open bucket (every
     /// shard a route named during it, even at 0).
     open_shards: BTreeMap<u32, u64>,
     /// Messages per topic counter slot in the open bucket (the nowcast's).
-    open_slots: FxHashMap<u32, u64>,
+    open_slots: PerSlot,
     /// The last two readings, older first: the seconds each covered and
     /// what it counted per slot (a surge must show in both).
-    recent: [(f64, FxHashMap<u32, u64>); 2],
+    recent: [(f64, PerSlot); 2],
     /// When the open bucket's counting started (the reading before its
     /// first), and when the last reading was: the span its counts cover.
     open_from: Option<Instant>,
@@ -423,8 +425,10 @@ impl Daemon {
             tick_routes: Default::default(),
             routes_changed: false,
             slot_keys: FxHashMap::default(),
+            slot_keys_meta: None,
+            slot_routes: Default::default(),
             open_shards: BTreeMap::new(),
-            open_slots: FxHashMap::default(),
+            open_slots: PerSlot::default(),
             recent: Default::default(),
             open_from: None,
             last_read: None,
@@ -444,7 +448,7 @@ impl Daemon {
             daemon.document = Some(p);
         }
         daemon.tick_routes = TickRoutes::of(daemon.plan.as_ref());
-        daemon.refresh_slot_keys()?;
+        daemon.refresh_slot_routes()?;
         // A migration a killed daemon left under way.
         match state::load_migration(&daemon.cfg.daemon.state_dir) {
             Ok(Some(rec)) if rec.new.generation == meta.generation => {
@@ -826,6 +830,7 @@ impl Daemon {
         );
         self.learn(&compiled);
         self.tick_routes.extend(&compiled);
+        self.refresh_slot_routes()?;
         self.plan = Some(compiled);
         self.routes_changed = true;
         self.document = Some(plan.clone());
@@ -857,7 +862,9 @@ impl Daemon {
             .open
             .get_or_insert_with(|| (bucket, Bucket::default()))
             .1;
-        let mut per_slot: FxHashMap<u32, u64> = FxHashMap::default();
+        // This reading's counts per slot, in the older reading's buffer.
+        let (_, mut per_slot) = std::mem::take(&mut self.recent[0]);
+        per_slot.clear();
         for (k, packets) in counters {
             let cell = (k.slot, k.group);
             let prev = self.baseline.insert(cell, packets).unwrap_or(0);
@@ -871,15 +878,15 @@ impl Daemon {
             if delta != 0 {
                 report.packets += delta;
                 *open.entry(cell).or_default() += delta;
-                *per_slot.entry(k.slot).or_default() += delta;
+                per_slot.add(k.slot, delta);
             }
         }
         self.charge(&per_slot)?;
         let span = self
             .last_read
             .map_or(0.0, |l| read_at.saturating_duration_since(l).as_secs_f64());
-        self.recent.rotate_left(1);
-        self.recent[1] = (span, per_slot);
+        self.recent[0] = (span, per_slot);
+        self.recent.swap(0, 1);
         self.last_read = Some(read_at);
         report.read = t.elapsed().saturating_sub(flushed_in);
         Ok(())
@@ -888,42 +895,47 @@ impl Daemon {
     /// Charges what one reading counted to every shard each topic was
     /// routed to since the previous reading; then the routes start over
     /// from the installed plan's.
-    fn charge(&mut self, per_slot: &FxHashMap<u32, u64>) -> Result<()> {
+    fn charge(&mut self, per_slot: &PerSlot) -> Result<()> {
         for s in self.tick_routes.shards() {
             self.open_shards.entry(s).or_default();
         }
-        for (slot, n) in per_slot {
-            *self.open_slots.entry(*slot).or_default() += n;
-            let Some(route) = self
-                .slot_keys
-                .get(slot)
-                .and_then(|k| self.tick_routes.get(k))
-            else {
-                continue;
-            };
-            if !route.load {
-                continue;
+        // Per shard in a small array first: one tree update per shard, not
+        // per topic.
+        let mut by_shard: Vec<(u32, u64)> = Vec::new();
+        for (slot, n) in per_slot.iter() {
+            self.open_slots.add(slot, n);
+            for &s in self.slot_routes.shards(slot) {
+                match by_shard.iter_mut().find(|(id, _)| *id == s) {
+                    Some((_, c)) => *c += n,
+                    None => by_shard.push((s, n)),
+                }
             }
-            for s in &route.shards {
-                *self.open_shards.entry(*s).or_default() += n;
-            }
+        }
+        for (s, n) in by_shard {
+            *self.open_shards.entry(s).or_default() += n;
         }
         if self.routes_changed {
             self.tick_routes = TickRoutes::of(self.plan.as_ref());
             self.routes_changed = false;
-            self.refresh_slot_keys()?;
+            self.refresh_slot_routes()?;
         }
         Ok(())
     }
 
-    /// Reads the slot table into `slot_keys`.
-    fn refresh_slot_keys(&mut self) -> Result<()> {
-        self.slot_keys = self
-            .dp
-            .slot_table()?
-            .into_iter()
-            .map(|(k, s)| (s, k))
-            .collect();
+    /// Reads the slot table into `slot_keys` when an install changed it,
+    /// and indexes `tick_routes` by slot.
+    fn refresh_slot_routes(&mut self) -> Result<()> {
+        let meta = self.dp.meta()?;
+        if self.slot_keys_meta != Some(meta) {
+            self.slot_keys = self
+                .dp
+                .slot_table()?
+                .into_iter()
+                .map(|(k, s)| (s, k))
+                .collect();
+            self.slot_keys_meta = Some(meta);
+        }
+        self.slot_routes = self.tick_routes.by_slot(&self.slot_keys);
         Ok(())
     }
 
@@ -933,7 +945,10 @@ impl Daemon {
         let Some((start, cells)) = self.open.take() else {
             return Ok(());
         };
-        self.refresh_slot_keys()?;
+        // A plan another process installed: its slots.
+        if self.slot_keys_meta != Some(self.dp.meta()?) {
+            self.refresh_slot_routes()?;
+        }
         let slots = self.slot_keys.clone();
         let mut per_topic: FxHashMap<u32, u64> = FxHashMap::default();
         for ((slot, _), n) in &cells {
@@ -1214,8 +1229,8 @@ impl Daemon {
         }
         let expected = c.expected_rates();
         let mut out = HashMap::new();
-        for (slot, &n) in &self.open_slots {
-            let Some(name) = self.slot_keys.get(slot).and_then(|k| self.names.get(k)) else {
+        for (slot, n) in self.open_slots.iter() {
+            let Some(name) = self.slot_keys.get(&slot).and_then(|k| self.names.get(k)) else {
                 continue;
             };
             if !crate::load::is_load(name) {
@@ -1225,7 +1240,7 @@ impl Daemon {
             let readings = self
                 .recent
                 .iter()
-                .map(|(span, counted)| (*span, counted.get(slot).copied().unwrap_or(0)));
+                .map(|(span, counted)| (*span, counted.get(slot)));
             if crate::cycle::lasting(readings, e) && crate::cycle::surging(n, e * into) {
                 out.insert(name.clone(), n as f64 / into);
             }
@@ -1916,4 +1931,45 @@ fn usable_of(cfg: &CycleConfig, plan: Option<&Plan>, shard: u32) -> f64 {
         .map_or(cfg.resources.usable_capacity(), |cap| {
             cap * (1.0 - cfg.resources.headroom)
         })
+}
+
+/// Counts per topic counter slot, dense: a reading of 100k topics adds
+/// into an array instead of a hash map, and the slots counted are kept
+/// in a list so that iterating and clearing cost what was counted.
+#[derive(Clone, Debug, Default)]
+struct PerSlot {
+    counts: Vec<u64>,
+    counted: Vec<u32>,
+}
+
+impl PerSlot {
+    fn add(&mut self, slot: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let i = slot as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        if self.counts[i] == 0 {
+            self.counted.push(slot);
+        }
+        self.counts[i] += n;
+    }
+
+    fn get(&self, slot: u32) -> u64 {
+        self.counts.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// Every slot counted, with its count.
+    fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.counted.iter().map(|&s| (s, self.counts[s as usize]))
+    }
+
+    fn clear(&mut self) {
+        for &s in &self.counted {
+            self.counts[s as usize] = 0;
+        }
+        self.counted.clear();
+    }
 }

@@ -67,6 +67,7 @@ impl TickRoutes {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: &TopicKey) -> Option<&TickRoute> {
         self.by_key.get(key)
     }
@@ -74,6 +75,52 @@ impl TickRoutes {
     /// Every shard a route names.
     pub fn shards(&self) -> impl Iterator<Item = u32> + '_ {
         self.shards.iter().copied()
+    }
+
+    /// The same routes by counter slot (`slots`: slot → topic key), the
+    /// load's only: what a reading is charged with, by array index.
+    pub fn by_slot(&self, slots: &FxHashMap<u32, TopicKey>) -> SlotRoutes {
+        let n = slots.keys().max().map_or(0, |&m| m as usize + 1);
+        let mut keys = vec![None; n];
+        for (&slot, key) in slots {
+            keys[slot as usize] = Some(key);
+        }
+        let mut r = SlotRoutes {
+            starts: Vec::with_capacity(n + 1),
+            shards: Vec::new(),
+        };
+        r.starts.push(0);
+        for key in keys {
+            if let Some(route) = key.and_then(|k| self.by_key.get(k))
+                && route.load
+            {
+                r.shards.extend_from_slice(&route.shards);
+            }
+            r.starts.push(r.shards.len() as u32);
+        }
+        r
+    }
+}
+
+/// [`TickRoutes`] indexed by counter slot: each slot's shards in one flat
+/// array. Charging a reading of 100k topics by topic key took three hash
+/// lookups per topic (~40 ms of a tick); by slot it is two array reads.
+#[derive(Clone, Debug, Default)]
+pub struct SlotRoutes {
+    /// Slot `i`'s shards are `shards[starts[i]..starts[i + 1]]`.
+    starts: Vec<u32>,
+    shards: Vec<u32>,
+}
+
+impl SlotRoutes {
+    /// The shards `slot`'s topic was routed to (none: no route, a slot
+    /// past the table, or not load).
+    pub fn shards(&self, slot: u32) -> &[u32] {
+        let i = slot as usize;
+        match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.shards[a as usize..b as usize],
+            _ => &[],
+        }
     }
 }
 
@@ -111,6 +158,19 @@ mod tests {
         assert!(!r.get(&topic_key(b"$probe/1")).unwrap().load);
         assert!(r.get(&topic_key(b"c")).is_none());
         assert_eq!(r.shards().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // By slot: a's and b's shards, the probe's none, past the end none.
+        let slots = FxHashMap::from_iter([
+            (0, topic_key(b"a")),
+            (2, topic_key(b"$probe/1")),
+            (3, topic_key(b"b")),
+        ]);
+        let by = r.by_slot(&slots);
+        assert_eq!(by.shards(0), [1, 2, 3]);
+        assert!(by.shards(1).is_empty());
+        assert!(by.shards(2).is_empty());
+        assert_eq!(by.shards(3), [4]);
+        assert!(by.shards(4).is_empty());
+        assert!(TickRoutes::default().by_slot(&slots).shards(0).is_empty());
         assert!(TickRoutes::of(None).shards().next().is_none());
     }
 }
