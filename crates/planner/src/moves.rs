@@ -139,26 +139,32 @@ impl<'a> Partition<'a> {
             if !home_fits && !may_migrate {
                 self.deferred += 1;
             }
-            // No shard of its topics has room: any shard that has, before
-            // a new one (a copy more rather than a shard more: a shard
-            // opened for a sliver of load is not merged again while its
-            // partners are busy).
+            // No shard of its topics has room: the least loaded shard of
+            // its class, before a new one (a copy more rather than a shard
+            // more: a shard opened for a sliver of load is not merged
+            // again while its partners are busy). Every such shard costs
+            // the same copies (it holds none of the member's topics), so
+            // the load alone chooses, and one shard is priced, not all.
             if fitting.is_none() && !home_fits && may_migrate {
-                for s in 0..self.load.len() as u32 {
-                    // `over` predates the shards this layout opened.
-                    if self.members[s as usize] == 0
-                        || over.get(s as usize).copied().unwrap_or(false)
-                        || s == home
-                        || cands.contains(&s)
-                    {
-                        continue;
-                    }
-                    if let Some((c, after)) = self.delta(d, s)
-                        && !self.over_for(d, after)
-                        && fitting.is_none_or(|b| c < b.0)
-                    {
-                        fitting = Some((c, s));
-                    }
+                let spare = (0..self.load.len() as u32)
+                    .filter(|&s| {
+                        // `over` predates the shards this layout opened.
+                        self.members[s as usize] > 0
+                            && !over.get(s as usize).copied().unwrap_or(false)
+                            && s != home
+                            && !cands.contains(&s)
+                            && self.class[s as usize] == self.inst.class[d]
+                    })
+                    .min_by(|&a, &b| {
+                        self.load[a as usize]
+                            .total_cmp(&self.load[b as usize])
+                            .then(a.cmp(&b))
+                    });
+                if let Some(s) = spare
+                    && let Some((c, after)) = self.delta(d, s)
+                    && !self.over_for(d, after)
+                {
+                    fitting = Some((c, s));
                 }
             }
             let target = match (fitting, any) {
