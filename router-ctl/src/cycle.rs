@@ -167,8 +167,13 @@ pub struct Inputs<'a> {
 /// over its rate passes within a few tenths of a second at tens of
 /// messages per second; the noise of a random one seldom does.
 pub fn surging(count: u64, expected: f64) -> bool {
-    let e = expected.max(0.0);
-    count as f64 > e + 2.0 * e.sqrt() + 2.0
+    count as f64 > expected.max(0.0) + noise(expected)
+}
+
+/// Counting noise around an `expected` count: two Poisson sigmas and two
+/// messages.
+fn noise(expected: f64) -> f64 {
+    2.0 * expected.max(0.0).sqrt() + 2.0
 }
 
 /// Whether a topic expected at `rate` msg/s ran above it in every one of
@@ -182,8 +187,7 @@ pub fn lasting(mut readings: impl Iterator<Item = (f64, u64)>, rate: f64) -> boo
 /// Whether a bucket's `count` differs from the `expected` count, either
 /// way, by more than counting noise (the same bounds as [`surging`]).
 fn beyond_noise(count: f64, expected: f64) -> bool {
-    let e = expected.max(0.0);
-    (count - e).abs() > 2.0 * e.sqrt() + 2.0
+    (count - expected.max(0.0)).abs() > noise(expected)
 }
 
 /// One shard in a decision.
@@ -643,7 +647,8 @@ impl Forecasts {
 /// for; with `nowcast` (predictive), the forecast's (its peak over the
 /// next `period + lead`, corrected by the last bucket's departure from it
 /// and never below the measured rate, where those are beyond counting
-/// noise, nor below a surge under way). Refits run in parallel over the available cores.
+/// noise, nor below a surge under way). Refits run in parallel over the
+/// available cores.
 fn rates(
     cfg: &CycleConfig,
     load: &LoadSeries,

@@ -109,7 +109,9 @@ pub struct Daemon {
     routes_changed: bool,
     /// Counter slot → topic key, as of the data plane's `Meta` kept beside
     /// it (only installs assign slots, and each rewrites `Meta`).
-    slot_keys: FxHashMap<u32, TopicKey>,
+    /// Shared with the writer thread, as `names` is: each bucket hands it
+    /// over without a copy.
+    slot_keys: Arc<FxHashMap<u32, TopicKey>>,
     slot_keys_meta: Option<router_common::maps::Meta>,
     /// `tick_routes` by slot.
     slot_routes: crate::tick_routes::SlotRoutes,
@@ -424,7 +426,7 @@ impl Daemon {
             resume: None,
             tick_routes: Default::default(),
             routes_changed: false,
-            slot_keys: FxHashMap::default(),
+            slot_keys: Default::default(),
             slot_keys_meta: None,
             slot_routes: Default::default(),
             open_shards: BTreeMap::new(),
@@ -899,16 +901,13 @@ impl Daemon {
         for s in self.tick_routes.shards() {
             self.open_shards.entry(s).or_default();
         }
-        // Per shard in a small array first: one tree update per shard, not
+        // Per shard in a hash map first: one tree update per shard, not
         // per topic.
-        let mut by_shard: Vec<(u32, u64)> = Vec::new();
+        let mut by_shard: FxHashMap<u32, u64> = FxHashMap::default();
         for (slot, n) in per_slot.iter() {
             self.open_slots.add(slot, n);
             for &s in self.slot_routes.shards(slot) {
-                match by_shard.iter_mut().find(|(id, _)| *id == s) {
-                    Some((_, c)) => *c += n,
-                    None => by_shard.push((s, n)),
-                }
+                *by_shard.entry(s).or_default() += n;
             }
         }
         for (s, n) in by_shard {
@@ -927,12 +926,13 @@ impl Daemon {
     fn refresh_slot_routes(&mut self) -> Result<()> {
         let meta = self.dp.meta()?;
         if self.slot_keys_meta != Some(meta) {
-            self.slot_keys = self
-                .dp
-                .slot_table()?
-                .into_iter()
-                .map(|(k, s)| (s, k))
-                .collect();
+            self.slot_keys = Arc::new(
+                self.dp
+                    .slot_table()?
+                    .into_iter()
+                    .map(|(k, s)| (s, k))
+                    .collect(),
+            );
             self.slot_keys_meta = Some(meta);
         }
         self.slot_routes = self.tick_routes.by_slot(&self.slot_keys);
@@ -1218,7 +1218,7 @@ impl Daemon {
     /// running clearly above the rate the last cycle planned for them
     /// (else their last bucket's; see [`crate::cycle::surging`]) and above
     /// it in each of the last two readings, with the rate they run at.
-    fn surges(&self) -> Option<(f64, HashMap<String, f64>)> {
+    fn surges(&self, expected: &dyn Fn(&str) -> f64) -> Option<(f64, HashMap<String, f64>)> {
         let c = self.cycle.as_ref()?;
         if c.mode == Mode::Reactive {
             return None;
@@ -1227,7 +1227,6 @@ impl Daemon {
         if into < 1.5 * self.cfg.daemon.tick.as_secs_f64() {
             return None;
         }
-        let expected = c.expected_rates();
         let mut out = HashMap::new();
         for (slot, n) in self.open_slots.iter() {
             let Some(name) = self.slot_keys.get(&slot).and_then(|k| self.names.get(k)) else {
@@ -1253,8 +1252,9 @@ impl Daemon {
     /// capacity, and which topics surging there put on course to carry
     /// more than it (its topics at the rates planned for them, the
     /// surging ones at theirs). Cheap unless a shard runs over: the
-    /// topics are looked at only then.
-    fn nowcast_trigger(&self) -> Option<Trigger> {
+    /// topics are looked at only then. With the trigger, the surges (the
+    /// cycle plans for them).
+    fn nowcast_trigger(&self) -> Option<(Trigger, HashMap<String, f64>)> {
         let c = self.cycle.as_ref()?;
         let relay = self.relay_shard();
         let into = self.open_into()?;
@@ -1269,11 +1269,11 @@ impl Daemon {
         if over.is_empty() {
             return None;
         }
-        let (into, surging) = self.surges()?;
+        let expected = c.expected_rates();
+        let (into, surging) = self.surges(&expected)?;
         if surging.is_empty() {
             return None;
         }
-        let expected = c.expected_rates();
         let plan = self.document.as_ref()?;
         for (shard, usable) in over {
             let mut rate = 0.0;
@@ -1290,19 +1290,22 @@ impl Daemon {
                 .overload_judged
                 .is_some_and(|(s, r)| s == shard && rate <= r * 1.05);
             if surges && rate > usable && !judged {
-                return Some(Trigger::Nowcast {
+                let trigger = Trigger::Nowcast {
                     shard,
                     rate,
                     usable,
                     into,
-                });
+                };
+                return Some((trigger, surging));
             }
         }
         None
     }
 
     /// Runs a cycle when one is due: the period elapsed, a shard ran over
-    /// its usable capacity in the bucket just completed, or devices wait
+    /// its usable capacity in the bucket just completed, surges in the
+    /// bucket under way put one on course over it (predictive and advise:
+    /// [`Self::nowcast_trigger`]), or devices wait
     /// for a placement (at most every tenth of the period). Never during a
     /// migration: devices move from one placement at a time.
     fn maybe_cycle(&mut self, now: u64) -> Result<Option<Decision>> {
@@ -1370,8 +1373,13 @@ impl Daemon {
                 }
             }
         }
-        if trigger.is_none() {
-            trigger = self.nowcast_trigger();
+        // The surges a nowcast trigger found, for the cycle it starts.
+        let mut surging = None;
+        if trigger.is_none()
+            && let Some((t, s)) = self.nowcast_trigger()
+        {
+            trigger = Some(t);
+            surging = Some(s);
         }
         let Some(c) = &mut self.cycle else {
             return Ok(None);
@@ -1393,7 +1401,15 @@ impl Daemon {
         // routes): a tick with no cycle due copies nothing.
         let base = self.planning_base();
         let base_generation = self.document.as_ref().map(|p| p.generation);
-        let nowcast = self.surges().map(|(_, s)| s).unwrap_or_default();
+        let nowcast = match surging {
+            Some(s) => s,
+            None => self
+                .cycle
+                .as_ref()
+                .and_then(|c| self.surges(&c.expected_rates()))
+                .map(|(_, s)| s)
+                .unwrap_or_default(),
+        };
         let Some(c) = &mut self.cycle else {
             return Ok(None);
         };
@@ -1651,7 +1667,7 @@ enum Job {
         now: u64,
         cells: Bucket,
         baseline: FxHashMap<(u32, u32), u64>,
-        slots: FxHashMap<u32, TopicKey>,
+        slots: Arc<FxHashMap<u32, TopicKey>>,
         names: Arc<HashMap<TopicKey, String>>,
         groups: Arc<Vec<String>>,
     },

@@ -489,6 +489,23 @@ impl Lab {
     }
 
     /// The `daemon.state_dir` of the daemons this lab starts.
+    /// Switches the lab daemon's control cycle to `mode` at run time
+    /// (`router-ctl cycle --mode`); the daemon reads it at its next tick.
+    pub fn set_cycle_mode(&self, mode: &str) -> Result<()> {
+        let out = std::process::Command::new(crate::ctl_binary())
+            .arg("--state-dir")
+            .arg(self.daemon_state_dir())
+            .args(["cycle", "--mode", mode])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "router-ctl cycle --mode {mode}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn daemon_state_dir(&self) -> PathBuf {
         self.state_dir.join("daemon")
     }

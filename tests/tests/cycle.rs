@@ -191,17 +191,7 @@ listen = "127.0.0.1:9464"
     );
 
     // Advise: decisions go on, nothing is installed.
-    let out = std::process::Command::new(ctl_binary())
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["cycle", "--mode", "advise"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.set_cycle_mode("advise").unwrap();
     daemon
         .wait_log(Duration::from_secs(5), |l| {
             l.contains("mode changed") && l.contains("to=\"advise\"") || l.contains("to=advise")

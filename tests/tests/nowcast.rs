@@ -13,7 +13,7 @@ use std::{
 };
 
 use integration_tests::{
-    ctl_binary, decisions,
+    decisions,
     lab::{Fleet, Lab},
     load_gen::Generator,
 };
@@ -141,11 +141,11 @@ group_v4_base = "239.1.2.0"
     surge_at(&surges, 0, s1);
     let d = wait_decision(&log, s1, |d| d["action"] == "install");
     eprintln!("predictive: {d}");
+    // From part of the surge's bucket: once that bucket is complete, its
+    // own check comes first and names the trigger "overload" (as in
+    // reactive mode below).
     assert_eq!(d["trigger"]["kind"], "nowcast", "{d}");
-    // Decided in the surge's own bucket, from part of it.
-    assert_eq!(d["at"].as_u64().unwrap(), s1, "{d}");
-    let into = d["trigger"]["into"].as_f64().unwrap();
-    assert!(into > 0.0 && into < 1.0, "{d}");
+    assert!(d["trigger"]["into"].as_f64().unwrap() > 0.0, "{d}");
     assert!(d["created"].as_u64().unwrap() >= 1, "{d}");
     // The surging topic is planned at the rate it runs at.
     let ab_rate = d["topics"]
@@ -163,17 +163,7 @@ group_v4_base = "239.1.2.0"
 
     // Reactive, switched to at run time: ac surges, and the cycle comes
     // once the bucket is complete.
-    let out = std::process::Command::new(ctl_binary())
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["cycle", "--mode", "reactive"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.set_cycle_mode("reactive").unwrap();
     daemon
         .wait_log(Duration::from_secs(5), |l| l.contains("mode changed"))
         .unwrap();
