@@ -21,6 +21,7 @@
 pub mod build;
 pub mod checksum;
 pub mod coap;
+pub mod coap_fast;
 #[cfg(any(test, feature = "builders"))]
 pub mod coap_reference;
 pub mod maps;

@@ -326,14 +326,13 @@ pub fn decide(cfg: &CycleConfig, inp: Inputs) -> Result<Decision, CycleError> {
 
     // The workload: the devices as the gateway knows them, subscriptions
     // resolved to topic names.
-    let mut resources = cfg.resources.clone();
-    if predictive {
-        // Hysteresis guards a planner that cannot see ahead from merging
-        // into a rise; the forecast does that here, so predictive merges
-        // up to a third of the way closer to capacity (as the simulator's
-        // predictive strategy does).
-        resources.merge_below += (1.0 - resources.merge_below) / 3.0;
-    }
+    // Predictive merges closer to capacity, as the simulator's predictive
+    // strategy does: its rates hold the rise hysteresis guards against.
+    let resources = if predictive {
+        cfg.resources.foreseeing()
+    } else {
+        cfg.resources.clone()
+    };
     let devices: Vec<Device> = inp
         .devices
         .values()

@@ -1,22 +1,28 @@
 //! The fast path: an untagged IPv4 frame without options, or an untagged
 //! IPv6 frame without extension headers, carrying an MQTT-SN PUBLISH
-//! (short length form) whose route names one shard: the most common
-//! frame a router of sensors sees.
+//! (short length form) or a CoAP NON publish of the usual shape (below)
+//! whose route names one shard: the most common frames a router of
+//! sensors sees.
 //!
 //! Every header sits at a fixed offset, so the shared helpers (the
 //! MQTT-SN parser, the counters, the rewrite) are inlined here with
 //! constant offsets and the frame's layout never has to be carried in
-//! registers or on the stack. It decides nothing on its own: any frame it
-//! does not finish (another shape, a check that fails, a route to none or
-//! to several shards, a missing egress) it leaves exactly as it found it,
-//! uncounted, and [`route`](crate::route::route) takes it from the start.
-//! What it finishes, it finishes exactly as that path would: the same
-//! counters, the same bytes out, the same verdict (the fixture and
-//! differential tests hold the router to the host model frame by frame,
-//! whichever path a frame takes).
+//! registers or on the stack; a CoAP message is read in place, without
+//! the general path's copy into a per-CPU window. It decides nothing on
+//! its own: any frame it does not finish (another shape, a check that
+//! fails, a route to none or to several shards, a missing egress) it
+//! leaves exactly as it found it, uncounted, and
+//! [`route`](crate::route::route) takes it from the start. What it
+//! finishes, it finishes exactly as that path would: the same counters,
+//! the same bytes out, the same verdict (the fixture and differential
+//! tests hold the router to the host model frame by frame, whichever path
+//! a frame takes).
+//!
+//! The CoAP shape it takes is `router_common::coap_fast`'s.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use router_common::{
+    coap_fast::{self, InPlace},
     maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6},
     mqttsn,
     payload::Head,
@@ -25,7 +31,7 @@ use router_common::{
 
 use crate::{
     counters::{self, count},
-    maps::{SC_ACTIVE, SC_EGRESS, SC_IDS},
+    maps::{SC_ACTIVE, SC_EGRESS, SC_IDS, SC_ROUTES},
     packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, word},
     rewrite,
 };
@@ -55,7 +61,7 @@ const ETH_P_IPV6_LE: u16 = 0xdd86;
 /// kernel's return thunk on hosts with that mitigation (Intel here:
 /// "indirect_target_selection: Aligned branch/return thunks").
 #[inline(always)]
-pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
+pub(crate) fn publish(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
     // The IPv4 span is the shorter: checked once, it also holds the
     // EtherType.
     let h = packet::ptr_at::<[u8; V4_HEAD]>(ctx, 0)? as *mut u8;
@@ -74,8 +80,9 @@ pub(crate) fn mqttsn(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
     }
 }
 
-/// The headers and the MQTT-SN header's first bytes, one bounds check for
-/// all (a shorter frame takes the general path).
+/// The headers and the payload's first bytes (the MQTT-SN header's, the
+/// CoAP header's and token's first), one bounds check for all (a shorter
+/// frame takes the general path).
 const V4_HEAD: usize = UDP_V4 + UdpHdr::LEN + mqttsn::HEADER_READ;
 const V6_HEAD: usize = UDP_V6 + UdpHdr::LEN + mqttsn::HEADER_READ;
 
@@ -93,7 +100,7 @@ fn v4(ctx: &XdpContext, cfg: &Config, h: *mut u8) -> Result<Option<u32>, Reason>
         *h.add(IP + 8)
     };
     let l3 = L3::V4 { off: IP, ihl: 20 };
-    publish(ctx, cfg, h, l3, UDP_V4, ttl, SHARD_HAS_V4)
+    datagram(ctx, cfg, h, l3, UDP_V4, ttl, SHARD_HAS_V4)
 }
 
 #[inline(always)]
@@ -111,13 +118,13 @@ fn v6(ctx: &XdpContext, cfg: &Config) -> Result<Option<u32>, Reason> {
         }
         *h.add(IP + 7)
     };
-    publish(ctx, cfg, h, L3::V6 { off: IP }, UDP_V6, hops, SHARD_HAS_V6)
+    datagram(ctx, cfg, h, L3::V6 { off: IP }, UDP_V6, hops, SHARD_HAS_V6)
 }
 
 /// From the UDP header on, both families: `h` points at the frame, whose
 /// first `udp + 8 + HEADER_READ` bytes were checked in bounds.
 #[inline(always)]
-fn publish(
+fn datagram(
     ctx: &XdpContext,
     cfg: &Config,
     h: *mut u8,
@@ -139,13 +146,7 @@ fn publish(
                 | (*p.add(6) as u64) << 48,
         )
     };
-    // The long length form (messages over 255 bytes) takes the general
-    // path; without it the parser's offsets are constants.
-    if dport == 0
-        || dport != cfg.mqttsn_port
-        || udp_len < UdpHdr::LEN
-        || word as u8 == mqttsn::LONG_LENGTH_MARK
-    {
+    if dport == 0 || udp_len < UdpHdr::LEN {
         return Ok(None);
     }
     let payload_len = udp_len - UdpHdr::LEN;
@@ -156,18 +157,38 @@ fn publish(
         return Ok(None);
     };
     let parity = *parity & 1;
-    let head = Head::<{ mqttsn::HEADER_READ }> {
-        word,
-        len: payload_len,
-    };
-    // The short form: the Length field is the first byte.
-    let Ok(publish) = mqttsn::parse_publish_after_length(&head, word as u8 as usize, 1) else {
+    let route = if dport == cfg.mqttsn_port {
+        // The long length form (messages over 255 bytes) takes the
+        // general path; without it the parser's offsets are constants.
+        if word as u8 == mqttsn::LONG_LENGTH_MARK {
+            return Ok(None);
+        }
+        let head = Head::<{ mqttsn::HEADER_READ }> {
+            word,
+            len: payload_len,
+        };
+        // The short form: the Length field is the first byte.
+        let Ok(publish) = mqttsn::parse_publish_after_length(&head, word as u8 as usize, 1)
+        else {
+            return Ok(None);
+        };
+        SC_IDS
+            .get(parity)
+            .and_then(|ids| ids.get(publish.id_index()))
+    } else if dport == cfg.coap_port {
+        let msg = InFrame { ctx, at: payload };
+        let Some(key) = coap_fast::publish_key(&msg, payload_len, &cfg.prefix_start) else {
+            return Ok(None);
+        };
+        // SAFETY: only the control plane writes route maps, and never a
+        // map a program may be reading (generation swap).
+        SC_ROUTES
+            .get(parity)
+            .and_then(|routes| unsafe { routes.get(&key) })
+    } else {
         return Ok(None);
     };
-    let Some(route) = SC_IDS
-        .get(parity)
-        .and_then(|ids| ids.get(publish.id_index()))
-    else {
+    let Some(route) = route else {
         return Ok(None);
     };
     let shard = &route.first;
@@ -188,4 +209,28 @@ fn publish(
     unsafe { rewrite::frame_at(h.add(IP), l3, h, h.add(udp).cast(), shard)? };
     count(Reason::Redirected, frame_len);
     Ok(Some(xdp_action::XDP_REDIRECT))
+}
+
+/// A CoAP message in the frame, read in place (`coap_fast`): each read
+/// checked against the frame's end, in the form the verifier tracks.
+struct InFrame<'a> {
+    ctx: &'a XdpContext,
+    /// Where the message starts.
+    at: usize,
+}
+
+impl InPlace for InFrame<'_> {
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        let p = packet::ptr_at::<u8>(self.ctx, self.at + off)?;
+        // SAFETY: `ptr_at` checked the byte lies within the packet.
+        Some(unsafe { *p })
+    }
+
+    #[inline(always)]
+    fn word(&self, off: usize) -> Option<u64> {
+        let p = packet::ptr_at::<[u8; 8]>(self.ctx, self.at + off)?;
+        // SAFETY: `ptr_at` checked the 8 bytes lie within the packet.
+        Some(unsafe { word::load64(p as *const u8) })
+    }
 }

@@ -37,7 +37,7 @@ pub(crate) fn route(ctx: &XdpContext) -> u32 {
         count(Reason::NoConfig, (ctx.data_end() - ctx.data()) as u64);
         return xdp_action::XDP_PASS;
     };
-    if let Some(action) = fast::mqttsn(ctx, cfg) {
+    if let Some(action) = fast::publish(ctx, cfg) {
         return action;
     }
     general_call(ctx.ctx, cfg) as u32

@@ -573,7 +573,9 @@ every = "200ms"
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let el = unix_f() - t0;
         tick((el / total as f64).min(1.0));
-        if el >= total as f64 {
+        // The day's last bucket is written a tick after it ends; a
+        // stalled one is given up on.
+        if el >= total as f64 + 3.0 {
             break;
         }
         let into = el - warm as f64;
@@ -598,12 +600,25 @@ every = "200ms"
             .get("shardcast_delivered_bucket_timestamp_seconds")
             .copied()
             .unwrap_or(0.0);
-        if bucket <= last_bucket || bucket < t0 + warm as f64 - 1.0 {
+        if bucket <= last_bucket {
             continue;
         }
         last_bucket = bucket;
+        // The day's buckets, the same number in every run: those whose
+        // start is nearest to one of the day's seconds (buckets are whole
+        // seconds; the day starts at any fraction of one, so a window
+        // of `bucket >= start - 1` held 30 buckets in one run and 31 in
+        // the next).
+        let t = bucket - t0 - warm as f64;
+        let k = t.round();
+        if k < 0.0 {
+            continue;
+        }
+        if k >= story.season as f64 {
+            break;
+        }
         let mut sample = Sample {
-            t: bucket - t0 - warm as f64,
+            t,
             ..Default::default()
         };
         for (k, v) in &m {
@@ -627,6 +642,9 @@ every = "200ms"
         out.shard_seconds += sample.shards.len() as u64;
         out.overload_seconds += sample.shards.iter().filter(|s| s.1 > s.2).count() as u64;
         out.samples.push(sample);
+        if k + 1.0 >= story.season as f64 {
+            break;
+        }
     }
     let per_topic = load.stop()?;
     out.load_sent = per_topic.iter().sum();

@@ -78,7 +78,19 @@ impl std::fmt::Display for Report {
 /// Longest frame a test run takes here (a page less the kernel's room).
 const MAX_FRAME: usize = 1500;
 
-const TOPICS: &[&str] = &["hv", "ab", "mu", "zz", "alerts", "temp/room1", "nobody", ""];
+const TOPICS: &[&str] = &[
+    "hv",
+    "ab",
+    "mu",
+    "zz",
+    "alerts",
+    "temp/room1",
+    "nobody",
+    "",
+    // Routed: four segments (one of two words), and five.
+    "building-12/floor-3/room-42/t",
+    "a/b/c/d/e",
+];
 
 fn mqttsn_frame(rng: &mut Pcg64Mcg) -> Vec<u8> {
     let kind = rng.random_range(0..4u8);
@@ -141,7 +153,15 @@ fn coap_frame(rng: &mut Pcg64Mcg) -> Vec<u8> {
     let topics = [1, 1, 1, 0, 2][rng.random_range(0..5)];
     for _ in 0..topics {
         let t = if rng.random_bool(0.6) {
-            ["hv", "ab", "temp/room1", "alerts", "/hv"][rng.random_range(0..5)]
+            [
+                "hv",
+                "ab",
+                "temp/room1",
+                "alerts",
+                "/hv",
+                "building-12/floor-3/room-42/t",
+                "a/b/c/d/e",
+            ][rng.random_range(0..7)]
         } else {
             TOPICS[rng.random_range(0..TOPICS.len())]
         };

@@ -22,7 +22,7 @@ use tokio::{io::ReadBuf, net::UdpSocket, time::Instant};
 
 use crate::{
     dedup::Dedup,
-    protocol::{Action, DeviceStats, Protocol},
+    protocol::{Action, DeviceStats, Protocol, TokenDue},
 };
 
 const TOPIC_PREDEFINED: u8 = 0b01;
@@ -340,6 +340,12 @@ impl Device {
     /// keep-alive.
     async fn pump(&mut self) -> Result<(), DeviceError> {
         self.leave_due();
+        // The token: heard from past half its life, or it is not renewed;
+        // past its expiry it is dropped (and `hello` follows below).
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let renew = self.proto.token_due(unix_ms) == TokenDue::Renew;
         // The `assign` answering a `hello` is a datagram like any: lost,
         // the device asks again (the same host gets the same token).
         if self.proto.token_expires().is_none()
@@ -422,7 +428,9 @@ impl Device {
             self.send_raw(&datagram).await?;
             self.inflight = Some((msg_id, datagram, Instant::now(), 0));
         }
-        if self.last_sent.elapsed() >= self.cfg.keep_alive / 2 {
+        if self.last_sent.elapsed() >= self.cfg.keep_alive / 2
+            || (renew && self.last_sent.elapsed() >= self.cfg.retry)
+        {
             if self.cfg.transport == Transport::Coap {
                 self.observe_control().await?;
             } else {

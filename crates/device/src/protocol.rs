@@ -33,11 +33,28 @@ pub struct DeviceStats {
     pub assigns: u64,
 }
 
+/// Where the device's token stands ([`Protocol::token_due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenDue {
+    /// None held, or valid and not yet half way through its life.
+    Fine,
+    /// Past half its life with no `renew` come: the gateway renews a
+    /// token when it hears from the device past that point, so the
+    /// device must be heard (a keep-alive will do).
+    Renew,
+    /// Past its expiry: out of the membership; the token is dropped and
+    /// the device must say `hello` again.
+    Expired,
+}
+
 /// The protocol state of one device.
 #[derive(Clone, Debug)]
 pub struct Protocol {
     client: String,
     token: Option<(Token, u64)>,
+    /// When the device first held its current token (unix ms, its own
+    /// clock): the start of the life whose half [`TokenDue::Renew`] marks.
+    token_since: Option<(Token, u64)>,
     current: Option<Assignment>,
     /// The group left once the gateway acknowledges the move.
     leaving: Option<Assignment>,
@@ -49,6 +66,7 @@ impl Protocol {
         Protocol {
             client: client.to_string(),
             token: None,
+            token_since: None,
             current: None,
             leaving: None,
             stats: DeviceStats::default(),
@@ -67,6 +85,34 @@ impl Protocol {
     /// The token's expiry (unix ms), once issued.
     pub fn token_expires(&self) -> Option<u64> {
         self.token.map(|t| t.1)
+    }
+
+    /// Where the token stands at `now_ms` (unix ms). Called on the
+    /// device's every tick: a device that only sends keep-alives at half
+    /// its keep-alive could otherwise let a token whose lifetime is near
+    /// the keep-alive expire unrenewed, and the gateway then drops it
+    /// from the membership while it still listens (a device in the lab
+    /// missed the rest of a day so).
+    pub fn token_due(&mut self, now_ms: u64) -> TokenDue {
+        let Some((token, expires)) = self.token else {
+            return TokenDue::Fine;
+        };
+        let since = match self.token_since {
+            Some((t, at)) if t == token => at,
+            _ => {
+                self.token_since = Some((token, now_ms));
+                now_ms
+            }
+        };
+        if now_ms >= expires {
+            self.token = None;
+            return TokenDue::Expired;
+        }
+        if now_ms >= since + expires.saturating_sub(since) / 2 {
+            TokenDue::Renew
+        } else {
+            TokenDue::Fine
+        }
     }
 
     /// Handles a control message from the gateway.
@@ -169,6 +215,42 @@ impl Protocol {
 mod tests {
     use super::*;
     use shardcast_gateway::control::{migrate_tag, renew_tag};
+
+    #[test]
+    fn a_token_asks_to_be_renewed_past_half_its_life_and_is_dropped_at_expiry() {
+        let a = Attributes::default();
+        let mut p = Protocol::new("d");
+        assert_eq!(p.token_due(0), TokenDue::Fine);
+        let t = Token([1; 16]);
+        p.on_control(
+            Control::Assign {
+                token: t,
+                expires_ms: 21_000,
+                to: None,
+            },
+            &a,
+        );
+        // Held from 1,000 ms: half its life at 11,000.
+        assert_eq!(p.token_due(1_000), TokenDue::Fine);
+        assert_eq!(p.token_due(10_999), TokenDue::Fine);
+        assert_eq!(p.token_due(11_000), TokenDue::Renew);
+        // Renewed at 12,000 until 32,000: half way at 22,000.
+        let n = Token([2; 16]);
+        p.on_control(
+            Control::Renew {
+                token: n,
+                expires_ms: 32_000,
+                tag: renew_tag(&t, "d", &n, 32_000),
+            },
+            &a,
+        );
+        assert_eq!(p.token_due(12_000), TokenDue::Fine);
+        assert_eq!(p.token_due(21_999), TokenDue::Fine);
+        assert_eq!(p.token_due(22_000), TokenDue::Renew);
+        assert_eq!(p.token_due(32_000), TokenDue::Expired);
+        assert_eq!(p.token_expires(), None, "dropped: the device says hello");
+        assert_eq!(p.token_due(32_001), TokenDue::Fine);
+    }
 
     fn to(generation: u64, shard: u32) -> Assignment {
         Assignment {

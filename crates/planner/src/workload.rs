@@ -597,6 +597,21 @@ impl Resources {
     pub fn usable_capacity(&self) -> f64 {
         self.shard_capacity * (1.0 - self.headroom)
     }
+
+    /// These resources for rates that are forecast peaks over the time
+    /// until the next plan can take effect: merges two thirds of the way
+    /// from `merge_below` to usable capacity. `merge_below` is hysteresis
+    /// for rates measured in the past, which cannot see a rise coming (a
+    /// merge into one would be split again a cycle later); a forecast
+    /// peak already holds the rise, and the headroom keeps the margin for
+    /// what it misses, so only a band against flapping on its error is
+    /// left (0.7 becomes 0.9).
+    pub fn foreseeing(&self) -> Resources {
+        Resources {
+            merge_below: self.merge_below + (1.0 - self.merge_below) * 2.0 / 3.0,
+            ..self.clone()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -508,11 +508,9 @@ pub fn run(sc: &Scenario, progress: Progress) -> Result<Report, SimError> {
                 let mut resources = sc.resources.clone();
                 let rates = match live.kind {
                     Kind::Predictive => {
-                        // Hysteresis guards a planner that cannot see
-                        // ahead from merging into a rise; the forecast
-                        // does that here, so predictive merges up to a
-                        // third of the way closer to capacity.
-                        resources.merge_below += (1.0 - resources.merge_below) / 3.0;
+                        // Merges closer to capacity: the forecast holds
+                        // the rise hysteresis guards against.
+                        resources = resources.foreseeing();
                         predictor.rates(m, &history, &nowcast)
                     }
                     _ => nowcast.clone(),

@@ -379,10 +379,21 @@ fn closed_loop() -> Result<bool> {
         }
     }
     println!(
-        "  (overload-s: shard-seconds above capacity; shard-s: shard-seconds; sent/lost: the numbered \
+        "  (overload-s: shard-seconds above capacity; shard-s: shard-seconds, both over the day's one-second buckets; sent/lost: the numbered \
          publisher's messages and those a device following them missed; dups: second copies dropped by devices; \
          fc. MASE: the daemon's one-bucket-ahead forecasts over the last day against seasonal naive's, below 1 is better)"
     );
+    for r in &runs {
+        let season = Story::demo(r.mode).season as usize;
+        if r.samples.len() != season {
+            println!(
+                "  {}: {} of the day's {season} buckets measured (the metrics endpoint missed some): \
+                 its seconds are not comparable",
+                r.mode,
+                r.samples.len()
+            );
+        }
+    }
     if let [p, re] = &runs[..]
         && re.overload_seconds > 0
     {
