@@ -11,8 +11,9 @@
 //!   swap: `router_common::maps`);
 //! - [`route`]: one frame's way through the headers, the plan and the
 //!   shard;
-//! - [`fast`]: the same way for the most common frame (untagged IPv4 or
-//!   IPv6, an MQTT-SN publish to one shard), at fixed offsets;
+//! - [`fast`]: the same way for the most common frames (untagged IPv4 or
+//!   IPv6, an MQTT-SN publish or a CoAP publish of the usual shape to one
+//!   shard), at fixed offsets, the CoAP message read in place;
 //! - [`rewrite`]: the header rewrite, the XDP program's only packet writes;
 //! - [`fanout`]: multi-shard publishes, handed from XDP to the TC program
 //!   `shardcast_fanout`, which sends one rewritten copy per shard;
