@@ -1,8 +1,8 @@
 //! The fast path: an untagged IPv4 frame without options, or an untagged
 //! IPv6 frame without extension headers, carrying an MQTT-SN PUBLISH
 //! (short length form) or a CoAP NON publish of the usual shape (below)
-//! whose route names one shard: the most common frames a router of
-//! sensors sees.
+//! whose route names one shard, or that the plan does not route: the
+//! most common frames a router of sensors sees.
 //!
 //! Every header sits at a fixed offset, so the shared helpers (the
 //! MQTT-SN parser, the counters, the rewrite) are inlined here with
@@ -10,8 +10,8 @@
 //! registers or on the stack; a CoAP message is read in place, without
 //! the general path's copy into a per-CPU window. It decides nothing on
 //! its own: any frame it does not finish (another shape, a check that
-//! fails, a route to none or to several shards, a missing egress) it
-//! leaves exactly as it found it, uncounted, and
+//! fails, a route with no shard or several, a missing egress) it leaves
+//! exactly as it found it, uncounted, and
 //! [`route`](crate::route::route) takes it from the start. What it
 //! finishes, it finishes exactly as that path would: the same counters,
 //! the same bytes out, the same verdict (the fixture and differential
@@ -49,9 +49,10 @@ const IPPROTO_UDP: u8 = 17;
 const ETH_P_IP_LE: u16 = 0x0008;
 const ETH_P_IPV6_LE: u16 = 0xdd86;
 
-/// `Some(action)`: routed here, or failed after the publish was counted
-/// (an IPv6 datagram without a UDP checksum, which the rewrite refuses):
-/// then counted by reason and passed up, as the general path does.
+/// `Some(action)`: routed here; or unrouted (no route in the plan), or
+/// failed after the publish was counted (an IPv6 datagram without a UDP
+/// checksum, which the rewrite refuses): then counted by reason and
+/// passed up, as the general path does.
 /// `None`: not this path's frame, or not one it finishes; untouched and
 /// uncounted.
 ///
@@ -157,7 +158,7 @@ fn datagram(
         return Ok(None);
     };
     let parity = *parity & 1;
-    let route = if dport == cfg.mqttsn_port {
+    let (route, key) = if dport == cfg.mqttsn_port {
         // The long length form (messages over 255 bytes) takes the
         // general path; without it the parser's offsets are constants.
         if word as u8 == mqttsn::LONG_LENGTH_MARK {
@@ -172,24 +173,34 @@ fn datagram(
         else {
             return Ok(None);
         };
-        SC_IDS
-            .get(parity)
-            .and_then(|ids| ids.get(publish.id_index()))
+        let Some(ids) = SC_IDS.get(parity) else {
+            return Ok(None);
+        };
+        // A zeroed entry: the plan has no route for this id.
+        (
+            ids.get(publish.id_index()).filter(|r| r.shard_count != 0),
+            publish.key(),
+        )
     } else if dport == cfg.coap_port {
         let msg = InFrame { ctx, at: payload };
         let Some(key) = coap_fast::publish_key(&msg, payload_len, &cfg.prefix_start) else {
             return Ok(None);
         };
+        let Some(routes) = SC_ROUTES.get(parity) else {
+            return Ok(None);
+        };
         // SAFETY: only the control plane writes route maps, and never a
         // map a program may be reading (generation swap).
-        SC_ROUTES
-            .get(parity)
-            .and_then(|routes| unsafe { routes.get(&key) })
+        (unsafe { routes.get(&key) }, key)
     } else {
         return Ok(None);
     };
     let Some(route) = route else {
-        return Ok(None);
+        // A publish the plan does not route: counted as the general path
+        // counts it (its key among the unrouted, `no_route`), and passed
+        // up without parsing it a second time there.
+        counters::count_unrouted(&key, (ctx.data_end() - ctx.data()) as u64);
+        return Err(Reason::NoRoute);
     };
     let shard = &route.first;
     // The rewrite's and the redirect's preconditions, before anything is
