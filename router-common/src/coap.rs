@@ -141,6 +141,16 @@ impl PrefixStart {
         if len == 0 || len > PrefixStart::WORDS * 8 || off + len > p.len() {
             return false;
         }
+        // In bounds: `off + len <= p.len()` above.
+        self.matches_words(|at| Some(p.word_within(off + at))) == Some(true)
+    }
+
+    /// Whether the bytes `word` reads (the 8 at offset `at` of the
+    /// encoding, little-endian) are the encoding; `None` where `word`
+    /// could not read. The caller checks `len` is within the words.
+    #[inline(always)]
+    pub(crate) fn matches_words(&self, mut word: impl FnMut(usize) -> Option<u64>) -> Option<bool> {
+        let len = self.len as usize;
         for (i, &want) in self.words.iter().enumerate() {
             let at = i * 8;
             if at >= len {
@@ -148,12 +158,11 @@ impl PrefixStart {
             }
             let n = if len - at > 8 { 8 } else { len - at };
             let mask = u64::MAX >> (64 - 8 * n);
-            // In bounds: `off + len <= p.len()` above.
-            if p.word_within(off + at) & mask != want & mask {
-                return false;
+            if word(at)? & mask != want & mask {
+                return Some(false);
             }
         }
-        true
+        Some(true)
     }
 }
 

@@ -86,15 +86,8 @@ pub fn publish_key<M: InPlace + ?Sized>(
     if off + plen > len {
         return None;
     }
-    for (i, &want) in start.words.iter().enumerate() {
-        let at = i * 8;
-        if at >= plen {
-            break;
-        }
-        let n = if plen - at > 8 { 8 } else { plen - at };
-        if low_bytes(m.word(off + at)? ^ want, n) != 0 {
-            return None;
-        }
+    if start.matches_words(|at| m.word(off + at)) != Some(true) {
+        return None;
     }
     off += plen;
     // The topic: the Uri-Path segments after the prefix's, joined by '/'.
