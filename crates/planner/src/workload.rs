@@ -633,6 +633,31 @@ mod tests {
     }
 
     #[test]
+    fn foreseeing_merges_two_thirds_of_the_way_to_usable_and_changes_nothing_else() {
+        let r = sample().resources;
+        assert_eq!(r.merge_below, 0.7);
+        let f = r.foreseeing();
+        assert!((f.merge_below - 0.9).abs() < 1e-12, "{}", f.merge_below);
+        assert_eq!(
+            Resources {
+                merge_below: 0.7,
+                ..f.clone()
+            },
+            r
+        );
+        // Still a valid bound: below usable, whatever merge_below was.
+        for m in [0.0, 0.5, 0.99] {
+            let f = Resources {
+                merge_below: m,
+                ..r.clone()
+            }
+            .foreseeing();
+            assert!(f.merge_below >= m && f.merge_below < 1.0);
+            f.validate().unwrap();
+        }
+    }
+
+    #[test]
     fn indexes_and_weighs() {
         let i = sample().index().unwrap();
         assert_eq!(i.subscriptions(0), &[0, 1]);
