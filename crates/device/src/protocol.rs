@@ -104,8 +104,18 @@ impl Protocol {
                 now_ms
             }
         };
+        if expires <= since {
+            // Past its expiry when it came: this clock runs ahead of the
+            // gateway's, and the expiry says nothing here (dropping the
+            // token would only bring the same one back, again and
+            // again). The gateway's refusals decide, as they do anyway.
+            return TokenDue::Fine;
+        }
         if now_ms >= expires {
+            // Forgotten with its start: the same token handed back to the
+            // `hello` that follows is held from then.
             self.token = None;
+            self.token_since = None;
             return TokenDue::Expired;
         }
         if now_ms >= since + expires.saturating_sub(since) / 2 {
@@ -250,6 +260,21 @@ mod tests {
         assert_eq!(p.token_due(32_000), TokenDue::Expired);
         assert_eq!(p.token_expires(), None, "dropped: the device says hello");
         assert_eq!(p.token_due(32_001), TokenDue::Fine);
+        // A clock ahead of the gateway's: the token handed back to that
+        // hello (still valid there) looks expired here. Kept, not
+        // dropped again and again: no hello loop.
+        p.on_control(
+            Control::Assign {
+                token: n,
+                expires_ms: 32_000,
+                to: None,
+            },
+            &a,
+        );
+        for now in [33_000, 40_000, 90_000] {
+            assert_eq!(p.token_due(now), TokenDue::Fine);
+            assert_eq!(p.token_expires(), Some(32_000));
+        }
     }
 
     fn to(generation: u64, shard: u32) -> Assignment {
