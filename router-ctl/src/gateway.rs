@@ -339,9 +339,7 @@ pub async fn serve(
         if changed {
             send_filters();
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = shardcast_gateway::control::unix_ms();
         let rows: Vec<(SessionRecord, u64)> = records.iter().map(|r| (r.clone(), now)).collect();
         match registry.put_sessions(&rows) {
             // Logged once committed: what a crash can no longer lose.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use shardcast_gateway::{
-    control::{Assignment, Attributes, CONTROL_ID, Control},
+    control::{self, Assignment, Attributes, CONTROL_ID, Control},
     mqttsn::{Flags, Message, Qos, ReturnCode, TopicRef, decode, encode},
 };
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol as SockProtocol, Socket, Type};
@@ -342,10 +342,7 @@ impl Device {
         self.leave_due();
         // The token: heard from past half its life, or it is not renewed;
         // past its expiry it is dropped (and `hello` follows below).
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let renew = self.proto.token_due(unix_ms) == TokenDue::Renew;
+        let renew = self.proto.token_due(control::unix_ms()) == TokenDue::Renew;
         // The `assign` answering a `hello` is a datagram like any: lost,
         // the device asks again (the same host gets the same token).
         if self.proto.token_expires().is_none()

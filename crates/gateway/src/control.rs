@@ -28,6 +28,14 @@ pub use router_common::mqttsn::CONTROL_ID;
 /// Control topics begin with this.
 pub const TOPIC_PREFIX: &str = "$sc/";
 
+/// Now, in the unit the protocol's expiries and deadlines are written
+/// in: unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The control topic of `client`.
 pub fn topic(client: &str) -> String {
     format!("{TOPIC_PREFIX}{client}")

@@ -22,7 +22,7 @@ use tokio::{io::Interest, net::UdpSocket, sync::mpsc::UnboundedReceiver};
 use crate::{
     batch::Sender,
     coap::{CoapEffect, CoapGateway},
-    control::Assignment,
+    control::{Assignment, unix_ms},
     membership::{Event, MemberUpdate, Membership, Out},
     mqttsn::{decode, encode},
     session::{Effect, Gateway, SessionRecord},
@@ -96,12 +96,6 @@ pub struct Hooks<'a> {
     /// The topics CoAP requests may name, when they changed (polled every
     /// second).
     pub coap_topics: &'a mut dyn FnMut() -> Option<Vec<String>>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Serves MQTT-SN on `sock` until `shutdown` completes, sending the
