@@ -488,7 +488,6 @@ impl Lab {
         })
     }
 
-    /// The `daemon.state_dir` of the daemons this lab starts.
     /// Switches the lab daemon's control cycle to `mode` at run time
     /// (`router-ctl cycle --mode`); the daemon reads it at its next tick.
     pub fn set_cycle_mode(&self, mode: &str) -> Result<()> {
@@ -506,6 +505,7 @@ impl Lab {
         Ok(())
     }
 
+    /// The `daemon.state_dir` of the daemons this lab starts.
     pub fn daemon_state_dir(&self) -> PathBuf {
         self.state_dir.join("daemon")
     }
@@ -552,6 +552,17 @@ impl Lab {
     }
 }
 
+/// The `[cycle.resources]` the control cycle's lab tests plan with:
+/// shards of 100 msg/s (80 usable), at most 8, leaving by the lab's
+/// egress, groups from 239.1.2.0.
+pub const CYCLE_RESOURCES: &str = r#"[cycle.resources]
+shard_capacity = 100.0
+max_shards = 8
+headroom = 0.2
+egress = "r-out"
+group_v4_base = "239.1.2.0"
+"#;
+
 /// A `router-ctl devsim` fleet for the control cycle's lab tests, in the
 /// lab's first subscriber namespace, registering through the gateway at
 /// 198.18.1.1:1884: devices following aa, ab, ac, ad in turn, and the
@@ -594,9 +605,10 @@ impl Fleet {
     }
 
     /// Waits until the daemon's installed plan (`plan.json` in its state
-    /// dir) places `devices` devices.
+    /// dir) places `devices` devices; the error names the last decision.
     pub fn wait_placed(lab: &Lab, devices: usize, within: Duration) -> Result<()> {
         let plan = lab.daemon_state_dir().join("plan.json");
+        let log = lab.daemon_state_dir().join("decisions.jsonl");
         let deadline = std::time::Instant::now() + within;
         loop {
             let placed = shardcast_plan::Plan::from_file(&plan).map_or(0, |p| p.devices.len());
@@ -604,7 +616,10 @@ impl Fleet {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                bail!("{placed} of {devices} devices placed after {within:?}");
+                bail!(
+                    "{placed} of {devices} devices placed after {within:?}; last decision: {:?}",
+                    crate::decisions(&log).last()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

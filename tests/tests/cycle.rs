@@ -17,7 +17,7 @@ use std::{
 
 use integration_tests::{
     ctl_binary, decisions,
-    lab::{Fleet, Lab},
+    lab::{CYCLE_RESOURCES, Fleet, Lab},
     load_gen::Generator,
 };
 
@@ -69,7 +69,8 @@ fn the_daemon_shards_ahead_of_the_peak_migrates_and_merges_on_its_own() {
     let daemon = lab
         .start_daemon_with(
             "200ms",
-            r#"migration_deadline = "5s"
+            &[
+                r#"migration_deadline = "5s"
 [gateway]
 listen = "198.18.1.1:1884"
 migrate_retry = "300ms"
@@ -80,15 +81,12 @@ lead = "3s"
 season = "20s"
 window = "200s"
 horizons = ["5s", "10s"]
-[cycle.resources]
-shard_capacity = 100.0
-max_shards = 8
-headroom = 0.2
-egress = "r-out"
-group_v4_base = "239.1.2.0"
 [metrics]
 listen = "127.0.0.1:9464"
 "#,
+                CYCLE_RESOURCES,
+            ]
+            .concat(),
         )
         .unwrap();
     let state = lab.daemon_state_dir();
@@ -97,8 +95,7 @@ listen = "127.0.0.1:9464"
     // The fleet: the numbered publisher sends on aa at 20/s.
     let devsim = Fleet::start(&lab, DEVICES, 20, "300s").unwrap();
     // The cycle places every device as it registers.
-    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}: {:?}", decisions(&log).last()));
+    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30)).unwrap();
     // The compressed day on ab, ac and ad: 10 msg/s each when quiet, 70
     // when busy (aa: the numbered 20/s). Quiet fits one shard of 80
     // usable; busy needs four.

@@ -14,7 +14,7 @@ use std::{
 
 use integration_tests::{
     decisions,
-    lab::{Fleet, Lab},
+    lab::{CYCLE_RESOURCES, Fleet, Lab},
     load_gen::Generator,
 };
 
@@ -81,7 +81,8 @@ fn a_surge_mid_bucket_is_acted_on_within_the_bucket_in_predictive_mode_only() {
     let daemon = lab
         .start_daemon_with(
             "100ms",
-            r#"migration_deadline = "2s"
+            &[
+                r#"migration_deadline = "2s"
 [gateway]
 listen = "198.18.1.1:1884"
 migrate_retry = "300ms"
@@ -93,13 +94,10 @@ season = "60s"
 window = "240s"
 horizons = ["5s"]
 refit = "1h"
-[cycle.resources]
-shard_capacity = 100.0
-max_shards = 8
-headroom = 0.2
-egress = "r-out"
-group_v4_base = "239.1.2.0"
 "#,
+                CYCLE_RESOURCES,
+            ]
+            .concat(),
         )
         .unwrap();
     let state = lab.daemon_state_dir();
@@ -107,8 +105,7 @@ group_v4_base = "239.1.2.0"
     let log = state.join("decisions.jsonl");
     // The numbered publisher sends on aa at 10/s.
     let devsim = Fleet::start(&lab, DEVICES, 10, "120s").unwrap();
-    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}: {:?}", decisions(&log).last()));
+    Fleet::wait_placed(&lab, DEVICES, Duration::from_secs(30)).unwrap();
     // ab, ac, ad at 10 msg/s each: with aa, 40 msg/s, one shard of 80
     // usable. A surge: a topic at a higher rate from a whole second on
     // (the buckets' boundaries).
