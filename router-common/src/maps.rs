@@ -16,7 +16,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
 /// CoAP parser's constant, sized here into `Config`.
@@ -170,6 +170,11 @@ pub mod names {
     /// Egress slot → ifindex, for the fan-out program (a TC program
     /// cannot read the XDP device map `SC_EGRESS`).
     pub const EGRESS_IF: &str = "SC_EGRESS_IF";
+    /// (egress slot, copy count) → a device map that broadcasts a
+    /// multi-shard publish as that many copies (see `fanout_slot`).
+    pub const FANOUT: &str = "SC_FANOUT";
+    /// Per-CPU broadcast sequence (`FanoutSeq`).
+    pub const FANOUT_SEQ: &str = "SC_FANOUT_SEQ";
     /// The router program.
     pub const PROG_ROUTER: &str = "shardcast_router";
     /// A program that passes everything: attached to the peer of a veth
@@ -179,6 +184,9 @@ pub mod names {
     /// The fan-out program (TC ingress): sends one rewritten copy of a
     /// multi-shard publish to each of its shards.
     pub const PROG_FANOUT: &str = "shardcast_fanout";
+    /// The copy program (a device-map egress program): rewrites each copy
+    /// of a broadcast multi-shard publish for its shard.
+    pub const PROG_COPY: &str = "shardcast_copy";
     /// The `SC_GROUP_STATS` dump: a map-element iterator that writes one
     /// [`GroupStatRecord`](super::GroupStatRecord) per counter.
     pub const PROG_GROUP_DUMP: &str = "shardcast_group_dump";
@@ -299,7 +307,11 @@ pub struct Meta {
 pub struct Route {
     pub stats_slot: u32,
     pub shard_count: u16,
-    pub _pad: u16,
+    /// How a multi-shard route's copies leave: 0, by the TC fan-out
+    /// program; otherwise `1 +` the [`fanout_slot`] of the device map that
+    /// sends them by XDP broadcast (every shard on one egress, and the
+    /// kernel took the copy program; see `names::PROG_COPY`).
+    pub fanout: u16,
     pub shards: [u16; MAX_ROUTE_SHARDS],
     pub first: Shard,
 }
@@ -307,12 +319,13 @@ pub struct Route {
 pub const SHARD_HAS_V4: u16 = 1;
 pub const SHARD_HAS_V6: u16 = 2;
 
-/// What the XDP program hands the fan-out program with a multi-shard
-/// publish, in the frame's XDP metadata (`bpf_xdp_adjust_meta`, just before
-/// the packet; the kernel keeps it with the skb up to TC ingress): which
-/// route to send it by. The fan-out program looks the route up again in
-/// the plan generation active when it runs, so it never reads a
-/// generation the control plane may be rewriting.
+/// What the XDP program hands the fan-out program (or the copy program of
+/// a broadcast) with a multi-shard publish, in the frame's XDP metadata
+/// (`bpf_xdp_adjust_meta`, just before the packet; the kernel keeps it
+/// with the skb up to TC ingress, and with every copy of an XDP frame):
+/// which route to send it by. Both look the route up again in the plan
+/// generation active when they run, so they never read a generation the
+/// control plane may be rewriting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FanoutMeta {
@@ -323,6 +336,34 @@ pub struct FanoutMeta {
     /// The MQTT-SN id route index ([`mqttsn_id_index`]) or the name's
     /// [`TopicKey`](crate::topic::TopicKey) hash.
     pub key: u64,
+    /// Broadcast only: this publish's number among those its CPU handed
+    /// off ([`FanoutSeq::issued`]). The copies of one publish are
+    /// identical, so the copy program tells them apart by order: the kernel
+    /// queues them one after the other and runs the program on them in
+    /// that order, on the CPU that queued them.
+    pub nonce: u64,
+}
+
+/// Per-CPU state of the broadcast path (`SC_FANOUT_SEQ`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FanoutSeq {
+    /// Publishes this CPU handed to a broadcast (the last nonce issued).
+    pub issued: u64,
+    /// The nonce of the publish whose copies the copy program is at.
+    pub seen: u64,
+    /// Copies of that publish rewritten so far: the next copy's shard index.
+    pub next: u64,
+}
+
+/// `SC_FANOUT` slots: one device map per (egress slot, copy count 1..=16).
+pub const FANOUT_SLOTS: u32 = MAX_EGRESS * MAX_ROUTE_SHARDS as u32;
+
+/// The `SC_FANOUT` slot of the device map that sends `copies` copies
+/// (1..=16) to egress slot `egress_slot`: its first `copies` entries are
+/// that egress, each with the copy program.
+pub const fn fanout_slot(egress_slot: u32, copies: u32) -> u32 {
+    egress_slot * MAX_ROUTE_SHARDS as u32 + (copies - 1)
 }
 
 /// `FanoutMeta::magic`: "SCFO".

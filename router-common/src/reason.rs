@@ -4,8 +4,10 @@
 //! (index = discriminant). `Redirected` is the fast path; every other reason
 //! is an `XDP_PASS` to the kernel stack: the router never drops what it does
 //! not understand, it hands it on and counts it. A multi-shard publish ends
-//! in XDP as `FannedOut`; the fan-out program then counts each copy it sends
-//! as `Redirected` (or the reason a copy could not go).
+//! in XDP as `FannedOut` (handed to the TC fan-out program) or `Broadcast`
+//! (redirected to every shard's copy at once); the fan-out or copy program
+//! then counts each copy it sends as `Redirected` (or the reason a copy
+//! could not go).
 
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident = $n:literal => $label:literal, )*) => {
@@ -87,6 +89,10 @@ reasons! {
     /// metadata) to the fan-out program at TC ingress, which sends one copy
     /// per shard and counts each as `redirected`.
     FannedOut = 26 => "fanned_out",
+    /// Not passed: a multi-shard publish redirected as a broadcast into
+    /// the device map of its route's egress, where the copy program
+    /// rewrites each copy for its shard and counts it as `redirected`.
+    Broadcast = 27 => "broadcast",
 }
 
 /// Number of reason counters.

@@ -327,6 +327,7 @@ impl Daemon {
                     egress: d.egress.clone(),
                     mode: d.mode,
                     tc: Default::default(),
+                    fanout: Default::default(),
                     config: router_config,
                 },
             )

@@ -1,25 +1,33 @@
-//! Multi-shard publishes: one rewritten copy per shard.
+//! Multi-shard publishes: one rewritten copy per shard, by one of two
+//! ways.
 //!
-//! XDP cannot copy a frame to several destinations with different headers
-//! (a devmap broadcast sends the same bytes everywhere, and shards often
-//! share an egress). So the XDP program checks what every copy would
-//! check, writes the route's identity into the frame's XDP metadata
-//! ([`FanoutMeta`]), drops a VLAN tag, and passes the frame up
-//! (`fanned_out`); `shardcast_fanout`, at TC ingress of the same
-//! interface, finds the metadata, looks the route up in the plan
-//! generation active then, and for each shard rewrites the headers and
-//! `bpf_clone_redirect`s a copy to the shard's egress; the last copy is
-//! the frame itself, redirected. Each copy is counted `redirected` (or why
-//! it could not go).
+//! The XDP program checks what every copy would check, writes the route's
+//! identity into the frame's XDP metadata ([`FanoutMeta`]) and drops a
+//! VLAN tag ([`hand_off`]). Then:
 //!
-//! The copies are computed from the headers as they arrived, not from the
-//! previous copy, so each is exactly what the single-shard XDP path would
-//! have sent for that shard. `bpf_skb_store_bytes` makes the skb's data
-//! private before writing (a clone shares it), so a copy already sent
-//! never sees the next one's bytes.
+//! - **broadcast** (every shard of the route on one egress, and the kernel
+//!   took the copy program): it redirects the frame into the device map
+//!   the route names with `BPF_F_BROADCAST`; the kernel queues one copy
+//!   per entry, and the copy program (`broadcast`) rewrites each for its
+//!   shard on the way out. No skb is built.
+//! - **TC** (otherwise): it passes the frame up (`fanned_out`);
+//!   `shardcast_fanout`, at TC ingress of the same interface, finds the
+//!   metadata, looks the route up in the plan generation active then, and
+//!   for each shard rewrites the headers and `bpf_clone_redirect`s a copy
+//!   to the shard's egress; the last copy is the frame itself, redirected.
+//!
+//! Each copy is counted `redirected` (or why it could not go).
+//!
+//! On the TC way the copies are computed from the headers as they
+//! arrived, not from the previous copy, so each is exactly what the
+//! single-shard XDP path would have sent for that shard.
+//! `bpf_skb_store_bytes` makes the skb's data private before writing (a
+//! clone shares it), so a copy already sent never sees the next one's
+//! bytes.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_BROADCAST, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    btf_maps::DevMap,
     helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
@@ -35,15 +43,17 @@ use router_common::{
 
 use crate::{
     counters::count,
-    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_IDS, SC_ROUTES, SC_SHARDS},
+    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_ROUTES, SC_SHARDS},
     packet::{ETH_HLEN, Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word},
 };
 
-/// XDP side: hands a multi-shard publish to the fan-out program. Checks
-/// first what would make every copy go to the stack (TTL, a zero IPv6 UDP
-/// checksum), so such a frame goes up untouched, as on the single-shard
-/// path.
+/// XDP side: hands a multi-shard publish to the copy program by a
+/// broadcast into `broadcast` (the route's device map), or without one to
+/// the TC fan-out program. Checks first what would make every copy go to
+/// the stack (TTL, a zero IPv6 UDP checksum), so such a frame goes up
+/// untouched, as on the single-shard path.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn hand_off(
     ctx: &XdpContext,
     l3: L3,
@@ -52,6 +62,7 @@ pub(crate) fn hand_off(
     kind: u32,
     key: u64,
     frame_len: u64,
+    broadcast: Option<&DevMap<MAX_ROUTE_SHARDS>>,
 ) -> Result<u32, Reason> {
     match l3 {
         L3::V4 { off, .. } => {
@@ -84,6 +95,18 @@ pub(crate) fn hand_off(
     if meta + META > ctx.data() {
         return Err(Reason::MultiShard);
     }
+    let nonce = match broadcast {
+        Some(_) => {
+            let seq = SC_FANOUT_SEQ.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+            // SAFETY: this CPU's entry; XDP does not migrate between CPUs.
+            unsafe {
+                let n = (*seq).issued.wrapping_add(1);
+                (*seq).issued = n;
+                n
+            }
+        }
+        None => 0,
+    };
     // SAFETY: `META` bytes at `meta` lie before `data`, checked above.
     unsafe {
         core::ptr::write_unaligned(
@@ -92,6 +115,7 @@ pub(crate) fn hand_off(
                 magic: FANOUT_MAGIC,
                 kind,
                 key,
+                nonce,
             },
         );
     }
@@ -113,8 +137,40 @@ pub(crate) fn hand_off(
             return Ok(xdp_action::XDP_ABORTED);
         }
     }
-    count(Reason::FannedOut, frame_len);
-    Ok(xdp_action::XDP_PASS)
+    match broadcast {
+        Some(map) => {
+            count(Reason::Broadcast, frame_len);
+            // The index is ignored by a broadcast; the low bits of the
+            // flags (the verdict of a failed lookup) likewise.
+            Ok(match map.redirect(0, BPF_F_BROADCAST as u64) {
+                Ok(action) | Err(action) => action,
+            })
+        }
+        None => {
+            count(Reason::FannedOut, frame_len);
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// The route a hand-off names, in the plan generation of `parity`.
+#[inline(always)]
+pub(crate) fn route_of(m: &FanoutMeta, parity: u32) -> Result<&'static Route, Reason> {
+    match m.kind {
+        FANOUT_BY_ID => {
+            let ids = SC_IDS.get(parity).ok_or(Reason::NoPlan)?;
+            ids.get(m.key as u32)
+                .filter(|r| r.shard_count != 0)
+                .ok_or(Reason::NoRoute)
+        }
+        FANOUT_BY_NAME => {
+            let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
+            // SAFETY: only the control plane writes route maps, and never
+            // one a program may be reading (generation swap).
+            unsafe { routes.get(&TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)
+        }
+        _ => Err(Reason::NoRoute),
+    }
 }
 
 /// The headers of the frame as it arrived, read once.
@@ -170,21 +226,7 @@ pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<i32, Reason> {
     let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
-    let route: &Route = match m.kind {
-        FANOUT_BY_ID => {
-            let ids = SC_IDS.get(parity).ok_or(Reason::NoPlan)?;
-            ids.get(m.key as u32)
-                .filter(|r| r.shard_count != 0)
-                .ok_or(Reason::NoRoute)?
-        }
-        FANOUT_BY_NAME => {
-            let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
-            // SAFETY: only the control plane writes route maps, and never
-            // one a program may be reading (generation swap).
-            unsafe { routes.get(&TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)?
-        }
-        _ => return Err(Reason::NoRoute),
-    };
+    let route = route_of(m, parity)?;
     let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
     let o = original(ctx)?;
     let n = (route.shard_count as usize).min(MAX_ROUTE_SHARDS);

@@ -15,8 +15,10 @@
 //!   IPv6, an MQTT-SN publish or a CoAP publish of the usual shape to one
 //!   shard), at fixed offsets, the CoAP message read in place;
 //! - [`rewrite`]: the header rewrite, the XDP program's only packet writes;
-//! - [`fanout`]: multi-shard publishes, handed from XDP to the TC program
-//!   `shardcast_fanout`, which sends one rewritten copy per shard;
+//! - [`fanout`]: multi-shard publishes, handed from XDP to a broadcast or
+//!   to the TC program `shardcast_fanout`: one rewritten copy per shard;
+//! - [`broadcast`]: the copy program, which rewrites each copy of a
+//!   broadcast for its shard on its way out;
 //! - [`counters`]: per reason, topic, unrouted key and device group;
 //! - [`iterator`]: the map iterator the daemon reads group counters with;
 //! - [`packet`]: header layouts and the audited helpers that touch packet
@@ -26,6 +28,7 @@
 // BPF inline assembly (`packet::copy16`); router-ebpf builds with nightly.
 #![feature(asm_experimental_arch)]
 
+mod broadcast;
 mod counters;
 mod fanout;
 mod fast;
@@ -51,6 +54,13 @@ pub fn shardcast_router(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn shardcast_fanout(ctx: TcContext) -> i32 {
     fanout::fan_out(&ctx)
+}
+
+/// Each copy of a broadcast multi-shard publish, rewritten for its shard
+/// (the egress program of the device-map entries; see [`broadcast`]).
+#[xdp(map = "devmap")]
+pub fn shardcast_copy(ctx: XdpContext) -> u32 {
+    broadcast::copy(&ctx)
 }
 
 /// Passes everything. Attached to the peer of a veth egress: veth delivers

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use router_common::{
     maps::{
-        Config, Counter, DEVICE_INDEX_ENTRIES, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
+        Config, Counter, DEVICE_INDEX_ENTRIES, FANOUT_SLOTS, FanoutSeq, MAX_ROUTE_SHARDS, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
         GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey, IDS_MAP_FLAGS,
         MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED,
         MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
@@ -46,6 +46,16 @@ pub(crate) static SC_EGRESS: DevMap<{ MAX_EGRESS as usize }> = DevMap::new();
 /// fan-out program, which cannot read a device map.
 #[btf_map]
 pub(crate) static SC_EGRESS_IF: Array<u32, { MAX_EGRESS as usize }> = Array::new();
+/// `fanout_slot(egress slot, k)` → a device map whose first k entries are
+/// that egress with the copy program: a multi-shard publish redirected to
+/// it with `BPF_F_BROADCAST` leaves as k copies (see `broadcast`).
+#[btf_map]
+pub(crate) static SC_FANOUT: ArrayOfMaps<DevMap<MAX_ROUTE_SHARDS>, { FANOUT_SLOTS as usize }> =
+    ArrayOfMaps::new();
+/// Per-CPU: the broadcast nonces handed out and the copy program's place
+/// among one publish's copies (see `broadcast`).
+#[btf_map]
+pub(crate) static SC_FANOUT_SEQ: PerCpuArray<FanoutSeq, 1> = PerCpuArray::new();
 #[btf_map]
 pub(crate) static SC_REASONS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
 #[btf_map]

@@ -17,7 +17,9 @@ use router_common::{
 use crate::{
     counters::{self, count, count_unrouted},
     fanout, fast,
-    maps::{SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_IDS, SC_ROUTES, SC_SCRATCH},
+    maps::{
+        SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_FANOUT, SC_IDS, SC_ROUTES, SC_SCRATCH,
+    },
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
@@ -126,8 +128,18 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
     match route.shard_count {
         1 => {}
         0 => return Err(Reason::NoRoute),
-        // One copy per shard: the fan-out program at TC ingress.
-        _ => return fanout::hand_off(ctx, l3, tagged, udp, kind, key, frame_len),
+        // One copy per shard: by broadcast where the route names a device
+        // map, else by the fan-out program at TC ingress.
+        _ => {
+            let broadcast = match route.fanout {
+                0 => None,
+                n => SC_FANOUT.get(n as u32 - 1),
+            }
+            // An egress gone (the kernel empties its device-map entries):
+            // the TC way counts each copy it cannot send.
+            .filter(|m| m.get_ifindex(0).is_some());
+            return fanout::hand_off(ctx, l3, tagged, udp, kind, key, frame_len, broadcast);
+        }
     }
     // The route's copy of its shard: no second lookup (see `Route`).
     let shard: &Shard = &route.first;

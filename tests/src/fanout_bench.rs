@@ -1,5 +1,7 @@
 //! The fan-out benchmark (`SHARDCAST_BENCH=fanout cargo xtask bench`): what
-//! a publish routed to k = 1, 2, 4, 8, 16 shards costs on the live path,
+//! a publish routed to k = 1, 2, 4, 8, 16 shards costs on the live path, by
+//! each way a multi-shard publish leaves (the TC fan-out program, an XDP
+//! broadcast with the copy program), side by side in every round,
 //! from the kernel's own accounting of each program's run time
 //! (`kernel.bpf_stats_enabled`, switched back afterwards) and the sender's
 //! wall time per frame (XDP, the fan-out, every copy's transmit and the
@@ -18,7 +20,7 @@ use router_common::{
     maps::{LAYOUT_VERSION, names},
     mqttsn::TOPIC_SHORT,
 };
-use shardcast_dataplane::{AttachOptions, Dataplane, Mode, RouterConfig, TcAttach};
+use shardcast_dataplane::{AttachOptions, Dataplane, FanoutPath, Mode, RouterConfig, TcAttach};
 use shardcast_plan::Plan;
 
 use crate::{
@@ -31,6 +33,58 @@ use crate::{
 const FANOUTS: [u32; 5] = [1, 2, 4, 8, 16];
 /// Frames per fan-out per round.
 const FRAMES: usize = 20_000;
+/// The two ways a multi-shard publish leaves, measured side by side.
+const WAYS: [FanoutPath; 2] = [FanoutPath::Tc, FanoutPath::Auto];
+
+/// The pinned programs whose run time is read.
+struct Progs {
+    xdp: PathBuf,
+    tc: PathBuf,
+    copy: PathBuf,
+}
+
+/// Sends `FRAMES` publishes of topic `k` (routed to k shards); returns XDP
+/// ns per publish, the fan-out (TC) or copy programs' ns per publish, and
+/// the sender's wall ns per publish.
+fn send(tx: &std::os::fd::OwnedFd, progs: &Progs, path: FanoutPath, k: u32) -> Result<[f64; 3]> {
+    let name = format!("{k:02}");
+    let f = frame(
+        L3::V4,
+        None,
+        40000,
+        1884,
+        &mqttsn_publish(
+            false,
+            qos0(TOPIC_SHORT),
+            name.as_bytes().try_into().expect("two bytes"),
+            0,
+            b"21-byte payload......",
+        ),
+    );
+    // The copy program also runs on single-shard frames (it passes them):
+    // its time counts for every way that uses it.
+    let copy_prog = match path {
+        FanoutPath::Tc => &progs.tc,
+        FanoutPath::Auto => &progs.copy,
+    };
+    let (x0, xc0) = prog_stats(&progs.xdp)?;
+    let (t0, _) = prog_stats(copy_prog)?;
+    let start = Instant::now();
+    for _ in 0..FRAMES {
+        rawsock::send_raw(tx, &f);
+    }
+    let wall = start.elapsed().as_nanos() as f64 / FRAMES as f64;
+    let (x1, xc1) = prog_stats(&progs.xdp)?;
+    let (t1, _) = prog_stats(copy_prog)?;
+    if xc1 - xc0 < FRAMES as u64 {
+        bail!("the router ran {} times for {FRAMES} frames", xc1 - xc0);
+    }
+    Ok([
+        (x1 - x0) as f64 / (xc1 - xc0) as f64,
+        t1.saturating_sub(t0) as f64 / FRAMES as f64,
+        wall,
+    ])
+}
 
 pub fn bench(rounds: usize) -> Result<String> {
     let ns = NetNs::new("scfob")?;
@@ -54,10 +108,14 @@ fn run(rounds: usize) -> Result<String> {
             egress: vec!["b0".into()],
             mode: Mode::Driver,
             tc: TcAttach::Auto,
+            fanout: Default::default(),
             config: RouterConfig::default(),
         },
     )?;
     let result = (|| -> Result<String> {
+        // Copies reach b1's stack (veth hands XDP frames only to a peer
+        // that runs XDP); the TC way's skbs would arrive without it.
+        dp.attach_pass("b1", Mode::Driver)?;
         let shards: Vec<String> = (1..=16)
             .map(|i| format!(r#"{{"id": {i}, "group_v4": "239.4.0.{i}", "egress": "b0"}}"#))
             .collect();
@@ -68,79 +126,81 @@ fn run(rounds: usize) -> Result<String> {
                 format!(r#"{{"name": "{k:02}", "shards": [{}]}}"#, s.join(","))
             })
             .collect();
-        let plan = Plan::from_json(&format!(
-            r#"{{"generation": 1, "shards": [{}], "topics": [{}]}}"#,
-            shards.join(","),
-            topics.join(",")
-        ))?;
-        dp.install(&plan.compile()?, false)?;
+        let plan_json = |generation: u64| {
+            format!(
+                r#"{{"generation": {generation}, "shards": [{}], "topics": [{}]}}"#,
+                shards.join(","),
+                topics.join(",")
+            )
+        };
         let dir = pin_root.join(format!("v{LAYOUT_VERSION}"));
-        let (xdp, tc) = (dir.join(names::PROG_ROUTER), dir.join(names::PROG_FANOUT));
+        let progs = Progs {
+            xdp: dir.join(names::PROG_ROUTER),
+            tc: dir.join(names::PROG_FANOUT),
+            copy: dir.join(names::PROG_COPY),
+        };
+        if !progs.copy.exists() {
+            bail!("the kernel refused the copy program: no broadcast to measure");
+        }
         let tx = rawsock::packet_socket("a0");
-        // Per fan-out, per round: XDP ns, TC ns (per publish), wall ns.
-        let mut samples: Vec<[Vec<f64>; 3]> = FANOUTS.iter().map(|_| Default::default()).collect();
+        // Per way, per fan-out, per round: XDP ns, fan-out or copy program
+        // ns (per publish), wall ns.
+        let mut samples: [Vec<[Vec<f64>; 3]>; 2] =
+            std::array::from_fn(|_| FANOUTS.iter().map(|_| Default::default()).collect());
+        let mut generation = 0;
         for _ in 0..rounds {
-            for (i, &k) in FANOUTS.iter().enumerate() {
-                let name = format!("{k:02}");
-                let f = frame(
-                    L3::V4,
-                    None,
-                    40000,
-                    1884,
-                    &mqttsn_publish(
-                        false,
-                        qos0(TOPIC_SHORT),
-                        name.as_bytes().try_into().expect("two bytes"),
-                        0,
-                        b"21-byte payload......",
-                    ),
-                );
-                let (x0, xc0) = prog_stats(&xdp)?;
-                let (t0, tc0) = prog_stats(&tc)?;
-                let start = Instant::now();
-                for _ in 0..FRAMES {
-                    rawsock::send_raw(&tx, &f);
+            // Both ways in every round, the same plan installed again with
+            // the other way.
+            for (w, path) in WAYS.iter().enumerate() {
+                dp.set_fanout_path(*path);
+                generation += 1;
+                dp.install(&Plan::from_json(&plan_json(generation))?.compile()?, false)?;
+                for (i, &k) in FANOUTS.iter().enumerate() {
+                    let s = send(&tx, &progs, *path, k)?;
+                    for (j, v) in s.into_iter().enumerate() {
+                        samples[w][i][j].push(v);
+                    }
                 }
-                let wall = start.elapsed().as_nanos() as f64 / FRAMES as f64;
-                let (x1, xc1) = prog_stats(&xdp)?;
-                let (t1, tc1) = prog_stats(&tc)?;
-                if xc1 - xc0 < FRAMES as u64 {
-                    bail!("the router ran {} times for {FRAMES} frames", xc1 - xc0);
-                }
-                samples[i][0].push((x1 - x0) as f64 / (xc1 - xc0) as f64);
-                // The fan-out program runs once per frame passed up.
-                samples[i][1].push(if tc1 > tc0 {
-                    (t1 - t0) as f64 / FRAMES as f64
-                } else {
-                    0.0
-                });
-                samples[i][2].push(wall);
             }
         }
         let c = dp.counters()?;
         let copies = c.reasons[&router_common::reason::Reason::Redirected].packets;
-        let want: u64 = FANOUTS.iter().map(|&k| k as u64).sum::<u64>() * (FRAMES * rounds) as u64;
+        let want: u64 =
+            FANOUTS.iter().map(|&k| k as u64).sum::<u64>() * (FRAMES * rounds * WAYS.len()) as u64;
         if copies != want {
             bail!("{copies} copies counted, {want} sent for");
         }
         let cpu = cpu_model();
-        let base = median(samples[0][0].clone());
+        let base = median(samples[0][0][0].clone());
         let mut out = format!(
-            "Fan-out on the live path ({cpu}; {rounds} rounds of {FRAMES} frames per fan-out, medians; \
-             kernel BPF run-time accounting; 21-byte MQTT-SN payload, IPv4, veth):\n\n\
-             | shards | XDP ns/publish | fan-out ns/publish | fan-out ns/copy | both / single-shard XDP | sender wall ns/publish | wall ns/copy |\n\
-             |---:|---:|---:|---:|---:|---:|---:|\n"
+            "Fan-out on the live path ({cpu}; {rounds} rounds of {FRAMES} frames per fan-out and way, medians; \
+             kernel BPF run-time accounting; 21-byte MQTT-SN payload, IPv4, veth). Programs: XDP (parse, \
+             route, hand-off), then per copy the TC fan-out program (clone, rewrite, redirect) or the \
+             copy program (rewrite; the kernel clones the frame outside any program). Wall: the sender's \
+             time per publish (send syscall, XDP, every copy's transmit and the receiving veth):\n\n\
+             | shards | way | XDP ns/publish | fan-out or copy ns/copy | programs / single-shard XDP | sender wall ns/publish | wall ns/copy |\n\
+             |---:|---|---:|---:|---:|---:|---:|\n"
         );
         for (i, &k) in FANOUTS.iter().enumerate() {
-            let x = median(samples[i][0].clone());
-            let t = median(samples[i][1].clone());
-            let w = median(samples[i][2].clone());
-            out.push_str(&format!(
-                "| {k} | {x:.0} | {t:.0} | {:.0} | {:.2} | {w:.0} | {:.0} |\n",
-                if k > 1 { t / k as f64 } else { 0.0 },
-                (x + t) / base,
-                w / k as f64
-            ));
+            for (w, path) in WAYS.iter().enumerate() {
+                if k == 1 && w > 0 {
+                    continue;
+                }
+                let x = median(samples[w][i][0].clone());
+                let t = median(samples[w][i][1].clone());
+                let wall = median(samples[w][i][2].clone());
+                let way = match (k, path) {
+                    (1, _) => "single shard",
+                    (_, FanoutPath::Tc) => "TC",
+                    (_, FanoutPath::Auto) => "broadcast",
+                };
+                out.push_str(&format!(
+                    "| {k} | {way} | {x:.0} | {:.0} | {:.2} | {wall:.0} | {:.0} |\n",
+                    if k > 1 { t / k as f64 } else { 0.0 },
+                    (x + t) / base,
+                    wall / k as f64
+                ));
+            }
         }
         Ok(out)
     })();

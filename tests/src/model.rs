@@ -352,6 +352,7 @@ fn route(
             magic: FANOUT_MAGIC,
             kind: FANOUT_BY_ID,
             key: index as u64,
+            nonce: 0,
         };
         match plan
             .routes
@@ -375,6 +376,7 @@ fn route(
             magic: FANOUT_MAGIC,
             kind: FANOUT_BY_NAME,
             key: key.hash,
+            nonce: 0,
         };
         match plan.routes.iter().find(|r| r.key == key) {
             Some(r) => r,

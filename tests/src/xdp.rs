@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use router_common::topic::TopicKey;
-use shardcast_dataplane::{Dataplane, RouterConfig, action};
+use shardcast_dataplane::{Dataplane, FanoutPath, RouterConfig, action};
 
 use crate::{
     L3, NetNs, build,
@@ -25,9 +25,16 @@ pub fn lab() -> NetNs {
 }
 
 /// The router loaded in this thread's namespace with the fixture plan
-/// installed (`sc0` as every shard's egress).
+/// installed (`sc0` as every shard's egress), multi-shard publishes handed
+/// to the TC fan-out (the hand-off the model computes).
 pub fn routed(config: RouterConfig) -> Dataplane {
+    routed_with(config, FanoutPath::Tc)
+}
+
+/// [`routed`] with multi-shard publishes fanned out by `path`.
+pub fn routed_with(config: RouterConfig, path: FanoutPath) -> Dataplane {
     let mut dp = Dataplane::load(&crate::object(), &config).unwrap();
+    dp.set_fanout_path(path);
     dp.install(&fixtures::plan("sc0", 1).compile().unwrap(), false)
         .unwrap();
     dp

@@ -48,6 +48,7 @@ fn a_large_cycle_decides_aside_and_what_arrives_meanwhile_is_kept() {
                     egress: vec!["sc0".into()],
                     mode: Mode::Skb,
                     tc: Default::default(),
+                    fanout: Default::default(),
                     config: RouterConfig::default(),
                 },
             )?;

@@ -6,17 +6,31 @@ use std::collections::BTreeMap;
 
 use integration_tests::{
     fixtures::{self, Expect},
-    xdp::{lab, routed, shard_outs, short_publish},
+    xdp::{lab, routed, routed_with, shard_outs, short_publish},
 };
 use router_common::reason::Reason;
-use shardcast_dataplane::{RouterConfig, action, mac_address};
+use shardcast_dataplane::{FanoutPath, RouterConfig, action, mac_address};
 
 #[test]
 fn every_fixture_gets_its_verdict_and_bytes() {
+    check_table(FanoutPath::Tc);
+}
+
+/// The same table with multi-shard routes broadcast (every fixture shard
+/// leaves by `sc0`): a multi-shard publish is redirected, its hand-off in
+/// the metadata with a nonce, and counted `broadcast`; every other verdict
+/// is the same.
+#[test]
+fn every_fixture_gets_its_verdict_and_bytes_by_broadcast() {
+    check_table(FanoutPath::Auto);
+}
+
+fn check_table(path: FanoutPath) {
+    let broadcast = path == FanoutPath::Auto;
     let ns = lab();
     let failures = ns
-        .run(|| {
-            let dp = routed(RouterConfig::default());
+        .run(move || {
+            let dp = routed_with(RouterConfig::default(), path);
             let outs = shard_outs(mac_address("sc0").unwrap());
             let table = fixtures::all();
             assert!(table.len() >= 30, "at least 30 fixtures");
@@ -34,6 +48,28 @@ fn every_fixture_gets_its_verdict_and_bytes() {
                             ));
                         } else if r.output != f.packet {
                             failures.push(format!("{}: passed packet was modified", f.name));
+                        }
+                    }
+                    Expect::FanOut { handoff, .. } if broadcast => {
+                        *want_reasons.entry(Reason::Broadcast).or_default() += 1;
+                        // The nonce (bytes 16..24) is the CPU's count of
+                        // broadcasts so far: any but 0.
+                        let want = fixtures::handoff_output(&f.packet, handoff);
+                        let nonce = r.output.get(16..24).map(|n| n != [0; 8]);
+                        let mut got = r.output.clone();
+                        if got.len() >= 24 {
+                            got[16..24].fill(0);
+                        }
+                        if r.action != action::REDIRECT {
+                            failures.push(format!(
+                                "{}: action {} (want REDIRECT, a broadcast)",
+                                f.name, r.action
+                            ));
+                        } else if got != want || nonce != Some(true) {
+                            failures.push(format!(
+                                "{}: broadcast hand-off differs\n got  {:02x?}\n want {:02x?} (nonce any but 0)",
+                                f.name, r.output, want
+                            ));
                         }
                     }
                     Expect::FanOut { handoff, .. } => {

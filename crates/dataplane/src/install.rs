@@ -345,7 +345,11 @@ impl Dataplane {
                     values.push(Route {
                         stats_slot: slots[r.topic],
                         shard_count: r.shards.len() as u16,
-                        _pad: 0,
+                        fanout: self.route_fanout(
+                            r.shards
+                                .iter()
+                                .map(|&s| shard_values[s as usize].egress_slot),
+                        ),
                         shards,
                         first: shard_values[r.shards[0] as usize],
                     });

@@ -42,6 +42,7 @@ use router_common::{
 use rustc_hash::FxHashMap as StdHashMap;
 
 mod batch;
+mod broadcast;
 mod config;
 mod counters;
 mod error;
@@ -57,6 +58,7 @@ mod pins;
 #[cfg(feature = "test-helpers")]
 mod test_helpers;
 
+pub use broadcast::FanoutPath;
 pub use config::{Mode, RouterConfig};
 pub use counters::{Counters, Snapshot};
 pub use error::DataplaneError;
@@ -127,6 +129,14 @@ pub struct Dataplane {
     /// `SC_EGRESS_IF`: the egress table again, slot → ifindex, for the
     /// fan-out program.
     egress_if: Array<MapData, u32>,
+    /// `SC_FANOUT`: the broadcast device maps (see `broadcast`).
+    fanout_maps: ArrayOfMaps<MapData, MapData>,
+    /// The copy program, when multi-shard routes may go by broadcast.
+    copy_prog: Option<aya::programs::ProgramFd>,
+    /// Egress slots (bits) whose broadcast maps are in place.
+    broadcast_egress: u64,
+    /// How the next install fans multi-shard routes out.
+    fanout_path: FanoutPath,
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,

@@ -24,8 +24,8 @@ use router_common::{
 };
 
 use crate::{
-    Dataplane, GroupReader, IdsMap, Mode, RouterConfig, RoutesMap, error::*, iter, netdev::*,
-    pins::*,
+    Dataplane, FanoutPath, GroupReader, IdsMap, Mode, RouterConfig, RoutesMap, broadcast, error::*,
+    iter, netdev::*, pins::*,
 };
 
 /// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
@@ -95,6 +95,8 @@ pub struct AttachOptions {
     pub config: RouterConfig,
     /// How the fan-out program is attached at TC ingress.
     pub tc: TcAttach,
+    /// How multi-shard publishes fan out (broadcast where possible, or TC).
+    pub fanout: FanoutPath,
 }
 
 /// How the fan-out program is attached at TC ingress.
@@ -151,12 +153,13 @@ impl Dataplane {
     /// Loads the object in this process without pinning or attaching
     /// anything: for in-kernel tests (`TestRun`) and benchmarks.
     pub fn load(object: &Path, config: &RouterConfig) -> Result<Dataplane> {
-        Self::load_and_pin(object, config, None)
+        Self::load_and_pin(object, config, FanoutPath::Auto, None)
     }
 
     pub(crate) fn load_and_pin(
         object: &Path,
         config: &RouterConfig,
+        fanout: FanoutPath,
         mut pin: Option<(&PinPaths, &mut Vec<PathBuf>)>,
     ) -> Result<Dataplane> {
         if !object.exists() {
@@ -207,6 +210,10 @@ impl Dataplane {
                 record_pin(created, path.clone(), prog.pin(&path))?;
             }
         }
+        let copy_prog = match fanout {
+            FanoutPath::Auto => broadcast::load_copy(&mut ebpf, &mut pin)?,
+            FanoutPath::Tc => None,
+        };
         let group_dump = load_group_dump(&mut ebpf, &mut pin)?;
         let p = &mut pin;
         let (_, raw_devices): (HashMap<MapData, DeviceAddr, u32>, _) =
@@ -233,6 +240,10 @@ impl Dataplane {
             shards: take(&mut ebpf, names::SHARDS, p)?,
             egress: take(&mut ebpf, names::EGRESS, p)?,
             egress_if: take(&mut ebpf, names::EGRESS_IF, p)?,
+            fanout_maps: take(&mut ebpf, names::FANOUT, p)?,
+            copy_prog,
+            broadcast_egress: 0,
+            fanout_path: fanout,
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
@@ -270,7 +281,7 @@ impl Dataplane {
             }
             return Err(DataplaneError::NotAttached(pins.dir().into()));
         }
-        let dp = Dataplane {
+        let mut dp = Dataplane {
             config: open_pinned(&pins, names::CONFIG)?,
             active: open_pinned(&pins, names::ACTIVE)?,
             meta: open_pinned(&pins, names::META)?,
@@ -281,6 +292,10 @@ impl Dataplane {
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,
             egress_if: open_pinned(&pins, names::EGRESS_IF)?,
+            fanout_maps: open_pinned(&pins, names::FANOUT)?,
+            copy_prog: broadcast::open_copy(&pins)?,
+            broadcast_egress: 0,
+            fanout_path: FanoutPath::Auto,
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
@@ -322,6 +337,7 @@ impl Dataplane {
             ebpf: None,
             pins: Some(pins),
         };
+        dp.scan_broadcast();
         Ok(dp)
     }
 
@@ -362,11 +378,13 @@ impl Dataplane {
             Dataplane::load_and_pin(
                 &opts.object,
                 &opts.config,
+                opts.fanout,
                 Some((&pins, &mut rollback.created)),
             )?
         } else {
             let mut dp = Dataplane::open(pin_root)?;
             dp.set_config(&opts.config)?;
+            dp.set_fanout_path(opts.fanout);
             dp
         };
         for iface in &opts.egress {
@@ -571,12 +589,31 @@ impl Dataplane {
                 path: PathBuf::from(names::EGRESS_IF),
                 reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
             })?;
-        self.egress
-            .set(slot, idx, None, 0)
-            .map_err(|e| DataplaneError::Pin {
-                path: PathBuf::from(names::EGRESS),
-                reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
-            })?;
+        // With the copy program where broadcasts may use this egress (see
+        // `broadcast`); a device that refuses it takes plain redirects, and
+        // its multi-shard publishes fan out by TC.
+        let with_copy = match &self.copy_prog {
+            Some(prog) => match self.egress.set(slot, idx, Some(prog), 0) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "{iface} refused the copy program ({e}): its multi-shard publishes fan out by TC"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        if !with_copy {
+            self.egress
+                .set(slot, idx, None, 0)
+                .map_err(|e| DataplaneError::Pin {
+                    path: PathBuf::from(names::EGRESS),
+                    reason: format!("cannot add {iface} (ifindex {idx}): {e}"),
+                })?;
+        } else {
+            self.add_broadcast(slot, idx);
+        }
         Ok(slot)
     }
 

@@ -7,8 +7,8 @@ use clap::Args;
 use router_common::maps::Config;
 use serde::Serialize;
 use shardcast_dataplane::{
-    AttachOptions, Dataplane, DataplaneError, Mode, PinPaths, RouterConfig, TcAttach, find_object,
-    is_root,
+    AttachOptions, Dataplane, DataplaneError, FanoutPath, Mode, PinPaths, RouterConfig, TcAttach,
+    find_object, is_root,
 };
 use shardcast_plan::normalize_prefix;
 
@@ -17,6 +17,11 @@ use crate::state;
 
 /// clap value parser for [`Mode`].
 fn mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
+/// clap value parser for [`FanoutPath`].
+fn fanout_path(text: &str) -> Result<FanoutPath, String> {
     text.parse()
 }
 
@@ -41,6 +46,12 @@ pub struct AttachArgs {
     /// tcx, or netlink (a clsact filter).
     #[arg(long, value_parser = tc_attach, default_value = "auto")]
     pub tc_attach: TcAttach,
+    /// How multi-shard publishes fan out: auto (by XDP broadcast, one
+    /// rewritten copy per shard from the egress's device map, where a
+    /// route's shards share an egress and the kernel takes the copy
+    /// program; else by the TC program) or tc (always the TC program).
+    #[arg(long, value_parser = fanout_path, default_value = "auto")]
+    pub fanout: FanoutPath,
     /// The eBPF object (default: SHARDCAST_OBJECT, then next to the binary).
     #[arg(long)]
     pub object: Option<PathBuf>,
@@ -94,6 +105,7 @@ pub fn attach(g: &Globals, a: AttachArgs) -> Result<()> {
         egress: a.egress,
         mode: a.mode,
         tc: a.tc_attach,
+        fanout: a.fanout,
         config: RouterConfig {
             mqttsn_port: a.mqttsn_port,
             coap_port: a.coap_port,

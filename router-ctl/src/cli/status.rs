@@ -224,8 +224,10 @@ fn once(g: &Globals) -> Result<()> {
             Some(why) => format!("batches ({why})"),
         },
         redirected: packets(&|r| r == Reason::Redirected),
-        fanned_out: packets(&|r| r == Reason::FannedOut),
-        passed: packets(&|r| r != Reason::Redirected && r != Reason::FannedOut),
+        fanned_out: packets(&|r| r == Reason::FannedOut || r == Reason::Broadcast),
+        passed: packets(&|r| {
+            r != Reason::Redirected && r != Reason::FannedOut && r != Reason::Broadcast
+        }),
         topics_counted: c.topics.len(),
         unrouted_keys: c.unrouted.len(),
     })

@@ -281,6 +281,7 @@ fn tick_bench() -> Result<String> {
                 egress: vec!["sc0".into()],
                 mode: Mode::Skb,
                 tc: Default::default(),
+                fanout: Default::default(),
                 config: RouterConfig {
                     group_stats: true,
                     ..RouterConfig::default()

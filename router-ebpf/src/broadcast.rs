@@ -1,0 +1,130 @@
+//! The copy program: each copy of a broadcast multi-shard publish,
+//! rewritten for its shard on its way out (a device-map egress program).
+//!
+//! The XDP program redirects a multi-shard publish whose shards share one
+//! egress into the device map `SC_FANOUT[fanout_slot(egress, k)]` with
+//! `BPF_F_BROADCAST` (see `fanout::hand_off`): its k entries are that
+//! egress, so the kernel queues k identical frames (k − 1 clones and the
+//! frame itself) on the egress's per-CPU bulk queue and, when it flushes
+//! the queue, runs this program on each before the transmit. Nothing in a
+//! copy says which shard it is for; their order does. The kernel queues
+//! one publish's copies one after the other and runs the program over the
+//! queue in order, on the CPU that queued them, so the copy program counts
+//! them: the hand-off gave the publish a per-CPU number (`FanoutMeta::
+//! nonce`), and the i-th frame with that number is shard i's copy
+//! (`SC_FANOUT_SEQ`). Publishes handed off in one NAPI poll are flushed
+//! together, but never interleaved: each one's copies are queued whole.
+//!
+//! A device's bulk queue runs one egress program for everything in it,
+//! whichever entry the first frame came through: the control plane gives
+//! the single-shard egress map's entries this program too, and it passes
+//! frames without our metadata untouched.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use router_common::{
+    maps::{FANOUT_MAGIC, FanoutMeta, MAX_ROUTE_SHARDS, Shard},
+    reason::Reason,
+};
+
+use crate::{
+    counters::count,
+    fanout,
+    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_SHARDS},
+    packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at},
+    rewrite,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// One frame on its way out of an egress: a copy of ours is rewritten for
+/// its shard and sent (`XDP_PASS` goes on to the transmit), or dropped
+/// and counted when it cannot be; any other frame passes untouched.
+#[inline(always)]
+pub(crate) fn copy(ctx: &XdpContext) -> u32 {
+    const META: usize = core::mem::size_of::<FanoutMeta>();
+    let meta = ctx.metadata();
+    if meta + META > ctx.data() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: `META` bytes of metadata, checked above.
+    let m: FanoutMeta = unsafe { core::ptr::read_unaligned(meta as *const FanoutMeta) };
+    if m.magic != FANOUT_MAGIC {
+        return xdp_action::XDP_PASS;
+    }
+    // The copy leaves as a plain frame: nothing downstream (a veth peer, a
+    // router's own TC fan-out) should take it for a hand-off. A refusal
+    // leaves the metadata, which only our programs read.
+    // SAFETY: plain helper call on our own context.
+    let _ = unsafe { bpf_xdp_adjust_meta(ctx.ctx, META as i32) };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    match rewrite_copy(ctx, &m) {
+        Ok(()) => {
+            count(Reason::Redirected, frame_len);
+            xdp_action::XDP_PASS
+        }
+        Err(reason) => {
+            count(reason, frame_len);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Finds which copy this is, its shard, and rewrites it.
+#[inline(always)]
+fn rewrite_copy(ctx: &XdpContext, m: &FanoutMeta) -> Result<(), Reason> {
+    let seq = SC_FANOUT_SEQ.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+    // SAFETY: this CPU's entry; the program does not migrate between CPUs.
+    let index = unsafe {
+        if (*seq).seen == m.nonce {
+            let i = (*seq).next;
+            (*seq).next = i + 1;
+            i
+        } else {
+            (*seq).seen = m.nonce;
+            (*seq).next = 1;
+            0
+        }
+    } as usize;
+    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+    let route = fanout::route_of(m, parity)?;
+    // More copies than the route has shards: the plan changed between the
+    // hand-off and now (a route of the new generation).
+    if index >= (route.shard_count as usize).min(MAX_ROUTE_SHARDS) {
+        return Err(Reason::NoRoute);
+    }
+    let shard: &Shard = if index == 0 {
+        &route.first
+    } else {
+        let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
+        shards
+            .get(route.shards[index & (MAX_ROUTE_SHARDS - 1)] as u32)
+            .ok_or(Reason::NoRoute)?
+    };
+    // The shard must leave here: after a plan change it may have moved to
+    // another egress, which this copy can no longer reach.
+    // SAFETY: reading the context's own field.
+    let egress = unsafe { (*ctx.ctx).egress_ifindex };
+    if SC_EGRESS_IF.get(shard.egress_slot).copied() != Some(egress) {
+        return Err(Reason::EgressMissing);
+    }
+    // The hand-off stripped any VLAN tag: Ethernet, then IP.
+    let l3 = match packet::be16_at(ctx, 12).ok_or(Reason::Truncated)? {
+        ETH_P_IP => {
+            let ip = packet::ipv4_at(ctx, ETH_HLEN).ok_or(Reason::Truncated)?;
+            let ihl = ip.ihl();
+            if ihl < 20 {
+                return Err(Reason::Truncated);
+            }
+            L3::V4 { off: ETH_HLEN, ihl }
+        }
+        ETH_P_IPV6 => L3::V6 { off: ETH_HLEN },
+        _ => return Err(Reason::NotIp),
+    };
+    let l4_off = match l3 {
+        L3::V4 { off, ihl } => off + ihl,
+        L3::V6 { off } => off + Ipv6Hdr::LEN,
+    };
+    let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+    rewrite::frame(ctx, l3, false, udp, shard)
+}
