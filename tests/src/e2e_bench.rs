@@ -593,8 +593,9 @@ struct Run {
     delivered: u64,
     busy_s: f64,
     /// The router's own CPU seconds: the relay thread's, mosquitto's
-    /// process time, the XDP and fan-out programs' run time (the kernel's
-    /// accounting; the transmit after XDP returns is not in it).
+    /// process time, the XDP, fan-out and copy programs' run time (the
+    /// kernel's accounting; the transmit after XDP returns, and a
+    /// broadcast's clones, are not in it).
     router_s: f64,
     /// Datagrams the relay's socket dropped.
     router_drops: u64,
@@ -641,6 +642,7 @@ fn router_cpu(lab: &Lab, system: System, mosquitto: u32) -> f64 {
             [
                 router_common::maps::names::PROG_ROUTER,
                 router_common::maps::names::PROG_FANOUT,
+                router_common::maps::names::PROG_COPY,
             ]
             .iter()
             .filter_map(|name| crate::measure::prog_stats(&dir.join(name)).ok())
@@ -798,8 +800,9 @@ pub fn bench() -> Result<String> {
     }
     let n = |r: router_common::reason::Reason| counters.reasons.get(&r).map_or(0, |c| c.packets);
     out.push_str(&format!(
-        "\nshardcast's counters over its runs: redirected {} (copies included), fanned_out {}, no_route {}, multi_shard {}\n",
+        "\nshardcast's counters over its runs: redirected {} (copies included), broadcast {}, fanned_out {}, no_route {}, multi_shard {}\n",
         n(router_common::reason::Reason::Redirected),
+        n(router_common::reason::Reason::Broadcast),
         n(router_common::reason::Reason::FannedOut),
         n(router_common::reason::Reason::NoRoute),
         n(router_common::reason::Reason::MultiShard),

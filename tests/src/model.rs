@@ -402,10 +402,11 @@ fn route(
                 _ => {}
             }
             let m = handoff;
-            let mut out = Vec::with_capacity(f.len() + 16);
+            let mut out = Vec::with_capacity(f.len() + 24);
             out.extend_from_slice(&m.magic.to_ne_bytes());
             out.extend_from_slice(&m.kind.to_ne_bytes());
             out.extend_from_slice(&m.key.to_ne_bytes());
+            out.extend_from_slice(&m.nonce.to_ne_bytes());
             if tagged {
                 out.extend_from_slice(&f[..12]);
                 out.extend_from_slice(&f[16..]);

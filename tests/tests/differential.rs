@@ -32,7 +32,7 @@ fn the_router_and_the_host_model_agree_on_every_frame() {
         "coap_too_many_options",
         "coap_beyond_window",
         "no_route",
-        "fanned_out",
+        "broadcast",
         "truncated",
     ] {
         assert!(

@@ -143,3 +143,31 @@ fn a_vanished_egress_sends_publishes_up_untouched() {
     })
     .unwrap();
 }
+
+/// A broadcast whose egress is gone (the kernel empties the device maps'
+/// entries of an unregistered interface) is not sent into an empty map,
+/// where the kernel would drop it uncounted: it goes the TC way, whose
+/// fan-out program counts each copy it cannot send.
+#[test]
+fn a_broadcast_to_a_vanished_egress_goes_the_tc_way() {
+    let ns = lab();
+    ns.run(|| {
+        let dp = routed_with(RouterConfig::default(), FanoutPath::Auto);
+        let (f, handoff) = fixtures::all()
+            .into_iter()
+            .find_map(|f| match f.expect {
+                Expect::FanOut { handoff, .. } => Some((f.packet, handoff)),
+                _ => None,
+            })
+            .expect("the table has multi-shard publishes");
+        assert_eq!(dp.test_run(&f, 1).unwrap().action, action::REDIRECT);
+        integration_tests::sh("ip", &["link", "del", "sc0"]).unwrap();
+        let r = dp.test_run(&f, 1).unwrap();
+        assert_eq!(r.action, action::PASS);
+        assert_eq!(r.output, fixtures::handoff_output(&f, &handoff));
+        let c = dp.counters().unwrap();
+        assert_eq!(c.reasons[&Reason::Broadcast].packets, 1);
+        assert_eq!(c.reasons[&Reason::FannedOut].packets, 1);
+    })
+    .unwrap();
+}

@@ -42,7 +42,7 @@ struct Status {
     group_cells: usize,
     /// Packets out: single-shard redirects and the fan-out's copies.
     redirected: u64,
-    /// Multi-shard publishes handed to the fan-out program.
+    /// Multi-shard publishes fanned out (by broadcast or the TC program).
     fanned_out: u64,
     passed: u64,
     topics_counted: usize,

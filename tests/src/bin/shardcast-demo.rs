@@ -515,7 +515,8 @@ fn run() -> Result<bool> {
     ];
     let mut all_ok = true;
     // Promised deliveries that did not arrive, on single-shard routes (the
-    // XDP redirect) and on multi-shard ones (the fan-out program's copies),
+    // XDP redirect) and on multi-shard ones (the broadcast's or the fan-out
+    // program's copies),
     // told apart in the report.
     let (mut lost_single, mut lost_multi) = (0usize, 0usize);
     for (i, (title, topics)) in plans.iter().enumerate() {
