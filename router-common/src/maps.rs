@@ -353,7 +353,17 @@ pub struct FanoutSeq {
     /// The nonce of the publish whose copies the copy program is at.
     pub seen: u64,
     /// Copies of that publish rewritten so far: the next copy's shard index.
-    pub next: u64,
+    pub next: u32,
+    /// That publish's route, as the copy program found it at its first
+    /// copy: the generation parity, the shard count and the shards. Every
+    /// copy then follows one generation (still readable: copies are sent
+    /// in the same softirq, and the control plane waits a grace period
+    /// before it rewrites a parity it flipped away from), and the route is
+    /// looked up once per publish, not once per copy.
+    pub parity: u32,
+    pub count: u32,
+    pub _pad: u32,
+    pub shards: [u16; MAX_ROUTE_SHARDS],
 }
 
 /// `SC_FANOUT` slots: one device map per (egress slot, copy count 1..=16).
@@ -490,6 +500,9 @@ mod tests {
         assert_eq!(size_of::<DeviceEntry>(), 24);
         assert_eq!(size_of::<GroupCellLine>(), 64);
         // XDP metadata: at most 32 bytes, a multiple of 4.
-        assert_eq!(size_of::<FanoutMeta>(), 16);
+        assert_eq!(size_of::<FanoutMeta>(), 24);
+        // XDP metadata is at most 32 bytes.
+        const { assert!(size_of::<FanoutMeta>() <= 32) };
+        assert_eq!(size_of::<FanoutSeq>(), 8 + 8 + 4 * 4 + 2 * MAX_ROUTE_SHARDS);
     }
 }

@@ -12,8 +12,9 @@
 //! queue in order, on the CPU that queued them, so the copy program counts
 //! them: the hand-off gave the publish a per-CPU number (`FanoutMeta::
 //! nonce`), and the i-th frame with that number is shard i's copy
-//! (`SC_FANOUT_SEQ`). Publishes handed off in one NAPI poll are flushed
-//! together, but never interleaved: each one's copies are queued whole.
+//! (`SC_FANOUT_SEQ`, which also keeps the route the first copy found).
+//! Publishes handed off in one NAPI poll are flushed together, but never
+//! interleaved: each one's copies are queued whole.
 //!
 //! A device's bulk queue runs one egress program for everything in it,
 //! whichever entry the first frame came through: the control plane gives
@@ -74,31 +75,40 @@ pub(crate) fn copy(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn rewrite_copy(ctx: &XdpContext, m: &FanoutMeta) -> Result<(), Reason> {
     let seq = SC_FANOUT_SEQ.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
-    // SAFETY: this CPU's entry; the program does not migrate between CPUs.
-    let index = unsafe {
-        if (*seq).seen == m.nonce {
-            let i = (*seq).next;
-            (*seq).next = i + 1;
-            i
-        } else {
+    // SAFETY (every access to `*seq`): this CPU's entry; the program does
+    // not migrate between CPUs.
+    let shard: &Shard = if unsafe { (*seq).seen } != m.nonce {
+        // A publish's first copy: its route, kept for the others (none
+        // kept if it has none: then they fail alike).
+        unsafe {
             (*seq).seen = m.nonce;
             (*seq).next = 1;
-            0
+            (*seq).count = 0;
         }
-    } as usize;
-    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
-    let route = fanout::route_of(m, parity)?;
-    // More copies than the route has shards: the plan changed between the
-    // hand-off and now (a route of the new generation).
-    if index >= (route.shard_count as usize).min(MAX_ROUTE_SHARDS) {
-        return Err(Reason::NoRoute);
-    }
-    let shard: &Shard = if index == 0 {
+        let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+        let route = fanout::route_of(m, parity)?;
+        unsafe {
+            (*seq).parity = parity;
+            (*seq).count = route.shard_count as u32;
+            (*seq).shards = route.shards;
+        }
         &route.first
     } else {
-        let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
-        shards
-            .get(route.shards[index & (MAX_ROUTE_SHARDS - 1)] as u32)
+        let (index, parity, count) = unsafe {
+            let i = (*seq).next;
+            (*seq).next = i + 1;
+            (i as usize, (*seq).parity, (*seq).count as usize)
+        };
+        // More copies than the route has shards: the route changed
+        // between the hand-off and the first copy.
+        if index >= count.min(MAX_ROUTE_SHARDS) {
+            return Err(Reason::NoRoute);
+        }
+        let id = unsafe { (*seq).shards[index & (MAX_ROUTE_SHARDS - 1)] };
+        SC_SHARDS
+            .get(parity)
+            .ok_or(Reason::NoPlan)?
+            .get(id as u32)
             .ok_or(Reason::NoRoute)?
     };
     // The shard must leave here: after a plan change it may have moved to

@@ -323,13 +323,8 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
             Verdict::FanOut { handoff, .. } => {
                 // Every fixture shard leaves by sc0: a broadcast, the
                 // hand-off's nonce (bytes 16..24) any but the model's 0.
-                let mut masked = got.output.clone();
-                let nonce = masked.get_mut(16..24).map(|n| {
-                    let set = *n != [0; 8];
-                    n.fill(0);
-                    set
-                });
-                if got.action != action::REDIRECT || masked != *handoff || nonce != Some(true) {
+                let (masked, nonce) = crate::fixtures::without_nonce(&got.output);
+                if got.action != action::REDIRECT || masked != *handoff || !nonce {
                     bail!(
                         "{}: the model broadcasts it, the router gave action {} and\n  router {}\n  model  {} (nonce any but 0)",
                         show(),
