@@ -12,7 +12,7 @@ use std::{
 use serde::Deserialize;
 
 use router_common::maps::Config;
-use shardcast_dataplane::{DEFAULT_PIN_ROOT, Mode};
+use shardcast_dataplane::{DEFAULT_PIN_ROOT, FanoutPath, Mode};
 use shardcast_plan::normalize_prefix;
 
 use crate::{gateway::RelayOptions, state::DEFAULT_STATE_DIR};
@@ -65,6 +65,8 @@ pub struct DataplaneSection {
     pub ingress: Vec<String>,
     pub egress: Vec<String>,
     pub mode: Mode,
+    /// How multi-shard publishes fan out when the daemon attaches.
+    pub fanout: FanoutPath,
     pub object: Option<PathBuf>,
     pub mqttsn_port: u16,
     pub coap_port: u16,
@@ -170,6 +172,7 @@ struct RawDataplane {
     #[serde(default)]
     egress: Vec<String>,
     mode: Option<String>,
+    fanout: Option<String>,
     object: Option<PathBuf>,
     mqttsn_port: Option<u16>,
     coap_port: Option<u16>,
@@ -284,6 +287,12 @@ impl DaemonConfig {
             .unwrap_or("driver")
             .parse()
             .map_err(|e| bad("dataplane.mode", e))?;
+        let fanout: FanoutPath = d
+            .fanout
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(|e| bad("dataplane.fanout", e))?;
         for (key, list) in [
             ("dataplane.ingress", &d.ingress),
             ("dataplane.egress", &d.egress),
@@ -318,6 +327,7 @@ impl DaemonConfig {
             ingress: d.ingress,
             egress: d.egress,
             mode,
+            fanout,
             object: d.object,
             mqttsn_port,
             coap_port,
@@ -666,6 +676,7 @@ mod tests {
             ),
             ("[history]\nretention = \"1s\"", "history.retention"),
             ("[dataplane]\nmode = \"fast\"", "dataplane.mode"),
+            ("[dataplane]\nfanout = \"udp\"", "dataplane.fanout"),
             ("[dataplane]\ningress = [\"a/b\"]", "dataplane.ingress"),
             ("[dataplane]\negress = [\"eth1\"]", "dataplane.ingress"),
             ("[dataplane]\ncoap_port = 1884", "dataplane.coap_port"),

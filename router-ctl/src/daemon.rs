@@ -327,7 +327,7 @@ impl Daemon {
                     egress: d.egress.clone(),
                     mode: d.mode,
                     tc: Default::default(),
-                    fanout: Default::default(),
+                    fanout: d.fanout,
                     config: router_config,
                 },
             )

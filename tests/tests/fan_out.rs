@@ -123,6 +123,29 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath) -> Result<(), String> {
         let plan = plan();
         let compiled = plan.compile().map_err(|e| e.to_string())?;
         dp.install(&compiled, false).map_err(|e| e.to_string())?;
+        // What `maps dump` tells the operator: how each route leaves.
+        let dump = std::process::Command::new(integration_tests::ctl_binary())
+            .args(["--json", "--pin-root"])
+            .arg(&pin_root)
+            .args(["maps", "dump"])
+            .output()
+            .map_err(|e| format!("router-ctl maps dump: {e}"))?;
+        let dump: serde_json::Value = serde_json::from_slice(&dump.stdout)
+            .map_err(|e| format!("maps dump --json: {e}: {:?}", dump))?;
+        let way = match fanout {
+            FanoutPath::Auto => "broadcast",
+            FanoutPath::Tc => "tc",
+        };
+        let ways: Vec<&str> = dump["routes"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["fanout"].as_str()).collect())
+            .unwrap_or_default();
+        let egress_broadcast = dump["egress"][0]["broadcast"].as_bool();
+        if ways != [way, way] || egress_broadcast != Some(fanout == FanoutPath::Auto) {
+            return Err(format!(
+                "maps dump: routes {ways:?} (want {way} twice), egress broadcast {egress_broadcast:?}"
+            ));
+        }
         let settings = Settings::default_with_mac(mac_address("b0").unwrap());
         let tx = packet_socket("a0");
         let rx = packet_socket("b1");

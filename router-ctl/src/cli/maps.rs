@@ -31,6 +31,9 @@ struct ConfigView {
 struct EgressView {
     slot: u32,
     ifindex: u32,
+    /// Multi-shard routes over this egress alone go by XDP broadcast (its
+    /// device maps and the copy program are in place); else by TC.
+    broadcast: bool,
 }
 
 #[derive(Serialize)]
@@ -53,6 +56,9 @@ struct RouteView {
     /// Shard ids; `null` for an index outside the shard table (never, in a
     /// consistent install).
     shards: Vec<Option<u32>>,
+    /// How a publish leaves: `single` (one shard), `broadcast` (copies by
+    /// XDP broadcast) or `tc` (copies by the TC fan-out program).
+    fanout: &'static str,
 }
 
 #[derive(Serialize)]
@@ -91,8 +97,19 @@ impl fmt::Display for Dump {
             self.shards.len(),
             self.routes.len()
         )?;
-        let egress: Vec<(u32, u32)> = self.egress.iter().map(|e| (e.slot, e.ifindex)).collect();
-        writeln!(f, "egress: {egress:?}")?;
+        let egress: Vec<String> = self
+            .egress
+            .iter()
+            .map(|e| {
+                format!(
+                    "slot {} ifindex {}{}",
+                    e.slot,
+                    e.ifindex,
+                    if e.broadcast { " (broadcast)" } else { "" }
+                )
+            })
+            .collect();
+        writeln!(f, "egress: {}", egress.join(", "))?;
         match &self.policy {
             Some(p) => writeln!(f, "policy: {}", p.summary())?,
             None => writeln!(f, "policy: unknown (no copy of the installed plan)")?,
@@ -114,7 +131,11 @@ impl fmt::Display for Dump {
                 sh.class.as_deref().unwrap_or("-")
             )?;
         }
-        writeln!(f, "{:<16}  {:<32} {:>5}  shards", "key", "topic", "slot")?;
+        writeln!(
+            f,
+            "{:<16}  {:<32} {:>5}  {:<9}  shards",
+            "key", "topic", "slot", "fan-out"
+        )?;
         for r in &self.routes {
             let shards: Vec<String> = r
                 .shards
@@ -123,10 +144,11 @@ impl fmt::Display for Dump {
                 .collect();
             writeln!(
                 f,
-                "{:<16}  {:<32} {:>5}  [{}]",
+                "{:<16}  {:<32} {:>5}  {:<9}  [{}]",
                 r.key,
                 r.topic.as_deref().unwrap_or("?"),
                 r.stats_slot,
+                r.fanout,
                 shards.join(",")
             )?;
         }
@@ -158,7 +180,11 @@ pub fn run(g: &Globals, command: MapsCommand) -> Result<()> {
         egress: s
             .egress
             .iter()
-            .map(|&(slot, ifindex)| EgressView { slot, ifindex })
+            .map(|&(slot, ifindex)| EgressView {
+                slot,
+                ifindex,
+                broadcast: dp.broadcasts_on(slot),
+            })
             .collect(),
         shards: s
             .shards
@@ -186,6 +212,11 @@ pub fn run(g: &Globals, command: MapsCommand) -> Result<()> {
                     .iter()
                     .map(|&i| s.shards.get(i as usize).map(|sh| sh.id))
                     .collect(),
+                fanout: match (r.shard_count, r.fanout) {
+                    (0 | 1, _) => "single",
+                    (_, 0) => "tc",
+                    _ => "broadcast",
+                },
             })
             .collect(),
     };
