@@ -74,7 +74,7 @@ fn coap(topic: &str) -> Vec<u8> {
 
 /// Attaches the router in the namespace this thread is in, sends each
 /// frame into `a1` and checks what leaves `b0` against the model.
-fn check_copies(tc: TcAttach, fanout: FanoutPath) -> Result<(), String> {
+fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), String> {
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
     let mut dp = Dataplane::attach(
         &pin_root,
@@ -82,7 +82,7 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath) -> Result<(), String> {
             object: integration_tests::object(),
             ingress: vec!["a1".into()],
             egress: vec!["b0".into()],
-            mode: Mode::Driver,
+            mode,
             tc,
             fanout,
             config: RouterConfig::default(),
@@ -132,6 +132,12 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath) -> Result<(), String> {
             .map_err(|e| format!("router-ctl maps dump: {e}"))?;
         let dump: serde_json::Value = serde_json::from_slice(&dump.stdout)
             .map_err(|e| format!("maps dump --json: {e}: {:?}", dump))?;
+        // What the attach chose: broadcast where asked, but never in
+        // generic XDP.
+        let fanout = match mode {
+            Mode::Skb => FanoutPath::Tc,
+            Mode::Driver => fanout,
+        };
         let way = match fanout {
             FanoutPath::Auto => "broadcast",
             FanoutPath::Tc => "tc",
@@ -246,7 +252,7 @@ fn lab() -> NetNs {
 #[test]
 fn every_shard_of_a_route_gets_its_own_copy() {
     let ns = lab();
-    ns.run(|| check_copies(TcAttach::Auto, FanoutPath::Auto))
+    ns.run(|| check_copies(TcAttach::Auto, FanoutPath::Auto, Mode::Driver))
         .unwrap()
         .unwrap();
 }
@@ -255,7 +261,51 @@ fn every_shard_of_a_route_gets_its_own_copy() {
 #[test]
 fn the_tc_fan_out_by_clsact_sends_the_same_copies_and_detaches() {
     let ns = lab();
-    ns.run(|| check_copies(TcAttach::Netlink, FanoutPath::Tc))
+    ns.run(|| check_copies(TcAttach::Netlink, FanoutPath::Tc, Mode::Driver))
         .unwrap()
         .unwrap();
+}
+
+/// Generic XDP (`--mode skb`) keeps no XDP metadata for a device-map
+/// egress program, so a broadcast's copies could not be told what they
+/// are: an attach in that mode fans out by TC, whatever was asked.
+#[test]
+fn generic_xdp_fans_out_by_tc() {
+    let ns = lab();
+    ns.run(|| check_copies(TcAttach::Auto, FanoutPath::Auto, Mode::Skb))
+        .unwrap()
+        .unwrap();
+}
+
+/// Adding a generic-XDP ingress to a data plane that broadcasts is refused
+/// with the way out, and leaves the data plane as it was.
+#[test]
+fn a_generic_ingress_is_refused_where_routes_broadcast() {
+    let ns = lab();
+    ns.run(|| {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
+        let opts = |iface: &str, mode| AttachOptions {
+            object: integration_tests::object(),
+            ingress: vec![iface.into()],
+            egress: vec!["b0".into()],
+            mode,
+            tc: TcAttach::Auto,
+            fanout: FanoutPath::Auto,
+            config: RouterConfig::default(),
+        };
+        let dp = Dataplane::attach(&pin_root, &opts("a1", Mode::Driver)).unwrap();
+        drop(dp);
+        let err = Dataplane::attach(&pin_root, &opts("b1", Mode::Skb))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let link_b1 = pin_root
+            .join(format!("v{}", router_common::maps::LAYOUT_VERSION))
+            .join(format!("link_{}_b1", names::PROG_ROUTER))
+            .exists();
+        Dataplane::detach(&pin_root).unwrap();
+        assert!(err.contains("--fanout tc"), "error: {err:?}");
+        assert!(!link_b1, "the refused attach left a link on b1");
+    })
+    .unwrap();
 }

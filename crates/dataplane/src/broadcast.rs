@@ -7,9 +7,11 @@
 //! egress with the copy program (`shardcast_copy`), which rewrites each
 //! copy for its shard (see `router-ebpf/src/broadcast.rs`). No skb is
 //! built. Routes over several egresses, and every route where the kernel
-//! refused the copy program (device-map egress programs need Linux 5.8),
-//! fan out by the TC program instead, as does everything when the operator
-//! asks for [`FanoutPath::Tc`].
+//! refused the copy program (device-map egress programs need Linux 5.8)
+//! or the router runs as generic XDP (which keeps no XDP metadata for an
+//! egress program: the copies could not be told apart), fan out by the TC
+//! program instead, as does everything when the operator asks for
+//! [`FanoutPath::Tc`].
 //!
 //! The kernel runs one egress program for a device's whole per-CPU bulk
 //! queue, the first frame's: so an egress with broadcast maps gets the

@@ -25,6 +25,12 @@ pub enum DataplaneError {
     OtherLayout { found: String, path: PathBuf },
     #[error("{iface} already has a shardcast program attached (pin {path})")]
     AlreadyAttached { iface: String, path: PathBuf },
+    #[error(
+        "the data plane pinned at {path} fans multi-shard publishes out by XDP broadcast, which \
+         generic (skb) XDP cannot carry (it keeps no metadata for the copy program): attach in \
+         driver mode, or detach and attach again with --fanout tc"
+    )]
+    BroadcastInSkbMode { path: PathBuf },
     #[error("pinned map {name} does not match layout v{LAYOUT_VERSION}: {reason}")]
     PinMismatch { name: &'static str, reason: String },
     #[error("cannot load eBPF object {path}: {reason}")]

@@ -372,19 +372,31 @@ impl Dataplane {
             netlink: Vec::new(),
             armed: true,
         };
+        // Generic XDP keeps no XDP metadata for a device-map egress
+        // program: the copies of a broadcast could not be told what they
+        // are. In that mode multi-shard publishes fan out by TC.
+        let fanout = match opts.mode {
+            Mode::Skb => FanoutPath::Tc,
+            Mode::Driver => opts.fanout,
+        };
         let fresh = !pins.map(names::CONFIG).exists();
         let mut dp = if fresh {
             std::fs::create_dir_all(pins.dir())?;
             Dataplane::load_and_pin(
                 &opts.object,
                 &opts.config,
-                opts.fanout,
+                fanout,
                 Some((&pins, &mut rollback.created)),
             )?
         } else {
             let mut dp = Dataplane::open(pin_root)?;
+            if opts.mode == Mode::Skb && dp.copy_prog.is_some() {
+                return Err(DataplaneError::BroadcastInSkbMode {
+                    path: pins.dir().into(),
+                });
+            }
             dp.set_config(&opts.config)?;
-            dp.set_fanout_path(opts.fanout);
+            dp.set_fanout_path(fanout);
             dp
         };
         for iface in &opts.egress {
