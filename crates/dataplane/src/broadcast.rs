@@ -66,14 +66,7 @@ pub(crate) fn load_copy(
     pin: &mut Option<(&PinPaths, &mut Vec<std::path::PathBuf>)>,
 ) -> Result<Option<ProgramFd>> {
     let name = names::PROG_COPY;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::PinMismatch {
-            name,
-            reason: "missing from the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let prog: &mut Xdp = program_of(ebpf, name)?;
     if let Err(e) = prog.load() {
         tracing::warn!(
             "the kernel refused the copy program ({}): multi-shard publishes fan out by TC",

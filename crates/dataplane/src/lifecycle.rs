@@ -44,14 +44,7 @@ pub(crate) fn load_group_dump(
             return Ok(GroupReader::Batched(why));
         }
     };
-    let prog: &mut Iter = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::PinMismatch {
-            name,
-            reason: "missing from the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(prog_err(name))?;
+    let prog: &mut Iter = program_of(ebpf, name)?;
     if let Err(e) = prog.load("bpf_map_elem", &btf) {
         let why = format!("iterator not loaded: {}", verifier_message(&e));
         tracing::warn!("group counter {why}: counters will be read in batches");

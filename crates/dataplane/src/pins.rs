@@ -93,6 +93,21 @@ pub(crate) fn take_raw<T: TryFrom<Map, Error = MapError>>(
     Ok((take(ebpf, name, pin)?, raw))
 }
 
+/// The program `name` of a freshly loaded object, as the kind `T` it must
+/// be (not yet loaded into the kernel).
+pub(crate) fn program_of<'e, T>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut T>
+where
+    &'e mut T: TryFrom<&'e mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::PinMismatch {
+            name,
+            reason: "missing from the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 /// Takes a map out of a freshly loaded object, pinning it first when asked.
 pub(crate) fn take<T: TryFrom<Map, Error = MapError>>(
     ebpf: &mut Ebpf,
