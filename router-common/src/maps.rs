@@ -332,7 +332,14 @@ pub struct FanoutMeta {
     /// [`FANOUT_MAGIC`]: metadata of ours, not another program's.
     pub magic: u32,
     /// [`FANOUT_BY_ID`] or [`FANOUT_BY_NAME`].
-    pub kind: u32,
+    pub kind: u16,
+    /// Broadcast only: the plan generation parity the XDP program routed
+    /// the publish by, which its copies follow (still readable when they
+    /// are rewritten: in the same softirq, and the control plane waits a
+    /// grace period before it rewrites a parity it flipped away from).
+    /// 0 on the TC way, which looks the route up in the generation active
+    /// when it runs.
+    pub parity: u16,
     /// The MQTT-SN id route index ([`mqttsn_id_index`]) or the name's
     /// [`TopicKey`](crate::topic::TopicKey) hash.
     pub key: u64,
@@ -354,15 +361,10 @@ pub struct FanoutSeq {
     pub seen: u64,
     /// Copies of that publish rewritten so far: the next copy's shard index.
     pub next: u32,
-    /// That publish's route, as the copy program found it at its first
-    /// copy: the generation parity, the shard count and the shards. Every
-    /// copy then follows one generation (still readable: copies are sent
-    /// in the same softirq, and the control plane waits a grace period
-    /// before it rewrites a parity it flipped away from), and the route is
-    /// looked up once per publish, not once per copy.
-    pub parity: u32,
+    /// That publish's route as the first copy found it (its shard count
+    /// and shards; none if it had none): the route is looked up once per
+    /// publish, not once per copy.
     pub count: u32,
-    pub _pad: u32,
     pub shards: [u16; MAX_ROUTE_SHARDS],
 }
 
@@ -379,9 +381,9 @@ pub const fn fanout_slot(egress_slot: u32, copies: u32) -> u32 {
 /// `FanoutMeta::magic`: "SCFO".
 pub const FANOUT_MAGIC: u32 = u32::from_be_bytes(*b"SCFO");
 /// The route is `SC_IDS[parity][key]`.
-pub const FANOUT_BY_ID: u32 = 1;
+pub const FANOUT_BY_ID: u16 = 1;
 /// The route is `SC_ROUTES[parity][TopicKey { hash: key }]`.
-pub const FANOUT_BY_NAME: u32 = 2;
+pub const FANOUT_BY_NAME: u16 = 2;
 
 /// A shard: where packets for it go.
 #[repr(C, align(8))]
@@ -503,6 +505,6 @@ mod tests {
         assert_eq!(size_of::<FanoutMeta>(), 24);
         // XDP metadata is at most 32 bytes.
         const { assert!(size_of::<FanoutMeta>() <= 32) };
-        assert_eq!(size_of::<FanoutSeq>(), 8 + 8 + 4 * 4 + 2 * MAX_ROUTE_SHARDS);
+        assert_eq!(size_of::<FanoutSeq>(), 8 + 8 + 4 + 4 + 2 * MAX_ROUTE_SHARDS);
     }
 }

@@ -21,7 +21,7 @@
 //! the single-shard egress map's entries this program too, and it passes
 //! frames without our metadata untouched.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_meta, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use router_common::{
     maps::{FANOUT_MAGIC, FanoutMeta, MAX_ROUTE_SHARDS, Shard},
     reason::Reason,
@@ -30,7 +30,7 @@ use router_common::{
 use crate::{
     counters::count,
     fanout,
-    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_SHARDS},
+    maps::{SC_FANOUT_SEQ, SC_SHARDS},
     packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at},
     rewrite,
 };
@@ -53,11 +53,12 @@ pub(crate) fn copy(ctx: &XdpContext) -> u32 {
     if m.magic != FANOUT_MAGIC {
         return xdp_action::XDP_PASS;
     }
-    // The copy leaves as a plain frame: nothing downstream (a veth peer, a
-    // router's own TC fan-out) should take it for a hand-off. A refusal
-    // leaves the metadata, which only our programs read.
-    // SAFETY: plain helper call on our own context.
-    let _ = unsafe { bpf_xdp_adjust_meta(ctx.ctx, META as i32) };
+    // The copy must not pass for a hand-off downstream (a veth peer that
+    // is another router's ingress, with its TC fan-out): its magic goes.
+    // A store, not `bpf_xdp_adjust_meta` (a helper call that would also
+    // invalidate every packet pointer); a NIC does not send metadata.
+    // SAFETY: within the metadata checked above.
+    unsafe { core::ptr::write_unaligned(meta as *mut u32, 0) };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     match rewrite_copy(ctx, &m) {
         Ok(()) => {
@@ -85,39 +86,32 @@ fn rewrite_copy(ctx: &XdpContext, m: &FanoutMeta) -> Result<(), Reason> {
             (*seq).next = 1;
             (*seq).count = 0;
         }
-        let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
-        let route = fanout::route_of(m, parity)?;
+        // The generation the publish was routed by: the same route that
+        // chose this broadcast, so every shard leaves by this egress.
+        let route = fanout::route_of(m, m.parity as u32 & 1)?;
         unsafe {
-            (*seq).parity = parity;
             (*seq).count = route.shard_count as u32;
             (*seq).shards = route.shards;
         }
         &route.first
     } else {
-        let (index, parity, count) = unsafe {
+        let (index, count) = unsafe {
             let i = (*seq).next;
             (*seq).next = i + 1;
-            (i as usize, (*seq).parity, (*seq).count as usize)
+            (i as usize, (*seq).count as usize)
         };
-        // More copies than the route has shards: the route changed
-        // between the hand-off and the first copy.
+        // More copies than the route has shards: not from this route's
+        // device map (never, short of a bug), or its first copy failed.
         if index >= count.min(MAX_ROUTE_SHARDS) {
             return Err(Reason::NoRoute);
         }
         let id = unsafe { (*seq).shards[index & (MAX_ROUTE_SHARDS - 1)] };
         SC_SHARDS
-            .get(parity)
+            .get(m.parity as u32 & 1)
             .ok_or(Reason::NoPlan)?
             .get(id as u32)
             .ok_or(Reason::NoRoute)?
     };
-    // The shard must leave here: after a plan change it may have moved to
-    // another egress, which this copy can no longer reach.
-    // SAFETY: reading the context's own field.
-    let egress = unsafe { (*ctx.ctx).egress_ifindex };
-    if SC_EGRESS_IF.get(shard.egress_slot).copied() != Some(egress) {
-        return Err(Reason::EgressMissing);
-    }
     // The hand-off stripped any VLAN tag: Ethernet, then IP.
     let l3 = match packet::be16_at(ctx, 12).ok_or(Reason::Truncated)? {
         ETH_P_IP => {

@@ -59,8 +59,9 @@ pub(crate) fn hand_off(
     l3: L3,
     tagged: bool,
     udp: *mut UdpHdr,
-    kind: u32,
+    kind: u16,
     key: u64,
+    parity: u32,
     frame_len: u64,
     broadcast: Option<&DevMap<MAX_ROUTE_SHARDS>>,
 ) -> Result<u32, Reason> {
@@ -95,17 +96,18 @@ pub(crate) fn hand_off(
     if meta + META > ctx.data() {
         return Err(Reason::MultiShard);
     }
-    let nonce = match broadcast {
+    let (nonce, parity) = match broadcast {
         Some(_) => {
             let seq = SC_FANOUT_SEQ.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
             // SAFETY: this CPU's entry; XDP does not migrate between CPUs.
-            unsafe {
+            let n = unsafe {
                 let n = (*seq).issued.wrapping_add(1);
                 (*seq).issued = n;
                 n
-            }
+            };
+            (n, parity as u16)
         }
-        None => 0,
+        None => (0, 0),
     };
     // SAFETY: `META` bytes at `meta` lie before `data`, checked above.
     unsafe {
@@ -114,6 +116,7 @@ pub(crate) fn hand_off(
             FanoutMeta {
                 magic: FANOUT_MAGIC,
                 kind,
+                parity,
                 key,
                 nonce,
             },

@@ -138,7 +138,9 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
             // An egress gone (the kernel empties its device-map entries):
             // the TC way counts each copy it cannot send.
             .filter(|m| m.get_ifindex(0).is_some());
-            return fanout::hand_off(ctx, l3, tagged, udp, kind, key, frame_len, broadcast);
+            return fanout::hand_off(
+                ctx, l3, tagged, udp, kind, key, parity, frame_len, broadcast,
+            );
         }
     }
     // The route's copy of its shard: no second lookup (see `Route`).

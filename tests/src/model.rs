@@ -351,6 +351,7 @@ fn route(
         handoff = FanoutMeta {
             magic: FANOUT_MAGIC,
             kind: FANOUT_BY_ID,
+            parity: 0,
             key: index as u64,
             nonce: 0,
         };
@@ -375,6 +376,7 @@ fn route(
         handoff = FanoutMeta {
             magic: FANOUT_MAGIC,
             kind: FANOUT_BY_NAME,
+            parity: 0,
             key: key.hash,
             nonce: 0,
         };
@@ -405,6 +407,7 @@ fn route(
             let mut out = Vec::with_capacity(f.len() + 24);
             out.extend_from_slice(&m.magic.to_ne_bytes());
             out.extend_from_slice(&m.kind.to_ne_bytes());
+            out.extend_from_slice(&m.parity.to_ne_bytes());
             out.extend_from_slice(&m.key.to_ne_bytes());
             out.extend_from_slice(&m.nonce.to_ne_bytes());
             if tagged {
