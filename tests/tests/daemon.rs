@@ -1,4 +1,5 @@
-//! The control daemon with real traffic: atomic plan swaps under load, a
+//! The control daemon with real traffic: atomic plan swaps under load (a
+//! multi-shard topic among them, its copies by broadcast), a
 //! data plane that outlives `kill -9` of the daemon, and a history store
 //! that survives `kill -9` mid-write.
 
@@ -104,22 +105,34 @@ fn listen_all(lab: &Lab, shards: &[LabShard]) -> Vec<integration_tests::lab::Lis
 /// Plan X (odd generations) and Y (even): every topic but "dd" is routed in
 /// both, to different shards, and the shard table is in another order, so
 /// a packet routed by a mix of the two would land somewhere neither says.
+/// "mm" goes to two shards in each (a broadcast: the lab's shards share an
+/// egress), so a publish whose copies mixed the generations would reach a
+/// set of shards neither says.
 fn plan_xy(generation: u64, shards: &[LabShard]) -> String {
     if generation % 2 == 1 {
         Lab::plan_json(
             generation,
             shards,
-            &[("aa", &[1]), ("bb", &[2]), ("cc", &[3]), ("dd", &[1])],
+            &[
+                ("aa", &[1]),
+                ("bb", &[2]),
+                ("cc", &[3]),
+                ("dd", &[1]),
+                ("mm", &[1, 2]),
+            ],
         )
     } else {
         let reordered = [shards[2].clone(), shards[0].clone(), shards[1].clone()];
         Lab::plan_json(
             generation,
             &reordered,
-            &[("aa", &[2]), ("bb", &[3]), ("cc", &[1])],
+            &[("aa", &[2]), ("bb", &[3]), ("cc", &[1]), ("mm", &[3, 1])],
         )
     }
 }
+
+/// The shard sets "mm" reaches in X and in Y.
+const MM_SHARDS: [&[u32]; 2] = [&[1, 2], &[1, 3]];
 
 fn shard_in(generation_odd: bool, topic: &[u8; 2]) -> Option<u32> {
     match (generation_odd, topic) {
@@ -156,7 +169,11 @@ fn swaps_under_traffic(incremental: bool) {
     lab.wait_generation(1).unwrap();
 
     let listeners = listen_all(&lab, &shards);
-    let traffic = Traffic::start(&lab, &["aa", "bb", "cc", "dd"], Duration::from_micros(500));
+    let traffic = Traffic::start(
+        &lab,
+        &["aa", "bb", "cc", "dd", "mm"],
+        Duration::from_micros(500),
+    );
     const SWAPS: u64 = 500;
     let started = Instant::now();
     for g in 2..=SWAPS + 1 {
@@ -168,12 +185,18 @@ fn swaps_under_traffic(incremental: bool) {
     let sent = traffic.stop();
 
     let mut seen: BTreeMap<[u8; 2], BTreeSet<u64>> = BTreeMap::new();
+    // The multi-shard topic: which shards each publish reached.
+    let mut mm: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut dupes = 0;
     let mut inconsistent = Vec::new();
     for (k, l) in listeners.into_iter().enumerate() {
         let shard = k as u32 + 1;
         for r in l.finish(Duration::from_millis(300)).unwrap() {
             let (topic, seq) = decode(&r.payload);
+            if &topic == b"mm" {
+                mm.entry(seq).or_default().push(shard);
+                continue;
+            }
             if shard_in(true, &topic) != Some(shard) && shard_in(false, &topic) != Some(shard) {
                 inconsistent.push((topic, seq, shard));
             }
@@ -207,6 +230,26 @@ fn swaps_under_traffic(incremental: bool) {
             n - got
         );
     }
+    // Every multi-shard publish reached exactly one generation's shards,
+    // each once: its copies never mixed two generations, none was lost.
+    let mixed: Vec<_> = mm
+        .iter()
+        .filter(|(_, got)| !MM_SHARDS.contains(&&got[..]))
+        .collect();
+    assert!(
+        mixed.is_empty(),
+        "{} multi-shard publishes reached a set of shards no generation routes them to, e.g. {:?}",
+        mixed.len(),
+        &mixed[..mixed.len().min(5)]
+    );
+    let n = sent[b"mm"];
+    assert!(n > 1000, "too little multi-shard traffic ({n})");
+    assert_eq!(mm.len() as u64, n, "multi-shard publishes lost");
+    let c = lab.counters().unwrap();
+    assert!(
+        c.reasons[&router_common::reason::Reason::Broadcast].packets >= n,
+        "the multi-shard topic went by broadcast"
+    );
     assert_eq!(lab.generation().unwrap(), SWAPS + 1);
 }
 
