@@ -31,7 +31,7 @@ use router_common::{
     reason::Reason,
     topic::TopicKey,
 };
-use shardcast_dataplane::{Dataplane, RouterConfig, action, mac_address};
+use shardcast_dataplane::{Dataplane, FanoutPath, RouterConfig, action, mac_address};
 
 use crate::{
     L3, frame, frame_v4_options,
@@ -47,7 +47,8 @@ pub struct Report {
     /// carried a wrong checksum, which the router keeps wrong).
     pub bytes_compared: u64,
     /// Frames passed up, by reason, and multi-shard publishes handed to a
-    /// broadcast (`broadcast`).
+    /// broadcast (`broadcast`; `fanned_out` where the kernel refused the
+    /// copy program).
     pub passed: BTreeMap<&'static str, u64>,
     pub unrouted_keys: usize,
     /// CoAP verdicts checked against the RFC 7252 reading.
@@ -283,12 +284,25 @@ fn next(rng: &mut Pcg64Mcg, fixtures: &[Vec<u8>]) -> Vec<u8> {
 /// Runs `n` frames (seeded by `seed`) through the router loaded in the
 /// current network namespace, which must hold an interface `sc0`, and
 /// through the model; the first disagreement is an error naming the frame.
-pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
+pub fn run(n: u64, seed: u64, progress: impl FnMut(u64)) -> Result<Report> {
+    run_with(n, seed, FanoutPath::Auto, progress)
+}
+
+/// [`run`] with multi-shard publishes fanned out by `path` (`Auto`: by
+/// broadcast, unless the kernel refuses the copy program).
+pub fn run_with(
+    n: u64,
+    seed: u64,
+    path: FanoutPath,
+    mut progress: impl FnMut(u64),
+) -> Result<Report> {
     let plan = crate::fixtures::plan("sc0", 1);
     let compiled = plan.compile()?;
     let mut dp = Dataplane::load(&crate::object(), &RouterConfig::default())?;
+    dp.set_fanout_path(path);
     dp.install(&compiled, false)?;
     let parity = dp.active_slot()? & 1;
+    let broadcasts = dp.broadcasts();
     let settings = Settings::default_with_mac(mac_address("sc0")?);
     let fixtures: Vec<Vec<u8>> = crate::fixtures::all()
         .into_iter()
@@ -321,7 +335,7 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
                 *want_reasons.entry(*reason).or_default() += 1;
                 *report.passed.entry(reason.label()).or_default() += 1;
             }
-            Verdict::FanOut { handoff, .. } => {
+            Verdict::FanOut { handoff, .. } if broadcasts => {
                 // Every fixture shard leaves by sc0: a broadcast, the
                 // hand-off's nonce (bytes 16..24) any but the model's 0.
                 let (mut masked, nonce) = crate::fixtures::without_nonce(&got.output);
@@ -342,6 +356,20 @@ pub fn run(n: u64, seed: u64, mut progress: impl FnMut(u64)) -> Result<Report> {
                 }
                 *want_reasons.entry(Reason::Broadcast).or_default() += 1;
                 *report.passed.entry(Reason::Broadcast.label()).or_default() += 1;
+            }
+            // A kernel that refused the copy program: the TC hand-off.
+            Verdict::FanOut { handoff, .. } => {
+                if got.action != action::PASS || got.output != *handoff {
+                    bail!(
+                        "{}: the model hands it to the TC fan-out, the router gave action {} and\n  router {}\n  model  {}",
+                        show(),
+                        got.action,
+                        hex(&got.output),
+                        hex(handoff)
+                    );
+                }
+                *want_reasons.entry(Reason::FannedOut).or_default() += 1;
+                *report.passed.entry(Reason::FannedOut.label()).or_default() += 1;
             }
             Verdict::Redirect { shard, output } => {
                 if got.action != action::REDIRECT {

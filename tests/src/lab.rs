@@ -418,6 +418,16 @@ impl Lab {
         &self.pin_root
     }
 
+    /// Whether the attached data plane fans multi-shard publishes out by
+    /// broadcast: the kernel took the copy program (it is pinned). A
+    /// kernel that refuses it fans out by TC, which the tests then expect.
+    pub fn broadcasts(&self) -> bool {
+        self.pin_root
+            .join(format!("v{}", router_common::maps::LAYOUT_VERSION))
+            .join(router_common::maps::names::PROG_COPY)
+            .exists()
+    }
+
     /// This lab's state directory (plans, daemon config, history).
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir

@@ -101,11 +101,17 @@ impl Dataplane {
         self.fanout_path = path;
     }
 
+    /// Whether multi-shard routes may go by broadcast at the next install:
+    /// the path is `Auto` and the kernel took the copy program (false on a
+    /// kernel that refuses it: then every route fans out by TC).
+    pub fn broadcasts(&self) -> bool {
+        self.fanout_path == FanoutPath::Auto && self.copy_prog.is_some()
+    }
+
     /// Whether multi-shard routes over `egress_slot` alone go by broadcast
     /// at the next install.
     pub fn broadcasts_on(&self, egress_slot: u32) -> bool {
-        self.fanout_path == FanoutPath::Auto
-            && self.copy_prog.is_some()
+        self.broadcasts()
             && egress_slot < MAX_EGRESS
             && self.broadcast_egress >> egress_slot & 1 != 0
     }
