@@ -7,10 +7,11 @@ use aya_ebpf::{
 };
 use router_common::{
     maps::{
-        Config, Counter, DEVICE_INDEX_ENTRIES, FANOUT_SLOTS, FanoutSeq, MAX_ROUTE_SHARDS, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
-        GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey, IDS_MAP_FLAGS,
-        MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED,
-        MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
+        Config, Counter, DEVICE_INDEX_ENTRIES, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
+        FANOUT_SLOTS, FanoutSeq, GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey,
+        IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTE_SHARDS, MAX_ROUTES,
+        MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route,
+        SLOTS_MAP_FLAGS, Shard,
     },
     reason::REASON_COUNT,
     topic::TopicKey,
