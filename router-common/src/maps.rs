@@ -309,7 +309,7 @@ pub struct Route {
     pub shard_count: u16,
     /// How a multi-shard route's copies leave: 0, by the TC fan-out
     /// program; otherwise `1 +` the [`fanout_slot`] of the device map that
-    /// sends them by XDP broadcast (every shard on one egress, and the
+    /// sends them by XDP broadcast (one entry per shard, and the
     /// kernel took the copy program; see `names::PROG_COPY`).
     pub fanout: u16,
     pub shards: [u16; MAX_ROUTE_SHARDS],
@@ -359,17 +359,29 @@ pub struct FanoutSeq {
     pub issued: u64,
     /// The nonce of the publish whose copies the copy program is at.
     pub seen: u64,
-    /// Copies of that publish rewritten so far: the next copy's shard index.
+    /// The egress (ifindex) those copies leave by: a publish's copies to
+    /// each egress are queued, and rewritten, one run per egress.
+    pub egress: u32,
+    /// Copies of that publish to that egress rewritten so far: the next
+    /// copy's index into `shards`.
     pub next: u32,
-    /// That publish's route as the first copy found it (its shard count
-    /// and shards; none if it had none): the route is looked up once per
-    /// publish, not once per copy.
+    /// The route's shards that leave by that egress, as the first of those
+    /// copies found them (`count` of them; none if the route had none):
+    /// the route is looked up once per publish and egress, not per copy.
     pub count: u32,
+    pub _pad: u32,
     pub shards: [u16; MAX_ROUTE_SHARDS],
 }
 
-/// `SC_FANOUT` slots: one device map per (egress slot, copy count 1..=16).
-pub const FANOUT_SLOTS: u32 = MAX_EGRESS * MAX_ROUTE_SHARDS as u32;
+/// `SC_FANOUT` slots of routes whose shards share one egress: one device
+/// map per (egress slot, copy count 1..=16), at [`fanout_slot`].
+pub const FANOUT_SINGLE_EGRESS: u32 = MAX_EGRESS * MAX_ROUTE_SHARDS as u32;
+/// `SC_FANOUT` slots of routes over several egresses: one device map per
+/// shape (how many copies to each egress), made as plans need them, from
+/// `FANOUT_SINGLE_EGRESS` on.
+pub const FANOUT_SHAPES: u32 = 1024;
+/// `SC_FANOUT` slots in all.
+pub const FANOUT_SLOTS: u32 = FANOUT_SINGLE_EGRESS + FANOUT_SHAPES;
 
 /// The `SC_FANOUT` slot of the device map that sends `copies` copies
 /// (1..=16) to egress slot `egress_slot`: its first `copies` entries are
@@ -505,6 +517,6 @@ mod tests {
         assert_eq!(size_of::<FanoutMeta>(), 24);
         // XDP metadata is at most 32 bytes.
         const { assert!(size_of::<FanoutMeta>() <= 32) };
-        assert_eq!(size_of::<FanoutSeq>(), 8 + 8 + 4 + 4 + 2 * MAX_ROUTE_SHARDS);
+        assert_eq!(size_of::<FanoutSeq>(), 8 + 8 + 4 * 4 + 2 * MAX_ROUTE_SHARDS);
     }
 }

@@ -1,20 +1,22 @@
 //! The copy program: each copy of a broadcast multi-shard publish,
 //! rewritten for its shard on its way out (a device-map egress program).
 //!
-//! The XDP program redirects a multi-shard publish whose shards share one
-//! egress into the device map `SC_FANOUT[fanout_slot(egress, k)]` with
-//! `BPF_F_BROADCAST` (see `fanout::hand_off`): its k entries are that
-//! egress, so the kernel queues k identical frames (k − 1 clones and the
-//! frame itself) on the egress's per-CPU bulk queue and, when it flushes
-//! the queue, runs this program on each before the transmit. Nothing in a
-//! copy says which shard it is for; their order does. The kernel queues
-//! one publish's copies one after the other and runs the program over the
-//! queue in order, on the CPU that queued them, so the copy program counts
-//! them: the hand-off gave the publish a per-CPU number (`FanoutMeta::
-//! nonce`), and the i-th frame with that number is shard i's copy
-//! (`SC_FANOUT_SEQ`, which also keeps the route the first copy found).
-//! Publishes handed off in one NAPI poll are flushed together, but never
-//! interleaved: each one's copies are queued whole.
+//! The XDP program redirects a multi-shard publish into the device map its
+//! route names (`SC_FANOUT`) with `BPF_F_BROADCAST` (see
+//! `fanout::hand_off`): one entry per shard, each the shard's egress, so
+//! the kernel queues k identical frames (k − 1 clones and the frame
+//! itself) on the egresses' per-CPU bulk queues and, when it flushes a
+//! queue, runs this program on each frame before the transmit. Nothing in
+//! a copy says which shard it is for; their order does. The kernel queues
+//! one publish's copies to an egress one after the other and runs the
+//! program over the queue in order, on the CPU that queued them, so the
+//! copy program counts them: the hand-off gave the publish a per-CPU
+//! number (`FanoutMeta::nonce`), and the i-th frame with that number on
+//! an egress is the copy of the i-th of the route's shards that leave by
+//! that egress (`SC_FANOUT_SEQ`, which also keeps those shards, found at
+//! the first such copy). Publishes handed off in one NAPI poll are
+//! flushed together, but never interleaved: each one's copies to an
+//! egress are queued whole.
 //!
 //! A device's bulk queue runs one egress program for everything in it,
 //! whichever entry the first frame came through: the control plane gives
@@ -23,14 +25,14 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use router_common::{
-    maps::{FANOUT_MAGIC, FanoutMeta, MAX_ROUTE_SHARDS, Shard},
+    maps::{FANOUT_MAGIC, FANOUT_SINGLE_EGRESS, FanoutMeta, MAX_ROUTE_SHARDS, Shard},
     reason::Reason,
 };
 
 use crate::{
     counters::count,
     fanout,
-    maps::{SC_FANOUT_SEQ, SC_SHARDS},
+    maps::{SC_EGRESS_IF, SC_FANOUT_SEQ, SC_SHARDS},
     packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at},
     rewrite,
 };
@@ -76,38 +78,71 @@ pub(crate) fn copy(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn rewrite_copy(ctx: &XdpContext, m: &FanoutMeta) -> Result<(), Reason> {
     let seq = SC_FANOUT_SEQ.get_ptr_mut(0).ok_or(Reason::NoConfig)?;
+    // The generation the publish was routed by: the same route that chose
+    // this broadcast.
+    let parity = m.parity as u32 & 1;
+    // SAFETY: reading the context's own field.
+    let egress = unsafe { (*ctx.ctx).egress_ifindex };
     // SAFETY (every access to `*seq`): this CPU's entry; the program does
     // not migrate between CPUs.
-    let shard: &Shard = if unsafe { (*seq).seen } != m.nonce {
-        // A publish's first copy: its route, kept for the others (none
-        // kept if it has none: then they fail alike).
+    let shard: &Shard = if unsafe { (*seq).seen != m.nonce || (*seq).egress != egress } {
+        // A publish's first copy to this egress: the route's shards that
+        // leave here, kept for the others (none kept if the route has
+        // none: then they fail alike).
         unsafe {
             (*seq).seen = m.nonce;
+            (*seq).egress = egress;
             (*seq).next = 1;
             (*seq).count = 0;
         }
-        // The generation the publish was routed by: the same route that
-        // chose this broadcast, so every shard leaves by this egress.
-        let route = fanout::route_of(m, m.parity as u32 & 1)?;
-        unsafe {
-            (*seq).count = route.shard_count as u32;
-            (*seq).shards = route.shards;
+        let route = fanout::route_of(m, parity)?;
+        if route.fanout as u32 <= FANOUT_SINGLE_EGRESS {
+            // Every shard leaves by this egress.
+            unsafe {
+                (*seq).count = route.shard_count as u32;
+                (*seq).shards = route.shards;
+            }
+            &route.first
+        } else {
+            // Shards on several egresses: this one's, in route order.
+            let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
+            let count = route.shard_count as usize;
+            let mut n = 0usize;
+            for i in 0..MAX_ROUTE_SHARDS {
+                if i >= count {
+                    break;
+                }
+                let id = route.shards[i];
+                let here = shards
+                    .get(id as u32)
+                    .is_some_and(|s| SC_EGRESS_IF.get(s.egress_slot).copied() == Some(egress));
+                if here {
+                    unsafe { (*seq).shards[n & (MAX_ROUTE_SHARDS - 1)] = id };
+                    n += 1;
+                }
+            }
+            unsafe { (*seq).count = n as u32 };
+            if n == 0 {
+                return Err(Reason::EgressMissing);
+            }
+            let id = unsafe { (*seq).shards[0] };
+            shards.get(id as u32).ok_or(Reason::NoRoute)?
         }
-        &route.first
     } else {
         let (index, count) = unsafe {
             let i = (*seq).next;
             (*seq).next = i + 1;
             (i as usize, (*seq).count as usize)
         };
-        // More copies than the route has shards: not from this route's
-        // device map (never, short of a bug), or its first copy failed.
+        // More copies than the route has shards here: not from this
+        // route's device map (never, short of a bug), or its first copy
+        // failed.
         if index >= count.min(MAX_ROUTE_SHARDS) {
             return Err(Reason::NoRoute);
         }
         let id = unsafe { (*seq).shards[index & (MAX_ROUTE_SHARDS - 1)] };
         SC_SHARDS
-            .get(m.parity as u32 & 1)
+            .get(parity)
             .ok_or(Reason::NoPlan)?
             .get(id as u32)
             .ok_or(Reason::NoRoute)?

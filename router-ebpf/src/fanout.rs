@@ -5,11 +5,11 @@
 //! identity into the frame's XDP metadata ([`FanoutMeta`]) and drops a
 //! VLAN tag ([`hand_off`]). Then:
 //!
-//! - **broadcast** (every shard of the route on one egress, and the kernel
-//!   took the copy program): it redirects the frame into the device map
-//!   the route names with `BPF_F_BROADCAST`; the kernel queues one copy
-//!   per entry, and the copy program (`broadcast`) rewrites each for its
-//!   shard on the way out. No skb is built.
+//! - **broadcast** (where the kernel took the copy program): it redirects
+//!   the frame into the device map the route names with
+//!   `BPF_F_BROADCAST` (an entry per shard, each the shard's egress); the
+//!   kernel queues one copy per entry, and the copy program (`broadcast`)
+//!   rewrites each for its shard on the way out. No skb is built.
 //! - **TC** (otherwise): it passes the frame up (`fanned_out`);
 //!   `shardcast_fanout`, at TC ingress of the same interface, finds the
 //!   metadata, looks the route up in the plan generation active then, and

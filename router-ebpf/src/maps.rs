@@ -48,8 +48,10 @@ pub(crate) static SC_EGRESS: DevMap<{ MAX_EGRESS as usize }> = DevMap::new();
 #[btf_map]
 pub(crate) static SC_EGRESS_IF: Array<u32, { MAX_EGRESS as usize }> = Array::new();
 /// `fanout_slot(egress slot, k)` → a device map whose first k entries are
-/// that egress with the copy program: a multi-shard publish redirected to
-/// it with `BPF_F_BROADCAST` leaves as k copies (see `broadcast`).
+/// that egress with the copy program, and from `FANOUT_SINGLE_EGRESS` on,
+/// device maps of routes over several egresses (an entry per shard, each
+/// its egress): a multi-shard publish redirected to one with
+/// `BPF_F_BROADCAST` leaves as one copy per entry (see `broadcast`).
 #[btf_map]
 pub(crate) static SC_FANOUT: ArrayOfMaps<DevMap<MAX_ROUTE_SHARDS>, { FANOUT_SLOTS as usize }> =
     ArrayOfMaps::new();

@@ -136,7 +136,9 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
                 n => SC_FANOUT.get(n as u32 - 1),
             }
             // An egress gone (the kernel empties its device-map entries):
-            // the TC way counts each copy it cannot send.
+            // the TC way counts each copy it cannot send. (Only the first
+            // entry is checked: of a route over several egresses, the
+            // copies to another that vanished are not sent, uncounted.)
             .filter(|m| m.get_ifindex(0).is_some());
             return fanout::hand_off(
                 ctx, l3, tagged, udp, kind, key, parity, frame_len, broadcast,

@@ -10,7 +10,9 @@
 //!
 //! ```text
 //!  a0 ──veth── a1 [XDP router, TC fan-out]      b0 ──veth── b1 (captured)
-//!  (frames sent raw)                            (every shard's egress)
+//!  (frames sent raw)                            (shards 1-16's egress)
+//!                                               c0 ──veth── c1 (captured)
+//!                                               (shard 17's egress)
 //! ```
 
 use std::{path::PathBuf, time::Duration};
@@ -30,13 +32,15 @@ use shardcast_plan::Plan;
 const MQTTSN: u16 = 1884;
 const COAP: u16 = 5683;
 
-/// 16 shards on `b0` (shard 2 on port 7000, the rest keep the publish's);
-/// `ab` on all of them, `cd` on shards 3 and 9.
+/// 16 shards on `b0` (shard 2 on port 7000, the rest keep the publish's)
+/// and shard 17 on `c0`; `ab` on shards 1-16, `cd` on 9 and 3, `ef` on 3,
+/// 17 and 5 (two egresses).
 fn plan() -> Plan {
-    let shards: Vec<String> = (1..=16)
+    let shards: Vec<String> = (1..=17)
         .map(|i| {
             format!(
-                r#"{{"id": {i}, "group_v4": "239.3.0.{i}", "group_v6": "ff15::3:{i}", "egress": "b0"{}}}"#,
+                r#"{{"id": {i}, "group_v4": "239.3.0.{i}", "group_v6": "ff15::3:{i}", "egress": "{}"{}}}"#,
+                if i == 17 { "c0" } else { "b0" },
                 if i == 2 { r#", "port": 7000"# } else { "" }
             )
         })
@@ -44,7 +48,8 @@ fn plan() -> Plan {
     let all: Vec<String> = (1..=16).map(|i| i.to_string()).collect();
     Plan::from_json(&format!(
         r#"{{"generation": 1, "shards": [{}],
-            "topics": [{{"name": "ab", "shards": [{}]}}, {{"name": "cd", "shards": [9, 3]}}]}}"#,
+            "topics": [{{"name": "ab", "shards": [{}]}}, {{"name": "cd", "shards": [9, 3]}},
+                       {{"name": "ef", "shards": [3, 17, 5]}}]}}"#,
         shards.join(","),
         all.join(",")
     ))
@@ -81,7 +86,7 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
         &AttachOptions {
             object: integration_tests::object(),
             ingress: vec!["a1".into()],
-            egress: vec!["b0".into()],
+            egress: vec!["b0".into(), "c0".into()],
             mode,
             tc,
             fanout,
@@ -92,8 +97,10 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
     // veth hands XDP frames (single-shard redirects, broadcast copies)
     // only to a peer that runs XDP; the TC way sends skbs, which need not.
     if fanout == FanoutPath::Auto {
-        dp.attach_pass("b1", Mode::Driver)
-            .map_err(|e| format!("attach pass: {e}"))?;
+        for peer in ["b1", "c1"] {
+            dp.attach_pass(peer, Mode::Driver)
+                .map_err(|e| format!("attach pass {peer}: {e}"))?;
+        }
     }
     let result = (|| {
         // The netlink attachment is a clsact filter, the TCX one a link.
@@ -123,6 +130,34 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
         let plan = plan();
         let compiled = plan.compile().map_err(|e| e.to_string())?;
         dp.install(&compiled, false).map_err(|e| e.to_string())?;
+        // A process adopting the pins (a daemon restarted) finds the
+        // device maps already made and routes by the same ones.
+        let ways = |dp: &Dataplane| -> Result<Vec<(u64, u16)>, String> {
+            let mut w: Vec<(u64, u16)> = dp
+                .snapshot()
+                .map_err(|e| e.to_string())?
+                .routes
+                .iter()
+                .map(|(k, r)| (k.hash, r.fanout))
+                .collect();
+            w.sort_unstable();
+            Ok(w)
+        };
+        let before = ways(&dp)?;
+        let mut adopted = Dataplane::open(&pin_root).map_err(|e| e.to_string())?;
+        let mut again = plan.clone();
+        again.generation = 2;
+        adopted
+            .install(&again.compile().map_err(|e| e.to_string())?, false)
+            .map_err(|e| e.to_string())?;
+        if ways(&adopted)? != before {
+            return Err(format!(
+                "an adopting process routes by other device maps: {:?} then {:?}",
+                before,
+                ways(&adopted)?
+            ));
+        }
+        drop(adopted);
         // What `maps dump` tells the operator: how each route leaves.
         let dump = std::process::Command::new(integration_tests::ctl_binary())
             .args(["--json", "--pin-root"])
@@ -150,16 +185,32 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
             .as_array()
             .map(|r| r.iter().filter_map(|r| r["fanout"].as_str()).collect())
             .unwrap_or_default();
-        let egress_broadcast = dump["egress"][0]["broadcast"].as_bool();
-        if ways != [way, way] || egress_broadcast != Some(fanout == FanoutPath::Auto) {
+        let egress_broadcast: Vec<Option<bool>> = (0..2)
+            .map(|i| dump["egress"][i]["broadcast"].as_bool())
+            .collect();
+        let auto = Some(fanout == FanoutPath::Auto);
+        if ways != [way; 3] || egress_broadcast != [auto, auto] {
             return Err(format!(
-                "maps dump: routes {ways:?} (want {way} twice), egress broadcast {egress_broadcast:?}"
+                "maps dump: routes {ways:?} (want {way} three times), egress broadcast {egress_broadcast:?}"
             ));
         }
-        let settings = Settings::default_with_mac(mac_address("b0").unwrap());
+        // Each egress's copies, computed with its own source MAC.
+        let egresses = [("b0", "b1"), ("c0", "c1")];
+        let settings: Vec<Settings> = egresses
+            .iter()
+            .map(|(e, _)| Settings::default_with_mac(mac_address(e).unwrap()))
+            .collect();
+        let leaves_by = |shard_index: usize| -> usize {
+            usize::from(compiled.shards[shard_index].egress == "c0")
+        };
         let tx = packet_socket("a0");
-        let rx = packet_socket("b1");
-        captured(&rx);
+        let rx: Vec<_> = egresses
+            .iter()
+            .map(|(_, peer)| packet_socket(peer))
+            .collect();
+        for r in &rx {
+            captured(r);
+        }
         let frames = [
             (
                 "v4 MQTT-SN to 16 shards",
@@ -177,18 +228,32 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
                 "v6 MQTT-SN to 2 shards",
                 frame(L3::V6, None, 40000, MQTTSN, &mqttsn(b"cd")),
             ),
+            (
+                "v4 MQTT-SN to 3 shards on 2 egresses",
+                frame(L3::V4, None, 40000, MQTTSN, &mqttsn(b"ef")),
+            ),
+            (
+                "tagged v6 CoAP to 3 shards on 2 egresses",
+                frame(L3::V6, Some(7), 40001, COAP, &coap("ef")),
+            ),
         ];
         let mut copies_sent = 0;
         for (name, f) in &frames {
-            let want: Vec<Vec<u8>> = match model::classify(f, &compiled, &settings).verdict {
-                Verdict::FanOut { copies, .. } => copies
-                    .into_iter()
-                    .map(|(_, c)| c.expect("every shard has both families"))
-                    .collect(),
-                other => return Err(format!("{name}: the model says {other:?}")),
-            };
+            // Per egress, its shards' copies in route order.
+            let mut want: [Vec<Vec<u8>>; 2] = Default::default();
+            for (e, settings) in settings.iter().enumerate() {
+                match model::classify(f, &compiled, settings).verdict {
+                    Verdict::FanOut { copies, .. } => want[e].extend(
+                        copies
+                            .into_iter()
+                            .filter(|(shard, _)| leaves_by(*shard) == e)
+                            .map(|(_, c)| c.expect("every shard has both families")),
+                    ),
+                    other => return Err(format!("{name}: the model says {other:?}")),
+                }
+            }
             send_raw(&tx, f);
-            let got = captured(&rx);
+            let got: Vec<Vec<Vec<u8>>> = rx.iter().map(captured).collect();
             if got != want {
                 let counted: Vec<String> = dp
                     .counters()
@@ -200,16 +265,17 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
                             .collect()
                     })
                     .unwrap_or_default();
+                let n = |v: &[Vec<Vec<u8>>]| v.iter().map(Vec::len).collect::<Vec<_>>();
                 return Err(format!(
-                    "{name}: {} copies, want {}\n got  {:02x?}\n want {:02x?}\n counted: {}",
-                    got.len(),
-                    want.len(),
-                    got.first(),
-                    want.first(),
+                    "{name}: copies per egress {:?}, want {:?}\n got  {:02x?}\n want {:02x?}\n counted: {}",
+                    n(&got),
+                    n(&want),
+                    got.iter().flatten().next(),
+                    want.iter().flatten().next(),
                     counted.join(", ")
                 ));
             }
-            copies_sent += want.len() as u64;
+            copies_sent += want.iter().map(Vec::len).sum::<usize>() as u64;
         }
         let c = dp.counters().map_err(|e| e.to_string())?;
         // Each publish went the way asked for, every copy counted once.
@@ -241,7 +307,7 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
 
 fn lab() -> NetNs {
     let ns = NetNs::new("scfan").unwrap();
-    for (a, b) in [("a0", "a1"), ("b0", "b1")] {
+    for (a, b) in [("a0", "a1"), ("b0", "b1"), ("c0", "c1")] {
         ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
             .unwrap();
         ns.ip(&["link", "set", a, "up"]).unwrap();

@@ -1,17 +1,19 @@
 //! Multi-shard publishes by XDP broadcast: the copy program and the device
 //! maps a route's copies are broadcast into.
 //!
-//! A route whose shards all leave through one egress sends its k copies
-//! by redirecting the publish into the device map at `SC_FANOUT[
-//! fanout_slot(egress, k)]` with `BPF_F_BROADCAST`: its k entries are that
-//! egress with the copy program (`shardcast_copy`), which rewrites each
-//! copy for its shard (see `router-ebpf/src/broadcast.rs`). No skb is
-//! built. Routes over several egresses, and every route where the kernel
-//! refused the copy program (device-map egress programs need Linux 5.8)
-//! or the router runs as generic XDP (which keeps no XDP metadata for an
-//! egress program: the copies could not be told apart), fan out by the TC
-//! program instead, as does everything when the operator asks for
-//! [`FanoutPath::Tc`].
+//! A multi-shard route sends its k copies by redirecting the publish into
+//! a device map with `BPF_F_BROADCAST`, one entry per shard, each the
+//! shard's egress with the copy program (`shardcast_copy`), which
+//! rewrites each copy for its shard (see `router-ebpf/src/broadcast.rs`).
+//! No skb is built. Routes whose shards share an egress use the maps made
+//! with the egress, `SC_FANOUT[fanout_slot(egress, k)]`; routes over
+//! several egresses the map of their *shape* (the egresses, one per copy,
+//! sorted), made the first time a plan needs it, up to `FANOUT_SHAPES`
+//! shapes. Where the kernel refused the copy program (device-map egress
+//! programs need Linux 5.8) or the router runs as generic XDP (which
+//! keeps no XDP metadata for an egress program: the copies could not be
+//! told apart), routes fan out by the TC program instead, as they do when
+//! the operator asks for [`FanoutPath::Tc`] or the shapes are all taken.
 //!
 //! The kernel runs one egress program for a device's whole per-CPU bulk
 //! queue, the first frame's: so an egress with broadcast maps gets the
@@ -25,15 +27,18 @@ use aya::{
     programs::{ProgramFd, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
-use router_common::maps::{MAX_EGRESS, MAX_ROUTE_SHARDS, fanout_slot, names};
+use router_common::maps::{
+    FANOUT_SINGLE_EGRESS, FANOUT_SLOTS, MAX_EGRESS, MAX_ROUTE_SHARDS, fanout_slot, names,
+};
+use rustc_hash::FxHashMap as StdHashMap;
 
 use crate::{Dataplane, error::*, install::create_inner, pins::*};
 
 /// How multi-shard publishes fan out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FanoutPath {
-    /// By XDP broadcast where a route's shards share an egress and the
-    /// kernel takes the copy program; by the TC program otherwise.
+    /// By XDP broadcast where the kernel takes the copy program (and the
+    /// mode is driver); by the TC program otherwise.
     #[default]
     Auto,
     /// By the TC program always (the copy program is not loaded).
@@ -118,12 +123,95 @@ impl Dataplane {
 
     /// The `Route::fanout` of a route whose shards leave by
     /// `egress_slots`: `1 +` its broadcast map's slot, or 0 for the TC
-    /// fan-out.
-    pub(crate) fn route_fanout(&self, egress_slots: impl Iterator<Item = u32>) -> u16 {
-        match (&self.copy_prog, self.fanout_path) {
-            (Some(_), FanoutPath::Auto) => fanout_of(egress_slots, self.broadcast_egress),
-            _ => 0,
+    /// fan-out. A route over several egresses gets the device map of its
+    /// shape, made here the first time a plan needs it.
+    pub(crate) fn route_fanout(&mut self, egress_slots: &[u32]) -> u16 {
+        if !self.broadcasts() {
+            return 0;
         }
+        match fanout_of(egress_slots, self.broadcast_egress) {
+            Fanout::Tc => 0,
+            Fanout::Single(slot) => (slot + 1) as u16,
+            Fanout::Shape(shape) => match self.shape_slot(shape) {
+                Some(slot) => (slot + 1) as u16,
+                None => 0,
+            },
+        }
+    }
+
+    /// The `SC_FANOUT` slot of the device map for `shape` (egress slots,
+    /// sorted, one per copy), made and added if new. `None` (the TC way)
+    /// when the shape slots are all taken or the kernel refuses the map.
+    fn shape_slot(&mut self, shape: Vec<u32>) -> Option<u32> {
+        if let Some(&slot) = self.shapes.get(&shape) {
+            return Some(slot);
+        }
+        let taken: std::collections::HashSet<u32> = self.shapes.values().copied().collect();
+        let slot = (FANOUT_SINGLE_EGRESS..FANOUT_SLOTS).find(|s| !taken.contains(s))?;
+        let ifindexes: Option<Vec<u32>> = shape
+            .iter()
+            .map(|&e| self.egress.get(e, 0).ok().map(|v| v.if_index))
+            .collect();
+        let made = ifindexes
+            .ok_or_else(|| DataplaneError::Pin {
+                path: names::FANOUT.into(),
+                reason: format!("an egress of {shape:?} is gone"),
+            })
+            .and_then(|ifs| self.device_map(&ifs));
+        match made.and_then(|map| {
+            self.fanout_maps
+                .set(slot, &map, 0)
+                .map_err(map_err(names::FANOUT))
+        }) {
+            Ok(()) => {
+                self.shapes.insert(shape, slot);
+                Some(slot)
+            }
+            Err(e) => {
+                tracing::warn!("no broadcast map for egress slots {shape:?} ({e}): by TC");
+                None
+            }
+        }
+    }
+
+    /// A fresh device map whose entries are `ifindexes`, each with the copy
+    /// program.
+    fn device_map(&self, ifindexes: &[u32]) -> Result<MapData> {
+        let prog = self.copy_prog.as_ref().ok_or(DataplaneError::Pin {
+            path: names::PROG_COPY.into(),
+            reason: "not loaded".into(),
+        })?;
+        let data = create_inner::<u32, [u32; 2]>(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP,
+            MAX_ROUTE_SHARDS as u32,
+            0,
+            "sc_fanout",
+            names::FANOUT,
+        )?;
+        let mut any = Map::DevMap(data);
+        let mut map: DevMap<&mut MapData> =
+            DevMap::try_from(&mut any).map_err(map_err(names::FANOUT))?;
+        for (i, &ifindex) in ifindexes.iter().enumerate() {
+            map.set(i as u32, ifindex, Some(prog), 0)
+                .map_err(|e| DataplaneError::Pin {
+                    path: names::FANOUT.into(),
+                    reason: format!("copy {i} to ifindex {ifindex}: {e}"),
+                })?;
+        }
+        match any {
+            Map::DevMap(data) => Ok(data),
+            _ => Err(DataplaneError::Pin {
+                path: names::FANOUT.into(),
+                reason: "not a device map".into(),
+            }),
+        }
+    }
+
+    /// Forgets the shapes that use `egress_slot` (a new interface took
+    /// it): their maps name the old one's ifindex. Plans made from now on
+    /// get new maps.
+    pub(crate) fn forget_shapes_of(&mut self, egress_slot: u32) {
+        self.shapes.retain(|shape, _| !shape.contains(&egress_slot));
     }
 
     /// Gives a new egress slot its broadcast maps: for each copy count
@@ -131,32 +219,14 @@ impl Dataplane {
     /// copy program. The slot's `SC_EGRESS` entry must carry the copy
     /// program already. A refusal leaves the egress to the TC fan-out.
     pub(crate) fn add_broadcast(&mut self, slot: u32, ifindex: u32) {
-        let Some(prog) = self.copy_prog.as_ref() else {
+        if self.copy_prog.is_none() {
             return;
-        };
+        }
         let made = (|| -> Result<Vec<(u32, MapData)>> {
             let mut maps = Vec::new();
-            for k in 2..=MAX_ROUTE_SHARDS as u32 {
-                let data = create_inner::<u32, [u32; 2]>(
-                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP,
-                    MAX_ROUTE_SHARDS as u32,
-                    0,
-                    "sc_fanout",
-                    names::FANOUT,
-                )?;
-                let mut any = Map::DevMap(data);
-                let mut map: DevMap<&mut MapData> =
-                    DevMap::try_from(&mut any).map_err(map_err(names::FANOUT))?;
-                for i in 0..k {
-                    map.set(i, ifindex, Some(prog), 0)
-                        .map_err(|e| DataplaneError::Pin {
-                            path: names::FANOUT.into(),
-                            reason: format!("copy {i} to ifindex {ifindex}: {e}"),
-                        })?;
-                }
-                if let Map::DevMap(data) = any {
-                    maps.push((fanout_slot(slot, k), data));
-                }
+            for k in 2..=MAX_ROUTE_SHARDS {
+                let map = self.device_map(&vec![ifindex; k])?;
+                maps.push((fanout_slot(slot, k as u32), map));
             }
             Ok(maps)
         })();
@@ -199,34 +269,65 @@ impl Dataplane {
                 self.broadcast_egress |= 1 << slot;
             }
         }
+        // The shapes' maps: their entries' egresses, back to slots.
+        let slot_of: StdHashMap<u32, u32> = self
+            .egress_table()
+            .into_iter()
+            .map(|(slot, ifindex)| (ifindex, slot))
+            .collect();
+        for outer in FANOUT_SINGLE_EGRESS..FANOUT_SLOTS {
+            let Ok(data) = self.fanout_maps.get(&outer, 0) else {
+                continue;
+            };
+            let Ok(map) = DevMap::try_from(Map::DevMap(data)) else {
+                continue;
+            };
+            let map: DevMap<MapData> = map;
+            let shape: Option<Vec<u32>> = map
+                .iter()
+                .map_while(|v| v.ok())
+                .map(|v| slot_of.get(&v.if_index).copied())
+                .collect();
+            if let Some(mut shape) = shape.filter(|s| s.len() >= 2) {
+                shape.sort_unstable();
+                self.shapes.entry(shape).or_insert(outer);
+            }
+        }
     }
 }
 
-/// The `Route::fanout` of a route whose shards leave by `egress_slots`,
-/// given the egress slots with broadcast maps (bits of `ready`): by
-/// broadcast when there are 2 to 16 shards and all leave by one ready
-/// egress; else 0 (the TC fan-out).
-fn fanout_of(egress_slots: impl Iterator<Item = u32>, ready: u64) -> u16 {
-    let mut k = 0u32;
-    let mut one = None;
-    for e in egress_slots {
-        k += 1;
-        match one {
-            None => one = Some(e),
-            Some(first) if first != e => return 0,
-            Some(_) => {}
-        }
+/// How a route whose shards leave by `egress_slots` fans out.
+#[derive(Debug, PartialEq, Eq)]
+enum Fanout {
+    /// By the TC program (one shard, more than 16, or an egress without
+    /// broadcast maps).
+    Tc,
+    /// By the device map at this `SC_FANOUT` slot: every shard on one
+    /// egress.
+    Single(u32),
+    /// By the device map of this shape: the egress slots, sorted, one per
+    /// copy.
+    Shape(Vec<u32>),
+}
+
+/// Classifies a route whose shards leave by `egress_slots`, given the
+/// egress slots with broadcast maps (bits of `ready`).
+fn fanout_of(egress_slots: &[u32], ready: u64) -> Fanout {
+    let k = egress_slots.len();
+    if !(2..=MAX_ROUTE_SHARDS).contains(&k)
+        || egress_slots
+            .iter()
+            .any(|&e| e >= MAX_EGRESS || ready >> e & 1 == 0)
+    {
+        return Fanout::Tc;
     }
-    match one {
-        Some(e)
-            if (2..=MAX_ROUTE_SHARDS as u32).contains(&k)
-                && e < MAX_EGRESS
-                && ready >> e & 1 != 0 =>
-        {
-            (fanout_slot(e, k) + 1) as u16
-        }
-        _ => 0,
+    let first = egress_slots[0];
+    if egress_slots.iter().all(|&e| e == first) {
+        return Fanout::Single(fanout_slot(first, k as u32));
     }
+    let mut shape = egress_slots.to_vec();
+    shape.sort_unstable();
+    Fanout::Shape(shape)
 }
 
 #[cfg(test)]
@@ -234,23 +335,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_routes_over_one_ready_egress_broadcast() {
-        let ready = 1 << 3 | 1 << 63;
+    fn routes_broadcast_over_ready_egresses_only() {
+        let ready = 1 << 3 | 1 << 4 | 1 << 63;
         // Two to sixteen shards on one ready egress.
-        assert_eq!(fanout_of([3, 3].into_iter(), ready), 3 * 16 + 1 + 1);
-        assert_eq!(
-            fanout_of(std::iter::repeat_n(63, 16), ready),
-            (63 * 16 + 15 + 1) as u16
-        );
+        assert_eq!(fanout_of(&[3, 3], ready), Fanout::Single(3 * 16 + 1));
+        assert_eq!(fanout_of(&[63; 16], ready), Fanout::Single(63 * 16 + 15));
+        // Several ready egresses: the shape, sorted.
+        assert_eq!(fanout_of(&[4, 3, 4], ready), Fanout::Shape(vec![3, 4, 4]));
+        assert_eq!(fanout_of(&[63, 3], ready), Fanout::Shape(vec![3, 63]));
         // One shard: the single-shard path, not a fan-out.
-        assert_eq!(fanout_of([3].into_iter(), ready), 0);
-        assert_eq!(fanout_of(std::iter::empty(), ready), 0);
-        // Two egresses, an egress without maps, more than 16 shards.
-        assert_eq!(fanout_of([3, 3, 4].into_iter(), ready), 0);
-        assert_eq!(fanout_of([3, 63].into_iter(), ready), 0);
-        assert_eq!(fanout_of([5, 5].into_iter(), ready), 0);
-        assert_eq!(fanout_of(std::iter::repeat_n(3, 17), ready), 0);
+        assert_eq!(fanout_of(&[3], ready), Fanout::Tc);
+        assert_eq!(fanout_of(&[], ready), Fanout::Tc);
+        // An egress without maps, more than 16 shards.
+        assert_eq!(fanout_of(&[5, 5], ready), Fanout::Tc);
+        assert_eq!(fanout_of(&[3, 5], ready), Fanout::Tc);
+        assert_eq!(fanout_of(&[3; 17], ready), Fanout::Tc);
         // Every slot of SC_FANOUT fits the route's u16.
-        assert!(fanout_slot(MAX_EGRESS - 1, MAX_ROUTE_SHARDS as u32) < u16::MAX as u32);
+        assert!(FANOUT_SLOTS < u16::MAX as u32);
     }
 }

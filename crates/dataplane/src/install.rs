@@ -338,18 +338,21 @@ impl Dataplane {
                 ph.mark("counter slots assigned");
                 let mut keys = Vec::with_capacity(plan.routes.len());
                 let mut values = Vec::with_capacity(plan.routes.len());
+                let mut egress_slots = Vec::with_capacity(router_common::maps::MAX_ROUTE_SHARDS);
                 for r in &plan.routes {
                     let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
                     shards[..r.shards.len()].copy_from_slice(&r.shards);
                     keys.push(r.key);
+                    egress_slots.clear();
+                    egress_slots.extend(
+                        r.shards
+                            .iter()
+                            .map(|&s| shard_values[s as usize].egress_slot),
+                    );
                     values.push(Route {
                         stats_slot: slots[r.topic],
                         shard_count: r.shards.len() as u16,
-                        fanout: self.route_fanout(
-                            r.shards
-                                .iter()
-                                .map(|&s| shard_values[s as usize].egress_slot),
-                        ),
+                        fanout: self.route_fanout(&egress_slots),
                         shards,
                         first: shard_values[r.shards[0] as usize],
                     });

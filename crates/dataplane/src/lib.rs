@@ -137,6 +137,9 @@ pub struct Dataplane {
     broadcast_egress: u64,
     /// How the next install fans multi-shard routes out.
     fanout_path: FanoutPath,
+    /// The device maps of routes over several egresses: shape (egress
+    /// slots, sorted, one per copy) → `SC_FANOUT` slot.
+    shapes: StdHashMap<Vec<u32>, u32>,
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,

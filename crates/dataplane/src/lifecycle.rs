@@ -237,6 +237,7 @@ impl Dataplane {
             copy_prog,
             broadcast_egress: 0,
             fanout_path: fanout,
+            shapes: Default::default(),
             reasons: take(&mut ebpf, names::REASONS, p)?,
             topic_stats: take(&mut ebpf, names::TOPIC_STATS, p)?,
             unrouted: take(&mut ebpf, names::UNROUTED, p)?,
@@ -289,6 +290,7 @@ impl Dataplane {
             copy_prog: broadcast::open_copy(&pins)?,
             broadcast_egress: 0,
             fanout_path: FanoutPath::Auto,
+            shapes: Default::default(),
             reasons: open_pinned(&pins, names::REASONS)?,
             topic_stats: open_pinned(&pins, names::TOPIC_STATS)?,
             unrouted: open_pinned(&pins, names::UNROUTED)?,
@@ -609,6 +611,7 @@ impl Dataplane {
             },
             None => false,
         };
+        self.forget_shapes_of(slot);
         if !with_copy {
             self.egress
                 .set(slot, idx, None, 0)

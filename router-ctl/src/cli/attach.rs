@@ -47,9 +47,9 @@ pub struct AttachArgs {
     #[arg(long, value_parser = tc_attach, default_value = "auto")]
     pub tc_attach: TcAttach,
     /// How multi-shard publishes fan out: auto (by XDP broadcast, one
-    /// rewritten copy per shard from the egress's device map, where a
-    /// route's shards share an egress and the kernel takes the copy
-    /// program; else by the TC program) or tc (always the TC program).
+    /// rewritten copy per shard from the route's device map, where the
+    /// kernel takes the copy program and the mode is driver; else by the
+    /// TC program) or tc (always the TC program).
     #[arg(long, value_parser = fanout_path, default_value = "auto")]
     pub fanout: FanoutPath,
     /// The eBPF object (default: SHARDCAST_OBJECT, then next to the binary).
