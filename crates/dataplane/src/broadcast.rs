@@ -146,7 +146,14 @@ impl Dataplane {
         if let Some(&slot) = self.shapes.get(&shape) {
             return Some(slot);
         }
-        let taken: std::collections::HashSet<u32> = self.shapes.values().copied().collect();
+        // A slot a route of the active generation may still name is not
+        // taken again: not a forgotten shape's either.
+        let taken: std::collections::HashSet<u32> = self
+            .shapes
+            .values()
+            .chain(&self.retired_shapes)
+            .copied()
+            .collect();
         let slot = (FANOUT_SINGLE_EGRESS..FANOUT_SLOTS).find(|s| !taken.contains(s))?;
         let ifindexes: Option<Vec<u32>> = shape
             .iter()
@@ -211,7 +218,14 @@ impl Dataplane {
     /// it): their maps name the old one's ifindex. Plans made from now on
     /// get new maps.
     pub(crate) fn forget_shapes_of(&mut self, egress_slot: u32) {
-        self.shapes.retain(|shape, _| !shape.contains(&egress_slot));
+        let retired = &mut self.retired_shapes;
+        self.shapes.retain(|shape, slot| {
+            let keep = !shape.contains(&egress_slot);
+            if !keep {
+                retired.push(*slot);
+            }
+            keep
+        });
     }
 
     /// Gives a new egress slot its broadcast maps: for each copy count

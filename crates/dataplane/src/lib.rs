@@ -140,6 +140,9 @@ pub struct Dataplane {
     /// The device maps of routes over several egresses: shape (egress
     /// slots, sorted, one per copy) → `SC_FANOUT` slot.
     shapes: StdHashMap<Vec<u32>, u32>,
+    /// Slots of shapes forgotten (an egress slot changed interface): not
+    /// given to another shape by this process.
+    retired_shapes: Vec<u32>,
     reasons: PerCpuArray<MapData, Counter>,
     topic_stats: PerCpuArray<MapData, Counter>,
     unrouted: PerCpuHashMap<MapData, TopicKey, Counter>,
