@@ -1,5 +1,6 @@
 //! The fan-out benchmark (`SHARDCAST_BENCH=fanout cargo xtask bench`): what
-//! a publish routed to k = 1, 2, 4, 8, 16 shards costs on the live path, by
+//! a publish routed to k = 1, 2, 4, 8, 16 shards (on one egress, and half
+//! on each of two) costs on the live path, by
 //! each way a multi-shard publish leaves (the TC fan-out program, an XDP
 //! broadcast with the copy program), side by side in every round,
 //! from the kernel's own accounting of each program's run time
@@ -9,7 +10,9 @@
 //!
 //! ```text
 //!  a0 ──veth── a1 [XDP router, TC fan-out] ... b0 ──veth── b1
-//!  (frames sent raw, AF_PACKET)               (every shard's egress)
+//!  (frames sent raw, AF_PACKET)               (shards 1-16's egress)
+//!                                             c0 ──veth── c1
+//!                                             (shards 17-32's egress)
 //! ```
 
 use std::{path::PathBuf, time::Instant};
@@ -29,8 +32,20 @@ use crate::{
     rawsock, unique,
 };
 
-/// Fan-outs measured; topic `kNN` is routed to shards 1..=NN.
-const FANOUTS: [u32; 5] = [1, 2, 4, 8, 16];
+/// Fan-outs measured: (shards, topic, over two egresses). On one egress
+/// the topic goes to shards 1..=k (on `b0`); over two, half to shards
+/// 1.. (on `b0`), half to shards 17.. (on `c0`).
+const FANOUTS: [(u32, &str, bool); 9] = [
+    (1, "01", false),
+    (2, "02", false),
+    (4, "04", false),
+    (8, "08", false),
+    (16, "16", false),
+    (2, "x2", true),
+    (4, "x4", true),
+    (8, "x8", true),
+    (16, "xg", true),
+];
 /// Frames per fan-out per round.
 const FRAMES: usize = 20_000;
 /// The two ways a multi-shard publish leaves, measured side by side.
@@ -46,8 +61,12 @@ struct Progs {
 /// Sends `FRAMES` publishes of topic `k` (routed to k shards); returns XDP
 /// ns per publish, the fan-out (TC) or copy programs' ns per publish, and
 /// the sender's wall ns per publish.
-fn send(tx: &std::os::fd::OwnedFd, progs: &Progs, path: FanoutPath, k: u32) -> Result<[f64; 3]> {
-    let name = format!("{k:02}");
+fn send(
+    tx: &std::os::fd::OwnedFd,
+    progs: &Progs,
+    path: FanoutPath,
+    name: &str,
+) -> Result<[f64; 3]> {
     let f = frame(
         L3::V4,
         None,
@@ -88,7 +107,7 @@ fn send(tx: &std::os::fd::OwnedFd, progs: &Progs, path: FanoutPath, k: u32) -> R
 
 pub fn bench(rounds: usize) -> Result<String> {
     let ns = NetNs::new("scfob")?;
-    for (a, b) in [("a0", "a1"), ("b0", "b1")] {
+    for (a, b) in [("a0", "a1"), ("b0", "b1"), ("c0", "c1")] {
         ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
         ns.ip(&["link", "set", a, "up"])?;
         ns.ip(&["link", "set", b, "up"])?;
@@ -105,7 +124,7 @@ fn run(rounds: usize) -> Result<String> {
         &AttachOptions {
             object: crate::object(),
             ingress: vec!["a1".into()],
-            egress: vec!["b0".into()],
+            egress: vec!["b0".into(), "c0".into()],
             mode: Mode::Driver,
             tc: TcAttach::Auto,
             fanout: Default::default(),
@@ -116,14 +135,25 @@ fn run(rounds: usize) -> Result<String> {
         // Copies reach b1's stack (veth hands XDP frames only to a peer
         // that runs XDP); the TC way's skbs would arrive without it.
         dp.attach_pass("b1", Mode::Driver)?;
-        let shards: Vec<String> = (1..=16)
-            .map(|i| format!(r#"{{"id": {i}, "group_v4": "239.4.0.{i}", "egress": "b0"}}"#))
+        dp.attach_pass("c1", Mode::Driver)?;
+        let shards: Vec<String> = (1..=32)
+            .map(|i| {
+                format!(
+                    r#"{{"id": {i}, "group_v4": "239.4.0.{i}", "egress": "{}"}}"#,
+                    if i > 16 { "c0" } else { "b0" }
+                )
+            })
             .collect();
         let topics: Vec<String> = FANOUTS
             .iter()
-            .map(|&k| {
-                let s: Vec<String> = (1..=k).map(|i| i.to_string()).collect();
-                format!(r#"{{"name": "{k:02}", "shards": [{}]}}"#, s.join(","))
+            .map(|&(k, name, two)| {
+                let ids: Vec<u32> = if two {
+                    (1..=k / 2).chain(17..17 + k / 2).collect()
+                } else {
+                    (1..=k).collect()
+                };
+                let s: Vec<String> = ids.iter().map(u32::to_string).collect();
+                format!(r#"{{"name": "{name}", "shards": [{}]}}"#, s.join(","))
             })
             .collect();
         let plan_json = |generation: u64| {
@@ -158,8 +188,8 @@ fn run(rounds: usize) -> Result<String> {
                 dp.set_fanout_path(*path);
                 generation += 1;
                 dp.install(&Plan::from_json(&plan_json(generation))?.compile()?, false)?;
-                for (i, &k) in FANOUTS.iter().enumerate() {
-                    let s = send(&tx, &progs, *path, k)?;
+                for (i, &(_, name, _)) in FANOUTS.iter().enumerate() {
+                    let s = send(&tx, &progs, *path, name)?;
                     for (j, v) in s.into_iter().enumerate() {
                         samples[w][i][j].push(v);
                     }
@@ -168,8 +198,8 @@ fn run(rounds: usize) -> Result<String> {
         }
         let c = dp.counters()?;
         let copies = c.reasons[&router_common::reason::Reason::Redirected].packets;
-        let want: u64 =
-            FANOUTS.iter().map(|&k| k as u64).sum::<u64>() * (FRAMES * rounds * ways.len()) as u64;
+        let want: u64 = FANOUTS.iter().map(|&(k, ..)| k as u64).sum::<u64>()
+            * (FRAMES * rounds * ways.len()) as u64;
         if copies != want {
             bail!("{copies} copies counted, {want} sent for");
         }
@@ -185,10 +215,10 @@ fn run(rounds: usize) -> Result<String> {
              route, hand-off), then per copy the TC fan-out program (clone, rewrite, redirect) or the \
              copy program (rewrite; the kernel clones the frame outside any program). Wall: the sender's \
              time per publish (send syscall, XDP, every copy's transmit and the receiving veth):\n\n\
-             | shards | way | XDP ns/publish | fan-out or copy ns/copy | programs / single-shard XDP | sender wall ns/publish | wall ns/copy |\n\
-             |---:|---|---:|---:|---:|---:|---:|\n"
+             | shards | egresses | way | XDP ns/publish | fan-out or copy ns/copy | programs / single-shard XDP | sender wall ns/publish | wall ns/copy |\n\
+             |---:|---:|---|---:|---:|---:|---:|---:|\n"
         ));
-        for (i, &k) in FANOUTS.iter().enumerate() {
+        for (i, &(k, _, two)) in FANOUTS.iter().enumerate() {
             for (w, path) in ways.iter().enumerate() {
                 if k == 1 && w > 0 {
                     continue;
@@ -202,7 +232,8 @@ fn run(rounds: usize) -> Result<String> {
                     (_, FanoutPath::Auto) => "broadcast",
                 };
                 out.push_str(&format!(
-                    "| {k} | {way} | {x:.0} | {:.0} | {:.2} | {wall:.0} | {:.0} |\n",
+                    "| {k} | {} | {way} | {x:.0} | {:.0} | {:.2} | {wall:.0} | {:.0} |\n",
+                    if two { 2 } else { 1 },
                     if k > 1 { t / k as f64 } else { 0.0 },
                     (x + t) / base,
                     wall / k as f64
