@@ -83,6 +83,9 @@ pub struct AttachPassArgs {
 struct Attached {
     ingress: Vec<String>,
     mode: String,
+    /// How multi-shard publishes fan out: `broadcast` or `tc` (asked for,
+    /// generic XDP, or a kernel that refused the copy program).
+    fanout: &'static str,
     pins: PathBuf,
 }
 
@@ -90,9 +93,10 @@ impl std::fmt::Display for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "attached to {} ({} mode); pins in {}",
+            "attached to {} ({} mode, multi-shard publishes by {}); pins in {}",
             self.ingress.join(", "),
             self.mode,
+            self.fanout,
             self.pins.display()
         )
     }
@@ -114,10 +118,11 @@ pub fn attach(g: &Globals, a: AttachArgs) -> Result<()> {
             group_sample: a.group_sample,
         },
     };
-    Dataplane::attach(&g.pin_root, &opts)?;
+    let dp = Dataplane::attach(&g.pin_root, &opts)?;
     g.print(&Attached {
         ingress: opts.ingress,
         mode: opts.mode.to_string(),
+        fanout: if dp.broadcasts() { "broadcast" } else { "tc" },
         pins: PinPaths::new(&g.pin_root).dir().to_path_buf(),
     })
 }
