@@ -118,7 +118,10 @@ impl Dataplane {
     pub fn broadcasts_on(&self, egress_slot: u32) -> bool {
         self.broadcasts()
             && egress_slot < MAX_EGRESS
-            && self.broadcast_egress >> egress_slot & 1 != 0
+            && match self.broadcast_egress {
+                Some(ready) => ready >> egress_slot & 1 != 0,
+                None => self.egress_ready(egress_slot),
+            }
     }
 
     /// The `Route::fanout` of a route whose shards leave by
@@ -129,7 +132,7 @@ impl Dataplane {
         if !self.broadcasts() {
             return 0;
         }
-        match fanout_of(egress_slots, self.broadcast_egress) {
+        match fanout_of(egress_slots, self.broadcast_state()) {
             Fanout::Tc => 0,
             Fanout::Single(slot) => (slot + 1) as u16,
             Fanout::Shape(shape) => match self.shape_slot(shape) {
@@ -214,10 +217,14 @@ impl Dataplane {
         }
     }
 
-    /// Forgets the shapes that use `egress_slot` (a new interface took
-    /// it): their maps name the old one's ifindex. Plans made from now on
-    /// get new maps.
-    pub(crate) fn forget_shapes_of(&mut self, egress_slot: u32) {
+    /// Forgets what this process knows of broadcasts through `egress_slot`
+    /// before a new interface takes it: the slot is not ready until its
+    /// maps are made again, and the shapes that use it (their maps name the
+    /// old interface) are retired, never given to another shape by this
+    /// process (a route of the active generation may still name them).
+    pub(crate) fn retire_egress(&mut self, egress_slot: u32) {
+        let ready = self.broadcast_state();
+        self.broadcast_egress = Some(ready & !(1u64 << egress_slot));
         let retired = &mut self.retired_shapes;
         self.shapes.retain(|shape, slot| {
             let keep = !shape.contains(&egress_slot);
@@ -261,52 +268,60 @@ impl Dataplane {
                 return;
             }
         }
-        self.broadcast_egress |= 1 << slot;
+        let ready = self.broadcast_state();
+        self.broadcast_egress = Some(ready | 1u64 << slot);
     }
 
-    /// Which egress slots have their broadcast maps (read from the pinned
-    /// maps when a process adopts them).
-    pub(crate) fn scan_broadcast(&mut self) {
-        if self.copy_prog.is_none() {
-            return;
+    /// Whether `slot`'s broadcast maps are in place: its `SC_EGRESS` entry
+    /// carries the copy program and its maps are there (written in order of
+    /// copy count and given up at the first refusal: the last one there
+    /// means all are).
+    fn egress_ready(&self, slot: u32) -> bool {
+        matches!(self.egress.get(slot, 0), Ok(v) if v.prog_id.is_some())
+            && self
+                .fanout_maps
+                .get(&fanout_slot(slot, MAX_ROUTE_SHARDS as u32), 0)
+                .is_ok()
+    }
+
+    /// The egress slots with broadcast maps (bits), and the shape maps,
+    /// read from the pinned maps the first time a process that adopted
+    /// them needs them (an install), not at every open: a `stats` or
+    /// `status` never does.
+    pub(crate) fn broadcast_state(&mut self) -> u64 {
+        if let Some(ready) = self.broadcast_egress {
+            return ready;
         }
-        for slot in 0..MAX_EGRESS {
-            let with_copy = matches!(self.egress.get(slot, 0), Ok(v) if v.prog_id.is_some());
-            // Written in order of k and given up at the first refusal: the
-            // last one there means all are.
-            let all = || {
-                self.fanout_maps
-                    .get(&fanout_slot(slot, MAX_ROUTE_SHARDS as u32), 0)
-                    .is_ok()
-            };
-            if with_copy && all() {
-                self.broadcast_egress |= 1 << slot;
+        let table = self.egress_table();
+        let mut ready = 0u64;
+        if self.copy_prog.is_some() {
+            for &(slot, _) in &table {
+                if self.egress_ready(slot) {
+                    ready |= 1 << slot;
+                }
+            }
+            // The shapes' maps: their entries' egresses, back to slots.
+            let slot_of: StdHashMap<u32, u32> = table.iter().map(|&(s, i)| (i, s)).collect();
+            for outer in FANOUT_SINGLE_EGRESS..FANOUT_SLOTS {
+                let Ok(data) = self.fanout_maps.get(&outer, 0) else {
+                    continue;
+                };
+                let Ok(map) = DevMap::<MapData>::try_from(Map::DevMap(data)) else {
+                    continue;
+                };
+                let shape: Option<Vec<u32>> = map
+                    .iter()
+                    .map_while(|v| v.ok())
+                    .map(|v| slot_of.get(&v.if_index).copied())
+                    .collect();
+                if let Some(mut shape) = shape.filter(|s| s.len() >= 2) {
+                    shape.sort_unstable();
+                    self.shapes.entry(shape).or_insert(outer);
+                }
             }
         }
-        // The shapes' maps: their entries' egresses, back to slots.
-        let slot_of: StdHashMap<u32, u32> = self
-            .egress_table()
-            .into_iter()
-            .map(|(slot, ifindex)| (ifindex, slot))
-            .collect();
-        for outer in FANOUT_SINGLE_EGRESS..FANOUT_SLOTS {
-            let Ok(data) = self.fanout_maps.get(&outer, 0) else {
-                continue;
-            };
-            let Ok(map) = DevMap::try_from(Map::DevMap(data)) else {
-                continue;
-            };
-            let map: DevMap<MapData> = map;
-            let shape: Option<Vec<u32>> = map
-                .iter()
-                .map_while(|v| v.ok())
-                .map(|v| slot_of.get(&v.if_index).copied())
-                .collect();
-            if let Some(mut shape) = shape.filter(|s| s.len() >= 2) {
-                shape.sort_unstable();
-                self.shapes.entry(shape).or_insert(outer);
-            }
-        }
+        self.broadcast_egress = Some(ready);
+        ready
     }
 }
 

@@ -133,8 +133,9 @@ pub struct Dataplane {
     fanout_maps: ArrayOfMaps<MapData, MapData>,
     /// The copy program, when multi-shard routes may go by broadcast.
     copy_prog: Option<aya::programs::ProgramFd>,
-    /// Egress slots (bits) whose broadcast maps are in place.
-    broadcast_egress: u64,
+    /// Egress slots (bits) whose broadcast maps are in place; `None` until
+    /// read from the pins (see `broadcast_state`).
+    broadcast_egress: Option<u64>,
     /// How the next install fans multi-shard routes out.
     fanout_path: FanoutPath,
     /// The device maps of routes over several egresses: shape (egress

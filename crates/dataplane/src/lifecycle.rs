@@ -235,7 +235,7 @@ impl Dataplane {
             egress_if: take(&mut ebpf, names::EGRESS_IF, p)?,
             fanout_maps: take(&mut ebpf, names::FANOUT, p)?,
             copy_prog,
-            broadcast_egress: 0,
+            broadcast_egress: Some(0),
             fanout_path: fanout,
             shapes: Default::default(),
             retired_shapes: Vec::new(),
@@ -276,7 +276,7 @@ impl Dataplane {
             }
             return Err(DataplaneError::NotAttached(pins.dir().into()));
         }
-        let mut dp = Dataplane {
+        let dp = Dataplane {
             config: open_pinned(&pins, names::CONFIG)?,
             active: open_pinned(&pins, names::ACTIVE)?,
             meta: open_pinned(&pins, names::META)?,
@@ -289,7 +289,7 @@ impl Dataplane {
             egress_if: open_pinned(&pins, names::EGRESS_IF)?,
             fanout_maps: open_pinned(&pins, names::FANOUT)?,
             copy_prog: broadcast::open_copy(&pins)?,
-            broadcast_egress: 0,
+            broadcast_egress: None,
             fanout_path: FanoutPath::Auto,
             shapes: Default::default(),
             retired_shapes: Vec::new(),
@@ -334,7 +334,6 @@ impl Dataplane {
             ebpf: None,
             pins: Some(pins),
         };
-        dp.scan_broadcast();
         Ok(dp)
     }
 
@@ -590,6 +589,8 @@ impl Dataplane {
             }
         }
         let slot = free.ok_or(DataplaneError::EgressFull)?;
+        // What a previous interface in this slot left is not this one's.
+        self.retire_egress(slot);
         // The fan-out's copy first: a slot the router can use is one the
         // fan-out can too.
         self.egress_if
@@ -613,7 +614,6 @@ impl Dataplane {
             },
             None => false,
         };
-        self.forget_shapes_of(slot);
         if !with_copy {
             self.egress
                 .set(slot, idx, None, 0)
