@@ -419,13 +419,10 @@ impl Lab {
     }
 
     /// Whether the attached data plane fans multi-shard publishes out by
-    /// broadcast: the kernel took the copy program (it is pinned). A
-    /// kernel that refuses it fans out by TC, which the tests then expect.
+    /// broadcast. A kernel that refuses the copy program fans out by TC,
+    /// which the tests then expect.
     pub fn broadcasts(&self) -> bool {
-        self.pin_root
-            .join(format!("v{}", router_common::maps::LAYOUT_VERSION))
-            .join(router_common::maps::names::PROG_COPY)
-            .exists()
+        shardcast_dataplane::Dataplane::open(&self.pin_root).is_ok_and(|dp| dp.broadcasts())
     }
 
     /// This lab's state directory (plans, daemon config, history).

@@ -169,14 +169,14 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
             .map_err(|e| format!("maps dump --json: {e}: {:?}", dump))?;
         // What the attach chose: broadcast where asked, but never in
         // generic XDP, nor where the kernel refused the copy program.
-        let copy_pinned = pin_root
-            .join(format!("v{}", router_common::maps::LAYOUT_VERSION))
-            .join(names::PROG_COPY)
-            .exists();
-        let fanout = match mode {
-            Mode::Driver if copy_pinned => fanout,
-            _ => FanoutPath::Tc,
+        let fanout = if dp.broadcasts() {
+            FanoutPath::Auto
+        } else {
+            FanoutPath::Tc
         };
+        if mode == Mode::Skb && fanout == FanoutPath::Auto {
+            return Err("generic XDP attached with the broadcast way".into());
+        }
         let way = match fanout {
             FanoutPath::Auto => "broadcast",
             FanoutPath::Tc => "tc",
