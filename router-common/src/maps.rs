@@ -2,7 +2,8 @@
 //! program.
 //!
 //! Routing state is one *plan generation*: a topic → route hash map, an
-//! MQTT-SN (TopicIdType, id) → route array and a shard table. Each lives
+//! MQTT-SN (TopicIdType, id) → route array, a direct-mapped array of topic
+//! names in front of the hash map, and a shard table. Each lives
 //! in a two-slot outer array (`ArrayOfMaps`), one slot per generation
 //! parity, and `ACTIVE` says which parity packets use. Installing
 //! generation N+1 fills fresh inner maps into the idle parity, then flips
@@ -16,7 +17,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
 /// CoAP parser's constant, sized here into `Config`.
@@ -48,6 +49,40 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// through a shared mapping (inner maps created by the control plane must
 /// match the template's flags exactly).
 pub const IDS_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// Entries of a plan's direct-mapped name array ([`NameEntry`], at
+/// [`name_index`]): 2^16, 6 MiB a generation. A plan of up to some tens
+/// of thousands of named topics finds most of them there; beyond that,
+/// most take the hash map (which holds every route anyway).
+pub const NAME_INDEX_ENTRIES: u32 = 1 << 16;
+/// The name arrays' flags: filled through a shared mapping, as the id
+/// arrays are.
+pub const NAMES_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// One entry of a plan's direct-mapped name array: the route of the
+/// topic name whose key is `key`, at [`name_index`]`(key)`.
+///
+/// Why: a CoAP publish names its topic, whose route is a hash-map lookup
+/// (the kernel's `jhash` of the key, a bucket walk, and a call out of the
+/// program): about a tenth of a CoAP publish's time on the fast path
+/// (BENCHMARKS.md). Here it is an array lookup and a compare. Each entry
+/// holds the smallest of the plan's name keys with that index; the others
+/// are only in the hash map. So a free entry (`key` 0, a key no plan
+/// holds) means no name of the plan has that index: unrouted, without a
+/// hash lookup; an entry holding another key sends the lookup to the hash
+/// map.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameEntry {
+    pub key: crate::topic::TopicKey,
+    pub route: Route,
+}
+
+/// Where a topic name's key lives in the name array.
+#[inline(always)]
+pub fn name_index(key: crate::topic::TopicKey) -> u32 {
+    key.hash as u32 & (NAME_INDEX_ENTRIES - 1)
+}
 
 /// Index of an MQTT-SN PUBLISH's route in the id route array: every
 /// PUBLISH names its topic with a 16-bit id of a 2-bit TopicIdType
@@ -157,6 +192,8 @@ pub mod names {
     pub const META: &str = "SC_META";
     pub const ROUTES: &str = "SC_ROUTES";
     pub const IDS: &str = "SC_IDS";
+    /// The direct-mapped name arrays' outer map ([`NameEntry`](super::NameEntry)).
+    pub const NAMES: &str = "SC_NAMES";
     pub const SHARDS: &str = "SC_SHARDS";
     pub const EGRESS: &str = "SC_EGRESS";
     pub const REASONS: &str = "SC_REASONS";
@@ -440,6 +477,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Meta {}
     unsafe impl aya::Pod for super::Route {}
+    unsafe impl aya::Pod for super::NameEntry {}
     unsafe impl aya::Pod for super::Shard {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DeviceAddr {}
@@ -454,6 +492,15 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn name_entries_are_a_key_and_a_route_without_padding() {
+        assert_eq!(size_of::<NameEntry>(), 8 + size_of::<Route>());
+        assert_eq!(size_of::<NameEntry>() % 8, 0);
+        let k = crate::topic::topic_key(b"temp/room1");
+        assert!(name_index(k) < NAME_INDEX_ENTRIES);
+        assert_eq!(name_index(k), (k.hash & 0xffff) as u32);
+    }
 
     #[test]
     fn cell_keys_round_trip_are_never_free_and_lines_stay_in_range() {

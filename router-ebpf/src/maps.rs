@@ -10,8 +10,8 @@ use router_common::{
         Config, Counter, DEVICE_INDEX_ENTRIES, DEVICE_INDEX_FLAGS, DeviceAddr, DeviceEntry,
         FANOUT_SLOTS, FanoutSeq, GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey,
         IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTE_SHARDS, MAX_ROUTES,
-        MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route,
-        SLOTS_MAP_FLAGS, Shard,
+        MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta, NAME_INDEX_ENTRIES,
+        NAMES_MAP_FLAGS, NameEntry, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
     },
     reason::REASON_COUNT,
     topic::TopicKey,
@@ -36,6 +36,14 @@ pub(crate) static SC_ROUTES: ArrayOfMaps<
 #[btf_map]
 pub(crate) static SC_IDS: ArrayOfMaps<
     Array<Route, { MQTTSN_ID_ROUTES as usize }, { IDS_MAP_FLAGS as usize }>,
+    2,
+> = ArrayOfMaps::new();
+/// Topic name key → route, direct-mapped (`router_common::maps::NameEntry`),
+/// per generation parity: the fast path's CoAP lookup, which falls back
+/// to `SC_ROUTES` when another name holds the entry.
+#[btf_map]
+pub(crate) static SC_NAMES: ArrayOfMaps<
+    Array<NameEntry, { NAME_INDEX_ENTRIES as usize }, { NAMES_MAP_FLAGS as usize }>,
     2,
 > = ArrayOfMaps::new();
 #[btf_map]

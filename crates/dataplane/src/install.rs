@@ -11,8 +11,8 @@ use aya::maps::{Array, MapData, PerCpuValues};
 use router_common::{
     maps::{
         Counter, DeviceAddr, DeviceEntry, IDS_MAP_FLAGS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS,
-        MQTTSN_ID_ROUTES, Meta, ROUTES_MAP_FLAGS, Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard,
-        device_index, names,
+        MQTTSN_ID_ROUTES, Meta, NAME_INDEX_ENTRIES, NAMES_MAP_FLAGS, NameEntry, ROUTES_MAP_FLAGS,
+        Route, SHARD_HAS_V4, SHARD_HAS_V6, Shard, device_index, name_index, names,
     },
     topic::TopicKey,
 };
@@ -118,44 +118,68 @@ pub(crate) struct Written {
     pub(crate) entries: StdHashMap<TopicKey, Route>,
     pub(crate) map: MapData,
     /// The slot's MQTT-SN id array and what this process wrote there.
-    pub(crate) ids: IdArray,
+    pub(crate) ids: DirectArray<Route>,
     pub(crate) id_entries: StdHashMap<u32, Route>,
+    /// The slot's name array and what this process wrote there.
+    pub(crate) names: DirectArray<NameEntry>,
+    pub(crate) name_entries: StdHashMap<u32, NameEntry>,
 }
 
-/// One generation's MQTT-SN id route array (`SC_IDS` inner map), mapped
-/// into this process: filled with plain memory writes (12 MiB of routes
-/// through syscalls would cost a batch update per entry).
-pub(crate) struct IdArray {
+/// One generation's array the program indexes directly: the MQTT-SN id
+/// routes (`SC_IDS` inner map, `Route`s) or the name array (`SC_NAMES`,
+/// `NameEntry`s), mapped into this process and filled with plain memory
+/// writes (12 MiB of routes through syscalls would cost a batch update
+/// per entry).
+pub(crate) struct DirectArray<T: aya::Pod> {
     pub(crate) map: MapData,
-    pub(crate) mem: mmap::ArrayMmap<Route>,
+    pub(crate) mem: mmap::ArrayMmap<T>,
 }
 
-impl IdArray {
-    /// A fresh, zeroed array (zero: no route).
-    pub(crate) fn create() -> Result<IdArray> {
-        let map = create_inner::<u32, Route>(
+impl DirectArray<Route> {
+    /// A fresh, zeroed id array (zero: no route).
+    pub(crate) fn ids() -> Result<Self> {
+        Self::create(MQTTSN_ID_ROUTES, IDS_MAP_FLAGS, "sc_ids", names::IDS)
+    }
+}
+
+impl DirectArray<NameEntry> {
+    /// A fresh, zeroed name array (zero: a free entry).
+    pub(crate) fn names() -> Result<Self> {
+        Self::create(
+            NAME_INDEX_ENTRIES,
+            NAMES_MAP_FLAGS,
+            "sc_names",
+            names::NAMES,
+        )
+    }
+}
+
+impl<T: aya::Pod + Default + PartialEq> DirectArray<T> {
+    fn create(entries: u32, flags: u32, kernel_name: &str, outer: &'static str) -> Result<Self> {
+        let map = create_inner::<u32, T>(
             aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY,
-            MQTTSN_ID_ROUTES,
-            IDS_MAP_FLAGS,
-            "sc_ids",
-            names::IDS,
+            entries,
+            flags,
+            kernel_name,
+            outer,
         )?;
-        let mem = mmap::ArrayMmap::new(map.fd().as_fd(), MQTTSN_ID_ROUTES as usize).map_err(
-            |source| DataplaneError::Mmap {
-                name: names::IDS,
+        let mem = mmap::ArrayMmap::new(map.fd().as_fd(), entries as usize).map_err(|source| {
+            DataplaneError::Mmap {
+                name: outer,
                 source,
-            },
-        )?;
-        Ok(IdArray { map, mem })
+            }
+        })?;
+        Ok(DirectArray { map, mem })
     }
 
-    /// Makes the array hold `want` (index → route), writing only what
-    /// differs from `prev`, what this process last wrote here (`None`: a
-    /// fresh array). Returns how many entries it wrote.
+    /// Makes the array hold `want` (index → value, zero elsewhere),
+    /// writing only what differs from `prev`, what this process last
+    /// wrote here (`None`: a fresh array). Returns how many entries it
+    /// wrote.
     pub(crate) fn write(
         &mut self,
-        want: &StdHashMap<u32, Route>,
-        prev: Option<&StdHashMap<u32, Route>>,
+        want: &StdHashMap<u32, T>,
+        prev: Option<&StdHashMap<u32, T>>,
     ) -> usize {
         let mut n = 0;
         for (&i, r) in want {
@@ -166,12 +190,29 @@ impl IdArray {
         }
         for &i in prev.into_iter().flat_map(|p| p.keys()) {
             if !want.contains_key(&i) {
-                self.mem.set(i as usize, Route::default());
+                self.mem.set(i as usize, T::default());
                 n += 1;
             }
         }
         n
     }
+}
+
+/// The name array's entries for a plan: each name key's route at its
+/// [`name_index`], the smallest key where several share one (the plan's
+/// routes are sorted by key). MQTT-SN id aliases are not names: the
+/// program looks them up by id.
+fn name_entries(plan: &CompiledPlan, values: &[Route]) -> StdHashMap<u32, NameEntry> {
+    let mut out = StdHashMap::default();
+    for (r, v) in plan.routes.iter().zip(values) {
+        if plan.name_keys.get(r.topic) == Some(&r.key) {
+            out.entry(name_index(r.key)).or_insert(NameEntry {
+                key: r.key,
+                route: *v,
+            });
+        }
+    }
+    out
 }
 
 /// What an install did and how long it took.
@@ -326,14 +367,15 @@ impl Dataplane {
                     && plan.routes.len() <= w.capacity as usize
             });
         let incremental = self.incremental;
-        let (routes, capacity, changed, entries, ids, id_entries) =
+        let (routes, capacity, changed, entries, ids, id_entries, names_array, name_entries) =
             std::thread::scope(|scope| -> Result<_> {
                 // Creating a route map allocates and clears its bucket array
                 // (tens of ms at this capacity): done on the other core while
                 // this one assigns counter slots.
                 let capacity = routes_capacity(plan.routes.len());
                 let fresh = (!reuse).then(|| scope.spawn(move || create_routes_map(capacity)));
-                let fresh_ids = (!reuse).then(|| scope.spawn(IdArray::create));
+                let fresh_ids = (!reuse).then(|| scope.spawn(DirectArray::ids));
+                let fresh_names = (!reuse).then(|| scope.spawn(DirectArray::names));
                 let slots = self.assign_slots(plan)?;
                 ph.mark("counter slots assigned");
                 let mut keys = Vec::with_capacity(plan.routes.len());
@@ -368,9 +410,11 @@ impl Dataplane {
                     .zip(&values)
                     .filter_map(|(r, v)| r.mqttsn_index.map(|i| (i, *v)))
                     .collect();
-                let (routes, capacity, changed, ids) = if reuse {
+                let name_entries = name_entries(plan, &values);
+                let (routes, capacity, changed, ids, names_array) = if reuse {
                     let mut w = self.written[new as usize].take().expect("checked above");
                     let id_changed = w.ids.write(&id_entries, Some(&w.id_entries));
+                    w.names.write(&name_entries, Some(&w.name_entries));
                     let now = entries.as_ref().expect("incremental");
                     let (mut ck, mut cv) = (Vec::new(), Vec::new());
                     for (k, v) in keys.iter().zip(&values) {
@@ -389,7 +433,13 @@ impl Dataplane {
                     m.update(&ck, &cv)
                         .map_err(|e| batch_err(names::ROUTES, e))?;
                     m.delete(&gone).map_err(|e| batch_err(names::ROUTES, e))?;
-                    (w.map, w.capacity, ck.len() + gone.len() + id_changed, w.ids)
+                    (
+                        w.map,
+                        w.capacity,
+                        ck.len() + gone.len() + id_changed,
+                        w.ids,
+                        w.names,
+                    )
                 } else {
                     let data = joined(
                         fresh.expect("spawned when not reusing").join(),
@@ -400,6 +450,11 @@ impl Dataplane {
                         "map creation",
                     )??;
                     ids.write(&id_entries, None);
+                    let mut names_array = joined(
+                        fresh_names.expect("spawned when not reusing").join(),
+                        "map creation",
+                    )??;
+                    names_array.write(&name_entries, None);
                     ph.mark("fresh routes map ready");
                     // Two writers, one per core: the kernel locks per bucket.
                     let half = keys.len() / 2;
@@ -412,9 +467,18 @@ impl Dataplane {
                         joined(other.join(), "route writer")?
                             .map_err(|e| batch_err(names::ROUTES, e))
                     })?;
-                    (data, capacity, keys.len(), ids)
+                    (data, capacity, keys.len(), ids, names_array)
                 };
-                Ok((routes, capacity, changed, entries, ids, id_entries))
+                Ok((
+                    routes,
+                    capacity,
+                    changed,
+                    entries,
+                    ids,
+                    id_entries,
+                    names_array,
+                    name_entries,
+                ))
             })?;
         ph.mark("routes written");
         // The shard table is small; it is rebuilt unless the idle slot
@@ -454,17 +518,27 @@ impl Dataplane {
             outer_map(self.raw_ids.fd().as_fd(), names::IDS)?,
             ids.map.fd().as_fd().as_raw_fd() as u32,
         );
+        let (names_outer, names_fd) = (
+            outer_map(self.raw_names.fd().as_fd(), names::NAMES)?,
+            names_array.map.fd().as_fd().as_raw_fd() as u32,
+        );
         std::thread::scope(|scope| -> Result<()> {
             let routes_set =
                 (!reuse).then(|| scope.spawn(move || routes_outer.update_one(&new, &routes_fd)));
             let ids_set =
                 (!reuse).then(|| scope.spawn(move || ids_outer.update_one(&new, &ids_fd)));
+            let names_set =
+                (!reuse).then(|| scope.spawn(move || names_outer.update_one(&new, &names_fd)));
             if let Some(shards) = &shards {
                 shards_outer
                     .set(new, shards, 0)
                     .map_err(map_err(names::SHARDS))?;
             }
-            for (h, name) in [(routes_set, names::ROUTES), (ids_set, names::IDS)] {
+            for (h, name) in [
+                (routes_set, names::ROUTES),
+                (ids_set, names::IDS),
+                (names_set, names::NAMES),
+            ] {
                 if let Some(h) = h {
                     joined(h.join(), "map update")?.map_err(|e| batch_err(name, e))?;
                 }
@@ -541,6 +615,8 @@ impl Dataplane {
                 map: routes,
                 ids,
                 id_entries,
+                names: names_array,
+                name_entries,
             });
         }
         Ok(InstallReport {

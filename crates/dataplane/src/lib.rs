@@ -100,6 +100,7 @@ pub(crate) fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<lib
 
 pub(crate) type RoutesMap = HashMap<MapData, TopicKey, Route>;
 pub(crate) type IdsMap = Array<MapData, Route>;
+pub(crate) type NamesMap = Array<MapData, router_common::maps::NameEntry>;
 pub(crate) type ShardsMap = Array<MapData, Shard>;
 
 /// How [`Dataplane::group_counters`] reads `SC_GROUP_STATS`.
@@ -168,6 +169,9 @@ pub struct Dataplane {
     /// `SC_IDS`, the MQTT-SN id arrays' outer map (written with raw
     /// descriptors only).
     raw_ids: MapData,
+    /// `SC_NAMES`, the name arrays' outer map (written with raw
+    /// descriptors only).
+    raw_names: MapData,
     /// That update, until joined (see [`Dataplane::settle`]).
     settling: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// See [`Dataplane::set_incremental`].

@@ -24,8 +24,8 @@ use router_common::{
 };
 
 use crate::{
-    Dataplane, FanoutPath, GroupReader, IdsMap, Mode, RouterConfig, RoutesMap, broadcast, error::*,
-    iter, netdev::*, pins::*,
+    Dataplane, FanoutPath, GroupReader, IdsMap, Mode, NamesMap, RouterConfig, RoutesMap, broadcast,
+    error::*, iter, netdev::*, pins::*,
 };
 
 /// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
@@ -225,6 +225,8 @@ impl Dataplane {
         let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
             take_raw(&mut ebpf, names::ROUTES, p)?;
         let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
+        let (_, raw_names): (ArrayOfMaps<MapData, NamesMap>, _) =
+            take_raw(&mut ebpf, names::NAMES, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
@@ -251,6 +253,7 @@ impl Dataplane {
             group_dump: group_dump.into(),
             raw_routes,
             raw_ids,
+            raw_names,
             settling: None,
             incremental: false,
             slot_cache: Default::default(),
@@ -283,6 +286,7 @@ impl Dataplane {
             routes: open_pinned(&pins, names::ROUTES)?,
             raw_routes: open_raw::<ArrayOfMaps<MapData, RoutesMap>>(&pins, names::ROUTES)?,
             raw_ids: open_raw::<ArrayOfMaps<MapData, IdsMap>>(&pins, names::IDS)?,
+            raw_names: open_raw::<ArrayOfMaps<MapData, NamesMap>>(&pins, names::NAMES)?,
             settling: None,
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,

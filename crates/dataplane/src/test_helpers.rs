@@ -40,7 +40,7 @@ impl Dataplane {
         self.written
             .iter()
             .flatten()
-            .flat_map(|w| [memlock(&w.map), memlock(&w.ids.map)])
+            .flat_map(|w| [memlock(&w.map), memlock(&w.ids.map), memlock(&w.names.map)])
             .flatten()
             .sum()
     }

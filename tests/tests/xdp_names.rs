@@ -1,0 +1,181 @@
+//! The direct-mapped name array (`SC_NAMES`) in front of the route hash
+//! map, through the real XDP program (`BPF_PROG_TEST_RUN`): topic names
+//! that share an entry each reach their own shard, byte for byte; an
+//! unrouted name whose entry another name holds, or whose entry is free,
+//! goes to the stack counted as unrouted; and incremental installs that
+//! take the holder away or bring it back leave no stale entry.
+
+use integration_tests::{
+    L3, build,
+    fixtures::{self, ShardOut},
+    frame,
+    xdp::lab,
+};
+use router_common::{
+    coap,
+    maps::name_index,
+    reason::Reason,
+    topic::{TopicKey, topic_key},
+};
+use shardcast_dataplane::{Dataplane, RouterConfig, action, mac_address};
+use shardcast_plan::Plan;
+
+/// Three names of the form `n/<i>` sharing one entry, sorted by key (the
+/// smallest holds the entry when routed), and one whose entry none of them
+/// has.
+fn colliding_names() -> ([String; 3], String) {
+    let first = "n/0".to_string();
+    let index = name_index(topic_key(first.as_bytes()));
+    let mut same = vec![first];
+    let mut other = None;
+    for i in 1u32.. {
+        let name = format!("n/{i}");
+        if name_index(topic_key(name.as_bytes())) == index {
+            same.push(name);
+        } else if other.is_none() {
+            other = Some(name);
+        }
+        if same.len() == 3 {
+            break;
+        }
+    }
+    same.sort_by_key(|n| topic_key(n.as_bytes()));
+    (
+        same.try_into().expect("three names"),
+        other.expect("a name elsewhere"),
+    )
+}
+
+/// A plan of three IPv4 shards on `sc0` and `topics` (name, shard id).
+fn plan(generation: u64, topics: &[(&str, u32)]) -> Plan {
+    let topics: Vec<String> = topics
+        .iter()
+        .map(|(n, s)| format!(r#"{{"name": "{n}", "shards": [{s}]}}"#))
+        .collect();
+    Plan::from_json(&format!(
+        r#"{{
+      "generation": {generation},
+      "shards": [
+        {{"id": 1, "group_v4": "239.1.1.1", "egress": "sc0"}},
+        {{"id": 2, "group_v4": "239.1.1.2", "egress": "sc0"}},
+        {{"id": 3, "group_v4": "239.1.1.3", "egress": "sc0"}}
+      ],
+      "topics": [{}]
+    }}"#,
+        topics.join(",")
+    ))
+    .expect("test plan parses")
+}
+
+/// A CoAP NON PUT of the usual shape to `ps/data/<name>`.
+fn publish(name: &str) -> Vec<u8> {
+    let mut path = vec!["ps", "data"];
+    path.extend(name.split('/'));
+    frame(
+        L3::V4,
+        None,
+        40000,
+        fixtures::COAP,
+        &build::coap_request(coap::TYPE_NON, coap::CODE_PUT, 7, &[0xa1], &path, b"21.5"),
+    )
+}
+
+/// Routes `name` and checks it left for shard `shard` (1-3) byte for byte,
+/// or went to the stack unchanged and counted unrouted (`None`).
+fn check(dp: &Dataplane, name: &str, shard: Option<u8>, step: &str) {
+    let f = publish(name);
+    let before = unrouted(dp, topic_key(name.as_bytes()));
+    let r = dp.test_run(&f, 1).unwrap();
+    match shard {
+        Some(s) => {
+            let out = ShardOut {
+                group_v4: Some([239, 1, 1, s]),
+                group_v6: None,
+                port: 0,
+                src_mac: mac_address("sc0").unwrap(),
+            };
+            assert_eq!(r.action, action::REDIRECT, "{step}: {name} not routed");
+            assert_eq!(
+                r.output,
+                fixtures::expected_output(&f, &out),
+                "{step}: {name} rewritten for another shard than {s}"
+            );
+        }
+        None => {
+            assert_eq!(r.action, action::PASS, "{step}: {name} routed");
+            assert_eq!(r.output, f, "{step}: {name} modified");
+            assert_eq!(
+                unrouted(dp, topic_key(name.as_bytes())),
+                before + 1,
+                "{step}: {name} not counted as unrouted"
+            );
+        }
+    }
+}
+
+fn unrouted(dp: &Dataplane, key: TopicKey) -> u64 {
+    dp.counters()
+        .unwrap()
+        .unrouted
+        .get(&key)
+        .map_or(0, |c| c.packets)
+}
+
+#[test]
+fn names_sharing_an_entry_each_reach_their_shard() {
+    lab()
+        .run(|| {
+            let ([a, b, c], elsewhere) = colliding_names();
+            let mut dp =
+                Dataplane::load(&integration_tests::object(), &RouterConfig::default()).unwrap();
+            dp.set_incremental(true);
+            let reasons = |dp: &Dataplane| dp.counters().unwrap().reasons;
+
+            // `a` holds the entry, `b` is found in the hash map, `c` (same
+            // entry) and `elsewhere` (a free entry) are not in the plan.
+            let first = plan(1, &[(&a, 1), (&b, 2)]);
+            dp.install(&first.compile().unwrap(), false).unwrap();
+            check(&dp, &a, Some(1), "gen 1");
+            check(&dp, &b, Some(2), "gen 1");
+            check(&dp, &c, None, "gen 1");
+            check(&dp, &elsewhere, None, "gen 1");
+            assert_eq!(
+                reasons(&dp).get(&Reason::NoRoute).map(|c| c.packets),
+                Some(2),
+                "the two unrouted publishes are counted no_route"
+            );
+
+            // The same plan again fills the other slot; the next installs
+            // then rewrite each slot in place (incremental).
+            dp.install(&plan(2, &[(&a, 1), (&b, 2)]).compile().unwrap(), false)
+                .unwrap();
+            // The holder leaves the plan: `b` takes its entry, moved to shard 3.
+            let r = dp
+                .install(&plan(3, &[(&b, 3)]).compile().unwrap(), false)
+                .unwrap();
+            assert!(r.changed <= 2, "gen 3 was not incremental: {r:?}");
+            check(&dp, &a, None, "gen 3");
+            check(&dp, &b, Some(3), "gen 3");
+            check(&dp, &c, None, "gen 3");
+
+            // Written over gen 2's slot: `a` back on shard 2, `b` gone, `c`
+            // routed now (held by `a`, so found in the hash map).
+            dp.install(&plan(4, &[(&a, 2), (&c, 1)]).compile().unwrap(), false)
+                .unwrap();
+            check(&dp, &a, Some(2), "gen 4");
+            check(&dp, &b, None, "gen 4");
+            check(&dp, &c, Some(1), "gen 4");
+
+            // And over gen 3's slot, which had `b` in the entry.
+            dp.install(
+                &plan(5, &[(&c, 3), (&elsewhere, 2)]).compile().unwrap(),
+                false,
+            )
+            .unwrap();
+            check(&dp, &a, None, "gen 5");
+            check(&dp, &b, None, "gen 5");
+            check(&dp, &c, Some(3), "gen 5");
+            check(&dp, &elsewhere, Some(2), "gen 5");
+        })
+        .unwrap();
+}
