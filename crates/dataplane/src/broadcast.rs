@@ -21,6 +21,8 @@
 //! untouched), or a copy queued behind a single-shard publish would leave
 //! unrewritten.
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::{
     Ebpf,
     maps::{DevMap, Map, MapData},
@@ -260,28 +262,47 @@ impl Dataplane {
                 return;
             }
         };
-        for (outer, inner) in &maps {
-            if let Err(e) = self.fanout_maps.set(*outer, inner, 0) {
-                tracing::warn!(
-                    "no broadcast maps for egress slot {slot} ({e}): its multi-shard publishes fan out by TC"
-                );
-                return;
-            }
+        if let Err(e) = self.set_fanout_slots(&maps) {
+            tracing::warn!(
+                "no broadcast maps for egress slot {slot} ({e}): its multi-shard publishes fan out by TC"
+            );
+            return;
         }
         let ready = self.broadcast_state();
         self.broadcast_egress = Some(ready | 1u64 << slot);
     }
 
+    /// Puts `maps` (outer slot, device map) into `SC_FANOUT`. Each update
+    /// of an outer map waits out an RCU grace period (8-16 ms here): one
+    /// after the other, an egress's fifteen maps made the first install
+    /// that named it 130 ms longer; from a thread each, their waits
+    /// overlap. If one fails, some of the others may be in: the egress
+    /// is then not ready (see `egress_ready`), and its multi-shard routes
+    /// fan out by TC.
+    fn set_fanout_slots(&self, maps: &[(u32, MapData)]) -> Result<()> {
+        let outer = crate::batch::TypedMap::<u32, u32>::new(self.raw_fanout.fd().as_fd())?;
+        std::thread::scope(|scope| {
+            let updates: Vec<_> = maps
+                .iter()
+                .map(|(slot, map)| {
+                    let inner = map.fd().as_fd().as_raw_fd() as u32;
+                    scope.spawn(move || outer.update_one(slot, &inner))
+                })
+                .collect();
+            updates
+                .into_iter()
+                .try_for_each(|h| -> Result<()> { Ok(crate::joined(h.join(), "map update")??) })
+        })
+    }
+
     /// Whether `slot`'s broadcast maps are in place: its `SC_EGRESS` entry
-    /// carries the copy program and its maps are there (written in order of
-    /// copy count and given up at the first refusal: the last one there
-    /// means all are).
+    /// carries the copy program and `SC_FANOUT` holds a map for each copy
+    /// count (written together, and one may have failed: see
+    /// `set_fanout_slots`).
     fn egress_ready(&self, slot: u32) -> bool {
         matches!(self.egress.get(slot, 0), Ok(v) if v.prog_id.is_some())
-            && self
-                .fanout_maps
-                .get(&fanout_slot(slot, MAX_ROUTE_SHARDS as u32), 0)
-                .is_ok()
+            && (2..=MAX_ROUTE_SHARDS as u32)
+                .all(|k| self.fanout_maps.get(&fanout_slot(slot, k), 0).is_ok())
     }
 
     /// The egress slots with broadcast maps (bits), and the shape maps,

@@ -132,6 +132,9 @@ pub struct Dataplane {
     egress_if: Array<MapData, u32>,
     /// `SC_FANOUT`: the broadcast device maps (see `broadcast`).
     fanout_maps: ArrayOfMaps<MapData, MapData>,
+    /// `SC_FANOUT` again, for updates from several threads at once (see
+    /// `add_broadcast`).
+    raw_fanout: MapData,
     /// The copy program, when multi-shard routes may go by broadcast.
     copy_prog: Option<aya::programs::ProgramFd>,
     /// Egress slots (bits) whose broadcast maps are in place; `None` until

@@ -225,6 +225,8 @@ impl Dataplane {
         let (routes, raw_routes): (ArrayOfMaps<MapData, RoutesMap>, _) =
             take_raw(&mut ebpf, names::ROUTES, p)?;
         let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
+        let (fanout_maps, raw_fanout): (ArrayOfMaps<MapData, MapData>, _) =
+            take_raw(&mut ebpf, names::FANOUT, p)?;
         let (_, raw_names): (ArrayOfMaps<MapData, NamesMap>, _) =
             take_raw(&mut ebpf, names::NAMES, p)?;
         let mut dp = Dataplane {
@@ -235,7 +237,8 @@ impl Dataplane {
             shards: take(&mut ebpf, names::SHARDS, p)?,
             egress: take(&mut ebpf, names::EGRESS, p)?,
             egress_if: take(&mut ebpf, names::EGRESS_IF, p)?,
-            fanout_maps: take(&mut ebpf, names::FANOUT, p)?,
+            fanout_maps,
+            raw_fanout,
             copy_prog,
             broadcast_egress: Some(0),
             fanout_path: fanout,
@@ -292,6 +295,7 @@ impl Dataplane {
             egress: open_pinned(&pins, names::EGRESS)?,
             egress_if: open_pinned(&pins, names::EGRESS_IF)?,
             fanout_maps: open_pinned(&pins, names::FANOUT)?,
+            raw_fanout: open_raw::<ArrayOfMaps<MapData, MapData>>(&pins, names::FANOUT)?,
             copy_prog: broadcast::open_copy(&pins)?,
             broadcast_egress: None,
             fanout_path: FanoutPath::Auto,
