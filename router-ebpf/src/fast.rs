@@ -20,7 +20,7 @@
 //!
 //! The CoAP shape it takes is `router_common::coap_fast`'s.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect_map, programs::XdpContext};
 use router_common::{
     coap_fast::{self, InPlace},
     maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6, name_index},
@@ -218,8 +218,7 @@ fn datagram(
     if route.shard_count != 1
         || shard.flags & family == 0
         || ttl <= 1
-        || SC_EGRESS.redirect(shard.egress_slot, xdp_action::XDP_PASS as u64)
-            != Ok(xdp_action::XDP_REDIRECT)
+        || !redirect(shard.egress_slot)
     {
         return Ok(None);
     }
@@ -227,9 +226,29 @@ fn datagram(
     counters::routed(ctx, cfg, l3, route.stats_slot, frame_len);
     // SAFETY: the MACs, the IP header and the UDP header lie inside the
     // bytes the caller checked.
-    unsafe { rewrite::frame_at(h.add(IP), l3, h, h.add(udp).cast(), shard)? };
+    unsafe { rewrite::frame_at::<true>(h.add(IP), l3, h, h.add(udp).cast(), shard)? };
     count(Reason::Redirected, frame_len);
     Ok(Some(xdp_action::XDP_REDIRECT))
+}
+
+/// Redirects the frame to egress `slot` (the helper only records the
+/// target): true if the slot holds a device. The helper's own return
+/// compared as it comes, where `DevMap::redirect` folds it into a
+/// `Result` through its absolute value (five instructions more on every
+/// publish).
+#[inline(always)]
+fn redirect(slot: u32) -> bool {
+    let map: *const _ = &SC_EGRESS;
+    // SAFETY: a plain helper call on our own device map (a map's address
+    // is what the helper takes, as `DevMap::redirect` passes it).
+    let ret = unsafe {
+        bpf_redirect_map(
+            map.cast_mut().cast(),
+            slot as u64,
+            xdp_action::XDP_PASS as u64,
+        )
+    };
+    ret == xdp_action::XDP_REDIRECT as i64
 }
 
 /// A publish the plan does not route: counted as the general path counts

@@ -32,18 +32,21 @@ pub(crate) fn frame(
     let macs: *mut [u8; 12] = ptr_at(ctx, mac_off).ok_or(Reason::Truncated)?;
     // SAFETY: every pointer checked in bounds just above (`udp` by the
     // caller).
-    unsafe { frame_at(ip, l3, macs.cast(), udp, shard) }
+    unsafe { frame_at::<false>(ip, l3, macs.cast(), udp, shard) }
 }
 
 /// [`frame`] with the headers already found: the fast path's are at
-/// constant offsets within bytes it checked once.
+/// constant offsets within bytes it checked once. `CHECKED`: the caller
+/// has checked that the shard has a group of the frame's family and the
+/// TTL or hop limit is over 1 (the fast path does, before it counts
+/// anything), so the rewrite does not check them again.
 ///
 /// # Safety
 /// `ip` must point to a whole IP header of `l3`'s family, `macs` to the
 /// frame's 12 MAC bytes and `udp` to a whole UDP header, all within the
 /// packet (checked against `data_end` in the form the verifier tracks).
 #[inline(always)]
-pub(crate) unsafe fn frame_at(
+pub(crate) unsafe fn frame_at<const CHECKED: bool>(
     ip: *mut u8,
     l3: L3,
     macs: *mut u8,
@@ -53,8 +56,8 @@ pub(crate) unsafe fn frame_at(
     // SAFETY: per the function's contract.
     let dst_mac = unsafe {
         match l3 {
-            L3::V4 { .. } => rewrite_v4(ip.cast(), udp, shard)?,
-            L3::V6 { .. } => rewrite_v6(ip.cast(), udp, shard)?,
+            L3::V4 { .. } => rewrite_v4::<CHECKED>(ip.cast(), udp, shard)?,
+            L3::V6 { .. } => rewrite_v6::<CHECKED>(ip.cast(), udp, shard)?,
         }
     };
     // SAFETY: per the function's contract. The source MAC is read as two
@@ -115,26 +118,33 @@ fn shard_port(shard: &Shard, old: u16) -> u16 {
 /// # Safety
 /// `ip` and `udp` must point to whole headers within the packet.
 #[inline(always)]
-unsafe fn rewrite_v4(ip: *mut Ipv4Hdr, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
-    if shard.flags & SHARD_HAS_V4 == 0 {
+unsafe fn rewrite_v4<const CHECKED: bool>(
+    ip: *mut Ipv4Hdr,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<u64, Reason> {
+    if !CHECKED && shard.flags & SHARD_HAS_V4 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
     // SAFETY: per the function's contract.
     unsafe {
-        let ttl = (*ip).ttl;
-        if ttl <= 1 {
+        if !CHECKED && (*ip).ttl <= 1 {
             return Err(Reason::TtlExpired);
         }
         let group = u32::from_ne_bytes(shard.group_v4);
         let daddr = (&raw mut (*ip).daddr).cast::<u8>();
         let old_daddr = word::load32(daddr);
-        // TTL shares a checksummed 16-bit word with the protocol.
-        let ttl_word = word::load16(&raw const (*ip).ttl);
+        // TTL shares a checksummed 16-bit word with the protocol; it is
+        // the word's first byte, the low one of a native (little-endian)
+        // load, and over 1: the word less 1 is the new TTL beside the
+        // same protocol.
+        let ttl_at = (&raw mut (*ip).ttl).cast::<u8>();
+        let ttl_word = word::load16(ttl_at);
         let ip_check = (&raw mut (*ip).check).cast::<u8>();
         let mut ipc = Patch::new(word::load16(ip_check));
-        ipc.replace16(ttl_word, u16::from_ne_bytes([ttl - 1, (*ip).protocol]));
+        ipc.replace16(ttl_word, ttl_word - 1);
         ipc.replace32(old_daddr, group);
-        (*ip).ttl = ttl - 1;
+        word::store16(ttl_at, ttl_word - 1);
         word::store32(daddr, group);
         word::store16(ip_check, ipc.finish());
 
@@ -161,14 +171,18 @@ unsafe fn rewrite_v4(ip: *mut Ipv4Hdr, udp: *mut UdpHdr, shard: &Shard) -> Resul
 /// # Safety
 /// `ip` and `udp` must point to whole headers within the packet.
 #[inline(always)]
-unsafe fn rewrite_v6(ip: *mut Ipv6Hdr, udp: *mut UdpHdr, shard: &Shard) -> Result<u64, Reason> {
-    if shard.flags & SHARD_HAS_V6 == 0 {
+unsafe fn rewrite_v6<const CHECKED: bool>(
+    ip: *mut Ipv6Hdr,
+    udp: *mut UdpHdr,
+    shard: &Shard,
+) -> Result<u64, Reason> {
+    if !CHECKED && shard.flags & SHARD_HAS_V6 == 0 {
         return Err(Reason::NoGroupForFamily);
     }
     // SAFETY: per the function's contract.
     unsafe {
         let hops = (*ip).hop_limit;
-        if hops <= 1 {
+        if !CHECKED && hops <= 1 {
             return Err(Reason::TtlExpired);
         }
         let (dest, udp_check) = udp_fields(udp);
