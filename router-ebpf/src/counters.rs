@@ -147,7 +147,7 @@ fn device_group_hashed(src: [u64; 2]) -> u32 {
     addr[..8].copy_from_slice(&src[0].to_ne_bytes());
     addr[8..].copy_from_slice(&src[1].to_ne_bytes());
     // SAFETY: the value is copied out at once.
-    unsafe { SC_DEVICES.get(&DeviceAddr { addr }) }
+    unsafe { SC_DEVICES.get(DeviceAddr { addr }) }
         .copied()
         .unwrap_or(GROUP_UNKNOWN)
 }
@@ -155,7 +155,7 @@ fn device_group_hashed(src: [u64; 2]) -> u32 {
 /// The shared LRU counter of (topic slot, device group).
 #[inline(never)]
 fn count_group_shared(key: GroupStatKey, bytes: u64, weight: u64) {
-    if let Some(c) = SC_GROUP_STATS.get_ptr_mut(&key) {
+    if let Some(c) = SC_GROUP_STATS.get_ptr_mut(key) {
         add_shared(c, weight, bytes * weight);
         return;
     }
@@ -164,8 +164,8 @@ fn count_group_shared(key: GroupStatKey, bytes: u64, weight: u64) {
         bytes: bytes * weight,
     };
     // Another CPU may have added the key since the lookup: then add to its.
-    if SC_GROUP_STATS.insert(&key, c, BPF_NOEXIST as u64).is_err()
-        && let Some(c) = SC_GROUP_STATS.get_ptr_mut(&key)
+    if SC_GROUP_STATS.insert(key, c, BPF_NOEXIST as u64).is_err()
+        && let Some(c) = SC_GROUP_STATS.get_ptr_mut(key)
     {
         add_shared(c, weight, bytes * weight);
     }

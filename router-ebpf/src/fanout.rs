@@ -170,7 +170,7 @@ pub(crate) fn route_of(m: &FanoutMeta, parity: u32) -> Result<&'static Route, Re
             let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
             // SAFETY: only the control plane writes route maps, and never
             // one a program may be reading (generation swap).
-            unsafe { routes.get(&TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)
+            unsafe { routes.get(TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)
         }
         _ => Err(Reason::NoRoute),
     }
@@ -199,19 +199,19 @@ pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
     let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, ctx.data()) };
     const META: usize = core::mem::size_of::<FanoutMeta>();
     if meta + META > data {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: `META` bytes of metadata, checked above.
     let m: FanoutMeta = unsafe { core::ptr::read_unaligned(meta as *const FanoutMeta) };
     if m.magic != FANOUT_MAGIC {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let frame_len = ctx.len() as u64;
     match send_copies(ctx, &m, frame_len) {
         Ok(action) => action,
         Err(reason) => {
             count(reason, frame_len);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
     }
 }
@@ -256,7 +256,7 @@ fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<i32, R
             Some(s) => s,
             None => {
                 count(Reason::NoRoute, frame_len);
-                return Ok(TC_ACT_SHOT as i32);
+                return Ok(TC_ACT_SHOT);
             }
         }
     };
@@ -276,7 +276,7 @@ fn last_copy(ctx: &TcContext, o: &Original, shard: &Shard, frame_len: u64) -> i3
         }
         Err(reason) => {
             count(reason, frame_len);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }

@@ -68,7 +68,7 @@ pub(crate) fn publish(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
     // EtherType.
     let h = packet::ptr_at::<[u8; V4_HEAD]>(ctx, 0)? as *mut u8;
     // SAFETY: within the bytes just checked.
-    let done = match unsafe { word::load16(h.add(12)) } {
+    let done = match unsafe { word::load16_at::<12>(h) } {
         ETH_P_IP_LE => v4(ctx, cfg, h),
         ETH_P_IPV6_LE => v6(ctx, cfg),
         _ => Ok(None),
@@ -82,6 +82,9 @@ pub(crate) fn publish(ctx: &XdpContext, cfg: &Config) -> Option<u32> {
     }
 }
 
+/// The payload's offset from the UDP header, as an instruction offset.
+const PAYLOAD: i16 = UdpHdr::LEN as i16;
+
 /// The headers and the payload's first bytes (the MQTT-SN header's, the
 /// CoAP header's and token's first), one bounds check for all (a shorter
 /// frame takes the general path).
@@ -94,7 +97,7 @@ fn v4(ctx: &XdpContext, cfg: &Config, h: *mut u8) -> Result<Option<u32>, Reason>
     // SAFETY: within the bytes the caller checked.
     let ttl = unsafe {
         if *h.add(IP) != VER_IHL_NO_OPTIONS
-            || word::load16(h.add(IP + 6)) & FRAGMENT_BITS_LE != 0
+            || word::load16_at::<{ IP as i16 + 6 }>(h) & FRAGMENT_BITS_LE != 0
             || *h.add(IP + 9) != IPPROTO_UDP
         {
             return Ok(None);
@@ -135,15 +138,17 @@ fn datagram(
 ) -> Result<Option<u32>, Reason> {
     let payload = udp + UdpHdr::LEN;
     // SAFETY: inside the bytes the caller checked.
+    // Each field at a constant offset from the UDP header's address: one
+    // register for all of them.
     let (dport, udp_len, word) = unsafe {
-        let p = h.add(payload);
+        let u = h.add(udp);
         (
-            u16::from_be(word::load16(h.add(udp + 2))),
-            u16::from_be(word::load16(h.add(udp + 4))) as usize,
-            // What `packet::mqttsn_head` reads.
-            word::load32(p) as u64
-                | (word::load16(p.add(4)) as u64) << 32
-                | (*p.add(6) as u64) << 48,
+            u16::from_be(word::load16_at::<2>(u)),
+            u16::from_be(word::load16_at::<4>(u)) as usize,
+            // What `packet::mqttsn_head` reads, from the payload's start.
+            word::load32_at::<{ PAYLOAD }>(u) as u64
+                | (word::load16_at::<{ PAYLOAD + 4 }>(u) as u64) << 32
+                | (*u.add(PAYLOAD as usize + 6) as u64) << 48,
         )
     };
     if dport == 0 || udp_len < UdpHdr::LEN {
@@ -202,7 +207,7 @@ fn datagram(
                 };
                 // SAFETY: only the control plane writes route maps, and
                 // never a map a program may be reading (generation swap).
-                unsafe { routes.get(&key) }
+                unsafe { routes.get(key) }
             }
         };
         match route {

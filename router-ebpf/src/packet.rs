@@ -80,19 +80,34 @@ impl UdpHdr {
 /// 14-byte Ethernet header are only 2-byte aligned. The verifier and the
 /// JIT accept misaligned packet access where the CPU does (x86-64, arm64).
 pub mod word {
-    /// A load and a store of one width, as BPF assembly (`*(u16 *)...`).
+    /// A load and a store of one width, as BPF assembly (`*(u16 *)...`),
+    /// and the same at a constant offset from `p` (`..._at::<OFF>`): the
+    /// offset goes into the instruction, where `p.add(OFF)` takes a
+    /// register copy and an add before each access (the assembly needs
+    /// its address in a register).
     macro_rules! width {
-        ($load:ident, $store:ident, $t:ty, $bytes:literal, $asm:literal) => {
+        ($load:ident, $load_at:ident, $store:ident, $store_at:ident, $t:ty, $bytes:literal, $asm:literal) => {
             /// # Safety
             #[doc = concat!("`p` must point to ", $bytes, " readable bytes verified in bounds.")]
             #[inline(always)]
             pub unsafe fn $load(p: *const u8) -> $t {
+                // SAFETY: per the function's contract.
+                unsafe { $load_at::<0>(p) }
+            }
+
+            /// # Safety
+            #[doc = concat!("`p + OFF` must point to ", $bytes, " readable bytes verified in bounds.")]
+            #[inline(always)]
+            pub unsafe fn $load_at<const OFF: i16>(p: *const u8) -> $t {
                 let v: u64;
                 // SAFETY: per the function's contract.
                 unsafe {
-                    core::arch::asm!(concat!("{v} = *(", $asm, " *)({p} + 0)"),
-                        p = in(reg) p, v = out(reg) v,
+                    core::arch::asm!(concat!("{v} = *(", $asm, " *)({p} + {off})"),
+                        p = in(reg) p, v = out(reg) v, off = const OFF,
                         options(nostack, readonly, preserves_flags));
+                    // The load zero-extends: said, LLVM drops the mask it
+                    // would otherwise put after each narrow load.
+                    core::hint::assert_unchecked(v >> (8 * $bytes - 1) >> 1 == 0);
                 }
                 v as $t
             }
@@ -100,20 +115,29 @@ pub mod word {
             /// # Safety
             #[doc = concat!("`p` must point to ", $bytes, " writable bytes verified in bounds.")]
             #[inline(always)]
+            #[allow(dead_code, reason = "not every width is stored at its register's own address")]
             pub unsafe fn $store(p: *mut u8, v: $t) {
                 // SAFETY: per the function's contract.
+                unsafe { $store_at::<0>(p, v) }
+            }
+
+            /// # Safety
+            #[doc = concat!("`p + OFF` must point to ", $bytes, " writable bytes verified in bounds.")]
+            #[inline(always)]
+            pub unsafe fn $store_at<const OFF: i16>(p: *mut u8, v: $t) {
+                // SAFETY: per the function's contract.
                 unsafe {
-                    core::arch::asm!(concat!("*(", $asm, " *)({p} + 0) = {v}"),
-                        p = in(reg) p, v = in(reg) v as u64,
+                    core::arch::asm!(concat!("*(", $asm, " *)({p} + {off}) = {v}"),
+                        p = in(reg) p, v = in(reg) v as u64, off = const OFF,
                         options(nostack, preserves_flags));
                 }
             }
         };
     }
 
-    width!(load16, store16, u16, 2, "u16");
-    width!(load32, store32, u32, 4, "u32");
-    width!(load64, store64, u64, 8, "u64");
+    width!(load16, load16_at, store16, store16_at, u16, 2, "u16");
+    width!(load32, load32_at, store32, store32_at, u32, 4, "u32");
+    width!(load64, load64_at, store64, store64_at, u64, 8, "u64");
 
     /// A big-endian field, in host order.
     ///

@@ -2,6 +2,8 @@
 //! shard's group, TTL or hop limit, UDP port, checksums patched
 //! incrementally, MACs. The only packet writes of the program.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use router_common::{
     checksum::Patch,
@@ -64,10 +66,11 @@ pub(crate) unsafe fn frame_at<const CHECKED: bool>(
     // words (at offsets 4- and 2-aligned within the 8-aligned `Shard`)
     // instead of six bytes.
     unsafe {
-        let src: *const u8 = (&raw const shard.src_mac).cast();
-        let (s0, s1) = (word::load32(src) as u64, word::load16(src.add(4)) as u64);
-        word::store64(macs, dst_mac | (s0 & 0xffff) << 48);
-        word::store32(macs.add(8), (s0 >> 16 | s1 << 16) as u32);
+        let s: *const u8 = (shard as *const Shard).cast();
+        let s0 = word::load32_at::<{ SRC_MAC }>(s) as u64;
+        let s1 = word::load16_at::<{ SRC_MAC + 4 }>(s) as u64;
+        word::store64_at::<0>(macs, dst_mac | (s0 & 0xffff) << 48);
+        word::store32_at::<8>(macs, (s0 >> 16 | s1 << 16) as u32);
     }
     Ok(())
 }
@@ -87,17 +90,17 @@ const _: () = assert!(
     "shardcast's XDP program is built for little-endian BPF (bpfel)"
 );
 
-/// The UDP header's destination port and checksum fields, for word access.
-#[inline(always)]
-fn udp_fields(udp: *mut UdpHdr) -> (*mut u8, *mut u8) {
-    // SAFETY: field addresses only; no access.
-    unsafe {
-        (
-            (&raw mut (*udp).dest).cast(),
-            (&raw mut (*udp).check).cast(),
-        )
-    }
-}
+// Field offsets as instruction offsets: each access below names its
+// header's address and the field's offset, so that one register holds
+// the header for all its fields (a field's own address took a register
+// copy and an add before each access).
+const SRC_MAC: i16 = offset_of!(Shard, src_mac) as i16;
+const UDP_DEST: i16 = offset_of!(UdpHdr, dest) as i16;
+const UDP_CHECK: i16 = offset_of!(UdpHdr, check) as i16;
+const V4_TTL: i16 = offset_of!(Ipv4Hdr, ttl) as i16;
+const V4_CHECK: i16 = offset_of!(Ipv4Hdr, check) as i16;
+const V4_DADDR: i16 = offset_of!(Ipv4Hdr, daddr) as i16;
+const V6_DADDR: i16 = offset_of!(Ipv6Hdr, daddr) as i16;
 
 /// The destination port (native order) of a publish's copy for `shard`:
 /// the shard's, or with port 0 the publish's own `old` (MQTT-SN and CoAP
@@ -132,33 +135,30 @@ unsafe fn rewrite_v4<const CHECKED: bool>(
             return Err(Reason::TtlExpired);
         }
         let group = u32::from_ne_bytes(shard.group_v4);
-        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
-        let old_daddr = word::load32(daddr);
+        let (ip, udp) = (ip.cast::<u8>(), udp.cast::<u8>());
+        let old_daddr = word::load32_at::<V4_DADDR>(ip);
         // TTL shares a checksummed 16-bit word with the protocol; it is
         // the word's first byte, the low one of a native (little-endian)
         // load, and over 1: the word less 1 is the new TTL beside the
         // same protocol.
-        let ttl_at = (&raw mut (*ip).ttl).cast::<u8>();
-        let ttl_word = word::load16(ttl_at);
-        let ip_check = (&raw mut (*ip).check).cast::<u8>();
-        let mut ipc = Patch::new(word::load16(ip_check));
+        let ttl_word = word::load16_at::<V4_TTL>(ip);
+        let mut ipc = Patch::new(word::load16_at::<V4_CHECK>(ip));
         ipc.replace16(ttl_word, ttl_word - 1);
         ipc.replace32(old_daddr, group);
-        word::store16(ttl_at, ttl_word - 1);
-        word::store32(daddr, group);
-        word::store16(ip_check, ipc.finish());
+        word::store16_at::<V4_TTL>(ip, ttl_word - 1);
+        word::store32_at::<V4_DADDR>(ip, group);
+        word::store16_at::<V4_CHECK>(ip, ipc.finish());
 
-        let (dest, udp_check) = udp_fields(udp);
-        let old_port = word::load16(dest);
+        let old_port = word::load16_at::<UDP_DEST>(udp);
         let new_port = shard_port(shard, old_port);
-        let check = word::load16(udp_check);
+        let check = word::load16_at::<UDP_CHECK>(udp);
         if check != 0 {
             let mut uc = Patch::new(check);
             uc.replace32(old_daddr, group);
             uc.replace16(old_port, new_port);
-            word::store16(udp_check, uc.finish_udp());
+            word::store16_at::<UDP_CHECK>(udp, uc.finish_udp());
         }
-        word::store16(dest, new_port);
+        word::store16_at::<UDP_DEST>(udp, new_port);
         // 01:00:5e, then the group's low 23 bits.
         Ok(0x5e_0001 | ((group as u64 & 0xffff_7f00) << 16))
     }
@@ -185,8 +185,8 @@ unsafe fn rewrite_v6<const CHECKED: bool>(
         if !CHECKED && hops <= 1 {
             return Err(Reason::TtlExpired);
         }
-        let (dest, udp_check) = udp_fields(udp);
-        let check = word::load16(udp_check);
+        let (ip, udp) = (ip.cast::<u8>(), udp.cast::<u8>());
+        let check = word::load16_at::<UDP_CHECK>(udp);
         if check == 0 {
             return Err(Reason::ZeroChecksumV6);
         }
@@ -197,20 +197,26 @@ unsafe fn rewrite_v6<const CHECKED: bool>(
             u32::from_ne_bytes([g[8], g[9], g[10], g[11]]),
             u32::from_ne_bytes([g[12], g[13], g[14], g[15]]),
         ];
-        let old_port = word::load16(dest);
+        let old_port = word::load16_at::<UDP_DEST>(udp);
         let new_port = shard_port(shard, old_port);
-        let daddr = (&raw mut (*ip).daddr).cast::<u8>();
+        let old = [
+            word::load32_at::<V6_DADDR>(ip),
+            word::load32_at::<{ V6_DADDR + 4 }>(ip),
+            word::load32_at::<{ V6_DADDR + 8 }>(ip),
+            word::load32_at::<{ V6_DADDR + 12 }>(ip),
+        ];
         let mut uc = Patch::new(check);
-        for (i, &w) in group.iter().enumerate() {
-            uc.replace32(word::load32(daddr.add(4 * i)), w);
+        for (&o, &w) in old.iter().zip(&group) {
+            uc.replace32(o, w);
         }
         uc.replace16(old_port, new_port);
-        (*ip).hop_limit = hops - 1;
-        for (i, &w) in group.iter().enumerate() {
-            word::store32(daddr.add(4 * i), w);
-        }
-        word::store16(dest, new_port);
-        word::store16(udp_check, uc.finish_udp());
+        *ip.add(offset_of!(Ipv6Hdr, hop_limit)) = hops - 1;
+        word::store32_at::<V6_DADDR>(ip, group[0]);
+        word::store32_at::<{ V6_DADDR + 4 }>(ip, group[1]);
+        word::store32_at::<{ V6_DADDR + 8 }>(ip, group[2]);
+        word::store32_at::<{ V6_DADDR + 12 }>(ip, group[3]);
+        word::store16_at::<UDP_DEST>(udp, new_port);
+        word::store16_at::<UDP_CHECK>(udp, uc.finish_udp());
         Ok(0x3333 | (group[3] as u64) << 16)
     }
 }

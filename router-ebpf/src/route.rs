@@ -108,7 +108,7 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
         let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
         // SAFETY: only the control plane writes route maps, and never a map
         // a program may be reading (generation swap), so the value is stable.
-        match unsafe { routes.get(&key) } {
+        match unsafe { routes.get(key) } {
             Some(r) => (r, l3, tagged, FANOUT_BY_NAME, key.hash),
             None => {
                 count_unrouted(&key, frame_len);

@@ -68,7 +68,7 @@ pub fn ref_forwarder(ctx: XdpContext) -> u32 {
     // SAFETY: bounds checked by `ptr_at`.
     let key = u64::from_le_bytes(unsafe { *key });
     // SAFETY: value copied out at once.
-    let Some(&dst) = (unsafe { REF_TABLE.get(&key) }) else {
+    let Some(&dst) = (unsafe { REF_TABLE.get(key) }) else {
         return xdp_action::XDP_PASS;
     };
     let d = dst.to_be_bytes();
