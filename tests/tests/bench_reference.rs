@@ -1,6 +1,7 @@
 //! The benchmark's reference programs do what BENCHMARKS.md says they do:
 //! the floor parses Ethernet/IPv4/UDP and returns XDP_TX; the forwarder also
-//! looks up 8 payload bytes and rewrites the destination before XDP_TX.
+//! looks up 8 payload bytes and rewrites the destination before XDP_TX; the
+//! call reference is the floor plus one helper call.
 
 use integration_tests::{L3, frame, reference_object};
 use shardcast_dataplane::{ReferenceProgram, action};
@@ -12,6 +13,17 @@ fn floor_transmits_udp_and_passes_the_rest() {
     assert_eq!(floor.test_run(&udp, 1).unwrap().action, action::TX);
     let v6 = frame(L3::V6, None, 1, 1884, b"12345678rest");
     assert_eq!(floor.test_run(&v6, 1).unwrap().action, action::PASS);
+}
+
+#[test]
+fn call_reference_is_the_floor_with_a_call() {
+    let call = ReferenceProgram::load(&reference_object(), "ref_call").unwrap();
+    let udp = frame(L3::V4, None, 1, 1884, b"12345678rest");
+    let r = call.test_run(&udp, 1).unwrap();
+    assert_eq!(r.action, action::TX);
+    assert_eq!(r.output, udp, "the call reference writes nothing");
+    let v6 = frame(L3::V6, None, 1, 1884, b"12345678rest");
+    assert_eq!(call.test_run(&v6, 1).unwrap().action, action::PASS);
 }
 
 #[test]

@@ -4,13 +4,17 @@
 //! - `ref_floor`: parses Ethernet/IPv4/UDP and returns `XDP_TX`;
 //! - `ref_forwarder`: the same, plus one hash-map lookup keyed by 8 payload
 //!   bytes and a destination rewrite (MAC, IP, port) before `XDP_TX`: the
-//!   least any table-driven forwarder does.
+//!   least any table-driven forwarder does;
+//! - `ref_call`: the floor plus one call of a helper that returns at once
+//!   (`bpf_get_numa_node_id`): what a call out of a program costs on the
+//!   host, which differs most between hosts (their return mitigations).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::HashMap,
+    helpers::bpf_get_numa_node_id,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -54,6 +58,15 @@ pub fn ref_floor(ctx: XdpContext) -> u32 {
     match udp_payload(&ctx) {
         Some(_) => xdp_action::XDP_TX,
         None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn ref_call(ctx: XdpContext) -> u32 {
+    match udp_payload(&ctx) {
+        // SAFETY: a helper without arguments.
+        Some(_) if unsafe { bpf_get_numa_node_id() } >= 0 => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_PASS,
     }
 }
 

@@ -1,17 +1,19 @@
 //! `cargo xtask bench`: ns/packet of the XDP router under
-//! `BPF_PROG_TEST_RUN`, side by side with two reference programs built from
+//! `BPF_PROG_TEST_RUN`, side by side with reference programs built from
 //! `router-ebpf/src/bin/bench-reference.rs`:
 //!
 //! - floor: parse Ethernet/IPv4/UDP, `XDP_TX`;
-//! - forwarder: the same plus one hash lookup on 8 payload bytes and a
+//! - the floor plus one call of a helper that returns at once (what a call
+//!   out of a program costs on this host);
+//! - forwarder: the floor plus one hash lookup on 8 payload bytes and a
 //!   destination rewrite, `XDP_TX`.
 //!
 //! The machine is noisy, so every case runs once per round, rounds
 //! interleave the programs, and each case is reported as the median over
 //! rounds of its time and of its ratio to the forwarder *in the same round*.
 //! The time per packet is the steady state: the difference between the
-//! fastest call of 254 runs and the fastest of 127 (each call's first run is
-//! cold, see `bench`). Prints a Markdown table (the one in BENCHMARKS.md).
+//! mean of the fastest half of the calls of 254 runs and of 127 (each
+//! call's first run is cold, see `bench`). Prints a Markdown table (the one in BENCHMARKS.md).
 //!
 //! `SHARDCAST_BENCH_BASELINE=old.o` also times another build of the router
 //! on the same packets and prints each publish case's ratio to it (A/B in
@@ -71,6 +73,8 @@ struct Case {
 #[derive(Clone, Copy, PartialEq)]
 enum Prog {
     Floor,
+    /// The floor and one helper call.
+    Call,
     Forwarder,
     Router,
     /// The router with per (topic, device group) counting on.
@@ -414,6 +418,7 @@ fn bench(rounds: usize) -> Result<String> {
         None => None,
     };
     let floor = ReferenceProgram::load(&reference_object(), "ref_floor")?;
+    let call = ReferenceProgram::load(&reference_object(), "ref_call")?;
     let mut fwd = ReferenceProgram::load(&reference_object(), "ref_forwarder")?;
 
     // The frames timed are the fixture table's typical readings (checked
@@ -442,6 +447,12 @@ fn bench(rounds: usize) -> Result<String> {
         Case {
             name: "floor (parse, XDP_TX)",
             prog: Prog::Floor,
+            packet: m4.clone(),
+            want: action::TX,
+        },
+        Case {
+            name: "floor + 1 helper call (returns at once)",
+            prog: Prog::Call,
             packet: m4.clone(),
             want: action::TX,
         },
@@ -505,6 +516,7 @@ fn bench(rounds: usize) -> Result<String> {
     let run = |case: &Case, repeat: u32| -> Result<(u32, Duration)> {
         let r = match case.prog {
             Prog::Floor => floor.test_run(&case.packet, repeat)?,
+            Prog::Call => call.test_run(&case.packet, repeat)?,
             Prog::Forwarder => fwd.test_run(&case.packet, repeat)?,
             Prog::Router => dp.test_run(&case.packet, repeat)?,
             Prog::RouterGroups => dpg.test_run(&case.packet, repeat)?,
