@@ -385,3 +385,122 @@ fn a_generic_ingress_is_refused_where_routes_broadcast() {
     })
     .unwrap();
 }
+
+/// A plan whose routes span two egresses in every way they can (120
+/// shapes: k = 2..16 shards, 1..k - 1 of them on the first egress): each
+/// shape gets its own device map at the first install, made together,
+/// routes of one shape share it, and a process adopting the pins finds
+/// every map again by its entries' egresses (a map with the wrong
+/// entries would be made anew, under another slot).
+#[test]
+fn every_two_egress_shape_gets_a_map_and_is_adopted() {
+    let ns = lab();
+    ns.run(|| {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
+        let mut dp = Dataplane::attach(
+            &pin_root,
+            &AttachOptions {
+                object: integration_tests::object(),
+                ingress: vec!["a1".into()],
+                egress: vec!["b0".into(), "c0".into()],
+                mode: Mode::Driver,
+                tc: TcAttach::Auto,
+                fanout: FanoutPath::Auto,
+                config: RouterConfig::default(),
+            },
+        )
+        .unwrap();
+        let result = (|| -> Result<(), String> {
+            if !dp.broadcasts() {
+                eprintln!("the kernel refused the copy program: no shapes to make");
+                return Ok(());
+            }
+            let shards: Vec<String> = (1..=32)
+                .map(|i| {
+                    format!(
+                        r#"{{"id": {i}, "group_v4": "239.4.0.{i}", "egress": "{}"}}"#,
+                        if i <= 16 { "b0" } else { "c0" }
+                    )
+                })
+                .collect();
+            // Each shape twice: the second topic lists its shards in
+            // another order (c0's first).
+            let mut topics = Vec::new();
+            let mut shape_of = std::collections::HashMap::new();
+            for k in 2..=16u32 {
+                for a in 1..k {
+                    let on_b: Vec<u32> = (1..=a).collect();
+                    let on_c: Vec<u32> = (17..17 + (k - a)).collect();
+                    let fwd: Vec<String> =
+                        on_b.iter().chain(&on_c).map(|s| s.to_string()).collect();
+                    let rev: Vec<String> =
+                        on_c.iter().chain(&on_b).map(|s| s.to_string()).collect();
+                    for (name, list) in [(format!("s{k}-{a}"), fwd), (format!("r{k}-{a}"), rev)] {
+                        topics.push(format!(
+                            r#"{{"name": "{name}", "shards": [{}]}}"#,
+                            list.join(",")
+                        ));
+                        shape_of.insert(
+                            router_common::topic::topic_key(name.as_bytes()).hash,
+                            (k, a),
+                        );
+                    }
+                }
+            }
+            let plan = Plan::from_json(&format!(
+                r#"{{"generation": 1, "shards": [{}], "topics": [{}]}}"#,
+                shards.join(","),
+                topics.join(",")
+            ))
+            .map_err(|e| e.to_string())?;
+            dp.install(&plan.compile().map_err(|e| e.to_string())?, false)
+                .map_err(|e| e.to_string())?;
+            let ways = |dp: &Dataplane| -> Result<Vec<(u64, u16)>, String> {
+                let mut w: Vec<(u64, u16)> = dp
+                    .snapshot()
+                    .map_err(|e| e.to_string())?
+                    .routes
+                    .iter()
+                    .map(|(k, r)| (k.hash, r.fanout))
+                    .collect();
+                w.sort_unstable();
+                Ok(w)
+            };
+            let before = ways(&dp)?;
+            if before.len() != 240 {
+                return Err(format!("{} routes installed, want 240", before.len()));
+            }
+            // One map per shape: the same slot for a shape's two topics,
+            // another for every other shape, none by TC (0) or by an
+            // egress's own maps (slots below the shapes').
+            let mut slot_of_shape = std::collections::HashMap::new();
+            for &(key, fanout) in &before {
+                let shape = shape_of[&key];
+                if (fanout as u32) <= router_common::maps::FANOUT_SINGLE_EGRESS {
+                    return Err(format!("shape {shape:?} routed by fan-out slot {fanout}"));
+                }
+                if *slot_of_shape.entry(shape).or_insert(fanout) != fanout {
+                    return Err(format!("shape {shape:?}'s topics by two maps"));
+                }
+            }
+            let slots: std::collections::HashSet<u16> = slot_of_shape.values().copied().collect();
+            if slots.len() != 120 {
+                return Err(format!("{} maps for 120 shapes", slots.len()));
+            }
+            let mut adopted = Dataplane::open(&pin_root).map_err(|e| e.to_string())?;
+            let mut again = plan.clone();
+            again.generation = 2;
+            adopted
+                .install(&again.compile().map_err(|e| e.to_string())?, false)
+                .map_err(|e| e.to_string())?;
+            if ways(&adopted)? != before {
+                return Err("an adopting process routes shapes by other device maps".into());
+            }
+            Ok(())
+        })();
+        drop(dp);
+        Dataplane::detach(&pin_root).unwrap();
+        result.unwrap();
+    })
+    .unwrap();
+}

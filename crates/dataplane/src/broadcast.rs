@@ -145,12 +145,48 @@ impl Dataplane {
     }
 
     /// The `SC_FANOUT` slot of the device map for `shape` (egress slots,
-    /// sorted, one per copy), made and added if new. `None` (the TC way)
-    /// when the shape slots are all taken or the kernel refuses the map.
+    /// sorted, one per copy), made and added if new (an install makes the
+    /// plan's new shapes together first: `make_shapes`). `None` (the TC
+    /// way) when the shape slots are all taken or the kernel refuses the
+    /// map.
     fn shape_slot(&mut self, shape: Vec<u32>) -> Option<u32> {
         if let Some(&slot) = self.shapes.get(&shape) {
             return Some(slot);
         }
+        self.add_shapes(vec![shape.clone()]);
+        self.shapes.get(&shape).copied()
+    }
+
+    /// Makes the device maps of the shapes among `routes` (each the egress
+    /// slots of one route's shards) that have none yet, all together: each
+    /// update of `SC_FANOUT` waits out an RCU grace period, so a plan with
+    /// a hundred new shapes took a hundred waits one after the other at
+    /// its first install; together they overlap (`set_fanout_slots`).
+    pub(crate) fn make_shapes<'a>(&mut self, routes: impl IntoIterator<Item = &'a [u32]>) {
+        if !self.broadcasts() {
+            return;
+        }
+        let ready = self.broadcast_state();
+        let mut new: Vec<Vec<u32>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for slots in routes {
+            if let Fanout::Shape(shape) = fanout_of(slots, ready)
+                && !self.shapes.contains_key(&shape)
+                && seen.insert(shape.clone())
+            {
+                new.push(shape);
+            }
+        }
+        if !new.is_empty() {
+            self.add_shapes(new);
+        }
+    }
+
+    /// Makes and adds the maps of `shapes` (none of them made yet), in the
+    /// lowest free slots; a shape without a free slot, or whose map the
+    /// kernel refuses, is left out (its routes fan out by TC), with a
+    /// warning.
+    fn add_shapes(&mut self, shapes: Vec<Vec<u32>>) {
         // A slot a route of the active generation may still name is not
         // taken again: not a forgotten shape's either.
         let taken: std::collections::HashSet<u32> = self
@@ -159,29 +195,52 @@ impl Dataplane {
             .chain(&self.retired_shapes)
             .copied()
             .collect();
-        let slot = (FANOUT_SINGLE_EGRESS..FANOUT_SLOTS).find(|s| !taken.contains(s))?;
-        let ifindexes: Option<Vec<u32>> = shape
-            .iter()
-            .map(|&e| self.egress.get(e, 0).ok().map(|v| v.if_index))
-            .collect();
-        let made = ifindexes
-            .ok_or_else(|| DataplaneError::Pin {
-                path: names::FANOUT.into(),
-                reason: format!("an egress of {shape:?} is gone"),
-            })
-            .and_then(|ifs| self.device_map(&ifs));
-        match made.and_then(|map| {
-            self.fanout_maps
-                .set(slot, &map, 0)
-                .map_err(map_err(names::FANOUT))
-        }) {
-            Ok(()) => {
-                self.shapes.insert(shape, slot);
-                Some(slot)
+        let mut free = (FANOUT_SINGLE_EGRESS..FANOUT_SLOTS).filter(|s| !taken.contains(s));
+        let mut made = Vec::with_capacity(shapes.len());
+        for shape in shapes {
+            let Some(slot) = free.next() else {
+                tracing::warn!(
+                    "no broadcast map for egress slots {shape:?}: all {} shape slots are taken; by TC",
+                    FANOUT_SLOTS - FANOUT_SINGLE_EGRESS
+                );
+                continue;
+            };
+            let ifindexes: Option<Vec<u32>> = shape
+                .iter()
+                .map(|&e| self.egress.get(e, 0).ok().map(|v| v.if_index))
+                .collect();
+            let map = ifindexes
+                .ok_or_else(|| DataplaneError::Pin {
+                    path: names::FANOUT.into(),
+                    reason: format!("an egress of {shape:?} is gone"),
+                })
+                .and_then(|ifs| self.device_map(&ifs));
+            match map {
+                Ok(map) => made.push((shape, slot, map)),
+                Err(e) => {
+                    tracing::warn!("no broadcast map for egress slots {shape:?} ({e}): by TC")
+                }
             }
+        }
+        let maps: Vec<(u32, &MapData)> = made.iter().map(|(_, slot, map)| (*slot, map)).collect();
+        let results = match self.set_fanout_slots(&maps) {
+            Ok(results) => results,
             Err(e) => {
-                tracing::warn!("no broadcast map for egress slots {shape:?} ({e}): by TC");
-                None
+                tracing::warn!(
+                    "no broadcast maps for {} new shapes ({e}): by TC",
+                    made.len()
+                );
+                return;
+            }
+        };
+        for ((shape, slot, _), result) in made.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    self.shapes.insert(shape, slot);
+                }
+                Err(e) => {
+                    tracing::warn!("no broadcast map for egress slots {shape:?} ({e}): by TC")
+                }
             }
         }
     }
@@ -262,7 +321,13 @@ impl Dataplane {
                 return;
             }
         };
-        if let Err(e) = self.set_fanout_slots(&maps) {
+        let maps: Vec<(u32, &MapData)> = maps.iter().map(|(s, m)| (*s, m)).collect();
+        let all = self.set_fanout_slots(&maps).and_then(|results| {
+            results
+                .into_iter()
+                .try_for_each(|r| r.map_err(DataplaneError::Io))
+        });
+        if let Err(e) = all {
             tracing::warn!(
                 "no broadcast maps for egress slot {slot} ({e}): its multi-shard publishes fan out by TC"
             );
@@ -272,27 +337,48 @@ impl Dataplane {
         self.broadcast_egress = Some(ready | 1u64 << slot);
     }
 
-    /// Puts `maps` (outer slot, device map) into `SC_FANOUT`. Each update
-    /// of an outer map waits out an RCU grace period (8-16 ms here): one
-    /// after the other, an egress's fifteen maps made the first install
-    /// that named it 130 ms longer; from a thread each, their waits
-    /// overlap. If one fails, some of the others may be in: the egress
-    /// is then not ready (see `egress_ready`), and its multi-shard routes
-    /// fan out by TC.
-    fn set_fanout_slots(&self, maps: &[(u32, MapData)]) -> Result<()> {
+    /// Puts `maps` (outer slot, device map) into `SC_FANOUT`, returning
+    /// each update's result in order. Each update of an outer map waits
+    /// out an RCU grace period (8-16 ms here; the kernel has no batch
+    /// update for an array of maps): one after the other, an egress's
+    /// fifteen maps made the first install that named it 130 ms longer;
+    /// from threads, the waits overlap. At most `SET_THREADS` threads,
+    /// each taking every `SET_THREADS`-th map. An egress whose maps are
+    /// not all in is not ready (see `egress_ready`); a shape whose map is
+    /// not in has none: their multi-shard routes fan out by TC.
+    fn set_fanout_slots(&self, maps: &[(u32, &MapData)]) -> Result<Vec<std::io::Result<()>>> {
+        const SET_THREADS: usize = 64;
         let outer = crate::batch::TypedMap::<u32, u32>::new(self.raw_fanout.fd().as_fd())?;
-        std::thread::scope(|scope| {
-            let updates: Vec<_> = maps
-                .iter()
-                .map(|(slot, map)| {
-                    let inner = map.fd().as_fd().as_raw_fd() as u32;
-                    scope.spawn(move || outer.update_one(slot, &inner))
+        let threads = maps.len().min(SET_THREADS);
+        let mut results: Vec<Option<std::io::Result<()>>> = maps.iter().map(|_| None).collect();
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let mine: Vec<(usize, u32, u32)> = maps
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, (slot, map))| (i, *slot, map.fd().as_fd().as_raw_fd() as u32))
+                        .collect();
+                    scope.spawn(move || {
+                        mine.into_iter()
+                            .map(|(i, slot, inner)| (i, outer.update_one(&slot, &inner)))
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
-            updates
-                .into_iter()
-                .try_for_each(|h| -> Result<()> { Ok(crate::joined(h.join(), "map update")??) })
-        })
+            for w in workers {
+                for (i, r) in crate::joined(w.join(), "map update")? {
+                    results[i] = Some(r);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(std::io::Error::other("not written"))))
+            .collect())
     }
 
     /// Whether `slot`'s broadcast maps are in place: its `SC_EGRESS` entry

@@ -262,7 +262,78 @@ fn control_plane() -> Result<String> {
         ));
     }
     out.push('\n');
+    out.push_str(&shapes_install()?);
+    out.push('\n');
     out.push_str(&tick);
+    Ok(out)
+}
+
+/// The first install of multi-shard routes on a fresh data plane: 240
+/// routes of 2-16 shards, all on one egress, or over two in all 120 ways
+/// they can be split (a broadcast device map per shape, made by the
+/// install). The difference is what making the shapes' maps costs.
+fn shapes_install() -> Result<String> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let plan = |two: bool| -> Result<shardcast_plan::CompiledPlan> {
+        use shardcast_plan::{Plan, ShardSpec, TopicSpec};
+        let shards = (1..=32u32)
+            .map(|id| ShardSpec {
+                id,
+                group_v4: Some(format!("239.5.0.{id}")),
+                group_v6: None,
+                egress: if two && id > 16 { "sc1" } else { "sc0" }.into(),
+                port: None,
+                capacity: None,
+                class: None,
+            })
+            .collect();
+        let mut topics = Vec::new();
+        for k in 2..=16u32 {
+            for a in 1..k {
+                for (p, order) in [("s", false), ("r", true)] {
+                    let mut list: Vec<u32> = (1..=a).chain(17..17 + (k - a)).collect();
+                    if order {
+                        list.reverse();
+                    }
+                    topics.push(TopicSpec {
+                        name: format!("{p}{k}-{a}"),
+                        shards: list,
+                        mqttsn_predefined_id: None,
+                        mqttsn_registered_ids: vec![],
+                    });
+                }
+            }
+        }
+        Ok(Plan {
+            generation: 1,
+            shards,
+            devices: vec![],
+            topics,
+            policy: Default::default(),
+        }
+        .compile()?)
+    };
+    let mut out = String::from(
+        "| 240 multi-shard routes, first install on a fresh data plane | broadcast maps made | install (median of 3) |\n|---|---:|---:|\n",
+    );
+    for (label, two, maps) in [
+        ("all shards on one egress", false, "15 (the egress's)"),
+        (
+            "over two egresses, all 120 shapes",
+            true,
+            "30 (the egresses') + 120 (the shapes')",
+        ),
+    ] {
+        let p = plan(two)?;
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut dp = Dataplane::load(&object(), &RouterConfig::default())?;
+            ensure!(dp.broadcasts(), "the kernel refused the copy program");
+            let r = dp.install(&p, false)?;
+            times.push(ms(r.total));
+        }
+        out.push_str(&format!("| {label} | {maps} | {:.0} ms |\n", median(times)));
+    }
     Ok(out)
 }
 
