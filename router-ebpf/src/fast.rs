@@ -137,9 +137,9 @@ fn datagram(
     family: u16,
 ) -> Result<Option<u32>, Reason> {
     let payload = udp + UdpHdr::LEN;
-    // SAFETY: inside the bytes the caller checked.
     // Each field at a constant offset from the UDP header's address: one
     // register for all of them.
+    // SAFETY: inside the bytes the caller checked.
     let (dport, udp_len, word) = unsafe {
         let u = h.add(udp);
         (
