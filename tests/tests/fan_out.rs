@@ -77,6 +77,32 @@ fn coap(topic: &str) -> Vec<u8> {
     )
 }
 
+/// How each route of the installed generation leaves: (key, `fanout`),
+/// sorted.
+fn ways(dp: &Dataplane) -> Result<Vec<(u64, u16)>, String> {
+    let mut w: Vec<(u64, u16)> = dp
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .routes
+        .iter()
+        .map(|(k, r)| (k.hash, r.fanout))
+        .collect();
+    w.sort_unstable();
+    Ok(w)
+}
+
+/// What a process adopting the pins (a daemon restarted) does with the
+/// same plan again (as generation 2): how its routes leave.
+fn ways_after_adopting(pin_root: &std::path::Path, plan: &Plan) -> Result<Vec<(u64, u16)>, String> {
+    let mut adopted = Dataplane::open(pin_root).map_err(|e| e.to_string())?;
+    let mut again = plan.clone();
+    again.generation = 2;
+    adopted
+        .install(&again.compile().map_err(|e| e.to_string())?, false)
+        .map_err(|e| e.to_string())?;
+    ways(&adopted)
+}
+
 /// Attaches the router in the namespace this thread is in, sends each
 /// frame into `a1` and checks what leaves `b0` against the model.
 fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), String> {
@@ -132,32 +158,13 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
         dp.install(&compiled, false).map_err(|e| e.to_string())?;
         // A process adopting the pins (a daemon restarted) finds the
         // device maps already made and routes by the same ones.
-        let ways = |dp: &Dataplane| -> Result<Vec<(u64, u16)>, String> {
-            let mut w: Vec<(u64, u16)> = dp
-                .snapshot()
-                .map_err(|e| e.to_string())?
-                .routes
-                .iter()
-                .map(|(k, r)| (k.hash, r.fanout))
-                .collect();
-            w.sort_unstable();
-            Ok(w)
-        };
         let before = ways(&dp)?;
-        let mut adopted = Dataplane::open(&pin_root).map_err(|e| e.to_string())?;
-        let mut again = plan.clone();
-        again.generation = 2;
-        adopted
-            .install(&again.compile().map_err(|e| e.to_string())?, false)
-            .map_err(|e| e.to_string())?;
-        if ways(&adopted)? != before {
+        let after = ways_after_adopting(&pin_root, &plan)?;
+        if after != before {
             return Err(format!(
-                "an adopting process routes by other device maps: {:?} then {:?}",
-                before,
-                ways(&adopted)?
+                "an adopting process routes by other device maps: {before:?} then {after:?}"
             ));
         }
-        drop(adopted);
         // What `maps dump` tells the operator: how each route leaves.
         let dump = std::process::Command::new(integration_tests::ctl_binary())
             .args(["--json", "--pin-root"])
@@ -455,17 +462,6 @@ fn every_two_egress_shape_gets_a_map_and_is_adopted() {
             .map_err(|e| e.to_string())?;
             dp.install(&plan.compile().map_err(|e| e.to_string())?, false)
                 .map_err(|e| e.to_string())?;
-            let ways = |dp: &Dataplane| -> Result<Vec<(u64, u16)>, String> {
-                let mut w: Vec<(u64, u16)> = dp
-                    .snapshot()
-                    .map_err(|e| e.to_string())?
-                    .routes
-                    .iter()
-                    .map(|(k, r)| (k.hash, r.fanout))
-                    .collect();
-                w.sort_unstable();
-                Ok(w)
-            };
             let before = ways(&dp)?;
             if before.len() != 240 {
                 return Err(format!("{} routes installed, want 240", before.len()));
@@ -487,13 +483,7 @@ fn every_two_egress_shape_gets_a_map_and_is_adopted() {
             if slots.len() != 120 {
                 return Err(format!("{} maps for 120 shapes", slots.len()));
             }
-            let mut adopted = Dataplane::open(&pin_root).map_err(|e| e.to_string())?;
-            let mut again = plan.clone();
-            again.generation = 2;
-            adopted
-                .install(&again.compile().map_err(|e| e.to_string())?, false)
-                .map_err(|e| e.to_string())?;
-            if ways(&adopted)? != before {
+            if ways_after_adopting(&pin_root, &plan)? != before {
                 return Err("an adopting process routes shapes by other device maps".into());
             }
             Ok(())
