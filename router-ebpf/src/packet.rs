@@ -105,8 +105,8 @@ pub mod word {
                     core::arch::asm!(concat!("{v} = *(", $asm, " *)({p} + {off})"),
                         p = in(reg) p, v = out(reg) v, off = const OFF,
                         options(nostack, readonly, preserves_flags));
-                    // The load zero-extends: said, LLVM drops the mask it
-                    // would otherwise put after each narrow load.
+                    // A narrow load zero-extends its register (BPF ISA);
+                    // told so, LLVM drops the mask it put after each.
                     core::hint::assert_unchecked(v >> (8 * $bytes - 1) >> 1 == 0);
                 }
                 v as $t

@@ -357,18 +357,20 @@ impl Dataplane {
         }
         // The device maps of the plan's new multi-egress shapes, made
         // together before the routes name them.
-        let route_egresses: Vec<Vec<u32>> = plan
-            .routes
-            .iter()
-            .filter(|r| r.shards.len() >= 2)
-            .map(|r| {
-                r.shards
-                    .iter()
-                    .map(|&s| shard_values[s as usize].egress_slot)
-                    .collect()
-            })
-            .collect();
-        self.make_shapes(route_egresses.iter().map(Vec::as_slice));
+        if self.broadcasts() {
+            let route_egresses: Vec<Vec<u32>> = plan
+                .routes
+                .iter()
+                .filter(|r| r.shards.len() >= 2)
+                .map(|r| {
+                    r.shards
+                        .iter()
+                        .map(|&s| shard_values[s as usize].egress_slot)
+                        .collect()
+                })
+                .collect();
+            self.make_shapes(route_egresses.iter().map(Vec::as_slice));
+        }
         ph.mark("egress and shards resolved");
         let old = self.active_slot()? & 1;
         let new = old ^ 1;
