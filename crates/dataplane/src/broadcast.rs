@@ -129,7 +129,7 @@ impl Dataplane {
     /// The `Route::fanout` of a route whose shards leave by
     /// `egress_slots`: `1 +` its broadcast map's slot, or 0 for the TC
     /// fan-out. A route over several egresses gets the device map of its
-    /// shape, made here the first time a plan needs it.
+    /// shape, which `make_shapes` made the first time a plan needed it.
     pub(crate) fn route_fanout(&mut self, egress_slots: &[u32]) -> u16 {
         if !self.broadcasts() {
             return 0;
@@ -145,15 +145,11 @@ impl Dataplane {
     }
 
     /// The `SC_FANOUT` slot of the device map for `shape` (egress slots,
-    /// sorted, one per copy), made and added if new (an install makes the
-    /// plan's new shapes together first: `make_shapes`). `None` (the TC
-    /// way) when the shape slots are all taken or the kernel refuses the
-    /// map.
-    fn shape_slot(&mut self, shape: Vec<u32>) -> Option<u32> {
-        if let Some(&slot) = self.shapes.get(&shape) {
-            return Some(slot);
-        }
-        self.add_shapes(vec![shape.clone()]);
+    /// sorted, one per copy). The install made the plan's new shapes
+    /// before (`make_shapes`): `None` (the TC way) when the shape slots
+    /// were all taken or the kernel refused the map; not tried again for
+    /// each of the shape's routes.
+    fn shape_slot(&self, shape: Vec<u32>) -> Option<u32> {
         self.shapes.get(&shape).copied()
     }
 
