@@ -494,3 +494,117 @@ fn every_two_egress_shape_gets_a_map_and_is_adopted() {
     })
     .unwrap();
 }
+
+/// More shapes than `SC_FANOUT` has slots for (routes over four egresses
+/// in 1,100 ways): the install still succeeds, the first 1,024 shapes get
+/// their maps and the routes of the rest fan out by TC.
+#[test]
+fn shapes_beyond_the_slots_fan_out_by_tc() {
+    use router_common::maps::{FANOUT_SHAPES, FANOUT_SINGLE_EGRESS};
+    let ns = NetNs::new("scfan").unwrap();
+    let egresses = ["d0", "e0", "f0", "g0"];
+    for (a, b) in [
+        ("a0", "a1"),
+        ("d0", "d1"),
+        ("e0", "e1"),
+        ("f0", "f1"),
+        ("g0", "g1"),
+    ] {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        ns.ip(&["link", "set", a, "up"]).unwrap();
+        ns.ip(&["link", "set", b, "up"]).unwrap();
+    }
+    ns.run(move || {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
+        let mut dp = Dataplane::attach(
+            &pin_root,
+            &AttachOptions {
+                object: integration_tests::object(),
+                ingress: vec!["a1".into()],
+                egress: egresses.iter().map(|e| e.to_string()).collect(),
+                mode: Mode::Driver,
+                tc: TcAttach::Auto,
+                fanout: FanoutPath::Auto,
+                config: RouterConfig::default(),
+            },
+        )
+        .unwrap();
+        let result = (|| -> Result<(), String> {
+            if !dp.broadcasts() {
+                eprintln!("the kernel refused the copy program: no shapes to make");
+                return Ok(());
+            }
+            // 16 shards on each egress: shard 16 * e + i + 1 is egress e's
+            // i-th.
+            let shards: Vec<String> = (0..64u32)
+                .map(|i| {
+                    format!(
+                        r#"{{"id": {}, "group_v4": "239.6.0.{}", "egress": "{}"}}"#,
+                        i + 1,
+                        i + 1,
+                        egresses[(i / 16) as usize]
+                    )
+                })
+                .collect();
+            // Each split of 2-16 shards over the four egresses that uses
+            // two of them at least, until 1,100.
+            let mut topics = Vec::new();
+            'k: for k in 2..=16u32 {
+                for n0 in 0..=k {
+                    for n1 in 0..=k - n0 {
+                        for n2 in 0..=k - n0 - n1 {
+                            let n = [n0, n1, n2, k - n0 - n1 - n2];
+                            if n.iter().filter(|&&c| c > 0).count() < 2 {
+                                continue;
+                            }
+                            let list: Vec<String> = n
+                                .iter()
+                                .enumerate()
+                                .flat_map(|(e, &c)| {
+                                    (0..c).map(move |i| (16 * e as u32 + i + 1).to_string())
+                                })
+                                .collect();
+                            topics.push(format!(
+                                r#"{{"name": "t{}", "shards": [{}]}}"#,
+                                topics.len(),
+                                list.join(",")
+                            ));
+                            if topics.len() == 1_100 {
+                                break 'k;
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(topics.len(), 1_100);
+            let plan = Plan::from_json(&format!(
+                r#"{{"generation": 1, "shards": [{}], "topics": [{}]}}"#,
+                shards.join(","),
+                topics.join(",")
+            ))
+            .map_err(|e| e.to_string())?;
+            dp.install(&plan.compile().map_err(|e| e.to_string())?, false)
+                .map_err(|e| e.to_string())?;
+            let ways = ways(&dp)?;
+            let by_shape: std::collections::HashSet<u16> = ways
+                .iter()
+                .map(|&(_, f)| f)
+                .filter(|&f| f as u32 > FANOUT_SINGLE_EGRESS)
+                .collect();
+            let by_tc = ways.iter().filter(|&&(_, f)| f == 0).count();
+            if by_shape.len() != FANOUT_SHAPES as usize || by_tc != 1_100 - by_shape.len() {
+                return Err(format!(
+                    "{} shapes by their maps, {by_tc} routes by TC; want {FANOUT_SHAPES} and {}",
+                    by_shape.len(),
+                    1_100 - FANOUT_SHAPES
+                ));
+            }
+            Ok(())
+        })();
+        drop(dp);
+        Dataplane::detach(&pin_root).unwrap();
+        result.unwrap();
+    })
+    .unwrap();
+}
