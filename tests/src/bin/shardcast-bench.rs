@@ -328,7 +328,12 @@ fn shapes_install() -> Result<String> {
         let mut times = Vec::new();
         for _ in 0..3 {
             let mut dp = Dataplane::load(&object(), &RouterConfig::default())?;
-            ensure!(dp.broadcasts(), "the kernel refused the copy program");
+            if !dp.broadcasts() {
+                return Ok(
+                    "Shapes' broadcast maps: not measured, the kernel refused the copy program (multi-shard routes fan out by TC)\n"
+                        .into(),
+                );
+            }
             let r = dp.install(&p, false)?;
             times.push(ms(r.total));
         }
