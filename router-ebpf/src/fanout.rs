@@ -43,7 +43,7 @@ use router_common::{
 
 use crate::{
     counters::count,
-    maps::{SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_ROUTES, SC_SHARDS},
+    maps::{self, SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_SHARDS},
     packet::{ETH_HLEN, Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word},
 };
 
@@ -167,10 +167,7 @@ pub(crate) fn route_of(m: &FanoutMeta, parity: u32) -> Result<&'static Route, Re
                 .ok_or(Reason::NoRoute)
         }
         FANOUT_BY_NAME => {
-            let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
-            // SAFETY: only the control plane writes route maps, and never
-            // one a program may be reading (generation swap).
-            unsafe { routes.get(TopicKey { hash: m.key }) }.ok_or(Reason::NoRoute)
+            maps::route_by_name(parity, TopicKey { hash: m.key })?.ok_or(Reason::NoRoute)
         }
         _ => Err(Reason::NoRoute),
     }

@@ -23,7 +23,7 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect_map, programs::XdpContext};
 use router_common::{
     coap_fast::{self, InPlace},
-    maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6, name_index},
+    maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6},
     mqttsn,
     payload::Head,
     reason::Reason,
@@ -32,7 +32,7 @@ use router_common::{
 
 use crate::{
     counters::{self, count},
-    maps::{SC_ACTIVE, SC_EGRESS, SC_IDS, SC_NAMES, SC_ROUTES},
+    maps::{self, SC_ACTIVE, SC_EGRESS, SC_IDS},
     packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, word},
     rewrite,
 };
@@ -192,27 +192,10 @@ fn datagram(
         let Some(key) = coap_fast::publish_key(&msg, payload_len, &cfg.prefix_start) else {
             return Ok(None);
         };
-        // The name array first: its entry holds this key's route, or
-        // no name of the plan (free), or another name (then the hash map,
-        // which holds every route).
-        let entry = SC_NAMES
-            .get(parity)
-            .and_then(|names| names.get(name_index(key)));
-        let route = match entry {
-            Some(e) if e.key == key => Some(&e.route),
-            Some(e) if e.key.hash == 0 => None,
-            _ => {
-                let Some(routes) = SC_ROUTES.get(parity) else {
-                    return Ok(None);
-                };
-                // SAFETY: only the control plane writes route maps, and
-                // never a map a program may be reading (generation swap).
-                unsafe { routes.get(key) }
-            }
-        };
-        match route {
-            Some(route) => route,
-            None => return unrouted(ctx, &key),
+        match maps::route_by_name(parity, key) {
+            Ok(Some(route)) => route,
+            Ok(None) => return unrouted(ctx, &key),
+            Err(_) => return Ok(None),
         }
     } else {
         return Ok(None);

@@ -11,9 +11,9 @@ use router_common::{
         FANOUT_SLOTS, FanoutSeq, GROUP_CELL_LINES, GROUP_CELLS_FLAGS, GroupCellLine, GroupStatKey,
         IDS_MAP_FLAGS, MAX_DEVICES, MAX_EGRESS, MAX_GROUP_STATS, MAX_ROUTE_SHARDS, MAX_ROUTES,
         MAX_SHARDS, MAX_TOPICS, MAX_UNROUTED, MQTTSN_ID_ROUTES, Meta, NAME_INDEX_ENTRIES,
-        NAMES_MAP_FLAGS, NameEntry, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard,
+        NAMES_MAP_FLAGS, NameEntry, ROUTES_MAP_FLAGS, Route, SLOTS_MAP_FLAGS, Shard, name_index,
     },
-    reason::REASON_COUNT,
+    reason::{REASON_COUNT, Reason},
     topic::TopicKey,
 };
 
@@ -121,3 +121,27 @@ pub(crate) static SC_GROUP_CELLS: Array<
     { GROUP_CELL_LINES as usize },
     { GROUP_CELLS_FLAGS as usize },
 > = Array::new();
+
+/// The route of the topic name `key` in the generation of `parity`: the
+/// name array's entry when it holds `key`; none when the entry is free (no
+/// name of the plan has its index); else the hash map, which holds every
+/// route. `Err(NoPlan)`: the generation's hash map is missing. Every
+/// lookup of a route by name goes through here (the fast path, the
+/// general path, the fan-out's copies), so each finds a name where the
+/// others do.
+#[inline(always)]
+pub(crate) fn route_by_name(parity: u32, key: TopicKey) -> Result<Option<&'static Route>, Reason> {
+    let entry = SC_NAMES
+        .get(parity)
+        .and_then(|names| names.get(name_index(key)));
+    match entry {
+        Some(e) if e.key == key => Ok(Some(&e.route)),
+        Some(e) if e.key.hash == 0 => Ok(None),
+        _ => {
+            let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
+            // SAFETY: only the control plane writes route maps, and never
+            // a map a program may be reading (generation swap).
+            Ok(unsafe { routes.get(key) })
+        }
+    }
+}

@@ -17,9 +17,7 @@ use router_common::{
 use crate::{
     counters::{self, count, count_unrouted},
     fanout, fast,
-    maps::{
-        SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_FANOUT, SC_IDS, SC_ROUTES, SC_SCRATCH,
-    },
+    maps::{self, SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_FANOUT, SC_IDS, SC_SCRATCH},
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
@@ -105,10 +103,7 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
         }
     } else if dport != 0 && dport == cfg.coap_port {
         let (key, l3, tagged) = coap_key(ctx, cfg, l3, tagged, payload_off, payload_len)?;
-        let routes = SC_ROUTES.get(parity).ok_or(Reason::NoPlan)?;
-        // SAFETY: only the control plane writes route maps, and never a map
-        // a program may be reading (generation swap), so the value is stable.
-        match unsafe { routes.get(key) } {
+        match maps::route_by_name(parity, key)? {
             Some(r) => (r, l3, tagged, FANOUT_BY_NAME, key.hash),
             None => {
                 count_unrouted(&key, frame_len);

@@ -1,5 +1,6 @@
 //! The direct-mapped name array (`SC_NAMES`) in front of the route hash
-//! map, through the real XDP program (`BPF_PROG_TEST_RUN`): topic names
+//! map, through the real XDP program (`BPF_PROG_TEST_RUN`), by the fast
+//! path and by the general path (a VLAN-tagged frame): topic names
 //! that share an entry each reach their own shard, byte for byte; an
 //! unrouted name whose entry another name holds, or whose entry is free,
 //! goes to the stack counted as unrouted; and incremental installs that
@@ -67,25 +68,38 @@ fn plan(generation: u64, topics: &[(&str, u32)]) -> Plan {
     .expect("test plan parses")
 }
 
-/// A CoAP NON PUT of the usual shape to `ps/data/<name>`.
-fn publish(name: &str) -> Vec<u8> {
+/// A CoAP NON PUT of the usual shape to `ps/data/<name>`, untagged (the
+/// fast path takes it) or with an 802.1Q tag (the general path does).
+fn publish(name: &str, vlan: Option<u16>) -> Vec<u8> {
     let mut path = vec!["ps", "data"];
     path.extend(name.split('/'));
     frame(
         L3::V4,
-        None,
+        vlan,
         40000,
         fixtures::COAP,
         &build::coap_request(coap::TYPE_NON, coap::CODE_PUT, 7, &[0xa1], &path, b"21.5"),
     )
 }
 
-/// Routes `name` and checks it left for shard `shard` (1-3) byte for byte,
-/// or went to the stack unchanged and counted unrouted (`None`).
+/// Routes `name` by both paths and checks it left for shard `shard` (1-3)
+/// byte for byte, or went to the stack unchanged and counted unrouted
+/// (`None`): both look names up the same way (`route_by_name`).
 fn check(dp: &Dataplane, name: &str, shard: Option<u8>, step: &str) {
-    let f = publish(name);
+    for vlan in [None, Some(42)] {
+        check_one(
+            dp,
+            &publish(name, vlan),
+            name,
+            shard,
+            &format!("{step}, vlan {vlan:?}"),
+        );
+    }
+}
+
+fn check_one(dp: &Dataplane, f: &[u8], name: &str, shard: Option<u8>, step: &str) {
     let before = unrouted(dp, topic_key(name.as_bytes()));
-    let r = dp.test_run(&f, 1).unwrap();
+    let r = dp.test_run(f, 1).unwrap();
     match shard {
         Some(s) => {
             let out = ShardOut {
@@ -97,7 +111,7 @@ fn check(dp: &Dataplane, name: &str, shard: Option<u8>, step: &str) {
             assert_eq!(r.action, action::REDIRECT, "{step}: {name} not routed");
             assert_eq!(
                 r.output,
-                fixtures::expected_output(&f, &out),
+                fixtures::expected_output(f, &out),
                 "{step}: {name} rewritten for another shard than {s}"
             );
         }
@@ -141,8 +155,8 @@ fn names_sharing_an_entry_each_reach_their_shard() {
             check(&dp, &elsewhere, None, "gen 1");
             assert_eq!(
                 reasons(&dp).get(&Reason::NoRoute).map(|c| c.packets),
-                Some(2),
-                "the two unrouted publishes are counted no_route"
+                Some(4),
+                "the two unrouted publishes, by both paths, are counted no_route"
             );
 
             // The same plan again fills the other slot; the next installs
