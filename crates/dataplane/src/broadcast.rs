@@ -403,29 +403,46 @@ impl Dataplane {
                     ready |= 1 << slot;
                 }
             }
-            // The shapes' maps: their entries' egresses, back to slots.
+            // The shapes' maps: their entries' egresses, back to slots. A
+            // map this process cannot read as a shape of today's egresses
+            // (one of them replaced since) may still be named by a route of
+            // the active generation: its slot is retired, not reused.
             let slot_of: StdHashMap<u32, u32> = table.iter().map(|&(s, i)| (i, s)).collect();
             for outer in FANOUT_SINGLE_EGRESS..FANOUT_SLOTS {
                 let Ok(data) = self.fanout_maps.get(&outer, 0) else {
                     continue;
                 };
-                let Ok(map) = DevMap::<MapData>::try_from(Map::DevMap(data)) else {
-                    continue;
-                };
-                let shape: Option<Vec<u32>> = map
-                    .iter()
-                    .map_while(|v| v.ok())
-                    .map(|v| slot_of.get(&v.if_index).copied())
-                    .collect();
-                if let Some(mut shape) = shape.filter(|s| s.len() >= 2) {
-                    shape.sort_unstable();
-                    self.shapes.entry(shape).or_insert(outer);
+                let ifindexes: Option<Vec<u32>> = DevMap::<MapData>::try_from(Map::DevMap(data))
+                    .ok()
+                    .map(|map| {
+                        map.iter()
+                            .map_while(|v| v.ok())
+                            .map(|v| v.if_index)
+                            .collect()
+                    });
+                match ifindexes.and_then(|ifs| shape_of(&ifs, &slot_of)) {
+                    Some(shape) => {
+                        self.shapes.entry(shape).or_insert(outer);
+                    }
+                    None => self.retired_shapes.push(outer),
                 }
             }
         }
         self.broadcast_egress = Some(ready);
         ready
     }
+}
+
+/// The shape (egress slots, sorted) of a shape map whose entries are
+/// `ifindexes`, given today's egresses (`slot_of`: ifindex → slot); `None`
+/// if an entry is no egress of the table or the map has fewer than two.
+fn shape_of(ifindexes: &[u32], slot_of: &StdHashMap<u32, u32>) -> Option<Vec<u32>> {
+    let mut shape: Vec<u32> = ifindexes
+        .iter()
+        .map(|i| slot_of.get(i).copied())
+        .collect::<Option<_>>()?;
+    shape.sort_unstable();
+    (shape.len() >= 2).then_some(shape)
 }
 
 /// How a route whose shards leave by `egress_slots` fans out.
@@ -465,6 +482,17 @@ fn fanout_of(egress_slots: &[u32], ready: u64) -> Fanout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_maps_read_back_only_over_todays_egresses() {
+        let slot_of: StdHashMap<u32, u32> = [(10, 0), (11, 1), (12, 5)].into_iter().collect();
+        assert_eq!(shape_of(&[12, 10, 12], &slot_of), Some(vec![0, 5, 5]));
+        assert_eq!(shape_of(&[11, 10], &slot_of), Some(vec![0, 1]));
+        // An interface no longer an egress, one entry, none.
+        assert_eq!(shape_of(&[10, 99], &slot_of), None);
+        assert_eq!(shape_of(&[10], &slot_of), None);
+        assert_eq!(shape_of(&[], &slot_of), None);
+    }
 
     #[test]
     fn routes_broadcast_over_ready_egresses_only() {
