@@ -27,6 +27,7 @@ pub mod migrate_bench;
 pub mod model;
 pub mod planner_bench;
 pub mod rawsock;
+pub mod shape_plan;
 pub mod xdp;
 
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.

@@ -21,6 +21,7 @@ use integration_tests::{
     L3, NetNs, frame,
     model::{self, Settings, Verdict},
     rawsock::{captured, packet_socket, send_raw},
+    shape_plan::{shape_number, shape_plan},
     unique,
 };
 use router_common::{maps::names, mqttsn::TOPIC_SHORT, reason::Reason};
@@ -393,127 +394,25 @@ fn a_generic_ingress_is_refused_where_routes_broadcast() {
     .unwrap();
 }
 
-/// A plan whose routes span two egresses in every way they can (120
-/// shapes: k = 2..16 shards, 1..k - 1 of them on the first egress): each
-/// shape gets its own device map at the first install, made together,
-/// routes of one shape share it, and a process adopting the pins finds
-/// every map again by its entries' egresses (a map with the wrong
-/// entries would be made anew, under another slot).
-#[test]
-fn every_two_egress_shape_gets_a_map_and_is_adopted() {
-    let ns = lab();
-    ns.run(|| {
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
-        let mut dp = Dataplane::attach(
-            &pin_root,
-            &AttachOptions {
-                object: integration_tests::object(),
-                ingress: vec!["a1".into()],
-                egress: vec!["b0".into(), "c0".into()],
-                mode: Mode::Driver,
-                tc: TcAttach::Auto,
-                fanout: FanoutPath::Auto,
-                config: RouterConfig::default(),
-            },
-        )
-        .unwrap();
-        let result = (|| -> Result<(), String> {
-            if !dp.broadcasts() {
-                eprintln!("the kernel refused the copy program: no shapes to make");
-                return Ok(());
-            }
-            let shards: Vec<String> = (1..=32)
-                .map(|i| {
-                    format!(
-                        r#"{{"id": {i}, "group_v4": "239.4.0.{i}", "egress": "{}"}}"#,
-                        if i <= 16 { "b0" } else { "c0" }
-                    )
-                })
-                .collect();
-            // Each shape twice: the second topic lists its shards in
-            // another order (c0's first).
-            let mut topics = Vec::new();
-            let mut shape_of = std::collections::HashMap::new();
-            for k in 2..=16u32 {
-                for a in 1..k {
-                    let on_b: Vec<u32> = (1..=a).collect();
-                    let on_c: Vec<u32> = (17..17 + (k - a)).collect();
-                    let fwd: Vec<String> =
-                        on_b.iter().chain(&on_c).map(|s| s.to_string()).collect();
-                    let rev: Vec<String> =
-                        on_c.iter().chain(&on_b).map(|s| s.to_string()).collect();
-                    for (name, list) in [(format!("s{k}-{a}"), fwd), (format!("r{k}-{a}"), rev)] {
-                        topics.push(format!(
-                            r#"{{"name": "{name}", "shards": [{}]}}"#,
-                            list.join(",")
-                        ));
-                        shape_of.insert(
-                            router_common::topic::topic_key(name.as_bytes()).hash,
-                            (k, a),
-                        );
-                    }
-                }
-            }
-            let plan = Plan::from_json(&format!(
-                r#"{{"generation": 1, "shards": [{}], "topics": [{}]}}"#,
-                shards.join(","),
-                topics.join(",")
-            ))
-            .map_err(|e| e.to_string())?;
-            dp.install(&plan.compile().map_err(|e| e.to_string())?, false)
-                .map_err(|e| e.to_string())?;
-            let before = ways(&dp)?;
-            if before.len() != 240 {
-                return Err(format!("{} routes installed, want 240", before.len()));
-            }
-            // One map per shape: the same slot for a shape's two topics,
-            // another for every other shape, none by TC (0) or by an
-            // egress's own maps (slots below the shapes').
-            let mut slot_of_shape = std::collections::HashMap::new();
-            for &(key, fanout) in &before {
-                let shape = shape_of[&key];
-                if (fanout as u32) <= router_common::maps::FANOUT_SINGLE_EGRESS {
-                    return Err(format!("shape {shape:?} routed by fan-out slot {fanout}"));
-                }
-                if *slot_of_shape.entry(shape).or_insert(fanout) != fanout {
-                    return Err(format!("shape {shape:?}'s topics by two maps"));
-                }
-            }
-            let slots: std::collections::HashSet<u16> = slot_of_shape.values().copied().collect();
-            if slots.len() != 120 {
-                return Err(format!("{} maps for 120 shapes", slots.len()));
-            }
-            if ways_after_adopting(&pin_root, &plan)? != before {
-                return Err("an adopting process routes shapes by other device maps".into());
-            }
-            Ok(())
-        })();
-        drop(dp);
-        Dataplane::detach(&pin_root).unwrap();
-        result.unwrap();
-    })
-    .unwrap();
-}
-
-/// More shapes than `SC_FANOUT` has slots for (routes over four egresses
-/// in 1,100 ways): the install still succeeds, the first 1,024 shapes get
-/// their maps and the routes of the rest fan out by TC.
-#[test]
-fn shapes_beyond_the_slots_fan_out_by_tc() {
-    use router_common::maps::{FANOUT_SHAPES, FANOUT_SINGLE_EGRESS};
+/// Attaches the router on `a1` with `egresses` in a namespace holding
+/// those veths (and `a0`-`a1`), installs the shape plan of `egresses`
+/// (`shape_plan`) and hands the data plane and its pin root to `check`;
+/// detaches whatever happens. Where the kernel refuses the copy program
+/// nothing broadcasts, and there is nothing to check here (the TC way has
+/// its own tests).
+fn with_shapes(
+    egresses: &'static [&'static str],
+    limit: usize,
+    reversed: bool,
+    check: impl FnOnce(&Dataplane, &std::path::Path, &Plan) -> Result<(), String> + Send + 'static,
+) {
     let ns = NetNs::new("scfan").unwrap();
-    let egresses = ["d0", "e0", "f0", "g0"];
-    for (a, b) in [
-        ("a0", "a1"),
-        ("d0", "d1"),
-        ("e0", "e1"),
-        ("f0", "f1"),
-        ("g0", "g1"),
-    ] {
-        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+    for a in std::iter::once("a0").chain(egresses.iter().copied()) {
+        let b = format!("{}1", &a[..1]);
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", &b])
             .unwrap();
         ns.ip(&["link", "set", a, "up"]).unwrap();
-        ns.ip(&["link", "set", b, "up"]).unwrap();
+        ns.ip(&["link", "set", &b, "up"]).unwrap();
     }
     ns.run(move || {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
@@ -535,76 +434,85 @@ fn shapes_beyond_the_slots_fan_out_by_tc() {
                 eprintln!("the kernel refused the copy program: no shapes to make");
                 return Ok(());
             }
-            // 16 shards on each egress: shard 16 * e + i + 1 is egress e's
-            // i-th.
-            let shards: Vec<String> = (0..64u32)
-                .map(|i| {
-                    format!(
-                        r#"{{"id": {}, "group_v4": "239.6.0.{}", "egress": "{}"}}"#,
-                        i + 1,
-                        i + 1,
-                        egresses[(i / 16) as usize]
-                    )
-                })
-                .collect();
-            // Each split of 2-16 shards over the four egresses that uses
-            // two of them at least, until 1,100.
-            let mut topics = Vec::new();
-            'k: for k in 2..=16u32 {
-                for n0 in 0..=k {
-                    for n1 in 0..=k - n0 {
-                        for n2 in 0..=k - n0 - n1 {
-                            let n = [n0, n1, n2, k - n0 - n1 - n2];
-                            if n.iter().filter(|&&c| c > 0).count() < 2 {
-                                continue;
-                            }
-                            let list: Vec<String> = n
-                                .iter()
-                                .enumerate()
-                                .flat_map(|(e, &c)| {
-                                    (0..c).map(move |i| (16 * e as u32 + i + 1).to_string())
-                                })
-                                .collect();
-                            topics.push(format!(
-                                r#"{{"name": "t{}", "shards": [{}]}}"#,
-                                topics.len(),
-                                list.join(",")
-                            ));
-                            if topics.len() == 1_100 {
-                                break 'k;
-                            }
-                        }
-                    }
-                }
-            }
-            assert_eq!(topics.len(), 1_100);
-            let plan = Plan::from_json(&format!(
-                r#"{{"generation": 1, "shards": [{}], "topics": [{}]}}"#,
-                shards.join(","),
-                topics.join(",")
-            ))
-            .map_err(|e| e.to_string())?;
+            let plan = shape_plan(egresses, limit, reversed);
             dp.install(&plan.compile().map_err(|e| e.to_string())?, false)
                 .map_err(|e| e.to_string())?;
-            let ways = ways(&dp)?;
-            let by_shape: std::collections::HashSet<u16> = ways
-                .iter()
-                .map(|&(_, f)| f)
-                .filter(|&f| f as u32 > FANOUT_SINGLE_EGRESS)
-                .collect();
-            let by_tc = ways.iter().filter(|&&(_, f)| f == 0).count();
-            if by_shape.len() != FANOUT_SHAPES as usize || by_tc != 1_100 - by_shape.len() {
-                return Err(format!(
-                    "{} shapes by their maps, {by_tc} routes by TC; want {FANOUT_SHAPES} and {}",
-                    by_shape.len(),
-                    1_100 - FANOUT_SHAPES
-                ));
-            }
-            Ok(())
+            check(&dp, &pin_root, &plan)
         })();
         drop(dp);
         Dataplane::detach(&pin_root).unwrap();
         result.unwrap();
     })
     .unwrap();
+}
+
+/// A plan whose routes span two egresses in every way they can (120
+/// shapes: k = 2..16 shards, 1..k - 1 of them on the first egress), each
+/// shape twice (its shards in two orders): each shape gets its own device
+/// map at the first install, made together, routes of one shape share
+/// it, and a process adopting the pins finds every map again by its
+/// entries' egresses (a map with the wrong entries would be made anew,
+/// under another slot).
+#[test]
+fn every_two_egress_shape_gets_a_map_and_is_adopted() {
+    with_shapes(&["b0", "c0"], usize::MAX, true, |dp, pin_root, plan| {
+        let shape_of: std::collections::HashMap<u64, usize> = plan
+            .topics
+            .iter()
+            .map(|t| {
+                let n = shape_number(&t.name).expect("a shape plan's topic");
+                (router_common::topic::topic_key(t.name.as_bytes()).hash, n)
+            })
+            .collect();
+        let before = ways(dp)?;
+        if before.len() != 240 {
+            return Err(format!("{} routes installed, want 240", before.len()));
+        }
+        // One map per shape: the same slot for a shape's two topics,
+        // another for every other shape, none by TC (0) or by an
+        // egress's own maps (slots below the shapes').
+        let mut slot_of_shape = std::collections::HashMap::new();
+        for &(key, fanout) in &before {
+            let shape = shape_of[&key];
+            if (fanout as u32) <= router_common::maps::FANOUT_SINGLE_EGRESS {
+                return Err(format!("shape {shape} routed by fan-out slot {fanout}"));
+            }
+            if *slot_of_shape.entry(shape).or_insert(fanout) != fanout {
+                return Err(format!("shape {shape}'s topics by two maps"));
+            }
+        }
+        let slots: std::collections::HashSet<u16> = slot_of_shape.values().copied().collect();
+        if slots.len() != 120 {
+            return Err(format!("{} maps for 120 shapes", slots.len()));
+        }
+        if ways_after_adopting(pin_root, plan)? != before {
+            return Err("an adopting process routes shapes by other device maps".into());
+        }
+        Ok(())
+    });
+}
+
+/// More shapes than `SC_FANOUT` has slots for (routes over four egresses
+/// in 1,100 ways): the install still succeeds, the first 1,024 shapes get
+/// their maps and the routes of the rest fan out by TC.
+#[test]
+fn shapes_beyond_the_slots_fan_out_by_tc() {
+    use router_common::maps::{FANOUT_SHAPES, FANOUT_SINGLE_EGRESS};
+    with_shapes(&["d0", "e0", "f0", "g0"], 1_100, false, |dp, _, _| {
+        let ways = ways(dp)?;
+        let by_shape: std::collections::HashSet<u16> = ways
+            .iter()
+            .map(|&(_, f)| f)
+            .filter(|&f| f as u32 > FANOUT_SINGLE_EGRESS)
+            .collect();
+        let by_tc = ways.iter().filter(|&&(_, f)| f == 0).count();
+        if by_shape.len() != FANOUT_SHAPES as usize || by_tc != 1_100 - by_shape.len() {
+            return Err(format!(
+                "{} shapes by their maps, {by_tc} routes by TC; want {FANOUT_SHAPES} and {}",
+                by_shape.len(),
+                1_100 - FANOUT_SHAPES
+            ));
+        }
+        Ok(())
+    });
 }

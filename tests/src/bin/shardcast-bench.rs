@@ -13,7 +13,8 @@
 //! rounds of its time and of its ratio to the forwarder *in the same round*.
 //! The time per packet is the steady state: the difference between the
 //! mean of the fastest half of the calls of 254 runs and of 127 (each
-//! call's first run is cold, see `bench`). Prints a Markdown table (the one in BENCHMARKS.md).
+//! call's first run is cold, see `bench`). Prints a Markdown table (the
+//! one in BENCHMARKS.md).
 //!
 //! `SHARDCAST_BENCH_BASELINE=old.o` also times another build of the router
 //! on the same packets and prints each publish case's ratio to it (A/B in
@@ -274,44 +275,15 @@ fn control_plane() -> Result<String> {
 /// install). The difference is what making the shapes' maps costs.
 fn shapes_install() -> Result<String> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let plan = |two: bool| -> Result<shardcast_plan::CompiledPlan> {
-        use shardcast_plan::{Plan, ShardSpec, TopicSpec};
-        let shards = (1..=32u32)
-            .map(|id| ShardSpec {
-                id,
-                group_v4: Some(format!("239.5.0.{id}")),
-                group_v6: None,
-                egress: if two && id > 16 { "sc1" } else { "sc0" }.into(),
-                port: None,
-                capacity: None,
-                class: None,
-            })
-            .collect();
-        let mut topics = Vec::new();
-        for k in 2..=16u32 {
-            for a in 1..k {
-                for (p, order) in [("s", false), ("r", true)] {
-                    let mut list: Vec<u32> = (1..=a).chain(17..17 + (k - a)).collect();
-                    if order {
-                        list.reverse();
-                    }
-                    topics.push(TopicSpec {
-                        name: format!("{p}{k}-{a}"),
-                        shards: list,
-                        mqttsn_predefined_id: None,
-                        mqttsn_registered_ids: vec![],
-                    });
-                }
-            }
-        }
-        Ok(Plan {
-            generation: 1,
-            shards,
-            devices: vec![],
-            topics,
-            policy: Default::default(),
-        }
-        .compile()?)
+    // The same routes with the second egress's shards on the first: no
+    // shapes, only the egress's own maps.
+    let plan = |two: bool| {
+        let egresses: &[&str] = if two {
+            &["sc0", "sc1"]
+        } else {
+            &["sc0", "sc0"]
+        };
+        integration_tests::shape_plan::shape_plan(egresses, usize::MAX, true).compile()
     };
     let mut out = String::from(
         "| 240 multi-shard routes, first install on a fresh data plane | broadcast maps made | install (median of 3) |\n|---|---:|---:|\n",
