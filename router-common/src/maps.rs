@@ -17,7 +17,7 @@
 
 /// Version of the map layout; part of the pin path so that a pin of another
 /// layout is never silently misread.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Longest CoAP pub/sub prefix (bytes, including the trailing '/'); the
 /// CoAP parser's constant, sized here into `Config`.
@@ -53,7 +53,7 @@ pub const IDS_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 /// Entries of a plan's direct-mapped name array ([`NameEntry`], at
 /// [`name_index`]): 2^16, 6 MiB a generation. A plan of up to some tens
 /// of thousands of named topics finds most of them there; beyond that,
-/// most take the hash map (which holds every route anyway).
+/// most take the hash map, which holds every route the array does not.
 pub const NAME_INDEX_ENTRIES: u32 = 1 << 16;
 /// The name arrays' flags: filled through a shared mapping, as the id
 /// arrays are.
@@ -67,7 +67,8 @@ pub const NAMES_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 /// program): about a tenth of a CoAP publish's time on the fast path
 /// (BENCHMARKS.md). Here it is an array lookup and a compare. Each entry
 /// holds the smallest of the plan's name keys with that index; the others
-/// are only in the hash map. So a free entry (`key` 0, a key no plan
+/// are only in the hash map, and a route held here is not (since layout
+/// v9: half the hash-map inserts of a 100k-route install, BENCHMARKS.md). So a free entry (`key` 0, a key no plan
 /// holds) means no name of the plan has that index: unrouted, without a
 /// hash lookup; an entry holding another key sends the lookup to the hash
 /// map.

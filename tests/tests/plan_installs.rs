@@ -132,7 +132,22 @@ fn a_full_slot_table_reclaims_and_zeroes_the_slots_of_departed_topics() {
             e.is_err(),
             "a plan with more topics than slots must be refused"
         );
-        assert_eq!(dp.meta().unwrap().generation, 2);
+        let meta = dp.meta().unwrap();
+        assert_eq!(meta.generation, 2);
+        // It had put its shard table into the idle slot already: that
+        // slot's generation is unknown now, no plan's.
+        let idle = (dp.active_slot().unwrap() & 1) ^ 1;
+        assert_eq!(meta.slot_generation[idle as usize], 0, "{meta:?}");
+        // The plan in force still routes, and the next install, whole,
+        // routes by its own tables.
+        let hits = |dp: &Dataplane, t: &str| dp.test_run(&coap(t), 1).unwrap().action;
+        assert_eq!(hits(&dp, "fresh"), action::REDIRECT);
+        let p4 = plan(4, &mut (2..n).map(|i| format!("t/{i}")).chain(["x".into()]));
+        dp.install(&p4.compile().unwrap(), false).unwrap();
+        assert_eq!(hits(&dp, "x"), action::REDIRECT);
+        assert_eq!(hits(&dp, "t/1"), action::PASS);
+        assert_eq!(hits(&dp, "fresh"), action::PASS);
+        assert_eq!(dp.meta().unwrap().slot_generation, [4, 4]);
     })
     .unwrap();
 }

@@ -127,6 +127,26 @@ fn check_one(dp: &Dataplane, f: &[u8], name: &str, shard: Option<u8>, step: &str
     }
 }
 
+/// The routes the data plane reports (`snapshot`: the hash map and the
+/// name array together, neither holding a route the other does) are the
+/// plan's, each once, to its shard.
+fn check_snapshot(dp: &Dataplane, topics: &[(&str, u32)], step: &str) {
+    let mut got: Vec<(TopicKey, u32)> = dp
+        .snapshot()
+        .unwrap()
+        .routes
+        .iter()
+        .map(|(k, r)| (*k, r.first.id))
+        .collect();
+    got.sort();
+    let mut want: Vec<(TopicKey, u32)> = topics
+        .iter()
+        .map(|(n, s)| (topic_key(n.as_bytes()), *s))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{step}: the routes read back");
+}
+
 fn unrouted(dp: &Dataplane, key: TopicKey) -> u64 {
     dp.counters()
         .unwrap()
@@ -149,6 +169,7 @@ fn names_sharing_an_entry_each_reach_their_shard() {
             // entry) and `elsewhere` (a free entry) are not in the plan.
             let first = plan(1, &[(&a, 1), (&b, 2)]);
             dp.install(&first.compile().unwrap(), false).unwrap();
+            check_snapshot(&dp, &[(&a, 1), (&b, 2)], "gen 1");
             check(&dp, &a, Some(1), "gen 1");
             check(&dp, &b, Some(2), "gen 1");
             check(&dp, &c, None, "gen 1");
@@ -168,6 +189,7 @@ fn names_sharing_an_entry_each_reach_their_shard() {
                 .install(&plan(3, &[(&b, 3)]).compile().unwrap(), false)
                 .unwrap();
             assert!(r.changed <= 2, "gen 3 was not incremental: {r:?}");
+            check_snapshot(&dp, &[(&b, 3)], "gen 3");
             check(&dp, &a, None, "gen 3");
             check(&dp, &b, Some(3), "gen 3");
             check(&dp, &c, None, "gen 3");
@@ -176,6 +198,7 @@ fn names_sharing_an_entry_each_reach_their_shard() {
             // routed now (held by `a`, so found in the hash map).
             dp.install(&plan(4, &[(&a, 2), (&c, 1)]).compile().unwrap(), false)
                 .unwrap();
+            check_snapshot(&dp, &[(&a, 2), (&c, 1)], "gen 4");
             check(&dp, &a, Some(2), "gen 4");
             check(&dp, &b, None, "gen 4");
             check(&dp, &c, Some(1), "gen 4");
@@ -190,6 +213,7 @@ fn names_sharing_an_entry_each_reach_their_shard() {
             check(&dp, &b, None, "gen 5");
             check(&dp, &c, Some(3), "gen 5");
             check(&dp, &elsewhere, Some(2), "gen 5");
+            check_snapshot(&dp, &[(&c, 3), (&elsewhere, 2)], "gen 5");
         })
         .unwrap();
 }

@@ -2,11 +2,11 @@
 
 use std::{collections::BTreeMap, os::fd::AsFd};
 
-use aya::maps::PerCpuValues;
+use aya::maps::{MapData, PerCpuValues};
 use router_common::{
     maps::{
         Counter, GROUP_CELL_WAYS, GroupCellLine, GroupStatKey, GroupStatRecord, MAX_TOPICS, Meta,
-        Route, Shard, device_index, group_cell_of, names,
+        NameEntry, Route, Shard, device_index, group_cell_of, names,
     },
     reason::Reason,
     topic::TopicKey,
@@ -39,6 +39,17 @@ impl Dataplane {
             for kv in inner.iter() {
                 routes.push(kv.map_err(map_err(names::ROUTES))?);
             }
+            // The routes the name array holds, which the hash map does not
+            // (see `install::in_name_array`).
+            let names_inner: MapData = self.names.get(&active, 0).map_err(map_err(names::NAMES))?;
+            let held = batch::TypedMap::<u32, NameEntry>::new(names_inner.fd().as_fd())
+                .and_then(|m| m.lookup())
+                .map_err(|e| batch_err(names::NAMES, e))?;
+            routes.extend(
+                held.into_iter()
+                    .filter(|(_, e)| e.key.hash != 0)
+                    .map(|(_, e)| (e.key, e.route)),
+            );
             routes.sort_by_key(|(k, _)| *k);
             let inner: ShardsMap = self
                 .shards

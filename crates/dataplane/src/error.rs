@@ -51,6 +51,8 @@ pub enum DataplaneError {
     Pin { path: PathBuf, reason: String },
     #[error("egress table is full ({MAX_EGRESS} interfaces)")]
     EgressFull,
+    #[error("compiled plan: {0}")]
+    BadPlan(String),
     #[error("topic counter slots are exhausted ({MAX_TOPICS})")]
     SlotsFull,
     #[error("plan generation {new} is not newer than installed generation {installed}")]

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use aya::maps::{Array, MapData, PerCpuValues};
+use aya::maps::{MapData, PerCpuValues};
 use router_common::{
     maps::{
         Counter, DeviceAddr, DeviceEntry, IDS_MAP_FLAGS, MAX_ROUTES, MAX_SHARDS, MAX_TOPICS,
@@ -115,14 +115,59 @@ pub(crate) struct Written {
     pub(crate) generation: u64,
     /// The inner map's route capacity (see [`routes_capacity`]).
     pub(crate) capacity: u32,
-    pub(crate) entries: StdHashMap<TopicKey, Route>,
+    /// What the hash map holds (every route the name array does not).
+    pub(crate) hashed: Hashed,
     pub(crate) map: MapData,
     /// The slot's MQTT-SN id array and what this process wrote there.
     pub(crate) ids: DirectArray<Route>,
     pub(crate) id_entries: StdHashMap<u32, Route>,
-    /// The slot's name array and what this process wrote there.
+    /// The slot's name array and what this process wrote there (one entry
+    /// per index, zero where free).
     pub(crate) names: DirectArray<NameEntry>,
-    pub(crate) name_entries: StdHashMap<u32, NameEntry>,
+    pub(crate) name_entries: Vec<NameEntry>,
+}
+
+/// Routes for the hash map, sorted by key (as the plan's are), keys and
+/// values side by side as a batch update takes them.
+#[derive(Default)]
+pub(crate) struct Hashed {
+    pub(crate) keys: Vec<TopicKey>,
+    pub(crate) values: Vec<Route>,
+}
+
+/// What turns the hash map holding `old` into one holding `new`: the
+/// routes to write (new, or with another value) and the keys to delete.
+/// Both sorted by key, each key once: one merge, where a hash map of a
+/// million routes took a quarter of a second to build and as long to
+/// compare against (BENCHMARKS.md).
+fn diff_hashed(old: &Hashed, new: &Hashed) -> (Hashed, Vec<TopicKey>) {
+    let (mut write, mut gone) = (Hashed::default(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.keys.len() && j < new.keys.len() {
+        match old.keys[i].cmp(&new.keys[j]) {
+            std::cmp::Ordering::Less => {
+                gone.push(old.keys[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                write.keys.push(new.keys[j]);
+                write.values.push(new.values[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if old.values[i] != new.values[j] {
+                    write.keys.push(new.keys[j]);
+                    write.values.push(new.values[j]);
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    gone.extend_from_slice(&old.keys[i..]);
+    write.keys.extend_from_slice(&new.keys[j..]);
+    write.values.extend_from_slice(&new.values[j..]);
+    (write, gone)
 }
 
 /// One generation's array the program indexes directly: the MQTT-SN id
@@ -172,6 +217,21 @@ impl<T: aya::Pod + Default + PartialEq> DirectArray<T> {
         Ok(DirectArray { map, mem })
     }
 
+    /// Makes the array hold `want` (one value per index, from 0), writing
+    /// only what differs from `prev`, what this process last wrote here
+    /// (`None`: a fresh, zeroed array). Returns how many entries it wrote.
+    pub(crate) fn write_dense(&mut self, want: &[T], prev: Option<&[T]>) -> usize {
+        let zero = T::default();
+        let mut n = 0;
+        for (i, v) in want.iter().enumerate() {
+            if *v != *prev.and_then(|p| p.get(i)).unwrap_or(&zero) {
+                self.mem.set(i, *v);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Makes the array hold `want` (index → value, zero elsewhere),
     /// writing only what differs from `prev`, what this process last
     /// wrote here (`None`: a fresh array). Returns how many entries it
@@ -198,21 +258,40 @@ impl<T: aya::Pod + Default + PartialEq> DirectArray<T> {
     }
 }
 
-/// The name array's entries for a plan: each name key's route at its
+/// Puts each route of `plan` (values in plan order) where the program
+/// looks for it: a name key's route in the name array at its
 /// [`name_index`], the smallest key where several share one (the plan's
-/// routes are sorted by key). MQTT-SN id aliases are not names: the
-/// program looks them up by id.
-fn name_entries(plan: &CompiledPlan, values: &[Route]) -> StdHashMap<u32, NameEntry> {
-    let mut out = StdHashMap::default();
+/// routes are sorted by key); every other route, MQTT-SN id aliases
+/// included (the program looks them up by id), in the hash map. A route in
+/// the name array is not in the hash map (`route_by_name` in the program
+/// goes to the hash map only when the entry at the key's index holds
+/// another key): a 100k-route plan puts about half its routes in the
+/// array, each a plain memory write where an insert into the hash map
+/// costs about a microsecond of kernel time (BENCHMARKS.md).
+fn split_routes(
+    plan: &CompiledPlan,
+    values: impl Iterator<Item = Route>,
+) -> (Vec<NameEntry>, Hashed) {
+    let mut names = vec![NameEntry::default(); NAME_INDEX_ENTRIES as usize];
+    let mut hashed = Hashed {
+        keys: Vec::with_capacity(plan.routes.len()),
+        values: Vec::with_capacity(plan.routes.len()),
+    };
     for (r, v) in plan.routes.iter().zip(values) {
         if plan.name_keys.get(r.topic) == Some(&r.key) {
-            out.entry(name_index(r.key)).or_insert(NameEntry {
-                key: r.key,
-                route: *v,
-            });
+            let e = &mut names[name_index(r.key) as usize];
+            if e.key.hash == 0 {
+                *e = NameEntry {
+                    key: r.key,
+                    route: v,
+                };
+                continue;
+            }
         }
+        hashed.keys.push(r.key);
+        hashed.values.push(v);
     }
-    out
+    (names, hashed)
 }
 
 /// What an install did and how long it took.
@@ -220,12 +299,14 @@ fn name_entries(plan: &CompiledPlan, values: &[Route]) -> StdHashMap<u32, NameEn
 pub struct InstallReport {
     pub generation: u64,
     pub routes: usize,
-    /// Route entries written or deleted (all of them unless incremental).
+    /// Route entries written or deleted, in the hash map and the arrays
+    /// (every route unless incremental).
     pub changed: usize,
     pub shards: usize,
-    /// Building the new generation's maps.
+    /// Building the new generation's maps and putting them into the idle
+    /// slot.
     pub fill: Duration,
-    /// Slot updates and the flip.
+    /// The flip.
     pub swap: Duration,
     pub total: Duration,
 }
@@ -239,7 +320,6 @@ impl Dataplane {
         // Whatever happens below, the kernel's table may change: re-read
         // it next time unless this install completes (see `install`).
         *self.slot_cache.borrow_mut() = None;
-        let wanted: HashSet<TopicKey> = plan.name_keys.iter().copied().collect();
         let mut used = vec![false; MAX_TOPICS as usize];
         for s in current.values() {
             if let Some(u) = used.get_mut(*s as usize) {
@@ -249,13 +329,21 @@ impl Dataplane {
         // Slots never assigned hold zero counters; a slot is only freed by
         // reclaiming it below, which zeroes it.
         let mut free = (0..MAX_TOPICS).filter(|s| !used[*s as usize]);
-        let mut reclaimable: Vec<(TopicKey, u32)> = current
-            .iter()
-            .filter(|(k, _)| !wanted.contains(k))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        reclaimable.sort_by_key(|(_, s)| *s);
-        let mut reclaimable = reclaimable.into_iter();
+        // The slots of topics absent from the plan, lowest first: looked
+        // for only once the free slots run out (a set of a million keys
+        // costs tens of ms, and most installs never need it).
+        let mut reclaimable: Option<std::vec::IntoIter<(TopicKey, u32)>> = None;
+        let reclaimable_of = |current: &StdHashMap<TopicKey, u32>| {
+            let wanted: HashSet<TopicKey> = plan.name_keys.iter().copied().collect();
+            let mut r: Vec<(TopicKey, u32)> = current
+                .iter()
+                .filter(|(k, _)| !wanted.contains(k))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            r.sort_by_key(|(_, s)| *s);
+            r.into_iter()
+        };
+        current.reserve(plan.name_keys.len().saturating_sub(current.len()));
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut out = Vec::with_capacity(plan.name_keys.len());
         let (mut new_keys, mut new_slots) = (Vec::new(), Vec::new());
@@ -266,7 +354,10 @@ impl Dataplane {
                     let s = match free.next() {
                         Some(s) => s,
                         None => {
-                            let (old, s) = reclaimable.next().ok_or(DataplaneError::SlotsFull)?;
+                            let (old, s) = reclaimable
+                                .get_or_insert_with(|| reclaimable_of(&current))
+                                .next()
+                                .ok_or(DataplaneError::SlotsFull)?;
                             // The array write below gives the slot its new key.
                             current.remove(&old);
                             self.topic_stats
@@ -324,7 +415,14 @@ impl Dataplane {
             });
         }
         // Everything that can fail on bad input fails here, before any
-        // routing map changes: egress lookups and MACs.
+        // routing map changes: the routes' order (the name array and the
+        // incremental diff rely on it), egress lookups and MACs.
+        if let Some(w) = plan.routes.windows(2).find(|w| w[0].key >= w[1].key) {
+            return Err(DataplaneError::BadPlan(format!(
+                "routes are not sorted by key, each key once ({:#018x} before {:#018x}): compile the plan with Plan::compile",
+                w[0].key.hash, w[1].key.hash
+            )));
+        }
         // Each distinct egress is resolved once (MAC lookup, devmap scan),
         // not once per shard: plans have thousands of shards and few egresses.
         let mut egresses: StdHashMap<&str, (u32, [u8; 6])> = StdHashMap::default();
@@ -382,9 +480,70 @@ impl Dataplane {
                 installed.slot_generation[new as usize] == w.generation
                     && plan.routes.len() <= w.capacity as usize
             });
-        let incremental = self.incremental;
-        let (routes, capacity, changed, entries, ids, id_entries, names_array, name_entries) =
+        let shards_held =
+            reuse && self.written_shards[new as usize].as_deref() == Some(shard_values.as_slice());
+        // Fresh maps go into the idle slot as soon as they exist, and are
+        // filled there (no packet reads the idle slot: the last install
+        // waited out a grace period after its flip). Each outer-map update
+        // waits out a grace period of its own (8-19 ms here), which then
+        // overlaps the filling instead of following it. Until the flip, the
+        // slot's generation is unknown: neither this process nor another
+        // may take what it holds for a plan it wrote (see `reuse`), should
+        // the install fail half-way.
+        if !reuse || !shards_held {
+            let mut unknown = installed;
+            unknown.slot_generation[new as usize] = 0;
+            self.meta.set(0, unknown, 0).map_err(map_err(names::META))?;
+        }
+        if !reuse {
+            self.written[new as usize] = None;
+        }
+        if !shards_held {
+            self.written_shards[new as usize] = None;
+        }
+        // The shard table is small; it is rebuilt unless the idle slot
+        // already holds exactly these shards.
+        let shards = if shards_held {
+            None
+        } else {
+            let map = create_inner::<u32, Shard>(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY,
+                MAX_SHARDS,
+                0,
+                "sc_shards",
+                names::SHARDS,
+            )?;
+            let ids: Vec<u32> = (0..shard_values.len() as u32).collect();
+            batch::TypedMap::<u32, Shard>::new(map.fd().as_fd())
+                .and_then(|m| m.update(&ids, &shard_values))
+                .map_err(|e| batch_err(names::SHARDS, e))?;
+            Some(map)
+        };
+        // The outer maps, for the threads that put fresh maps into them.
+        let outer_fds = [
+            self.raw_routes.fd().as_fd().try_clone_to_owned()?,
+            self.raw_ids.fd().as_fd().try_clone_to_owned()?,
+            self.raw_names.fd().as_fd().try_clone_to_owned()?,
+            self.raw_shards.fd().as_fd().try_clone_to_owned()?,
+        ];
+        let (routes, capacity, changed, hashed, ids, id_entries, names_array, name_entries) =
             std::thread::scope(|scope| -> Result<_> {
+                // Puts `inner` into the idle slot of outer map `which` on a
+                // thread (the scope joins it before the flip, whatever
+                // happens).
+                let place = |which: usize, inner: &MapData, name: &'static str| {
+                    let outer = outer_fds[which].as_fd();
+                    let inner = inner.fd().as_fd().as_raw_fd() as u32;
+                    scope.spawn(move || {
+                        outer_map(outer, name)?
+                            .update_one(&new, &inner)
+                            .map_err(|e| batch_err(name, e))
+                    })
+                };
+                let mut placed = Vec::new();
+                if let Some(map) = &shards {
+                    placed.push(place(3, map, names::SHARDS));
+                }
                 // Creating a route map allocates and clears its bucket array
                 // (tens of ms at this capacity): done on the other core while
                 // this one assigns counter slots.
@@ -394,65 +553,55 @@ impl Dataplane {
                 let fresh_names = (!reuse).then(|| scope.spawn(DirectArray::names));
                 let slots = self.assign_slots(plan)?;
                 ph.mark("counter slots assigned");
-                let mut keys = Vec::with_capacity(plan.routes.len());
-                let mut values = Vec::with_capacity(plan.routes.len());
                 let mut egress_slots = Vec::with_capacity(router_common::maps::MAX_ROUTE_SHARDS);
-                for r in &plan.routes {
+                // Each route's value, put straight where the program looks
+                // for it (no vector of a million values in between).
+                let mut id_entries: StdHashMap<u32, Route> = StdHashMap::default();
+                let values = plan.routes.iter().map(|r| {
                     let mut shards = [0u16; router_common::maps::MAX_ROUTE_SHARDS];
                     shards[..r.shards.len()].copy_from_slice(&r.shards);
-                    keys.push(r.key);
-                    egress_slots.clear();
-                    egress_slots.extend(
-                        r.shards
-                            .iter()
-                            .map(|&s| shard_values[s as usize].egress_slot),
-                    );
-                    values.push(Route {
+                    // A single-shard route has no fan-out to choose.
+                    let fanout = if r.shards.len() < 2 {
+                        0
+                    } else {
+                        egress_slots.clear();
+                        egress_slots.extend(
+                            r.shards
+                                .iter()
+                                .map(|&s| shard_values[s as usize].egress_slot),
+                        );
+                        self.route_fanout(&egress_slots)
+                    };
+                    let v = Route {
                         stats_slot: slots[r.topic],
                         shard_count: r.shards.len() as u16,
-                        fanout: self.route_fanout(&egress_slots),
+                        fanout,
                         shards,
                         first: shard_values[r.shards[0] as usize],
-                    });
-                }
-                // The daemon keeps what it wrote, to diff the next plan against.
-                let entries: Option<StdHashMap<TopicKey, Route>> =
-                    incremental.then(|| keys.iter().copied().zip(values.iter().copied()).collect());
+                    };
+                    // The MQTT-SN id array's entries: the same route values.
+                    if let Some(i) = r.mqttsn_index {
+                        id_entries.insert(i, v);
+                    }
+                    v
+                });
+                let (name_entries, hashed) = split_routes(plan, values);
                 ph.mark("route values built");
-                // The MQTT-SN id array's entries: the same route values.
-                let id_entries: StdHashMap<u32, Route> = plan
-                    .routes
-                    .iter()
-                    .zip(&values)
-                    .filter_map(|(r, v)| r.mqttsn_index.map(|i| (i, *v)))
-                    .collect();
-                let name_entries = name_entries(plan, &values);
                 let (routes, capacity, changed, ids, names_array) = if reuse {
                     let mut w = self.written[new as usize].take().expect("checked above");
                     let id_changed = w.ids.write(&id_entries, Some(&w.id_entries));
-                    w.names.write(&name_entries, Some(&w.name_entries));
-                    let now = entries.as_ref().expect("incremental");
-                    let (mut ck, mut cv) = (Vec::new(), Vec::new());
-                    for (k, v) in keys.iter().zip(&values) {
-                        if w.entries.get(k) != Some(v) {
-                            ck.push(*k);
-                            cv.push(*v);
-                        }
-                    }
-                    let gone: Vec<TopicKey> = w
-                        .entries
-                        .keys()
-                        .filter(|k| !now.contains_key(k))
-                        .copied()
-                        .collect();
+                    let name_changed = w.names.write_dense(&name_entries, Some(&w.name_entries));
+                    let (write, gone) = diff_hashed(&w.hashed, &hashed);
+                    // Deletions first: the map never holds more than the
+                    // larger of the two generations.
                     let m = routes_map(w.map.fd().as_fd())?;
-                    m.update(&ck, &cv)
-                        .map_err(|e| batch_err(names::ROUTES, e))?;
                     m.delete(&gone).map_err(|e| batch_err(names::ROUTES, e))?;
+                    m.update(&write.keys, &write.values)
+                        .map_err(|e| batch_err(names::ROUTES, e))?;
                     (
                         w.map,
                         w.capacity,
-                        ck.len() + gone.len() + id_changed,
+                        write.keys.len() + gone.len() + id_changed + name_changed,
                         w.ids,
                         w.names,
                     )
@@ -461,137 +610,90 @@ impl Dataplane {
                         fresh.expect("spawned when not reusing").join(),
                         "map creation",
                     )??;
+                    placed.push(place(0, &data, names::ROUTES));
                     let mut ids = joined(
                         fresh_ids.expect("spawned when not reusing").join(),
                         "map creation",
                     )??;
+                    placed.push(place(1, &ids.map, names::IDS));
                     ids.write(&id_entries, None);
                     let mut names_array = joined(
                         fresh_names.expect("spawned when not reusing").join(),
                         "map creation",
                     )??;
-                    names_array.write(&name_entries, None);
-                    ph.mark("fresh routes map ready");
+                    placed.push(place(2, &names_array.map, names::NAMES));
+                    names_array.write_dense(&name_entries, None);
+                    ph.mark("fresh maps ready and placed");
                     // Two writers, one per core: the kernel locks per bucket.
-                    let half = keys.len() / 2;
+                    let half = hashed.keys.len() / 2;
                     let m = routes_map(data.fd().as_fd())?;
-                    let (k1, k2) = keys.split_at(half);
-                    let (v1, v2) = values.split_at(half);
+                    let (k1, k2) = hashed.keys.split_at(half);
+                    let (v1, v2) = hashed.values.split_at(half);
                     std::thread::scope(|inner| -> Result<()> {
                         let other = inner.spawn(move || m.update(k2, v2));
                         m.update(k1, v1).map_err(|e| batch_err(names::ROUTES, e))?;
                         joined(other.join(), "route writer")?
                             .map_err(|e| batch_err(names::ROUTES, e))
                     })?;
-                    (data, capacity, keys.len(), ids, names_array)
+                    (data, capacity, plan.routes.len(), ids, names_array)
                 };
+                ph.mark("routes written");
+                for h in placed {
+                    joined(h.join(), "map update")??;
+                }
+                ph.mark("fresh maps in the idle slot");
                 Ok((
                     routes,
                     capacity,
                     changed,
-                    entries,
+                    hashed,
                     ids,
                     id_entries,
                     names_array,
                     name_entries,
                 ))
             })?;
-        ph.mark("routes written");
-        // The shard table is small; it is rebuilt unless the idle slot
-        // already holds exactly these shards.
-        let shards_held =
-            reuse && self.written_shards[new as usize].as_deref() == Some(shard_values.as_slice());
-        let shards = if shards_held {
-            None
-        } else {
-            let mut shards: Array<MapData, Shard> =
-                Array::create(MAX_SHARDS, 0).map_err(map_err(names::SHARDS))?;
-            for (i, v) in shard_values.iter().enumerate() {
-                shards.set(i as u32, v, 0).map_err(map_err(names::SHARDS))?;
-            }
-            Some(shards)
-        };
-        ph.mark("shard table built");
         // Devices first, so that once the generation is visible its devices
         // are counted under their groups.
         self.set_devices(plan)?;
         ph.mark("devices set");
         let filled = started.elapsed();
-
-        // Each update of an outer map waits an RCU grace period (several
-        // ms), so only what changed is written: an updated-in-place routes
-        // map is already in its slot.
-        // The outer maps are updated from parallel threads: each update
-        // waits for a grace period, and waits that overlap share one.
-        // Slot writes go through the raw descriptors (an outer map's value
-        // is the inner map's descriptor), one thread each.
-        let shards_outer = &mut self.shards;
-        let (routes_outer, routes_fd) = (
-            outer_map(self.raw_routes.fd().as_fd(), names::ROUTES)?,
-            routes.fd().as_fd().as_raw_fd() as u32,
-        );
-        let (ids_outer, ids_fd) = (
-            outer_map(self.raw_ids.fd().as_fd(), names::IDS)?,
-            ids.map.fd().as_fd().as_raw_fd() as u32,
-        );
-        let (names_outer, names_fd) = (
-            outer_map(self.raw_names.fd().as_fd(), names::NAMES)?,
-            names_array.map.fd().as_fd().as_raw_fd() as u32,
-        );
-        std::thread::scope(|scope| -> Result<()> {
-            let routes_set =
-                (!reuse).then(|| scope.spawn(move || routes_outer.update_one(&new, &routes_fd)));
-            let ids_set =
-                (!reuse).then(|| scope.spawn(move || ids_outer.update_one(&new, &ids_fd)));
-            let names_set =
-                (!reuse).then(|| scope.spawn(move || names_outer.update_one(&new, &names_fd)));
-            if let Some(shards) = &shards {
-                shards_outer
-                    .set(new, shards, 0)
-                    .map_err(map_err(names::SHARDS))?;
-            }
-            for (h, name) in [
-                (routes_set, names::ROUTES),
-                (ids_set, names::IDS),
-                (names_set, names::NAMES),
-            ] {
-                if let Some(h) = h {
-                    joined(h.join(), "map update")?.map_err(|e| batch_err(name, e))?;
-                }
-            }
-            Ok(())
-        })?;
         self.active.set(0, new, 0).map_err(map_err(names::ACTIVE))?;
         let swapped = started.elapsed();
-        ph.mark("slots set and flipped");
+        ph.mark("flipped");
         let mut slot_generation = installed.slot_generation;
         slot_generation[new as usize] = plan.generation;
         // One more outer-map update, whose RCU grace period the kernel waits
-        // out before the call returns (every map-of-maps update does):
-        // - full install: point the old routes slot at the new map too (the
-        //   old id array and shard table, tens of MiB at most, stay in the
-        //   old slot until the next install replaces them). A packet
-        //   that read the parity before the flip then finds either the old
-        //   map (if it got there first) or the new one: one generation either
-        //   way. When the update returns no program uses the old map, which
-        //   is freed.
-        // - incremental: re-point the new slot at its own map, only for the
-        //   wait: afterwards no program runs with the old slot, which the
-        //   next install updates in place.
-        // The plan is in force already (the flip above); the wait (8-16 ms)
-        // runs on a thread, and the next install (or dropping this handle)
-        // joins it before touching the slots.
-        let slot = if self.incremental {
-            new
-        } else {
+        // out before the call returns (every map-of-maps update does): the
+        // new slot re-pointed at its own routes map, only for the wait.
+        // Afterwards no program runs with the old slot: the next install
+        // may fill it (in place, incremental) or put fresh maps into it.
+        // - full install: then the old routes slot is pointed at the new
+        //   map too, which frees the old map (the old id and name arrays and
+        //   shard table, tens of MiB at most, stay in the old slot until the
+        //   next install replaces them). Only after the wait: a packet that
+        //   read the old parity before the flip looks a name up in the old
+        //   slot's name array and then, for a name the array does not hold,
+        //   in its routes map, and a generation's routes map lacks the
+        //   routes its name array holds; the old array with the new map
+        //   could miss a route both generations have.
+        // The plan is in force already (the flip above); the waits (8-16 ms
+        // each) run on a thread, and the next install (or dropping this
+        // handle) joins it before touching the slots.
+        let free_old = (!self.incremental).then_some(old);
+        if free_old.is_some() {
             slot_generation[old as usize] = plan.generation;
-            old
-        };
+        }
         let outer = self.raw_routes.fd().as_fd().try_clone_to_owned()?;
         let inner = routes.fd().as_fd().try_clone_to_owned()?;
         self.settling = Some(std::thread::spawn(move || {
-            batch::TypedMap::<u32, u32>::new(outer.as_fd())?
-                .update_one(&slot, &(inner.as_raw_fd() as u32))
+            let outer = batch::TypedMap::<u32, u32>::new(outer.as_fd())?;
+            let inner = inner.as_raw_fd() as u32;
+            outer.update_one(&new, &inner)?;
+            match free_old {
+                Some(old) => outer.update_one(&old, &inner),
+                None => Ok(()),
+            }
         }));
         ph.mark("old slot settling (background)");
         if self.incremental {
@@ -623,11 +725,12 @@ impl Dataplane {
         if let Some(table) = self.pending_slots.take() {
             *self.slot_cache.borrow_mut() = Some((self.meta()?, table));
         }
-        if let Some(entries) = entries {
+        // The daemon keeps what it wrote, to diff the next plan against.
+        if self.incremental {
             self.written[new as usize] = Some(Written {
                 generation: plan.generation,
                 capacity,
-                entries,
+                hashed,
                 map: routes,
                 ids,
                 id_entries,
@@ -740,6 +843,126 @@ impl Dataplane {
                 std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
                 table.set(i, entry);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn route(slot: u32) -> Route {
+        Route {
+            stats_slot: slot,
+            shard_count: 1,
+            ..Route::default()
+        }
+    }
+
+    fn hashed(m: &BTreeMap<u64, u32>) -> Hashed {
+        Hashed {
+            keys: m.keys().map(|&hash| TopicKey { hash }).collect(),
+            values: m.values().map(|&s| route(s)).collect(),
+        }
+    }
+
+    proptest! {
+        /// Applying the diff to the old routes gives the new ones, and it
+        /// writes or deletes nothing it need not.
+        #[test]
+        fn the_diff_turns_old_into_new_and_no_more(
+            old in prop::collection::btree_map(0u64..64, 0u32..3, 0..40),
+            new in prop::collection::btree_map(0u64..64, 0u32..3, 0..40),
+        ) {
+            let (write, gone) = diff_hashed(&hashed(&old), &hashed(&new));
+            let mut held = old.clone();
+            for k in &gone {
+                prop_assert!(held.remove(&k.hash).is_some(), "deleted {k:?}, not held");
+            }
+            for (k, v) in write.keys.iter().zip(&write.values) {
+                prop_assert_ne!(old.get(&k.hash).map(|&s| route(s)), Some(*v), "rewrote {:?} unchanged", k);
+                held.insert(k.hash, v.stats_slot);
+            }
+            prop_assert_eq!(&held, &new);
+            prop_assert!(gone.iter().all(|k| !new.contains_key(&k.hash)));
+        }
+    }
+
+    #[test]
+    fn names_sharing_an_index_put_the_smallest_in_the_array_the_rest_in_the_hash_map() {
+        use shardcast_plan::{Plan, ShardSpec, TopicSpec};
+        // Names in pairs that share an index, and a predefined MQTT-SN id
+        // (an alias key: never in the name array).
+        let mut names: Vec<String> = Vec::new();
+        let first = name_index(router_common::topic::topic_key(b"a/0"));
+        for i in 0u32.. {
+            let n = format!("a/{i}");
+            if i == 0 || name_index(router_common::topic::topic_key(n.as_bytes())) == first {
+                names.push(n);
+            }
+            if names.len() == 3 {
+                break;
+            }
+        }
+        names.push("lonely".into());
+        let plan = Plan {
+            generation: 1,
+            shards: vec![ShardSpec {
+                id: 1,
+                group_v4: Some("239.1.1.1".into()),
+                group_v6: None,
+                egress: "lo".into(),
+                port: None,
+                capacity: None,
+                class: None,
+            }],
+            devices: vec![],
+            topics: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| TopicSpec {
+                    name: name.clone(),
+                    shards: vec![1],
+                    mqttsn_predefined_id: (i == 0).then_some(7),
+                    mqttsn_registered_ids: vec![],
+                })
+                .collect(),
+            policy: Default::default(),
+        }
+        .compile()
+        .unwrap();
+        let values: Vec<Route> = (0..plan.routes.len() as u32).map(route).collect();
+        let (array, hashed) = split_routes(&plan, values.into_iter());
+        let in_array: Vec<TopicKey> = array
+            .iter()
+            .filter(|e| e.key.hash != 0)
+            .map(|e| e.key)
+            .collect();
+        // Every route exactly once, in one place or the other.
+        let mut all: Vec<TopicKey> = in_array.iter().chain(&hashed.keys).copied().collect();
+        all.sort();
+        let want: Vec<TopicKey> = plan.routes.iter().map(|r| r.key).collect();
+        assert_eq!(all, want);
+        // The three sharing an index: the smallest in the array.
+        let mut shared: Vec<TopicKey> = names[..3]
+            .iter()
+            .map(|n| router_common::topic::topic_key(n.as_bytes()))
+            .collect();
+        shared.sort();
+        assert!(in_array.contains(&shared[0]));
+        assert!(hashed.keys.contains(&shared[1]) && hashed.keys.contains(&shared[2]));
+        assert!(in_array.contains(&router_common::topic::topic_key(b"lonely")));
+        // The alias and only it among the rest: in the hash map, sorted.
+        assert_eq!(hashed.keys.len(), 3, "{:?}", hashed.keys);
+        assert!(hashed.keys.windows(2).all(|w| w[0] < w[1]));
+        // Each route keeps its own value wherever it went.
+        for (k, v) in hashed.keys.iter().zip(&hashed.values) {
+            let i = plan.routes.iter().position(|r| r.key == *k).unwrap();
+            assert_eq!(v.stats_slot, i as u32);
         }
     }
 }

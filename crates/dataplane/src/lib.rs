@@ -3,30 +3,32 @@
 //! (raw `bpf()` attributes, the mmap'ed slot table, interface ioctls).
 //!
 //! It loads the XDP object, pins programs, maps and links under
-//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v6/`) so
+//! `<pin root>/v<LAYOUT_VERSION>/` (default `/sys/fs/bpf/shardcast/v9/`) so
 //! forwarding outlives the process, adopts those pins later, installs plan
 //! generations atomically, and reads counters.
 //!
 //! ## Generation swap
 //! Each routing table lives in a two-slot `ArrayOfMaps`; `SC_ACTIVE` names
 //! the slot packets use. [`Dataplane::install`]:
-//! 1. prepares the idle slot's inner maps off to the side: *fresh* maps
-//!    filled with the whole plan, or, in incremental mode (the daemon), the
-//!    map already in the idle slot with only the differences written (that
-//!    slot is idle: no packet reads it);
-//! 2. puts fresh maps into the idle slot of the outer maps;
+//! 1. prepares the idle slot's inner maps (that slot is idle: no packet
+//!    reads it): *fresh* maps, put into the idle slot as soon as they
+//!    exist and filled with the whole plan while those outer-map updates
+//!    wait out their grace periods; or, in incremental mode (the daemon),
+//!    the maps already in the idle slot with only the differences written;
+//! 2. waits for those updates;
 //! 3. flips `SC_ACTIVE` to that slot (one 4-byte write: a packet reads it
 //!    once and routes wholly by that slot; a route carries its first
 //!    shard's data, so the fast path makes a single lookup in it);
-//! 4. waits an RCU grace period, so that when `install` returns no program
-//!    still runs with the old map: an update of a map-of-maps returns only
-//!    after one (`synchronize_rcu` in the kernel). In full mode that update
-//!    points the old slot at the new map as well (a packet holding the old
-//!    parity then finds one generation or the other, never a mix) and so
-//!    frees the old map; in incremental mode the new slot is rewritten and
-//!    the old map kept, to be brought up to date by the next install.
+//! 4. waits an RCU grace period on a thread, which the next install (or
+//!    [`Dataplane::settle`]) joins before it touches the slots: afterwards
+//!    no program runs with the old slot (an update of a map-of-maps returns
+//!    only after one, `synchronize_rcu` in the kernel). In full mode the
+//!    old slot's routes map is then pointed at the new map as well, which
+//!    frees the old one; in incremental mode the old slot is kept, to be
+//!    brought up to date by the next install.
 //!
-//! A failure before step 3 leaves the installed generation untouched.
+//! A failure before step 3 leaves the installed generation untouched (the
+//! idle slot's generation is then recorded as unknown, 0, in `SC_META`).
 
 use std::os::fd::OwnedFd;
 
@@ -172,9 +174,12 @@ pub struct Dataplane {
     /// `SC_IDS`, the MQTT-SN id arrays' outer map (written with raw
     /// descriptors only).
     raw_ids: MapData,
-    /// `SC_NAMES`, the name arrays' outer map (written with raw
-    /// descriptors only).
+    /// `SC_NAMES`, the name arrays' outer map: read through this typed
+    /// handle ([`Dataplane::snapshot`]), written through the raw one.
+    names: ArrayOfMaps<MapData, MapData>,
     raw_names: MapData,
+    /// `SC_SHARDS` again, for the install's threads.
+    raw_shards: MapData,
     /// That update, until joined (see [`Dataplane::settle`]).
     settling: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// See [`Dataplane::set_incremental`].

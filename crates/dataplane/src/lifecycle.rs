@@ -24,8 +24,8 @@ use router_common::{
 };
 
 use crate::{
-    Dataplane, FanoutPath, GroupReader, IdsMap, Mode, NamesMap, RouterConfig, RoutesMap, broadcast,
-    error::*, iter, netdev::*, pins::*,
+    Dataplane, FanoutPath, GroupReader, IdsMap, Mode, NamesMap, RouterConfig, RoutesMap, ShardsMap,
+    broadcast, error::*, iter, netdev::*, pins::*,
 };
 
 /// Loads (and pins, when asked) the `SC_GROUP_STATS` iterator. It needs the
@@ -227,14 +227,17 @@ impl Dataplane {
         let (_, raw_ids): (ArrayOfMaps<MapData, IdsMap>, _) = take_raw(&mut ebpf, names::IDS, p)?;
         let (fanout_maps, raw_fanout): (ArrayOfMaps<MapData, MapData>, _) =
             take_raw(&mut ebpf, names::FANOUT, p)?;
-        let (_, raw_names): (ArrayOfMaps<MapData, NamesMap>, _) =
+        let (names_outer, raw_names): (ArrayOfMaps<MapData, MapData>, _) =
             take_raw(&mut ebpf, names::NAMES, p)?;
+        let (shards, raw_shards): (ArrayOfMaps<MapData, ShardsMap>, _) =
+            take_raw(&mut ebpf, names::SHARDS, p)?;
         let mut dp = Dataplane {
             config: take(&mut ebpf, names::CONFIG, p)?,
             active: take(&mut ebpf, names::ACTIVE, p)?,
             meta: take(&mut ebpf, names::META, p)?,
             routes,
-            shards: take(&mut ebpf, names::SHARDS, p)?,
+            shards,
+            raw_shards,
             egress: take(&mut ebpf, names::EGRESS, p)?,
             egress_if: take(&mut ebpf, names::EGRESS_IF, p)?,
             fanout_maps,
@@ -256,6 +259,7 @@ impl Dataplane {
             group_dump: group_dump.into(),
             raw_routes,
             raw_ids,
+            names: names_outer,
             raw_names,
             settling: None,
             incremental: false,
@@ -289,7 +293,9 @@ impl Dataplane {
             routes: open_pinned(&pins, names::ROUTES)?,
             raw_routes: open_raw::<ArrayOfMaps<MapData, RoutesMap>>(&pins, names::ROUTES)?,
             raw_ids: open_raw::<ArrayOfMaps<MapData, IdsMap>>(&pins, names::IDS)?,
+            names: open_pinned(&pins, names::NAMES)?,
             raw_names: open_raw::<ArrayOfMaps<MapData, NamesMap>>(&pins, names::NAMES)?,
+            raw_shards: open_raw::<ArrayOfMaps<MapData, ShardsMap>>(&pins, names::SHARDS)?,
             settling: None,
             shards: open_pinned(&pins, names::SHARDS)?,
             egress: open_pinned(&pins, names::EGRESS)?,
