@@ -38,6 +38,15 @@ fn a_new_generation_replaces_the_old_one_entirely() {
         assert!(err.to_string().contains("not newer"), "{err}");
         assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::PASS);
         assert_eq!(dp.meta().unwrap().generation, 2);
+        // Routes out of key order (a plan built by hand, not compiled) are
+        // refused before anything changes: the name array and the
+        // incremental diff rely on the order.
+        let mut p3 = fixtures::plan("sc0", 3).compile().unwrap();
+        p3.routes.reverse();
+        let err = dp.install(&p3, false).unwrap_err();
+        assert!(err.to_string().contains("not sorted by key"), "{err}");
+        assert_eq!(dp.test_run(&hv, 1).unwrap().action, action::PASS);
+        assert_eq!(dp.meta().unwrap().generation, 2);
         let c = dp.counters().unwrap();
         assert_eq!(c.reasons[&Reason::NoPlan].packets, 1);
     })
