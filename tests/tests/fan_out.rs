@@ -24,7 +24,12 @@ use integration_tests::{
     shape_plan::{shape_number, shape_plan},
     unique,
 };
-use router_common::{maps::names, mqttsn::TOPIC_SHORT, reason::Reason};
+use router_common::{
+    maps::{name_index, names},
+    mqttsn::TOPIC_SHORT,
+    reason::Reason,
+    topic::topic_key,
+};
 use shardcast_dataplane::{
     AttachOptions, Dataplane, FanoutPath, Mode, RouterConfig, TcAttach, mac_address,
 };
@@ -33,9 +38,22 @@ use shardcast_plan::Plan;
 const MQTTSN: u16 = 1884;
 const COAP: u16 = 5683;
 
+/// A topic name sharing `ab`'s entry in the name array: the array holds
+/// the smaller key's route and the hash map the other's, so one of the two
+/// is found in the hash map by every program that looks it up (the
+/// router, the copy program, the TC fan-out).
+fn sharing_abs_entry() -> String {
+    let ab = name_index(topic_key(b"ab"));
+    (0u32..)
+        .map(|i| format!("z{i}"))
+        .find(|n| name_index(topic_key(n.as_bytes())) == ab)
+        .expect("a name with the same index")
+}
+
 /// 16 shards on `b0` (shard 2 on port 7000, the rest keep the publish's)
 /// and shard 17 on `c0`; `ab` on shards 1-16, `cd` on 9 and 3, `ef` on 3,
-/// 17 and 5 (two egresses).
+/// 17 and 5 (two egresses), and the name sharing `ab`'s name-array entry
+/// on 2 and 17.
 fn plan() -> Plan {
     let shards: Vec<String> = (1..=17)
         .map(|i| {
@@ -50,9 +68,11 @@ fn plan() -> Plan {
     Plan::from_json(&format!(
         r#"{{"generation": 1, "shards": [{}],
             "topics": [{{"name": "ab", "shards": [{}]}}, {{"name": "cd", "shards": [9, 3]}},
-                       {{"name": "ef", "shards": [3, 17, 5]}}]}}"#,
+                       {{"name": "ef", "shards": [3, 17, 5]}},
+                       {{"name": "{}", "shards": [2, 17]}}]}}"#,
         shards.join(","),
-        all.join(",")
+        all.join(","),
+        sharing_abs_entry()
     ))
     .unwrap()
 }
@@ -197,9 +217,9 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
             .map(|i| dump["egress"][i]["broadcast"].as_bool())
             .collect();
         let auto = Some(fanout == FanoutPath::Auto);
-        if ways != [way; 3] || egress_broadcast != [auto, auto] {
+        if ways != [way; 4] || egress_broadcast != [auto, auto] {
             return Err(format!(
-                "maps dump: routes {ways:?} (want {way} three times), egress broadcast {egress_broadcast:?}"
+                "maps dump: routes {ways:?} (want {way} four times), egress broadcast {egress_broadcast:?}"
             ));
         }
         // Each egress's copies, computed with its own source MAC.
@@ -243,6 +263,10 @@ fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), Stri
             (
                 "tagged v6 CoAP to 3 shards on 2 egresses",
                 frame(L3::V6, Some(7), 40001, COAP, &coap("ef")),
+            ),
+            (
+                "v4 CoAP to 2 shards on 2 egresses, its name sharing ab's entry",
+                frame(L3::V4, None, 40001, COAP, &coap(&sharing_abs_entry())),
             ),
         ];
         let mut copies_sent = 0;
