@@ -68,10 +68,10 @@ pub const NAMES_MAP_FLAGS: u32 = BPF_F_MMAPABLE;
 /// (BENCHMARKS.md). Here it is an array lookup and a compare. Each entry
 /// holds the smallest of the plan's name keys with that index; the others
 /// are only in the hash map, and a route held here is not (since layout
-/// v9: half the hash-map inserts of a 100k-route install, BENCHMARKS.md). So a free entry (`key` 0, a key no plan
-/// holds) means no name of the plan has that index: unrouted, without a
-/// hash lookup; an entry holding another key sends the lookup to the hash
-/// map.
+/// v9: half the hash-map inserts of a 100k-route install, BENCHMARKS.md).
+/// So a free entry (`key` 0, a key no plan holds) means no name of the
+/// plan has that index: unrouted, without a hash lookup; an entry holding
+/// another key sends the lookup to the hash map.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NameEntry {

@@ -40,7 +40,7 @@ impl Dataplane {
                 routes.push(kv.map_err(map_err(names::ROUTES))?);
             }
             // The routes the name array holds, which the hash map does not
-            // (see `install::in_name_array`).
+            // (see `install::split_routes`).
             let names_inner: MapData = self.names.get(&active, 0).map_err(map_err(names::NAMES))?;
             let held = batch::TypedMap::<u32, NameEntry>::new(names_inner.fd().as_fd())
                 .and_then(|m| m.lookup())
