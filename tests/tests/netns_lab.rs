@@ -139,6 +139,31 @@ fn each_subscriber_gets_exactly_its_shards_publishes() {
     let n = |r: Reason| c.reasons.get(&r).map_or(0, |c| c.packets);
     assert_eq!(n(Reason::Redirected), 3 * 40, "redirected");
     assert_eq!(n(Reason::NoRoute), 40, "unrouted publishes counted");
+
+    // What `status` says of the installed plan (read without its routes)
+    // agrees with `maps dump` (which reads them all, from the hash map and
+    // the name array).
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut argv = vec!["--json"];
+        argv.extend(args);
+        serde_json::from_str(&lab.ctl_output(&argv).unwrap()).unwrap()
+    };
+    let status = json(&["status"]);
+    let dump = json(&["maps", "dump"]);
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status["shards"], 3, "{status}");
+    assert_eq!(
+        status["routes"].as_u64(),
+        dump["routes"].as_array().map(|r| r.len() as u64),
+        "status {status}\ndump {dump}"
+    );
+    assert!(status["active_slot"].is_u64(), "{status}");
+    assert_eq!(status["active_slot"], dump["active_slot"], "{status}");
+    assert_eq!(
+        status["egress"].as_u64(),
+        dump["egress"].as_array().map(|e| e.len() as u64),
+        "{status}"
+    );
 }
 
 /// A topic on three of four shards, published over both families and

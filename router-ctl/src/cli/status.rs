@@ -176,7 +176,10 @@ pub fn run(g: &Globals, a: StatusArgs) -> Result<()> {
 
 fn once(g: &Globals) -> Result<()> {
     let dp = Dataplane::open(&g.pin_root)?;
-    let s = dp.snapshot()?;
+    // The installed state without its routes: a snapshot would read every
+    // route (a syscall each from the hash map), which status never shows.
+    let meta = dp.meta()?;
+    let config = dp.config()?;
     let c = dp.counters()?;
     let packets = |keep: &dyn Fn(Reason) -> bool| -> u64 {
         c.reasons
@@ -185,7 +188,7 @@ fn once(g: &Globals) -> Result<()> {
             .map(|(_, v)| v.packets)
             .sum()
     };
-    let plan = crate::state::load_plan(&g.state_dir, s.meta.generation);
+    let plan = crate::state::load_plan(&g.state_dir, meta.generation);
     let mut devices_by_shard = std::collections::BTreeMap::new();
     for d in plan.iter().flat_map(|p| &p.devices) {
         *devices_by_shard.entry(d.shard).or_insert(0) += 1;
@@ -206,17 +209,17 @@ fn once(g: &Globals) -> Result<()> {
             .unwrap_or_default(),
         policy: plan.map(|p| p.policy),
         pins: PinPaths::new(&g.pin_root).dir().to_path_buf(),
-        generation: s.meta.generation,
-        installed_unix: s.meta.installed_unix,
-        slot_generations: s.meta.slot_generation,
-        active_slot: s.active_slot,
-        shards: s.meta.shards,
-        routes: s.meta.routes,
-        egress: s.egress.len(),
-        mqttsn_port: s.config.mqttsn_port,
-        coap_port: s.config.coap_port,
-        coap_prefix: s.config.coap_prefix.clone(),
-        group_stats: s.config.group_stats,
+        generation: meta.generation,
+        installed_unix: meta.installed_unix,
+        slot_generations: meta.slot_generation,
+        active_slot: dp.active_slot()? & 1,
+        shards: meta.shards,
+        routes: meta.routes,
+        egress: dp.egress_table().len(),
+        mqttsn_port: config.mqttsn_port,
+        coap_port: config.coap_port,
+        coap_prefix: config.coap_prefix.clone(),
+        group_stats: config.group_stats,
         group_cells_used: cells.0,
         group_cells: cells.1,
         group_reader: match dp.group_iterator_refused() {
