@@ -124,23 +124,32 @@ fn ways_after_adopting(pin_root: &std::path::Path, plan: &Plan) -> Result<Vec<(u
     ways(&adopted)
 }
 
+/// What these tests attach: the router on `ingress` (its TC fan-out too),
+/// with `egresses`.
+fn options(
+    ingress: &str,
+    egresses: &[&str],
+    mode: Mode,
+    tc: TcAttach,
+    fanout: FanoutPath,
+) -> AttachOptions {
+    AttachOptions {
+        object: integration_tests::object(),
+        ingress: vec![ingress.into()],
+        egress: egresses.iter().map(|e| e.to_string()).collect(),
+        mode,
+        tc,
+        fanout,
+        config: RouterConfig::default(),
+    }
+}
+
 /// Attaches the router in the namespace this thread is in, sends each
 /// frame into `a1` and checks what leaves `b0` against the model.
 fn check_copies(tc: TcAttach, fanout: FanoutPath, mode: Mode) -> Result<(), String> {
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
-    let mut dp = Dataplane::attach(
-        &pin_root,
-        &AttachOptions {
-            object: integration_tests::object(),
-            ingress: vec!["a1".into()],
-            egress: vec!["b0".into(), "c0".into()],
-            mode,
-            tc,
-            fanout,
-            config: RouterConfig::default(),
-        },
-    )
-    .map_err(|e| format!("attach: {e}"))?;
+    let mut dp = Dataplane::attach(&pin_root, &options("a1", &["b0", "c0"], mode, tc, fanout))
+        .map_err(|e| format!("attach: {e}"))?;
     // veth hands XDP frames (single-shard redirects, broadcast copies)
     // only to a peer that runs XDP; the TC way sends skbs, which need not.
     if fanout == FanoutPath::Auto {
@@ -386,15 +395,8 @@ fn a_generic_ingress_is_refused_where_routes_broadcast() {
     let ns = lab();
     ns.run(|| {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
-        let opts = |iface: &str, mode| AttachOptions {
-            object: integration_tests::object(),
-            ingress: vec![iface.into()],
-            egress: vec!["b0".into()],
-            mode,
-            tc: TcAttach::Auto,
-            fanout: FanoutPath::Auto,
-            config: RouterConfig::default(),
-        };
+        let opts =
+            |iface: &str, mode| options(iface, &["b0"], mode, TcAttach::Auto, FanoutPath::Auto);
         let dp = Dataplane::attach(&pin_root, &opts("a1", Mode::Driver)).unwrap();
         let broadcasts = dp.broadcasts();
         drop(dp);
@@ -442,15 +444,13 @@ fn with_shapes(
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("scfan")));
         let mut dp = Dataplane::attach(
             &pin_root,
-            &AttachOptions {
-                object: integration_tests::object(),
-                ingress: vec!["a1".into()],
-                egress: egresses.iter().map(|e| e.to_string()).collect(),
-                mode: Mode::Driver,
-                tc: TcAttach::Auto,
-                fanout: FanoutPath::Auto,
-                config: RouterConfig::default(),
-            },
+            &options(
+                "a1",
+                egresses,
+                Mode::Driver,
+                TcAttach::Auto,
+                FanoutPath::Auto,
+            ),
         )
         .unwrap();
         let result = (|| -> Result<(), String> {

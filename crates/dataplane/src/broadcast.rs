@@ -158,7 +158,8 @@ impl Dataplane {
     /// update of `SC_FANOUT` waits out an RCU grace period, so a plan with
     /// a hundred new shapes took a hundred waits one after the other at
     /// its first install; together they overlap (`set_fanout_slots`).
-    pub(crate) fn make_shapes<'a>(&mut self, routes: impl IntoIterator<Item = &'a [u32]>) {
+    /// Nothing is read from `routes` where routes do not broadcast.
+    pub(crate) fn make_shapes(&mut self, routes: impl IntoIterator<Item = Vec<u32>>) {
         if !self.broadcasts() {
             return;
         }
@@ -166,7 +167,7 @@ impl Dataplane {
         let mut new: Vec<Vec<u32>> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for slots in routes {
-            if let Fanout::Shape(shape) = fanout_of(slots, ready)
+            if let Fanout::Shape(shape) = fanout_of(&slots, ready)
                 && !self.shapes.contains_key(&shape)
                 && seen.insert(shape.clone())
             {

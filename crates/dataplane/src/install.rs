@@ -294,6 +294,14 @@ fn split_routes(
     (names, hashed)
 }
 
+/// The egress slots `route`'s shards leave by, one per shard.
+fn egress_slots_of<'a>(
+    route: &'a shardcast_plan::CompiledRoute,
+    shards: &'a [Shard],
+) -> impl Iterator<Item = u32> + 'a {
+    route.shards.iter().map(|&s| shards[s as usize].egress_slot)
+}
+
 /// What an install did and how long it took.
 #[derive(Clone, Debug)]
 pub struct InstallReport {
@@ -455,20 +463,12 @@ impl Dataplane {
         }
         // The device maps of the plan's new multi-egress shapes, made
         // together before the routes name them.
-        if self.broadcasts() {
-            let route_egresses: Vec<Vec<u32>> = plan
-                .routes
+        self.make_shapes(
+            plan.routes
                 .iter()
                 .filter(|r| r.shards.len() >= 2)
-                .map(|r| {
-                    r.shards
-                        .iter()
-                        .map(|&s| shard_values[s as usize].egress_slot)
-                        .collect()
-                })
-                .collect();
-            self.make_shapes(route_egresses.iter().map(Vec::as_slice));
-        }
+                .map(|r| egress_slots_of(r, &shard_values).collect()),
+        );
         ph.mark("egress and shards resolved");
         let old = self.active_slot()? & 1;
         let new = old ^ 1;
@@ -565,11 +565,7 @@ impl Dataplane {
                         0
                     } else {
                         egress_slots.clear();
-                        egress_slots.extend(
-                            r.shards
-                                .iter()
-                                .map(|&s| shard_values[s as usize].egress_slot),
-                        );
+                        egress_slots.extend(egress_slots_of(r, &shard_values));
                         self.route_fanout(&egress_slots)
                     };
                     let v = Route {
