@@ -188,8 +188,14 @@ pub const ROUTES_MAP_FLAGS: u32 = 1;
 
 pub mod names {
     //! Map and program names, as the loader and `bpftool` see them.
+    /// The configuration's pin. In the object it is global data, the
+    /// section [`CONFIG_SECTION`], which the loader makes a map of that
+    /// name.
     pub const CONFIG: &str = "SC_CONFIG";
+    /// The active parity's pin; in the object, [`ACTIVE_SECTION`].
     pub const ACTIVE: &str = "SC_ACTIVE";
+    pub const CONFIG_SECTION: &str = ".bss.sc_config";
+    pub const ACTIVE_SECTION: &str = ".bss.sc_active";
     pub const META: &str = "SC_META";
     pub const ROUTES: &str = "SC_ROUTES";
     pub const IDS: &str = "SC_IDS";

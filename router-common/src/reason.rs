@@ -76,7 +76,10 @@ reasons! {
     ZeroChecksumV6 = 21 => "zero_checksum_v6",
     /// The shard's egress is missing from the egress device map.
     EgressMissing = 22 => "egress_missing",
-    /// The router is not configured (no CONFIG entry).
+    /// A per-CPU working entry (scratch, CoAP window, fan-out sequence)
+    /// could not be read. (The configuration itself, global data, is
+    /// always there: zeroed until `attach` writes it, when no port matches
+    /// and frames count as `other_port`.)
     NoConfig = 23 => "no_config",
     /// CoAP message whose options (or payload marker) run past the first
     /// `coap::WINDOW` bytes, the part the XDP program copies out and

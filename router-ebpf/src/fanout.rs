@@ -43,7 +43,7 @@ use router_common::{
 
 use crate::{
     counters::count,
-    maps::{self, SC_ACTIVE, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_SHARDS},
+    maps::{self, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_SHARDS},
     packet::{ETH_HLEN, Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word},
 };
 
@@ -225,7 +225,7 @@ pub(crate) fn fan_out(ctx: &TcContext) -> i32 {
 /// last, and checks 16 turns, not 2^16 paths.
 #[inline(always)]
 fn send_copies(ctx: &TcContext, m: &FanoutMeta, frame_len: u64) -> Result<i32, Reason> {
-    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+    let parity = maps::active_parity();
     let route = route_of(m, parity)?;
     let shards = SC_SHARDS.get(parity).ok_or(Reason::NoPlan)?;
     let o = original(ctx)?;

@@ -19,10 +19,50 @@ use router_common::{
 
 use crate::packet::{Scratch, Window};
 
-#[btf_map]
-pub(crate) static SC_CONFIG: Array<Config, 1> = Array::new();
-#[btf_map]
-pub(crate) static SC_ACTIVE: Array<u32, 1> = Array::new();
+/// The router's configuration, as global data in a section of its own
+/// (`.bss.sc_config`, which the loader makes a one-entry array holding
+/// just this value and the control plane pins as `SC_CONFIG`): the program
+/// finds it with one instruction, where an array map took a lookup (its
+/// key through the stack, a bounds check, a null check) and, a call to
+/// LLVM, the spilling of every register live across it. All zeroes until
+/// the control plane writes it (port 0 matches no frame: everything is
+/// passed up, counted `other_port`, as a zeroed map entry was). Read
+/// through [`config`] only.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.sc_config")]
+static mut SC_CONFIG: Config = unsafe { core::mem::zeroed() };
+/// The active generation's parity (`router_common::maps`), global data the
+/// same way (`.bss.sc_active`, pinned as `SC_ACTIVE`), flipped by the
+/// control plane with one 4-byte write. Read through [`active_parity`].
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.sc_active")]
+static mut SC_ACTIVE: u32 = 0;
+
+/// The configuration. The address goes through an empty `asm!` so that
+/// LLVM, which sees a global no code of this object writes, cannot fold
+/// its reads into the zeroes it starts with.
+#[inline(always)]
+pub(crate) fn config() -> &'static Config {
+    let mut p: *const Config = &raw const SC_CONFIG;
+    // SAFETY: an empty instruction sequence that only launders `p`.
+    unsafe {
+        core::arch::asm!(
+            "/* {p} */",
+            p = inout(reg) p,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+        &*p
+    }
+}
+
+/// The active generation's parity (0 or 1), one load.
+#[inline(always)]
+pub(crate) fn active_parity() -> u32 {
+    // SAFETY: an aligned 4-byte load of our own global, which only the
+    // control plane writes (a whole 4-byte value). Volatile, so LLVM keeps
+    // the load (see [`config`]).
+    unsafe { core::ptr::read_volatile(&raw const SC_ACTIVE) & 1 }
+}
 #[btf_map]
 pub(crate) static SC_META: Array<Meta, 1> = Array::new();
 #[btf_map]

@@ -322,30 +322,39 @@ pub fn payload_fits(ctx: &XdpContext, off: usize, len: usize) -> bool {
 }
 
 /// The packet byte at `off`, if the frame holds it.
+///
+/// The check and the read are assembly, in the one form the verifier
+/// derives the byte's bounds from (`p + 1 > end`). Written in Rust, LLVM
+/// may rewrite the check as `p >= end`, from which the verifier derives no
+/// range for a pointer at fixed offset 0, or merge it with earlier checks;
+/// whether it does depends on the code around the call, and when it does
+/// the program no longer loads.
 #[inline(always)]
-fn byte_at(ctx: &XdpContext, off: usize) -> Option<u8> {
-    // Volatile reads of data/data_end: LLVM would otherwise merge this
-    // check with earlier ones, in a form the verifier cannot follow.
-    // SAFETY: `ctx.ctx` is the program's live context.
-    let (data, end) = unsafe {
-        (
-            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
-            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
-        )
-    };
-    let p = data + off;
-    // LLVM rewrites `p + 1 > end` as `p >= end`, from which the verifier
-    // derives no range for a pointer at fixed offset 0. A 1 read through
-    // a volatile stack slot is opaque to LLVM but a known constant to the
-    // verifier, so the check reaches it in the form it understands.
-    let one = 1usize;
-    // SAFETY: reading a local.
-    let one = unsafe { core::ptr::read_volatile(&one) };
-    if p + one > end {
-        return None;
+pub(crate) fn byte_at(ctx: &XdpContext, off: usize) -> Option<u8> {
+    let p = ctx.data() + off;
+    let end = ctx.data_end();
+    let v: u64;
+    // SAFETY: reads the byte at `p` only when `p + 1 <= end`, i.e. inside
+    // the frame, and touches no other memory. 256: not in the frame.
+    unsafe {
+        core::arch::asm!(
+            "{v} = 256",
+            "{t} = {p}",
+            "{t} += 1",
+            "if {t} > {e} goto +1",
+            "{v} = *(u8 *)({p} + 0)",
+            p = in(reg) p,
+            e = in(reg) end,
+            t = out(reg) _,
+            v = out(reg) v,
+            options(nostack, readonly, preserves_flags),
+        );
     }
-    // SAFETY: `p` is within [data, data_end) as checked just above.
-    Some(unsafe { *(p as *const u8) })
+    if v > u8::MAX as u64 {
+        None
+    } else {
+        Some(v as u8)
+    }
 }
 
 /// The first [`mqttsn::HEADER_READ`] bytes of the `len`-byte payload at

@@ -17,7 +17,7 @@ use router_common::{
 use crate::{
     counters::{self, count, count_unrouted},
     fanout, fast,
-    maps::{self, SC_ACTIVE, SC_COAP_WINDOW, SC_CONFIG, SC_EGRESS, SC_FANOUT, SC_IDS, SC_SCRATCH},
+    maps::{self, SC_COAP_WINDOW, SC_EGRESS, SC_FANOUT, SC_IDS, SC_SCRATCH},
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
@@ -33,10 +33,7 @@ const IPPROTO_UDP: u8 = 17;
 /// ([`fast`]), anything it leaves untouched then the general path.
 #[inline(always)]
 pub(crate) fn route(ctx: &XdpContext) -> u32 {
-    let Some(cfg) = SC_CONFIG.get(0) else {
-        count(Reason::NoConfig, (ctx.data_end() - ctx.data()) as u64);
-        return xdp_action::XDP_PASS;
-    };
+    let cfg = maps::config();
     if let Some(action) = fast::publish(ctx, cfg) {
         return action;
     }
@@ -81,7 +78,7 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
     }
 
     // The plan: one parity for every lookup, read once.
-    let parity = *SC_ACTIVE.get(0).ok_or(Reason::NoPlan)? & 1;
+    let parity = maps::active_parity();
 
     // L7: the shared parsers, then the route. Each protocol looks its route
     // up in its own branch (an enum carried out of the branches leaves the

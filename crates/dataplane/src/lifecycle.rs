@@ -232,8 +232,8 @@ impl Dataplane {
         let (shards, raw_shards): (ArrayOfMaps<MapData, ShardsMap>, _) =
             take_raw(&mut ebpf, names::SHARDS, p)?;
         let mut dp = Dataplane {
-            config: take(&mut ebpf, names::CONFIG, p)?,
-            active: take(&mut ebpf, names::ACTIVE, p)?,
+            config: take_global(&mut ebpf, names::CONFIG_SECTION, names::CONFIG, p)?,
+            active: take_global(&mut ebpf, names::ACTIVE_SECTION, names::ACTIVE, p)?,
             meta: take(&mut ebpf, names::META, p)?,
             routes,
             shards,

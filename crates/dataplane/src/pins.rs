@@ -114,9 +114,37 @@ pub(crate) fn take<T: TryFrom<Map, Error = MapError>>(
     name: &'static str,
     pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
 ) -> Result<T> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::PinMismatch {
+    take_as(ebpf, name, name, pin)
+}
+
+/// [`take`] for global data: the section `section` (a map of that name in
+/// the object) pinned as `name`. An object built before the value became
+/// global data (one the bench times beside this build) has a map `name`
+/// instead, of the same type and size, and that is taken.
+pub(crate) fn take_global<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    section: &'static str,
+    name: &'static str,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<T> {
+    let from = if ebpf.map(section).is_some() {
+        section
+    } else {
+        name
+    };
+    take_as(ebpf, from, name, pin)
+}
+
+/// Takes the object's map `from`, pinned as `name`.
+fn take_as<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    from: &'static str,
+    name: &'static str,
+    pin: &mut Option<(&PinPaths, &mut Vec<PathBuf>)>,
+) -> Result<T> {
+    let map = ebpf.take_map(from).ok_or(DataplaneError::PinMismatch {
         name,
-        reason: "missing from the eBPF object".into(),
+        reason: format!("{from} missing from the eBPF object"),
     })?;
     if let Some((pins, created)) = pin {
         let path = pins.map(name);
