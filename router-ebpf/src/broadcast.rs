@@ -33,7 +33,7 @@ use crate::{
     counters::count,
     fanout,
     maps::{SC_EGRESS_IF, SC_FANOUT_SEQ, SC_SHARDS},
-    packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at},
+    packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at, word},
     rewrite,
 };
 
@@ -51,7 +51,7 @@ pub(crate) fn copy(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: `META` bytes of metadata, checked above.
-    let m: FanoutMeta = unsafe { core::ptr::read_unaligned(meta as *const FanoutMeta) };
+    let m = unsafe { fanout::read_meta(meta as *const u8) };
     if m.magic != FANOUT_MAGIC {
         return xdp_action::XDP_PASS;
     }
@@ -60,7 +60,7 @@ pub(crate) fn copy(ctx: &XdpContext) -> u32 {
     // A store, not `bpf_xdp_adjust_meta` (a helper call that would also
     // invalidate every packet pointer); a NIC does not send metadata.
     // SAFETY: within the metadata checked above.
-    unsafe { core::ptr::write_unaligned(meta as *mut u32, 0) };
+    unsafe { word::store32_at::<{ fanout::META_MAGIC }>(meta as *mut u8, 0) };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     match rewrite_copy(ctx, &m) {
         Ok(()) => {
