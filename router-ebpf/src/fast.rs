@@ -158,7 +158,8 @@ fn datagram(
     if !packet::payload_fits(ctx, payload, payload_len) {
         return Ok(None);
     }
-    let parity = maps::active_parity();
+    // The generation's parity is read in each branch just before its
+    // lookup: read up here, it lived on the stack across the parse.
     let route = if dport == cfg.mqttsn_port {
         // The long length form (messages over 255 bytes) takes the
         // general path; without it the parser's offsets are constants.
@@ -173,7 +174,7 @@ fn datagram(
         let Ok(publish) = mqttsn::parse_publish_after_length(&head, word as u8 as usize, 1) else {
             return Ok(None);
         };
-        let Some(ids) = SC_IDS.get(parity) else {
+        let Some(ids) = SC_IDS.get(maps::active_parity()) else {
             return Ok(None);
         };
         // A zeroed entry: the plan has no route for this id. The key (a
@@ -189,7 +190,7 @@ fn datagram(
         let Some(key) = coap_fast::publish_key(&msg, payload_len, &cfg.prefix_start) else {
             return Ok(None);
         };
-        match maps::route_by_name(parity, key) {
+        match maps::route_by_name(maps::active_parity(), key) {
             Ok(Some(route)) => route,
             Ok(None) => return unrouted(ctx, &key),
             Err(_) => return Ok(None),
