@@ -121,10 +121,9 @@ pub(crate) struct Written {
     /// The slot's MQTT-SN id array and what this process wrote there.
     pub(crate) ids: DirectArray<Route>,
     pub(crate) id_entries: StdHashMap<u32, Route>,
-    /// The slot's name array and what this process wrote there (one entry
-    /// per index, zero where free).
+    /// The slot's name array (what it holds is read back from the shared
+    /// mapping, see [`DirectArray::write_dense`]).
     pub(crate) names: DirectArray<NameEntry>,
-    pub(crate) name_entries: Vec<NameEntry>,
 }
 
 /// Routes for the hash map, sorted by key (as the plan's are), keys and
@@ -218,13 +217,15 @@ impl<T: aya::Pod + Default + PartialEq> DirectArray<T> {
     }
 
     /// Makes the array hold `want` (one value per index, from 0), writing
-    /// only what differs from `prev`, what this process last wrote here
-    /// (`None`: a fresh, zeroed array). Returns how many entries it wrote.
-    pub(crate) fn write_dense(&mut self, want: &[T], prev: Option<&[T]>) -> usize {
+    /// only the entries that differ from what it holds: read back from the
+    /// shared mapping, or, for a `fresh` array, known to be zero (not read).
+    /// Returns how many entries it wrote.
+    pub(crate) fn write_dense(&mut self, want: &[T], fresh: bool) -> usize {
         let zero = T::default();
         let mut n = 0;
         for (i, v) in want.iter().enumerate() {
-            if *v != *prev.and_then(|p| p.get(i)).unwrap_or(&zero) {
+            let held = if fresh { zero } else { self.mem.get(i) };
+            if *v != held {
                 self.mem.set(i, *v);
                 n += 1;
             }
@@ -526,7 +527,7 @@ impl Dataplane {
             self.raw_names.fd().as_fd().try_clone_to_owned()?,
             self.raw_shards.fd().as_fd().try_clone_to_owned()?,
         ];
-        let (routes, capacity, changed, hashed, ids, id_entries, names_array, name_entries) =
+        let (routes, capacity, changed, hashed, ids, id_entries, names_array) =
             std::thread::scope(|scope| -> Result<_> {
                 // Puts `inner` into the idle slot of outer map `which` on a
                 // thread (the scope joins it before the flip, whatever
@@ -586,7 +587,7 @@ impl Dataplane {
                 let (routes, capacity, changed, ids, names_array) = if reuse {
                     let mut w = self.written[new as usize].take().expect("checked above");
                     let id_changed = w.ids.write(&id_entries, Some(&w.id_entries));
-                    let name_changed = w.names.write_dense(&name_entries, Some(&w.name_entries));
+                    let name_changed = w.names.write_dense(&name_entries, false);
                     let (write, gone) = diff_hashed(&w.hashed, &hashed);
                     // Deletions first: the map never holds more than the
                     // larger of the two generations.
@@ -618,7 +619,7 @@ impl Dataplane {
                         "map creation",
                     )??;
                     placed.push(place(2, &names_array.map, names::NAMES));
-                    names_array.write_dense(&name_entries, None);
+                    names_array.write_dense(&name_entries, true);
                     ph.mark("fresh maps ready and placed");
                     // Two writers, one per core: the kernel locks per bucket.
                     let half = hashed.keys.len() / 2;
@@ -646,7 +647,6 @@ impl Dataplane {
                     ids,
                     id_entries,
                     names_array,
-                    name_entries,
                 ))
             })?;
         // Devices first, so that once the generation is visible its devices
@@ -731,7 +731,6 @@ impl Dataplane {
                 ids,
                 id_entries,
                 names: names_array,
-                name_entries,
             });
         }
         Ok(InstallReport {
