@@ -30,6 +30,20 @@ pub mod rawsock;
 pub mod shape_plan;
 pub mod xdp;
 
+/// `n` topic names `<prefix><i>` (i = 0, 1, ...) whose key takes the same
+/// entry of the direct-mapped name array as `name`'s (`name` itself is
+/// not among them, unless it has that form): names the array cannot all
+/// hold, so that some are found through the route hash map.
+pub fn names_sharing_entry_of(name: &str, prefix: &str, n: usize) -> Vec<String> {
+    use router_common::{maps::name_index, topic::topic_key};
+    let index = name_index(topic_key(name.as_bytes()));
+    (0u32..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|c| c != name && name_index(topic_key(c.as_bytes())) == index)
+        .take(n)
+        .collect()
+}
+
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.
 pub fn object() -> PathBuf {
     std::env::var_os("SHARDCAST_OBJECT")

@@ -24,12 +24,7 @@ use integration_tests::{
     shape_plan::{shape_number, shape_plan},
     unique,
 };
-use router_common::{
-    maps::{name_index, names},
-    mqttsn::TOPIC_SHORT,
-    reason::Reason,
-    topic::topic_key,
-};
+use router_common::{maps::names, mqttsn::TOPIC_SHORT, reason::Reason};
 use shardcast_dataplane::{
     AttachOptions, Dataplane, FanoutPath, Mode, RouterConfig, TcAttach, mac_address,
 };
@@ -43,11 +38,7 @@ const COAP: u16 = 5683;
 /// is found in the hash map by every program that looks it up (the
 /// router, the copy program, the TC fan-out).
 fn sharing_abs_entry() -> String {
-    let ab = name_index(topic_key(b"ab"));
-    (0u32..)
-        .map(|i| format!("z{i}"))
-        .find(|n| name_index(topic_key(n.as_bytes())) == ab)
-        .expect("a name with the same index")
+    integration_tests::names_sharing_entry_of("ab", "z", 1).remove(0)
 }
 
 /// 16 shards on `b0` (shard 2 on port 7000, the rest keep the publish's)

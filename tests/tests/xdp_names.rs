@@ -25,26 +25,16 @@ use shardcast_plan::Plan;
 /// smallest holds the entry when routed), and one whose entry none of them
 /// has.
 fn colliding_names() -> ([String; 3], String) {
-    let first = "n/0".to_string();
-    let index = name_index(topic_key(first.as_bytes()));
-    let mut same = vec![first];
-    let mut other = None;
-    for i in 1u32.. {
-        let name = format!("n/{i}");
-        if name_index(topic_key(name.as_bytes())) == index {
-            same.push(name);
-        } else if other.is_none() {
-            other = Some(name);
-        }
-        if same.len() == 3 {
-            break;
-        }
-    }
+    let first = "n/0";
+    let mut same = integration_tests::names_sharing_entry_of(first, "n/", 2);
+    same.push(first.into());
     same.sort_by_key(|n| topic_key(n.as_bytes()));
-    (
-        same.try_into().expect("three names"),
-        other.expect("a name elsewhere"),
-    )
+    let index = name_index(topic_key(first.as_bytes()));
+    let other = (1u32..)
+        .map(|i| format!("n/{i}"))
+        .find(|n| name_index(topic_key(n.as_bytes())) != index)
+        .expect("a name elsewhere");
+    (same.try_into().expect("three names"), other)
 }
 
 /// A plan of three IPv4 shards on `sc0` and `topics` (name, shard id).
