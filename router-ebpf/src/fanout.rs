@@ -26,7 +26,7 @@
 //! bytes.
 
 use aya_ebpf::{
-    bindings::{BPF_F_BROADCAST, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_BROADCAST, TC_ACT_OK, TC_ACT_SHOT, xdp_action, xdp_md},
     btf_maps::DevMap,
     helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
@@ -42,10 +42,123 @@ use router_common::{
 };
 
 use crate::{
-    counters::count,
-    maps::{self, SC_EGRESS_IF, SC_FANOUT_SEQ, SC_IDS, SC_SHARDS},
+    counters::{self, count},
+    maps::{self, SC_EGRESS_IF, SC_FANOUT, SC_FANOUT_SEQ, SC_IDS, SC_SHARDS},
     packet::{ETH_HLEN, Ipv4Hdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, ptr_at, word},
 };
+
+/// A multi-shard publish, from whichever path found its route (the fast
+/// path or the general one): counted as routed, then handed off
+/// ([`hand_off`]) by broadcast where the route names a device map whose
+/// first egress is still there, else to the TC program. `l3` and
+/// `tagged`: where the frame's headers are; `kind` and `key`: the
+/// route's identity for the copies; `parity`: the generation `route`
+/// came from, which the copies follow. Returns the verdict; a refusal is
+/// counted by reason and the frame passed up.
+#[inline(always)]
+pub(crate) fn multi_shard(
+    ctx: &XdpContext,
+    l3: L3,
+    tagged: bool,
+    route: &Route,
+    kind: u16,
+    key: u64,
+    parity: u32,
+) -> u32 {
+    let at = At::pack(l3, tagged);
+    multi_shard_call(ctx.ctx, route, at, key, kind as u64 | (parity as u64) << 16) as u32
+}
+
+/// [`multi_shard`] as a BPF function of its own, so that the fast path
+/// can call it (where it would otherwise be inlined once per family and
+/// protocol) and a multi-shard publish is parsed once: the fast path used
+/// to leave it to the general path, which parsed the frame again from
+/// the start. A call takes five arguments: the headers' place goes as one
+/// scalar ([`At`]), the kind and the parity as another (the parity from
+/// bit 16).
+#[inline(never)]
+fn multi_shard_call(raw: *mut xdp_md, route: &Route, at: u64, key: u64, kind_parity: u64) -> u64 {
+    let ctx = XdpContext::new(raw);
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    match multi_shard_inner(&ctx, route, At(at), key, kind_parity, frame_len) {
+        Ok(action) => action as u64,
+        Err(reason) => {
+            count(reason, frame_len);
+            xdp_action::XDP_PASS as u64
+        }
+    }
+}
+
+#[inline(always)]
+fn multi_shard_inner(
+    ctx: &XdpContext,
+    route: &Route,
+    at: At,
+    key: u64,
+    kind_parity: u64,
+    frame_len: u64,
+) -> Result<u32, Reason> {
+    let (l3, tagged) = at.unpack()?;
+    let l4_off = match l3 {
+        L3::V4 { off, ihl } => off + ihl,
+        L3::V6 { off } => off + Ipv6Hdr::LEN,
+    };
+    let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+    counters::routed(ctx, maps::config(), l3, route.stats_slot, frame_len);
+    let broadcast = match route.fanout {
+        0 => None,
+        n => SC_FANOUT.get(n as u32 - 1),
+    }
+    // An egress gone (the kernel empties its device-map entries): the TC
+    // way counts each copy it cannot send. (Only the first entry is
+    // checked: of a route over several egresses, the copies to another
+    // that vanished are not sent, uncounted.)
+    .filter(|m| m.get_ifindex(0).is_some());
+    hand_off(
+        ctx,
+        l3,
+        tagged,
+        udp,
+        kind_parity as u16,
+        key,
+        (kind_parity >> 16) as u32 & 1,
+        frame_len,
+        broadcast,
+    )
+}
+
+/// Where a frame's headers are, as one scalar: bit 0 set for IPv6, bit 1
+/// for a VLAN tag, the IP header's offset in bits 8-15 and the IPv4
+/// header's length in bits 16-23.
+#[derive(Clone, Copy)]
+struct At(u64);
+
+impl At {
+    #[inline(always)]
+    fn pack(l3: L3, tagged: bool) -> u64 {
+        let t = (tagged as u64) << 1;
+        match l3 {
+            L3::V4 { off, ihl } => t | (off as u64) << 8 | (ihl as u64) << 16,
+            L3::V6 { off } => 1 | t | (off as u64) << 8,
+        }
+    }
+
+    /// Bounded again, so that the verifier can follow the offsets.
+    #[inline(always)]
+    fn unpack(self) -> Result<(L3, bool), Reason> {
+        let off = (self.0 >> 8) as usize & 0xff;
+        let ihl = (self.0 >> 16) as usize & 0xff;
+        if off > ETH_HLEN + VLAN_HLEN || ihl > 60 {
+            return Err(Reason::Truncated);
+        }
+        let l3 = if self.0 & 1 != 0 {
+            L3::V6 { off }
+        } else {
+            L3::V4 { off, ihl }
+        };
+        Ok((l3, self.0 & 2 != 0))
+    }
+}
 
 /// XDP side: hands a multi-shard publish to the copy program by a
 /// broadcast into `broadcast` (the route's device map), or without one to
@@ -54,7 +167,7 @@ use crate::{
 /// untouched, as on the single-shard path.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn hand_off(
+fn hand_off(
     ctx: &XdpContext,
     l3: L3,
     tagged: bool,

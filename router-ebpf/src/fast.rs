@@ -1,8 +1,10 @@
 //! The fast path: an untagged IPv4 frame without options, or an untagged
 //! IPv6 frame without extension headers, carrying an MQTT-SN PUBLISH
-//! (short length form) or a CoAP NON publish of the usual shape (below)
-//! whose route names one shard, or that the plan does not route: the
-//! most common frames a router of sensors sees.
+//! (short length form) or a CoAP NON publish of the usual shape (below):
+//! the most common frames a router of sensors sees. A route to one shard
+//! it finishes itself; a route to several it hands off from here
+//! (`fanout::multi_shard`, which the general path calls too), so such a
+//! publish is parsed once; a publish the plan does not route it counts.
 //!
 //! Every header sits at a fixed offset, so the shared helpers (the
 //! MQTT-SN parser, the counters, the rewrite) are inlined here with
@@ -10,7 +12,7 @@
 //! registers or on the stack; a CoAP message is read in place, without
 //! the general path's copy into a per-CPU window. It decides nothing on
 //! its own: any frame it does not finish (another shape, a check that
-//! fails, a route with no shard or several, a missing egress) it leaves
+//! fails, a route with no shard, a missing egress) it leaves
 //! exactly as it found it, uncounted, and
 //! [`route`](crate::route::route) takes it from the start. What it
 //! finishes, it finishes exactly as that path would: the same counters,
@@ -23,7 +25,7 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect_map, programs::XdpContext};
 use router_common::{
     coap_fast::{self, InPlace},
-    maps::{Config, SHARD_HAS_V4, SHARD_HAS_V6},
+    maps::{Config, FANOUT_BY_ID, FANOUT_BY_NAME, SHARD_HAS_V4, SHARD_HAS_V6},
     mqttsn,
     payload::Head,
     reason::Reason,
@@ -32,6 +34,7 @@ use router_common::{
 
 use crate::{
     counters::{self, count},
+    fanout,
     maps::{self, SC_EGRESS, SC_IDS},
     packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, word},
     rewrite,
@@ -174,23 +177,49 @@ fn datagram(
         let Ok(publish) = mqttsn::parse_publish_after_length(&head, word as u8 as usize, 1) else {
             return Ok(None);
         };
-        let Some(ids) = SC_IDS.get(maps::active_parity()) else {
+        let parity = maps::active_parity();
+        let Some(ids) = SC_IDS.get(parity) else {
             return Ok(None);
         };
         // A zeroed entry: the plan has no route for this id. The key (a
         // hash of the id) is computed only then: a routed publish needs
         // none, and computed beside the lookup it cost every publish
         // three multiplications.
-        match ids.get(publish.id_index()).filter(|r| r.shard_count != 0) {
-            Some(route) => route,
-            None => return unrouted(ctx, &publish.key()),
+        let index = publish.id_index();
+        let Some(route) = ids.get(index).filter(|r| r.shard_count != 0) else {
+            return unrouted(ctx, &publish.key());
+        };
+        if route.shard_count != 1 {
+            return Ok(Some(fanout::multi_shard(
+                ctx,
+                l3,
+                false,
+                route,
+                FANOUT_BY_ID,
+                index as u64,
+                parity,
+            )));
         }
+        route
     } else if dport == cfg.coap_port {
         let msg = InFrame { ctx, at: payload };
         let Some(key) = coap_fast::publish_key(&msg, payload_len, &cfg.prefix_start) else {
             return Ok(None);
         };
-        match maps::route_by_name(maps::active_parity(), key) {
+        let parity = maps::active_parity();
+        match maps::route_by_name(parity, key) {
+            // A route without shards is the general path's to count.
+            Ok(Some(route)) if route.shard_count > 1 => {
+                return Ok(Some(fanout::multi_shard(
+                    ctx,
+                    l3,
+                    false,
+                    route,
+                    FANOUT_BY_NAME,
+                    key.hash,
+                    parity,
+                )));
+            }
             Ok(Some(route)) => route,
             Ok(None) => return unrouted(ctx, &key),
             Err(_) => return Ok(None),

@@ -17,7 +17,7 @@ use router_common::{
 use crate::{
     counters::{self, count, count_unrouted},
     fanout, fast,
-    maps::{self, SC_COAP_WINDOW, SC_EGRESS, SC_FANOUT, SC_IDS, SC_SCRATCH},
+    maps::{self, SC_COAP_WINDOW, SC_EGRESS, SC_IDS, SC_SCRATCH},
     packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
@@ -111,31 +111,21 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
         return Err(Reason::OtherPort);
     };
     let route: &Route = route;
+    // One copy per shard: by broadcast where the route names a device map,
+    // else by the fan-out program at TC ingress.
+    if route.shard_count > 1 {
+        return Ok(fanout::multi_shard(
+            ctx, l3, tagged, route, kind, key, parity,
+        ));
+    }
     let l4_off = match l3 {
         L3::V4 { off, ihl } => off + ihl,
         L3::V6 { off } => off + Ipv6Hdr::LEN,
     };
     let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
     counters::routed(ctx, cfg, l3, route.stats_slot, frame_len);
-    match route.shard_count {
-        1 => {}
-        0 => return Err(Reason::NoRoute),
-        // One copy per shard: by broadcast where the route names a device
-        // map, else by the fan-out program at TC ingress.
-        _ => {
-            let broadcast = match route.fanout {
-                0 => None,
-                n => SC_FANOUT.get(n as u32 - 1),
-            }
-            // An egress gone (the kernel empties its device-map entries):
-            // the TC way counts each copy it cannot send. (Only the first
-            // entry is checked: of a route over several egresses, the
-            // copies to another that vanished are not sent, uncounted.)
-            .filter(|m| m.get_ifindex(0).is_some());
-            return fanout::hand_off(
-                ctx, l3, tagged, udp, kind, key, parity, frame_len, broadcast,
-            );
-        }
+    if route.shard_count == 0 {
+        return Err(Reason::NoRoute);
     }
     // The route's copy of its shard: no second lookup (see `Route`).
     let shard: &Shard = &route.first;

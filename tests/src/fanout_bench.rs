@@ -1,6 +1,7 @@
 //! The fan-out benchmark (`SHARDCAST_BENCH=fanout cargo xtask bench`): what
 //! a publish routed to k = 1, 2, 4, 8, 16 shards (on one egress, and half
-//! on each of two) costs on the live path, by
+//! on each of two; MQTT-SN, and CoAP at k = 1 and 4) costs on the live
+//! path, by
 //! each way a multi-shard publish leaves (the TC fan-out program, an XDP
 //! broadcast with the copy program), side by side in every round,
 //! from the kernel's own accounting of each program's run time
@@ -19,7 +20,8 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Result, bail};
 use router_common::{
-    build::{mqttsn_publish, qos0},
+    build::{coap_request, mqttsn_publish, qos0},
+    coap,
     maps::{LAYOUT_VERSION, names},
     mqttsn::TOPIC_SHORT,
 };
@@ -32,20 +34,26 @@ use crate::{
     rawsock, unique,
 };
 
-/// Fan-outs measured: (shards, topic, over two egresses). On one egress
-/// the topic goes to shards 1..=k (on `b0`); over two, half to shards
-/// 1.. (on `b0`), half to shards 17.. (on `c0`).
-const FANOUTS: [(u32, &str, bool); 9] = [
-    (1, "01", false),
-    (2, "02", false),
-    (4, "04", false),
-    (8, "08", false),
-    (16, "16", false),
-    (2, "x2", true),
-    (4, "x4", true),
-    (8, "x8", true),
-    (16, "xg", true),
+/// Fan-outs measured: (shards, topic, over two egresses, as CoAP). On
+/// one egress the topic goes to shards 1..=k (on `b0`); over two, half to
+/// shards 1.. (on `b0`), half to shards 17.. (on `c0`). Publishes are
+/// MQTT-SN (short topic), or CoAP to `ps/data/<topic>` (a 2-byte token, a
+/// Content-Format option): the same topics, whose parse costs more.
+const FANOUTS: [(u32, &str, bool, bool); 11] = [
+    (1, "01", false, false),
+    (2, "02", false, false),
+    (4, "04", false, false),
+    (8, "08", false, false),
+    (16, "16", false, false),
+    (2, "x2", true, false),
+    (4, "x4", true, false),
+    (8, "x8", true, false),
+    (16, "xg", true, false),
+    (1, "01", false, true),
+    (4, "04", false, true),
 ];
+/// The 21-byte payload of every publish.
+const PAYLOAD: &[u8; 21] = b"21-byte payload......";
 /// Frames per fan-out per round.
 const FRAMES: usize = 20_000;
 /// The two ways a multi-shard publish leaves, measured side by side.
@@ -58,28 +66,46 @@ struct Progs {
     copy: PathBuf,
 }
 
-/// Sends `FRAMES` publishes of topic `k` (routed to k shards); returns XDP
-/// ns per publish, the fan-out (TC) or copy programs' ns per publish, and
-/// the sender's wall ns per publish.
+/// Sends `FRAMES` publishes of topic `name` (as CoAP if `coap`); returns
+/// XDP ns per publish, the fan-out (TC) or copy programs' ns per publish,
+/// and the sender's wall ns per publish.
 fn send(
     tx: &std::os::fd::OwnedFd,
     progs: &Progs,
     path: FanoutPath,
     name: &str,
+    coap: bool,
 ) -> Result<[f64; 3]> {
-    let f = frame(
-        L3::V4,
-        None,
-        40000,
-        1884,
-        &mqttsn_publish(
-            false,
-            qos0(TOPIC_SHORT),
-            name.as_bytes().try_into().expect("two bytes"),
-            0,
-            b"21-byte payload......",
-        ),
-    );
+    let f = if coap {
+        frame(
+            L3::V4,
+            None,
+            40001,
+            5683,
+            &coap_request(
+                coap::TYPE_NON,
+                coap::CODE_PUT,
+                7,
+                &[0x5c, 0x01],
+                &["ps", "data", name],
+                PAYLOAD,
+            ),
+        )
+    } else {
+        frame(
+            L3::V4,
+            None,
+            40000,
+            1884,
+            &mqttsn_publish(
+                false,
+                qos0(TOPIC_SHORT),
+                name.as_bytes().try_into().expect("two bytes"),
+                0,
+                PAYLOAD,
+            ),
+        )
+    };
     // The copy program also runs on single-shard frames (it passes them):
     // its time counts for every way that uses it.
     let copy_prog = match path {
@@ -144,9 +170,11 @@ fn run(rounds: usize) -> Result<String> {
                 )
             })
             .collect();
+        // The CoAP rows publish to the MQTT-SN rows' topics.
         let topics: Vec<String> = FANOUTS
             .iter()
-            .map(|&(k, name, two)| {
+            .filter(|f| !f.3)
+            .map(|&(k, name, two, _)| {
                 let ids: Vec<u32> = if two {
                     (1..=k / 2).chain(17..17 + k / 2).collect()
                 } else {
@@ -188,8 +216,8 @@ fn run(rounds: usize) -> Result<String> {
                 dp.set_fanout_path(*path);
                 generation += 1;
                 dp.install(&Plan::from_json(&plan_json(generation))?.compile()?, false)?;
-                for (i, &(_, name, _)) in FANOUTS.iter().enumerate() {
-                    let s = send(&tx, &progs, *path, name)?;
+                for (i, &(_, name, _, coap)) in FANOUTS.iter().enumerate() {
+                    let s = send(&tx, &progs, *path, name, coap)?;
                     for (j, v) in s.into_iter().enumerate() {
                         samples[w][i][j].push(v);
                     }
@@ -198,27 +226,35 @@ fn run(rounds: usize) -> Result<String> {
         }
         let c = dp.counters()?;
         let copies = c.reasons[&router_common::reason::Reason::Redirected].packets;
-        let want: u64 = FANOUTS.iter().map(|&(k, ..)| k as u64).sum::<u64>()
-            * (FRAMES * rounds * ways.len()) as u64;
+        let want: u64 =
+            FANOUTS.iter().map(|f| f.0 as u64).sum::<u64>() * (FRAMES * rounds * ways.len()) as u64;
         if copies != want {
             bail!("{copies} copies counted, {want} sent for");
         }
         let cpu = cpu_model();
-        let base = median(samples[0][0][0].clone());
+        // Each protocol's rows against its own single-shard publish.
+        let base = |coap: bool| {
+            let i = FANOUTS
+                .iter()
+                .position(|f| f.0 == 1 && f.3 == coap)
+                .expect("a single-shard row per protocol");
+            median(samples[0][i][0].clone())
+        };
         let mut out = String::new();
         if ways.len() < WAYS.len() {
             out.push_str("The kernel refused the copy program: the TC way alone, no broadcast.\n");
         }
         out.push_str(&format!(
             "Fan-out on the live path ({cpu}; {rounds} rounds of {FRAMES} frames per fan-out and way, medians; \
-             kernel BPF run-time accounting; 21-byte MQTT-SN payload, IPv4, veth). Programs: XDP (parse, \
+             kernel BPF run-time accounting; 21-byte MQTT-SN payload, or CoAP where the way says so, IPv4, \
+             veth; a row's programs against the single-shard publish of its protocol). Programs: XDP (parse, \
              route, hand-off), then per copy the TC fan-out program (clone, rewrite, redirect) or the \
              copy program (rewrite; the kernel clones the frame outside any program). Wall: the sender's \
              time per publish (send syscall, XDP, every copy's transmit and the receiving veth):\n\n\
              | shards | egresses | way | XDP ns/publish | fan-out or copy ns/copy | programs / single-shard XDP | sender wall ns/publish | wall ns/copy |\n\
              |---:|---:|---|---:|---:|---:|---:|---:|\n"
         ));
-        for (i, &(k, _, two)) in FANOUTS.iter().enumerate() {
+        for (i, &(k, _, two, coap)) in FANOUTS.iter().enumerate() {
             for (w, path) in ways.iter().enumerate() {
                 if k == 1 && w > 0 {
                     continue;
@@ -231,11 +267,16 @@ fn run(rounds: usize) -> Result<String> {
                     (_, FanoutPath::Tc) => "TC",
                     (_, FanoutPath::Auto) => "broadcast",
                 };
+                let way = if coap {
+                    format!("{way}, CoAP")
+                } else {
+                    way.to_string()
+                };
                 out.push_str(&format!(
                     "| {k} | {} | {way} | {x:.0} | {:.0} | {:.2} | {wall:.0} | {:.0} |\n",
                     if two { 2 } else { 1 },
                     if k > 1 { t / k as f64 } else { 0.0 },
-                    (x + t) / base,
+                    (x + t) / base(coap),
                     wall / k as f64
                 ));
             }

@@ -7,14 +7,14 @@ use integration_tests::{
     L3, build,
     fixtures::{self, device},
     frame,
-    xdp::{lab, repeatable_publish, repeatable_publish_from, routed, short_publish},
+    xdp::{lab, repeatable_publish, repeatable_publish_from, routed, routed_with, short_publish},
 };
 use router_common::{
     maps::{GroupStatKey, group_cell_key, group_cell_line},
     reason::Reason,
     topic::{TopicKey, topic_key},
 };
-use shardcast_dataplane::{RouterConfig, action};
+use shardcast_dataplane::{FanoutPath, RouterConfig, action};
 
 #[test]
 fn per_topic_counters_count_packets_and_bytes() {
@@ -50,6 +50,66 @@ fn per_topic_counters_count_packets_and_bytes() {
             (room.packets, room.bytes),
             (2, (predefined.len() + predefined_v6.len()) as u64)
         );
+    })
+    .unwrap();
+}
+
+/// A multi-shard publish counts once for its topic, and once as handed
+/// off, whichever path parses it: the fast path hands an untagged one off
+/// itself, a tagged one takes the general path. By the TC way and by
+/// broadcast (or the TC way again where the kernel refused the copy
+/// program).
+#[test]
+fn a_multi_shard_publish_counts_once_on_either_path() {
+    let ns = lab();
+    ns.run(|| {
+        for path in [FanoutPath::Tc, FanoutPath::Auto] {
+            let dp = routed_with(RouterConfig::default(), path);
+            let (way, verdict) = if dp.broadcasts() {
+                (Reason::Broadcast, action::REDIRECT)
+            } else {
+                (Reason::FannedOut, action::PASS)
+            };
+            // `mu`: shards 1 and 2 of the fixture plan.
+            let mqttsn = build::mqttsn_publish(false, 2, *b"mu", 0, b"abc");
+            let coap = build::coap_request(
+                router_common::coap::TYPE_NON,
+                router_common::coap::CODE_PUT,
+                7,
+                &[0x5c, 0x01],
+                &["ps", "data", "mu"],
+                b"21.5",
+            );
+            let frames = [
+                frame(L3::V4, None, 1, fixtures::MQTTSN, &mqttsn),
+                frame(L3::V6, None, 1, fixtures::MQTTSN, &mqttsn),
+                frame(L3::V4, None, 1, fixtures::COAP, &coap),
+                frame(L3::V6, None, 1, fixtures::COAP, &coap),
+                frame(L3::V4, Some(42), 1, fixtures::MQTTSN, &mqttsn),
+                frame(L3::V6, Some(7), 1, fixtures::COAP, &coap),
+            ];
+            for f in &frames {
+                let r = dp.test_run(f, 1).unwrap();
+                assert_eq!(r.action, verdict, "{path:?}: {f:02x?}");
+            }
+            let c = dp.counters().unwrap();
+            let mu = c.topics[&topic_key(b"mu")].1;
+            let bytes: usize = frames.iter().map(Vec::len).sum();
+            assert_eq!(
+                (mu.packets, mu.bytes),
+                (frames.len() as u64, bytes as u64),
+                "{path:?}"
+            );
+            assert_eq!(c.reasons[&way].packets, frames.len() as u64, "{path:?}");
+            // Nothing else was counted: no publish went both ways.
+            let others: u64 = c
+                .reasons
+                .iter()
+                .filter(|(r, _)| **r != way)
+                .map(|(_, n)| n.packets)
+                .sum();
+            assert_eq!(others, 0, "{path:?}: {:?}", c.reasons);
+        }
     })
     .unwrap();
 }
