@@ -168,7 +168,7 @@ fn each_subscriber_gets_exactly_its_shards_publishes() {
 
 /// A topic on three of four shards, published over both families and
 /// both protocols: each of the three shards' subscribers gets every
-/// publish exactly once (one copy per shard from the fan-out program), the
+/// publish exactly once (one copy per shard, by broadcast or by TC), the
 /// fourth shard's subscriber only its own topic.
 #[test]
 fn a_topic_on_three_shards_reaches_each_once_and_no_one_else() {

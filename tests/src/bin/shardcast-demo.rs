@@ -645,8 +645,9 @@ fn run() -> Result<bool> {
     if all_ok {
         println!(
             "every subscriber got exactly what the installed plan promises (no loss, no leak), \
-             topics routed to several shards included (one copy per shard from the fan-out \
-             program); unrouted publishes went to the stack, counted"
+             topics routed to several shards included (one copy per shard, by XDP broadcast \
+             or the TC fan-out program: the `broadcast` or `fanned_out` counter); unrouted \
+             publishes went to the stack, counted"
         );
     } else {
         if lost_multi > 0 {
