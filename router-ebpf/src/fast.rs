@@ -189,6 +189,8 @@ fn datagram(
         let Some(route) = ids.get(index).filter(|r| r.shard_count != 0) else {
             return unrouted(ctx, &publish.key());
         };
+        // Several shards: handed off from here, the copies to follow the
+        // generation this route came from.
         if route.shard_count != 1 {
             return Ok(Some(fanout::multi_shard(
                 ctx,
