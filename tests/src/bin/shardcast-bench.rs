@@ -693,6 +693,7 @@ fn bench(rounds: usize) -> Result<String> {
             median(cold[i].clone())
         ));
     }
+    out.push_str(&goals(&cpu, &cases, &ns, &ratio));
     // A/B: each router publish case against the same packet on the
     // baseline build, as the median of per-round ratios.
     let pairs: Vec<(usize, usize)> = cases
@@ -718,6 +719,102 @@ fn bench(rounds: usize) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Issue 18's ratio goals, read off this run (the cases present: a run
+/// with `SHARDCAST_BENCH_CASES` may leave some out), so that a run on
+/// any host says at once whether they hold there: each publish at most
+/// its multiple of the forwarder (the median of the per-round ratios),
+/// and group telemetry at most 25% over the same route without it (the
+/// median of the per-round quotients of the two cases).
+fn goals(cpu: &str, cases: &[Case], ns: &[Vec<f64>], ratio: &[Vec<f64>]) -> String {
+    let at = |name: &str| {
+        cases
+            .iter()
+            .position(|c| c.name == name && c.prog != Prog::Baseline)
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut lines = Vec::new();
+    for (label, limit, names) in [
+        (
+            "MQTT-SN publish",
+            1.5,
+            ["router: MQTT-SN v4 publish", "router: MQTT-SN v6 publish"],
+        ),
+        (
+            "CoAP publish",
+            2.5,
+            ["router: CoAP v4 publish", "router: CoAP v6 publish"],
+        ),
+    ] {
+        let got: Vec<(&str, f64)> = names
+            .iter()
+            .filter_map(|n| at(n).map(|i| (*n, median(ratio[i].clone()))))
+            .collect();
+        if got.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = got
+            .iter()
+            .map(|(n, r)| format!("{} {r:.2}x", family(n)))
+            .collect();
+        lines.push(format!(
+            "- {label} at most {limit}x the forwarder: {}: {}",
+            each.join(", "),
+            verdict(got.iter().all(|(_, r)| *r <= limit))
+        ));
+    }
+    let pairs = [
+        (
+            "router + group telemetry: MQTT-SN v4 publish",
+            "router: MQTT-SN v4 publish",
+        ),
+        (
+            "router + group telemetry: MQTT-SN v6 publish",
+            "router: MQTT-SN v6 publish",
+        ),
+        (
+            "router + group telemetry: CoAP v4 publish",
+            "router: CoAP v4 publish",
+        ),
+    ];
+    let extra: Vec<(&str, f64)> = pairs
+        .iter()
+        .filter_map(|(with, without)| {
+            let (w, o) = (at(with)?, at(without)?);
+            let per_round: Vec<f64> = ns[w].iter().zip(&ns[o]).map(|(a, b)| a / b).collect();
+            Some((*without, median(per_round) - 1.0))
+        })
+        .collect();
+    if !extra.is_empty() {
+        let each: Vec<String> = extra
+            .iter()
+            .map(|(n, e)| format!("{} {:+.0}%", protocol_family(n), e * 100.0))
+            .collect();
+        lines.push(format!(
+            "- group telemetry at most +25% over the same route without it: {}: {}",
+            each.join(", "),
+            verdict(extra.iter().all(|(_, e)| *e <= 0.25))
+        ));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nGoals (issue 18) on this host ({cpu}), medians over the rounds:\n{}\n",
+        lines.join("\n")
+    )
+}
+
+/// "v4" of "router: MQTT-SN v4 publish".
+fn family(name: &str) -> &str {
+    name.split_whitespace().nth(2).unwrap_or(name)
+}
+
+/// "MQTT-SN v4" of "router: MQTT-SN v4 publish".
+fn protocol_family(name: &str) -> &str {
+    let rest = name.strip_prefix("router: ").unwrap_or(name);
+    rest.strip_suffix(" publish").unwrap_or(rest)
 }
 
 /// The mean of the smaller half of `totals` (at least one).
