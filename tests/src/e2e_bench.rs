@@ -3,7 +3,12 @@
 //! after the other, in the lab of [`crate::lab`] (publisher namespace →
 //! router namespace → bridge → 3 subscriber namespaces):
 //!
-//! - **shardcast**: the XDP router (and its fan-out program) on `r-in`;
+//! - **shardcast**: the XDP router (and its fan-out program) on `r-in`,
+//!   driven twice: by a publisher socket (`sendmmsg`) like the others, and
+//!   by live frames run into its ingress from the router namespace
+//!   (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, as
+//!   xdp-trafficgen does), which leaves out the publisher's socket and veth
+//!   that throttle the first;
 //! - **relay**: a userspace UDP relay in the router namespace doing the same
 //!   routing with `recvmmsg`/`sendmmsg` (the design of a userspace MQTT-SN
 //!   gateway): parse with the shared parser, look the route up, send one
@@ -19,7 +24,10 @@
 //! per million delivered (`/proc/stat`: the sender, the router, the
 //! bridge and the receivers share 2 cores, the same for every system, so
 //! the difference is the router's), and p50/p99 latency and loss at half
-//! the measured peak. See `../shared/E2E-NOTES.md` for what limits a veth
+//! the measured peak (live frames, all copies of one, have no latency).
+//! Loss is accounted where it happens: the relay's socket, the egress
+//! veth's refusals (`ethtool -S r-out`), the subscribers' sockets, the
+//! router's counters. See `../shared/E2E-NOTES.md` for what limits a veth
 //! lab: the numbers measure the testbed as much as the router.
 
 use std::{
@@ -240,6 +248,84 @@ fn udp_sender(
             sent += send_batch(fd, &batch) as u64;
         }
         Ok(sent)
+    }))
+}
+
+/// Batches per live-frames call (see [`live_sender`]): a call's pages come
+/// round at most this many times, each time one hop lower.
+const LIVE_BATCHES: u32 = 64;
+
+/// Live frames per batch for a topic on `k` shards. The kernel flushes a
+/// batch's redirects at once, and a veth takes at most 256 frames at a
+/// time into its peer's ring (a NIC's transmit ring is larger): 64 frames
+/// of 8 copies each would overflow it. At most 128 copies a batch.
+fn live_batch(k: u32) -> u32 {
+    (128 / k.max(1)).clamp(1, 64)
+}
+
+/// Drives the router's ingress with live frames for the window: MQTT-SN
+/// publishes of `topic` (`size`-byte bodies) from the publisher's
+/// address, run through the router program as if they had arrived on
+/// `r-in` (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, as
+/// xdp-trafficgen does) and sent on by its verdicts; as fast as the kernel
+/// runs them (`rate` None) or paced. No publisher socket, no publisher
+/// veth: the router's ingress sees what a NIC would give it. Every frame
+/// is a copy of one, so its body's send time is not the frame's: these
+/// rows have no latency. A call's pages come round at most
+/// [`LIVE_BATCHES`] times (paced: once), each time one hop lower (see
+/// `Dataplane::send_live`): the frame starts at TTL 255. Returns frames
+/// sent.
+fn live_sender(lab: &Lab, topic: [u8; 2], k: u32, size: usize, rate: Option<f64>) -> Result<u64> {
+    let batch = live_batch(k);
+    // Paced, one batch a call: a call's batches go back to back, a burst
+    // the LAN side's queues need not absorb below the peak.
+    let call = if rate.is_some() {
+        batch
+    } else {
+        LIVE_BATCHES * batch
+    };
+    let frame = crate::max_ttl(crate::frame_from(
+        crate::lab::PUBLISHER_V4.into(),
+        40000,
+        MQTTSN_PORT,
+        &mqttsn_publish(false, qos0(TOPIC_SHORT), topic, 0, &body(size, 0)),
+    ));
+    let pin_root = lab.pin_root().to_path_buf();
+    join(in_ns(&lab.router.name, move || {
+        let dp = shardcast_dataplane::Dataplane::open(&pin_root)?;
+        let ingress = shardcast_dataplane::ifindex("r-in")?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < WINDOW {
+            if let Some(r) = rate {
+                let due = (start.elapsed().as_secs_f64() * r) as u64;
+                if sent >= due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+            }
+            dp.send_live(&frame, ingress, call, batch)?;
+            sent += call as u64;
+        }
+        Ok(sent)
+    }))
+}
+
+/// One live frame (an unrouted publish, passed to the stack): whether the
+/// kernel runs live frames at all.
+fn live_probe(lab: &Lab) -> Result<()> {
+    let frame = crate::frame_from(
+        crate::lab::PUBLISHER_V4.into(),
+        40000,
+        MQTTSN_PORT,
+        &mqttsn_publish(false, qos0(TOPIC_SHORT), *b"zz", 0, &body(21, 0)),
+    );
+    let pin_root = lab.pin_root().to_path_buf();
+    join(in_ns(&lab.router.name, move || {
+        let dp = shardcast_dataplane::Dataplane::open(&pin_root)?;
+        let ingress = shardcast_dataplane::ifindex("r-in")?;
+        dp.send_live(&frame, ingress, 1, 1)?;
+        Ok(())
     }))
 }
 
@@ -599,6 +685,9 @@ struct Run {
     router_s: f64,
     /// Datagrams the relay's socket dropped.
     router_drops: u64,
+    /// Frames redirected to the egress that its veth peer's ring refused
+    /// (the kernel's count: `tx_queue_*_xdp_xmit_errors` of `r-out`).
+    egress_drops: u64,
     socket_drops: u64,
     p50_us: u32,
     p99_us: u32,
@@ -626,8 +715,23 @@ fn percentile(v: &mut [u32], p: f64) -> u32 {
 #[derive(Clone, Copy, PartialEq)]
 enum System {
     Shardcast,
+    /// Shardcast driven by live frames into its ingress.
+    ShardcastLive,
     Relay,
     Mosquitto,
+}
+
+/// XDP frames the egress `r-out` could not hand to its peer so far (its
+/// ring full), summed over its transmit queues.
+fn egress_xmit_errors(lab: &Lab) -> u64 {
+    lab.router
+        .exec("ethtool", &["-S", "r-out"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("tx_queue_") && k.ends_with("_xdp_xmit_errors"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The router's cumulative CPU seconds so far (not for the relay, which
@@ -635,7 +739,7 @@ enum System {
 fn router_cpu(lab: &Lab, system: System, mosquitto: u32) -> f64 {
     match system {
         System::Mosquitto => crate::measure::process_cpu_seconds(mosquitto),
-        System::Shardcast => {
+        System::Shardcast | System::ShardcastLive => {
             let dir = lab
                 .pin_root()
                 .join(format!("v{}", router_common::maps::LAYOUT_VERSION));
@@ -672,8 +776,16 @@ fn measure(
     std::thread::sleep(Duration::from_millis(100));
     let busy0 = busy_seconds();
     let router0 = router_cpu(lab, system, mosquitto);
+    let xmit0 = egress_xmit_errors(lab);
     let sent = match system {
         System::Mosquitto => mqtt_senders(lab, &topic, size, rate)?,
+        System::ShardcastLive => live_sender(
+            lab,
+            topic.as_bytes().try_into().expect("2 bytes"),
+            k,
+            size,
+            rate,
+        )?,
         _ => udp_sender(
             lab,
             SocketAddrV4::new(ROUTER_V4, MQTTSN_PORT),
@@ -686,6 +798,7 @@ fn measure(
     std::thread::sleep(Duration::from_millis(300));
     let busy = busy_seconds() - busy0;
     let mut router_s = router_cpu(lab, system, mosquitto) - router0;
+    let egress_drops = egress_xmit_errors(lab).saturating_sub(xmit0);
     stop.store(true, Ordering::Relaxed);
     let (delivered, socket_drops, mut lat) = collect(receivers)?;
     let mut router_drops = 0;
@@ -698,6 +811,7 @@ fn measure(
         busy_s: busy,
         router_s,
         router_drops,
+        egress_drops,
         socket_drops,
         p50_us: percentile(&mut lat, 0.5),
         p99_us: percentile(&mut lat, 0.99),
@@ -737,8 +851,8 @@ pub fn bench() -> Result<String> {
     let cpu = crate::measure::cpu_model();
     let mut out = format!(
         "End to end in the lab ({cpu}, {} CPUs; {}-second windows; MQTT-SN QoS 0 over UDP for shardcast and the relay, MQTT 3.1.1 QoS 0 for mosquitto; topic kN delivered to N of 8 shard groups / N subscriber connections over 3 subscriber namespaces):\n\n\
-         | system | fan-out | payload | sent/s | delivered/s at saturation | delivered / shardcast's | router CPU-s per M delivered | CPU-s per M delivered (whole machine) | relay socket drops | subscriber socket drops | at 50% of peak: loss | p50 µs | p99 µs |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | system | fan-out | payload | sent/s | delivered/s at saturation | delivered / shardcast's | router CPU-s per M delivered | CPU-s per M delivered (whole machine) | relay socket drops | egress xmit drops | subscriber socket drops | at 50% of peak: loss | p50 µs | p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         WINDOW.as_secs()
     );
@@ -763,15 +877,28 @@ pub fn bench() -> Result<String> {
         .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect();
     lab.apply(&Lab::plan_json(1, &shards, &refs))?;
+    let mut live_refused = None;
     // The programs' run time, from the kernel's accounting while they run.
     {
         let _stats = crate::measure::BpfStats::enable()?;
         run_system(&lab, System::Shardcast, 0, &mut rows)?;
+        // Live frames need Linux 5.18; without them, the rows above only.
+        match live_probe(&lab) {
+            Ok(_) => run_system(&lab, System::ShardcastLive, 0, &mut rows)?,
+            Err(e) => live_refused = Some(format!("{e:#}")),
+        }
     }
     let counters = lab.counters()?;
     lab.detach()?;
+    if let Some(e) = &live_refused {
+        out.insert_str(
+            0,
+            &format!("The kernel refused live frames ({e}): no live-frames rows.\n\n"),
+        );
+    }
     let name = |s: System| match s {
         System::Shardcast => "shardcast (XDP)",
+        System::ShardcastLive => "shardcast (XDP), live frames",
         System::Relay => "userspace relay",
         System::Mosquitto => "mosquitto",
     };
@@ -783,8 +910,25 @@ pub fn bench() -> Result<String> {
     for (system, k, size, peak, paced) in &rows {
         let w = WINDOW.as_secs_f64();
         let loss = 1.0 - paced.delivered as f64 / (paced.sent as f64 * *k as f64).max(1.0);
+        // Where the paced run's losses went, when it had any.
+        let lost_where = if paced.egress_drops + paced.socket_drops + paced.router_drops > 0 {
+            format!(
+                " (relay {}, egress {}, sockets {})",
+                paced.router_drops, paced.egress_drops, paced.socket_drops
+            )
+        } else {
+            String::new()
+        };
+        // Live frames are copies of one: their send time is not theirs.
+        let latency = |p: u32| {
+            if *system == System::ShardcastLive {
+                "-".to_string()
+            } else {
+                p.to_string()
+            }
+        };
         out.push_str(&format!(
-            "| {} | {k} | {size} B | {:.0} | {:.0} | {:.2} | {:.3} | {:.2} | {} | {} | {:.2}% | {} | {} |\n",
+            "| {} | {k} | {size} B | {:.0} | {:.0} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {:.2}%{lost_where} | {} | {} |\n",
             name(*system),
             peak.sent as f64 / w,
             peak.delivered as f64 / w,
@@ -792,10 +936,11 @@ pub fn bench() -> Result<String> {
             peak.router_s / (peak.delivered as f64 / 1e6).max(1e-9),
             peak.busy_s / (peak.delivered as f64 / 1e6).max(1e-9),
             peak.router_drops,
+            peak.egress_drops,
             peak.socket_drops,
             100.0 * loss.max(0.0),
-            paced.p50_us,
-            paced.p99_us,
+            latency(paced.p50_us),
+            latency(paced.p99_us),
         ));
     }
     let n = |r: router_common::reason::Reason| counters.reasons.get(&r).map_or(0, |c| c.packets);
