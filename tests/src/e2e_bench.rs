@@ -273,7 +273,7 @@ fn live_batch(k: u32) -> u32 {
 /// is a copy of one, so its body's send time is not the frame's: these
 /// rows have no latency. A call's pages come round at most
 /// [`LIVE_BATCHES`] times (paced: once), each time one hop lower (see
-/// `Dataplane::send_live`): the frame starts at TTL 255. Returns frames
+/// `LiveFrames::send`): the frame starts at TTL 255. Returns frames
 /// sent.
 fn live_sender(lab: &Lab, topic: [u8; 2], k: u32, size: usize, rate: Option<f64>) -> Result<u64> {
     let batch = live_batch(k);
@@ -292,7 +292,7 @@ fn live_sender(lab: &Lab, topic: [u8; 2], k: u32, size: usize, rate: Option<f64>
     ));
     let pin_root = lab.pin_root().to_path_buf();
     join(in_ns(&lab.router.name, move || {
-        let dp = shardcast_dataplane::Dataplane::open(&pin_root)?;
+        let live = shardcast_dataplane::Dataplane::open(&pin_root)?.live_frames()?;
         let ingress = shardcast_dataplane::ifindex("r-in")?;
         let start = Instant::now();
         let mut sent = 0u64;
@@ -304,7 +304,7 @@ fn live_sender(lab: &Lab, topic: [u8; 2], k: u32, size: usize, rate: Option<f64>
                     continue;
                 }
             }
-            dp.send_live(&frame, ingress, call, batch)?;
+            live.send(&frame, ingress, call, batch)?;
             sent += call as u64;
         }
         Ok(sent)
@@ -322,9 +322,9 @@ fn live_probe(lab: &Lab) -> Result<()> {
     );
     let pin_root = lab.pin_root().to_path_buf();
     join(in_ns(&lab.router.name, move || {
-        let dp = shardcast_dataplane::Dataplane::open(&pin_root)?;
+        let live = shardcast_dataplane::Dataplane::open(&pin_root)?.live_frames()?;
         let ingress = shardcast_dataplane::ifindex("r-in")?;
-        dp.send_live(&frame, ingress, 1, 1)?;
+        live.send(&frame, ingress, 1, 1)?;
         Ok(())
     }))
 }

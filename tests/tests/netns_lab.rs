@@ -507,9 +507,10 @@ fn live_frames_into_the_ingress_reach_their_shards() {
     lab.router
         .run(move || {
             let dp = shardcast_dataplane::Dataplane::open(&pin_root).unwrap();
+            let live = dp.live_frames().unwrap();
             let ingress = shardcast_dataplane::ifindex("r-in").unwrap();
-            dp.send_live(&al, ingress, FRAMES, 8).unwrap();
-            dp.send_live(&t3, ingress, FRAMES, 8).unwrap();
+            live.send(&al, ingress, FRAMES, 8).unwrap();
+            live.send(&t3, ingress, FRAMES, 8).unwrap();
         })
         .unwrap();
     for (k, l) in listeners.into_iter().enumerate() {

@@ -71,7 +71,7 @@ pub use netdev::{ifindex, is_root, mac_address, multicast_socket, udp_no_checksu
 pub use object::find_object;
 pub use pins::PinPaths;
 #[cfg(feature = "test-helpers")]
-pub use test_helpers::{ReferenceProgram, TestRunOutcome};
+pub use test_helpers::{LiveFrames, ReferenceProgram, TestRunOutcome};
 
 use crate::{error::*, install::*};
 

@@ -63,47 +63,16 @@ impl Dataplane {
         prog.info().ok()?.verified_instruction_count()
     }
 
-    /// Runs the pinned router program on `frames` copies of `packet` as
-    /// live frames (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,
-    /// the way xdp-trafficgen makes traffic), `batch` at a time: each as if
-    /// it had arrived on `ingress` (an ifindex of the calling thread's
-    /// network namespace), and each verdict carried out (a redirect
-    /// transmitted, a pass handed to the stack), as for frames from a NIC.
-    /// Returns the time the kernel reports per frame.
-    ///
-    /// The kernel fills each page of its pool from `packet` once and hands
-    /// a page back as it is recycled, with what the program wrote into it:
-    /// a routed frame comes round again with its TTL one lower. Callers
-    /// keep `frames / batch` under the TTL `packet` carries.
-    pub fn send_live(
-        &self,
-        packet: &[u8],
-        ingress: u32,
-        frames: u32,
-        batch: u32,
-    ) -> Result<Duration> {
+    /// The pinned router program, to run live frames through (see
+    /// [`LiveFrames`]).
+    pub fn live_frames(&self) -> Result<LiveFrames> {
         let pins = self
             .pins
             .as_ref()
             .ok_or(DataplaneError::NotAttached(PathBuf::new()))?;
         let prog = Xdp::from_pin(pins.prog(names::PROG_ROUTER), XdpAttachType::Interface)
             .map_err(prog_err(names::PROG_ROUTER))?;
-        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex (u32 each); live frames take the
-        // packet's length as `data_end` and nothing else but the ingress.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(batch),
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err("live frames"))?;
-        Ok(r.duration)
+        Ok(LiveFrames { prog })
     }
 
     pub(crate) fn test_run_program(
@@ -151,6 +120,45 @@ pub(crate) fn run_xdp(
         output: out,
         duration: r.duration,
     })
+}
+
+/// The router program run on live frames (`BPF_PROG_TEST_RUN` with
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`, the way xdp-trafficgen makes traffic):
+/// what the end-to-end bench drives the router's ingress with.
+pub struct LiveFrames {
+    prog: Xdp,
+}
+
+impl LiveFrames {
+    /// Runs the router on `frames` copies of `packet`, `batch` at a time:
+    /// each as if it had arrived on `ingress` (an ifindex of the calling
+    /// thread's network namespace), and each verdict carried out (a
+    /// redirect transmitted, a pass handed to the stack), as for frames
+    /// from a NIC. Returns the time the kernel reports per frame.
+    ///
+    /// The kernel fills each page of its pool from `packet` once and hands
+    /// a page back as it is recycled, with what the program wrote into it:
+    /// a routed frame comes round again with its TTL one lower. Callers
+    /// keep `frames / batch` under the TTL `packet` carries.
+    pub fn send(&self, packet: &[u8], ingress: u32, frames: u32, batch: u32) -> Result<Duration> {
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex (u32 each); live frames take the
+        // packet's length as `data_end` and nothing else but the ingress.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        let r = self
+            .prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(batch),
+                ..TestRunOptions::default()
+            })
+            .map_err(prog_err("live frames"))?;
+        Ok(r.duration)
+    }
 }
 
 /// Loads a standalone XDP object (benchmark reference programs) and test-runs
