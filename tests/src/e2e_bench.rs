@@ -221,17 +221,8 @@ fn udp_sender(
         let sock = UdpSocket::bind("0.0.0.0:0")?;
         sock.connect(to)?;
         let fd = sock.as_raw_fd();
-        let start = Instant::now();
-        let mut sent = 0u64;
         const BATCH: usize = 32;
-        while start.elapsed() < WINDOW {
-            if let Some(r) = rate {
-                let due = (start.elapsed().as_secs_f64() * r) as u64;
-                if sent >= due {
-                    std::thread::sleep(Duration::from_micros(200));
-                    continue;
-                }
-            }
+        for_window(rate, |sent| {
             let msgs: Vec<Vec<u8>> = (0..BATCH)
                 .map(|i| {
                     mqttsn_publish(
@@ -245,10 +236,28 @@ fn udp_sender(
                 .collect();
             let batch: Vec<(&[u8], Option<&libc::sockaddr_in>)> =
                 msgs.iter().map(|m| (m.as_slice(), None)).collect();
-            sent += send_batch(fd, &batch) as u64;
-        }
-        Ok(sent)
+            Ok(send_batch(fd, &batch) as u64)
+        })
     }))
+}
+
+/// Calls `send` (given the count sent so far; it returns how many more it
+/// sent) for the window: as often as it returns (`rate` None), or paced
+/// to `rate` messages/s. Returns the count sent.
+fn for_window(rate: Option<f64>, mut send: impl FnMut(u64) -> Result<u64>) -> Result<u64> {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < WINDOW {
+        if let Some(r) = rate {
+            let due = (start.elapsed().as_secs_f64() * r) as u64;
+            if sent >= due {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+        }
+        sent += send(sent)?;
+    }
+    Ok(sent)
 }
 
 /// Batches per live-frames call (see [`live_sender`]): a call's pages come
@@ -294,20 +303,10 @@ fn live_sender(lab: &Lab, topic: [u8; 2], k: u32, size: usize, rate: Option<f64>
     join(in_ns(&lab.router.name, move || {
         let live = shardcast_dataplane::Dataplane::open(&pin_root)?.live_frames()?;
         let ingress = shardcast_dataplane::ifindex("r-in")?;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < WINDOW {
-            if let Some(r) = rate {
-                let due = (start.elapsed().as_secs_f64() * r) as u64;
-                if sent >= due {
-                    std::thread::sleep(Duration::from_micros(200));
-                    continue;
-                }
-            }
+        for_window(rate, |_| {
             live.send(&frame, ingress, call, batch)?;
-            sent += call as u64;
-        }
-        Ok(sent)
+            Ok(call as u64)
+        })
     }))
 }
 

@@ -55,6 +55,15 @@ fn lab3() -> (Lab, Vec<LabShard>) {
     (lab, shards)
 }
 
+/// Subscriber `k` listening on shard `k`'s groups, for each shard.
+fn listen_all(lab: &Lab, shards: &[LabShard]) -> Vec<integration_tests::lab::Listener> {
+    shards
+        .iter()
+        .enumerate()
+        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
+        .collect()
+}
+
 /// A publish sent: over IPv6?, to which port, the datagram.
 type Sent = (bool, u16, Vec<u8>);
 
@@ -84,11 +93,7 @@ fn publish_each<'t>(lab: &Lab, topics: &[&'t str]) -> BTreeMap<&'t str, Vec<Sent
 #[test]
 fn each_subscriber_gets_exactly_its_shards_publishes() {
     let (lab, shards) = lab3();
-    let listeners: Vec<_> = shards
-        .iter()
-        .enumerate()
-        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
-        .collect();
+    let listeners = listen_all(&lab, &shards);
 
     // "zz" has no route: it must reach nobody.
     let sent = publish_each(&lab, &["t1", "t2", "t3", "zz"]);
@@ -177,11 +182,7 @@ fn a_topic_on_three_shards_reaches_each_once_and_no_one_else() {
     let shards: Vec<_> = (1..=4).map(LabShard::numbered).collect();
     let plan = Lab::plan_json(1, &shards, &[("al", &[1, 2, 3]), ("t4", &[4])]);
     lab.apply(&plan).unwrap();
-    let listeners: Vec<_> = shards
-        .iter()
-        .enumerate()
-        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
-        .collect();
+    let listeners = listen_all(&lab, &shards);
     let sent = publish_each(&lab, &["al", "t4"]);
     for (k, l) in listeners.into_iter().enumerate() {
         let got = l.finish(GRACE).unwrap();
@@ -486,11 +487,7 @@ fn live_frames_into_the_ingress_reach_their_shards() {
     let (lab, shards) = lab3();
     let plan = Lab::plan_json(2, &shards, &[("al", &[1, 2]), ("t3", &[3])]);
     lab.apply(&plan).unwrap();
-    let listeners: Vec<_> = shards
-        .iter()
-        .enumerate()
-        .map(|(k, s)| lab.listen(k, groups_of(s)).unwrap())
-        .collect();
+    let listeners = listen_all(&lab, &shards);
     let frame = |topic: &str| {
         integration_tests::max_ttl(integration_tests::frame_from(
             PUBLISHER_V4.into(),
