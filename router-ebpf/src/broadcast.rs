@@ -33,7 +33,7 @@ use crate::{
     counters::count,
     fanout,
     maps::{SC_EGRESS_IF, SC_FANOUT_SEQ, SC_SHARDS},
-    packet::{self, ETH_HLEN, Ipv6Hdr, L3, UdpHdr, ptr_at, word},
+    packet::{self, ETH_HLEN, L3, UdpHdr, ptr_at, word},
     rewrite,
 };
 
@@ -160,10 +160,6 @@ fn rewrite_copy(ctx: &XdpContext, m: &FanoutMeta) -> Result<(), Reason> {
         ETH_P_IPV6 => L3::V6 { off: ETH_HLEN },
         _ => return Err(Reason::NotIp),
     };
-    let l4_off = match l3 {
-        L3::V4 { off, ihl } => off + ihl,
-        L3::V6 { off } => off + Ipv6Hdr::LEN,
-    };
-    let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, l3.l4_off()).ok_or(Reason::Truncated)?;
     rewrite::frame(ctx, l3, false, udp, shard)
 }

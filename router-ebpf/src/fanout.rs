@@ -99,11 +99,7 @@ fn multi_shard_inner(
     frame_len: u64,
 ) -> Result<u32, Reason> {
     let (l3, tagged) = at.unpack()?;
-    let l4_off = match l3 {
-        L3::V4 { off, ihl } => off + ihl,
-        L3::V6 { off } => off + Ipv6Hdr::LEN,
-    };
-    let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, l3.l4_off()).ok_or(Reason::Truncated)?;
     counters::routed(ctx, maps::config(), l3, route.stats_slot, frame_len);
     let broadcast = match route.fanout {
         0 => None,

@@ -24,6 +24,19 @@ pub enum L3 {
     V6 { off: usize },
 }
 
+impl L3 {
+    /// Where the UDP header starts: after the IPv4 header and its
+    /// options, or after the fixed IPv6 header (extension headers are
+    /// refused before an `L3` is made).
+    #[inline(always)]
+    pub fn l4_off(self) -> usize {
+        match self {
+            L3::V4 { off, ihl } => off + ihl,
+            L3::V6 { off } => off + Ipv6Hdr::LEN,
+        }
+    }
+}
+
 #[repr(C)]
 pub struct EthHdr {
     pub dst: [u8; 6],

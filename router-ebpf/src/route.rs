@@ -18,7 +18,7 @@ use crate::{
     counters::{self, count, count_unrouted},
     fanout, fast,
     maps::{self, SC_COAP_WINDOW, SC_EGRESS, SC_IDS, SC_SCRATCH},
-    packet::{self, ETH_HLEN, EthHdr, Ipv6Hdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
+    packet::{self, ETH_HLEN, EthHdr, L3, UdpHdr, VLAN_HLEN, WindowPayload, ptr_at},
     rewrite,
 };
 
@@ -62,10 +62,7 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
 
     let (l3, tagged) = l2_l3(ctx)?;
-    let l4_off = match l3 {
-        L3::V4 { off, ihl } => off + ihl,
-        L3::V6 { off } => off + Ipv6Hdr::LEN,
-    };
+    let l4_off = l3.l4_off();
 
     // L4.
     let (dport, udp_len) = packet::udp_at(ctx, l4_off).ok_or(Reason::Truncated)?;
@@ -118,11 +115,7 @@ fn general(ctx: &XdpContext, cfg: &Config) -> Result<u32, Reason> {
             ctx, l3, tagged, route, kind, key, parity,
         ));
     }
-    let l4_off = match l3 {
-        L3::V4 { off, ihl } => off + ihl,
-        L3::V6 { off } => off + Ipv6Hdr::LEN,
-    };
-    let udp: *mut UdpHdr = ptr_at(ctx, l4_off).ok_or(Reason::Truncated)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, l3.l4_off()).ok_or(Reason::Truncated)?;
     counters::routed(ctx, cfg, l3, route.stats_slot, frame_len);
     if route.shard_count == 0 {
         return Err(Reason::NoRoute);
