@@ -44,6 +44,40 @@ pub fn names_sharing_entry_of(name: &str, prefix: &str, n: usize) -> Vec<String>
         .collect()
 }
 
+/// Whether the running kernel's release is at least `major.minor`: for
+/// tests of kernel features newer than the oldest kernel the router runs
+/// on, which such a kernel refuses (the test then says so and stops).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, major, minor)
+}
+
+/// Whether a kernel release string (`6.18.44-fc-v1147`) is at least
+/// `major.minor`; an unreadable one is not.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v1147\n", 5, 18));
+        assert!(release_at_least("5.18.0", 5, 18));
+        assert!(!release_at_least("5.17.15-generic", 5, 18));
+        assert!(!release_at_least("4.19.0", 5, 18));
+        assert!(release_at_least("10.0", 5, 18));
+        assert!(!release_at_least("", 5, 18));
+    }
+}
+
 /// The router's eBPF object, as built by `cargo xtask build-ebpf`.
 pub fn object() -> PathBuf {
     std::env::var_os("SHARDCAST_OBJECT")

@@ -484,6 +484,11 @@ fn tshark_decodes_what_the_router_emits() {
 /// broadcast for a topic on two shards, and the counters say so.
 #[test]
 fn live_frames_into_the_ingress_reach_their_shards() {
+    // Live frames came in Linux 5.18; the router runs on older kernels.
+    if !integration_tests::kernel_at_least(5, 18) {
+        eprintln!("a kernel before 5.18 runs no live frames: nothing to test");
+        return;
+    }
     let (lab, shards) = lab3();
     let plan = Lab::plan_json(2, &shards, &[("al", &[1, 2]), ("t3", &[3])]);
     lab.apply(&plan).unwrap();
